@@ -1,0 +1,340 @@
+"""The one store: a single SQLite connection (WAL) with typed accessors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+
+from store.migrations import LATEST, UPGRADES
+from store.records import (OVERLAY_STATUSES, UNUSABLE_OVERLAY_STATUSES, Message, OverlayVersion,
+                           Profile, Session, SessionState)
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message says what to do."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _restrict(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(f"{path}{suffix}")
+        if p.exists():
+            os.chmod(p, 0o600)
+
+
+class Store:
+    """Profiles, sessions and messages of one Engram home.
+
+    One connection shared by every thread (Textual workers write replies), guarded by a lock.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        old_umask = os.umask(0o077)
+        try:
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            self.db = sqlite_utils.Database(conn)
+            self._upgrade()
+            self.db.enable_wal()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path} is not a readable Engram database ({exc}). "
+                "Move it aside or choose another home with --home."
+            ) from exc
+        finally:
+            os.umask(old_umask)
+        _restrict(self.path)
+
+    # -- schema ---------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _upgrade(self) -> None:
+        version = self.schema_version
+        if version > LATEST:
+            raise StoreError(
+                f"{self.path} was written by a newer Engram (schema {version}, this one knows "
+                f"up to {LATEST}). Upgrade Engram, or use another home with --home."
+            )
+        for target in range(version + 1, LATEST + 1):
+            with self.db.conn:
+                UPGRADES[target](self.db)
+                self.db.execute(f"PRAGMA user_version = {target}")
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
+
+    # -- profiles -------------------------------------------------------------
+
+    def profile(self, name: str) -> Profile:
+        """The named profile, created on first use."""
+        with self._lock:
+            rows = list(self.db["profiles"].rows_where("name = ?", [name]))
+            if not rows:
+                self.db["profiles"].insert({"name": name, "created_at": now(), "settings": "{}"})
+                rows = list(self.db["profiles"].rows_where("name = ?", [name]))
+            return _profile(rows[0])
+
+    def save_settings(self, profile_id: int, settings: dict) -> None:
+        with self._lock, self.db.conn:
+            self.db["profiles"].update(profile_id, {"settings": json.dumps(settings)})
+
+    # -- sessions -------------------------------------------------------------
+
+    def new_session(self, profile_id: int, model: str, title: str = "New session",
+                    system_prompt: str | None = None, private: bool = False) -> Session:
+        with self._lock, self.db.conn:
+            stamp = now()
+            row_id = self.db["sessions"].insert({
+                "profile_id": profile_id, "title": title, "created_at": stamp,
+                "updated_at": stamp, "model": model, "system_prompt": system_prompt,
+                "private": int(private),
+            }).last_pk
+        return self.session(row_id)
+
+    def session(self, session_id: int) -> Session:
+        with self._lock:
+            rows = self._session_rows("s.id = ?", [session_id])
+        if not rows:
+            raise StoreError(f"no session {session_id}")
+        return rows[0]
+
+    def sessions(self, profile_id: int, search: str | None = None) -> list[Session]:
+        """Sessions of a profile, newest first; ``search`` matches titles and message text."""
+        where, params = "s.profile_id = ?", [profile_id]
+        if search:
+            where += (" AND (s.title LIKE ? OR EXISTS (SELECT 1 FROM messages m2 "
+                      "WHERE m2.session_id = s.id AND m2.content LIKE ?))")
+            params += [f"%{search}%", f"%{search}%"]
+        with self._lock:
+            return self._session_rows(where, params)
+
+    def _session_rows(self, where: str, params: list) -> list[Session]:
+        sql = (
+            "SELECT s.*, (SELECT count(*) FROM messages m WHERE m.session_id = s.id) AS n "
+            f"FROM sessions s WHERE {where} ORDER BY s.updated_at DESC, s.id DESC"
+        )
+        cursor = self.db.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [_session(dict(zip(names, row))) for row in cursor.fetchall()]
+
+    def update_session(self, session_id: int, **fields) -> Session:
+        """Change title, system_prompt or private of a session."""
+        allowed = {"title", "system_prompt", "private"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        with self._lock, self.db.conn:
+            self.db["sessions"].update(session_id, {**fields, "updated_at": now()})
+        return self.session(session_id)
+
+    def delete_session(self, session_id: int) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("DELETE FROM messages WHERE session_id = ?", [session_id])
+            self.db.execute("DELETE FROM session_states WHERE session_id = ?", [session_id])
+            self.db.execute("DELETE FROM sessions WHERE id = ?", [session_id])
+
+    # -- messages -------------------------------------------------------------
+
+    def add_message(self, session_id: int, role: str, content: str,
+                    status: str = "complete", **stats) -> Message:
+        """Commit a message now (a user message is committed before generation starts)."""
+        with self._lock, self.db.conn:
+            stamp = now()
+            row_id = self.db["messages"].insert({
+                "session_id": session_id, "role": role, "content": content,
+                "status": status, "created_at": stamp, **stats,
+            }).last_pk
+            self.db["sessions"].update(session_id, {"updated_at": stamp})
+        return self.message(row_id)
+
+    def finish_message(self, message_id: int, content: str, status: str, **stats) -> Message:
+        """Store a reply's final text: ``complete``, ``partial`` (stopped) or ``error``."""
+        with self._lock, self.db.conn:
+            self.db["messages"].update(message_id, {"content": content, "status": status, **stats})
+        return self.message(message_id)
+
+    def message(self, message_id: int) -> Message:
+        with self._lock:
+            return _message(self.db["messages"].get(message_id))
+
+    def messages(self, session_id: int) -> list[Message]:
+        with self._lock:
+            rows = self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id")
+            return [_message(r) for r in rows]
+
+    def last_user_message_ids(self, profile_id: int) -> dict[int, int]:
+        """Per session of a profile, the id of its newest user message (sessions without one
+        are left out): what the learner compares with what it has already learned."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT m.session_id, max(m.id) FROM messages m JOIN sessions s "
+                "ON s.id = m.session_id WHERE s.profile_id = ? AND m.role = 'user' "
+                "GROUP BY m.session_id", [profile_id]).fetchall()
+        return dict(rows)
+
+    def delete_message(self, message_id: int) -> None:
+        with self._lock, self.db.conn:
+            self.db.execute("DELETE FROM messages WHERE id = ?", [message_id])
+
+    # -- session state (cells, KV snapshot) ----------------------------------
+
+    def session_state(self, session_id: int) -> SessionState | None:
+        with self._lock:
+            rows = list(self.db["session_states"].rows_where("session_id = ?", [session_id]))
+        return _session_state(rows[0]) if rows else None
+
+    def save_session_cells(self, session_id: int, enabled: bool, cells: bytes | None) -> None:
+        with self._lock, self.db.atomic():
+            self.db["session_states"].upsert(
+                {"session_id": session_id, "cells_enabled": int(enabled), "cells": cells},
+                pk="session_id")
+
+    def save_session_kv(self, session_id: int, path: str, model_sha256: str,
+                        overlay_id: int | None, format: int, tokens: int, bytes: int,
+                        sha256: str) -> None:
+        """Record a KV snapshot whose file is already in place (replacing the previous one)."""
+        with self._lock, self.db.atomic():
+            self.db["session_states"].upsert(
+                {"session_id": session_id, "kv_path": path, "kv_model_sha256": model_sha256,
+                 "kv_overlay_id": overlay_id, "kv_format": format, "kv_tokens": tokens,
+                 "kv_bytes": bytes, "kv_sha256": sha256, "kv_saved_at": now()},
+                pk="session_id")
+
+    def clear_session_kv(self, session_id: int) -> None:
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                "UPDATE session_states SET kv_path = NULL, kv_model_sha256 = NULL, "
+                "kv_overlay_id = NULL, kv_format = NULL, kv_tokens = NULL, kv_bytes = NULL, "
+                "kv_sha256 = NULL, kv_saved_at = NULL WHERE session_id = ?", [session_id])
+
+    def session_kv_states(self, profile_id: int) -> list[SessionState]:
+        """A profile's sessions that have a KV snapshot, least recently saved first."""
+        with self._lock:
+            cursor = self.db.execute(
+                "SELECT st.* FROM session_states st JOIN sessions s ON s.id = st.session_id "
+                "WHERE s.profile_id = ? AND st.kv_path IS NOT NULL ORDER BY st.kv_saved_at",
+                [profile_id])
+            names = [d[0] for d in cursor.description]
+            return [_session_state(dict(zip(names, row))) for row in cursor.fetchall()]
+
+    # -- overlay versions -----------------------------------------------------
+    # db.atomic(), not db.conn: sqlite-utils commits each insert/update of its own otherwise.
+
+    def add_overlay_version(self, profile_id: int, path: str, base_sha256: str, *,
+                            parent_id: int | None = None, sessions: list[int] = (),
+                            metrics: dict | None = None, status: str = "accepted",
+                            reason: str | None = None, trainable_params: int = 0,
+                            bytes: int = 0) -> OverlayVersion:
+        """Record a version whose files are already in place. Status "active" also makes it
+        the profile's active version, in the same transaction."""
+        if status not in OVERLAY_STATUSES:
+            raise ValueError(f"status must be one of {OVERLAY_STATUSES}, not {status!r}")
+        with self._lock, self.db.atomic():
+            row_id = self.db["overlay_versions"].insert({
+                "profile_id": profile_id, "parent_id": parent_id, "created_at": now(),
+                "path": path, "base_sha256": base_sha256,
+                "sessions_json": json.dumps(sorted(sessions)),
+                "metrics_json": json.dumps(metrics or {}),
+                "status": "accepted" if status == "active" else status, "reason": reason,
+                "trainable_params": trainable_params, "bytes": bytes,
+            }).last_pk
+            if status == "active":
+                self._activate(profile_id, row_id)
+        return self.overlay_version(row_id)
+
+    def overlay_version(self, version_id: int) -> OverlayVersion:
+        with self._lock:
+            rows = list(self.db["overlay_versions"].rows_where("id = ?", [version_id]))
+        if not rows:
+            raise StoreError(f"no overlay version {version_id}")
+        return _overlay_version(rows[0])
+
+    def overlay_versions(self, profile_id: int) -> list[OverlayVersion]:
+        """A profile's versions, newest first."""
+        with self._lock:
+            rows = self.db["overlay_versions"].rows_where(
+                "profile_id = ?", [profile_id], order_by="id DESC")
+            return [_overlay_version(r) for r in rows]
+
+    def active_overlay(self, profile_id: int) -> OverlayVersion | None:
+        with self._lock:
+            active_id = self.db["profiles"].get(profile_id)["active_overlay_id"]
+            return None if active_id is None else self.overlay_version(active_id)
+
+    def set_active_overlay(self, profile_id: int, version_id: int | None) -> None:
+        """Make a version the active one (None: none); the one it replaces becomes superseded."""
+        with self._lock, self.db.atomic():
+            self._activate(profile_id, version_id)
+
+    def set_overlay_status(self, version_id: int, status: str, reason: str | None) -> None:
+        """Mark a version rejected, broken, accepted…; one that was active stops being so."""
+        if status == "active" or status not in OVERLAY_STATUSES:
+            raise ValueError(f"cannot set status {status!r} here (activate: set_active_overlay)")
+        with self._lock, self.db.atomic():
+            version = self.overlay_version(version_id)
+            self.db["overlay_versions"].update(version_id, {"status": status, "reason": reason})
+            self.db.execute("UPDATE profiles SET active_overlay_id = NULL "
+                            "WHERE id = ? AND active_overlay_id = ?",
+                            [version.profile_id, version_id])
+
+    def _activate(self, profile_id: int, version_id: int | None) -> None:
+        if version_id is not None:
+            version = self.overlay_version(version_id)
+            if version.profile_id != profile_id:
+                raise StoreError(f"overlay version {version_id} belongs to another profile")
+            if version.status in UNUSABLE_OVERLAY_STATUSES:
+                raise StoreError(f"overlay version {version_id} is {version.status} "
+                                 f"({version.reason}); it cannot be activated")
+        self.db.execute("UPDATE overlay_versions SET status = 'superseded' "
+                        "WHERE profile_id = ? AND status = 'active'", [profile_id])
+        if version_id is not None:
+            self.db["overlay_versions"].update(version_id, {"status": "active"})
+        self.db["profiles"].update(profile_id, {"active_overlay_id": version_id})
+
+
+def _overlay_version(row: dict) -> OverlayVersion:
+    return OverlayVersion(
+        id=row["id"], profile_id=row["profile_id"], parent_id=row["parent_id"],
+        created_at=row["created_at"], path=row["path"], base_sha256=row["base_sha256"],
+        sessions=json.loads(row["sessions_json"]), metrics=json.loads(row["metrics_json"]),
+        status=row["status"], reason=row["reason"], trainable_params=row["trainable_params"],
+        bytes=row["bytes"],
+    )
+
+
+def _session_state(row: dict) -> SessionState:
+    enabled = row["cells_enabled"]
+    return SessionState(**{**{k: row[k] for k in SessionState.__dataclass_fields__},
+                           "cells_enabled": None if enabled is None else bool(enabled)})
+
+
+def _profile(row: dict) -> Profile:
+    return Profile(id=row["id"], name=row["name"], created_at=row["created_at"],
+                   settings=json.loads(row.get("settings") or "{}"))
+
+
+def _session(row: dict) -> Session:
+    return Session(
+        id=row["id"], profile_id=row["profile_id"], title=row["title"],
+        created_at=row["created_at"], updated_at=row["updated_at"], model=row["model"] or "",
+        system_prompt=row["system_prompt"], private=bool(row["private"]),
+        message_count=row.get("n", 0),
+    )
+
+
+def _message(row: dict) -> Message:
+    return Message(**{k: row[k] for k in Message.__dataclass_fields__ if k in row})
