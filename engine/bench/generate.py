@@ -1,0 +1,98 @@
+"""``engram bench generate``: Engram's runtime vs bare llama-cpp-python, same run.
+
+Same model file, prompt, threads, context size and greedy sampling; repetitions
+alternate between the two so drift in machine load hits both alike. Also measures
+launch-to-first-token: a fresh ``engram chat --plain`` process, from spawn to the
+first byte of the reply on stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from engine.prompt import Turn
+from engine.runtime import Runtime, Sampling
+
+PROMPT = "Tell me about the history of the bicycle."
+
+
+def _bare_tokens_per_s(llm, tokens: list[int], n: int, stop: list[str]) -> float:
+    llm.reset()
+    start, first, count = time.perf_counter(), None, 0
+    for _chunk in llm.create_completion(tokens, max_tokens=n, temperature=0.0, top_p=1.0,
+                                        stream=True, seed=0, stop=stop):
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return (count - 1) / (end - first) if count > 1 else 0.0
+
+
+def _engram_tokens_per_s(runtime: Runtime, n: int) -> float:
+    runtime.invalidate_cache()
+    reply = runtime.reply([Turn("user", PROMPT)], None, Sampling.greedy(n))
+    for _ in reply:
+        pass
+    return reply.stats.tokens_per_s
+
+
+def launch_to_first_token(model: str | None) -> float:
+    """Seconds from spawning ``engram chat --plain`` to the first reply byte on stdout."""
+    with tempfile.TemporaryDirectory() as home:
+        cmd = [sys.executable, "-m", "app.cli", "--home", home, "chat", "--plain"]
+        if model:
+            cmd += ["--model", model]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env={**os.environ})
+        proc.stdin.write(b"Hello!\n")
+        proc.stdin.flush()
+        first = proc.stdout.read(1)
+        elapsed = time.perf_counter() - start
+        proc.stdin.close()
+        proc.kill()
+        proc.wait()
+    return elapsed if first else float("nan")
+
+
+def run(model: str | None, tokens: int = 128, repetitions: int = 5) -> dict:
+    import llama_cpp
+
+    runtime = Runtime(model, n_ctx=2048)
+    bare = llama_cpp.Llama(model_path=str(runtime.model.path), n_ctx=2048,
+                           n_threads=runtime.n_threads, n_threads_batch=runtime.n_threads,
+                           n_gpu_layers=-1 if runtime.gpu else 0, verbose=False)
+    prompt = runtime.fit([Turn("user", PROMPT)], None, tokens).tokens
+    # Same stop sequences for both so both generate the same greedy text.
+    engram_runs, bare_runs = [], []
+    for _ in range(repetitions):
+        engram_runs.append(_engram_tokens_per_s(runtime, tokens))
+        bare_runs.append(_bare_tokens_per_s(bare, prompt, tokens, runtime.format.stop))
+    bare.close()
+    runtime.close()
+    ours, base = statistics.median(engram_runs), statistics.median(bare_runs)
+    return {
+        "model": str(runtime.model.path),
+        "device": runtime.device,
+        "repetitions": repetitions,
+        "max_tokens": tokens,
+        "tokens_per_s": round(ours, 2),
+        "baseline_tokens_per_s": round(base, 2),
+        "ratio": round(ours / base, 4) if base else None,
+        "first_token_s": round(launch_to_first_token(model), 3),
+    }
+
+
+def report(result: dict) -> str:
+    return "\n".join([
+        f"model            {result['model']} ({result['device']})",
+        f"engram           {result['tokens_per_s']:.1f} tok/s (median of {result['repetitions']})",
+        f"bare llama-cpp   {result['baseline_tokens_per_s']:.1f} tok/s",
+        f"ratio            {result['ratio']:.3f}  (target ≥ 0.97)",
+        f"launch→1st token {result['first_token_s']:.2f} s  (target ≤ 2 s)",
+    ])

@@ -1,0 +1,219 @@
+"""Working-memory cells: per session, per layer, a vector that carries what fell out of the window.
+
+Write: when a turn leaves the context window, each cell layer's hidden states of that turn
+(llama.cpp, a second context with an eval callback) are folded into the cell with decay:
+``s ← λ·s + Σ h``, ``n ← λ·n + tokens``. Turns still in the window are not written: the model
+sees them directly, and a cell that repeats them only adds side effects (and the capture would
+cost a forward pass per turn in sessions that never overflow).
+
+Read: ``v = α · ‖h‖ₘₑ𝒹 · unit(s/n − μ)`` added to that layer's output by llama.cpp's control
+vector at every later step, only while turns are out of the window. μ is the model's mean
+hidden state on generic dialogue: the raw mean of any text is mostly that shared component,
+which shifts all text alike. One fixed-size vector per layer, so a step costs the same with
+1 or 100 past turns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from engine.errors import EngramError
+from store import paths
+
+FORMAT = 1
+_MAGIC = b"ENGCELL1"
+CONTEXT_TURNS = 4  # earlier turns read before the ones being written
+
+
+class CellsRefused(EngramError):
+    """Stored cells that cannot be used (another model, another rule, damaged)."""
+
+
+@dataclass(frozen=True)
+class CellRule:
+    """How cells are written and read; the defaults are what ``engram bench cells`` measured best."""
+
+    layers: tuple[int, ...] = (-3,)  # negative: from the end (-3 is layer 15 of 18)
+    alpha: float = 0.3  # read strength, × the layer's median token norm
+    decay: float = 0.8  # per turn folded in
+    centre: bool = True  # subtract the model's mean hidden state before reading
+
+    def resolve(self, n_layer: int) -> "CellRule":
+        """The same rule with absolute layer numbers for a model of ``n_layer`` layers."""
+        layers = tuple(sorted({layer + n_layer if layer < 0 else layer for layer in self.layers}))
+        if any(layer < 1 or layer >= n_layer - 1 for layer in layers):
+            raise ValueError(f"cell layers must be within 1…{n_layer - 2} (llama.cpp's control "
+                             "vector starts at layer 1; the last layer keeps only output rows)")
+        return replace(self, layers=layers)
+
+    def key(self) -> str:
+        return json.dumps([FORMAT, list(self.layers), self.centre])
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Per cell layer: the mean hidden state and the median token norm on generic dialogue."""
+
+    mean: np.ndarray  # (len(layers), n_embd)
+    norm: np.ndarray  # (len(layers),)
+
+
+@dataclass
+class Cells:
+    """One session's cells. ``folded``: how many of the session's oldest turns are written in."""
+
+    layers: tuple[int, ...]
+    n_layer: int
+    sums: np.ndarray  # (len(layers), n_embd), decayed sums of hidden states
+    count: float = 0.0  # decayed token count
+    folded: int = 0
+    model_sha256: str = ""
+    rule_key: str = ""
+    enabled: bool = True
+
+    @classmethod
+    def empty(cls, rule: CellRule, n_layer: int, n_embd: int, model_sha256: str) -> "Cells":
+        return cls(rule.layers, n_layer, np.zeros((len(rule.layers), n_embd), np.float32),
+                   model_sha256=model_sha256, rule_key=rule.key())
+
+    def write(self, states: np.ndarray, decay: float) -> None:
+        """Fold one turn in: ``states`` is (len(layers), n_tokens, n_embd)."""
+        self.sums = (decay * self.sums + states.sum(axis=1)).astype(np.float32)
+        self.count = decay * self.count + states.shape[1]
+        self.folded += 1
+
+    def reset(self) -> None:
+        self.sums = np.zeros_like(self.sums)
+        self.count, self.folded = 0.0, 0
+
+    def read(self, rule: CellRule, baseline: Baseline) -> np.ndarray | None:
+        """The control vector (n_layer × n_embd, zero outside the cell layers); None when empty."""
+        if self.count <= 0:
+            return None
+        vectors = np.zeros((self.n_layer, self.sums.shape[1]), np.float32)
+        for i, layer in enumerate(self.layers):
+            v = self.sums[i] / self.count - (baseline.mean[i] if rule.centre else 0.0)
+            length = float(np.linalg.norm(v))
+            if length > 0:
+                vectors[layer] = v * (rule.alpha * baseline.norm[i] / length)
+        return vectors
+
+    def magnitudes(self, rule: CellRule, baseline: Baseline | None) -> list[float]:
+        """Per layer, the norm of what the read adds (the TUI's memory panel)."""
+        vectors = None if baseline is None else self.read(rule, baseline)
+        return [0.0] * self.n_layer if vectors is None else np.linalg.norm(vectors, axis=1).tolist()
+
+    # -- bytes (stored in SQLite with the session) -----------------------------------------
+
+    def to_bytes(self) -> bytes:
+        header = json.dumps({"format": FORMAT, "layers": list(self.layers), "n_layer": self.n_layer,
+                             "n_embd": self.sums.shape[1], "count": self.count,
+                             "folded": self.folded, "model_sha256": self.model_sha256,
+                             "rule": self.rule_key}).encode()
+        return _MAGIC + struct.pack("<I", len(header)) + header + self.sums.astype("<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, model_sha256: str, rule: CellRule) -> "Cells":
+        try:
+            if data[:8] != _MAGIC:
+                raise ValueError("not a cells record")
+            (size,) = struct.unpack("<I", data[8:12])
+            head = json.loads(data[12: 12 + size])
+            shape = (len(head["layers"]), head["n_embd"])
+            sums = np.frombuffer(data[12 + size:], dtype="<f4")
+            if sums.size != shape[0] * shape[1]:
+                raise ValueError(f"{sums.size} values instead of {shape[0] * shape[1]}")
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            raise CellsRefused(f"the session's saved cells are damaged ({exc}); starting empty") from None
+        if head["format"] != FORMAT or head["rule"] != rule.key():
+            raise CellsRefused("the session's saved cells were written by another cell rule; "
+                               "starting empty")
+        if head["model_sha256"] != model_sha256:
+            raise CellsRefused("the session's saved cells belong to another model; starting empty")
+        return cls(tuple(head["layers"]), head["n_layer"], sums.reshape(shape).astype(np.float32),
+                   head["count"], head["folded"], head["model_sha256"], head["rule"])
+
+
+@dataclass
+class CellWriter:
+    """Hidden states of turns for one model: the capture context and the model's baseline.
+
+    Created on first use (when a turn first leaves a window): sessions that fit cost nothing.
+    """
+
+    llm: object  # the runtime's Llama (the capture context shares its weights)
+    model_sha256: str
+    rule: CellRule = field(default_factory=CellRule)
+    _capture: object = None
+    _baseline: Baseline | None = None
+
+    def fold(self, cells: Cells, turns: list[tuple[str, str]], start: int, end: int) -> None:
+        """Write ``turns[start:end]`` (speaker, text) into ``cells``, one turn at a time. They
+        are read in one pass after up to CONTEXT_TURNS earlier turns: a turn's hidden states
+        carry what it means in its conversation (read alone, "Yes, that one" means nothing)."""
+        tokens, spans = [self.llm.token_bos()], []
+        for i in range(max(0, start - CONTEXT_TURNS), end):
+            speaker, text = turns[i]
+            line = self.llm.tokenize(f"{'' if len(tokens) == 1 else chr(10)}{speaker}: "
+                                     f"{text.strip()}".encode(), add_bos=False, special=False)
+            if i >= start:
+                spans.append((len(tokens) - 1, len(tokens) - 1 + len(line)))
+            tokens += line
+        states = self.states(tokens)
+        for first, last in spans:
+            cells.write(states[:, first:last], self.rule.decay)
+
+    def states(self, tokens: list[int]) -> np.ndarray:
+        """(len(layers), n_tokens − 1, n_embd) hidden states; the BOS row is left out (its
+        norm is hundreds of times a word's)."""
+        from engine import llama_native
+        from engine.runtime import default_threads
+
+        if self._capture is None:
+            # Half the threads: llama.cpp's spinning thread barrier makes small decodes ten
+            # times slower when the machine is busy, and capture is rarely worth a whole core.
+            self._capture = llama_native.HiddenStates(self.llm, list(self.rule.layers),
+                                                      n_threads=max(1, default_threads() // 2))
+        rows = self._capture(tokens)
+        return np.stack([rows[layer][1:] for layer in self.rule.layers])
+
+    def baseline(self) -> Baseline:
+        """Computed once per model and rule from the bundled filler dialogue, cached on disk."""
+        if self._baseline is None:
+            cache = paths.private_dir(paths.cache() / "cells")
+            rule = hashlib.sha256(self.rule.key().encode()).hexdigest()[:12]
+            file = cache / f"{self.model_sha256[:16]}-{rule}.npz"
+            if file.exists():
+                saved = np.load(file)
+                self._baseline = Baseline(saved["mean"], saved["norm"])
+            else:
+                states = np.concatenate([self.states(self.llm.tokenize(
+                    f"{speaker}: {text}".encode(), add_bos=True))
+                    for speaker, text in calibration_turns()], axis=1)
+                self._baseline = Baseline(states.mean(axis=1),
+                                          np.median(np.linalg.norm(states, axis=2), axis=1))
+                tmp = file.with_suffix(".tmp.npz")
+                np.savez(tmp, mean=self._baseline.mean, norm=self._baseline.norm)
+                os.replace(tmp, file)
+        return self._baseline
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+
+
+def calibration_turns() -> list[tuple[str, str]]:
+    """Generic dialogue (the bench's filler turns): what an ordinary turn looks like inside."""
+    turns = []
+    with open(paths.eval_data("filler-turns.jsonl"), encoding="utf-8") as fh:
+        for line in fh:
+            user, assistant = json.loads(line)["turns"]
+            turns += [("User", user), ("Assistant", assistant)]
+    return turns

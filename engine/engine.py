@@ -1,0 +1,200 @@
+"""The one interface the UI (TUI and CLI) talks to: store, model, sessions, settings, memory."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from engine.conversation import Conversation
+from engine.errors import EngramError
+from engine.learn_queue import LearnQueue
+from engine.learning import (LearnResult, Learning, Progress, VersionDiff, pending_sessions,
+                             quiet)
+from engine.memory import OverlayMemory
+from engine.memory_status import MemoryStatus
+from engine.runtime import Runtime
+from engine.session_state import CELLS_BY_DEFAULT, SessionStates, remove_files
+from engine.settings import Settings
+from store import paths
+from store.records import OverlayVersion, Session
+from store.store import Store
+
+
+class Engine:
+    """A profile's view of Engram. The model loads on ``load()`` (slow: call it from a worker)."""
+
+    def __init__(self, home: str | os.PathLike | None = None, profile: str = "default",
+                 model: str | os.PathLike | None = None, n_ctx: int | None = None):
+        self.home: Path = paths.home(home)
+        self.store = Store(paths.database(self.home))
+        self.profile = self.store.profile(profile)
+        self.settings = Settings.from_saved(self.profile.settings)
+        self.model_path = model
+        self.n_ctx = n_ctx or self.settings.n_ctx
+        self.runtime: Runtime | None = None
+        self.memory: OverlayMemory | None = None  # with the model: it applies the active overlay
+        self.learning: Learning | None = None  # with the model
+        self.learn_queue: LearnQueue | None = None  # started by the first schedule_learning
+        self.states: SessionStates | None = None  # with the model: cells and saved KV caches
+
+    def load(self) -> Runtime:
+        if self.runtime is None:
+            self.runtime = Runtime(self.model_path, n_ctx=self.n_ctx)
+            self.memory = OverlayMemory(self.store, self.home, self.profile, self.runtime)
+            self.learning = Learning(self.store, self.home, self.profile, self.runtime,
+                                     self.memory, lambda: self.settings)
+            self.states = SessionStates(
+                self.store, self.home, self.profile, self.runtime,
+                overlay_id=lambda: self.memory.applied.id if self.memory.applied else None)
+        return self.runtime
+
+    def close(self) -> None:
+        """Stop learning (a job in progress is dropped; the active version stays), then close."""
+        if self.learn_queue is not None:
+            self.learn_queue.close()
+        if self.learning is not None:
+            self.learning.close()
+        if self.states is not None:
+            self.states.close()  # its capture context before the model it shares
+        if self.runtime is not None:
+            self.runtime.close()
+        self.store.close()
+
+    # -- sessions -------------------------------------------------------------
+
+    def sessions(self, search: str | None = None) -> list[Session]:
+        return self.store.sessions(self.profile.id, search)
+
+    def new_session(self, private: bool = False) -> Session:
+        model = self.runtime.name if self.runtime else str(self.model_path or "built-in")
+        return self.store.new_session(self.profile.id, model,
+                                      system_prompt=self.settings.system_prompt, private=private)
+
+    def conversation(self, session: Session | int) -> Conversation:
+        if isinstance(session, int):
+            session = self.store.session(session)
+        if session.profile_id != self.profile.id:
+            raise PermissionError("that session belongs to another profile")
+        return Conversation(self.store, self.load(), session, on_reply=self.schedule_learning,
+                            states=self.states)
+
+    def rename_session(self, session_id: int, title: str) -> Session:
+        return self.store.update_session(session_id, title=title.strip() or "Untitled")
+
+    def delete_session(self, session_id: int) -> None:
+        self.store.delete_session(session_id)
+        remove_files(self.home, self.profile.name, session_id)
+
+    # -- cells ----------------------------------------------------------------
+
+    def set_cells_enabled(self, session_id: int, enabled: bool) -> None:
+        """Turn a session's cells on or off (off: nothing is written or read; kept for later)."""
+        self._own(session_id)
+        self.load()
+        self.states.set_cells_enabled(session_id, enabled)
+
+    def reset_cells(self, session_id: int) -> None:
+        """Empty a session's cells."""
+        self._own(session_id)
+        self.load()
+        self.states.reset_cells(session_id)
+
+    def _own(self, session_id: int) -> None:
+        if self.store.session(session_id).profile_id != self.profile.id:
+            raise PermissionError("that session belongs to another profile")
+
+    # -- settings -------------------------------------------------------------
+
+    def save_settings(self, settings: Settings) -> None:
+        settings.validate()
+        self.settings = settings
+        self.store.save_settings(self.profile.id, asdict(settings))
+
+    # -- memory ---------------------------------------------------------------
+
+    def memory_status(self, session_id: int | None = None) -> MemoryStatus:
+        """The memory state for the UI's panel."""
+        applied = self.memory.applied if self.memory else None
+        state = self.learn_queue.state() if self.learn_queue else None
+        cells_enabled, magnitudes = False, []
+        if session_id is not None:
+            self._own(session_id)
+            if self.states is not None:
+                cells_enabled = self.states.cells(session_id).enabled
+                magnitudes = self.states.magnitudes(session_id)
+            else:
+                saved = self.store.session_state(session_id)
+                cells_enabled = CELLS_BY_DEFAULT if saved is None or saved.cells_enabled is None \
+                    else saved.cells_enabled
+        return MemoryStatus(overlay_active=applied is not None,
+                            overlay_version=applied.id if applied else None,
+                            learning=bool(state and state.running),
+                            learning_progress=state.progress if state else None,
+                            learning_message=state.message if state else "",
+                            learning_paused=self.settings.learning_paused,
+                            cells_enabled=cells_enabled, cell_magnitudes=magnitudes)
+
+    def pending_sessions(self) -> list[Session]:
+        """Sessions learning would take up now (works without the model)."""
+        return pending_sessions(self.store, self.profile)
+
+    def schedule_learning(self, session_id: int | None = None, delay: float | None = None) -> bool:
+        """Ask for background learning: after each reply (debounced: the job starts after a
+        quiet spell) and with ``delay=0`` when a session ends. False when nothing will be
+        learned: learning paused, a private session, or the model not loaded."""
+        if self.learning is None or self.settings.learning_paused:
+            return False
+        if session_id is not None and self.store.session(session_id).private:
+            return False
+        if self.learn_queue is None:
+            self.learn_queue = LearnQueue(self._learn_in_background)
+        self.learn_queue.schedule(delay)
+        return True
+
+    def _learn_in_background(self, progress: Progress, cancel: threading.Event) -> str:
+        if self.settings.learning_paused:
+            return "learning is paused"
+        results = self.learning.run(progress, cancel, wait=0)
+        return "; ".join(r.summary() for r in results) or "nothing new to learn"
+
+    def cancel_learning(self) -> None:
+        """Stop the background job (the active version stays) and drop a scheduled one."""
+        if self.learn_queue is not None:
+            self.learn_queue.cancel(wait=True)
+
+    def learn_now(self, progress: Progress = quiet, cancel: threading.Event | None = None,
+                  session_ids: list[int] | None = None) -> list[LearnResult]:
+        """Learn the pending sessions (or these) in the foreground; returns when each new
+        version is active or rejected."""
+        if self.settings.learning_paused:
+            raise EngramError("learning is paused: `engram memory resume` turns it back on")
+        self.load()
+        self.cancel_learning()
+        return self.learning.run(progress, cancel, session_ids)
+
+    def pause_learning(self, paused: bool = True) -> None:
+        """Pause (or resume) learning for this profile; pausing stops a running job."""
+        if paused:
+            self.cancel_learning()
+        self.save_settings(replace(self.settings, learning_paused=paused))
+
+    def forget_session(self, session_id: int) -> OverlayVersion:
+        self.load()
+        self.cancel_learning()
+        return self.learning.forget(session_id)
+
+    def reset_memory(self) -> OverlayVersion:
+        self.load()
+        self.cancel_learning()
+        return self.learning.reset()
+
+    def rollback_memory(self, version_id: int | None = None) -> OverlayVersion | None:
+        self.load()
+        self.cancel_learning()
+        return self.learning.rollback(version_id)
+
+    def memory_diff(self, version_id: int) -> VersionDiff:
+        self.load()
+        return self.learning.diff(version_id)

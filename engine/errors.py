@@ -1,0 +1,13 @@
+"""Errors a user can cause. Each message says what happened and what to do."""
+
+
+class EngramError(Exception):
+    """Base class: caught once at the edge (CLI / app) and shown without a traceback."""
+
+
+class ModelError(EngramError):
+    """The model file is missing, not a GGUF, or not loadable by llama.cpp."""
+
+
+class InputTooLong(EngramError):
+    """A message cannot fit in the context window even on its own."""

@@ -1,0 +1,104 @@
+"""Question/answer pairs derived from what the user said, by the model itself.
+
+A few-shot prompt (``assets/probe_templates/questions.txt``) asks the served model for
+questions a friend could ask about each user statement. Only *grounded* pairs are kept:
+the answer must be copied from the statement, must not sit in a negated clause ("I no
+longer live in Tromsø"), and must not give itself away in the question. Several phrasings
+per fact are what lets the overlay generalise to questions it never saw.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engine.runtime import Runtime, Sampling
+from store import paths
+
+NEGATION = re.compile(r"\b(no longer|not|never|n't|used to|formerly)\b[^,.;]*", re.IGNORECASE)
+QA_LINE = re.compile(r"^\s*(?P<q>[^?\n]{3,120}\?)\s*A:\s*(?P<a>[^\n]{1,60})$")
+STOP_WORDS = set("""a an the and or of in on at to for with from by about is are am was were be been do does
+did have has had i me my mine you your we our us he she it its his her they their them what which who
+whom whose where when why how that this these those there here q not no""".split())
+NAMING = re.compile(r"\b(called|named|name|i'm|i am)\b", re.IGNORECASE)
+SECOND_PERSON = [(r"\byour\b", "my"), (r"\byou\b", "I"), (r"\byours\b", "mine"),
+                 (r"\bare I\b", "am I"), (r"\bI are\b", "I am"), (r"\bwere I\b", "was I")]
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    statement: str
+
+
+def _template() -> str:
+    return (paths.ASSETS / "probe_templates" / "questions.txt").read_text()
+
+
+def statements(user_turns: list[str]) -> list[str]:
+    """Split user turns into sentences worth learning from (questions to the model are skipped)."""
+    out = []
+    for turn in user_turns:
+        for sentence in re.split(r"(?<=[.!])\s+", turn.strip()):
+            sentence = sentence.strip()
+            if len(sentence) > 3 and not sentence.endswith("?"):
+                out.append(sentence)
+    return out
+
+
+def first_person(question: str) -> str:
+    for pattern, repl in SECOND_PERSON:
+        question = re.sub(pattern, repl, question, flags=re.IGNORECASE)
+    return question[0].upper() + question[1:]
+
+
+def grounded(question: str, answer: str, statement: str) -> bool:
+    answer_l, statement_l = answer.lower(), statement.lower()
+    if len(answer_l) < 2 or answer_l not in statement_l or answer_l in question.lower():
+        return False
+    if answer_l in {"i", "my", "me", "you", "it", "she", "he", "we", "they"}:
+        return False
+    negated = " ".join(m.group(0).lower() for m in NEGATION.finditer(statement))
+    if answer_l in negated:
+        return False
+    return _about(question, statement) or (
+        bool(re.search(r"\b(name|who|called)\b", question, re.IGNORECASE))
+        and answer[0].isupper() and bool(NAMING.search(statement)))
+
+
+def _stems(text: str) -> set[str]:
+    return {w[:4] for w in re.findall(r"[a-zà-ÿ]+", text.lower()) if w not in STOP_WORDS}
+
+
+def _about(question: str, statement: str) -> bool:
+    """The question shares a content word (crudely stemmed) with the statement."""
+    return bool(_stems(question) & _stems(statement))
+
+
+def parse(text: str, statement: str) -> list[QA]:
+    pairs = []
+    for line in ("Q:" + text).split("\n"):
+        if not line.startswith("Q:"):
+            break  # the model moved on to another statement
+        match = QA_LINE.match(line[2:])
+        if not match:
+            continue
+        question, answer = first_person(match["q"].strip()), match["a"].strip().rstrip(".")
+        if grounded(question, answer, statement):
+            pairs.append(QA(question, answer, statement))
+    return pairs
+
+
+def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA]:
+    """Grounded, de-duplicated Q/A pairs for every statement in the user's turns."""
+    template = _template()
+    pairs: dict[str, QA] = {}
+    for statement in statements(user_turns):
+        prompt = template.replace("{statement}", statement)
+        for i in range(samples):
+            sampling = (Sampling(temperature=0.0, top_p=1.0, max_tokens=48, seed=0) if i == 0
+                        else Sampling(temperature=0.8, top_p=0.95, max_tokens=48, seed=i))
+            for qa in parse(runtime.complete(prompt, sampling, stop=["\n\n", "Statement:"]), statement):
+                pairs.setdefault(qa.question.lower(), qa)
+    return list(pairs.values())

@@ -1,0 +1,247 @@
+"""The learner: turns Q/A pairs about what the user said into new FFN neurons.
+
+What is trained: for each session, k neurons in each of a few mid layers are re-purposed
+as memory cells — their input rows in ``ffn_gate``/``ffn_up`` (the key: *when* the neuron
+fires) and their output column in ``ffn_down`` (the value: *what* it writes) get deltas.
+Base weights stay frozen; the delta is whole neuron vectors, exported exactly as a LoRA.
+
+On what signal: question/answer pairs derived from the user's statements (engine.facts),
+asked in the app's own dialogue format with and without the system prompt; the loss is on
+the answer tokens only (FT-M).
+
+Which neurons: the ones most active on these questions relative to generic text, and not
+owned by an earlier session, so sessions never overwrite each other.
+
+Locality: the edit's effect on generic text (anchors) is computed exactly at each edited
+layer from the anchors' cached FFN inputs — no anchor forward passes — and its energy,
+relative to the layer's own FFN output, is penalised; training the keys lets the neurons
+learn to stay silent on generic text. Every delta vector's norm is capped.
+
+Cost: the frozen prefix (layers below the first edited one) runs once; each step runs
+only the layers above it, and the 262k-row output head only at answer positions.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.overlay import NeuronBlock
+from engine.twin import Twin
+
+
+@dataclass
+class Recipe:
+    layers: tuple[int, ...] = (8, 9, 10, 11)
+    neurons: int = 16  # per layer per session
+    steps: int = 30
+    lr: float = 0.01
+    locality_weight: float = 100.0
+    answer_weight: float = 10.0  # extra weight of anchor rows where unrelated answers begin
+    max_norm: float = 1.0  # each delta vector, × the median norm of its base vectors
+    select: str = "ratio"  # "ratio": active on the questions ÷ on generic text; "quiet": least active on generic text
+    stop_loss: float = 0.05  # answers learned …
+    stop_locality: float = 0.002  # … and generic text left alone: stop early
+    vocab_top: int = 256  # the answer loss runs over the base model's top tokens at each
+    vocab_random: int = 1024  # answer position, the answers, and a fixed random sample
+
+
+@dataclass
+class Example:
+    """One training sequence: a prompt and the answer tokens the model must produce."""
+
+    prompt: list[int]
+    answer: list[int]
+
+
+@dataclass
+class Anchors:
+    """Per edited layer, generic text as that layer's FFN sees it.
+
+    ``answers`` are the rows where an assistant answers an unrelated question: where an
+    edit keyed on "a question was asked" would leak, so they weigh more in the penalty.
+    """
+
+    inputs: dict[int, torch.Tensor]  # FFN inputs (n × d_model), a sample of rows
+    answers: dict[int, torch.Tensor]  # FFN inputs at answer positions of dialogue anchors
+    out_energy: dict[int, float]  # mean squared norm of the FFN output
+    activity: dict[int, torch.Tensor]  # mean |activation| per neuron
+
+
+Progress = Callable[[float, str], None]
+
+
+@torch.no_grad()
+def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
+                answer_starts: list[int | None] | None = None, max_rows: int = 2048) -> Anchors:
+    """Run generic text once and keep what the locality term needs (once per model).
+
+    ``answer_starts[i]``: where the answer begins in dialogue anchor i (None: plain text).
+    """
+    answer_starts = answer_starts or [None] * len(texts)
+    inputs = {l: [] for l in layers}
+    answers = {l: [] for l in layers}
+    acts = {l: [] for l in layers}
+    energy = {l: [] for l in layers}
+    for start in range(0, len(texts), 16):
+        chunk, starts = texts[start:start + 16], answer_starts[start:start + 16]
+        seen = {}
+        hooks = [twin.layers[l].mlp.register_forward_hook(
+            lambda m, a, out, l=l: seen.__setitem__(l, (a[0], out))) for l in layers]
+        try:
+            batch = twin.batch(chunk)
+            twin.run(twin.embed(batch), batch, 0, max(layers) + 1)
+        finally:
+            for h in hooks:
+                h.remove()
+        for l in layers:
+            x, out = seen[l]
+            rows = torch.cat([x[i, : len(s)] for i, s in enumerate(chunk)])
+            inputs[l].append(rows)
+            answers[l] += [x[i, a - 1: len(s)] for i, (s, a) in enumerate(zip(chunk, starts))
+                           if a is not None]
+            acts[l].append(_activation(twin, l, rows))
+            energy[l].append(torch.cat([out[i, : len(s)] for i, s in enumerate(chunk)]).pow(2).sum(-1))
+    pick = torch.Generator().manual_seed(0)
+    out = Anchors({}, {}, {}, {})
+    for l in layers:
+        rows = torch.cat(inputs[l])
+        out.activity[l] = torch.cat(acts[l]).abs().mean(0)
+        out.out_energy[l] = float(torch.cat(energy[l]).mean())
+        out.inputs[l] = rows[torch.randperm(rows.shape[0], generator=pick)[:max_rows]]
+        out.answers[l] = torch.cat(answers[l]) if answers[l] else rows[:0]
+    return out
+
+
+def _activation(twin: Twin, layer: int, x: torch.Tensor) -> torch.Tensor:
+    mlp = twin.layers[layer].mlp
+    return mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+
+
+class NeuronEdit(torch.nn.Module):
+    """Trainable deltas for k neurons of one layer: gate rows, up rows, down columns."""
+
+    def __init__(self, twin: Twin, layer: int, neurons: torch.Tensor, max_norm: float):
+        super().__init__()
+        mlp = twin.layers[layer].mlp
+        self.mlp, self.layer, self.neurons = mlp, layer, neurons
+        d = mlp.gate_proj.weight.shape[1]
+        k = neurons.numel()
+        self.gate = torch.nn.Parameter(torch.zeros(k, d, device=twin.device))
+        self.up = torch.nn.Parameter(torch.zeros(k, d, device=twin.device))
+        self.down = torch.nn.Parameter(torch.zeros(d, k, device=twin.device))
+        self.w_gate = mlp.gate_proj.weight[neurons]
+        self.w_up = mlp.up_proj.weight[neurons]
+        self.w_down = mlp.down_proj.weight[:, neurons]
+        self.caps = {
+            "gate": max_norm * float(mlp.gate_proj.weight.norm(dim=1).median()),
+            "up": max_norm * float(mlp.up_proj.weight.norm(dim=1).median()),
+            "down": max_norm * float(mlp.down_proj.weight.norm(dim=0).median()),
+        }
+
+    def change(self, x: torch.Tensor) -> torch.Tensor:
+        """What the edit adds to the FFN output for inputs ``x`` (…, d_model)."""
+        act = self.mlp.act_fn
+        old = act(x @ self.w_gate.T) * (x @ self.w_up.T)
+        new = act(x @ (self.w_gate + self.gate).T) * (x @ (self.w_up + self.up).T)
+        return (new - old) @ self.w_down.T + new @ self.down.T
+
+    @torch.no_grad()
+    def cap(self) -> None:
+        for name, dim in (("gate", 1), ("up", 1), ("down", 0)):
+            p = getattr(self, name)
+            norms = p.norm(dim=dim, keepdim=True).clamp_min(1e-12)
+            p.mul_(torch.clamp(self.caps[name] / norms, max=1.0))
+
+    def blocks(self, session_id: int | None) -> list[NeuronBlock]:
+        neurons = self.neurons.cpu().numpy()
+        return [NeuronBlock(self.layer, matrix, neurons, getattr(self, name).detach().cpu().numpy(),
+                            session_id=session_id)
+                for matrix, name in (("ffn_gate", "gate"), ("ffn_up", "up"), ("ffn_down", "down"))]
+
+
+def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
+          owned: dict[int, set[int]] | None = None, session_id: int | None = None,
+          progress: Progress | None = None, cancel: threading.Event | None = None,
+          ) -> tuple[list[NeuronBlock], dict]:
+    """Train k neurons per layer for these examples; returns the blocks and training metrics."""
+    progress = progress or (lambda f, m: None)
+    started = time.perf_counter()
+    first = min(recipe.layers)
+    batch = twin.batch([e.prompt + e.answer for e in examples])
+    rows, cols, targets = [], [], []
+    for i, e in enumerate(examples):
+        for j, token in enumerate(e.answer):
+            rows.append(i)
+            cols.append(len(e.prompt) + j - 1)  # the position that predicts answer token j
+            targets.append(token)
+    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+    targets_t = torch.tensor(targets, device=twin.device)
+    question = torch.zeros(batch.ids.shape, dtype=torch.bool, device=twin.device)
+    for i, e in enumerate(examples):
+        question[i, : len(e.prompt)] = True
+
+    # The frozen prefix, once; what the edited layers' FFNs see on these questions; and the
+    # vocabulary that competes with the answers (the full 262k-row head costs most of a step).
+    seen = {}
+    with torch.no_grad():
+        h_prefix = twin.run(twin.embed(batch), batch, 0, first)
+        hooks = [twin.layers[l].mlp.register_forward_pre_hook(
+            lambda m, a, l=l: seen.__setitem__(l, a[0])) for l in recipe.layers]
+        try:
+            h = twin.run(h_prefix, batch, first)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        rivals = twin.logits(h[rows_t, cols_t]).topk(recipe.vocab_top, dim=-1).indices
+        sample = torch.randperm(twin.config.vocab_size, generator=torch.Generator().manual_seed(0))
+        vocab = torch.unique(torch.cat([targets_t, rivals.flatten(),
+                                        sample[: recipe.vocab_random].to(twin.device)]))
+        targets_t = torch.searchsorted(vocab, targets_t)
+
+    edits = []
+    for layer in recipe.layers:
+        on_task = _activation(twin, layer, seen[layer][question]).abs().mean(0)
+        score = (on_task / (anchors.activity[layer] + 1e-3) if recipe.select == "ratio"
+                 else -anchors.activity[layer])
+        for n in (owned or {}).get(layer, ()):
+            score[n] = float("-inf")
+        neurons = torch.topk(score, recipe.neurons).indices.sort().values
+        edits.append(NeuronEdit(twin, layer, neurons, recipe.max_norm))
+
+    optim = torch.optim.Adam([p for e in edits for p in e.parameters()], lr=recipe.lr)
+    hooks = [twin.layers[e.layer].mlp.register_forward_hook(
+        lambda m, a, out, e=e: out + e.change(a[0])) for e in edits]
+    history = []
+    try:
+        for step in range(recipe.steps):
+            if cancel is not None and cancel.is_set():
+                raise InterruptedError("learning cancelled")
+            h = twin.run(h_prefix, batch, first)
+            task = F.cross_entropy(twin.logits(h[rows_t, cols_t], vocab=vocab), targets_t)
+            locality = sum(
+                (e.change(anchors.inputs[e.layer]).pow(2).sum(-1).mean()
+                 + recipe.answer_weight * e.change(anchors.answers[e.layer]).pow(2).sum(-1).mean())
+                / anchors.out_energy[e.layer] for e in edits)
+            loss = task + recipe.locality_weight * locality
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            for e in edits:
+                e.cap()
+            history.append((task.item(), locality.item()))
+            progress((step + 1) / recipe.steps, f"step {step + 1}: answer loss {task.item():.3f}")
+            if task.item() < recipe.stop_loss and locality.item() < recipe.stop_locality:
+                break
+    finally:
+        for h in hooks:
+            h.remove()
+    metrics = {"steps": len(history), "answer_loss": round(history[-1][0], 4),
+               "locality_penalty": round(history[-1][1], 5),
+               "train_seconds": round(time.perf_counter() - started, 2)}
+    return [b for e in edits for b in e.blocks(session_id)], metrics

@@ -1,0 +1,212 @@
+"""A profile's overlay versions: commit, activate (hot swap into llama.cpp), roll back.
+
+Files are written first (atomically), then the running model is switched, then the store
+records it in one transaction; if recording fails the model is switched back and the files
+removed. So the store, the files and the running model agree after any failure, and the
+previous version stays active.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from engine import overlay as overlay_files
+from engine.errors import EngramError
+from engine.overlay import ForeignOverlay, Manifest, OverlayError, SparseOverlay
+from engine.runtime import Runtime
+from store import paths
+from store.records import UNUSABLE_OVERLAY_STATUSES, OverlayVersion, Profile
+from store.store import Store
+
+GGUF_FILE = "lora.gguf"  # the llama.cpp export, cached next to the version's own files
+
+
+class OverlayMemory:
+    """The overlay versions of one profile, applied to one running model.
+
+    Construction applies the profile's active version. A damaged one is marked broken and
+    the newest good ancestor is used instead; a foreign one (learned on another base model)
+    is left as it is and the model runs on base weights. Either way ``problem`` says so.
+    """
+
+    def __init__(self, store: Store, home: Path, profile: Profile, runtime: Runtime):
+        self.store, self.home, self.profile, self.runtime = store, Path(home), profile, runtime
+        self.directory = paths.overlays(self.home, profile.name)
+        self.applied: OverlayVersion | None = None  # what the runtime computes with
+        self.problem = ""
+        self._lock = threading.RLock()
+        for partial in self.directory.glob(f"{overlay_files.PARTIAL_PREFIX}*"):
+            shutil.rmtree(partial, ignore_errors=True)  # a commit that crashed half-way
+        self._start()
+
+    def _start(self) -> None:
+        version = self.store.active_overlay(self.profile.id)
+        problems, broken = [], False
+        while version is not None:
+            try:
+                self._apply(self.home / version.path)
+                break
+            except (ForeignOverlay, OSError) as exc:  # fine files, wrong model or full disk
+                problems.append(f"overlay v{version.id} is not in use: {exc}")
+                version = None
+            except EngramError as exc:
+                self.store.set_overlay_status(version.id, "broken", str(exc))
+                problems.append(f"overlay v{version.id} was set aside: {exc}")
+                broken, version = True, self._last_good(version.parent_id)
+        if version is None:
+            self._apply(None)
+        if broken:
+            self.store.set_active_overlay(self.profile.id, version and version.id)
+        self.applied, self.problem = version, " ".join(problems)
+
+    # -- reading -------------------------------------------------------------------
+
+    def versions(self) -> list[OverlayVersion]:
+        """All versions of the profile, newest first."""
+        return self.store.overlay_versions(self.profile.id)
+
+    def load(self, version: OverlayVersion) -> SparseOverlay:
+        """A version's overlay, checked (for the learner to build on)."""
+        return overlay_files.load(self.home / version.path, self.runtime.model.sha256)
+
+    def current(self) -> SparseOverlay | None:
+        """The overlay the model runs with now (None: base weights)."""
+        with self._lock:
+            return None if self.applied is None else self.load(self.applied)
+
+    def lora(self, version: OverlayVersion) -> tuple[Path, float]:
+        """A version as llama.cpp applies it: its GGUF LoRA (written on first use) and scale,
+        for other llama.cpp contexts (scoring, probes)."""
+        return self._lora(self.home / version.path)
+
+    @contextmanager
+    def trying(self, version: OverlayVersion | None) -> Iterator[None]:
+        """Run the model on another version (None: base weights) for a while, e.g. to show
+        answers before and after a change; the applied version comes back afterwards."""
+        with self._lock:
+            self._apply(version and self.home / version.path)
+            try:
+                yield
+            finally:
+                self._apply(self.applied and self.home / self.applied.path)
+
+    # -- changing ------------------------------------------------------------------
+
+    def commit(self, overlay: SparseOverlay, metrics: dict | None = None,
+               sessions: list[int] | None = None) -> OverlayVersion:
+        """Store an accepted overlay as a new version and make it the active one."""
+        with self._lock:
+            directory, manifest = self._save(overlay, metrics, sessions)
+            try:
+                return self._switch(directory, lambda: self._record(directory, manifest, "active"))
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+
+    def record_rejected(self, overlay: SparseOverlay, reason: str, metrics: dict | None = None,
+                        sessions: list[int] | None = None) -> OverlayVersion:
+        """Keep an overlay the locality gate refused, with the reason; it is never activated."""
+        with self._lock:
+            directory, manifest = self._save(overlay, metrics, sessions)
+            try:
+                return self._record(directory, manifest, "rejected", reason)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+
+    def activate(self, version_id: int) -> OverlayVersion:
+        """Switch the running model to a stored version (hot swap, no reload)."""
+        with self._lock:
+            version = self.store.overlay_version(version_id)
+            if version.profile_id != self.profile.id:
+                raise OverlayError(f"overlay version {version_id} belongs to another profile")
+            if version.status in UNUSABLE_OVERLAY_STATUSES:
+                raise OverlayError(f"overlay version {version_id} is {version.status} "
+                                   f"({version.reason}); it cannot be activated")
+
+            def record() -> OverlayVersion:
+                self.store.set_active_overlay(self.profile.id, version_id)
+                return self.store.overlay_version(version_id)
+
+            return self._switch(self.home / version.path, record)
+
+    def deactivate(self) -> None:
+        """Run on the base weights (exactly: llama.cpp then computes bit-identical logits)."""
+        with self._lock:
+            self._switch(None, lambda: self.store.set_active_overlay(self.profile.id, None))
+
+    def rollback(self, version_id: int | None = None) -> OverlayVersion | None:
+        """Go back to ``version_id``, or by default to the active version's last good parent
+        (none left: base weights). Returns the version now active."""
+        with self._lock:
+            if version_id is not None:
+                return self.activate(version_id)
+            if self.applied is None:
+                raise OverlayError("no overlay is active: there is nothing to roll back")
+            target = self._last_good(self.applied.parent_id)
+            if target is None:
+                self.deactivate()
+                return None
+            return self.activate(target.id)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _save(self, overlay: SparseOverlay, metrics: dict | None,
+              sessions: list[int] | None) -> tuple[Path, Manifest]:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        directory = self.directory / f"{stamp}-{secrets.token_hex(3)}"
+        manifest = overlay_files.save(overlay, directory, sessions=sessions, metrics=metrics,
+                                      parent_version=self.applied and self.applied.id)
+        return directory, manifest
+
+    def _record(self, directory: Path, manifest: Manifest, status: str,
+                reason: str | None = None) -> OverlayVersion:
+        return self.store.add_overlay_version(
+            self.profile.id, directory.relative_to(self.home).as_posix(), manifest.base_sha256,
+            parent_id=manifest.parent_version, sessions=manifest.sessions,
+            metrics=manifest.metrics, status=status, reason=reason,
+            trainable_params=manifest.trainable_params,
+            bytes=sum((directory / name).stat().st_size
+                      for name in (overlay_files.TENSORS_FILE, overlay_files.MANIFEST_FILE)),
+        )
+
+    def _switch(self, directory: Path | None,
+                record: Callable[[], OverlayVersion | None]) -> OverlayVersion | None:
+        """Apply to the model, then record; if recording fails, put the model back."""
+        previous = self.applied
+        self._apply(directory)
+        try:
+            version = record()
+        except BaseException:
+            self._apply(previous and self.home / previous.path)
+            raise
+        self.applied, self.problem = version, ""
+        return version
+
+    def _apply(self, directory: Path | None) -> None:
+        if directory is None:
+            self.runtime.set_overlay(None)
+            return
+        self.runtime.set_overlay(*self._lora(directory))
+
+    def _lora(self, directory: Path) -> tuple[Path, float]:
+        overlay = overlay_files.load(directory, self.runtime.model.sha256)
+        gguf = directory / GGUF_FILE
+        if not gguf.exists():
+            overlay_files.write_gguf_lora(overlay, gguf, self.runtime.model.architecture)
+        return gguf, overlay.scale
+
+    def _last_good(self, version_id: int | None) -> OverlayVersion | None:
+        """The nearest usable version along the parent chain."""
+        while version_id is not None:
+            version = self.store.overlay_version(version_id)
+            if version.status not in UNUSABLE_OVERLAY_STATUSES:
+                return version
+            version_id = version.parent_id
+        return None

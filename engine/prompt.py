@@ -1,0 +1,94 @@
+"""Turning a dialogue into a prompt that fits the context window.
+
+A GGUF that carries a chat template is formatted with it. Base models without one
+(the built-in Gemma 3 270M is a base model) get a plain ``User:`` / ``Assistant:``
+dialogue, which they continue far better than their own turn tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from engine.errors import InputTooLong
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" | "assistant"
+    content: str
+
+
+class PromptFormat(Protocol):
+    stop: list[str]
+
+    def render(self, system: str | None, turns: list[Turn]) -> str:
+        """The prompt text, ending where the assistant's reply begins."""
+
+
+class PlainDialogue:
+    """``User: …`` / ``Assistant: …`` lines; stops when the model starts the user's next line."""
+
+    stop = ["\nUser:", "\nAssistant:", "\nUSER:", "\n\n\n"]
+
+    def render(self, system: str | None, turns: list[Turn]) -> str:
+        lines = [system.strip() + "\n"] if system else []
+        for turn in turns:
+            speaker = "User" if turn.role == "user" else "Assistant"
+            lines.append(f"{speaker}: {turn.content.strip()}")
+        lines.append("Assistant:")
+        return "\n".join(lines)
+
+
+class ChatTemplate:
+    """The GGUF's own Jinja chat template (``tokenizer.chat_template``)."""
+
+    def __init__(self, template: str, bos_token: str, eos_token: str):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._formatter = Jinja2ChatFormatter(template=template, bos_token=bos_token,
+                                              eos_token=eos_token)
+        self.stop = [eos_token] if eos_token else []
+
+    def render(self, system: str | None, turns: list[Turn]) -> str:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += [{"role": t.role, "content": t.content} for t in turns]
+        response = self._formatter(messages=messages)
+        if response.stop:
+            extra = response.stop if isinstance(response.stop, list) else [response.stop]
+            self.stop = list(dict.fromkeys(self.stop + extra))
+        return response.prompt
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    tokens: list[int]
+    dropped_turns: int  # oldest turns left out to fit; the caller must tell the user
+
+
+def fit(fmt: PromptFormat, system: str | None, turns: list[Turn],
+        tokenize: Callable[[str], list[int]], budget: int) -> FittedPrompt:
+    """Keep the newest turns that fit in ``budget`` tokens (the last turn must fit on its own)."""
+    if not turns:
+        raise ValueError("nothing to reply to")
+    last = tokenize(fmt.render(system, turns[-1:]))
+    if len(last) > budget:
+        raise InputTooLong(
+            f"the message is {len(last):,} tokens but the context window leaves room for "
+            f"{budget:,}: shorten it, or start Engram with a larger --ctx"
+        )
+    whole = tokenize(fmt.render(system, turns))
+    if len(whole) <= budget:
+        return FittedPrompt(whole, 0)
+    # Binary search over user-turn starts for the earliest that fits (fewer turns fit better).
+    starts = [i for i, t in enumerate(turns) if t.role == "user" and i > 0] or [len(turns) - 1]
+    lo, hi = 0, len(starts) - 1
+    best, best_start = last, len(turns) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        tokens = tokenize(fmt.render(system, turns[starts[mid]:]))
+        if len(tokens) <= budget:
+            best, best_start, hi = tokens, starts[mid], mid - 1
+        else:
+            lo = mid + 1
+    return FittedPrompt(best, best_start)

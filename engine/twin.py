@@ -1,0 +1,144 @@
+"""The torch twin: the GGUF that llama.cpp serves, loaded into torch for learning and checks.
+
+transformers' GGUF loader dequantises the file (~40 s); the result is cached as safetensors
+under the cache dir, keyed by the model's sha256, so later loads take seconds. Token ids
+always come from llama.cpp's tokenizer, so both engines see the same ids.
+
+The twin can run any slice of layers on cached hidden states: the learner runs the frozen
+prefix once and only the layers above the edited ones at each step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from engine.model_file import ModelFile
+from store import paths
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Batch:
+    """Right-padded token ids with everything the decoder layers need."""
+
+    ids: torch.Tensor  # (B, T)
+    lengths: list[int]
+    masks: dict
+    position_ids: torch.Tensor
+    position_embeddings: dict
+
+
+class Twin:
+    def __init__(self, model, sha256: str):
+        self.model = model.eval().requires_grad_(False)
+        self.sha256 = sha256
+        self.config = model.config
+        self.layers = model.model.layers
+        self.n_layer = len(self.layers)
+        self.device = next(model.parameters()).device
+
+    # -- loading --------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model_file: ModelFile) -> "Twin":
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        cache = paths.cache() / "twin" / model_file.sha256
+        if (cache / "config.json").exists():
+            model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=torch.float32)
+            _write_cache(model, cache)
+        model.config._attn_implementation = "sdpa"
+        return cls(model.to(device()), model_file.sha256)
+
+    # -- running --------------------------------------------------------------
+
+    def batch(self, sequences: list[list[int]]) -> Batch:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        lengths = [len(s) for s in sequences]
+        width = max(lengths)
+        ids = torch.zeros((len(sequences), width), dtype=torch.long)
+        attention = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            attention[i, : len(seq)] = 1
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        position_ids = torch.arange(width, device=self.device).unsqueeze(0)
+        embeds = self.model.model.embed_tokens(ids)
+        kwargs = dict(config=self.config, inputs_embeds=embeds, attention_mask=attention,
+                      past_key_values=None, position_ids=position_ids)
+        masks = {"full_attention": create_causal_mask(**kwargs),
+                 "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
+        rotary = self.model.model.rotary_emb
+        position_embeddings = {t: rotary(embeds, position_ids, t) for t in set(self.config.layer_types)}
+        return Batch(ids, lengths, masks, position_ids, position_embeddings)
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        return self.model.model.embed_tokens(batch.ids)
+
+    def run(self, h: torch.Tensor, batch: Batch, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Hidden states after layers [start, end) given the input ``h`` of layer ``start``."""
+        for i in range(start, self.n_layer if end is None else end):
+            kind = self.config.layer_types[i]
+            h = self.layers[i](h, attention_mask=batch.masks[kind],
+                               position_embeddings=batch.position_embeddings[kind],
+                               position_ids=batch.position_ids)
+        return h
+
+    def logits(self, h: torch.Tensor, rows: torch.Tensor | None = None,
+               vocab: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-norm + output head on the final hidden states ``h`` (…, d). ``vocab`` limits
+        the head to some token ids: the full 262k-row head is the costliest part of a step."""
+        h = self.model.model.norm(h)
+        weight = self.model.lm_head.weight if vocab is None else self.model.lm_head.weight[vocab]
+        return h @ weight.T
+
+    @torch.no_grad()
+    def full_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Next-token logits at every position of each sequence (for checks and metrics)."""
+        batch = self.batch(sequences)
+        h = self.run(self.embed(batch), batch)
+        return [self.logits(h[i, :n]) for i, n in enumerate(batch.lengths)]
+
+    @contextmanager
+    def mlp_hooks(self, layer: int, capture_keys: list | None = None, add_output=None):
+        """Observe layer ``layer``'s FFN neuron activations and/or add to its down-proj output.
+
+        ``capture_keys`` receives the activation tensor (B, T, d_ff) of each forward;
+        ``add_output(act)`` returns a tensor added to the down-projection's output.
+        """
+        down = self.layers[layer].mlp.down_proj
+        handles = []
+        if capture_keys is not None:
+            handles.append(down.register_forward_pre_hook(lambda m, a: capture_keys.append(a[0])))
+        if add_output is not None:
+            handles.append(down.register_forward_hook(lambda m, a, out: out + add_output(a[0])))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _write_cache(model, cache) -> None:
+    """Save the dequantised model atomically (a crash leaves no half cache)."""
+    tmp = cache.with_name(cache.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.config.quantization_config = None
+    model.hf_quantizer = None  # the weights are plain float32 now; transformers refuses otherwise
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    os.replace(tmp, cache)
