@@ -1,0 +1,194 @@
+"""The ``engram`` command. User errors are caught here once and shown without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from app import __version__
+from engine.errors import EngramError
+from store.store import StoreError
+
+
+def _common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Options accepted before or after the sub-command (``engram --home X chat`` or ``engram chat --home X``)."""
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--home", default=default, metavar="DIR",
+                        help="where sessions and memory live (default: $ENGRAM_HOME or the user data dir)")
+    parser.add_argument("--profile", default="default" if top else argparse.SUPPRESS,
+                        metavar="NAME", help="whose memory to use (default: default)")
+    parser.add_argument("--model", default=default, metavar="PATH",
+                        help="a GGUF model file (default: the built-in Gemma 3 270M)")
+    parser.add_argument("--ctx", type=int, default=default, metavar="N",
+                        help="context window in tokens (default: from settings, 4096)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engram", description="A local chat whose model learns from you.")
+    parser.add_argument("--version", action="version", version=f"engram {__version__}")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command")
+
+    chat = sub.add_parser("chat", help="chat (the TUI, or --plain for pipes)")
+    _common(chat, top=False)
+    chat.add_argument("--plain", action="store_true", help="line-based chat on stdin/stdout")
+    chat.add_argument("--private", action="store_true", help="a session that is never learned from")
+    chat.add_argument("--session", type=int, metavar="ID", help="continue this session")
+
+    sessions = sub.add_parser("sessions", help="list sessions, newest first")
+    _common(sessions, top=False)
+    sessions.add_argument("--search", metavar="TEXT")
+    sessions.add_argument("--json", action="store_true")
+
+    setup = sub.add_parser("setup", help="assemble the built-in model once (done by `make`)")
+    _common(setup, top=False)
+
+    bench = sub.add_parser("bench", help="benchmarks (ratios against a same-run baseline)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    generate = bench_sub.add_parser("generate", help="tokens/s vs bare llama-cpp-python")
+    _common(generate, top=False)
+    generate.add_argument("--json", action="store_true")
+    generate.add_argument("--tokens", type=int, default=128)
+    generate.add_argument("--repetitions", type=int, default=5)
+    cells = bench_sub.add_parser("cells", help="what cells recover once turns leave the window, "
+                                 "their side effects, and resuming a saved session")
+    _common(cells, top=False)
+    cells.add_argument("--facts", metavar="FILE",
+                       help="sessions with probes (default: the bundled user-facts.jsonl)")
+    cells.add_argument("--topics", metavar="FILE",
+                       help="topic conversations (default: the bundled topic-conversations.jsonl)")
+    cells.add_argument("--json", action="store_true")
+    cells.add_argument("--resume-tokens", type=int, default=2000, metavar="N",
+                       help="length of the session resumed from the store (default 2000)")
+    learn = bench_sub.add_parser("learn", help="does a fresh session know what was taught? "
+                                 "(recall, retention, locality, cost)")
+    _common(learn, top=False)
+    learn.add_argument("--facts", metavar="FILE",
+                       help="sessions with probes (default: the bundled user-facts.jsonl)")
+    learn.add_argument("--json", action="store_true")
+    learn.add_argument("--sessions", type=int, metavar="N", help="only the first N sessions")
+    learn.add_argument("--counterfact", type=int, default=100, metavar="N",
+                       help="CounterFact cases, each learned on its own (default 100; 0 skips)")
+    learn.add_argument("--details", metavar="FILE",
+                       help="per-probe answers go here (default: stderr)")
+    learn.add_argument("--threshold", type=float, metavar="T",
+                       help="locality gate threshold for this run (default: the configured "
+                            "one; 0 accepts every run, to measure the recipe alone)")
+
+    memory = sub.add_parser("memory", help="what the model learned: show, learn, diff, undo")
+    memory_sub = memory.add_subparsers(dest="memory", required=True, metavar="COMMAND")
+    for name, text in (("show", "what is learned, what is pending"),
+                       ("versions", "the overlay versions, newest first"),
+                       ("learn", "learn pending sessions now and wait for the new version"),
+                       ("diff", "what a version changed, with answers before and after"),
+                       ("rollback", "make an earlier version active"),
+                       ("forget", "remove one session from the memory"),
+                       ("reset", "forget everything learned (earlier versions are kept)"),
+                       ("pause", "stop learning from this profile's sessions"),
+                       ("resume", "learn again")):
+        command = memory_sub.add_parser(name, help=text, description=text)
+        _common(command, top=False)
+        if name == "learn":
+            command.add_argument("--session", type=int, action="append", metavar="ID",
+                                 help="learn this session even if already decided (repeatable)")
+        elif name == "diff":
+            command.add_argument("target", nargs="?", metavar="VERSION|sSESSION",
+                                 help="a version (7 or v7) or the version that learned a "
+                                      "session (s3); default: the active version")
+        elif name == "rollback":
+            command.add_argument("version", nargs="?", type=_version_number, metavar="VERSION",
+                                 help="default: the active version's parent")
+        elif name == "forget":
+            command.add_argument("session", type=int, metavar="SESSION")
+        elif name == "reset":
+            command.add_argument("--yes", action="store_true", help="do not ask")
+    return parser
+
+
+def _version_number(text: str) -> int:
+    """``7`` or ``v7``."""
+    digits = text[1:] if text[:1] in ("v", "V") else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number (7 or v7)")
+    return int(digits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (EngramError, StoreError, PermissionError) as exc:
+        print(f"engram: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _engine(args):
+    from engine.engine import Engine
+
+    return Engine(home=args.home, profile=args.profile, model=args.model, n_ctx=args.ctx)
+
+
+def _dispatch(args) -> int:
+    if args.command == "setup":
+        from engine.model_file import open_model
+
+        model = open_model(args.model)
+        print(f"model ready: {model.path} ({model.architecture}, sha256 {model.sha256[:12]}…)")
+        return 0
+    if args.command == "sessions":
+        engine = _engine(args)
+        rows = engine.sessions(args.search)
+        if args.json:
+            print(json.dumps([vars(s) for s in rows], indent=1))
+        for s in [] if args.json else rows:
+            flag = " (private)" if s.private else ""
+            print(f"{s.id:>5}  {s.updated_at[:16].replace('T', ' ')}  {s.message_count:>3} msgs  {s.title}{flag}")
+        if not rows and not args.json:
+            print("no sessions yet: start one with `engram`", file=sys.stderr)
+        return 0
+    if args.command == "bench" and args.bench == "learn":
+        from engine.bench import learn
+
+        details = open(args.details, "w") if args.details else contextlib.nullcontext(sys.stderr)
+        with details as stream:
+            result = learn.run(args.model, args.facts, args.sessions, args.counterfact,
+                               args.threshold, stream)
+        print(json.dumps(result) if args.json else learn.report(result))
+        return 0
+    if args.command == "bench" and args.bench == "cells":
+        from engine.bench import cells
+
+        result = cells.run(args.model, args.facts and Path(args.facts),
+                           args.topics and Path(args.topics), resume_tokens=args.resume_tokens)
+        print(json.dumps(result) if args.json else cells.report(result))
+        return 0
+    if args.command == "bench":
+        from engine.bench import generate
+
+        result = generate.run(args.model, tokens=args.tokens, repetitions=args.repetitions)
+        print(json.dumps(result) if args.json else generate.report(result))
+        return 0
+    if args.command == "memory":
+        from app import memory_cli
+
+        with contextlib.closing(_engine(args)) as engine:
+            return memory_cli.run(engine, args)
+    if args.command == "chat" and args.plain:
+        from app import plain_chat
+
+        with contextlib.closing(_engine(args)) as engine:  # closing stops background learning
+            return plain_chat.run(engine, args.session, args.private,
+                                  sys.stdin.buffer, sys.stdout, sys.stderr)
+    from app.tui import run_tui
+
+    return run_tui(_engine(args), session_id=getattr(args, "session", None),
+                   private=getattr(args, "private", False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""``engram memory …``: what the model learned, learning now, and undoing it, as plain text.
+
+Results go to stdout; progress to stderr, so a script can keep the result and drop the bar.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TextIO
+
+from engine.engine import Engine
+from engine.errors import EngramError
+from engine.learning import LearnResult, VersionDiff, ancestry_records
+from store.records import OverlayVersion
+from store.store import StoreError
+
+BAR_WIDTH = 24
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; elsewhere one line per phase (not per training step)."""
+
+    def __init__(self, stream: TextIO):
+        self.stream, self.tty, self._phase = stream, stream.isatty(), ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.tty:
+            filled = int(fraction * BAR_WIDTH)
+            line = f"[{'█' * filled}{' ' * (BAR_WIDTH - filled)}] {fraction:4.0%} {message}"
+            self.stream.write(f"\r{line[:100]:<100}")
+        elif (phase := re.sub(r"[\d.]+", "", message)) != self._phase:
+            self._phase = phase
+            self.stream.write(f"{fraction:4.0%} {message}\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.flush()
+
+
+def _title(engine: Engine, session_id: int) -> str:
+    try:
+        return repr(engine.store.session(session_id).title)
+    except StoreError:
+        return "(deleted)"
+
+
+def _what(version: OverlayVersion) -> str:
+    """What a version did, in a few words."""
+    event = version.metrics.get("event")
+    if event == "learn":
+        return "learned " + ", ".join(f"s{sid}" for sid in version.metrics["learned"])
+    if event == "forget":
+        return "forgot " + ", ".join(f"s{sid}" for sid in version.metrics["dropped"])
+    if event == "reset":
+        return "reset (empty)"
+    return "sessions " + (", ".join(f"s{sid}" for sid in version.sessions) or "none")
+
+
+def _locality(version: OverlayVersion) -> str:
+    locality = version.metrics.get("locality")
+    return "" if locality is None else f"locality {locality:.3f}"
+
+
+def learn(engine: Engine, session_ids: list[int] | None, out: TextIO, err: TextIO) -> int:
+    bar = ProgressBar(err)
+    try:
+        results = engine.learn_now(bar, session_ids=session_ids)
+    finally:
+        bar.done()
+    if not results:
+        print("nothing to learn: no session has new messages", file=out)
+    for result in results:
+        print(describe(engine, result), file=out)
+    return 0
+
+
+def describe(engine: Engine, result: LearnResult) -> str:
+    head = f"session {result.session_id} {_title(engine, result.session_id)}"
+    if result.version is None:
+        return f"{head}: nothing to learn (no statement the model could ask about)"
+    lines = [f"  {qa.question} → {qa.answer}" for qa in result.facts]
+    lines += [f"  {qa.question} → {qa.answer}  (correction)" for qa in result.corrections]
+    score = result.locality
+    gate = (f"  locality {score.locality:.3f} (threshold {result.threshold:g}) · KL on neutral "
+            f"prompts {score.kl_neutral:.4f} · {result.seconds:.1f} s")
+    if result.accepted:
+        fixes = f" (+{len(result.corrections)} corrections)" if result.corrections else ""
+        status = (f"learned {len(result.facts)} fact{'s' * (len(result.facts) != 1)}{fixes} → "
+                  f"v{result.version.id} (active)")
+    else:
+        active = engine.memory.applied
+        status = (f"NOT learned: {result.version.reason}; v{result.version.id} kept as "
+                  f"rejected, {f'v{active.id}' if active else 'the base model'} stays active")
+    return "\n".join([f"{head}: {status}", *lines, gate])
+
+
+def show(engine: Engine, out: TextIO) -> int:
+    settings = engine.settings
+    state = "paused" if settings.learning_paused else "on"
+    print(f"profile {engine.profile.name} · learning {state} · locality threshold "
+          f"{settings.locality_threshold:g}", file=out)
+    versions = engine.store.overlay_versions(engine.profile.id)
+    active = engine.store.active_overlay(engine.profile.id)
+    if active is None:
+        print("no learned memory is active (the base model answers)", file=out)
+    else:
+        print(f"active: v{active.id} ({active.created_at[:16].replace('T', ' ')}) · "
+              f"{len(active.sessions)} sessions · {active.trainable_params:,} parameters · "
+              f"{active.bytes / 1024:.1f} KiB · {_locality(active) or 'no locality score'}",
+              file=out)
+        records = ancestry_records(versions, active)
+        for sid in active.sessions:
+            record = records.get(sid, {"facts": [], "corrections": []})
+            print(f"  session {sid} {_title(engine, sid)}", file=out)
+            for question, answer, _ in record["facts"] + record["corrections"]:
+                print(f"    {question} → {answer}", file=out)
+    pending = engine.pending_sessions()
+    if pending:
+        print(f"pending: {', '.join(f's{s.id}' for s in pending)} (learned in the background "
+              "during chat, or now with `engram memory learn`)", file=out)
+    return 0
+
+
+def versions(engine: Engine, out: TextIO) -> int:
+    rows = engine.store.overlay_versions(engine.profile.id)
+    if not rows:
+        print("no overlay versions yet: chat, then `engram memory learn`", file=out)
+    for v in rows:
+        why = f"  ({v.reason})" if v.reason else ""
+        print(f"v{v.id:<4} {v.created_at[:19].replace('T', ' ')}  {v.status:<10}  "
+              f"{_what(v):<24} {_locality(v):<16} {v.trainable_params:>9,} params{why}", file=out)
+    return 0
+
+
+def rollback(engine: Engine, version_id: int | None, out: TextIO) -> int:
+    version = engine.rollback_memory(version_id)
+    if version is None:
+        print("rolled back to the base model (no learned memory active)", file=out)
+    else:
+        print(f"rolled back: v{version.id} is active ({_what(version)})", file=out)
+    return 0
+
+
+def forget(engine: Engine, session_id: int, out: TextIO) -> int:
+    version = engine.forget_session(session_id)
+    print(f"forgot session {session_id}: v{version.id} is active without it "
+          "(it is learned again only if it gets new messages)", file=out)
+    _probes(engine.memory_diff(version.id), out)
+    return 0
+
+
+def reset(engine: Engine, yes: bool, stdin: TextIO, out: TextIO, err: TextIO) -> int:
+    if not yes:
+        if not stdin.isatty():
+            raise EngramError("reset forgets everything learned: confirm with --yes")
+        err.write(f"Forget everything profile {engine.profile.name!r} has learned? [y/N] ")
+        err.flush()
+        if stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing changed", file=out)
+            return 1
+    version = engine.reset_memory()
+    print(f"memory reset: v{version.id} is empty and active; the sessions so far will not be "
+          "learned again. `engram memory rollback` undoes this.", file=out)
+    return 0
+
+
+def pause(engine: Engine, paused: bool, out: TextIO) -> int:
+    engine.pause_learning(paused)
+    print(f"learning {'paused' if paused else 'resumed'} for profile {engine.profile.name}",
+          file=out)
+    return 0
+
+
+def diff(engine: Engine, target: str | None, out: TextIO) -> int:
+    if target is None:
+        active = engine.store.active_overlay(engine.profile.id)
+        if active is None:
+            raise EngramError("no learned memory is active: name a version (see "
+                              "`engram memory versions`)")
+        version_id = active.id
+    elif match := re.fullmatch(r"[sS](\d+)", target):
+        engine.load()
+        version_id = engine.learning.version_of_session(int(match[1])).id
+    elif match := re.fullmatch(r"[vV]?(\d+)", target):
+        version_id = int(match[1])
+    else:
+        raise EngramError(f"{target!r} is neither a version (7, v7) nor a session (s3)")
+    d = engine.memory_diff(version_id)
+    v, parent = d.version, d.parent
+    print(f"v{v.id} ({v.status}, {v.created_at[:16].replace('T', ' ')}) vs "
+          f"{f'v{parent.id} ({parent.status})' if parent else 'the base model'}", file=out)
+    if v.reason:
+        print(f"rejected: {v.reason}", file=out)
+    for label, sessions in (("learned", d.added), ("removed", d.removed)):
+        if sessions:
+            names = ", ".join(f"s{sid} {_title(engine, sid)}" for sid in sessions)
+            print(f"sessions {label}: {names}", file=out)
+    if "locality" in v.metrics:
+        print(f"locality {v.metrics['locality']:.3f} (threshold {v.metrics['threshold']:g}) · "
+              f"KL on neutral prompts {v.metrics['kl_neutral']:.4f}", file=out)
+    print(f"parameters touched: {d.params[1]:,} (parent {d.params[0]:,})", file=out)
+    if d.layers:
+        print("change per layer (L2 norm, parent → this version):", file=out)
+        top = max(max(pair) for pair in d.layers.values()) or 1.0
+        for layer, (before, after) in d.layers.items():
+            print(f"  layer {layer:>2}  {before:8.3f} → {after:8.3f}  "
+                  f"{'█' * round(20 * after / top)}", file=out)
+    _probes(d, out)
+    return 0
+
+
+def _probes(d: VersionDiff, out: TextIO) -> None:
+    if not d.probes:
+        return
+    print("questions derived from the sessions, asked in a fresh context (before → after):",
+          file=out)
+    for p in d.probes:
+        print(f"  s{p.session_id} · {p.question}  (expected: {p.expected})", file=out)
+        print(f"      before: {p.before!r}", file=out)
+        print(f"      after:  {p.after!r}", file=out)
+
+
+def run(engine: Engine, args) -> int:
+    """Dispatch ``engram memory <command>``."""
+    out, err = sys.stdout, sys.stderr
+    match args.memory:
+        case "learn":
+            return learn(engine, args.session, out, err)
+        case "show":
+            return show(engine, out)
+        case "versions":
+            return versions(engine, out)
+        case "rollback":
+            return rollback(engine, args.version, out)
+        case "forget":
+            return forget(engine, args.session, out)
+        case "reset":
+            return reset(engine, args.yes, sys.stdin, out, err)
+        case "pause" | "resume":
+            return pause(engine, args.memory == "pause", out)
+        case "diff":
+            return diff(engine, args.target, out)
+    raise AssertionError(args.memory)

@@ -1,0 +1,92 @@
+"""Every user action of the chat screen, in one table, and the command-palette provider over it.
+
+One table feeds the key bindings (and so the footer), the command palette, the ``/`` commands
+typed in the prompt and the help screen, so the four can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+if TYPE_CHECKING:
+    from app.tui.screens.chat import ChatScreen
+
+
+@dataclass(frozen=True)
+class Command:
+    action: str  # an action of ChatScreen (``action_<name>``)
+    title: str  # in the command palette
+    help: str
+    key: str | None = None
+    label: str = ""  # in the footer
+    slash: str | None = None  # the ``/`` command typed in the prompt
+    argument: str = ""  # what the ``/`` command takes, for the help screen
+    scope: str = "screen"  # "sessions": the key works in the sessions list, on its highlighted row
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("new_session", "New session", "Start a new, empty session",
+            "ctrl+n", "New", slash="new"),
+    Command("regenerate", "Regenerate reply", "Replace the last reply with a new one",
+            "ctrl+r", "Regen", slash="regen"),
+    Command("stop", "Stop reply", "Stop the reply being written; its text is kept, marked stopped",
+            "escape", "Stop"),
+    Command("system_prompt", "Set system prompt", "Change this session's system prompt",
+            "f4", "System", slash="system", argument="<text>"),
+    Command("model", "Show model", "Which model is loaded, and how to change it",
+            "f3", "Model", slash="model"),
+    Command("toggle_memory", "Toggle memory panel", "Show or hide what the model has learned",
+            "ctrl+t", "Memory", slash="memory"),
+    Command("settings", "Settings", "System prompt for new sessions and sampling, per profile",
+            "ctrl+s", "Settings", slash="settings"),
+    Command("search_sessions", "Search sessions", "Filter the sessions list by title or text",
+            "ctrl+f", "Search"),
+    Command("copy_message", "Copy message", "Copy the focused message, else the last reply",
+            "f5", "Copy"),
+    Command("copy_code", "Copy code block", "Copy the last code block of the focused message "
+            "(else of the last reply)", "ctrl+b", "Code"),
+    Command("rename_session", "Rename session", "Rename the highlighted (else the open) session",
+            "f2", "Rename", scope="sessions"),
+    Command("delete_session", "Delete session", "Delete the highlighted (else the open) session",
+            "delete", "Delete", scope="sessions"),
+    Command("export_memory", "Export memory", "Save what the model learned to a file",
+            slash="export"),
+    Command("reset_memory", "Reset memory", "Forget what the model learned", slash="reset"),
+    Command("help", "Help", "Keys and / commands", "f1", "Help", slash="help"),
+)
+
+SLASH: dict[str, Command] = {c.slash: c for c in COMMANDS if c.slash}
+
+
+def bindings(scope: str) -> list[Binding]:
+    """The key bindings of one scope, shown in the footer when that scope has focus."""
+    return [Binding(c.key, c.action, c.label) for c in COMMANDS if c.key and c.scope == scope]
+
+
+class EngramCommands(Provider):
+    """The chat screen's commands in the command palette (Ctrl+P)."""
+
+    def _commands(self):
+        from app.tui.screens.chat import ChatScreen
+
+        screen = self.screen
+        if not isinstance(screen, ChatScreen):
+            return
+        for command in COMMANDS:
+            yield command, partial(screen.run_action, command.action)
+
+    async def discover(self) -> Hits:
+        for command, run in self._commands():
+            yield DiscoveryHit(command.title, run, help=command.help)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for command, run in self._commands():
+            score = matcher.match(command.title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(command.title), run, help=command.help)

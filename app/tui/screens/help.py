@@ -1,0 +1,45 @@
+"""Keys and ``/`` commands, generated from the command table so it is never out of date."""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from app.tui.commands import COMMANDS
+from app.tui.widgets.prompt import NEWLINE_KEYS
+
+WHERE = {"sessions": " (sessions list)"}
+PROMPT_KEYS = (
+    ("enter", "send the message"),
+    (" / ".join(NEWLINE_KEYS), "new line in the message"),
+    ("up / down", "earlier prompts (on the first line of an empty prompt)"),
+    ("tab", "move between the sessions list, messages and the prompt"),
+    ("ctrl+p", "command palette: every command by name"),
+    ("ctrl+q", "quit (everything is saved as you go)"),
+)
+
+
+def help_text() -> str:
+    width = 22
+    lines = ["Prompt"] + [f"  {key:<{width}}{what}" for key, what in PROMPT_KEYS] + ["", "Commands"]
+    for c in COMMANDS:
+        key = (c.key or "") + WHERE.get(c.scope, "")
+        slash = f"/{c.slash} {c.argument}".rstrip() if c.slash else ""
+        lines.append(f"  {key:<{width}}{slash:<16}{c.help}")
+    lines += ["", "A message that starts with / is a command; start it with a space to send it as text."]
+    return "\n".join(lines)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,f1,q", "dismiss(None)", "Close")]
+
+    def __init__(self):
+        super().__init__(classes="dialog")
+
+    def compose(self):
+        with VerticalScroll(classes="dialog-box", id="help"):
+            yield Static(Content("Engram · keys and commands  (Esc closes)"), classes="dialog-title")
+            yield Static(Content(help_text()))
