@@ -1,0 +1,236 @@
+"""Working-memory cells: the update/read rule, constant work per step, isolation, on/off/reset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import llama_native
+from engine.cells import Baseline, CellRule, Cells, CellsRefused, CellWriter
+from engine.engine import Engine
+from engine.runtime import Runtime, Sampling
+from tests.tiny_gguf import N_EMBD, N_LAYER
+
+RULE = CellRule(layers=(1, 2), alpha=0.5, decay=0.5)
+
+
+def _cells() -> Cells:
+    return Cells.empty(RULE, N_LAYER, N_EMBD, "sha")
+
+
+def _states(*rows: float) -> np.ndarray:
+    """(2 layers, len(rows) tokens, N_EMBD): token i is rows[i] on every coordinate."""
+    return np.broadcast_to(np.array(rows, np.float32)[None, :, None], (2, len(rows), N_EMBD)).copy()
+
+
+def test_write_folds_turns_in_with_decay_as_a_token_weighted_mean():
+    cells = _cells()
+    cells.write(_states(1.0, 3.0), RULE.decay)  # turn 1: mean 2, two tokens
+    cells.write(_states(6.0), RULE.decay)  # turn 2: one token
+    assert cells.folded == 2 and cells.count == pytest.approx(0.5 * 2 + 1)
+    np.testing.assert_allclose(cells.sums / cells.count, (0.5 * 4 + 6) / 2)
+
+
+def test_read_is_the_centred_mean_rescaled_to_alpha_times_the_median_norm():
+    cells = _cells()
+    cells.write(_states(2.0, 4.0), RULE.decay)
+    mean = np.zeros((2, N_EMBD), np.float32)
+    mean[:, 0] = 10.0
+    baseline = Baseline(mean, np.array([4.0, 8.0], np.float32))
+    vectors = cells.read(RULE, baseline)
+    assert vectors.shape == (N_LAYER, N_EMBD)
+    assert not vectors[0].any() and not vectors[3].any()  # only the cell layers
+    np.testing.assert_allclose(np.linalg.norm(vectors[[1, 2]], axis=1), [0.5 * 4, 0.5 * 8], rtol=1e-5)
+    direction = np.full(N_EMBD, 3.0)
+    direction[0] -= 10.0
+    np.testing.assert_allclose(vectors[1] / np.linalg.norm(vectors[1]),
+                               direction / np.linalg.norm(direction), rtol=1e-5)
+    raw = cells.read(CellRule(layers=(1, 2), alpha=0.5, centre=False), baseline)
+    np.testing.assert_allclose(raw[1] / np.linalg.norm(raw[1]), np.ones(N_EMBD) / np.sqrt(N_EMBD),
+                               rtol=1e-5)
+    assert cells.magnitudes(RULE, baseline) == pytest.approx([0.0, 2.0, 4.0, 0.0])
+    assert _cells().read(RULE, baseline) is None
+
+
+def test_cells_round_trip_through_bytes_and_refuse_what_they_cannot_use():
+    cells = _cells()
+    cells.write(_states(1.0, 2.0), RULE.decay)
+    back = Cells.from_bytes(cells.to_bytes(), "sha", RULE)
+    assert (back.folded, back.count, back.layers) == (1, cells.count, (1, 2))
+    np.testing.assert_array_equal(back.sums, cells.sums)
+    with pytest.raises(CellsRefused, match="another model"):
+        Cells.from_bytes(cells.to_bytes(), "other", RULE)
+    with pytest.raises(CellsRefused, match="another cell rule"):
+        Cells.from_bytes(cells.to_bytes(), "sha", CellRule(layers=(2,)))
+    with pytest.raises(CellsRefused, match="damaged"):
+        Cells.from_bytes(cells.to_bytes()[:-7], "sha", RULE)
+
+
+def test_turns_are_written_one_by_one_after_their_context(tiny_model):
+    runtime = Runtime(tiny_model, n_ctx=256)
+    writer = CellWriter(runtime.llm, "sha", RULE)
+    turns = [("User", f"the cat {i} was in the town") for i in range(8)]
+    together, first, apart, alone = _cells(), _cells(), _cells(), _cells()
+    writer.fold(together, turns, 0, 6)
+    writer.fold(first, turns, 0, 3)
+    writer.fold(apart, turns, 0, 3)
+    writer.fold(apart, turns, 3, 6)  # turns 0-2 are read again as context, not written
+    assert together.folded == apart.folded == 6 and together.count == apart.count
+    np.testing.assert_allclose(together.sums, apart.sums, rtol=1e-3, atol=1e-2)
+    writer.fold(alone, turns[3:], 0, 3)  # the same three turns without their context
+    assert not np.allclose(alone.sums, apart.sums - RULE.decay ** 3 * first.sums, rtol=1e-2)
+    writer.close()
+    runtime.close()
+
+
+def test_rule_layers_count_from_the_end_and_must_be_usable():
+    assert CellRule().resolve(18).layers == (15,)
+    assert CellRule().resolve(N_LAYER).layers == (1,)
+    with pytest.raises(ValueError):
+        CellRule(layers=(N_LAYER - 1,)).resolve(N_LAYER)
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model):
+    rt = Runtime(tiny_model, n_ctx=256)
+    yield rt
+    rt.close()
+
+
+def test_capture_reads_layer_outputs_without_touching_the_chat_context(runtime):
+    tokens = runtime.tokenize("the cat was in the town")
+
+    def next_logits(between) -> np.ndarray:
+        runtime.invalidate_cache()
+        runtime.llm.eval(tokens[:-1])
+        between()
+        runtime.llm.eval(tokens[-1:])
+        return llama_native.last_logits(runtime.llm)
+
+    capture = llama_native.HiddenStates(runtime.llm, [1, 2], n_ctx=4)  # windows of 4 tokens
+    rows = {}
+    with_capture = next_logits(lambda: rows.update(capture(tokens)))
+    capture.close()
+    assert sorted(rows) == [1, 2] and rows[1].shape == (len(tokens), N_EMBD)
+    assert not np.allclose(rows[1], rows[2])
+    np.testing.assert_array_equal(with_capture, next_logits(lambda: None))
+
+
+def test_control_vector_changes_logits_and_clearing_it_is_exact(runtime):
+    tokens = runtime.tokenize("the cat was in the town")
+
+    def logits() -> np.ndarray:
+        runtime.invalidate_cache()
+        runtime.llm.eval(tokens)
+        return llama_native.last_logits(runtime.llm)
+
+    base = logits()
+    vectors = np.zeros((N_LAYER, N_EMBD), np.float32)
+    vectors[2] = 0.5
+    runtime.set_cells(vectors)
+    assert runtime.cells_digest and not np.array_equal(logits(), base)
+    runtime.set_cells(None)
+    np.testing.assert_array_equal(logits(), base)
+
+
+# -- in sessions -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engine(tmp_path, tiny_model):
+    engine = Engine(home=tmp_path / "home", model=tiny_model, n_ctx=256)
+    engine.load()
+    yield engine
+    engine.close()
+
+
+def _long_session(engine: Engine, turns: int) -> int:
+    session = engine.new_session()
+    for i in range(turns):
+        engine.store.add_message(session.id, "user", f"the cat {i} was in the town")
+        engine.store.add_message(session.id, "assistant", "hello")
+    return session.id
+
+
+def _spy(engine: Engine) -> dict:
+    seen = {"cells": [], "captured": 0}
+    set_cells, fold = engine.runtime.set_cells, engine.states.writer.fold
+
+    def recording_set(vectors):
+        seen["cells"].append(None if vectors is None else vectors.shape)
+        set_cells(vectors)
+
+    def counting(cells, turns, start, end):
+        seen["captured"] += end - start
+        return fold(cells, turns, start, end)
+
+    engine.runtime.set_cells = recording_set
+    engine.states.writer.fold = counting
+    return seen
+
+
+def test_a_step_costs_the_same_with_1_or_100_past_turns(engine):
+    """One fixed-size vector, no extra prompt tokens; only newly dropped turns are read."""
+    seen = _spy(engine)
+    stats = {}
+    for n in (1, 100):
+        session_id = _long_session(engine, n)
+        for enabled in (False, True):
+            engine.set_cells_enabled(session_id, enabled)
+            reply = engine.conversation(session_id).send("hello", Sampling.greedy(4))
+            list(reply)
+            stats[n, enabled] = reply.stats
+            engine.store.delete_message(engine.store.messages(session_id)[-1].id)
+            engine.store.delete_message(engine.store.messages(session_id)[-1].id)
+    assert stats[1, True].prompt_tokens == stats[1, False].prompt_tokens
+    assert stats[100, True].prompt_tokens == stats[100, False].prompt_tokens
+    assert stats[100, True].dropped_turns > 150
+    assert seen["cells"][-1] == (N_LAYER, N_EMBD)  # the 100-turn session: one vector per layer
+    captured = seen["captured"]
+    list(engine.conversation(engine.sessions()[0].id).send("and then", Sampling.greedy(4)))
+    assert seen["captured"] - captured <= 4  # the turns that just left, not the history
+
+
+def test_cells_stay_with_their_session(engine, tmp_path, tiny_model):
+    long_id = _long_session(engine, 40)
+    short_id = _long_session(engine, 1)
+    seen = _spy(engine)
+    list(engine.conversation(long_id).send("hello", Sampling.greedy(4)))
+    assert seen["cells"][-1] is not None
+    list(engine.conversation(short_id).send("hello", Sampling.greedy(4)))
+    assert seen["cells"][-1] is None and engine.runtime.cells_digest == ""
+    status = engine.memory_status(long_id)
+    assert status.cells_enabled and len(status.cell_magnitudes) == N_LAYER
+    assert status.cell_magnitudes[1] > 0 and status.cell_magnitudes[0] == 0
+    assert engine.memory_status(short_id).cell_magnitudes == []
+
+    other = Engine(home=tmp_path / "home", profile="other", model=tiny_model, n_ctx=256)
+    for action in (lambda: other.set_cells_enabled(long_id, False),
+                   lambda: other.reset_cells(long_id), lambda: other.memory_status(long_id)):
+        with pytest.raises(PermissionError):
+            action()
+    other.close()
+
+
+def test_cells_are_saved_with_the_session_and_can_be_reset_or_turned_off(engine, tmp_path,
+                                                                         tiny_model):
+    session_id = _long_session(engine, 40)
+    list(engine.conversation(session_id).send("hello", Sampling.greedy(4)))
+    magnitudes = engine.memory_status(session_id).cell_magnitudes
+    engine.close()
+
+    again = Engine(home=tmp_path / "home", model=tiny_model, n_ctx=256)
+    assert again.memory_status(session_id).cells_enabled  # without the model
+    again.load()
+    assert again.memory_status(session_id).cell_magnitudes == pytest.approx(magnitudes)
+    seen = _spy(again)
+    again.set_cells_enabled(session_id, False)
+    list(again.conversation(session_id).send("hello", Sampling.greedy(4)))
+    assert seen["cells"][-1] is None and seen["captured"] == 0
+    assert not again.memory_status(session_id).cells_enabled
+    again.set_cells_enabled(session_id, True)
+    again.reset_cells(session_id)
+    assert again.memory_status(session_id).cell_magnitudes == []
+    list(again.conversation(session_id).send("hello", Sampling.greedy(4)))
+    assert seen["captured"] <= 4  # reset empties the cells; it does not re-read old turns
+    again.close()

@@ -1,0 +1,302 @@
+"""Learning end to end on the tiny model: pending sessions, the locality gate, corrections,
+forgetting, pausing, the background queue and cancelling.
+
+The tiny model is random, so nothing here checks what it learns, only what the app does with
+it. ``derive`` is replaced by a reader of ``question|…|answer`` turns (the real one needs a
+model that follows its few-shot prompt); the recipe trains 4 neurons in layers 1 and 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from engine import facts, learner, runtime
+from engine.engine import Engine
+from engine.errors import EngramError
+from engine.facts import QA
+from engine.learn_queue import LearnQueue
+from engine.learning import applied, corrections, same_question, twin_for
+from engine.overlay import SparseOverlay
+from engine.runtime import Sampling
+
+
+def qa_turns(runtime, turns: list[str]) -> list[QA]:
+    """``"Where do I live?|Which town do I live in?|Tromsø"``: questions, then their answer;
+    a plain statement ``"My cat is Pixel."`` asks about its last word."""
+    pairs = []
+    for turn in turns:
+        *questions, answer = turn.split("|") if "|" in turn else [
+            turn.rsplit(" ", 1)[0] + "?", turn.rsplit(" ", 1)[-1].rstrip(".")]
+        pairs += [QA(q, answer, turn) for q in questions]
+    return pairs
+
+
+@pytest.fixture
+def small(monkeypatch):
+    """A two-layer, three-step recipe, the ``question|answer`` reader as ``derive``, and one
+    thread per llama.cpp context (on a tiny model more threads only wait for each other)."""
+    monkeypatch.setattr(learner, "Recipe", functools.partial(
+        learner.Recipe, layers=(1, 2), neurons=4, steps=3))
+    monkeypatch.setattr(facts, "derive", qa_turns)
+    monkeypatch.setattr(runtime, "default_threads", lambda: 1)
+
+
+@pytest.fixture
+def engine(small, tiny_model, engine_home):
+    e = Engine(home=engine_home, model=tiny_model, n_ctx=512)
+    e.load()
+    e.save_settings(replace(e.settings, locality_threshold=0.0))
+    yield e
+    e.close()
+
+
+def said(engine: Engine, *turns: str, private: bool = False) -> int:
+    """A session in which the user said these turns (no replies needed to learn)."""
+    session = engine.new_session(private=private)
+    for turn in turns:
+        engine.store.add_message(session.id, "user", turn)
+    return session.id
+
+
+def gate_threshold(engine: Engine, threshold: float) -> None:
+    engine.settings = replace(engine.settings, locality_threshold=threshold)
+
+
+def test_pending_skips_private_empty_and_learned_sessions(engine):
+    learned = said(engine, "What is my cat called?|Pixel")
+    private = said(engine, "What is my secret?|Moon", private=True)
+    engine.new_session()  # nothing said
+    waiting = said(engine, "Who is my manager?|Berit")
+    [result] = engine.learn_now(session_ids=[learned])
+    assert result.accepted and result.version.sessions == [learned]
+    assert [s.id for s in engine.pending_sessions()] == [waiting]
+
+    engine.store.add_message(learned, "user", "What is my dog called?|Rex")
+    assert [s.id for s in engine.pending_sessions()] == [learned, waiting]
+    with pytest.raises(EngramError, match="private"):
+        engine.learn_now(session_ids=[private])
+
+
+def test_the_gate_rejects_and_keeps_the_previous_version_active(engine):
+    first = said(engine, "What is my cat called?|Pixel")
+    second = said(engine, "Who is my manager?|Berit")
+    [ok] = engine.learn_now(session_ids=[first])
+    assert ok.accepted and ok.locality.locality >= 0.0 and engine.memory.applied == ok.version
+
+    gate_threshold(engine, 1.01)  # nothing can keep more than all of its answers
+    engine.store.add_message(first, "user", "What is my dog called?|Rex")
+    results = engine.learn_now()
+    assert [r.session_id for r in results] == [first, second]
+    for rejected in results:
+        assert not rejected.accepted and rejected.version.status == "rejected"
+        assert "< 1.01" in rejected.version.reason
+    assert engine.memory.applied.id == ok.version.id
+    assert engine.store.active_overlay(engine.profile.id).id == ok.version.id
+    assert engine.pending_sessions() == []  # a rejection is a decision too: not retried
+
+
+def test_rejected_versions_and_the_accepted_one_keep_scores_and_facts(engine):
+    sid = said(engine, "What is my cat called?|What is the name of my pet?|Pixel")
+    [result] = engine.learn_now()
+    record = result.version.metrics["learned"][str(sid)]
+    assert record["facts"] == [["What is my cat called?", "Pixel", record["facts"][0][2]],
+                               ["What is the name of my pet?", "Pixel", record["facts"][0][2]]]
+    assert record["train"]["steps"] >= 1 and record["seconds"] > 0
+    assert {"locality", "kl_neutral", "threshold"} <= set(result.version.metrics)
+    assert result.locality.kl_neutral >= 0.0
+
+
+def test_sessions_own_disjoint_neurons_and_forget_removes_exactly_one(engine):
+    first = said(engine, "What is my cat called?|Pixel")
+    second = said(engine, "Who is my manager?|Berit")
+    engine.learn_now()
+    both = engine.memory.current()
+    neurons = {sid: {(b.layer, n) for b in both.blocks if b.session_id == sid for n in b.neurons}
+               for sid in (first, second)}
+    assert neurons[first] and neurons[second] and not neurons[first] & neurons[second]
+
+    version = engine.forget_session(first)
+    after = engine.memory.current()
+    assert engine.memory.applied == version and version.sessions == [second]
+    kept = [b for b in both.blocks if b.session_id == second]
+    assert len(after.blocks) == len(kept)
+    for a, b in zip(after.blocks, kept):
+        assert (a.layer, a.matrix) == (b.layer, b.matrix)
+        assert np.array_equal(a.neurons, b.neurons) and np.array_equal(a.delta, b.delta)
+    assert engine.pending_sessions() == []  # forgotten is not learned again …
+    engine.store.add_message(first, "user", "What is my dog called?|Rex")
+    assert [s.id for s in engine.pending_sessions()] == [first]  # … unless it goes on
+    with pytest.raises(EngramError, match="not in the active memory"):
+        engine.forget_session(12345)
+
+
+def test_reset_empties_the_memory_and_rollback_undoes_it(engine):
+    said(engine, "What is my cat called?|Pixel")
+    [learned] = engine.learn_now()
+    said(engine, "Who is my manager?|Berit")  # pending, dropped by the reset
+    reset = engine.reset_memory()
+    assert engine.memory.current().blocks == [] and engine.pending_sessions() == []
+    assert engine.memory.applied == reset and reset.metrics["event"] == "reset"
+    assert engine.rollback_memory().id == learned.version.id
+
+
+def test_corrections_retarget_the_earlier_phrasings(engine):
+    old = said(engine, "Where do I live?|Which town do I live in?|Tromsø",
+               "What is my cat called?|Pixel")
+    engine.learn_now()
+    new = said(engine, "Where do I live now?|Bergen")
+    [result] = engine.learn_now()
+    assert {(qa.question, qa.answer) for qa in result.corrections} == {
+        ("Where do I live?", "Bergen"), ("Which town do I live in?", "Bergen")}
+    record = result.version.metrics["learned"][str(new)]
+    assert [row[:2] for row in record["corrections"]] == [["Where do I live?", "Bergen"],
+                                                          ["Which town do I live in?", "Bergen"]]
+    assert result.version.sessions == [old, new]
+
+
+def test_nearly_the_same_question():
+    assert same_question("Where do I live now?", "Where do I live?")
+    assert same_question("Which town do I live in?", "Which town do I live in now?")
+    assert not same_question("Where did I move to?", "When did I move?")
+    assert not same_question("What is my sister's name?", "What is my brother's name?")
+    assert not same_question("What is my name?", "What is my cat's name?")
+    earlier = [(1, QA("What is my cat called?", "Pixel", "cat")),
+               (1, QA("What's the name of my pet?", "Pixel", "cat"))]
+    assert corrections([QA("What is my cat called?", "Pixel", "again")], earlier) == []
+    fixed = corrections([QA("What is my cat called?", "Mochi", "new cat")], earlier)
+    assert [(q.question, q.answer) for q in fixed] == [("What's the name of my pet?", "Mochi")]
+
+
+def test_pause_and_resume_are_saved_per_profile(engine, tiny_model, engine_home):
+    session = said(engine, "What is my cat called?|Pixel")
+    engine.pause_learning()
+    assert not engine.schedule_learning(session)
+    assert engine.memory_status().learning_paused
+    with pytest.raises(EngramError, match="paused"):
+        engine.learn_now()
+    other = Engine(home=engine_home, model=tiny_model)
+    assert other.settings.learning_paused and other.pending_sessions()[0].id == session
+    other.close()
+    engine.pause_learning(False)
+    assert engine.schedule_learning(session, delay=60)
+    private = said(engine, "What is my secret?|Moon", private=True)
+    assert not engine.schedule_learning(private)
+
+
+def test_a_reply_schedules_background_learning_that_reports_progress(engine):
+    session = engine.new_session()
+    conversation = engine.conversation(session)
+    for _ in conversation.send("What is my cat called?|Pixel", Sampling.greedy(4)):
+        pass
+    state = engine.learn_queue.state()
+    assert state.scheduled and not state.running  # debounced: waits for quiet
+
+    seen = []
+    engine.schedule_learning(delay=0)
+    while not engine.learn_queue.wait_idle(timeout=0.01):
+        seen.append(engine.memory_status())
+    assert any(s.learning and s.learning_progress is not None for s in seen)
+    status = engine.memory_status()
+    assert not status.learning and status.overlay_active
+    assert status.learning_message.startswith(f"memory updated: v{status.overlay_version}")
+
+
+def test_cancelling_keeps_the_previous_version(engine):
+    said(engine, "What is my cat called?|Pixel")
+    [first] = engine.learn_now()
+    second = said(engine, "Who is my manager?|Berit")
+    cancel = threading.Event()
+
+    def cancel_at_first_step(fraction: float, message: str) -> None:
+        if "step 1" in message:
+            cancel.set()
+
+    with pytest.raises(InterruptedError):
+        engine.learn_now(cancel_at_first_step, cancel)
+    assert engine.memory.applied == first.version
+    assert len(engine.memory.versions()) == 1
+    assert [s.id for s in engine.pending_sessions()] == [second]
+
+
+def test_the_queue_debounces_fans_in_and_cancels():
+    runs, started, release = [], threading.Event(), threading.Event()
+
+    def job(progress, cancel):
+        runs.append(time.monotonic())
+        progress(0.5, "half way")
+        started.set()
+        while not release.is_set():
+            if cancel.is_set():
+                raise InterruptedError
+            time.sleep(0.005)
+        return f"run {len(runs)}"
+
+    queue = LearnQueue(job, debounce=0.05)
+    try:
+        for _ in range(5):  # a burst of requests: one job
+            queue.schedule()
+        started.wait(2)
+        assert queue.state().running and queue.state().progress == 0.5
+        queue.schedule(delay=0)  # asked while running: one more job afterwards
+        release.set()
+        assert queue.wait_idle(timeout=2)
+        assert len(runs) == 2 and queue.state().message == "run 2"
+
+        release.clear()
+        started.clear()
+        queue.schedule(delay=0)
+        started.wait(2)
+        queue.cancel(wait=True)
+        state = queue.state()
+        assert not state.running and "cancelled" in state.message and len(runs) == 3
+    finally:
+        release.set()
+        queue.close()
+
+
+def test_a_failing_job_reports_and_the_queue_goes_on():
+    def job(progress, cancel):
+        raise EngramError("the model is gone")
+
+    queue = LearnQueue(job, debounce=0)
+    try:
+        queue.schedule()
+        assert queue.wait_idle(timeout=2)
+        assert queue.state().message == "learning stopped: the model is gone"
+    finally:
+        queue.close()
+
+
+def test_the_twin_computes_with_an_overlay_and_is_restored_exactly(engine, make_overlay):
+    twin = twin_for(engine.runtime)
+    tokens = engine.runtime.tokenize("the cat had a name")
+    before = twin.full_logits([tokens])[0]
+    overlay = make_overlay(engine.runtime.model.sha256, [(1, "ffn_down", 4, 1), (2, "ffn_up", 3, 1)])
+    with applied(twin, overlay):
+        changed = twin.full_logits([tokens])[0]
+    assert not torch.equal(before, changed)
+    assert torch.equal(before, twin.full_logits([tokens])[0])
+
+    # What the twin computes with the overlay is what llama.cpp computes with its LoRA.
+    engine.memory.commit(overlay)
+    gate = engine.learning.gate()
+    lora = engine.memory.lora(engine.memory.applied)
+    gate.scorer.set_overlay(*lora)
+    served = gate.scorer.logits(tokens)
+    gate.scorer.set_overlay(None)
+    assert (served.argmax(-1) == changed.numpy().argmax(-1)).mean() == 1.0
+
+
+def test_the_gate_measures_nothing_changed_as_perfect(engine):
+    score = engine.learning.gate().measure(None)
+    assert score.locality == 1.0 and score.kl_neutral == pytest.approx(0.0, abs=1e-6)
+    empty = SparseOverlay([], engine.runtime.model.sha256, d_model=64, d_ff=128)
+    version = engine.memory.commit(empty)
+    assert engine.learning.gate().measure(*engine.memory.lora(version)).locality == 1.0

@@ -1,0 +1,104 @@
+"""``engram memory …`` as a user runs it (in-process, on the tiny model): output and exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from app.cli import main
+from engine.engine import Engine
+from tests.test_learning import said, small  # noqa: F401  (small is a fixture)
+
+
+@pytest.fixture
+def engram(small, tiny_model, engine_home, capsys):  # noqa: F811
+    """``engram(*args) -> (exit code, stdout, stderr)`` on a home with two sessions."""
+    engine = Engine(home=engine_home, model=tiny_model)
+    engine.save_settings(replace(engine.settings, locality_threshold=0.0))
+    said(engine, "What is my cat called?|What is the name of my pet?|Pixel")
+    said(engine, "Who is my manager?|Berit")
+    engine.close()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(["--home", str(engine_home), "--model", str(tiny_model), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_learn_show_versions_diff_forget_rollback_reset(engram):
+    code, out, err = engram("memory", "show")
+    assert code == 0 and "learning on" in out and "pending: s1, s2" in out
+
+    code, out, err = engram("memory", "learn")
+    assert code == 0, err
+    assert "session 1 'New session': learned 2 facts → v1 (active)" in out
+    assert "What is the name of my pet? → Pixel" in out and "→ v2 (active)" in out
+    assert "locality 1.000 (threshold 0)" in out
+    assert "session 1 (1/2): finding what to remember" in err  # progress, one line a phase
+    assert err.count("answer loss") <= 2
+
+    code, out, _ = engram("memory", "learn")
+    assert code == 0 and out.startswith("nothing to learn")
+
+    code, out, _ = engram("memory", "show")
+    assert "active: v2" in out and "Who is my manager? → Berit" in out and "pending" not in out
+
+    code, out, _ = engram("memory", "versions")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("v2") and "active" in lines[0]
+    assert "learned s2" in lines[0] and "superseded" in lines[1]
+
+    code, out, _ = engram("memory", "diff")
+    assert code == 0 and out.startswith("v2 (active") and "vs v1 (superseded)" in out
+    assert "sessions learned: s2 'New session'" in out
+    assert "layer  1" in out and "layer  2" in out and "parameters touched" in out
+    assert "s2 · Who is my manager?  (expected: Berit)" in out
+    assert "before:" in out and "after:" in out
+
+    code, out, _ = engram("memory", "diff", "s1")
+    assert code == 0 and out.startswith("v1 (superseded") and "vs the base model" in out
+
+    code, out, _ = engram("memory", "forget", "1")
+    assert code == 0 and out.startswith("forgot session 1: v3 is active")
+    assert "s1 · What is my cat called?" in out and "after:" in out
+
+    code, out, _ = engram("memory", "rollback")
+    assert code == 0 and out.startswith("rolled back: v2 is active")
+    code, out, _ = engram("memory", "rollback", "v1")
+    assert code == 0 and "v1 is active" in out
+
+    code, out, err = engram("memory", "reset")
+    assert code == 2 and "--yes" in err
+    code, out, _ = engram("memory", "reset", "--yes")
+    assert code == 0 and out.startswith("memory reset: v4 is empty")
+    code, out, _ = engram("memory", "show")
+    assert "active: v4" in out and "0 sessions" in out
+
+
+def test_pause_and_resume(engram):
+    assert engram("memory", "pause")[1].startswith("learning paused")
+    code, out, err = engram("memory", "learn")
+    assert code == 2 and "paused" in err
+    assert "learning paused" in engram("memory", "show")[1]
+    assert engram("memory", "resume")[0] == 0
+    assert "learning on" in engram("memory", "show")[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("forget", "9"), "session 9 is not in the active memory"),
+    (("rollback",), "nothing to roll back"),
+    (("rollback", "42"), "no overlay version 42"),
+    (("diff",), "no learned memory is active"),
+    (("diff", "s5"), "no version has learned session 5"),
+    (("diff", "x7"), "neither a version"),
+    (("learn", "--session", "99"), "no session 99"),
+    (("reset", "--yes"), "nothing to reset"),
+])
+def test_errors_are_one_clean_line_with_exit_code_2(engram, args, message):
+    code, out, err = engram("memory", *args)
+    assert code == 2 and out == ""
+    assert err.startswith("engram: ") and message in err and err.count("\n") == 1

@@ -1,0 +1,118 @@
+"""The llama.cpp runtime and conversations, for real, on the tiny generated model."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.conversation import Conversation
+from engine.errors import InputTooLong, ModelError
+from engine.prompt import ChatTemplate, PlainDialogue, Turn
+from engine.runtime import Runtime, Sampling
+from store.store import Store
+from tests.tiny_gguf import write_tiny_gemma3
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model):
+    rt = Runtime(tiny_model, n_ctx=512)
+    yield rt
+    rt.close()
+
+
+def test_streams_tokens_and_reports_stats(runtime):
+    reply = runtime.reply([Turn("user", "hello")], None, Sampling.greedy(12))
+    pieces = list(reply)
+    assert pieces and "".join(pieces) == reply.text
+    s = reply.stats
+    assert s.prompt_tokens > 0 and 0 < s.completion_tokens <= 13
+    assert s.first_token_s is not None and s.seconds >= s.first_token_s
+    assert 0 < s.context_used < 1 and s.n_ctx == 512
+    assert not s.stopped
+
+
+def test_greedy_is_deterministic(runtime):
+    texts = {"".join(runtime.reply([Turn("user", "the cat")], None, Sampling.greedy(10)))
+             for _ in range(2)}
+    assert len(texts) == 1
+
+
+def test_cancel_stops_at_the_next_token(runtime):
+    reply = runtime.reply([Turn("user", "hello")], None, Sampling(temperature=1.0, max_tokens=200))
+    seen = 0
+    for _ in reply:
+        seen += 1
+        if seen == 3:
+            reply.cancel()
+    assert reply.stats.stopped and seen == 3
+
+
+def test_plain_dialogue_for_base_models_and_template_when_present(tmp_path, runtime):
+    assert isinstance(runtime.format, PlainDialogue)
+    path = write_tiny_gemma3(tmp_path / "chat.gguf", chat_template=(
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"))
+    rt = Runtime(path, n_ctx=256)
+    assert isinstance(rt.format, ChatTemplate)
+    assert rt.format.render("sys", [Turn("user", "hi")]) == "<|system|>sys\n<|user|>hi\n<|assistant|>"
+    rt.close()
+
+
+def test_old_turns_dropped_are_reported(runtime):
+    turns = []
+    for i in range(30):
+        turns += [Turn("user", f"the cat {i} " * 8), Turn("assistant", "hello " * 8)]
+    turns.append(Turn("user", "hi"))
+    reply = runtime.reply(turns, None, Sampling.greedy(8))
+    list(reply)
+    assert reply.dropped_turns > 0
+    assert reply.stats.prompt_tokens <= runtime.n_ctx
+
+
+def test_huge_message_is_refused_before_generation(runtime):
+    with pytest.raises(InputTooLong):
+        runtime.reply([Turn("user", "cat " * 250_000)], None, Sampling.greedy(8))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing.gguf", "not found"),
+    (lambda p: (p / "t.txt").write_text("hello") and p / "t.txt", "not a GGUF"),
+    (lambda p: write_tiny_gemma3(p / "alien.gguf", arch="nosucharch"), "could not load"),
+])
+def test_bad_model_files_get_a_clear_error(tmp_path, make, message):
+    with pytest.raises(ModelError, match=message):
+        Runtime(make(tmp_path), n_ctx=128)
+
+
+def test_user_message_is_committed_before_generation_and_reply_after(tmp_path, runtime):
+    store = Store(tmp_path / "e.db")
+    profile = store.profile("p")
+    conversation = Conversation(store, runtime, store.new_session(profile.id, "tiny"))
+    reply = conversation.send("hello there", Sampling.greedy(6))
+    assert [(m.role, m.status) for m in store.messages(conversation.session.id)] == [
+        ("user", "complete"), ("assistant", "pending")]
+    list(reply)
+    user, assistant = store.messages(conversation.session.id)
+    assert assistant.status == "complete" and assistant.content == reply.text.strip()
+    assert assistant.completion_tokens == reply.stats.completion_tokens
+    assert store.session(conversation.session.id).title == "hello there"
+
+
+def test_stopped_and_crashed_replies_keep_their_text(tmp_path, runtime, monkeypatch):
+    store = Store(tmp_path / "e.db")
+    profile = store.profile("p")
+    conversation = Conversation(store, runtime, store.new_session(profile.id, "tiny"))
+    reply = conversation.send("hello", Sampling(temperature=1.0, max_tokens=100))
+    for i, _ in enumerate(reply):
+        if i == 2:
+            reply.cancel()
+    assert store.messages(conversation.session.id)[-1].status == "partial"
+
+    def exploding(*args, **kwargs):
+        yield {"choices": [{"text": "half a"}]}
+        raise RuntimeError("GPU fell over")
+
+    monkeypatch.setattr(runtime.llm, "create_completion", exploding)
+    reply = conversation.send("again", Sampling.greedy(10))
+    with pytest.raises(RuntimeError):
+        list(reply)
+    last = store.messages(conversation.session.id)[-1]
+    assert (last.status, last.content) == ("error", "half a")

@@ -1,0 +1,97 @@
+"""The store on real SQLite files: schema upgrades, refusal of foreign/newer databases, privacy."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+
+import pytest
+import sqlite_utils
+
+from store.migrations import LATEST, UPGRADES
+from store.store import Store, StoreError
+
+
+def test_fresh_database_is_latest_schema_in_wal_mode(tmp_path):
+    store = Store(tmp_path / "e.db")
+    assert store.schema_version == LATEST
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_upgrade_from_version_1_keeps_data(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    UPGRADES[1](db)
+    db.execute("PRAGMA user_version = 1")
+    db["profiles"].insert({"name": "ada", "created_at": "2026-01-01"})
+    db["sessions"].insert({"profile_id": 1, "title": "old chat", "created_at": "t",
+                           "updated_at": "t", "model": "m", "system_prompt": None})
+    db["messages"].insert({"session_id": 1, "role": "user", "content": "hello from v1",
+                           "status": "complete", "created_at": "t"})
+    db.conn.commit()
+    db.conn.close()
+
+    store = Store(path)
+    assert store.schema_version == LATEST
+    profile = store.profile("ada")
+    [session] = store.sessions(profile.id)
+    assert session.title == "old chat" and session.private is False
+    assert [m.content for m in store.messages(session.id)] == ["hello from v1"]
+    assert profile.settings == {}
+
+
+def test_newer_schema_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "new.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {LATEST + 5}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer Engram"):
+        Store(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST + 5
+
+
+def test_garbage_file_is_refused_with_advice(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a readable Engram database"):
+        Store(path)
+    assert path.read_bytes() == b"this is not sqlite" * 100
+
+
+def test_database_file_is_private(tmp_path):
+    store = Store(tmp_path / "e.db")
+    store.profile("default")
+    assert stat.S_IMODE((tmp_path / "e.db").stat().st_mode) == 0o600
+
+
+def test_sessions_messages_search_and_delete(tmp_path):
+    store = Store(tmp_path / "e.db")
+    me = store.profile("me")
+    other = store.profile("other")
+    first = store.new_session(me.id, "m", title="about cats")
+    second = store.new_session(me.id, "m", title="about dogs")
+    store.new_session(other.id, "m", title="not mine")
+    store.add_message(first.id, "user", "my cat is Pixel")
+    reply = store.add_message(first.id, "assistant", "", status="pending")
+    store.finish_message(reply.id, "Nice!", "partial", completion_tokens=2)
+
+    assert [s.id for s in store.sessions(me.id)][0] == first.id  # touched last
+    assert [s.title for s in store.sessions(me.id, search="Pixel")] == ["about cats"]
+    assert [s.title for s in store.sessions(me.id, search="dogs")] == ["about dogs"]
+    messages = store.messages(first.id)
+    assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "partial")]
+    assert messages[1].completion_tokens == 2
+
+    store.delete_session(first.id)
+    assert [s.id for s in store.sessions(me.id)] == [second.id]
+    assert store.messages(first.id) == []
+
+
+def test_settings_are_saved_per_profile(tmp_path):
+    store = Store(tmp_path / "e.db")
+    me = store.profile("me")
+    store.save_settings(me.id, {"temperature": 0.2})
+    assert store.profile("me").settings == {"temperature": 0.2}
+    assert store.profile("you").settings == {}
