@@ -9,11 +9,11 @@ import re
 import sys
 from typing import TextIO
 
+from app.memory_text import (describe, forgot, gate, layer_bars, learning_state, locality,
+                              rolled_back, title, was_reset, what, when)
 from engine.engine import Engine
 from engine.errors import EngramError
-from engine.learning import LearnResult, VersionDiff, ancestry_records
-from store.records import OverlayVersion
-from store.store import StoreError
+from engine.learning import VersionDiff, ancestry_records
 
 BAR_WIDTH = 24
 
@@ -40,30 +40,6 @@ class ProgressBar:
             self.stream.flush()
 
 
-def _title(engine: Engine, session_id: int) -> str:
-    try:
-        return repr(engine.store.session(session_id).title)
-    except StoreError:
-        return "(deleted)"
-
-
-def _what(version: OverlayVersion) -> str:
-    """What a version did, in a few words."""
-    event = version.metrics.get("event")
-    if event == "learn":
-        return "learned " + ", ".join(f"s{sid}" for sid in version.metrics["learned"])
-    if event == "forget":
-        return "forgot " + ", ".join(f"s{sid}" for sid in version.metrics["dropped"])
-    if event == "reset":
-        return "reset (empty)"
-    return "sessions " + (", ".join(f"s{sid}" for sid in version.sessions) or "none")
-
-
-def _locality(version: OverlayVersion) -> str:
-    locality = version.metrics.get("locality")
-    return "" if locality is None else f"locality {locality:.3f}"
-
-
 def learn(engine: Engine, session_ids: list[int] | None, out: TextIO, err: TextIO) -> int:
     bar = ProgressBar(err)
     try:
@@ -77,26 +53,6 @@ def learn(engine: Engine, session_ids: list[int] | None, out: TextIO, err: TextI
     return 0
 
 
-def describe(engine: Engine, result: LearnResult) -> str:
-    head = f"session {result.session_id} {_title(engine, result.session_id)}"
-    if result.version is None:
-        return f"{head}: nothing to learn (no statement the model could ask about)"
-    lines = [f"  {qa.question} → {qa.answer}" for qa in result.facts]
-    lines += [f"  {qa.question} → {qa.answer}  (correction)" for qa in result.corrections]
-    score = result.locality
-    gate = (f"  locality {score.locality:.3f} (threshold {result.threshold:g}) · KL on neutral "
-            f"prompts {score.kl_neutral:.4f} · {result.seconds:.1f} s")
-    if result.accepted:
-        fixes = f" (+{len(result.corrections)} corrections)" if result.corrections else ""
-        status = (f"learned {len(result.facts)} fact{'s' * (len(result.facts) != 1)}{fixes} → "
-                  f"v{result.version.id} (active)")
-    else:
-        active = engine.memory.applied
-        status = (f"NOT learned: {result.version.reason}; v{result.version.id} kept as "
-                  f"rejected, {f'v{active.id}' if active else 'the base model'} stays active")
-    return "\n".join([f"{head}: {status}", *lines, gate])
-
-
 def show(engine: Engine, out: TextIO) -> int:
     settings = engine.settings
     state = "paused" if settings.learning_paused else "on"
@@ -107,14 +63,14 @@ def show(engine: Engine, out: TextIO) -> int:
     if active is None:
         print("no learned memory is active (the base model answers)", file=out)
     else:
-        print(f"active: v{active.id} ({active.created_at[:16].replace('T', ' ')}) · "
+        print(f"active: v{active.id} ({when(active)}) · "
               f"{len(active.sessions)} sessions · {active.trainable_params:,} parameters · "
-              f"{active.bytes / 1024:.1f} KiB · {_locality(active) or 'no locality score'}",
+              f"{active.bytes / 1024:.1f} KiB · {locality(active) or 'no locality score'}",
               file=out)
         records = ancestry_records(versions, active)
         for sid in active.sessions:
             record = records.get(sid, {"facts": [], "corrections": []})
-            print(f"  session {sid} {_title(engine, sid)}", file=out)
+            print(f"  session {sid} {title(engine, sid)}", file=out)
             for question, answer, _ in record["facts"] + record["corrections"]:
                 print(f"    {question} → {answer}", file=out)
     pending = engine.pending_sessions()
@@ -131,23 +87,18 @@ def versions(engine: Engine, out: TextIO) -> int:
     for v in rows:
         why = f"  ({v.reason})" if v.reason else ""
         print(f"v{v.id:<4} {v.created_at[:19].replace('T', ' ')}  {v.status:<10}  "
-              f"{_what(v):<24} {_locality(v):<16} {v.trainable_params:>9,} params{why}", file=out)
+              f"{what(v):<24} {locality(v):<16} {v.trainable_params:>9,} params{why}", file=out)
     return 0
 
 
 def rollback(engine: Engine, version_id: int | None, out: TextIO) -> int:
-    version = engine.rollback_memory(version_id)
-    if version is None:
-        print("rolled back to the base model (no learned memory active)", file=out)
-    else:
-        print(f"rolled back: v{version.id} is active ({_what(version)})", file=out)
+    print(rolled_back(engine.rollback_memory(version_id)), file=out)
     return 0
 
 
 def forget(engine: Engine, session_id: int, out: TextIO) -> int:
     version = engine.forget_session(session_id)
-    print(f"forgot session {session_id}: v{version.id} is active without it "
-          "(it is learned again only if it gets new messages)", file=out)
+    print(forgot(session_id, version), file=out)
     _probes(engine.memory_diff(version.id), out)
     return 0
 
@@ -161,16 +112,13 @@ def reset(engine: Engine, yes: bool, stdin: TextIO, out: TextIO, err: TextIO) ->
         if stdin.readline().strip().lower() not in ("y", "yes"):
             print("nothing changed", file=out)
             return 1
-    version = engine.reset_memory()
-    print(f"memory reset: v{version.id} is empty and active; the sessions so far will not be "
-          "learned again. `engram memory rollback` undoes this.", file=out)
+    print(was_reset(engine.reset_memory()), file=out)
     return 0
 
 
 def pause(engine: Engine, paused: bool, out: TextIO) -> int:
     engine.pause_learning(paused)
-    print(f"learning {'paused' if paused else 'resumed'} for profile {engine.profile.name}",
-          file=out)
+    print(learning_state(engine), file=out)
     return 0
 
 
@@ -190,24 +138,21 @@ def diff(engine: Engine, target: str | None, out: TextIO) -> int:
         raise EngramError(f"{target!r} is neither a version (7, v7) nor a session (s3)")
     d = engine.memory_diff(version_id)
     v, parent = d.version, d.parent
-    print(f"v{v.id} ({v.status}, {v.created_at[:16].replace('T', ' ')}) vs "
+    print(f"v{v.id} ({v.status}, {when(v)}) vs "
           f"{f'v{parent.id} ({parent.status})' if parent else 'the base model'}", file=out)
     if v.reason:
         print(f"rejected: {v.reason}", file=out)
     for label, sessions in (("learned", d.added), ("removed", d.removed)):
         if sessions:
-            names = ", ".join(f"s{sid} {_title(engine, sid)}" for sid in sessions)
+            names = ", ".join(f"s{sid} {title(engine, sid)}" for sid in sessions)
             print(f"sessions {label}: {names}", file=out)
-    if "locality" in v.metrics:
-        print(f"locality {v.metrics['locality']:.3f} (threshold {v.metrics['threshold']:g}) · "
-              f"KL on neutral prompts {v.metrics['kl_neutral']:.4f}", file=out)
+    if gate(v):
+        print(gate(v), file=out)
     print(f"parameters touched: {d.params[1]:,} (parent {d.params[0]:,})", file=out)
     if d.layers:
         print("change per layer (L2 norm, parent → this version):", file=out)
-        top = max(max(pair) for pair in d.layers.values()) or 1.0
-        for layer, (before, after) in d.layers.items():
-            print(f"  layer {layer:>2}  {before:8.3f} → {after:8.3f}  "
-                  f"{'█' * round(20 * after / top)}", file=out)
+        for line in layer_bars(d):
+            print(f"  {line}", file=out)
     _probes(d, out)
     return 0
 

@@ -1,0 +1,99 @@
+"""What the memory holds and what a change did, in words: ``engram memory …`` prints them,
+the TUI shows them, so the two always say the same thing."""
+
+from __future__ import annotations
+
+from engine.engine import Engine
+from engine.learning import LearnResult, VersionDiff
+from store.records import OverlayVersion
+from store.store import StoreError
+
+BAR_CELLS = 20
+
+
+def title(engine: Engine, session_id: int) -> str:
+    try:
+        return repr(engine.store.session(session_id).title)
+    except StoreError:
+        return "(deleted)"
+
+
+def when(version: OverlayVersion) -> str:
+    return version.created_at[:16].replace("T", " ")
+
+
+def what(version: OverlayVersion) -> str:
+    """What a version did, in a few words."""
+    event = version.metrics.get("event")
+    if event == "learn":
+        return "learned " + ", ".join(f"s{sid}" for sid in version.metrics["learned"])
+    if event == "forget":
+        return "forgot " + ", ".join(f"s{sid}" for sid in version.metrics["dropped"])
+    if event == "reset":
+        return "reset (empty)"
+    return "sessions " + (", ".join(f"s{sid}" for sid in version.sessions) or "none")
+
+
+def locality(version: OverlayVersion) -> str:
+    score = version.metrics.get("locality")
+    return "" if score is None else f"locality {score:.3f}"
+
+
+def gate(version: OverlayVersion) -> str:
+    """The locality gate's measurement of a learned version ("" for forget, reset…)."""
+    metrics = version.metrics
+    if "locality" not in metrics:
+        return ""
+    return (f"locality {metrics['locality']:.3f} (threshold {metrics['threshold']:g}) · "
+            f"KL on neutral prompts {metrics['kl_neutral']:.4f}")
+
+
+def describe(engine: Engine, result: LearnResult) -> str:
+    """One session's learning run: what was derived, and whether the gate let it in."""
+    head = f"session {result.session_id} {title(engine, result.session_id)}"
+    if result.version is None:
+        return f"{head}: nothing to learn (no statement the model could ask about)"
+    lines = [f"  {qa.question} → {qa.answer}" for qa in result.facts]
+    lines += [f"  {qa.question} → {qa.answer}  (correction)" for qa in result.corrections]
+    score = result.locality
+    measured = (f"  locality {score.locality:.3f} (threshold {result.threshold:g}) · KL on "
+                f"neutral prompts {score.kl_neutral:.4f} · {result.seconds:.1f} s")
+    if result.accepted:
+        fixes = f" (+{len(result.corrections)} corrections)" if result.corrections else ""
+        status = (f"learned {len(result.facts)} fact{'s' * (len(result.facts) != 1)}{fixes} → "
+                  f"v{result.version.id} (active)")
+    else:
+        active = engine.memory.applied
+        status = (f"NOT learned: {result.version.reason}; v{result.version.id} kept as "
+                  f"rejected, {f'v{active.id}' if active else 'the base model'} stays active")
+    return "\n".join([f"{head}: {status}", *lines, measured])
+
+
+def layer_bars(d: VersionDiff) -> list[str]:
+    """Per layer, the change's L2 norm in the parent and in the version, with a bar."""
+    if not d.layers:
+        return []
+    top = max(max(pair) for pair in d.layers.values()) or 1.0
+    return [f"layer {layer:>2}  {before:8.3f} → {after:8.3f}  {'█' * round(BAR_CELLS * after / top)}"
+            for layer, (before, after) in d.layers.items()]
+
+
+def rolled_back(version: OverlayVersion | None) -> str:
+    if version is None:
+        return "rolled back to the base model (no learned memory active)"
+    return f"rolled back: v{version.id} is active ({what(version)})"
+
+
+def forgot(session_id: int, version: OverlayVersion) -> str:
+    return (f"forgot session {session_id}: v{version.id} is active without it "
+            "(it is learned again only if it gets new messages)")
+
+
+def was_reset(version: OverlayVersion) -> str:
+    return (f"memory reset: v{version.id} is empty and active; the sessions so far will not be "
+            "learned again. A rollback undoes this.")
+
+
+def learning_state(engine: Engine) -> str:
+    return (f"learning {'paused' if engine.settings.learning_paused else 'resumed'} for profile "
+            f"{engine.profile.name}")
