@@ -6,6 +6,7 @@ import os
 import threading
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Callable
 
 from engine.conversation import Conversation
 from engine.errors import EngramError
@@ -37,6 +38,8 @@ class Engine:
         self.memory: OverlayMemory | None = None  # with the model: it applies the active overlay
         self.learning: Learning | None = None  # with the model
         self.learn_queue: LearnQueue | None = None  # started by the first schedule_learning
+        # Called on the learning thread with each background run's results (the app's notice).
+        self.on_learned: Callable[[list[LearnResult]], object] | None = None
         self.states: SessionStates | None = None  # with the model: cells and saved KV caches
 
     def load(self) -> Runtime:
@@ -157,6 +160,8 @@ class Engine:
         if self.settings.learning_paused:
             return "learning is paused"
         results = self.learning.run(progress, cancel, wait=0)
+        if self.on_learned is not None:
+            self.on_learned(results)
         return "; ".join(r.summary() for r in results) or "nothing new to learn"
 
     def cancel_learning(self) -> None:
