@@ -20,6 +20,8 @@ QA_LINE = re.compile(r"^\s*(?P<q>[^?\n]{3,120}\?)\s*A:\s*(?P<a>[^\n]{1,60})$")
 STOP_WORDS = set("""a an the and or of in on at to for with from by about is are am was were be been do does
 did have has had i me my mine you your we our us he she it its his her they their them what which who
 whom whose where when why how that this these those there here q not no""".split())
+NOT_NAMES = {"i", "i'm", "i've", "i'd", "i'll", "my", "our", "we", "hi", "hello", "on", "in", "at",
+             "the", "yesterday", "today", "tomorrow", "since", "last", "next"}
 NAMING = re.compile(r"\b(called|named|name|i'm|i am)\b", re.IGNORECASE)
 SECOND_PERSON = [(r"\byour\b", "my"), (r"\byou\b", "I"), (r"\byours\b", "mine"),
                  (r"\bare I\b", "am I"), (r"\bI are\b", "I am"), (r"\bwere I\b", "was I")]
@@ -76,6 +78,21 @@ def _about(question: str, statement: str) -> bool:
     return bool(_stems(question) & _stems(statement))
 
 
+def whole_name(answer: str, statement: str) -> str:
+    """A name answer widened to the whole capitalised run it sits in ("Ada" → "Ada Quill"):
+    the few-shot model often copies only the first word of a name."""
+    if not answer[:1].isupper():
+        return answer
+    for run in re.finditer(r"(?:[A-ZÀ-Þ][\w'-]*)(?:\s+[A-ZÀ-Þ][\w'-]*)*", statement):
+        words = run.group(0).split()
+        for end in (0, -1):
+            while words and words[end].lower() in NOT_NAMES and words[end] not in answer.split():
+                words.pop(end)
+        if answer in " ".join(words):
+            return " ".join(words)
+    return answer
+
+
 def parse(text: str, statement: str) -> list[QA]:
     pairs = []
     for line in ("Q:" + text).split("\n"):
@@ -86,7 +103,7 @@ def parse(text: str, statement: str) -> list[QA]:
             continue
         question, answer = first_person(match["q"].strip()), match["a"].strip().rstrip(".")
         if grounded(question, answer, statement):
-            pairs.append(QA(question, answer, statement))
+            pairs.append(QA(question, whole_name(answer, statement), statement))
     return pairs
 
 

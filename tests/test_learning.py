@@ -300,3 +300,14 @@ def test_the_gate_measures_nothing_changed_as_perfect(engine):
     empty = SparseOverlay([], engine.runtime.model.sha256, d_model=64, d_ff=128)
     version = engine.memory.commit(empty)
     assert engine.learning.gate().measure(*engine.memory.lora(version)).locality == 1.0
+
+
+@pytest.mark.parametrize("answer, statement, expected", [
+    ("Ada", "Hi! I'm Ada Quill, nice to meet you.", "Ada Quill"),
+    ("Berit", "My manager's name is Berit Halvorsen.", "Berit Halvorsen"),
+    ("Kari", "In Oslo I met Kari Nordmann.", "Kari Nordmann"),
+    ("Oslo", "In Oslo I met Kari.", "Oslo"),
+    ("teal", "My favourite colour is teal.", "teal"),
+])
+def test_a_name_answer_is_widened_to_the_whole_name(answer, statement, expected):
+    assert facts.whole_name(answer, statement) == expected
