@@ -9,8 +9,8 @@ import re
 import sys
 from typing import TextIO
 
-from app.memory_text import (describe, forgot, gate, layer_bars, learning_state, locality,
-                              rolled_back, title, was_reset, what, when)
+from app.memory_text import (describe, diff_summary, forgot, layer_bars, learning_state,
+                              locality, rolled_back, title, was_reset, what, when)
 from engine.engine import Engine
 from engine.errors import EngramError
 from engine.learning import VersionDiff, ancestry_records
@@ -137,18 +137,7 @@ def diff(engine: Engine, target: str | None, out: TextIO) -> int:
     else:
         raise EngramError(f"{target!r} is neither a version (7, v7) nor a session (s3)")
     d = engine.memory_diff(version_id)
-    v, parent = d.version, d.parent
-    print(f"v{v.id} ({v.status}, {when(v)}) vs "
-          f"{f'v{parent.id} ({parent.status})' if parent else 'the base model'}", file=out)
-    if v.reason:
-        print(f"rejected: {v.reason}", file=out)
-    for label, sessions in (("learned", d.added), ("removed", d.removed)):
-        if sessions:
-            names = ", ".join(f"s{sid} {title(engine, sid)}" for sid in sessions)
-            print(f"sessions {label}: {names}", file=out)
-    if gate(v):
-        print(gate(v), file=out)
-    print(f"parameters touched: {d.params[1]:,} (parent {d.params[0]:,})", file=out)
+    print("\n".join(diff_summary(engine, d)), file=out)
     if d.layers:
         print("change per layer (L2 norm, parent → this version):", file=out)
         for line in layer_bars(d):

@@ -40,12 +40,14 @@ def locality(version: OverlayVersion) -> str:
 
 
 def gate(version: OverlayVersion) -> str:
-    """The locality gate's measurement of a learned version ("" for forget, reset…)."""
+    """The locality gate's verdict on a learned version ("" for forget, reset…)."""
     metrics = version.metrics
     if "locality" not in metrics:
         return ""
-    return (f"locality {metrics['locality']:.3f} (threshold {metrics['threshold']:g}) · "
-            f"KL on neutral prompts {metrics['kl_neutral']:.4f}")
+    passed = version.status != "rejected"
+    return (f"{'accepted' if passed else 'rejected'} by the locality gate: locality "
+            f"{metrics['locality']:.3f} {'≥' if passed else '<'} threshold "
+            f"{metrics['threshold']:g} · KL on neutral prompts {metrics['kl_neutral']:.4f}")
 
 
 def describe(engine: Engine, result: LearnResult) -> str:
@@ -67,6 +69,23 @@ def describe(engine: Engine, result: LearnResult) -> str:
         status = (f"NOT learned: {result.version.reason}; v{result.version.id} kept as "
                   f"rejected, {f'v{active.id}' if active else 'the base model'} stays active")
     return "\n".join([f"{head}: {status}", *lines, measured])
+
+
+def diff_summary(engine: Engine, d: VersionDiff) -> list[str]:
+    """A version against its parent: status, sessions learned or removed, the gate, size."""
+    v, parent = d.version, d.parent
+    lines = [f"v{v.id} ({v.status}, {when(v)}) vs "
+             f"{f'v{parent.id} ({parent.status})' if parent else 'the base model'}"]
+    if v.reason and not gate(v):
+        lines.append(f"{v.status}: {v.reason}")
+    for label, sessions in (("learned", d.added), ("removed", d.removed)):
+        if sessions:
+            names = ", ".join(f"s{sid} {title(engine, sid)}" for sid in sessions)
+            lines.append(f"sessions {label}: {names}")
+    if gate(v):
+        lines.append(gate(v))
+    lines.append(f"parameters touched: {d.params[1]:,} (parent {d.params[0]:,})")
+    return lines
 
 
 def layer_bars(d: VersionDiff) -> list[str]:
