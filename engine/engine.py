@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
+from engine import memory_archive
 from engine.conversation import Conversation
 from engine.errors import EngramError
 from engine.learn_queue import LearnQueue
@@ -15,6 +16,7 @@ from engine.learning import (LearnResult, Learning, Progress, VersionDiff, pendi
                              quiet)
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus
+from engine.model_file import open_model
 from engine.runtime import Runtime
 from engine.session_state import CELLS_BY_DEFAULT, SessionStates, remove_files
 from engine.settings import Settings
@@ -203,3 +205,19 @@ class Engine:
     def memory_diff(self, version_id: int) -> VersionDiff:
         self.load()
         return self.learning.diff(version_id)
+
+    def export_memory(self, path: str | os.PathLike, fmt: str = "archive") -> Path:
+        """Write the active memory to ``path`` (which must not exist): ``archive`` (overlay,
+        sessions, cells; ``import_memory`` reads it), or the overlay alone as a ``gguf``
+        (llama.cpp, Ollama) or ``peft`` LoRA adapter. Works without loading the model."""
+        model = self.runtime.model if self.runtime else open_model(self.model_path)
+        return memory_archive.export(path, fmt, self.store, self.home, self.profile, model)
+
+    def import_memory(self, path: str | os.PathLike) -> OverlayVersion:
+        """Check an archive completely, then add its sessions and make its overlay a new active
+        version (a rollback goes back). A refused archive (ArchiveRefused) changes nothing."""
+        self.load()
+        archive = memory_archive.read(path, self.runtime)
+        self.cancel_learning()
+        with self.learning.exclusive():
+            return memory_archive.apply(archive, self.store, self.profile, self.memory)

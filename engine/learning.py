@@ -509,6 +509,14 @@ class Learning:
             self._sync()
             return self.memory.rollback(version_id)
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the profile's learning lock, after following other processes' changes: for a
+        change to the memory made outside this class (an import), so no job runs meanwhile."""
+        with self._locked(LOCK_WAIT_S):
+            self._sync()
+            yield
+
     # -- explaining -------------------------------------------------------------------
 
     def diff(self, version_id: int) -> VersionDiff:

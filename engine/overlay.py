@@ -334,6 +334,7 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
 
 def load(directory: str | os.PathLike, expect_base_sha256: str) -> SparseOverlay:
     """Read a version, checking it belongs to this base model and its files are intact."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load as from_bytes
 
     directory = Path(directory)
@@ -363,7 +364,7 @@ def load(directory: str | os.PathLike, expect_base_sha256: str) -> SparseOverlay
             blocks.append(block)
         return SparseOverlay(blocks, manifest.base_sha256, manifest.scale,
                              d_model=manifest.d_model, d_ff=manifest.d_ff)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise CorruptOverlay(f"overlay {directory} is inconsistent ({exc}); "
                              "roll back to another version") from exc
 

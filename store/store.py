@@ -105,6 +105,28 @@ class Store:
             }).last_pk
         return self.session(row_id)
 
+    def add_sessions(self, profile_id: int, sessions: list[dict]) -> list[int]:
+        """Insert whole sessions at once (an import), in one transaction: each dict holds a
+        session's fields, its ``messages`` (dicts of Message fields but the ids) and its
+        ``cells_enabled``/``cells``. Returns the new ids, in order."""
+        ids = []
+        with self._lock, self.db.atomic():
+            for s in sessions:
+                session_id = self.db["sessions"].insert({
+                    "profile_id": profile_id, "title": s["title"], "created_at": s["created_at"],
+                    "updated_at": s["updated_at"], "model": s["model"],
+                    "system_prompt": s["system_prompt"], "private": int(s["private"]),
+                }).last_pk
+                self.db["messages"].insert_all(
+                    {**m, "session_id": session_id} for m in s["messages"])
+                if s["cells_enabled"] is not None or s["cells"] is not None:
+                    self.db["session_states"].insert({
+                        "session_id": session_id, "cells": s["cells"],
+                        "cells_enabled": None if s["cells_enabled"] is None
+                        else int(s["cells_enabled"])})
+                ids.append(session_id)
+        return ids
+
     def session(self, session_id: int) -> Session:
         with self._lock:
             rows = self._session_rows("s.id = ?", [session_id])
