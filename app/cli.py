@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("forget", "remove one session from the memory"),
                        ("reset", "forget everything learned (earlier versions are kept)"),
                        ("pause", "stop learning from this profile's sessions"),
-                       ("resume", "learn again")):
+                       ("resume", "learn again"),
+                       ("export", "write the active memory to a file: an archive to import "
+                                  "elsewhere, or a LoRA adapter for llama.cpp, Ollama, PEFT"),
+                       ("import", "add an exported archive's memory and sessions as a new "
+                                  "active version")):
         command = memory_sub.add_parser(name, help=text, description=text)
         _common(command, top=False)
         if name == "learn":
@@ -105,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("session", type=int, metavar="SESSION")
         elif name == "reset":
             command.add_argument("--yes", action="store_true", help="do not ask")
+        elif name == "export":
+            command.add_argument("path", metavar="PATH", help="a new file (a new directory "
+                                 "for peft)")
+            command.add_argument("--format", default="archive", metavar="archive|gguf|peft",
+                                 help="archive (default): memory, sessions and cells for "
+                                      "`engram memory import`; gguf: the memory as a llama.cpp "
+                                      "/ Ollama LoRA adapter; peft: as a PEFT LoRA adapter")
+        elif name == "import":
+            command.add_argument("path", metavar="PATH", help="an archive made by `engram "
+                                 "memory export`")
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``engram memory …``: what the model learned, learning now, and undoing it, as plain text.
+"""``engram memory …``: what the model learned, learning now, undoing it, export and import,
+as plain text.
 
 Results go to stdout; progress to stderr, so a script can keep the result and drop the bar.
 """
@@ -9,8 +10,9 @@ import re
 import sys
 from typing import TextIO
 
-from app.memory_text import (describe, diff_summary, forgot, layer_bars, learning_state,
-                              locality, rolled_back, title, was_reset, what, when)
+from app.memory_text import (describe, diff_summary, exported, forgot, imported, layer_bars,
+                              learning_state, locality, rolled_back, title, was_reset, what,
+                              when)
 from engine.engine import Engine
 from engine.errors import EngramError
 from engine.learning import VersionDiff, ancestry_records
@@ -146,6 +148,17 @@ def diff(engine: Engine, target: str | None, out: TextIO) -> int:
     return 0
 
 
+def export(engine: Engine, path: str, fmt: str, out: TextIO) -> int:
+    written = engine.export_memory(path, fmt)
+    print(exported(written, fmt, engine.store.active_overlay(engine.profile.id)), file=out)
+    return 0
+
+
+def import_archive(engine: Engine, path: str, out: TextIO) -> int:
+    print(imported(engine.import_memory(path)), file=out)
+    return 0
+
+
 def _probes(d: VersionDiff, out: TextIO) -> None:
     if not d.probes:
         return
@@ -177,4 +190,8 @@ def run(engine: Engine, args) -> int:
             return pause(engine, args.memory == "pause", out)
         case "diff":
             return diff(engine, args.target, out)
+        case "export":
+            return export(engine, args.path, args.format, out)
+        case "import":
+            return import_archive(engine, args.path, out)
     raise AssertionError(args.memory)

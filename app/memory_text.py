@@ -3,6 +3,8 @@ the TUI shows them, so the two always say the same thing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from engine.engine import Engine
 from engine.learning import LearnResult, VersionDiff
 from store.records import OverlayVersion
@@ -31,6 +33,9 @@ def what(version: OverlayVersion) -> str:
         return "forgot " + ", ".join(f"s{sid}" for sid in version.metrics["dropped"])
     if event == "reset":
         return "reset (empty)"
+    if event == "import":
+        return "imported " + (", ".join(f"s{sid}" for sid in version.metrics["learned"])
+                              or "(empty)")
     return "sessions " + (", ".join(f"s{sid}" for sid in version.sessions) or "none")
 
 
@@ -116,3 +121,26 @@ def was_reset(version: OverlayVersion) -> str:
 def learning_state(engine: Engine) -> str:
     return (f"learning {'paused' if engine.settings.learning_paused else 'resumed'} for profile "
             f"{engine.profile.name}")
+
+
+def exported(path: Path, fmt: str, version: OverlayVersion) -> str:
+    """What ``Engine.export_memory`` wrote, and how to use it."""
+    if fmt == "gguf":
+        return (f"exported v{version.id} to {path} as a GGUF LoRA adapter for this base model: "
+                f"llama.cpp --lora {path}, or ADAPTER {path} in an Ollama Modelfile")
+    if fmt == "peft":
+        return (f"exported v{version.id} to {path}/ as a PEFT LoRA adapter "
+                "(adapter_model.safetensors, adapter_config.json)")
+    return (f"exported v{version.id}, its sessions and their cells to {path}; "
+            "`engram memory import` reads it")
+
+
+def imported(version: OverlayVersion) -> str:
+    """What ``Engine.import_memory`` added."""
+    source = version.metrics["source"]
+    added = ", ".join(f"s{sid}" for sid in source["sessions"].values()) or "none"
+    replaces = (f"; it replaces v{version.parent_id}, a rollback goes back"
+                if version.parent_id else "")
+    return (f"imported {source['file']}: v{version.id} is active with "
+            f"{len(version.metrics['learned'])} learned sessions; sessions added: "
+            f"{added}{replaces}")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from app.cli import main
 from engine import runtime
 from engine import overlay as ov
 from engine.cells import CellRule, Cells
@@ -447,3 +448,58 @@ def test_fuzzed_archives_import_identically_or_are_refused(archive, target, tmp_
         imported += 1
     print(f"fuzz: {imported} imported identically, {refused} refused")
     assert refused > 150
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engram(tiny_model, capsys):
+    """``engram(home, *args) -> (exit code, stdout, stderr)``, in-process."""
+
+    def run(home: Path, *args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(["--home", str(home), "--model", str(tiny_model), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_cli_exports_and_imports(source, tmp_path, engram):
+    code, out, _ = engram(source.home, "memory", "export", str(tmp_path / "m.zip"))
+    assert code == 0 and out.startswith("exported v1, its sessions and their cells to")
+    code, out, _ = engram(source.home, "memory", "export", str(tmp_path / "m.gguf"),
+                          "--format", "gguf")
+    assert code == 0 and f"--lora {tmp_path / 'm.gguf'}" in out and "ADAPTER" in out
+    code, out, _ = engram(source.home, "memory", "export", str(tmp_path / "peft"),
+                          "--format", "peft")
+    assert code == 0 and "PEFT LoRA adapter" in out and (tmp_path / "peft").is_dir()
+
+    fresh = tmp_path / "fresh"
+    code, out, err = engram(fresh, "memory", "import", str(tmp_path / "m.zip"))
+    assert code == 0, err
+    assert out == ("imported m.zip: v1 is active with 2 learned sessions; sessions added: "
+                   "s1, s2, s3\n")
+    code, out, _ = engram(fresh, "memory", "versions")
+    assert out.startswith("v1") and "active" in out and "imported s1, s2" in out
+    code, out, _ = engram(fresh, "memory", "show")
+    assert "What is my cat called? → Pixel" in out and "pending" not in out
+    code, out, _ = engram(fresh, "memory", "import", str(tmp_path / "m.zip"))
+    assert code == 0 and "sessions added: s4, s5, s6; it replaces v1, a rollback goes back" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("import", "random.bin"), "random.bin was not imported: not a readable zip"),
+    (("import", "missing.zip"), "missing.zip is not a file"),
+    (("export", "random.bin"), "random.bin already exists"),
+    (("export", "x.zip", "--format", "onnx"), "unknown export format 'onnx'"),
+    (("export", "x.zip"), "no learned memory is active: there is nothing to export"),
+])
+def test_cli_errors_are_one_clean_line_with_exit_code_2(tmp_path, engram, args, message,
+                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(100))
+    code, out, err = engram(tmp_path / "home", "memory", *args)
+    assert code == 2 and out == ""
+    assert err.startswith("engram: ") and message in err and err.count("\n") == 1
