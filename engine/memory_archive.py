@@ -238,10 +238,19 @@ class Archive:
 
 def read(path: str | os.PathLike, runtime: Runtime) -> Archive:
     """Read and check an archive for the running model; ArchiveRefused says why not."""
-    model_sha256 = runtime.model.sha256
     path = Path(path).expanduser()
     if not path.is_file():
         raise ArchiveRefused(f"{path} is not a file")
+    try:
+        data, index = _members(path, runtime.model.sha256)
+        overlay = _overlay(data, runtime)
+        return Archive(path, index, overlay, _sessions(data))
+    except ArchiveRefused as exc:
+        raise ArchiveRefused(f"{path.name} was not imported: {exc}") from None
+
+
+def _members(path: Path, model_sha256: str) -> tuple[dict[str, bytes], dict]:
+    """Every member but the index, checked against the index, and the index."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = _checked_members(zf)
@@ -257,18 +266,10 @@ def read(path: str | os.PathLike, runtime: Runtime) -> Archive:
                 if hashlib.sha256(data[name]).hexdigest() != digest:
                     raise ArchiveRefused(f"{name} does not match its checksum: the file is "
                                          "damaged")
-    except ArchiveRefused as exc:
-        raise ArchiveRefused(f"{path.name} was not imported: {exc}") from None
+            return data, index
     except _ZIP_ERRORS as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ArchiveRefused(f"{path.name} was not imported: not a readable zip ({reason})") \
-            from None
-    try:
-        overlay = _overlay(data, runtime)
-        sessions = _sessions(data, overlay)
-    except ArchiveRefused as exc:
-        raise ArchiveRefused(f"{path.name} was not imported: {exc}") from None
-    return Archive(path, index, overlay, sessions)
+        raise ArchiveRefused(f"not a readable zip ({reason})") from None
 
 
 def _checked_members(zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
@@ -372,7 +373,7 @@ def _overlay(data: dict[str, bytes], runtime: Runtime) -> SparseOverlay:
     return overlay
 
 
-def _sessions(data: dict[str, bytes], overlay: SparseOverlay) -> list[dict]:
+def _sessions(data: dict[str, bytes]) -> list[dict]:
     raw = _json(data[SESSIONS], SESSIONS)
     if not isinstance(raw, dict) or set(raw) != {"sessions"} or not isinstance(
             raw["sessions"], list):
@@ -425,7 +426,8 @@ def apply(archive: Archive, store: Store, profile: Profile,
             new = ids[session["id"]]
             if session["id"] in owned:
                 record = session["learned"] or {"facts": [], "corrections": []}
-                learned[str(new)] = {**record, "through": newest.get(new, 0)}
+                learned[str(new)] = {"through": newest.get(new, 0), "facts": record["facts"],
+                                     "corrections": record["corrections"]}
             elif new in newest:
                 dropped[str(new)] = newest[new]
         overlay = replace(archive.overlay, blocks=[
