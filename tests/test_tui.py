@@ -8,16 +8,19 @@ gives the stop and responsiveness tests a reply that is reliably still running.
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
 import time
 from dataclasses import replace
 
 import pytest
 from textual import events
-from textual.widgets import Input, OptionList, Static
+from textual.widgets import Input, OptionList, ProgressBar, Static
 
 from app.tui.app import EngramApp
 from app.tui.screens.confirm import ConfirmDialog
 from app.tui.screens.help import HelpScreen
+from app.tui.screens.memory import MemoryScreen
 from app.tui.screens.model_error import ModelErrorScreen
 from app.tui.screens.rename import RenameDialog
 from app.tui.screens.settings import SettingsScreen
@@ -26,8 +29,14 @@ from app.tui.widgets.messages import MessageList
 from app.tui.widgets.prompt import PromptInput
 from app.tui.widgets.sessions import SessionList
 from app.tui.widgets.status import StatusBar
+from app.tui.widgets.version_diff import VersionDiffView
+from app.tui.widgets.versions import VersionList
+from engine import engine as engine_module
 from engine.engine import Engine
+from engine.learn_queue import LearnQueue
+from engine.learning import Probe, VersionDiff
 from engine.memory_status import MemoryStatus
+from tests.test_learning import gate_threshold, said, small  # noqa: F401  (small: a fixture)
 
 SIZE = (120, 40)
 LONG_REPLY = 4000  # max_tokens that keep the tiny model streaming for many seconds
@@ -378,13 +387,13 @@ async def test_slash_commands(engine):
         await slash("/help")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
-        await slash("/memory")
+        await slash("/panel")
         assert app.chat.query_one(MemoryPanel).display
+        await slash("/memory")
+        assert isinstance(app.screen, MemoryScreen)
+        await pilot.press("escape")
         await slash("/model")
         assert any("--model PATH" in n for n in notices(app))
-        await slash("/export")
-        await slash("/reset")
-        assert sum("arrives with the memory features" in n for n in notices(app)) == 2
         await slash("/regen")
         assert "Nothing to regenerate yet." in notices(app)
         await slash("/system Answer in French.")
@@ -439,6 +448,244 @@ async def test_model_that_fails_to_load_shows_the_error_screen(engine_home, tmp_
         await pilot.press("q")
     assert app.return_code == 2
     engine.close()
+
+
+# -- memory: background learning, the memory screen, the / commands ----------------------
+
+
+@pytest.fixture
+def learning(small, engine, monkeypatch):  # noqa: F811
+    """The engine with the small recipe, a gate that accepts everything and a quick debounce."""
+    engine.save_settings(replace(engine.settings, locality_threshold=0.0))
+    monkeypatch.setattr(engine_module, "LearnQueue", functools.partial(LearnQueue, debounce=0.05))
+    return engine
+
+
+@pytest.fixture
+def learned(learning):
+    """Two sessions learned: v1 (session 1) and v2 (session 2, active)."""
+    said(learning, "What is my cat called?|Pixel")
+    said(learning, "Who is my manager?|Berit")
+    learning.learn_now()
+    return learning
+
+
+def hold_learning(engine, monkeypatch) -> threading.Event:
+    """Background learning waits at its first training step until the event is set."""
+    release = threading.Event()
+    run = engine.learning.run
+
+    def held(progress, cancel=None, **kwargs):
+        def report(fraction: float, message: str) -> None:
+            progress(fraction, message)
+            if "step 1" in message:
+                release.wait(30)
+
+        return run(report, cancel, **kwargs)
+
+    monkeypatch.setattr(engine.learning, "run", held)
+    return release
+
+
+def memory_notices(app) -> list[str]:
+    return [n for n in notices(app) if n.startswith("memory updated:")]
+
+
+def text_of(widget) -> str:
+    return "\n".join(str(s.content) for s in widget.query(Static))
+
+
+async def test_background_learning_shows_progress_then_a_notice(learning, monkeypatch):
+    engine = learning
+    said(engine, "What is my cat called?|Pixel")
+    engine.load()
+    release = hold_learning(engine, monkeypatch)
+    async with running(engine) as (app, pilot):  # loading schedules the pending session
+        await pilot.press("ctrl+t")
+        panel = app.chat.query_one(MemoryPanel)
+        await until(pilot, lambda: panel.status is not None
+                    and "step 1" in panel.status.learning_message, "the held step", timeout=60)
+        bar = panel.query_one(ProgressBar)
+        assert bar.display and bar.progress > 0
+        assert "session 1 (1/1): step 1" in str(panel.query_one("#learning", Static).content)
+        assert memory_notices(app) == []
+        release.set()
+        await until(pilot, lambda: memory_notices(app), "the notice", timeout=30)
+        [notice] = memory_notices(app)
+        assert "session 1 'New session': learned 1 fact → v1 (active)" in notice
+        assert "What is my cat called? → Pixel" in notice and "locality" in notice
+        await until(pilot, lambda: not bar.display, "the bar to go")
+        assert "overlay v1 active" in str(panel.query_one("#overlay", Static).content)
+
+
+async def test_replies_and_leaving_a_session_schedule_learning(learning, monkeypatch):
+    engine = learning
+    monkeypatch.setattr(engine_module, "LearnQueue", LearnQueue)  # the real debounce
+    async with running(engine) as (app, pilot):
+        await say(app, pilot, "Who is my manager?|Berit")
+        state = engine.learn_queue.state()
+        assert state.scheduled and not state.running  # debounced after the reply
+        await pilot.press("ctrl+n")  # leaving the session learns it at once
+        await until(pilot, lambda: memory_notices(app), "the notice", timeout=60)
+        assert "learned 1 fact → v1 (active)" in memory_notices(app)[0]
+        assert engine.store.active_overlay(engine.profile.id).sessions == [1]
+
+
+async def test_a_rejected_run_says_why(learning):
+    engine = learning
+    gate_threshold(engine, 1.5)  # above any locality: every run is rejected
+    said(engine, "Who is my manager?|Berit")
+    async with running(engine) as (app, pilot):
+        await until(pilot, lambda: memory_notices(app), "the notice", timeout=60)
+        [notice] = memory_notices(app)
+        assert "NOT learned: locality" in notice and "< 1.5" in notice
+        assert "v1 kept as rejected, the base model stays active" in notice
+        assert engine.store.active_overlay(engine.profile.id) is None
+
+
+async def open_memory(app, pilot) -> MemoryScreen:
+    await pilot.press("ctrl+o")
+    await until(pilot, lambda: isinstance(app.screen, MemoryScreen), "the memory screen")
+    return app.screen
+
+
+async def diff_shown(pilot, screen, contains: str) -> str:
+    view = screen.query_one(VersionDiffView)
+    await until(pilot, lambda: contains in text_of(view), f"a diff with {contains!r}")
+    return text_of(view)
+
+
+def active_version(engine):
+    return engine.store.active_overlay(engine.profile.id)
+
+
+async def test_memory_screen_lists_versions_and_shows_a_diff(learned):
+    engine = learned
+    async with running(engine) as (app, pilot):
+        screen = await open_memory(app, pilot)
+        versions = screen.query_one(VersionList)
+        labels = [str(versions.get_option_at_index(i).prompt) for i in range(versions.option_count)]
+        assert labels[0].startswith("● v2 · active") and "learned s2 · locality 1.000" in labels[0]
+        assert labels[1].startswith("  v1 · superseded") and "learned s1" in labels[1]
+        assert versions.selected_id == 2
+        shown = await diff_shown(pilot, screen, "before (v1)")
+        assert "v2 (active" in shown and "vs v1 (superseded)" in shown
+        assert "sessions learned: s2 'New session'" in shown
+        assert "accepted by the locality gate: locality 1.000 ≥ threshold 0" in shown
+        assert "parameters touched:" in shown and "layer  1" in shown and "█" in shown
+        assert "s2 · Who is my manager?  (expected: Berit)" in shown and "after (v2)" in shown
+        await pilot.press("down")
+        shown = await diff_shown(pilot, screen, "before (the base model)")
+        assert "s1 · What is my cat called?" in shown and "vs the base model" in shown
+        await pilot.press("escape")
+        assert app.screen is app.chat
+
+
+async def test_memory_screen_forgets_rolls_back_and_resets(learned):
+    engine = learned
+    async with running(engine) as (app, pilot):
+        screen = await open_memory(app, pilot)
+        versions = screen.query_one(VersionList)
+        await pilot.press("f")  # v2 is selected: it learned session 2
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the confirmation")
+        await pilot.press("y")
+        await until(pilot, lambda: active_version(engine).id == 3, "the forget")
+        assert active_version(engine).sessions == [1]
+        await until(pilot, lambda: versions.selected_id == 3, "the new version selected")
+        shown = await diff_shown(pilot, screen, "after (v3)")
+        assert "sessions removed: s2" in shown
+        assert "s2 · Who is my manager?" in shown  # asked before and after: forgotten
+        assert any(n.startswith("forgot session 2: v3 is active") for n in notices(app))
+
+        versions.highlighted = 2  # v1
+        await pilot.press("r")
+        await until(pilot, lambda: active_version(engine).id == 1, "the rollback")
+        await until(pilot, lambda: str(versions.get_option_at_index(2).prompt).startswith("●"),
+                    "the timeline to follow")
+
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "the confirmation")
+        await pilot.press("y")
+        await until(pilot, lambda: active_version(engine).id == 4, "the reset")
+        assert active_version(engine).sessions == [] and versions.selected_id == 4
+
+
+async def test_memory_screen_pauses_learning_and_switches_cells(engine):
+    async with running(engine) as (app, pilot):
+        await say(app, pilot, "hello")
+        session_id = app.chat.session.id
+        screen = await open_memory(app, pilot)
+        panel = screen.query_one(MemoryPanel)
+        await until(pilot, lambda: panel.status is not None, "the status")
+        await pilot.press("p")
+        await until(pilot, lambda: engine.settings.learning_paused, "the pause")
+        await until(pilot, lambda: panel.status.learning_paused, "the panel to follow")
+        assert not engine.schedule_learning(session_id)
+        await pilot.press("p")  # the same key resumes
+        await until(pilot, lambda: not engine.settings.learning_paused, "the resume")
+        enabled = panel.status.cells_enabled
+        await pilot.press("c")
+        await until(pilot, lambda: engine.memory_status(session_id).cells_enabled != enabled,
+                    "the cells switch")
+        await pilot.press("x")
+        await until(pilot, lambda: any("cells of session" in n for n in notices(app)),
+                    "the cells reset")
+
+
+async def test_memory_slash_commands_ask_first_and_report_errors_as_notices(engine):
+    async with running(engine) as (app, pilot):
+        prompt = app.chat.query_one(PromptInput)
+
+        async def slash(text):
+            prompt.load_text(text)
+            await pilot.press("enter")
+            await pilot.pause()
+
+        await slash("/reset")
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("n")
+        await slash("/reset")
+        await pilot.press("y")
+        await until(pilot, lambda: any("nothing to reset" in n for n in notices(app)),
+                    "the error as a notice")
+        await slash("/rollback")
+        await until(pilot, lambda: any("nothing to roll back" in n for n in notices(app)),
+                    "the error as a notice")
+        await slash("/rollback vx")
+        assert prompt.text == "/rollback vx"  # kept, to be corrected
+        assert any("Usage: /rollback [version]" in n for n in notices(app))
+        await slash("/forget")
+        assert any("not saved yet" in n for n in notices(app))
+        await slash("/pause")
+        await until(pilot, lambda: engine.settings.learning_paused, "the pause")
+        await until(pilot, lambda: "learning paused for profile default" in notices(app),
+                    "the notice")
+        await slash("/resume")
+        await until(pilot, lambda: not engine.settings.learning_paused, "the resume")
+        assert app.screen is app.chat
+
+
+async def test_export_and_import_memory(learned, tmp_path):
+    if not hasattr(Engine, "export_memory") or not hasattr(Engine, "import_memory"):
+        pytest.skip("Engine.export_memory / import_memory are not there yet")
+    engine = learned
+    archive = tmp_path / "my memory.zip"
+    async with running(engine) as (app, pilot):
+        prompt = app.chat.query_one(PromptInput)
+        prompt.load_text(f'/export "{archive}"')
+        await pilot.press("enter")
+        await until(pilot, lambda: any(n.startswith("memory exported to") for n in notices(app)),
+                    "the export")
+        assert archive.exists()
+        prompt.load_text(f"/import {tmp_path / 'missing.zip'}")
+        await pilot.press("enter")
+        await until(pilot, lambda: any(n.title == "Memory unchanged" for n in app._notifications),
+                    "the refusal as a notice")
+        prompt.load_text(f'/import "{archive}"')
+        await pilot.press("enter")
+        await until(pilot, lambda: any(n.startswith("memory imported: v3") for n in notices(app)),
+                    "the import")
+        assert active_version(engine).id == 3
 
 
 # -- snapshots of whole screens (pytest --snapshot-update after a deliberate change) ------
@@ -502,3 +749,47 @@ def test_snapshot_settings(snapshot_engine, snap_compare):
     engine, session_id = snapshot_engine
     app = EngramApp(engine, session_id=session_id)
     assert snap_compare(app, terminal_size=SIZE, run_before=screen_ready("ctrl+s"))
+
+
+def test_snapshot_memory_screen(snapshot_engine, snap_compare, monkeypatch):
+    """Version records as learning leaves them (the store only: no overlay files), and the
+    diff of the active one as the engine would work it out."""
+    engine, session_id = snapshot_engine
+    monkeypatch.setattr("store.store.now", lambda: "2025-05-01T09:30:00.000+00:00")
+    status = MemoryStatus(overlay_active=True, overlay_version=3, cells_enabled=True,
+                          learning_message="memory updated: v3 learned session 2 (2 facts, "
+                                           "locality 0.981)", cell_magnitudes=[0.0, 0.3, 0.7])
+    engine.memory_status = lambda session_id=None: status
+
+    def learned(session: int, locality: float, status: str, reason: str | None = None):
+        return engine.store.add_overlay_version(
+            engine.profile.id, f"overlays/fake-{session}", "0" * 64, parent_id=1 if session == 2
+            else None, sessions=[1, session], status=status, reason=reason,
+            trainable_params=2560 * session, metrics={
+                "event": "learn", "locality": locality, "threshold": 0.95, "kl_neutral": 0.0021,
+                "learned": {str(session): {"facts": [], "corrections": []}}})
+
+    def versions() -> None:
+        v1 = learned(1, 0.998, "active")
+        learned(2, 0.912, "rejected", "locality 0.912 < 0.95")
+        v3 = learned(2, 0.981, "active")
+        engine.memory_diff = lambda version_id: VersionDiff(
+            v3, v1, [2], [], {1: (0.41, 0.41), 2: (0.0, 0.73), 3: (0.12, 0.35)}, (2560, 5120),
+            [Probe(2, "Which language are my loops in?", "Python", "I am not sure.", "Python."),
+             Probe(2, "What did I ask for after the loop?", "a list",
+                   "A story about a dragon and a very long road home.", "A list.")])
+
+    def ready(app) -> bool:
+        screen = app.screen
+        return isinstance(screen, MemoryScreen) and screen.query_one(MemoryPanel).status == status \
+            and "Which language" in text_of(screen.query_one(VersionDiffView))
+
+    async def run_before(pilot):
+        await until(pilot, lambda: pilot.app.chat.runtime is not None, "the model to load")
+        versions()
+        await pilot.press("ctrl+o")
+        await until(pilot, lambda: ready(pilot.app), "the memory screen")
+        await pilot.pause()
+
+    app = EngramApp(engine, session_id=session_id)
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -1,6 +1,8 @@
 """The Engram app: the chat screen, with the model loading behind it on a worker thread.
 
-If the model cannot load, the chat gives way to a screen that says why and what to do.
+If the model cannot load, the chat gives way to a screen that says why and what to do. Once
+it has loaded, sessions left unlearned are scheduled for background learning, and each
+learning run ends in a notice of what it learned and whether the locality gate let it in.
 """
 
 from __future__ import annotations
@@ -8,12 +10,23 @@ from __future__ import annotations
 from textual import work
 from textual.app import App
 from textual.binding import Binding
+from textual.message import Message
 
+from app import memory_text
 from app.tui.commands import EngramCommands
 from app.tui.screens.chat import ChatScreen
 from app.tui.screens.model_error import ModelErrorScreen
 from engine.errors import ModelError
+from engine.learning import LearnResult
 from store.paths import ASSETS
+
+
+class LearningFinished(Message):
+    """Posted from the engine's learning thread when a background run ends."""
+
+    def __init__(self, results: list[LearnResult]):
+        super().__init__()
+        self.results = results
 
 
 class EngramApp(App[None]):
@@ -41,4 +54,15 @@ class EngramApp(App[None]):
             reason = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
             self.call_from_thread(self.switch_screen, ModelErrorScreen(reason))
             return
+        # post_message, not call_from_thread: the learning thread must never wait on the UI
+        # (the engine joins it on close, after the UI has gone).
+        self.engine.on_learned = lambda results: self.post_message(LearningFinished(results))
         self.call_from_thread(self.chat.model_ready, runtime)
+        self.engine.schedule_learning()  # sessions left unlearned last time
+
+    def on_learning_finished(self, event: LearningFinished) -> None:
+        for result in event.results:
+            if result.version is not None:  # "nothing to learn" stays in the memory panel
+                self.notify(f"memory updated: {memory_text.describe(self.engine, result)}",
+                            severity="information" if result.accepted else "warning",
+                            timeout=15, markup=False)

@@ -4,12 +4,17 @@ Replies are generated on worker threads (llama.cpp blocks for the whole reply). 
 never touches widgets: it posts ``Reply*`` messages to this screen, which handles them in
 order on the UI thread. Each message names its ``ReplyJob``; messages of a job the user
 has walked away from (by switching session) are not shown, though the job's text is saved.
+
+Each reply asks the engine for background learning (``Engine.conversation`` does, debounced);
+leaving a session asks for it at once, so a finished session is learned without waiting.
 """
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
+from pathlib import Path
 
 from textual import work
 from textual.containers import Horizontal, Vertical
@@ -17,9 +22,11 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from app.tui import commands
+from app import memory_text
+from app.tui import commands, memory_actions
 from app.tui.screens.confirm import ConfirmDialog
 from app.tui.screens.help import HelpScreen
+from app.tui.screens.memory import MemoryScreen
 from app.tui.screens.rename import RenameDialog
 from app.tui.screens.settings import SettingsScreen
 from app.tui.widgets.memory import MemoryPanel
@@ -37,7 +44,29 @@ STREAM_INTERVAL = 1 / 30  # post at most this often: a fast model must not flood
 EXIT_WAIT_SECONDS = 10  # how long quitting waits for a stopped reply to be saved
 PLACEHOLDER = "Message Engram · Enter sends · Ctrl+J new line · Up earlier prompts · /help"
 LOADING_PLACEHOLDER = "Loading the model… you can type already"
-MEMORY_LATER = "in the TUI arrives with the memory features"
+
+
+class BadArgument(Exception):
+    """A ``/`` command's argument is not what the command takes: its usage is shown."""
+
+
+def number(text: str, prefix: str) -> int | None:
+    """``7`` or ``{prefix}7`` (v7, s7) as 7; None for no text."""
+    digits = text.strip().lower().removeprefix(prefix)
+    if digits and not digits.isdigit():
+        raise BadArgument(f"{text.strip()!r} is not a number")
+    return int(digits) if digits else None
+
+
+def words(text: str, fewest: int, most: int) -> list[str]:
+    """Shell-like words (quote a path with spaces)."""
+    try:
+        found = shlex.split(text)
+    except ValueError as exc:  # an unclosed quote
+        raise BadArgument(str(exc)) from None
+    if not fewest <= len(found) <= most:
+        raise BadArgument("wrong number of arguments")
+    return found
 
 
 class ReplyJob:
@@ -91,7 +120,8 @@ class ReplyEnded(Message):
 
 
 class ChatScreen(Screen):
-    BINDINGS = commands.bindings("screen")
+    COMMAND_SCOPES = ("chat", "sessions")
+    BINDINGS = commands.bindings("chat")
     AUTO_FOCUS = "#prompt"
 
     def __init__(self, engine, session_id: int | None = None, private: bool = False):
@@ -137,6 +167,8 @@ class ChatScreen(Screen):
     async def open_session(self, session_id: int | None) -> None:
         """Show a session (None: a new one, saved once its first message is sent)."""
         self._leave_reply()
+        if self.session is not None and self.session.id != session_id:
+            self.engine.schedule_learning(self.session.id, delay=0)
         self.session = self.engine.store.session(session_id) if session_id is not None else None
         messages = self.engine.store.messages(session_id) if session_id is not None else []
         await self.query_one(MessageList).show(messages)
@@ -207,6 +239,7 @@ class ChatScreen(Screen):
                 self._leave_reply()
             self.engine.delete_session(session.id)
             if is_open:
+                self.session = None  # gone: nothing to learn from on the way out
                 await self.open_session(None)
             else:
                 self._reload_sidebar()
@@ -245,11 +278,14 @@ class ChatScreen(Screen):
             self.notify(f"Unknown command /{name.strip()}: /help lists them. To send text that "
                         "starts with /, begin it with a space.", severity="warning", markup=False)
             return
+        action = f"{command.action}({argument.strip()!r})" if command.argument else command.action
+        try:
+            await self.run_action(action)
+        except BadArgument as exc:  # the command stays in the prompt, to be corrected
+            self.notify(f"{exc}. Usage: /{command.slash} {command.argument}",
+                        severity="warning", markup=False)
+            return
         self.query_one(PromptInput).clear()
-        if command.action == "system_prompt":
-            self.set_system_prompt(argument.strip())
-        else:
-            await self.run_action(command.action)
 
     def _start(self, job: ReplyJob) -> None:
         if self.runtime is None:
@@ -385,10 +421,18 @@ class ChatScreen(Screen):
 
     # -- everything else ---------------------------------------------------------
 
-    def action_system_prompt(self) -> None:
-        """Put ``/system <current prompt>`` in the prompt, to be edited and sent."""
+    def action_system_prompt(self, text: str | None = None) -> None:
+        """The key puts ``/system <current prompt>`` in the prompt, to be edited and sent;
+        ``/system <text>`` sets it; ``/system`` alone shows it."""
+        if text is None:
+            self._prefill(f"/system {self._system_prompt()}")
+        else:
+            self.set_system_prompt(text)
+
+    def _prefill(self, text: str) -> None:
+        """Put a command in the prompt, to be completed and sent."""
         prompt = self.query_one(PromptInput)
-        prompt.load_text(f"/system {self._system_prompt()}")
+        prompt.load_text(text)
         prompt.move_cursor(prompt.document.end)
         prompt.focus()
 
@@ -420,18 +464,85 @@ class ChatScreen(Screen):
     def action_toggle_memory(self) -> None:
         self.query_one(MemoryPanel).toggle()
 
+    # -- memory ------------------------------------------------------------------------
+
+    def on_screen_resume(self) -> None:
+        self._memory_changed()
+
+    def _memory_changed(self, _=None) -> None:
+        self.query_one(MemoryPanel).show_session(self.session.id if self.session else None)
+
+    def _model_loaded(self) -> bool:
+        """Memory changes need the model (they swap what it computes with)."""
+        if self.runtime is None:
+            self.notify("The model is still loading; try again in a moment.")
+        return self.runtime is not None
+
+    def action_memory(self, select: int | None = None) -> None:
+        if self._model_loaded():
+            self.app.push_screen(MemoryScreen(self.engine, self.session and self.session.id,
+                                              select))
+
+    def action_rollback_memory(self, version: str = "") -> None:
+        """``/rollback``: to the active version's parent; ``/rollback 7`` (or v7): to v7."""
+        version_id = number(version, "v")
+        if self._model_loaded():
+            memory_actions.rollback(self.app, self.engine, version_id, self._memory_changed)
+
+    def action_forget_session(self, session: str = "") -> None:
+        """``/forget``: the open session; ``/forget 3`` (or s3): session 3. Then the memory
+        screen shows the new version: the session's questions answered before and after."""
+        session_id = number(session, "s")
+        if session_id is None and self.session is not None:
+            session_id = self.session.id
+        if session_id is None:
+            self.notify("This session is not saved yet, so it is not in the memory.")
+        elif self._model_loaded():
+            memory_actions.forget(self.app, self.engine, session_id,
+                                  lambda version: self.action_memory(version.id))
+
+    def action_reset_memory(self) -> None:
+        if self._model_loaded():
+            memory_actions.reset(self.app, self.engine, self._memory_changed)
+
+    def action_pause_learning(self) -> None:
+        memory_actions.pause(self.app, self.engine, True, self._memory_changed)
+
+    def action_resume_learning(self) -> None:
+        memory_actions.pause(self.app, self.engine, False, self._memory_changed)
+
+    def action_export_memory(self, argument: str | None = None) -> None:
+        """``/export PATH [archive|gguf|peft]``; from the palette, the prompt asks for PATH."""
+        if argument is None:
+            self._prefill("/export ")
+            return
+        path, *fmt = words(argument, 1, 2)
+        memory_actions.in_background(
+            self.app, lambda: self.engine.export_memory(Path(path).expanduser(), *fmt),
+            lambda written: f"memory exported to {written}")
+
+    def action_import_memory(self, argument: str | None = None) -> None:
+        """``/import PATH``: an archive made by ``/export`` or ``engram memory export``."""
+        if argument is None:
+            self._prefill("/import ")
+            return
+        [path] = words(argument, 1, 1)
+        if self._model_loaded():
+            memory_actions.in_background(
+                self.app, lambda: self.engine.import_memory(Path(path).expanduser()),
+                lambda version: f"memory imported: v{version.id} is active "
+                                f"({memory_text.what(version)}); a rollback goes back",
+                self._imported)
+
+    def _imported(self, _) -> None:
+        self._memory_changed()
+        self._reload_sidebar()  # the archive's sessions were added
+
     def action_settings(self) -> None:
         self.app.push_screen(SettingsScreen(self.engine))
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen())
-
-    def action_export_memory(self) -> None:
-        self.notify(f"Export {MEMORY_LATER}.")
-
-    def action_reset_memory(self) -> None:
-        self.notify(f"Reset {MEMORY_LATER}; meanwhile `engram memory reset` forgets everything "
-                    "learned.", markup=False)
 
     def _target_message(self) -> MessageView | None:
         """The focused message, else the last reply: what the copy keys act on."""

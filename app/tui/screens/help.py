@@ -11,7 +11,7 @@ from textual.widgets import Static
 from app.tui.commands import COMMANDS
 from app.tui.widgets.prompt import NEWLINE_KEYS
 
-WHERE = {"sessions": " (sessions list)"}
+WHERE = {"sessions": " (sessions list)", "memory": " (memory screen)"}
 PROMPT_KEYS = (
     ("enter", "send the message"),
     (" / ".join(NEWLINE_KEYS), "new line in the message"),

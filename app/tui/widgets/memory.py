@@ -1,7 +1,8 @@
 """The memory panel: what the model has learned and is learning, from ``Engine.memory_status``.
 
-It polls once a second while shown (on a worker thread, so a slow status never stalls typing)
-and redraws only when the status changed. Empty states say plainly that nothing is there yet.
+It polls once a second while shown (on a worker thread, so a slow status never stalls typing),
+redraws only when the status changed and then posts ``Changed``. Empty states say plainly that
+nothing is there yet. The chat toggles it; the memory screen shows it always.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Callable
 from textual import work
 from textual.containers import VerticalScroll
 from textual.content import Content
+from textual.message import Message
 from textual.widgets import ProgressBar, Static
 
 from app.tui.text import visible
@@ -21,9 +23,16 @@ BAR_CELLS = 12
 
 
 class MemoryPanel(VerticalScroll):
-    def __init__(self, status_of: Callable[[int | None], MemoryStatus], **kwargs):
+    class Changed(Message):
+        def __init__(self, status: MemoryStatus):
+            super().__init__()
+            self.status = status
+
+    def __init__(self, status_of: Callable[[int | None], MemoryStatus], shown: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self._status_of = status_of
+        self._shown = shown
         self.session_id: int | None = None
         self.status: MemoryStatus | None = None
 
@@ -38,8 +47,10 @@ class MemoryPanel(VerticalScroll):
         yield Static(id="cells")
 
     def on_mount(self) -> None:
-        self.display = False
         self._timer = self.set_interval(POLL_SECONDS, self.poll, pause=True)
+        self.display = False
+        if self._shown:
+            self.toggle()
 
     def toggle(self) -> None:
         self.display = not self.display
@@ -81,7 +92,7 @@ class MemoryPanel(VerticalScroll):
         if status.learning:
             learning = visible(status.learning_message) or "learning from your sessions…"
         elif status.learning_paused:
-            learning = "paused: nothing is learned (engram memory resume)"
+            learning = "paused: nothing is learned (/resume)"
         else:
             learning = visible(status.learning_message) or "not learning right now"
         self.query_one("#learning", Static).update(Content(learning))
@@ -90,6 +101,7 @@ class MemoryPanel(VerticalScroll):
         progress.update(total=1.0 if status.learning_progress is not None else None,
                         progress=status.learning_progress or 0.0)
         self.query_one("#cells", Static).update(self._cells(status))
+        self.post_message(self.Changed(status))
 
     @staticmethod
     def _cells(status: MemoryStatus) -> Content:
