@@ -666,16 +666,14 @@ async def test_memory_slash_commands_ask_first_and_report_errors_as_notices(engi
 
 
 async def test_export_and_import_memory(learned, tmp_path):
-    if not hasattr(Engine, "export_memory") or not hasattr(Engine, "import_memory"):
-        pytest.skip("Engine.export_memory / import_memory are not there yet")
     engine = learned
     archive = tmp_path / "my memory.zip"
     async with running(engine) as (app, pilot):
         prompt = app.chat.query_one(PromptInput)
         prompt.load_text(f'/export "{archive}"')
         await pilot.press("enter")
-        await until(pilot, lambda: any(n.startswith("memory exported to") for n in notices(app)),
-                    "the export")
+        await until(pilot, lambda: any(n.startswith("exported v2, its sessions") for n in
+                                       notices(app)), "the export")
         assert archive.exists()
         prompt.load_text(f"/import {tmp_path / 'missing.zip'}")
         await pilot.press("enter")
@@ -683,8 +681,8 @@ async def test_export_and_import_memory(learned, tmp_path):
                     "the refusal as a notice")
         prompt.load_text(f'/import "{archive}"')
         await pilot.press("enter")
-        await until(pilot, lambda: any(n.startswith("memory imported: v3") for n in notices(app)),
-                    "the import")
+        await until(pilot, lambda: any(n.startswith("imported my memory.zip: v3 is active")
+                                       for n in notices(app)), "the import")
         assert active_version(engine).id == 3
 
 

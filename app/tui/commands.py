@@ -65,7 +65,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("resume_learning", "Resume learning", "Learn from the sessions again",
             slash="resume"),
     Command("export_memory", "Export memory", "Save what the model learned to a file",
-            slash="export", argument="<path> [format]"),
+            slash="export", argument="<path> [archive|gguf|peft]"),
     Command("import_memory", "Import memory", "Load memory exported by Engram",
             slash="import", argument="<path>"),
     Command("help", "Help", "Keys and / commands", "f1", "Help", slash="help"),

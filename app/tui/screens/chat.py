@@ -516,10 +516,13 @@ class ChatScreen(Screen):
         if argument is None:
             self._prefill("/export ")
             return
-        path, *fmt = words(argument, 1, 2)
+        path, *rest = words(argument, 1, 2)
+        fmt = rest[0] if rest else "archive"
+        engine = self.engine
         memory_actions.in_background(
-            self.app, lambda: self.engine.export_memory(Path(path).expanduser(), *fmt),
-            lambda written: f"memory exported to {written}")
+            self.app, lambda: engine.export_memory(Path(path).expanduser(), fmt),
+            lambda written: memory_text.exported(written, fmt,
+                                                 engine.store.active_overlay(engine.profile.id)))
 
     def action_import_memory(self, argument: str | None = None) -> None:
         """``/import PATH``: an archive made by ``/export`` or ``engram memory export``."""
@@ -530,9 +533,7 @@ class ChatScreen(Screen):
         if self._model_loaded():
             memory_actions.in_background(
                 self.app, lambda: self.engine.import_memory(Path(path).expanduser()),
-                lambda version: f"memory imported: v{version.id} is active "
-                                f"({memory_text.what(version)}); a rollback goes back",
-                self._imported)
+                memory_text.imported, self._imported)
 
     def _imported(self, _) -> None:
         self._memory_changed()
