@@ -155,9 +155,9 @@ def test_archive_round_trip_is_bit_exact_in_a_fresh_home(source, archive, tmp_pa
     for a, b in zip(before.blocks, after.blocks):
         assert (a.layer, a.matrix) == (b.layer, b.matrix)
         assert np.array_equal(a.neurons, b.neurons) and np.array_equal(a.delta, b.delta)
-    manifests = [ov.read_manifest(e.home / v.path) for e, v in ((source, mine), (fresh, theirs))]
-    assert [[b["neurons"] for b in m.blocks] for m in manifests] == [
-        [b["neurons"] for b in manifests[0].blocks]] * 2
+    exported, imported = (ov.read_manifest(e.home / v.path).blocks
+                          for e, v in ((source, mine), (fresh, theirs)))
+    assert [b["neurons"] for b in exported] == [b["neurons"] for b in imported]
     assert greedy(fresh) == greedy(source)
 
     new = {int(old): new for old, new in theirs.metrics["source"]["sessions"].items()}
@@ -168,9 +168,8 @@ def test_archive_round_trip_is_bit_exact_in_a_fresh_home(source, archive, tmp_pa
         a, b = source.store.session(old), fresh.store.session(sid)
         assert (a.title, a.private, a.system_prompt, a.created_at) == (
             b.title, b.private, b.system_prompt, b.created_at)
-        strip = lambda m: (m.role, m.content, m.status, m.created_at, m.prompt_tokens, m.seconds)
-        assert list(map(strip, source.store.messages(old))) == list(
-            map(strip, fresh.store.messages(sid)))
+        assert [_text(m) for m in source.store.messages(old)] == [
+            _text(m) for m in fresh.store.messages(sid)]
     cat = fresh.store.session_state(new[ids["cat"]])
     assert cat.cells == source.store.session_state(ids["cat"]).cells and cat.kv_path is None
     assert cat.cells_enabled is False
@@ -178,6 +177,10 @@ def test_archive_round_trip_is_bit_exact_in_a_fresh_home(source, archive, tmp_pa
     assert theirs.metrics["learned"][str(new[ids["cat"]])]["facts"] == FACTS
     assert str(new[ids["work"]]) in theirs.metrics["learned"]
     fresh.close()
+
+
+def _text(m) -> tuple:
+    return m.role, m.content, m.status, m.created_at, m.prompt_tokens, m.seconds
 
 
 def test_import_builds_on_the_active_version_and_a_rollback_undoes_it(archive, target):
@@ -222,8 +225,9 @@ def test_gguf_export_gives_bare_llama_cpp_engrams_output(tmp_path, tiny_model):
     base = llama_cpp.Llama(str(tiny_model), **options)
 
     def complete(llm, prompt: str) -> str:
-        return llm.create_completion(engine.runtime.tokenize(prompt), max_tokens=12,
-                                     temperature=0.0, top_p=1.0, seed=0, stop=[])["choices"][0]["text"]
+        out = llm.create_completion(engine.runtime.tokenize(prompt), max_tokens=12,
+                                    temperature=0.0, top_p=1.0, seed=0, stop=[])
+        return out["choices"][0]["text"]
 
     try:
         for prompt, expected in zip(PROMPTS, engram):
@@ -320,15 +324,24 @@ def _oversize(archive: Path, out: Path) -> Path:
     return out
 
 
+def _written(out: Path, data: bytes) -> Path:
+    out.write_bytes(data)
+    return out
+
+
+def _tampered(name: str, data: bytes) -> bytes:
+    return data.replace(b"Pixel", b"Pixie") if name == "sessions.json" else data
+
+
 def _cells(meta: dict) -> None:
     meta["members"]["cells/9.bin"] = meta["members"].pop(next(
         n for n in meta["members"] if n.startswith("cells/")))
 
 
 REFUSALS = {
-    "truncated": (lambda a, o: (o.write_bytes(a.read_bytes()[: a.stat().st_size // 2]), o)[1],
+    "truncated": (lambda a, o: _written(o, a.read_bytes()[: a.stat().st_size // 2]),
                   "not a readable zip"),
-    "corrupted member": (lambda a, o: rezip(a, o, lambda n, d: d.replace(b"Pixel", b"Pixie") if n == "sessions.json" else d),
+    "corrupted member": (lambda a, o: rezip(a, o, _tampered),
                          "sessions.json does not match its checksum"),
     "missing manifest": (lambda a, o: rezip(a, o, lambda n, d: None if n.endswith(
         "manifest.json") else d, index=_drop_manifest), "overlay/manifest.json missing"),
@@ -349,9 +362,9 @@ REFUSALS = {
                      "does not have the fields"),
     "renamed cells": (lambda a, o: rezip(a, o, lambda n, d: d, index=_cells),
                       "do not match engram-export.json"),
-    "random bytes": (lambda a, o: (o.write_bytes(np.random.default_rng(3).bytes(4096)), o)[1],
+    "random bytes": (lambda a, o: _written(o, np.random.default_rng(3).bytes(4096)),
                      "not a readable zip"),
-    "a directory": (lambda a, o: (o.mkdir(), o)[1], "is not a file"),
+    "a directory": (lambda a, o: o.mkdir() or o, "is not a file"),
 }
 
 
@@ -378,14 +391,23 @@ def test_an_archive_from_another_base_model_is_refused(tmp_path, target, make_ov
     assert state(target) == before
 
 
-def _manifest(edit):
+def _json_member(member: str, edit):
+    """A ``rezip`` change that edits one JSON member in place."""
     def change(name: str, data: bytes) -> bytes:
-        if name != "overlay/manifest.json":
+        if name != member:
             return data
-        manifest = json.loads(data)
-        edit(manifest)
-        return json.dumps(manifest).encode()
+        value = json.loads(data)
+        edit(value)
+        return json.dumps(value).encode()
     return change
+
+
+def _manifest(edit):
+    return _json_member("overlay/manifest.json", edit)
+
+
+def _sessions(edit):
+    return _json_member("sessions.json", lambda v: edit(v["sessions"]))
 
 
 def _garbage_tensors(name: str, data: bytes) -> bytes:
@@ -397,12 +419,21 @@ FORGERIES = {
                 "does not match the manifest"),
     "tensors": (_garbage_tensors, "Error while deserializing"),
     "FFN size": (_manifest(lambda m: m.update(d_ff=10 ** 9)), "does not fit this model"),
+    "message role": (_sessions(lambda s: s[0]["messages"][0].update(role="tool")),
+                     "unknown role or status"),
+    "session field": (_sessions(lambda s: s[1].pop("title")), "session 1 does not have"),
+    "session type": (_sessions(lambda s: s[1].update(private=1)), "private has the wrong type"),
+    "same session twice": (_sessions(lambda s: s[1].update(id=s[0]["id"])), "twice"),
+    "cells of no session": (_sessions(lambda s: s[0].update(cells=None)), "belongs to no session"),
+    "learned facts": (_sessions(lambda s: s[0].update(learned={"facts": [["q", "a"]]})),
+                      "learned facts are malformed"),
 }
 
 
 @pytest.mark.parametrize("case", FORGERIES)
-def test_forged_overlays_are_refused_by_the_overlay_checks(archive, target, tmp_path, case):
-    """Forged with every checksum recomputed: the overlay's own checks still hold."""
+def test_forged_archives_are_refused_by_the_content_checks(archive, target, tmp_path, case):
+    """Forged with every checksum recomputed: the overlay's own checks and the sessions'
+    schema still hold."""
     change, message = FORGERIES[case]
     forged = rezip(archive, tmp_path / "forged.zip", change)
     with zipfile.ZipFile(forged) as zf:
