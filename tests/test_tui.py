@@ -677,7 +677,7 @@ async def test_export_and_import_memory(learned, tmp_path):
         assert archive.exists()
         prompt.load_text(f"/import {tmp_path / 'missing.zip'}")
         await pilot.press("enter")
-        await until(pilot, lambda: any(n.title == "Memory unchanged" for n in app._notifications),
+        await until(pilot, lambda: any(n.title == "Not done" for n in app._notifications),
                     "the refusal as a notice")
         prompt.load_text(f'/import "{archive}"')
         await pilot.press("enter")

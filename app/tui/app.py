@@ -58,7 +58,8 @@ class EngramApp(App[None]):
         # (the engine joins it on close, after the UI has gone).
         self.engine.on_learned = lambda results: self.post_message(LearningFinished(results))
         self.call_from_thread(self.chat.model_ready, runtime)
-        self.engine.schedule_learning()  # sessions left unlearned last time
+        if self.engine.pending_sessions():  # left unlearned last time; else the first reply
+            self.engine.schedule_learning()  # starts the debounce, not the loading
 
     def on_learning_finished(self, event: LearningFinished) -> None:
         for result in event.results:

@@ -64,8 +64,9 @@ COMMANDS: tuple[Command, ...] = (
             slash="pause"),
     Command("resume_learning", "Resume learning", "Learn from the sessions again",
             slash="resume"),
-    Command("export_memory", "Export memory", "Save what the model learned to a file",
-            slash="export", argument="<path> [archive|gguf|peft]"),
+    Command("export_memory", "Export memory", "Save what the model learned to a file "
+            "(format: archive, the default; gguf or peft: the overlay as a LoRA adapter)",
+            slash="export", argument="<path> [format]"),
     Command("import_memory", "Import memory", "Load memory exported by Engram",
             slash="import", argument="<path>"),
     Command("help", "Help", "Keys and / commands", "f1", "Help", slash="help"),

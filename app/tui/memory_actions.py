@@ -30,7 +30,7 @@ def in_background(app: App, change: Callable[[], T], said: Callable[[T], str],
             result = change()
         except Exception as exc:  # shown as a notice; the memory is unchanged
             reason = str(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {exc}"
-            app.call_from_thread(app.notify, reason, title="Memory unchanged",
+            app.call_from_thread(app.notify, reason, title="Not done",
                                  severity="error", timeout=10, markup=False)
             return
         app.call_from_thread(done, result)

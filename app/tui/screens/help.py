@@ -25,10 +25,11 @@ PROMPT_KEYS = (
 def help_text() -> str:
     width = 22
     lines = ["Prompt"] + [f"  {key:<{width}}{what}" for key, what in PROMPT_KEYS] + ["", "Commands"]
-    for c in COMMANDS:
+    slashes = [f"/{c.slash} {c.argument}".rstrip() if c.slash else "" for c in COMMANDS]
+    slash_width = max(map(len, slashes)) + 2
+    for c, slash in zip(COMMANDS, slashes):
         key = (c.key or "") + WHERE.get(c.scope, "")
-        slash = f"/{c.slash} {c.argument}".rstrip() if c.slash else ""
-        lines.append(f"  {key:<{width}}{slash:<16}{c.help}")
+        lines.append(f"  {key:<{width}}{slash:<{slash_width}}{c.help}")
     lines += ["", "A message that starts with / is a command; start it with a space to send it as text."]
     return "\n".join(lines)
 
