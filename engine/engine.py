@@ -8,6 +8,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from engine import memory_archive
 from engine.conversation import Conversation
 from engine.errors import EngramError
@@ -205,6 +207,16 @@ class Engine:
     def memory_diff(self, version_id: int) -> VersionDiff:
         self.load()
         return self.learning.diff(version_id)
+
+    def memory_neurons(self, version_id: int
+                       ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+        """Per (layer, matrix): the FFN neurons a version changes and the L2 norm of each
+        one's change (the memory screen's per-neuron view)."""
+        version = self.store.overlay_version(version_id)
+        if version.profile_id != self.profile.id:
+            raise PermissionError("that overlay version belongs to another profile")
+        self.load()
+        return self.memory.load(version).neuron_norms()
 
     def export_memory(self, path: str | os.PathLike, fmt: str = "archive") -> Path:
         """Write the active memory to ``path`` (which must not exist): ``archive`` (overlay,
