@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from engine.engine import Engine
 from engine.learning import LearnResult, VersionDiff
 from store.records import OverlayVersion
@@ -100,6 +102,20 @@ def layer_bars(d: VersionDiff) -> list[str]:
     top = max(max(pair) for pair in d.layers.values()) or 1.0
     return [f"layer {layer:>2}  {before:8.3f} → {after:8.3f}  {'█' * round(BAR_CELLS * after / top)}"
             for layer, (before, after) in d.layers.items()]
+
+
+def neuron_lines(neurons: dict, parent: dict, most: int = 3) -> list[str]:
+    """Per layer and matrix (from ``Engine.memory_neurons`` of a version and of its parent):
+    how many FFN neurons the version changes, how many of them its parent did not, and the
+    most changed ones as #index and the L2 norm of their change."""
+    lines = []
+    for (layer, matrix), (indices, norms) in sorted(neurons.items()):
+        before = set(map(int, parent.get((layer, matrix), ((), ()))[0]))
+        new = sum(int(i) not in before for i in indices)
+        top = "  ".join(f"#{indices[i]} {norms[i]:.2f}" for i in np.argsort(-norms)[:most])
+        lines.append(f"layer {layer:>2} {matrix.removeprefix('ffn_'):<4} {len(indices):>4} "
+                     f"neurons ({new} new)  {top}")
+    return lines
 
 
 def rolled_back(version: OverlayVersion | None) -> str:

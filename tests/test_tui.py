@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from textual import events
 from textual.widgets import Input, OptionList, ProgressBar, Static
@@ -550,6 +551,7 @@ async def open_memory(app, pilot) -> MemoryScreen:
 
 
 async def diff_shown(pilot, screen, contains: str) -> str:
+    """The diff view's text once its summary (drawn last) contains ``contains``."""
     view = screen.query_one(VersionDiffView)
     await until(pilot, lambda: contains in text_of(view), f"a diff with {contains!r}")
     return text_of(view)
@@ -568,15 +570,16 @@ async def test_memory_screen_lists_versions_and_shows_a_diff(learned):
         assert labels[0].startswith("● v2 · active") and "learned s2 · locality 1.000" in labels[0]
         assert labels[1].startswith("  v1 · superseded") and "learned s1" in labels[1]
         assert versions.selected_id == 2
-        shown = await diff_shown(pilot, screen, "before (v1)")
-        assert "v2 (active" in shown and "vs v1 (superseded)" in shown
+        shown = await diff_shown(pilot, screen, "vs v1 (superseded)")
+        assert "v2 (active" in shown and "before (v1)" in shown
         assert "sessions learned: s2 'New session'" in shown
         assert "accepted by the locality gate: locality 1.000 ≥ threshold 0" in shown
         assert "parameters touched:" in shown and "layer  1" in shown and "█" in shown
+        assert "layer  1 down    8 neurons (4 new)  #" in shown  # the small recipe: 4 a session
         assert "s2 · Who is my manager?  (expected: Berit)" in shown and "after (v2)" in shown
         await pilot.press("down")
-        shown = await diff_shown(pilot, screen, "before (the base model)")
-        assert "s1 · What is my cat called?" in shown and "vs the base model" in shown
+        shown = await diff_shown(pilot, screen, "vs the base model")
+        assert "s1 · What is my cat called?" in shown and "before (the base model)" in shown
         await pilot.press("escape")
         assert app.screen is app.chat
 
@@ -592,9 +595,8 @@ async def test_memory_screen_forgets_rolls_back_and_resets(learned):
         await until(pilot, lambda: active_version(engine).id == 3, "the forget")
         assert active_version(engine).sessions == [1]
         await until(pilot, lambda: versions.selected_id == 3, "the new version selected")
-        shown = await diff_shown(pilot, screen, "after (v3)")
-        assert "sessions removed: s2" in shown
-        assert "s2 · Who is my manager?" in shown  # asked before and after: forgotten
+        shown = await diff_shown(pilot, screen, "sessions removed: s2")
+        assert "s2 · Who is my manager?" in shown and "after (v3)" in shown  # forgotten
         assert any(n.startswith("forgot session 2: v3 is active") for n in notices(app))
 
         versions.highlighted = 2  # v1
@@ -776,6 +778,11 @@ def test_snapshot_memory_screen(snapshot_engine, snap_compare, monkeypatch):
             [Probe(2, "Which language are my loops in?", "Python", "I am not sure.", "Python."),
              Probe(2, "What did I ask for after the loop?", "a list",
                    "A story about a dragon and a very long road home.", "A list.")])
+        before = {(1, "ffn_down"): (np.array([12, 301]), np.array([0.30, 0.28]))}
+        after = {**before, (2, "ffn_down"): (np.array([5, 1203, 44, 9, 870]),
+                                              np.array([0.41, 0.52, 0.12, 0.33, 0.20])),
+                 (3, "ffn_up"): (np.array([12, 640]), np.array([0.25, 0.24]))}
+        engine.memory_neurons = lambda version_id: {v1.id: before, v3.id: after}[version_id]
 
     def ready(app) -> bool:
         screen = app.screen

@@ -17,6 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static
 from textual.worker import get_current_worker
 
+from app import memory_text
 from app.tui import commands, memory_actions
 from app.tui.widgets.memory import MemoryPanel
 from app.tui.widgets.version_diff import VersionDiffView
@@ -42,7 +43,8 @@ class MemoryScreen(Screen):
         self.engine = engine
         self.session_id = session_id
         self._select = select
-        self._diffs: dict[int, VersionDiff] = {}  # by version: probe answers cost generations
+        # By version: the diff and its neuron lines (the probe answers cost generations).
+        self._diffs: dict[int, tuple[VersionDiff, list[str]]] = {}
         self._diff_timer = None
 
     def compose(self):
@@ -78,27 +80,30 @@ class MemoryScreen(Screen):
         if self._diff_timer is not None:
             self._diff_timer.stop()
         if version.id in self._diffs:
-            await self.query_one(VersionDiffView).show_diff(self.engine,
-                                                            self._fresh(self._diffs[version.id]))
+            await self._show_diff(*self._diffs[version.id])
             return
         self.query_one(VersionDiffView).show_version(version, ASKING)
         self._diff_timer = self.set_timer(DIFF_DELAY, lambda: self._work_out_diff(version.id))
 
     @work(thread=True, exclusive=True, group="memory-diff", exit_on_error=False)
     def _work_out_diff(self, version_id: int) -> None:
+        engine = self.engine
         try:
-            d = self.engine.memory_diff(version_id)
+            d = engine.memory_diff(version_id)
+            neurons = memory_text.neuron_lines(
+                engine.memory_neurons(version_id),
+                engine.memory_neurons(d.parent.id) if d.parent else {})
         except Exception as exc:  # shown in place of the diff, never a traceback
             if not get_current_worker().is_cancelled:
                 self.app.call_from_thread(self._diff_failed, version_id, str(exc))
             return
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self._show_diff, d)
+            self.app.call_from_thread(self._show_diff, d, neurons)
 
-    async def _show_diff(self, d: VersionDiff) -> None:
-        self._diffs[d.version.id] = d
+    async def _show_diff(self, d: VersionDiff, neurons: list[str]) -> None:
+        self._diffs[d.version.id] = d, neurons
         if self.query_one(VersionList).selected_id == d.version.id:
-            await self.query_one(VersionDiffView).show_diff(self.engine, self._fresh(d))
+            await self.query_one(VersionDiffView).show_diff(self.engine, self._fresh(d), neurons)
 
     def _fresh(self, d: VersionDiff) -> VersionDiff:
         """A diff with its versions' status as it is now (a rollback moves the statuses; what

@@ -1,6 +1,6 @@
 """What one memory version changed against its parent: the gate's verdict, the sessions it
-learned or dropped, per-layer change magnitudes as bars, and the questions derived from those
-sessions answered before and after, side by side.
+learned or dropped, per-layer change magnitudes as bars, the neurons it changes, and the
+questions derived from those sessions answered before and after, side by side.
 
 The record (status, gate) shows at once; the diff follows from a worker, since asking the
 questions means generating with two versions of the model.
@@ -24,6 +24,9 @@ class VersionDiffView(VerticalScroll):
         yield Static(Content("Change per layer (L2 norm, parent → this version)"),
                      classes="heading detail")
         yield Static(id="diff-layers", classes="detail")
+        yield Static(Content("Neurons changed (per layer and matrix; most changed first)"),
+                     classes="heading detail")
+        yield Static(id="diff-neurons", classes="detail")
         yield Static(Content("Questions from the sessions, asked before and after"),
                      classes="heading detail", id="probes-heading")
         yield Grid(id="diff-probes", classes="detail")
@@ -45,9 +48,12 @@ class VersionDiffView(VerticalScroll):
             lines.append(verdict)
         self.show_message("\n".join([*lines, "", note]))
 
-    async def show_diff(self, engine, d: VersionDiff) -> None:
+    async def show_diff(self, engine, d: VersionDiff, neurons: list[str]) -> None:
+        """``neurons``: ``memory_text.neuron_lines`` of the version against its parent."""
         bars = memory_text.layer_bars(d) or ["no layer changed"]
         self.query_one("#diff-layers", Static).update(Content("\n".join(bars)))
+        self.query_one("#diff-neurons", Static).update(
+            Content("\n".join(neurons or ["no neuron changed"])))
         grid = self.query_one("#diff-probes", Grid)
         await grid.remove_children()
         if d.probes:
