@@ -20,6 +20,11 @@ T = TypeVar("T")
 USER_ERRORS = (EngramError, StoreError, PermissionError)
 
 
+def failure(exc: Exception) -> str:
+    """An exception as a notice shows it: a user's error by its message, a bug by its type too."""
+    return str(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {exc}"
+
+
 def in_background(app: App, change: Callable[[], T], said: Callable[[T], str],
                   then: Callable[[T], object] | None = None) -> None:
     """Run ``change`` on a worker thread; notify ``said(result)``, then call ``then(result)``
@@ -29,8 +34,7 @@ def in_background(app: App, change: Callable[[], T], said: Callable[[T], str],
         try:
             result = change()
         except Exception as exc:  # shown as a notice; the memory is unchanged
-            reason = str(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {exc}"
-            app.call_from_thread(app.notify, reason, title="Not done",
+            app.call_from_thread(app.notify, failure(exc), title="Not done",
                                  severity="error", timeout=10, markup=False)
             return
         app.call_from_thread(done, result)

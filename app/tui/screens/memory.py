@@ -95,7 +95,8 @@ class MemoryScreen(Screen):
                 engine.memory_neurons(d.parent.id) if d.parent else {})
         except Exception as exc:  # shown in place of the diff, never a traceback
             if not get_current_worker().is_cancelled:
-                self.app.call_from_thread(self._diff_failed, version_id, str(exc))
+                self.app.call_from_thread(self._diff_failed, version_id,
+                                          memory_actions.failure(exc))
             return
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._show_diff, d, neurons)
@@ -156,24 +157,31 @@ class MemoryScreen(Screen):
         memory_actions.pause(self.app, self.engine, False, self._status_changed)
 
     def action_toggle_cells(self) -> None:
-        status = self.query_one(MemoryPanel).status
-        if self.session_id is None or status is None:
-            self.notify("No session is open: cells belong to the session open in the chat.")
+        session_id, engine = self._cells_session(), self.engine
+        if session_id is None:
             return
-        session_id, enabled = self.session_id, not status.cells_enabled
+
+        def toggle() -> bool:
+            enabled = not engine.memory_status(session_id).cells_enabled
+            engine.set_cells_enabled(session_id, enabled)
+            return enabled
+
         memory_actions.in_background(
-            self.app, lambda: self.engine.set_cells_enabled(session_id, enabled),
-            lambda _: f"cells {'on' if enabled else 'off'} for session {session_id}",
+            self.app, toggle,
+            lambda enabled: f"cells {'on' if enabled else 'off'} for session {session_id}",
             self._status_changed)
 
     def action_reset_cells(self) -> None:
-        session_id = self.session_id
-        if session_id is None:
+        session_id = self._cells_session()
+        if session_id is not None:
+            memory_actions.in_background(
+                self.app, lambda: self.engine.reset_cells(session_id),
+                lambda _: f"cells of session {session_id} emptied", self._status_changed)
+
+    def _cells_session(self) -> int | None:
+        if self.session_id is None:
             self.notify("No session is open: cells belong to the session open in the chat.")
-            return
-        memory_actions.in_background(
-            self.app, lambda: self.engine.reset_cells(session_id),
-            lambda _: f"cells of session {session_id} emptied", self._status_changed)
+        return self.session_id
 
     def _status_changed(self, _) -> None:
         if self.is_attached:
