@@ -107,14 +107,15 @@ def layer_bars(d: VersionDiff) -> list[str]:
 def neuron_lines(neurons: dict, parent: dict, most: int = 3) -> list[str]:
     """Per layer and matrix (from ``Engine.memory_neurons`` of a version and of its parent):
     how many FFN neurons the version changes, how many of them its parent did not, and the
-    most changed ones as #index and the L2 norm of their change."""
+    most changed ones as #index and the L2 norm of their change.
+    Like ``layer  8 down   16 (16 new)  #2020 0.33  #1512 0.31  #311 0.30``."""
     lines = []
     for (layer, matrix), (indices, norms) in sorted(neurons.items()):
         before = set(map(int, parent.get((layer, matrix), ((), ()))[0]))
         new = sum(int(i) not in before for i in indices)
         top = "  ".join(f"#{indices[i]} {norms[i]:.2f}" for i in np.argsort(-norms)[:most])
         lines.append(f"layer {layer:>2} {matrix.removeprefix('ffn_'):<4} {len(indices):>4} "
-                     f"neurons ({new} new)  {top}")
+                     f"({new} new)  {top}")
     return lines
 
 

@@ -575,7 +575,7 @@ async def test_memory_screen_lists_versions_and_shows_a_diff(learned):
         assert "sessions learned: s2 'New session'" in shown
         assert "accepted by the locality gate: locality 1.000 ≥ threshold 0" in shown
         assert "parameters touched:" in shown and "layer  1" in shown and "█" in shown
-        assert "layer  1 down    8 neurons (4 new)  #" in shown  # the small recipe: 4 a session
+        assert "layer  1 down    8 (4 new)  #" in shown  # the small recipe: 4 neurons a session
         assert "s2 · Who is my manager?  (expected: Berit)" in shown and "after (v2)" in shown
         await pilot.press("down")
         shown = await diff_shown(pilot, screen, "vs the base model")

@@ -1,6 +1,6 @@
 """What one memory version changed against its parent: the gate's verdict, the sessions it
-learned or dropped, per-layer change magnitudes as bars, the neurons it changes, and the
-questions derived from those sessions answered before and after, side by side.
+learned or dropped, per-layer change magnitudes as bars, the questions derived from those
+sessions answered before and after, side by side, and the neurons it changes.
 
 The record (status, gate) shows at once; the diff follows from a worker, since asking the
 questions means generating with two versions of the model.
@@ -24,12 +24,12 @@ class VersionDiffView(VerticalScroll):
         yield Static(Content("Change per layer (L2 norm, parent → this version)"),
                      classes="heading detail")
         yield Static(id="diff-layers", classes="detail")
-        yield Static(Content("Neurons changed (per layer and matrix; most changed first)"),
-                     classes="heading detail")
-        yield Static(id="diff-neurons", classes="detail")
         yield Static(Content("Questions from the sessions, asked before and after"),
                      classes="heading detail", id="probes-heading")
         yield Grid(id="diff-probes", classes="detail")
+        yield Static(Content("Neurons changed: how many, how many new, the most changed"),
+                     classes="heading detail")
+        yield Static(id="diff-neurons", classes="detail")
 
     def _details(self, shown: bool) -> None:
         for widget in self.query(".detail"):
