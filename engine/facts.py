@@ -42,7 +42,7 @@ def statements(user_turns: list[str]) -> list[str]:
     """Split user turns into sentences worth learning from (questions to the model are skipped)."""
     out = []
     for turn in user_turns:
-        for sentence in re.split(r"(?<=[.!])\s+", turn.strip()):
+        for sentence in re.split(r"(?<!\b(?:Dr|Mr|Ms|St|Jr)\.)(?<!\bMrs\.)(?<=[.!])\s+", turn.strip()):
             sentence = sentence.strip()
             if len(sentence) > 3 and not sentence.endswith("?"):
                 out.append(sentence)
@@ -65,7 +65,7 @@ def grounded(question: str, answer: str, statement: str) -> bool:
     if answer_l in negated:
         return False
     return _about(question, statement) or (
-        bool(re.search(r"\b(name|who|called)\b", question, re.IGNORECASE))
+        bool(re.search(r"\b(name|called)\b|\bwho am i\b", question, re.IGNORECASE))
         and answer[0].isupper() and bool(NAMING.search(statement)))
 
 
@@ -108,7 +108,8 @@ def parse(text: str, statement: str) -> list[QA]:
 
 
 def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA]:
-    """Grounded, de-duplicated Q/A pairs for every statement in the user's turns."""
+    """Grounded, de-duplicated, self-consistent Q/A pairs for every statement in the user's
+    turns."""
     template = _template()
     pairs: dict[str, QA] = {}
     for statement in statements(user_turns):
@@ -118,4 +119,15 @@ def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA
                         else Sampling(temperature=0.8, top_p=0.95, max_tokens=48, seed=i))
             for qa in parse(runtime.complete(prompt, sampling, stop=["\n\n", "Statement:"]), statement):
                 pairs.setdefault(qa.question.lower(), qa)
-    return list(pairs.values())
+    return [qa for qa in pairs.values() if consistent(runtime, template, qa)]
+
+
+def consistent(runtime: Runtime, template: str, qa: QA) -> bool:
+    """Asked the pair's question right after its statement, the model answers (greedy) with
+    the pair's answer: sampled pairs that pass grounding but ask something else ("Who is
+    the leader in OCaml? A: Loom") do not survive."""
+    prompt = template.replace("{statement}", qa.statement) + f" {qa.question} A:"
+    answer = runtime.complete(prompt, Sampling(temperature=0.0, top_p=1.0, max_tokens=12, seed=0),
+                              stop=["\n"])
+    answer = answer.strip().rstrip(".").lower()
+    return bool(answer) and (qa.answer.lower() in answer or answer in qa.answer.lower())

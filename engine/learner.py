@@ -39,7 +39,7 @@ from engine.twin import Twin
 class Recipe:
     layers: tuple[int, ...] = (8, 9, 10, 11)
     neurons: int = 16  # per layer per session
-    steps: int = 30
+    steps: int = 40
     lr: float = 0.01
     locality_weight: float = 100.0
     answer_weight: float = 10.0  # extra weight of anchor rows where unrelated answers begin

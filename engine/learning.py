@@ -56,6 +56,18 @@ NEUTRAL = (
     ("What is the weather like today?", "I cannot see outside, but I hope it is sunny."),
     ("Tell me a joke.", "Why did the chicken cross the road? To get to the other side."),
 )
+# Chit-chat about the assistant itself, anchored as unrelated dialogue: "What is my name?"
+# must not leak into "What is your name?" (the gate measures on NEUTRAL, never on these).
+SMALL_TALK = (
+    ("Who are you?", "I am Engram, an assistant."),
+    ("What are you called?", "I am called Engram."),
+    ("Where do you live?", "I live on your computer."),
+    ("What is the name of this app?", "This app is Engram."),
+    ("How are you?", "I am fine, thank you."),
+    ("What can you do?", "I can answer questions and remember what you tell me."),
+    ("What is the capital of Norway?", "The capital of Norway is Oslo."),
+    ("What colour is the sky?", "The sky is blue."),
+)
 MAX_PROBES = 12  # questions a diff asks before and after (each costs a short generation)
 LOCK_WAIT_S = 60.0  # how long a foreground command waits for another process's job
 
@@ -203,8 +215,9 @@ def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
     key = (twin.sha256, system, tuple(layers))
     with _cache_lock:
         if key not in _anchors:
-            qa = [dialogue(runtime, system, f["question"], f" {f['answer']}.")
-                  for f in world_facts()[0::2]]
+            qa = [dialogue(runtime, system, q, f" {a}") for q, a in SMALL_TALK] + [
+                dialogue(runtime, system, f["question"], f" {f['answer']}.")
+                for f in world_facts()[0::2]]
             prose = [runtime.tokenize(p) for p in generic_text()]
             _anchors[key] = learner.anchors_for(
                 twin, [p + a for p, a in qa] + prose, tuple(layers),

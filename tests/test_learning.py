@@ -311,3 +311,8 @@ def test_the_gate_measures_nothing_changed_as_perfect(engine):
 ])
 def test_a_name_answer_is_widened_to_the_whole_name(answer, statement, expected):
     assert facts.whole_name(answer, statement) == expected
+
+
+def test_statements_split_at_sentences_not_at_titles():
+    assert facts.statements(["My doctor is Dr. Amani Okafor. She is kind! Is that odd?"]) == [
+        "My doctor is Dr. Amani Okafor.", "She is kind!"]
