@@ -26,6 +26,8 @@ from store import paths
 from store.records import OverlayVersion, Session
 from store.store import Store
 
+CLOSE_WAIT_S = 2.0  # how long quitting waits for a learning job to notice it was cancelled
+
 
 class Engine:
     """A profile's view of Engram. The model loads on ``load()`` (slow: call it from a worker)."""
@@ -58,9 +60,12 @@ class Engine:
         return self.runtime
 
     def close(self) -> None:
-        """Stop learning (a job in progress is dropped; the active version stays), then close."""
-        if self.learn_queue is not None:
-            self.learn_queue.close()
+        """Stop learning (a job in progress is dropped; the active version stays), then close.
+        Quitting never waits on learning: a job still in a phase that cannot be interrupted
+        after a moment keeps the model and store open and ends with the process (its writes
+        are atomic, so the previous version stays active)."""
+        if self.learn_queue is not None and not self.learn_queue.close(timeout=CLOSE_WAIT_S):
+            return
         if self.learning is not None:
             self.learning.close()
         if self.states is not None:

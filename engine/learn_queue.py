@@ -73,13 +73,15 @@ class LearnQueue:
                 self._cond.wait(left)
             return True
 
-    def close(self) -> None:
-        """Cancel any job and stop the thread."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Cancel any job and stop the thread; False if a job is still finishing a phase that
+        cannot be interrupted (loading the training model) after ``timeout`` seconds."""
         self.cancel()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _report(self, fraction: float, message: str) -> None:
         with self._cond:

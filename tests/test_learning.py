@@ -261,6 +261,23 @@ def test_the_queue_debounces_fans_in_and_cancels():
         queue.close()
 
 
+def test_closing_does_not_wait_for_a_job_that_cannot_be_interrupted():
+    started, release = threading.Event(), threading.Event()
+
+    def job(progress, cancel):  # e.g. loading the training model: deaf to cancel
+        started.set()
+        release.wait(10)
+        return "done"
+
+    queue = LearnQueue(job, debounce=0)
+    queue.schedule()
+    started.wait(2)
+    began = time.monotonic()
+    assert queue.close(timeout=0.2) is False
+    assert time.monotonic() - began < 1.0
+    release.set()
+
+
 def test_a_failing_job_reports_and_the_queue_goes_on():
     def job(progress, cancel):
         raise EngramError("the model is gone")
