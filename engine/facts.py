@@ -108,8 +108,8 @@ def parse(text: str, statement: str) -> list[QA]:
 
 
 def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA]:
-    """Grounded, de-duplicated, self-consistent Q/A pairs for every statement in the user's
-    turns."""
+    """Grounded, de-duplicated Q/A pairs for every statement in the user's turns: the greedy
+    ones, and sampled ones (more phrasings) that are self-consistent."""
     template = _template()
     pairs: dict[str, QA] = {}
     for statement in statements(user_turns):
@@ -118,14 +118,15 @@ def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA
             sampling = (Sampling(temperature=0.0, top_p=1.0, max_tokens=48, seed=0) if i == 0
                         else Sampling(temperature=0.8, top_p=0.95, max_tokens=48, seed=i))
             for qa in parse(runtime.complete(prompt, sampling, stop=["\n\n", "Statement:"]), statement):
-                pairs.setdefault(qa.question.lower(), qa)
-    return [qa for qa in pairs.values() if consistent(runtime, template, qa)]
+                if qa.question.lower() not in pairs and (i == 0 or consistent(runtime, template, qa)):
+                    pairs[qa.question.lower()] = qa
+    return list(pairs.values())
 
 
 def consistent(runtime: Runtime, template: str, qa: QA) -> bool:
     """Asked the pair's question right after its statement, the model answers (greedy) with
-    the pair's answer: sampled pairs that pass grounding but ask something else ("Who is
-    the leader in OCaml? A: Loom") do not survive."""
+    the pair's answer: a sampled pair that passes grounding but asks something else ("Who is
+    the leader in OCaml? A: Loom") does not survive."""
     prompt = template.replace("{statement}", qa.statement) + f" {qa.question} A:"
     answer = runtime.complete(prompt, Sampling(temperature=0.0, top_p=1.0, max_tokens=12, seed=0),
                               stop=["\n"])

@@ -33,7 +33,9 @@ from store.store import Store
 FORMAT = 1
 MAGIC = b"ENGRAMKV"
 KV_BUDGET_BYTES = 1 << 30  # per profile; the least recently saved snapshots go first
-CELLS_BY_DEFAULT = True
+# Off until a read rule helps more than it hurts: `engram bench cells` measured the untrained
+# rule recovering ~0 % of the lost facts while doubling generic perplexity after truncation.
+CELLS_BY_DEFAULT = False
 
 
 class StateRefused(EngramError):

@@ -145,7 +145,9 @@ def engine(tmp_path, tiny_model):
 
 
 def _long_session(engine: Engine, turns: int) -> int:
+    """A session of ``turns`` exchanges, cells on (they are off by default)."""
     session = engine.new_session()
+    engine.set_cells_enabled(session.id, True)
     for i in range(turns):
         engine.store.add_message(session.id, "user", f"the cat {i} was in the town")
         engine.store.add_message(session.id, "assistant", "hello")
@@ -189,6 +191,13 @@ def test_a_step_costs_the_same_with_1_or_100_past_turns(engine):
     captured = seen["captured"]
     list(engine.conversation(engine.sessions()[0].id).send("and then", Sampling.greedy(4)))
     assert seen["captured"] - captured <= 4  # the turns that just left, not the history
+
+
+def test_cells_are_off_until_turned_on(engine):
+    session = engine.new_session()
+    seen = _spy(engine)
+    list(engine.conversation(session.id).send("hello", Sampling.greedy(4)))
+    assert not engine.memory_status(session.id).cells_enabled and seen["captured"] == 0
 
 
 def test_cells_stay_with_their_session(engine, tmp_path, tiny_model):
