@@ -376,15 +376,17 @@ async def test_memory_panel_toggles_shows_empty_state_and_follows_changes(engine
         assert not panel.display
 
 
+async def type_command(app, pilot, text: str) -> None:
+    """Type a ``/`` command into the prompt and send it."""
+    app.chat.query_one(PromptInput).load_text(text)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
 async def test_slash_commands(engine):
     async with running(engine) as (app, pilot):
         prompt = app.chat.query_one(PromptInput)
-
-        async def slash(text):
-            prompt.load_text(text)
-            await pilot.press("enter")
-            await pilot.pause()
-
+        slash = functools.partial(type_command, app, pilot)
         await slash("/help")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")
@@ -637,12 +639,7 @@ async def test_memory_screen_pauses_learning_and_switches_cells(engine):
 async def test_memory_slash_commands_ask_first_and_report_errors_as_notices(engine):
     async with running(engine) as (app, pilot):
         prompt = app.chat.query_one(PromptInput)
-
-        async def slash(text):
-            prompt.load_text(text)
-            await pilot.press("enter")
-            await pilot.pause()
-
+        slash = functools.partial(type_command, app, pilot)
         await slash("/reset")
         assert isinstance(app.screen, ConfirmDialog)
         await pilot.press("n")
