@@ -15,13 +15,14 @@ one. So a rollback or a rejection is not silently undone by learning the same te
 
 from __future__ import annotations
 
+
 import fcntl
 import json
 import re
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -438,7 +439,9 @@ class Learning:
         newest = self.store.last_user_message_ids(self.profile.id).get(session.id, 0)
         said = [m.content for m in self.store.messages(session.id) if m.role == "user" and m.content]
         progress(0.0, "finding what to remember")
-        found = facts.derive(self.runtime, said)
+        # On the base weights: what earlier sessions taught must not shape what is derived now.
+        with self.memory.trying(None) if self.memory.applied else nullcontext():
+            found = facts.derive(self.runtime, said)
         derived = time.perf_counter()
         _check(cancel)
         if not found:
