@@ -115,7 +115,7 @@ def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA
     for statement in statements(user_turns):
         prompt = template.replace("{statement}", statement)
         for i in range(samples):
-            sampling = (Sampling(temperature=0.0, top_p=1.0, max_tokens=48, seed=0) if i == 0
+            sampling = (Sampling.greedy(48) if i == 0
                         else Sampling(temperature=0.8, top_p=0.95, max_tokens=48, seed=i))
             for qa in parse(runtime.complete(prompt, sampling, stop=["\n\n", "Statement:"]), statement):
                 if qa.question.lower() not in pairs and (i == 0 or consistent(runtime, template, qa)):
@@ -128,7 +128,6 @@ def consistent(runtime: Runtime, template: str, qa: QA) -> bool:
     the pair's answer: a sampled pair that passes grounding but asks something else ("Who is
     the leader in OCaml? A: Loom") does not survive."""
     prompt = template.replace("{statement}", qa.statement) + f" {qa.question} A:"
-    answer = runtime.complete(prompt, Sampling(temperature=0.0, top_p=1.0, max_tokens=12, seed=0),
-                              stop=["\n"])
+    answer = runtime.complete(prompt, Sampling.greedy(12), stop=["\n"])
     answer = answer.strip().rstrip(".").lower()
     return bool(answer) and (qa.answer.lower() in answer or answer in qa.answer.lower())

@@ -236,9 +236,11 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
 
     edits = []
     for layer in recipe.layers:
-        on_task = _activation(twin, layer, seen[layer][question]).abs().mean(0)
-        score = (on_task / (anchors.activity[layer] + 1e-3) if recipe.select == "ratio"
-                 else -anchors.activity[layer])
+        if recipe.select == "ratio":
+            on_task = _activation(twin, layer, seen[layer][question]).abs().mean(0)
+            score = on_task / (anchors.activity[layer] + 1e-3)
+        else:
+            score = -anchors.activity[layer]
         for n in (owned or {}).get(layer, ()):
             score[n] = float("-inf")
         neurons = torch.topk(score, recipe.neurons).indices.sort().values
