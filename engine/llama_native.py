@@ -34,6 +34,31 @@ def _errors_only(level: int, text: bytes, _user_data) -> None:
 llama_cpp.llama_log_set(_errors_only, ctypes.c_void_p(0))
 
 
+def _has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(line.startswith("flags") and " amx_int8" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def _without_extra_buffers(default_params):
+    def params():
+        out = default_params()
+        out.use_extra_bufts = False
+        return out
+    return params
+
+
+# On CPUs with AMX, a native build puts quantised weights in ggml's AMX buffers, whose
+# matrix multiply crashes (SIGSEGV in ggml_backend_amx_mul_mat) on Gemma 3 with
+# llama-cpp-python 0.3.36. Every ``Llama`` in the process (the runtime, the scorer, the
+# benchmarks' bare baselines) then keeps its weights in plain CPU buffers instead.
+if _has_amx() and hasattr(llama_cpp.llama_model_params, "use_extra_bufts"):
+    llama_cpp.llama_cpp.llama_model_default_params = _without_extra_buffers(
+        llama_cpp.llama_cpp.llama_model_default_params)
+
+
 def _model(llm):
     return llm._model.model
 

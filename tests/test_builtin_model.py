@@ -32,7 +32,7 @@ def test_builtin_model_answers_from_context(builtin_model):
 
 def test_multi_turn_plain_chat_is_saved(builtin_model, engine_home):
     out = engram("chat", "--plain", "--model", str(builtin_model),
-                 stdin=b"Hi! My name is Ada.\nWhat is my name?\n", home=engine_home)
+                 stdin=b"Hi! I'm Ada.\nWhat is my name?\n", home=engine_home)
     assert out.returncode == 0, out.stderr.decode()
     assert "Ada" in out.stdout.decode()
     [session] = json.loads(engram("sessions", "--json", home=engine_home).stdout)
