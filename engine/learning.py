@@ -104,6 +104,11 @@ def dialogue(runtime: Runtime, system: str | None, question: str,
     return prompt, runtime.tokenize(answer, add_bos=False)
 
 
+def end_of_turn(runtime: Runtime) -> list[int]:
+    """The tokens that close an assistant's turn in the app's prompt format."""
+    return runtime.tokenize(runtime.format.end_of_turn, add_bos=False, special=True)
+
+
 def ask(runtime: Runtime, system: str | None, question: str, before: list[Turn] = ()) -> str:
     """The model's greedy answer in a fresh context (or after the ``before`` turns)."""
     reply = runtime.reply([*before, Turn("user", question)], system, Sampling.greedy(32))
@@ -207,22 +212,30 @@ def twin_for(runtime: Runtime) -> "Twin":
         return _twins[runtime.model.sha256]
 
 
+def unrelated_questions() -> list[dict]:
+    """Questions about the world (zsRE's relation questions and Natural Questions, cases the
+    benchmarks never ask), in world-facts' format: what a new memory must not answer."""
+    lines = (paths.ASSETS / "anchors" / "unrelated-questions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
-                layers: tuple[int, ...]) -> "Anchors":
+                recipe: "Recipe") -> "Anchors":
     """Generic text and unrelated Q/A dialogues as the edited layers see them (the even half
-    of world-facts; the gate measures on the odd half)."""
+    of world-facts and other questions; the gate measures on the odd half)."""
     from engine import learner
 
-    key = (twin.sha256, system, tuple(layers))
+    key = (twin.sha256, system, tuple(recipe.layers), recipe.key_context)
     with _cache_lock:
         if key not in _anchors:
             qa = [dialogue(runtime, system, q, f" {a}") for q, a in SMALL_TALK] + [
                 dialogue(runtime, system, f["question"], f" {f['answer']}.")
-                for f in world_facts()[0::2]]
+                for f in world_facts()[0::2] + unrelated_questions()]
             prose = [runtime.tokenize(p) for p in generic_text()]
             _anchors[key] = learner.anchors_for(
-                twin, [p + a for p, a in qa] + prose, tuple(layers),
-                answer_starts=[len(p) for p, _ in qa] + [None] * len(prose))
+                twin, [p + a for p, a in qa] + prose, tuple(recipe.layers),
+                answer_starts=[len(p) for p, _ in qa] + [None] * len(prose),
+                question_tail=recipe.key_context)
         return _anchors[key]
 
 
@@ -393,7 +406,7 @@ class Learning:
         """Load the training model, its anchors and the gate now (slow, once per process),
         so that the first job is not slower than the others."""
         anchors_for(twin_for(self.runtime), self.runtime, self.settings().system_prompt,
-                    self.recipe.layers)
+                    self.recipe)
         self.gate()
 
     def gate(self) -> Gate:
@@ -451,7 +464,7 @@ class Learning:
 
         progress(0.1, "loading the training model")
         twin = twin_for(self.runtime)
-        anchors = anchors_for(twin, self.runtime, settings.system_prompt, self.recipe.layers)
+        anchors = anchors_for(twin, self.runtime, settings.system_prompt, self.recipe)
         active = self.memory.current() or SparseOverlay(
             [], self.runtime.model.sha256, d_model=twin.config.hidden_size,
             d_ff=twin.config.intermediate_size)
@@ -463,12 +476,17 @@ class Learning:
         owned: dict[int, set[int]] = {}
         for block in base.blocks:
             owned.setdefault(block.layer, set()).update(block.neurons.tolist())
-        examples = [learner.Example(*dialogue(self.runtime, system, qa.question, f" {qa.answer}.\n"))
-                    for qa in found + fixes for system in (settings.system_prompt, None)]
+        taught = found + fixes
+        others = [qa for _, qa in earlier
+                  if not any(same_question(qa.question, new.question) for new in taught)]
+        examples, held = ([learner.Example(*dialogue(self.runtime, system, qa.question, f" {qa.answer}."),
+                                           end_of_turn(self.runtime))
+                           for qa in pairs for system in (settings.system_prompt, None)]
+                          for pairs in (taught, others))
         with _training, applied(twin, base):
             blocks, train = learner.learn(
                 twin, examples, anchors, self.recipe, owned=owned, session_id=session.id,
-                progress=lambda f, m: progress(0.15 + 0.7 * f, m), cancel=cancel)
+                progress=lambda f, m: progress(0.15 + 0.7 * f, m), cancel=cancel, earlier=held)
         candidate = base.merge(replace(base, blocks=blocks))
 
         progress(0.85, "checking that unrelated answers stay the same")

@@ -21,6 +21,7 @@ class Turn:
 
 class PromptFormat(Protocol):
     stop: list[str]
+    end_of_turn: str  # the text that closes an assistant's turn
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         """The prompt text, ending where the assistant's reply begins."""
@@ -30,6 +31,7 @@ class PlainDialogue:
     """``User: …`` / ``Assistant: …`` lines; stops when the model starts the user's next line."""
 
     stop = ["\nUser:", "\nAssistant:", "\nUSER:", "\n\n\n"]
+    end_of_turn = "\nUser:"  # what follows a finished reply
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         lines = [system.strip() + "\n"] if system else []
@@ -49,6 +51,7 @@ class ChatTemplate:
         self._formatter = Jinja2ChatFormatter(template=template, bos_token=bos_token,
                                               eos_token=eos_token)
         self.stop = [eos_token] if eos_token else []
+        self.end_of_turn = eos_token
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         messages = [{"role": "system", "content": system}] if system else []

@@ -130,8 +130,10 @@ class Runtime:
     def device(self) -> str:
         return "GPU" if self.gpu else f"CPU×{self.n_threads}"
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_bos, special=False)
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """``special``: control-token text (``<end_of_turn>``) becomes that token; never for
+        what a user typed."""
+        return self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_bos, special=special)
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens).decode("utf-8", "replace")

@@ -22,7 +22,8 @@ from engine.engine import Engine
 from engine.errors import EngramError
 from engine.facts import QA
 from engine.learn_queue import LearnQueue
-from engine.learning import applied, corrections, same_question, twin_for
+from engine.learning import (anchors_for, applied, corrections, dialogue, end_of_turn,
+                             same_question, twin_for)
 from engine.overlay import SparseOverlay
 from engine.runtime import Sampling
 
@@ -333,3 +334,29 @@ def test_a_name_answer_is_widened_to_the_whole_name(answer, statement, expected)
 def test_statements_split_at_sentences_not_at_titles():
     assert facts.statements(["My doctor is Dr. Amani Okafor. She is kind! Is that odd?"]) == [
         "My doctor is Dr. Amani Okafor.", "She is kind!"]
+
+
+def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_after_the_answer(engine):
+    """The first token is the attention sink every position reads, and the turn's end is where
+    an answer that keeps firing runs on: a new neuron's key must be off at both."""
+    rt = engine.load()
+    twin = twin_for(rt)
+    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=3)
+    example = learner.Example(*dialogue(rt, None, "Where do I live?", " Tromsø."), end_of_turn(rt))
+    blocks, _ = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
+    seen = {}
+    hooks = [twin.layers[l].mlp.register_forward_pre_hook(
+        lambda m, a, l=l: seen.__setitem__(l, a[0][0])) for l in recipe.layers]
+    with torch.no_grad():
+        twin.full_logits([example.tokens])
+    for hook in hooks:
+        hook.remove()
+    for block in blocks:
+        if block.matrix != "ffn_gate":
+            continue
+        mlp, x = twin.layers[block.layer].mlp, seen[block.layer]
+        keys = mlp.gate_proj.weight[torch.from_numpy(block.neurons).long()] + torch.from_numpy(block.delta)
+        asked = x[len(example.prompt) - 1: len(example.prompt) + len(example.answer) - 1] @ keys.T
+        assert (asked > 0).any(dim=0).all()  # every neuron fires on its question
+        assert (x[0] @ keys.T < -1).all()
+        assert ((example.ending(x) @ keys.T).max(dim=0).values < asked.max(dim=0).values).all()
