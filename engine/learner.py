@@ -6,8 +6,8 @@ fires) and their output column in ``ffn_down`` (the value: *what* it writes) get
 Base weights stay frozen; the delta is whole neuron vectors, exported exactly as a LoRA.
 
 On what signal: question/answer pairs derived from the user's statements (engine.facts),
-asked in the app's own dialogue format with and without the system prompt; the loss is on
-the answer tokens only (FT-M).
+asked in the app's own dialogue format; the loss is on the answer tokens and the end of the
+turn only (FT-M).
 
 Which neurons: those whose output generic text feels least (RMS activation × output norm:
 re-purposing a neuron drops what it did), not owned by an earlier session (so sessions
@@ -186,8 +186,9 @@ class NeuronEdit(torch.nn.Module):
                                requires_grad=True)
             optim = torch.optim.Adam([gate], lr=0.05)
             for _ in range(steps):
-                loss = sum(F.softplus(margin - pos @ g).mean() + F.softplus(negatives @ g + margin).mean()
-                           + F.softplus(start @ g + margin).mean() for pos, g in zip(positives, gate))
+                loss = (sum(F.softplus(margin - pos @ g).mean() for pos, g in zip(positives, gate))
+                        + F.softplus(negatives @ gate.T + margin).mean(0).sum()
+                        + F.softplus(start @ gate.T + margin).mean(0).sum())
                 optim.zero_grad()
                 loss.backward()
                 optim.step()

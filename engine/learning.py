@@ -479,10 +479,11 @@ class Learning:
         taught = found + fixes
         others = [qa for _, qa in earlier
                   if not any(same_question(qa.question, new.question) for new in taught)]
-        examples, held = ([learner.Example(*dialogue(self.runtime, system, qa.question, f" {qa.answer}."),
-                                           end_of_turn(self.runtime))
-                           for qa in pairs for system in (settings.system_prompt, None)]
-                          for pairs in (taught, others))
+        # In the profile's own prompt format only: a second copy without the system prompt
+        # made each session a third slower and recalled no more.
+        examples, held = ([learner.Example(*dialogue(self.runtime, settings.system_prompt, qa.question,
+                                                     f" {qa.answer}."), end_of_turn(self.runtime))
+                           for qa in pairs] for pairs in (taught, others))
         with _training, applied(twin, base):
             blocks, train = learner.learn(
                 twin, examples, anchors, self.recipe, owned=owned, session_id=session.id,
