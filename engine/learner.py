@@ -105,7 +105,7 @@ Progress = Callable[[float, str], None]
 
 @torch.no_grad()
 def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
-                answer_starts: list[int | None] | None = None, max_rows: int = 2048,
+                answer_starts: list[int | None] | None = None, max_rows: int = 8192,
                 question_tail: int = 0) -> Anchors:
     """Run generic text once and keep what the locality term needs (once per model).
 
