@@ -55,7 +55,6 @@ class Recipe:
     select: str = "keyed"  # "keyed": quiet neurons re-keyed as detectors; "ratio": active on the questions ÷ on generic text
     key_margin: float = 3.0  # keyed: gate pre-activation ≥ +margin on the question, ≤ −margin elsewhere
     key_context: int = 3  # keyed: positions before the answer that also count as the question
-    train_keys: bool = True  # keyed: the gate rows keep training after the fit (else frozen)
     stop_loss: float = 0.05  # answers learned …
     stop_locality: float = 0.002  # … and generic text left alone: stop early
     vocab_top: int = 256  # the answer loss runs over the base model's top tokens at each
@@ -287,9 +286,7 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                           anchors.start[layer], recipe.key_margin)
         edits.append(edit)
 
-    frozen = {"gate"} if recipe.select == "keyed" and not recipe.train_keys else set()
-    optim = torch.optim.Adam([p for e in edits for name, p in e.named_parameters()
-                              if name not in frozen], lr=recipe.lr)
+    optim = torch.optim.Adam([p for e in edits for p in e.parameters()], lr=recipe.lr)
     hooks = [twin.layers[e.layer].mlp.register_forward_hook(
         lambda m, a, out, e=e: out + e.change(a[0])) for e in edits]
     history = []
