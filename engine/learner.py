@@ -34,7 +34,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,11 @@ class Example:
     def tokens(self) -> list[int]:
         return self.prompt + self.answer + self.end
 
+    def question(self, x: torch.Tensor, tail: int) -> torch.Tensor:
+        """The rows of ``x`` where the question ends (its last ``tail`` + 1 prompt positions)
+        and the answer is being written: where a detector of it must fire."""
+        return x[len(self.prompt) - 1 - tail: len(self.prompt) + len(self.answer) - 1]
+
     def ending(self, x: torch.Tensor) -> torch.Tensor:
         """The rows of ``x`` (this sequence's FFN inputs) that predict the end tokens."""
         start = len(self.prompt) + len(self.answer) - 1
@@ -94,7 +99,7 @@ class Anchors:
 
     inputs: dict[int, torch.Tensor]  # FFN inputs (n × d_model), a sample of rows
     answers: dict[int, torch.Tensor]  # FFN inputs at answer positions of dialogue anchors
-    start: dict[int, torch.Tensor]  # FFN input at the first position (1 × d_model): see below
+    start: dict[int, torch.Tensor]  # FFN input at the first position (1 × d_model): see above
     out_energy: dict[int, float]  # mean squared norm of the FFN output
     activity: dict[int, torch.Tensor]  # root mean square activation per neuron
 
@@ -116,17 +121,8 @@ def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
     answers = {l: [] for l in layers}
     acts = {l: [] for l in layers}
     energy = {l: [] for l in layers}
-    for start in range(0, len(texts), 16):
-        chunk, starts = texts[start:start + 16], answer_starts[start:start + 16]
-        seen = {}
-        hooks = [twin.layers[l].mlp.register_forward_hook(
-            lambda m, a, out, l=l: seen.__setitem__(l, (a[0], out))) for l in layers]
-        try:
-            batch = twin.batch(chunk)
-            twin.run(twin.embed(batch), batch, 0, max(layers) + 1)
-        finally:
-            for h in hooks:
-                h.remove()
+    for start, chunk, seen in _ffn_passes(twin, texts, layers):
+        starts = answer_starts[start:start + len(chunk)]
         for l in layers:
             x, out = seen[l]
             rows = torch.cat([x[i, : len(s)] for i, s in enumerate(chunk)])
@@ -145,6 +141,23 @@ def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
         out.inputs[l] = rows[torch.randperm(rows.shape[0], generator=pick)[:max_rows]]
         out.answers[l] = torch.cat(answers[l]) if answers[l] else rows[:0]
     return out
+
+
+def _ffn_passes(twin: Twin, sequences: list[list[int]], layers: tuple[int, ...], size: int = 16
+                ) -> Iterator[tuple[int, list[list[int]], dict[int, tuple[torch.Tensor, torch.Tensor]]]]:
+    """Run ``sequences`` in chunks up to the last of ``layers``; per chunk, its offset, the
+    chunk, and each layer's FFN input and output."""
+    for start in range(0, len(sequences), size):
+        chunk, seen = sequences[start:start + size], {}
+        hooks = [twin.layers[l].mlp.register_forward_hook(
+            lambda m, a, out, l=l: seen.__setitem__(l, (a[0], out))) for l in layers]
+        try:
+            batch = twin.batch(chunk)
+            twin.run(twin.embed(batch), batch, 0, max(layers) + 1)
+        finally:
+            for h in hooks:
+                h.remove()
+        yield start, chunk, seen
 
 
 def _activation(twin: Twin, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -277,7 +290,7 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
         if recipe.select == "keyed":
             # One detector per fact (its phrasings together), the k neurons shared round-robin.
             facts = sorted({tuple(e.answer) for e in examples})
-            positives = [torch.cat([_question_rows(seen[layer][i], e, recipe.key_context)
+            positives = [torch.cat([e.question(seen[layer][i], recipe.key_context)
                                     for i, e in enumerate(examples) if tuple(e.answer) == fact])
                          for fact in facts]
             endings = [e.ending(seen[layer][i]) for i, e in enumerate(examples)]
@@ -320,28 +333,13 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     return [b for e in edits for b in e.blocks(session_id)], metrics
 
 
-def _question_rows(x: torch.Tensor, example: Example, tail: int) -> torch.Tensor:
-    """An example's FFN inputs where its question ends (the last ``tail`` + 1 prompt
-    positions) and its answer is being written: where a detector of it must fire."""
-    return x[len(example.prompt) - 1 - tail: len(example.prompt) + len(example.answer) - 1]
-
-
 @torch.no_grad()
 def _asked(twin: Twin, examples: list[Example], layers: tuple[int, ...],
            tail: int) -> dict[int, torch.Tensor]:
     """Per layer, the FFN inputs at the question/answer rows of these examples."""
     rows = {l: [torch.zeros(0, twin.config.hidden_size, device=twin.device)] for l in layers}
-    for start in range(0, len(examples), 16):
-        chunk = examples[start:start + 16]
-        seen = {}
-        hooks = [twin.layers[l].mlp.register_forward_pre_hook(
-            lambda m, a, l=l: seen.__setitem__(l, a[0])) for l in layers]
-        try:
-            batch = twin.batch([e.tokens for e in chunk])
-            twin.run(twin.embed(batch), batch, 0, max(layers) + 1)
-        finally:
-            for h in hooks:
-                h.remove()
+    for start, chunk, seen in _ffn_passes(twin, [e.tokens for e in examples], layers):
         for l in layers:
-            rows[l] += [_question_rows(seen[l][i], e, tail) for i, e in enumerate(chunk)]
+            rows[l] += [e.question(seen[l][0][i], tail)
+                        for i, e in enumerate(examples[start:start + len(chunk)])]
     return {l: torch.cat(r) for l, r in rows.items()}

@@ -85,10 +85,13 @@ def _check(cancel: threading.Event | None) -> None:
 # -- evaluation text ----------------------------------------------------------------------
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def world_facts() -> list[dict]:
     """General-knowledge Q/A pairs: the even half anchors the learner, the odd half the gate."""
-    lines = paths.eval_data("world-facts.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return _jsonl(paths.eval_data("world-facts.jsonl"))
 
 
 def generic_text() -> list[str]:
@@ -215,8 +218,7 @@ def twin_for(runtime: Runtime) -> "Twin":
 def unrelated_questions() -> list[dict]:
     """Questions about the world (zsRE's relation questions and Natural Questions, cases the
     benchmarks never ask), in world-facts' format: what a new memory must not answer."""
-    lines = (paths.ASSETS / "anchors" / "unrelated-questions.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return _jsonl(paths.ASSETS / "anchors" / "unrelated-questions.jsonl")
 
 
 def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
@@ -481,8 +483,9 @@ class Learning:
                   if not any(same_question(qa.question, new.question) for new in taught)]
         # In the profile's own prompt format only: a second copy without the system prompt
         # made each session a third slower and recalled no more.
+        end = end_of_turn(self.runtime)
         examples, held = ([learner.Example(*dialogue(self.runtime, settings.system_prompt, qa.question,
-                                                     f" {qa.answer}."), end_of_turn(self.runtime))
+                                                     f" {qa.answer}."), end)
                            for qa in pairs] for pairs in (taught, others))
         with _training, applied(twin, base):
             blocks, train = learner.learn(
