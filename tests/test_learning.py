@@ -331,6 +331,21 @@ def test_a_name_answer_is_widened_to_the_whole_name(answer, statement, expected)
     assert facts.whole_name(answer, statement) == expected
 
 
+@pytest.mark.parametrize("question, answer, statement, kept", [
+    ("What is my name?", "Ada Quill", "Hi! I'm Ada Quill, nice to meet you.", True),
+    ("Who am I?", "Ada Quill", "Hi! I'm Ada Quill, nice to meet you.", True),
+    ("What is my cat called?", "Pixel", "I have a cat named Pixel.", True),
+    ("Which language is Loom written in?", "OCaml", "I work on a compiler called Loom, written in OCaml.", True),
+    # what the 270M model derives from the wrong statement: a later session would "correct" Ada Quill
+    ("What's my name?", "Loom", "I work on a compiler called Loom, written in OCaml.", False),
+    ("What is my cat called?", "Loom", "I work on a compiler called Loom, written in OCaml.", False),
+    ("What's my name?", "Mira", "My sister Mira is a marine biologist.", False),
+    ("Where do I live?", "Tromsø", "I no longer live in Tromsø.", False),
+])
+def test_only_pairs_grounded_in_their_statement_are_kept(question, answer, statement, kept):
+    assert facts.grounded(question, answer, statement) is kept
+
+
 def test_statements_split_at_sentences_not_at_titles():
     assert facts.statements(["My doctor is Dr. Amani Okafor. She is kind! Is that odd?"]) == [
         "My doctor is Dr. Amani Okafor.", "She is kind!"]

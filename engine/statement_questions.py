@@ -1,0 +1,350 @@
+"""Questions a first-person statement answers, by English grammar rather than by the model.
+
+The built-in 270M base model writes few usable questions about a statement (it derives a
+Q/A pair for about half of the facts users state, and some of those ask something else), so
+the learner also turns each clause into the questions its grammar allows: a subject, a verb
+and what follows it ("I live in Tromsø" → "Where do I live?"), the naming idioms ("My cat
+is called Pixel", "a compiler called Loom", "I named the car Gustav"), a copula ("My
+teacher is Osvaldo Ruiz") and a pronoun that points back at the previous statement's subject
+("She studies octopuses in Lisbon"). Every answer is a span of the statement, so the pairs
+are grounded by construction; a clause the rules do not parse yields nothing.
+"""
+
+from __future__ import annotations
+
+import re
+
+NAME = r"[A-ZÀ-Þ][\w'&.-]*(?:\s+(?:&|of|de|la|van|von|[A-ZÀ-Þ0-9][\w'&.-]*))*"
+NUMBER = (r"(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\w+teen|twenty|"
+          r"thirty|forty|fifty|sixty|seventy|eighty|ninety)")
+NEGATED = re.compile(r"\b(no longer|not|never|n't|used to|formerly)\b", re.IGNORECASE)
+OPENERS = re.compile(r"^(?:(?:hi|hello|hey|oh|well|so|also|correction|by the way|btw)\b[!,:.]*\s*)+",
+                     re.IGNORECASE)
+CLAUSE_BREAK = re.compile(r",\s*(?:and\s+|but\s+|so\s+)?|\s+(?:and|but|so|because)\s+"
+                          r"(?=(?:I|we|she|he|it|they|my|our|his|her|its|their|the)\b)", re.IGNORECASE)
+CONTRACTIONS = {"I'm": "I am", "We're": "We are", "I've": "I have", "We've": "We have"}
+COPULA = {"am", "is", "are", "was", "were"}
+ADVERBS = {"just", "also", "still", "always", "often", "usually", "really", "sometimes", "only",
+           "already", "mostly", "recently", "finally"}
+PERSONAL_POSSESSIVE = {"I": "my", "we": "our", "he": "his", "she": "her", "it": "its", "they": "their"}
+PRONOUNS = {"he", "she", "it", "they", "his", "her", "its", "their"}
+OBJECT_PRONOUNS = {"it", "them", "him", "her", "me", "us", "you", "this", "that"}
+IRREGULAR_PAST = dict(pair.split(":") for pair in """met:meet grew:grow went:go bought:buy made:make took:take
+got:get had:have began:begin found:find left:leave saw:see came:come became:become wrote:write built:build
+drove:drive gave:give knew:know taught:teach spent:spend sold:sell told:tell broke:break won:win lost:lose
+fell:fall felt:feel kept:keep ran:run sat:sit spoke:speak stood:stand swam:swim thought:think
+brought:bring caught:catch flew:fly forgot:forget chose:choose rode:ride sang:sing""".split())
+PARTICLES = {"up", "out", "off", "down", "away", "back"}
+TAKES_INFINITIVE = {"want", "like", "love", "hate", "need", "try", "plan", "hope", "learn", "start", "begin", "decide"}
+STOPS = {"because", "so", "and", "but", "which", "who", "when", "while", "since", "though", "although"}
+PLACE_PREPS = {"in", "at", "near", "to", "from"}
+PREPS = PLACE_PREPS | {"on", "with", "for", "about", "by", "into", "of", "as"}
+TIME = re.compile(r"\b(?:every|each)\s+\w+(?:\s+(?:morning|evening|night|afternoon))?"
+                  r"|\b(?:last|next|this)\s+(?:week|month|year|night|weekend|summer|winter|spring|autumn|time)\b"
+                  r"|\bat\s+" + NUMBER + r"(?:[:.]\d+)?(?:\s*(?:am|pm|o'clock))?(?:\s+in the (?:morning|evening|afternoon))?"
+                  r"|\bon\s+(?:weekends|(?:mon|tues|wednes|thurs|fri|satur|sun)days?)"
+                  r"|\b(?:yesterday|today|recently|daily|weekly)\b", re.IGNORECASE)
+DATE = re.compile(r"\d|\b(?:january|february|march|april|may|june|july|august|september|october|"
+                  r"november|december|monday|tuesday|wednesday|thursday|friday|saturday|sunday)", re.IGNORECASE)
+CALLED = re.compile(r"^(?:(?:a|an|the|my|our)\s+)?(?P<kind>[\w-]+(?:\s+[\w-]+){0,2})\s+(?:called|named)\s+(?P<name>.+)$")
+NAMED_THING = re.compile(r"\b(?:a|an|the)\s+([a-z-]+)\s+(?:called|named)\s+(" + NAME + ")")
+ARTICLE = re.compile(r"^(?:a|an|the)\s+")
+MAX_ANSWER_WORDS = 6
+
+
+def questions(statements: list[str]) -> list[tuple[str, str, str]]:
+    """(question, answer, statement) for every clause that is not negated; a pronoun refers
+    to the latest someone or something of the user's that an earlier statement introduced.
+    A negated clause beside an affirmed one ("I no longer live in Tromsø, I moved to
+    Bergen") asks its question again with the new answer, so the old fact is corrected."""
+    out: dict[str, tuple[str, str, str]] = {}
+    antecedent = ""
+    for statement in statements:
+        affirmed, negated = [], []
+        for said in _clauses(statement):
+            resolved = _resolve(said, antecedent)
+            if NEGATED.search(said):
+                negated += [q for q, _ in _clause_questions(NEGATED.sub("", resolved or said))]
+                continue
+            # the pronoun as said too: the user will ask "Where is his workshop?" the same way
+            for clause in dict.fromkeys(c for c in (resolved, said) if c):
+                affirmed += [(q, _answer(a)) for q, a in _clause_questions(clause)
+                             if _answer(a) and _answer(a).lower() in statement.lower()]
+            antecedent = _antecedent(resolved) or antecedent
+        replaced = [(old, new[0]) for old in negated
+                    for new in [[a for q, a in affirmed if q.split()[0] == old.split()[0]]] if new]
+        for question, answer in affirmed + replaced:
+            question = re.sub(r"\s+", " ", question)
+            out.setdefault(question.lower(), (question, answer, statement))
+    return list(out.values())
+
+
+def _answer(span: str) -> str:
+    """A span as an answer: no article, no pronoun, not a whole clause."""
+    answer = ARTICLE.sub("", span.strip(" ,.;:!"))
+    return answer if answer.lower() not in OBJECT_PRONOUNS and len(answer.split()) <= MAX_ANSWER_WORDS else ""
+
+
+def _clause_questions(clause: str) -> list[tuple[str, str]]:
+    parsed = _subject(clause)
+    named = [(q, name) for kind, name in NAMED_THING.findall(clause)
+             for q in (f"What is the {kind} called?", f"What is the name of the {kind}?")]
+    return (_predicate_questions(*parsed) if parsed else []) + named
+
+
+# -- sentence → clauses → subject and predicate ----------------------------------------------
+
+
+def _clauses(statement: str) -> list[str]:
+    """The statement without openers ("Hi!", "Correction:"), split where a new subject starts;
+    a leading adverbial ("On weekends I climb") is dropped."""
+    text = OPENERS.sub("", statement.strip().rstrip(".!"))
+    out = []
+    for part in CLAUSE_BREAK.split(text):
+        found = re.search(r"\b(?:I|We|My|Our)\b", part)
+        adverbial = part.split()[0].lower() in PREPS | {"after", "before", "during"}
+        if found and found.start() and (adverbial or not _subject(part)):
+            part = part[found.start():]
+        if part:
+            out.append(part[0].upper() + part[1:])
+    return out
+
+
+def _subject(clause: str) -> tuple[str, str, str] | None:
+    """(subject, verb, rest): "My brother Jonas builds wooden boats" → ("my brother Jonas",
+    "builds", "wooden boats"). The subject is a personal pronoun, a name, or a possessive
+    phrase that ends before the first copula, adverb, or verb-looking word."""
+    for short, long in CONTRACTIONS.items():
+        if clause.startswith(short + " "):
+            clause = long + clause[len(short):]
+    words = clause.split()
+    if len(words) < 2:
+        return None
+    if words[0] in {"I", "We", "He", "She", "It", "They"}:
+        return _verb_group(words[0] if words[0] == "I" else words[0].lower(), words[1:])
+    if words[0] in {"My", "Our", "His", "Her", "Its", "Their", "The"} or words[0].endswith("'s"):
+        end = next((i for i, w in enumerate(words[1:6], 1) if w in COPULA), 0) or next(
+            (i for i, w in enumerate(words[2:6], 2) if w in ADVERBS or w in IRREGULAR_PAST
+             or re.fullmatch(r"[a-z]+(?:[^s']s|ed)", w)), 0)
+        if not end:
+            return None
+        subject = " ".join(words[:end])
+        return _verb_group(subject if words[1][:1].isupper() else subject[0].lower() + subject[1:], words[end:])
+    name = re.match(NAME + r"(?=\s)", clause)
+    if name and not name.group(0).endswith("."):
+        return _verb_group(name.group(0), clause[name.end():].split())
+    return None
+
+
+def _verb_group(subject: str, words: list[str]) -> tuple[str, str, str] | None:
+    while words and words[0].lower() in ADVERBS:
+        words = words[1:]
+    if not words:
+        return None
+    return subject, words[0], " ".join(words[1:])
+
+
+def _antecedent(clause: str) -> str:
+    """What "he/she/it" in a later clause most likely means: this clause's subject when it
+    is someone of the user's ("my sister Mira"), or the thing it named ("The Glass Orchard")."""
+    parsed = _subject(clause)
+    if parsed and parsed[0].split()[0] in {"my", "our"} and "'" not in parsed[0]:
+        return parsed[0]
+    named = re.search(r"\b(?:called|named)\s+(" + NAME + ")", clause)
+    if named:
+        return named.group(1)
+    renamed = re.search(r"\b(?:named|call|called)\s+(?:the|my|our)\s+([a-z]+)\s+" + NAME, clause)
+    return f"my {renamed.group(1)}" if renamed else ""  # "I named the car Gustav" → "my car"
+
+
+def _resolve(clause: str, antecedent: str) -> str:
+    """A leading pronoun replaced by its antecedent ("Her birthday" → "my sister Mira's birthday")."""
+    first, _, rest = clause.partition(" ")
+    if first.lower() not in PRONOUNS:
+        return clause
+    if not antecedent:
+        return ""
+    possessive = first.lower() in {"his", "its", "their"} or (first.lower() == "her" and rest.split()[:1] != ["is"])
+    name = antecedent[0].upper() + antecedent[1:]
+    return f"{name}'s {rest}" if possessive else f"{name} {rest}"
+
+
+# -- predicate → questions -------------------------------------------------------------------
+
+
+def _predicate_questions(subject: str, verb: str, rest: str) -> list[tuple[str, str]]:
+    if subject.endswith("'s name") and verb == "is":  # "My manager's name is Berit Halvorsen"
+        return [(f"What is {subject}?", rest), (f"Who is {subject[:-7]}?", rest)]
+    if subject.lower() == "my name" and verb == "is":
+        return [("What is my name?", rest), ("Who am I?", rest), ("What's my name?", rest)]
+    if verb in COPULA and rest:
+        return _copula(subject, verb, rest)
+    return _action(subject, verb, rest)
+
+
+def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
+    """"<subject> is <complement>": names, places, dates, kinds and properties."""
+    head = f"{be} {subject}"
+    progressive = re.match(r"(?P<verb>\w+ing)\s+(?P<tail>.+)$", rest)
+    if progressive:  # "learning to play the bandoneon", "reading a novel called The Glass Orchard"
+        verb, tail = progressive["verb"], progressive["tail"]
+        to_verb = re.match(r"to\s+(\w+)\s+(.+)$", tail)
+        if to_verb:
+            verb, tail = f"{verb} to {to_verb.group(1)}", to_verb.group(2)
+        return _object_questions(f"{head} {verb}", subject, tail)
+    called = re.match(r"(?:called|named)\s+(?P<name>.+)$", rest) or CALLED.match(rest)
+    if called:  # "My cat is called Pixel", "My dog is a greyhound named Comet"
+        name = called.group("name")
+        kind = [(f"What {head}?", called["kind"])] if "kind" in called.groupdict() else []
+        return kind + [(f"What {head} called?", name), (f"What is the name of {subject}?", name),
+                (f"What is {_possessive(subject)} name?", name)]
+    if subject == "I" and re.fullmatch(NAME, rest):
+        return [("What is my name?", rest), ("Who am I?", rest), ("What's my name?", rest)]
+    first, _, obj = rest.partition(" ")
+    if first in PREPS and obj:  # "is in Bergen", "is on the 14th of March", "is from Porto"
+        wh = ("When" if DATE.search(obj) and first in {"on", "in", "at"}
+              else "Where" if first in PLACE_PREPS | {"on"} else "What")
+        suffix = f" {first}" if wh == "What" or first == "from" else ""
+        return [(f"{wh} {head}{suffix}?", _before_pp(obj))]
+    age = re.match(r"(" + NUMBER + r")\s+years?\s+old$", rest)
+    if age:
+        return [(f"How old {head}?", age.group(1))]
+    adjective = re.match(r"(?P<adj>[\w-]+)\s+(?P<prep>to|with|by|in|of|about)\s+(?P<obj>.+)$", rest)
+    if adjective and not adjective["adj"].endswith("ing"):  # "allergic to", "written by", "obsessed with"
+        adj, prep, obj = adjective["adj"], adjective["prep"], adjective["obj"]
+        wh = "Who" if prep == "by" else "When" if DATE.search(obj) else "What"
+        return [(f"{wh} {head} {adj}{'' if wh == 'When' else ' ' + prep}?", _before_pp(obj))] + [
+            (f"Where {head} {adj}?", place) for place in [_place(obj)] if place]
+    complement = _before_pp(rest)
+    out = [(f"What {head}?", complement)]
+    if re.fullmatch(NAME, complement) and not DATE.search(complement):
+        out.append((f"Who {head}?", complement))
+    if re.match(r"(?:a|an)\s", rest) and (subject == "I" or re.search(NAME, subject)):  # "my sister Mira is a ..."
+        out.append((f"What {'do' if subject == 'I' else 'does'} {subject} do?", complement))
+    place = _place(rest)
+    if place:
+        out.append((f"Where {head}?", place))
+    return out
+
+
+def _action(subject: str, verb: str, rest: str) -> list[tuple[str, str]]:
+    """"<subject> <verb> <object> <prep phrase> <time>": what, where, when and naming questions."""
+    aux, base = _do_support(subject, verb)
+    if not aux:
+        return []
+    if base == "turn" and re.match(NUMBER + r"\b", rest):
+        return [(f"How old is {subject}?", rest.split()[0])]
+    ask = f"{aux} {subject} {base}"
+    times = [m.group(0) for m in TIME.finditer(rest)]
+    rest = " ".join(w for w in re.sub(r"\s+", " ", TIME.sub(" ", rest)).split() if not w.endswith("ly"))
+    what = f" {_before_pp(rest)}" if rest and rest.split()[0] not in PREPS else ""
+    out = [(f"At what time {ask}{what}?", time[3:]) if re.match(r"at\s", time) else (f"When {ask}{what}?", time)
+           for time in times]
+    named = re.match(r"(?P<thing>(?:the|my|our|his|her|a|an)\s+[\w\s-]+?)\s+(?P<name>" + NAME + ")$", rest)
+    if base in {"name", "call"} and named:  # "I named the car Gustav"
+        owner = _possessive(subject)
+        thing = re.sub(r"^(?:the|a|an|his|her|my|our)\s", "", named["thing"])
+        return out + [(f"What {ask} {named['thing']}?", named["name"]),
+                      (f"What is {owner} {thing} called?", named["name"])]
+    return out + _object_questions(ask, subject, rest)
+
+
+def _object_questions(ask: str, subject: str, rest: str) -> list[tuple[str, str]]:
+    """Questions about an object and the prepositional phrase after it: "what do I build",
+    "where do I live", "which gym do I climb at", "what is my school called"."""
+    if not rest:
+        return []
+    words = rest.split()
+    if words[0] in PARTICLES:  # "broke down", "setting up"
+        return _object_questions(f"{ask} {words[0]}", subject, " ".join(words[1:]))
+    if words[0] == "to" and len(words) > 2 and _statement_verb(ask) in TAKES_INFINITIVE:  # "want to draw"
+        return _object_questions(f"{ask} to {words[1]}", subject, " ".join(words[2:]))
+    if words[0] in PREPS:
+        obj, prep, pp = "", words[0], " ".join(words[1:])
+    else:
+        split = next((i for i, w in enumerate(words[1:], 1) if w in PREPS), len(words))
+        obj, prep, pp = " ".join(words[:split]), (words[split:] or [""])[0], " ".join(words[split + 1:])
+    out = []
+    if obj and obj.split()[0].lower() not in OBJECT_PRONOUNS | STOPS:
+        called = CALLED.match(obj)
+        if called:  # "reading a novel called The Glass Orchard"
+            return [(f"Which {called['kind']} {ask}?", called["name"]), (f"What {ask}?", called["name"])]
+        out.append((f"What {ask}?", obj))
+    if not pp:
+        return out
+    middle = f"{ask} {obj}".strip()
+    called = CALLED.match(pp)
+    if called:  # "work on a compiler called Loom", "teach chemistry at a school called Elm Ridge"
+        owner = _possessive(subject)
+        name = _before_pp(called["name"]) if not re.fullmatch(NAME, called["name"]) else called["name"]
+        return out + [(f"Which {called['kind']} {middle} {prep}?", name),
+                      (f"What is {owner} {called['kind']} called?", name),
+                      (f"What is the {called['kind']} {subject} {_statement_verb(ask)} {prep} called?", name)]
+    target = _before_pp(pp)
+    place = _place(pp) or (target if target[:1].isupper() else "")
+    if prep in PLACE_PREPS and place:
+        out += [(f"Where {middle}{' from' if prep == 'from' else ''}?", place),
+                (f"Which place {middle} {prep}?", place)]
+    elif prep in {"in", "at"}:
+        out.append((f"Where {middle}?", target))
+    else:
+        out.append((f"What {middle} {prep}?", target))
+        if prep == "as" and not obj:  # "works as a dentist"
+            out.append((f"What {ask.split()[0]} {subject} do?", target))
+    return out
+
+
+# -- small grammar helpers -------------------------------------------------------------------
+
+
+def _do_support(subject: str, verb: str) -> tuple[str, str]:
+    """The auxiliary a question needs and the verb's base form ("studies" → does, study)."""
+    if not re.fullmatch(r"[a-z]+", verb):
+        return "", ""
+    if verb in IRREGULAR_PAST:
+        return "did", IRREGULAR_PAST[verb]
+    if verb.endswith("ed") and len(verb) > 4:
+        return "did", _past_base(verb)
+    if subject in {"I", "we", "they"}:
+        return "do", verb
+    if not verb.endswith("s") or verb.endswith("ss"):
+        return "", ""
+    if verb.endswith("ies"):
+        return "does", verb[:-3] + "y"
+    return "does", verb[:-2] if re.search(r"(?:sh|ch|x|o|ss)es$", verb) else verb[:-1]
+
+
+def _past_base(verb: str) -> str:
+    """"moved" → "move", "worked" → "work", "named" → "name", "studied" → "study"."""
+    if verb.endswith("ied"):
+        return verb[:-3] + "y"
+    stem = verb[:-2]
+    if stem[-1] == stem[-2] and stem[-1] not in "ls":
+        return stem[:-1]  # "stopped" → "stop"
+    if stem[-1] in "vczg" or (stem[-1] in "smkltpn" and stem[-2] in "aeiou" and stem[-3] not in "aeiou"):
+        return stem + "e"
+    return stem
+
+
+def _statement_verb(ask: str) -> str:
+    """"do I work" → "work", "am I reading" → "am reading": the verb as the statement has it."""
+    words = ask.split()
+    return words[-1] if words[0] in {"do", "did", "does"} else " ".join([words[0], *words[2:]])
+
+
+def _possessive(subject: str) -> str:
+    return PERSONAL_POSSESSIVE.get(subject) or subject + ("'" if subject.endswith("s") else "'s")
+
+
+def _place(phrase: str) -> str:
+    """A named place inside a phrase ("a winery in Mendoza" → "Mendoza")."""
+    place = re.search(r"\b(?:in|at|near|from)\s+(" + NAME + ")", phrase)
+    return place.group(1) if place else ""
+
+
+def _before_pp(phrase: str) -> str:
+    """A noun phrase up to the next preposition ("Ghent for work" → "Ghent")."""
+    words = phrase.split()
+    end = next((i for i, w in enumerate(words[1:], 1) if w in STOPS or (
+        w in PREPS - {"of"} and not re.fullmatch(NAME, " ".join(words[:i + 2])))), len(words))
+    return " ".join(words[:end])

@@ -1,0 +1,53 @@
+"""The grammar rules that turn what the user said into questions it answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import facts
+from engine.statement_questions import questions
+
+
+def asked(*statements: str) -> dict[str, str]:
+    return {q: a for q, a, _ in questions(list(statements))}
+
+
+@pytest.mark.parametrize("statements, question, answer", [
+    (["Hi! I'm Jonas Berg."], "What is my name?", "Jonas Berg"),
+    (["I live in Graz, near the river."], "Where do I live?", "Graz"),
+    (["My dog is called Biscuit."], "What is my dog called?", "Biscuit"),
+    (["I work at a bakery called Crumb & Co."], "What is the bakery called?", "Crumb & Co"),
+    (["My brother Karl works as a dentist."], "What does my brother Karl do?", "dentist"),
+    (["My wife's name is Sara."], "Who is my wife?", "Sara"),
+    (["I named my bike Rocket."], "What is my bike called?", "Rocket"),
+    (["I practise every evening at 7 pm."], "At what time do I practise?", "7 pm"),
+    (["Our son Leo was born in 2015."], "When was our son Leo born?", "2015"),
+    (["I grew up in Lima."], "Where did I grow up?", "Lima"),
+    (["On weekends I climb at a gym called Boulder Barn."], "Which gym do I climb at?", "Boulder Barn"),
+])
+def test_a_clause_becomes_the_questions_its_grammar_allows(statements, question, answer):
+    assert asked(*statements)[question] == answer
+
+
+def test_a_pronoun_is_asked_as_said_and_as_resolved():
+    got = asked("My sister Ana is a pilot.", "She lives in Porto.", "Her birthday is on the 3rd of May.")
+    assert got["Where does my sister Ana live?"] == got["Where does she live?"] == "Porto"
+    assert got["When is her birthday?"] == got["When is my sister Ana's birthday?"] == "3rd of May"
+
+
+def test_a_negated_clause_is_not_learned_but_its_question_takes_the_new_answer():
+    assert asked("I don't eat meat.") == {}
+    got = asked("Correction: I no longer live in Graz, I moved to Linz last year.")
+    assert got["Where do I live?"] == got["Where did I move?"] == "Linz"
+    assert "Graz" not in got.values()
+
+
+def test_every_answer_is_a_span_of_its_statement():
+    said = ["I drive an old blue Saab.", "It broke down near Umeå.", "My favourite food is ramen."]
+    for question, answer, statement in questions(said):
+        assert answer.lower() in statement.lower(), (question, answer)
+
+
+def test_derivation_without_the_model_keeps_the_grammar_pairs():
+    pairs = facts.derive(None, ["My cat is called Pixel and she hates the snow."], samples=0)
+    assert ("What is my cat called?", "Pixel") in {(qa.question, qa.answer) for qa in pairs}
