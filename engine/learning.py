@@ -94,10 +94,13 @@ def world_facts() -> list[dict]:
     return _jsonl(paths.eval_data("world-facts.jsonl"))
 
 
+def _paragraphs(path: Path) -> list[str]:
+    return [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
+
+
 def generic_text() -> list[str]:
-    """Paragraphs of plain prose (learner anchors; the benchmark's perplexity)."""
-    text = paths.eval_data("generic-text.txt").read_text()
-    return [p.strip() for p in text.split("\n\n") if p.strip()]
+    """Paragraphs of plain prose the benchmark measures perplexity on (never an anchor)."""
+    return _paragraphs(paths.eval_data("generic-text.txt"))
 
 
 def dialogue(runtime: Runtime, system: str | None, question: str,
@@ -215,6 +218,11 @@ def twin_for(runtime: Runtime) -> "Twin":
         return _twins[runtime.model.sha256]
 
 
+def anchor_prose() -> list[str]:
+    """Paragraphs of everyday prose in many registers: what the learner must leave alone."""
+    return _paragraphs(paths.ASSETS / "anchors" / "prose.txt")
+
+
 def unrelated_questions() -> list[dict]:
     """Questions about the world (zsRE's relation questions and Natural Questions, cases the
     benchmarks never ask), in world-facts' format: what a new memory must not answer."""
@@ -233,7 +241,7 @@ def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
             qa = [dialogue(runtime, system, q, f" {a}") for q, a in SMALL_TALK] + [
                 dialogue(runtime, system, f["question"], f" {f['answer']}.")
                 for f in world_facts()[0::2] + unrelated_questions()]
-            prose = [runtime.tokenize(p) for p in generic_text()]
+            prose = [runtime.tokenize(p) for p in anchor_prose()]
             _anchors[key] = learner.anchors_for(
                 twin, [p + a for p, a in qa] + prose, tuple(recipe.layers),
                 answer_starts=[len(p) for p, _ in qa] + [None] * len(prose),
