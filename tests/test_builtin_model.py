@@ -37,3 +37,17 @@ def test_multi_turn_plain_chat_is_saved(builtin_model, engine_home):
     assert "Ada" in out.stdout.decode()
     [session] = json.loads(engram("sessions", "--json", home=engine_home).stdout)
     assert session["message_count"] == 4
+
+
+def test_a_fact_taught_in_one_session_is_known_in_a_fresh_one(builtin_model, engine_home):
+    """The product's promise, through the real commands: teach, learn (weights change), quit,
+    and a new session with an empty context answers — no transcript in its prompt."""
+    model = ["--model", str(builtin_model)]
+    fresh = engram("chat", "--plain", *model, stdin=b"What is my cat called?\n", home=engine_home)
+    assert "Pixel" not in fresh.stdout.decode()  # the base model does not know it
+    taught = engram("chat", "--plain", *model, stdin=b"My cat is called Pixel.\n", home=engine_home)
+    assert taught.returncode == 0, taught.stderr.decode()
+    learned = engram("memory", "learn", *model, home=engine_home, timeout=900)  # loads the twin: ~1 min
+    assert learned.returncode == 0, learned.stderr.decode()
+    asked = engram("chat", "--plain", *model, stdin=b"What is my cat called?\n", home=engine_home)
+    assert "Pixel" in asked.stdout.decode()
