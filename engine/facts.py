@@ -19,7 +19,7 @@ from engine import statement_questions
 from engine.runtime import Runtime, Sampling
 from store import paths
 
-NEGATION = re.compile(r"\b(no longer|not|never|n't|used to|formerly)\b[^,.;]*", re.IGNORECASE)
+NEGATION = re.compile(statement_questions.NEGATORS + r"[^,.;]*", re.IGNORECASE)  # the negated clause
 QA_LINE = re.compile(r"^\s*(?P<q>[^?\n]{3,120}\?)\s*A:\s*(?P<a>[^\n]{1,60})$")
 STOP_WORDS = set("""a an the and or of in on at to for with from by about is are am was were be been do does
 did have has had i me my mine you your we our us he she it its his her they their them what which who
@@ -121,11 +121,12 @@ def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA
     """De-duplicated Q/A pairs for every statement in the user's turns: those its grammar
     gives (engine.statement_questions); for a statement the grammar rules cannot parse, the
     model's grounded greedy pairs and its sampled ones that are self-consistent."""
-    template = _template()
     said = statements(user_turns)
     pairs = {q.lower(): QA(q, a, statement) for q, a, statement in statement_questions.questions(said)}
     parsed = {qa.statement for qa in pairs.values()}
-    for statement in (s for s in said if s not in parsed):
+    unparsed = [s for s in said if s not in parsed]
+    template = _template() if unparsed else ""
+    for statement in unparsed:
         prompt = template.replace("{statement}", statement)
         for i in range(samples):
             sampling = (Sampling.greedy(48) if i == 0

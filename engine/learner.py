@@ -211,12 +211,15 @@ class NeuronEdit(torch.nn.Module):
             for name in ("gate", "up"):  # the cap keeps training near these keys
                 self.caps[name] = max(self.caps[name], 1.5 * float(getattr(self, name).norm(dim=1).max()))
 
-    def change(self, x: torch.Tensor) -> torch.Tensor:
-        """What the edit adds to the FFN output for inputs ``x`` (…, d_model)."""
-        act = self.mlp.act_fn
-        old = act(x @ self.w_gate.T) * (x @ self.w_up.T)
-        new = act(x @ (self.w_gate + self.gate).T) * (x @ (self.w_up + self.up).T)
-        return (new - old) @ self.w_down.T + new @ self.down.T
+    def base_output(self, x: torch.Tensor) -> torch.Tensor:
+        """What these neurons add to the FFN output for inputs ``x`` (…, d_model) unedited."""
+        return (self.mlp.act_fn(x @ self.w_gate.T) * (x @ self.w_up.T)) @ self.w_down.T
+
+    def change(self, x: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
+        """What the edit adds to the FFN output for inputs ``x``; ``before``: their
+        base_output, when ``x`` is fixed and it was computed once."""
+        new = self.mlp.act_fn(x @ (self.w_gate + self.gate).T) * (x @ (self.w_up + self.up).T)
+        return new @ (self.w_down + self.down).T - (self.base_output(x) if before is None else before)
 
     @torch.no_grad()
     def cap(self) -> None:
@@ -299,6 +302,11 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                           anchors.start[layer], recipe.key_margin)
         edits.append(edit)
 
+    # What the locality term reads, per edit: (fixed inputs, their unedited output, weight).
+    with torch.no_grad():
+        penalised = [[(x, e.base_output(x), w) for x, w in (
+            (anchors.inputs[e.layer], 1.0), (unrelated[e.layer], recipe.answer_weight),
+            (anchors.start[e.layer], recipe.answer_weight))] for e in edits]
     optim = torch.optim.Adam([p for e in edits for p in e.parameters()], lr=recipe.lr)
     hooks = [twin.layers[e.layer].mlp.register_forward_hook(
         lambda m, a, out, e=e: out + e.change(a[0])) for e in edits]
@@ -309,11 +317,8 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                 raise InterruptedError("learning cancelled")
             h = twin.run(h_prefix, batch, first)
             task = F.cross_entropy(twin.logits(h[rows_t, cols_t], vocab=vocab), targets_t)
-            locality = sum(
-                (e.change(anchors.inputs[e.layer]).pow(2).sum(-1).mean()
-                 + recipe.answer_weight * e.change(unrelated[e.layer]).pow(2).sum(-1).mean()
-                 + recipe.answer_weight * e.change(anchors.start[e.layer]).pow(2).sum())
-                / anchors.out_energy[e.layer] for e in edits)
+            locality = sum(sum(w * e.change(x, before).pow(2).sum(-1).mean() for x, before, w in terms)
+                           / anchors.out_energy[e.layer] for e, terms in zip(edits, penalised))
             loss = task + recipe.locality_weight * locality
             optim.zero_grad()
             loss.backward()

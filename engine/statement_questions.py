@@ -17,7 +17,8 @@ import re
 NAME = r"[A-ZÀ-Þ][\w'&.-]*(?:\s+(?:&|of|de|la|van|von|[A-ZÀ-Þ0-9][\w'&.-]*))*"
 NUMBER = (r"(?:\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|\w+teen|twenty|"
           r"thirty|forty|fifty|sixty|seventy|eighty|ninety)")
-NEGATED = re.compile(r"\b(no longer|not|never|n't|used to|formerly)\b", re.IGNORECASE)
+NEGATORS = r"\b(no longer|not|never|n't|used to|formerly)\b"
+NEGATED = re.compile(NEGATORS, re.IGNORECASE)
 OPENERS = re.compile(r"^(?:(?:hi|hello|hey|oh|well|so|also|correction|by the way|btw)\b[!,:.]*\s*)+",
                      re.IGNORECASE)
 CLAUSE_BREAK = re.compile(r",\s*(?:and\s+|but\s+|so\s+)?|\s+(?:and|but|so|because)\s+"
@@ -68,8 +69,8 @@ def questions(statements: list[str]) -> list[tuple[str, str, str]]:
                 continue
             # the pronoun as said too: the user will ask "Where is his workshop?" the same way
             for clause in dict.fromkeys(c for c in (resolved, said) if c):
-                affirmed += [(q, _answer(a)) for q, a in _clause_questions(clause)
-                             if _answer(a) and _answer(a).lower() in statement.lower()]
+                answers = [(q, _answer(a)) for q, a in _clause_questions(clause)]
+                affirmed += [(q, a) for q, a in answers if a and a.lower() in statement.lower()]
             antecedent = _antecedent(resolved) or antecedent
         replaced = [(old, new[0]) for old in negated
                     for new in [[a for q, a in affirmed if q.split()[0] == old.split()[0]]] if new]
@@ -176,7 +177,7 @@ def _predicate_questions(subject: str, verb: str, rest: str) -> list[tuple[str, 
     if subject.endswith("'s name") and verb == "is":  # "My manager's name is Berit Halvorsen"
         return [(f"What is {subject}?", rest), (f"Who is {subject[:-7]}?", rest)]
     if subject.lower() == "my name" and verb == "is":
-        return [("What is my name?", rest), ("Who am I?", rest), ("What's my name?", rest)]
+        return _my_name(rest)
     if verb in COPULA and rest:
         return _copula(subject, verb, rest)
     return _action(subject, verb, rest)
@@ -199,7 +200,7 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
         return kind + [(f"What {head} called?", name), (f"What is the name of {subject}?", name),
                 (f"What is {_possessive(subject)} name?", name)]
     if subject == "I" and re.fullmatch(NAME, rest):
-        return [("What is my name?", rest), ("Who am I?", rest), ("What's my name?", rest)]
+        return _my_name(rest)
     first, _, obj = rest.partition(" ")
     if first in PREPS and obj:  # "is in Bergen", "is on the 14th of March", "is from Porto"
         wh = ("When" if DATE.search(obj) and first in {"on", "in", "at"}
@@ -330,6 +331,10 @@ def _statement_verb(ask: str) -> str:
     """"do I work" → "work", "am I reading" → "am reading": the verb as the statement has it."""
     words = ask.split()
     return words[-1] if words[0] in {"do", "did", "does"} else " ".join([words[0], *words[2:]])
+
+
+def _my_name(name: str) -> list[tuple[str, str]]:
+    return [("What is my name?", name), ("Who am I?", name), ("What's my name?", name)]
 
 
 def _possessive(subject: str) -> str:
