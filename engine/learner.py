@@ -25,8 +25,9 @@ layer from the anchors' cached FFN inputs — no anchor forward passes — and i
 relative to the layer's own FFN output, is penalised; training the keys lets the neurons
 learn to stay silent on generic text. Every delta vector's norm is capped.
 
-Cost: the frozen prefix (layers below the first edited one) runs once; each step runs
-only the layers above it, and the 262k-row output head only at answer positions.
+Cost: the frozen prefix (layers below the first edited one) runs once, and so does the
+system prompt every example starts with; each step runs only the layers above it on the
+examples' own tokens, and the 262k-row output head only at answer positions.
 """
 
 from __future__ import annotations
@@ -211,15 +212,23 @@ class NeuronEdit(torch.nn.Module):
             for name in ("gate", "up"):  # the cap keeps training near these keys
                 self.caps[name] = max(self.caps[name], 1.5 * float(getattr(self, name).norm(dim=1).max()))
 
-    def base_output(self, x: torch.Tensor) -> torch.Tensor:
-        """What these neurons add to the FFN output for inputs ``x`` (…, d_model) unedited."""
-        return (self.mlp.act_fn(x @ self.w_gate.T) * (x @ self.w_up.T)) @ self.w_down.T
+    def activation(self, x: torch.Tensor, edited: bool = True) -> torch.Tensor:
+        """These neurons' activations for FFN inputs ``x`` (…, d_model) → (…, k)."""
+        gate, up = (self.w_gate + self.gate, self.w_up + self.up) if edited else (self.w_gate, self.w_up)
+        return self.mlp.act_fn(x @ gate.T) * (x @ up.T)
 
-    def change(self, x: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
-        """What the edit adds to the FFN output for inputs ``x``; ``before``: their
-        base_output, when ``x`` is fixed and it was computed once."""
-        new = self.mlp.act_fn(x @ (self.w_gate + self.gate).T) * (x @ (self.w_up + self.up).T)
-        return new @ (self.w_down + self.down).T - (self.base_output(x) if before is None else before)
+    def change(self, x: torch.Tensor) -> torch.Tensor:
+        """What the edit adds to the FFN output for inputs ``x``."""
+        return self.activation(x) @ (self.w_down + self.down).T - self.activation(x, False) @ self.w_down.T
+
+    def change_energy(self, x: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        """Mean squared norm of ``change(x)``, ``before`` being ``activation(x, False)``:
+        computed in the 2k-dimensional space of new and old activations (a Gram matrix of
+        the down columns), never as an n × d_model output — the locality term's inputs are
+        thousands of rows, and that product was most of a step."""
+        z = torch.cat([self.activation(x), -before], -1)
+        down = torch.cat([self.w_down + self.down, self.w_down], 1)
+        return ((z @ (down.T @ down)) * z).sum(-1).mean()
 
     @torch.no_grad()
     def cap(self) -> None:
@@ -304,9 +313,16 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
 
     # What the locality term reads, per edit: (fixed inputs, their unedited output, weight).
     with torch.no_grad():
-        penalised = [[(x, e.base_output(x), w) for x, w in (
+        penalised = [[(x, e.activation(x, False), w) for x, w in (
             (anchors.inputs[e.layer], 1.0), (unrelated[e.layer], recipe.answer_weight),
             (anchors.start[e.layer], recipe.answer_weight))] for e in edits]
+        # The system prompt every example starts with runs once, not at every step: the new
+        # neurons are trained silent on generic text, which includes it.
+        shared = _shared_prefix([e.tokens for e in examples],
+                                min(len(e.prompt) for e in examples) - 1 - recipe.key_context)
+        if shared:
+            batch = twin.batch([e.tokens[shared:] for e in examples], twin.prefix(examples[0].tokens[:shared]))
+            h_prefix, cols_t = h_prefix[:, shared:], cols_t - shared
     optim = torch.optim.Adam([p for e in edits for p in e.parameters()], lr=recipe.lr)
     hooks = [twin.layers[e.layer].mlp.register_forward_hook(
         lambda m, a, out, e=e: out + e.change(a[0])) for e in edits]
@@ -317,7 +333,7 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                 raise InterruptedError("learning cancelled")
             h = twin.run(h_prefix, batch, first)
             task = F.cross_entropy(twin.logits(h[rows_t, cols_t], vocab=vocab), targets_t)
-            locality = sum(sum(w * e.change(x, before).pow(2).sum(-1).mean() for x, before, w in terms)
+            locality = sum(sum(w * e.change_energy(x, before) for x, before, w in terms)
                            / anchors.out_energy[e.layer] for e, terms in zip(edits, penalised))
             loss = task + recipe.locality_weight * locality
             optim.zero_grad()
@@ -336,6 +352,14 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                "locality_penalty": round(history[-1][1], 5),
                "train_seconds": round(time.perf_counter() - started, 2)}
     return [b for e in edits for b in e.blocks(session_id)], metrics
+
+
+def _shared_prefix(sequences: list[list[int]], limit: int) -> int:
+    """How many leading tokens all ``sequences`` share, at most ``limit``."""
+    n = 0
+    while n < limit and all(len(s) > n and s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return n
 
 
 @torch.no_grad()

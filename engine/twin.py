@@ -35,6 +35,27 @@ class Batch:
     masks: dict
     position_ids: torch.Tensor
     position_embeddings: dict
+    prefix: "Prefix | None" = None  # a shared prefix every sequence continues
+
+
+class Prefix:
+    """A token prefix shared by every sequence of a batch, run once: its keys and values
+    per layer, which each sequence's own tokens then attend to. It quacks like transformers'
+    cache (``update``), so the decoder layers need no change; the prefix's states are fixed,
+    which is what lets the learner skip the system prompt at every step."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, **kwargs):
+        if layer_idx not in self.kv:  # the prefix's own pass: keep them
+            self.kv[layer_idx] = key.detach(), value.detach()
+            return key, value
+        k, v = self.kv[layer_idx]
+        batch = key.shape[0]
+        return (torch.cat([k.expand(batch, -1, -1, -1), key], 2),
+                torch.cat([v.expand(batch, -1, -1, -1), value], 2))
 
 
 class Twin:
@@ -65,7 +86,11 @@ class Twin:
 
     # -- running --------------------------------------------------------------
 
-    def batch(self, sequences: list[list[int]]) -> Batch:
+    def batch(self, sequences: list[list[int]], prefix: Prefix | None = None) -> Batch:
+        """``sequences`` as one batch; with ``prefix``, they are what follows it (whose keys
+        and values ``prefix`` holds, from a ``run`` of it as a batch of its own)."""
+        if prefix is not None:
+            return self._continuation(sequences, prefix)
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         lengths = [len(s) for s in sequences]
@@ -79,12 +104,39 @@ class Twin:
         position_ids = torch.arange(width, device=self.device).unsqueeze(0)
         embeds = self.model.model.embed_tokens(ids)
         kwargs = dict(config=self.config, inputs_embeds=embeds, attention_mask=attention,
-                      past_key_values=None, position_ids=position_ids)
+                      cache=None, position_ids=position_ids)
         masks = {"full_attention": create_causal_mask(**kwargs),
                  "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
         rotary = self.model.model.rotary_emb
         position_embeddings = {t: rotary(embeds, position_ids, t) for t in set(self.config.layer_types)}
         return Batch(ids, lengths, masks, position_ids, position_embeddings)
+
+    def _continuation(self, sequences: list[list[int]], prefix: Prefix) -> Batch:
+        lengths = [len(s) for s in sequences]
+        width, start = max(lengths), prefix.length
+        ids = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            ids[i, : len(seq)] = torch.tensor(seq)
+        ids = ids.to(self.device)
+        query = torch.arange(start, start + width, device=self.device)[:, None]
+        key = torch.arange(start + width, device=self.device)[None, :]
+        causal = key <= query  # right padding sits after every real token: never attended
+        window = self.config.sliding_window or start + width
+        masks = {"full_attention": causal[None, None], "sliding_attention": (causal & (query - key < window))[None, None]}
+        position_ids = torch.arange(start, start + width, device=self.device).unsqueeze(0)
+        embeds = self.model.model.embed_tokens(ids)
+        rotary = self.model.model.rotary_emb
+        position_embeddings = {t: rotary(embeds, position_ids, t) for t in set(self.config.layer_types)}
+        return Batch(ids, lengths, masks, position_ids, position_embeddings, prefix)
+
+    @torch.no_grad()
+    def prefix(self, tokens: list[int]) -> Prefix:
+        """Run ``tokens`` once and keep each layer's keys and values for ``batch(…, prefix=)``."""
+        out = Prefix(len(tokens))
+        batch = self.batch([tokens])
+        batch.prefix = out
+        self.run(self.embed(batch), batch)
+        return out
 
     def embed(self, batch: Batch) -> torch.Tensor:
         return self.model.model.embed_tokens(batch.ids)
@@ -95,7 +147,7 @@ class Twin:
             kind = self.config.layer_types[i]
             h = self.layers[i](h, attention_mask=batch.masks[kind],
                                position_embeddings=batch.position_embeddings[kind],
-                               position_ids=batch.position_ids)
+                               position_ids=batch.position_ids, cache=batch.prefix)
         return h
 
     def logits(self, h: torch.Tensor, rows: torch.Tensor | None = None,

@@ -312,6 +312,35 @@ def test_the_twin_computes_with_an_overlay_and_is_restored_exactly(engine, make_
     assert (served.argmax(-1) == changed.numpy().argmax(-1)).mean() == 1.0
 
 
+def test_a_batch_that_continues_a_shared_prefix_computes_what_the_whole_sequences_do(engine):
+    """The learner runs the system prompt once and each step only the examples' own tokens."""
+    twin = twin_for(engine.runtime)
+    sequences = [engine.runtime.tokenize(f"the cat had a name {tail}") for tail in ("Pixel", "and a very long tail")]
+    shared = learner._shared_prefix(sequences, limit=100)
+    assert 0 < shared < min(map(len, sequences))
+    whole = twin.full_logits(sequences)
+    batch = twin.batch([s[shared:] for s in sequences], twin.prefix(sequences[0][:shared]))
+    with torch.no_grad():
+        h = twin.run(twin.embed(batch), batch)
+    for i, n in enumerate(batch.lengths):
+        assert torch.allclose(twin.logits(h[i, :n]), whole[i][shared:], atol=1e-4)
+
+
+def test_the_locality_term_is_the_energy_of_the_edit_s_change(engine):
+    """``change_energy`` works in neuron space; it must equal the mean squared norm of the
+    change the edit makes to the FFN output."""
+    twin = twin_for(engine.runtime)
+    edit = learner.NeuronEdit(twin, 1, torch.tensor([0, 3, 5]), max_norm=1.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in edit.parameters():
+            p.normal_(std=0.1)
+    x = torch.randn(50, twin.config.hidden_size)
+    energy = edit.change_energy(x, edit.activation(x, edited=False))
+    assert torch.allclose(energy, edit.change(x).pow(2).sum(-1).mean(), rtol=1e-4)
+    assert energy > 0
+
+
 def test_the_gate_measures_nothing_changed_as_perfect(engine):
     score = engine.learning.gate().measure(None)
     assert score.locality == 1.0 and score.kl_neutral == pytest.approx(0.0, abs=1e-6)
