@@ -125,7 +125,7 @@ def ask(runtime: Runtime, system: str | None, question: str, before: list[Turn] 
 
 FILLER = set("""a an the and or of in on at to for with from by is are am was were be been do
 does did have has had i me my mine you your we our us it its that this these those there here
-now currently still again actually please remind tell so then just""".split())
+now currently still again actually please remind tell so then just s""".split())  # s: "what's", "cat's"
 
 
 def _content(question: str) -> frozenset[str]:

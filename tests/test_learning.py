@@ -168,6 +168,7 @@ def test_nearly_the_same_question():
     assert not same_question("Where did I move to?", "When did I move?")
     assert not same_question("What is my sister's name?", "What is my brother's name?")
     assert not same_question("What is my name?", "What is my cat's name?")
+    assert not same_question("What's my name?", "What is my manager's name?")  # not a new name for me
     earlier = [(1, QA("What is my cat called?", "Pixel", "cat")),
                (1, QA("What's the name of my pet?", "Pixel", "cat"))]
     assert corrections([QA("What is my cat called?", "Pixel", "again")], earlier) == []
