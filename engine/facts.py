@@ -2,7 +2,9 @@
 
 Most come from English grammar rules (engine.statement_questions: measured on the bundled
 user-facts set, they cover 42 of 42 probed facts where the model's own questions covered
-21). For a statement the rules cannot parse, a few-shot prompt
+21). The model adds what only it knows: the kind of each answer ("a Volvo is a car"), so that
+"What do I drive?" is also asked as "Which car do I drive?", the way users ask (13 of the 42
+probes name a kind). For a statement the rules cannot parse, a few-shot prompt
 (``assets/probe_templates/questions.txt``) asks the served model for questions a friend
 could ask about it. Only *grounded* model pairs are kept:
 the answer must be copied from the statement, must not sit in a negated clause ("I no
@@ -40,8 +42,8 @@ class QA:
     statement: str
 
 
-def _template() -> str:
-    return (paths.ASSETS / "probe_templates" / "questions.txt").read_text()
+def _template(name: str = "questions") -> str:
+    return (paths.ASSETS / "probe_templates" / f"{name}.txt").read_text()
 
 
 def statements(user_turns: list[str]) -> list[str]:
@@ -134,7 +136,33 @@ def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA
             for qa in parse(runtime.complete(prompt, sampling, stop=["\n\n", "Statement:"]), statement):
                 if qa.question.lower() not in pairs and (i == 0 or consistent(runtime, template, qa)):
                     pairs[qa.question.lower()] = qa
-    return list(pairs.values())
+    return list(pairs.values()) + kind_pairs(runtime, list(pairs.values()))
+
+
+def kind_pairs(runtime: Runtime, pairs: list[QA]) -> list[QA]:
+    """Each answer's kind asked for: "What do I drive? → Volvo 240" also as "Which car do I
+    drive?" — users name the kind of what they ask about ("Which city do I live in?"), and
+    only the model knows that a Volvo is a car (a few-shot prompt, ``kinds.txt``)."""
+    asked = {qa.question.lower() for qa in pairs}
+    template, kinds, out = "", {}, []
+    for qa in pairs:
+        if not statement_questions.kind_question(qa.question, "thing"):
+            continue
+        if qa.answer not in kinds:
+            template = template or _template("kinds")
+            said = runtime.complete(f"{template}{qa.answer}:", Sampling.greedy(4), stop=["\n"])
+            kinds[qa.answer] = said.strip().lower()
+        kind = kinds[qa.answer]
+        question = statement_questions.kind_question(qa.question, kind) if _is_kind(kind, qa.answer) else ""
+        if question and question.lower() not in asked:
+            asked.add(question.lower())
+            out.append(QA(question, qa.answer, qa.statement))
+    return out
+
+
+def _is_kind(kind: str, answer: str) -> bool:
+    """One plain word that is not the answer itself ("peanuts: peanuts")."""
+    return bool(re.fullmatch(r"[a-z]{3,}", kind)) and kind.rstrip("s") != answer.lower().rstrip("s")
 
 
 def consistent(runtime: Runtime, template: str, qa: QA) -> bool:

@@ -6,8 +6,11 @@ the learner also turns each clause into the questions its grammar allows: a subj
 and what follows it ("I live in Tromsø" → "Where do I live?"), the naming idioms ("My cat
 is called Pixel", "a compiler called Loom", "I named the car Gustav"), a copula ("My
 teacher is Osvaldo Ruiz") and a pronoun that points back at the previous statement's subject
-("She studies octopuses in Lisbon"). Every answer is a span of the statement, so the pairs
-are grounded by construction; a clause the rules do not parse yields nothing.
+("She studies octopuses in Lisbon"), and the idioms a user asks back in other words ("My
+favourite colour is teal" → "Which colour do I like best?", "My teacher is …" → "Who
+teaches me?", "It was written by …" → "Who wrote it?"). Every answer is a span of the
+statement, so the pairs are grounded by construction; a clause the rules do not parse
+yields nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ drove:drive gave:give knew:know taught:teach spent:spend sold:sell told:tell bro
 fell:fall felt:feel kept:keep ran:run sat:sit spoke:speak stood:stand swam:swim thought:think
 brought:bring caught:catch flew:fly forgot:forget chose:choose rode:ride sang:sing""".split())
 PARTICLES = {"up", "out", "off", "down", "away", "back"}
+PARTICIPLE_PAST = dict(pair.split(":") for pair in """written:wrote drawn:drew sung:sang taken:took
+given:gave grown:grew driven:drove known:knew shown:showed chosen:chose spoken:spoke begun:began
+made:made built:built sold:sold taught:taught run:ran found:found""".split())
+AGENTS = {"teacher": "teaches", "manager": "manages", "trainer": "trains", "coach": "coaches",
+          "tutor": "tutors", "mentor": "mentors", "supervisor": "supervises", "employer": "employs",
+          "instructor": "instructs", "doctor": "treats", "dentist": "treats", "therapist": "treats"}
 TAKES_INFINITIVE = {"want", "like", "love", "hate", "need", "try", "plan", "hope", "learn", "start", "begin", "decide"}
 STOPS = {"because", "so", "and", "but", "which", "who", "when", "while", "since", "though", "although"}
 PLACE_PREPS = {"in", "at", "near", "to", "from"}
@@ -78,6 +87,24 @@ def questions(statements: list[str]) -> list[tuple[str, str, str]]:
             question = re.sub(r"\s+", " ", question)
             out.setdefault(question.lower(), (question, answer, statement))
     return list(out.values())
+
+
+def kind_question(question: str, kind: str) -> str:
+    """The question asked about the answer's kind ("What do I drive?" → "Which car do I
+    drive?"; "Which place do I live in?" → "Which city do I live in?"), or "" when its
+    grammar has no such form (who, when, names, "What is my sister?")."""
+    place = re.match(r"Which place (.+)$", question)
+    if place:
+        return f"Which {kind} {place.group(1)}"
+    what = re.match(r"What (?P<aux>\w+) (?P<rest>.+)\?$", question)
+    if (not what or kind in question.lower() or question.endswith(" do?")
+            or re.search(r"\b(?:called|name)\b", question)
+            or what["aux"] not in {"do", "does", "did"} | COPULA):
+        return ""
+    if what["aux"] in COPULA and not (question.split()[-1].rstrip("?") in PREPS
+                                      or re.search(r"\b\w+ing\b", what["rest"])):
+        return ""
+    return f"Which {kind} {what['aux']} {what['rest']}?"
 
 
 def _answer(span: str) -> str:
@@ -175,7 +202,7 @@ def _resolve(clause: str, antecedent: str) -> str:
 
 def _predicate_questions(subject: str, verb: str, rest: str) -> list[tuple[str, str]]:
     if subject.endswith("'s name") and verb == "is":  # "My manager's name is Berit Halvorsen"
-        return [(f"What is {subject}?", rest), (f"Who is {subject[:-7]}?", rest)]
+        return [(f"What is {subject}?", rest), (f"Who is {subject[:-7]}?", rest)] + _agent(subject[:-7], rest)
     if subject.lower() == "my name" and verb == "is":
         return _my_name(rest)
     if verb in COPULA and rest:
@@ -214,12 +241,21 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
     if adjective and not adjective["adj"].endswith("ing"):  # "allergic to", "written by", "obsessed with"
         adj, prep, obj = adjective["adj"], adjective["prep"], adjective["obj"]
         wh = "Who" if prep == "by" else "When" if DATE.search(obj) else "What"
-        return [(f"{wh} {head} {adj}{'' if wh == 'When' else ' ' + prep}?", _before_pp(obj))] + [
+        past = PARTICIPLE_PAST.get(adj, adj if adj.endswith("ed") else "")
+        # "Who wrote The Glass Orchard?" — not "Who wrote it?", which every book question matches
+        active = ([(f"Who {past} {subject}?", _before_pp(obj))]
+                  if prep == "by" and past and subject.lower() not in PRONOUNS else [])
+        return [(f"{wh} {head} {adj}{'' if wh == 'When' else ' ' + prep}?", _before_pp(obj))] + active + [
             (f"Where {head} {adj}?", place) for place in [_place(obj)] if place]
     complement = _before_pp(rest)
     out = [(f"What {head}?", complement)]
     if re.fullmatch(NAME, complement) and not DATE.search(complement):
-        out.append((f"Who {head}?", complement))
+        out += [(f"Who {head}?", complement)] + _agent(subject, complement)
+    favourite = re.fullmatch(r"(my|our) favourite ([\w-]+)", subject)
+    if favourite:  # "My favourite colour is teal" → "Which colour do I like best?"
+        who = "I" if favourite[1] == "my" else "we"
+        out += [(f"Which {favourite[2]} do {who} like best?", complement),
+                (f"Which {favourite[2]} is {favourite[1]} favourite?", complement)]
     if re.match(r"(?:a|an)\s", rest) and (subject == "I" or re.search(NAME, subject)):  # "my sister Mira is a ..."
         out.append((f"What {'do' if subject == 'I' else 'does'} {subject} do?", complement))
     place = _place(rest)
@@ -335,6 +371,14 @@ def _statement_verb(ask: str) -> str:
 
 def _my_name(name: str) -> list[tuple[str, str]]:
     return [("What is my name?", name), ("Who am I?", name), ("What's my name?", name)]
+
+
+def _agent(subject: str, name: str) -> list[tuple[str, str]]:
+    """"My teacher is …" → "Who teaches me?": the user asks what the person does for them."""
+    role = re.fullmatch(r"(my|our) (\w+)", subject)
+    if not role or role[2] not in AGENTS:
+        return []
+    return [(f"Who {AGENTS[role[2]]} {'me' if role[1] == 'my' else 'us'}?", name)]
 
 
 def _possessive(subject: str) -> str:

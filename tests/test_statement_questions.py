@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import facts
+from engine import facts, statement_questions
 from engine.statement_questions import questions
 
 
@@ -24,9 +24,19 @@ def asked(*statements: str) -> dict[str, str]:
     (["Our son Leo was born in 2015."], "When was our son Leo born?", "2015"),
     (["I grew up in Lima."], "Where did I grow up?", "Lima"),
     (["On weekends I climb at a gym called Boulder Barn."], "Which gym do I climb at?", "Boulder Barn"),
+    (["My favourite season is autumn."], "Which season do I like best?", "autumn"),
+    (["Our favourite cafe is Kaffebar."], "Which cafe is our favourite?", "Kaffebar"),
+    (["My coach is Lina Park."], "Who coaches me?", "Lina Park"),
+    (["My tutor's name is Ivo Petrov."], "Who tutors me?", "Ivo Petrov"),
+    (["The song was sung by Nora Vik."], "Who sang the song?", "Nora Vik"),
+    (["My house was designed by my grandfather."], "Who designed my house?", "my grandfather"),
 ])
 def test_a_clause_becomes_the_questions_its_grammar_allows(statements, question, answer):
     assert asked(*statements)[question] == answer
+
+
+def test_a_role_without_a_verb_is_not_turned_into_one():
+    assert set(asked("My landlord is Tom Berg.")) == {"What is my landlord?", "Who is my landlord?"}
 
 
 def test_a_pronoun_is_asked_as_said_and_as_resolved():
@@ -48,6 +58,38 @@ def test_every_answer_is_a_span_of_its_statement():
         assert answer.lower() in statement.lower(), (question, answer)
 
 
-def test_derivation_without_the_model_keeps_the_grammar_pairs():
-    pairs = facts.derive(None, ["My cat is called Pixel and she hates the snow."], samples=0)
-    assert ("What is my cat called?", "Pixel") in {(qa.question, qa.answer) for qa in pairs}
+class KindsOnly:
+    """A runtime that knows only what kind of thing something is (an animal), and records
+    what it was asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def complete(self, prompt, sampling=None, stop=None):
+        self.asked.append(prompt)
+        return " animal"
+
+
+def test_a_parsed_statement_asks_the_model_only_for_its_answers_kinds():
+    runtime = KindsOnly()
+    pairs = facts.derive(runtime, ["My cat is called Pixel and she hates the snow."])
+    found = {(qa.question, qa.answer) for qa in pairs}
+    assert ("What is my cat called?", "Pixel") in found
+    assert ("Which animal does my cat hate?", "snow") in found
+    assert runtime.asked and all(p.endswith("snow:") for p in runtime.asked)
+
+
+@pytest.mark.parametrize("question, kind, expected", [
+    ("What do I drive?", "car", "Which car do I drive?"),
+    ("Which place did we meet at?", "city", "Which city did we meet at?"),
+    ("What is Loom written in?", "language", "Which language is Loom written in?"),
+    ("What am I learning to play?", "instrument", "Which instrument am I learning to play?"),
+    ("What is my sister?", "job", ""),  # what she is, not which one
+    ("What does my sister do?", "job", ""),
+    ("What is my cat called?", "animal", ""),  # a name is asked for as a name
+    ("What is my favourite colour?", "colour", ""),  # the kind is already asked
+    ("Who is my teacher?", "person", ""),
+    ("When do we rehearse?", "day", ""),
+])
+def test_a_question_about_a_thing_is_also_asked_by_its_kind(question, kind, expected):
+    assert statement_questions.kind_question(question, kind) == expected
