@@ -141,22 +141,22 @@ def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA
 
 def kind_pairs(runtime: Runtime, pairs: list[QA]) -> list[QA]:
     """Each answer's kind asked for: "What do I drive? → Volvo 240" also as "Which car do I
-    drive?" — users name the kind of what they ask about ("Which city do I live in?"), and
+    drive?" and "What car do I drive?" — users name the kind of what they ask about ("Which city do I live in?"), and
     only the model knows that a Volvo is a car (a few-shot prompt, ``kinds.txt``)."""
     asked = {qa.question.lower() for qa in pairs}
     template, kinds, out = "", {}, []
     for qa in pairs:
-        if not statement_questions.kind_question(qa.question, "thing"):
+        if not statement_questions.kind_questions(qa.question, "thing"):
             continue
         if qa.answer not in kinds:
             template = template or _template("kinds")
             said = runtime.complete(f"{template}{qa.answer}:", Sampling.greedy(4), stop=["\n"])
             kinds[qa.answer] = said.strip().lower()
         kind = kinds[qa.answer]
-        question = statement_questions.kind_question(qa.question, kind) if _is_kind(kind, qa.answer) else ""
-        if question and question.lower() not in asked:
-            asked.add(question.lower())
-            out.append(QA(question, qa.answer, qa.statement))
+        for question in statement_questions.kind_questions(qa.question, kind) if _is_kind(kind, qa.answer) else []:
+            if question.lower() not in asked:
+                asked.add(question.lower())
+                out.append(QA(question, qa.answer, qa.statement))
     return out
 
 

@@ -89,22 +89,22 @@ def questions(statements: list[str]) -> list[tuple[str, str, str]]:
     return list(out.values())
 
 
-def kind_question(question: str, kind: str) -> str:
+def kind_questions(question: str, kind: str) -> list[str]:
     """The question asked about the answer's kind ("What do I drive?" → "Which car do I
-    drive?"; "Which place do I live in?" → "Which city do I live in?"), or "" when its
-    grammar has no such form (who, when, names, "What is my sister?")."""
+    drive?", "What car do I drive?"; "Which place do I live in?" → "Which city …"), or none
+    when its grammar has no such form (who, when, names, "What is my sister?")."""
     place = re.match(r"Which place (.+)$", question)
     if place:
-        return f"Which {kind} {place.group(1)}"
+        return [f"Which {kind} {place.group(1)}", f"What {kind} {place.group(1)}"]
     what = re.match(r"What (?P<aux>\w+) (?P<rest>.+)\?$", question)
     if (not what or kind in question.lower() or question.endswith(" do?")
             or re.search(r"\b(?:called|name)\b", question)
             or what["aux"] not in {"do", "does", "did"} | COPULA):
-        return ""
+        return []
     if what["aux"] in COPULA and not (question.split()[-1].rstrip("?") in PREPS
                                       or re.search(r"\b\w+ing\b", what["rest"])):
-        return ""
-    return f"Which {kind} {what['aux']} {what['rest']}?"
+        return []
+    return [f"{wh} {kind} {what['aux']} {what['rest']}?" for wh in ("Which", "What")]
 
 
 def _answer(span: str) -> str:
