@@ -47,7 +47,7 @@ from engine.twin import Twin
 @dataclass
 class Recipe:
     layers: tuple[int, ...] = (8, 9, 10, 11)
-    neurons: int = 6  # per layer per session
+    neurons: int = 4  # per layer per session
     steps: int = 60  # at most: most sessions' answers are learned in 20–40
     lr: float = 0.01
     locality_weight: float = 100.0
