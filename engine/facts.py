@@ -136,13 +136,15 @@ def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA
             for qa in parse(runtime.complete(prompt, sampling, stop=["\n\n", "Statement:"]), statement):
                 if qa.question.lower() not in pairs and (i == 0 or consistent(runtime, template, qa)):
                     pairs[qa.question.lower()] = qa
-    return list(pairs.values()) + kind_pairs(runtime, list(pairs.values()))
+    found = list(pairs.values())
+    return found + kind_pairs(runtime, found)
 
 
 def kind_pairs(runtime: Runtime, pairs: list[QA]) -> list[QA]:
     """Each answer's kind asked for: "What do I drive? → Volvo 240" also as "Which car do I
-    drive?" and "What car do I drive?" — users name the kind of what they ask about ("Which city do I live in?"), and
-    only the model knows that a Volvo is a car (a few-shot prompt, ``kinds.txt``)."""
+    drive?" and "What car do I drive?" — users name the kind of what they ask about ("Which
+    city do I live in?"), and only the model knows that a Volvo is a car (a few-shot prompt,
+    ``kinds.txt``, asked once per answer and only for questions that have a kind form)."""
     asked = {qa.question.lower() for qa in pairs}
     template, kinds, out = "", {}, []
     for qa in pairs:

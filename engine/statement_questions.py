@@ -8,7 +8,7 @@ is called Pixel", "a compiler called Loom", "I named the car Gustav"), a copula 
 teacher is Osvaldo Ruiz") and a pronoun that points back at the previous statement's subject
 ("She studies octopuses in Lisbon"), and the idioms a user asks back in other words ("My
 favourite colour is teal" → "Which colour do I like best?", "My teacher is …" → "Who
-teaches me?", "It was written by …" → "Who wrote it?"). Every answer is a span of the
+teaches me?", "It was written by …" → "Who wrote The Glass Orchard?"). Every answer is a span of the
 statement, so the pairs are grounded by construction; a clause the rules do not parse
 yields nothing.
 """

@@ -89,45 +89,39 @@ class Twin:
     def batch(self, sequences: list[list[int]], prefix: Prefix | None = None) -> Batch:
         """``sequences`` as one batch; with ``prefix``, they are what follows it (whose keys
         and values ``prefix`` holds, from a ``run`` of it as a batch of its own)."""
-        if prefix is not None:
-            return self._continuation(sequences, prefix)
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
         lengths = [len(s) for s in sequences]
-        width = max(lengths)
+        width, start = max(lengths), prefix.length if prefix else 0
         ids = torch.zeros((len(sequences), width), dtype=torch.long)
         attention = torch.zeros((len(sequences), width), dtype=torch.long)
         for i, seq in enumerate(sequences):
             ids[i, : len(seq)] = torch.tensor(seq)
             attention[i, : len(seq)] = 1
         ids, attention = ids.to(self.device), attention.to(self.device)
-        position_ids = torch.arange(width, device=self.device).unsqueeze(0)
-        embeds = self.model.model.embed_tokens(ids)
-        kwargs = dict(config=self.config, inputs_embeds=embeds, attention_mask=attention,
-                      cache=None, position_ids=position_ids)
-        masks = {"full_attention": create_causal_mask(**kwargs),
-                 "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
-        rotary = self.model.model.rotary_emb
-        position_embeddings = {t: rotary(embeds, position_ids, t) for t in set(self.config.layer_types)}
-        return Batch(ids, lengths, masks, position_ids, position_embeddings)
-
-    def _continuation(self, sequences: list[list[int]], prefix: Prefix) -> Batch:
-        lengths = [len(s) for s in sequences]
-        width, start = max(lengths), prefix.length
-        ids = torch.zeros((len(sequences), width), dtype=torch.long)
-        for i, seq in enumerate(sequences):
-            ids[i, : len(seq)] = torch.tensor(seq)
-        ids = ids.to(self.device)
-        query = torch.arange(start, start + width, device=self.device)[:, None]
-        key = torch.arange(start + width, device=self.device)[None, :]
-        causal = key <= query  # right padding sits after every real token: never attended
-        window = self.config.sliding_window or start + width
-        masks = {"full_attention": causal[None, None], "sliding_attention": (causal & (query - key < window))[None, None]}
         position_ids = torch.arange(start, start + width, device=self.device).unsqueeze(0)
         embeds = self.model.model.embed_tokens(ids)
+        masks = (self._masks(embeds, attention, position_ids) if prefix is None
+                 else self._continuation_masks(start, width))
         rotary = self.model.model.rotary_emb
         position_embeddings = {t: rotary(embeds, position_ids, t) for t in set(self.config.layer_types)}
         return Batch(ids, lengths, masks, position_ids, position_embeddings, prefix)
+
+    def _masks(self, embeds: torch.Tensor, attention: torch.Tensor, position_ids: torch.Tensor) -> dict:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        kwargs = dict(config=self.config, inputs_embeds=embeds, attention_mask=attention,
+                      cache=None, position_ids=position_ids)
+        return {"full_attention": create_causal_mask(**kwargs),
+                "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
+
+    def _continuation_masks(self, start: int, width: int) -> dict:
+        """Each token sees the whole prefix and its own sequence up to itself (right padding
+        sits after every real token, so it is never seen)."""
+        query = torch.arange(start, start + width, device=self.device)[:, None]
+        key = torch.arange(start + width, device=self.device)[None, :]
+        causal = key <= query
+        window = self.config.sliding_window or start + width
+        return {"full_attention": causal[None, None],
+                "sliding_attention": (causal & (query - key < window))[None, None]}
 
     @torch.no_grad()
     def prefix(self, tokens: list[int]) -> Prefix:
