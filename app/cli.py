@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sessions with probes (default: the bundled user-facts.jsonl)")
     cells.add_argument("--topics", metavar="FILE",
                        help="topic conversations (default: the bundled topic-conversations.jsonl)")
+    cells.add_argument("--train", metavar="FILE",
+                       help="sessions the read gates are learned from first (default: the "
+                            "bundled user-facts-dev.jsonl)")
     cells.add_argument("--json", action="store_true")
     cells.add_argument("--resume-tokens", type=int, default=2000, metavar="N",
                        help="length of the session resumed from the store (default 2000)")
@@ -178,7 +181,8 @@ def _dispatch(args) -> int:
         from engine.bench import cells
 
         result = cells.run(args.model, args.facts and Path(args.facts),
-                           args.topics and Path(args.topics), resume_tokens=args.resume_tokens)
+                           args.topics and Path(args.topics), args.train and Path(args.train),
+                           resume_tokens=args.resume_tokens)
         print(json.dumps(result) if args.json else cells.report(result))
         return 0
     if args.command == "bench":

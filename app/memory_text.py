@@ -35,6 +35,8 @@ def what(version: OverlayVersion) -> str:
         return "forgot " + ", ".join(f"s{sid}" for sid in version.metrics["dropped"])
     if event == "reset":
         return "reset (empty)"
+    if event == "cells":
+        return "learned the cells' read"
     if event == "import":
         return "imported " + (", ".join(f"s{sid}" for sid in version.metrics["learned"])
                               or "(empty)")

@@ -6,11 +6,15 @@ Write: when a turn leaves the context window, each cell layer's hidden states of
 sees them directly, and a cell that repeats them only adds side effects (and the capture would
 cost a forward pass per turn in sessions that never overflow).
 
-Read: ``v = α · ‖h‖ₘₑ𝒹 · unit(s/n − μ)`` added to that layer's output by llama.cpp's control
-vector at every later step, only while turns are out of the window. μ is the model's mean
-hidden state on generic dialogue: the raw mean of any text is mostly that shared component,
-which shifts all text alike. One fixed-size vector per layer, so a step costs the same with
-1 or 100 past turns.
+Read: ``v_l = g_l · ‖h‖ₘₑ𝒹 · unit(s_l/n − μ_l)`` added to layer l's output by llama.cpp's
+control vector, only while turns are out of the window and only for a turn that is about what
+the cells hold: the centred mean of the user's message at the probe layer must point the same
+way as the cell there (cosine > τ). μ is the model's mean hidden state on generic dialogue (the
+raw mean of any text is mostly that shared component). The gates g are learned
+(``engine/cell_training.py``) and versioned with the overlay; without them nothing is read.
+A constant vector shifts every position, so an ungated read that helps facts pushes unrelated
+text off course; the turn gate keeps it to the turns that ask back. One fixed-size vector per
+layer, so a step costs the same with 1 or 100 past turns.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from store import paths
 FORMAT = 1
 _MAGIC = b"ENGCELL1"
 CONTEXT_TURNS = 4  # earlier turns read before the ones being written
+QUERY_TOKENS = 256  # of a user message, for its relevance to the cells
 
 
 class CellsRefused(EngramError):
@@ -37,23 +42,28 @@ class CellsRefused(EngramError):
 
 @dataclass(frozen=True)
 class CellRule:
-    """How cells are written and read; the defaults are what ``engram bench cells`` measured best."""
+    """How cells are written and read; the defaults are what ``engram bench cells`` measured."""
 
-    layers: tuple[int, ...] = (-3,)  # negative: from the end (-3 is layer 15 of 18)
-    alpha: float = 0.3  # read strength, × the layer's median token norm
+    # None: every layer the control vector reaches (1…n−2); negative: counted from the end
+    layers: tuple[int, ...] | None = None
+    probe_layer: int = -3  # where a turn is compared with the cells (-3 is layer 15 of 18)
+    tau: float = 0.25  # read only for turns whose cosine with the cells is above this
     decay: float = 0.8  # per turn folded in
-    centre: bool = True  # subtract the model's mean hidden state before reading
 
     def resolve(self, n_layer: int) -> "CellRule":
         """The same rule with absolute layer numbers for a model of ``n_layer`` layers."""
-        layers = tuple(sorted({layer + n_layer if layer < 0 else layer for layer in self.layers}))
+        layers = self.layers or range(1, n_layer - 1)
+        layers = tuple(sorted({layer + n_layer if layer < 0 else layer for layer in layers}))
+        probe = self.probe_layer + n_layer if self.probe_layer < 0 else self.probe_layer
         if any(layer < 1 or layer >= n_layer - 1 for layer in layers):
             raise ValueError(f"cell layers must be within 1…{n_layer - 2} (llama.cpp's control "
                              "vector starts at layer 1; the last layer keeps only output rows)")
-        return replace(self, layers=layers)
+        if probe not in layers:
+            raise ValueError(f"the probe layer {probe} must be one of the cell layers {layers}")
+        return replace(self, layers=layers, probe_layer=probe)
 
     def key(self) -> str:
-        return json.dumps([FORMAT, list(self.layers), self.centre])
+        return json.dumps([FORMAT, list(self.layers)])
 
 
 @dataclass(frozen=True)
@@ -92,21 +102,40 @@ class Cells:
         self.sums = np.zeros_like(self.sums)
         self.count, self.folded = 0.0, 0
 
-    def read(self, rule: CellRule, baseline: Baseline) -> np.ndarray | None:
-        """The control vector (n_layer × n_embd, zero outside the cell layers); None when empty."""
+    def directions(self, baseline: Baseline) -> np.ndarray | None:
+        """Per layer, the read direction at unit gate: the centred mean, rescaled to the
+        layer's median token norm (n_layer × n_embd, zero outside the cell layers)."""
         if self.count <= 0:
             return None
-        vectors = np.zeros((self.n_layer, self.sums.shape[1]), np.float32)
+        out = np.zeros((self.n_layer, self.sums.shape[1]), np.float32)
         for i, layer in enumerate(self.layers):
-            v = self.sums[i] / self.count - (baseline.mean[i] if rule.centre else 0.0)
+            v = self.sums[i] / self.count - baseline.mean[i]
             length = float(np.linalg.norm(v))
             if length > 0:
-                vectors[layer] = v * (rule.alpha * baseline.norm[i] / length)
-        return vectors
+                out[layer] = v * (baseline.norm[i] / length)
+        return out
 
-    def magnitudes(self, rule: CellRule, baseline: Baseline | None) -> list[float]:
-        """Per layer, the norm of what the read adds (the TUI's memory panel)."""
-        vectors = None if baseline is None else self.read(rule, baseline)
+    def read(self, gates: np.ndarray | None, baseline: Baseline) -> np.ndarray | None:
+        """The control vector: each layer's direction × its gate; None when there is nothing
+        to read (no cells, no gates)."""
+        directions = self.directions(baseline)
+        if directions is None or gates is None or np.shape(gates) != (self.n_layer,) \
+                or not np.any(gates):
+            return None
+        return (directions * np.asarray(gates, np.float32)[:, None]).astype(np.float32)
+
+    def relevance(self, query: np.ndarray, rule: CellRule, baseline: Baseline) -> float:
+        """Cosine, at the probe layer, between a turn's centred mean hidden state and the
+        cell's: how much the turn is about what the cells hold."""
+        i = self.layers.index(rule.probe_layer)
+        cell = self.sums[i] / max(self.count, 1e-9) - baseline.mean[i]
+        turn = query - baseline.mean[i]
+        denominator = float(np.linalg.norm(cell) * np.linalg.norm(turn))
+        return float(cell @ turn) / denominator if denominator > 0 else 0.0
+
+    def magnitudes(self, gates: np.ndarray | None, baseline: Baseline | None) -> list[float]:
+        """Per layer, the norm of what a read adds (the TUI's memory panel)."""
+        vectors = None if baseline is None else self.read(gates, baseline)
         return [0.0] * self.n_layer if vectors is None else np.linalg.norm(vectors, axis=1).tolist()
 
     # -- bytes (stored in SQLite with the session) -----------------------------------------
@@ -168,6 +197,13 @@ class CellWriter:
         states = self.states(tokens)
         for first, last in spans:
             cells.write(states[:, first:last], self.rule.decay)
+
+    def query(self, text: str) -> np.ndarray:
+        """The mean probe-layer hidden state of a user's message read on its own (what
+        ``Cells.relevance`` compares with the cells); a long paste is judged by its start."""
+        tokens = self.llm.tokenize(f"User: {text.strip()}".encode(), add_bos=True, special=False)
+        states = self.states(tokens[:QUERY_TOKENS])
+        return states[self.rule.layers.index(self.rule.probe_layer)].mean(axis=0)
 
     def states(self, tokens: list[int]) -> np.ndarray:
         """(len(layers), n_tokens − 1, n_embd) hidden states; the BOS row is left out (its

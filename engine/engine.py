@@ -56,7 +56,8 @@ class Engine:
                                      self.memory, lambda: self.settings)
             self.states = SessionStates(
                 self.store, self.home, self.profile, self.runtime,
-                overlay_id=lambda: self.memory.applied.id if self.memory.applied else None)
+                overlay_id=lambda: self.memory.applied.id if self.memory.applied else None,
+                gates=lambda: self.memory.cell_gates)
         return self.runtime
 
     def close(self) -> None:
@@ -169,9 +170,12 @@ class Engine:
         if self.settings.learning_paused:
             return "learning is paused"
         results = self.learning.run(progress, cancel, wait=0)
+        cells = self.learning.learn_cells(progress, cancel, wait=0)
         if self.on_learned is not None:
             self.on_learned(results)
-        return "; ".join(r.summary() for r in results) or "nothing new to learn"
+        summaries = [r.summary() for r in results] + ([f"cells' read learned (v{cells.id})"]
+                                                      if cells else [])
+        return "; ".join(summaries) or "nothing new to learn"
 
     def cancel_learning(self) -> None:
         """Stop the background job (the active version stays) and drop a scheduled one."""
@@ -180,13 +184,15 @@ class Engine:
 
     def learn_now(self, progress: Progress = quiet, cancel: threading.Event | None = None,
                   session_ids: list[int] | None = None) -> list[LearnResult]:
-        """Learn the pending sessions (or these) in the foreground; returns when each new
-        version is active or rejected."""
+        """Learn the pending sessions (or these) in the foreground, then the cells' read if it
+        is due; returns when each new version is active or rejected."""
         if self.settings.learning_paused:
             raise EngramError("learning is paused: `engram memory resume` turns it back on")
         self.load()
         self.cancel_learning()
-        return self.learning.run(progress, cancel, session_ids)
+        results = self.learning.run(progress, cancel, session_ids)
+        self.learning.learn_cells(progress, cancel)
+        return results
 
     def pause_learning(self, paused: bool = True) -> None:
         """Pause (or resume) learning for this profile; pausing stops a running job."""

@@ -43,6 +43,8 @@ from store.records import OverlayVersion, Profile, Session
 from store.store import Store
 
 if TYPE_CHECKING:  # torch is imported only when something is learned
+    from engine.cell_training import GateRecipe
+    from engine.cells import CellWriter
     from engine.learner import Anchors, Recipe
     from engine.twin import Twin
 
@@ -70,6 +72,7 @@ SMALL_TALK = (
     ("What colour is the sky?", "The sky is blue."),
 )
 MAX_PROBES = 12  # questions a diff asks before and after (each costs a short generation)
+CELLS_EVERY = 16  # new user turns in a session before the cells' read learns from it (again)
 LOCK_WAIT_S = 60.0  # how long a foreground command waits for another process's job
 
 
@@ -384,6 +387,8 @@ class Learning:
         self.runtime, self.memory, self.settings = runtime, memory, settings
         self._recipe = recipe
         self._gate: Gate | None = None
+        self._cell_writer = None
+        self.cell_recipe: GateRecipe | None = None  # the cells' read's recipe (None: default)
         self._nothing: dict[int, int] = {}  # session → newest message, nothing found (this process)
 
     @property
@@ -530,6 +535,66 @@ class Learning:
         progress(1.0, "done")
         return LearnResult(session.id, version, found, fixes, score, threshold, seconds)
 
+    def learn_cells(self, progress: Progress = quiet, cancel: threading.Event | None = None,
+                    wait: float = LOCK_WAIT_S) -> OverlayVersion | None:
+        """Learn the cells' read gates (``engine/cell_training.py``) from the bundled dev
+        conversations and the profile's long sessions, when a session long enough to teach
+        it (earlier turns out of a window) has grown since they were learned; a new version
+        with the same neurons. None: nothing to do. Short sessions never need cells."""
+        from engine import cell_conversations, cell_training
+
+        with self._locked(wait):
+            self._sync()
+            active = self.memory.current()
+            learned = (self._cells_record(self.memory.applied) if active is not None
+                       and active.cell_gates is not None else None) or {}
+            newest = self.store.last_user_message_ids(self.profile.id)
+            sessions = [s.id for s in self.store.sessions(self.profile.id) if not s.private]
+            own = []
+            for sid in sessions:
+                messages = [m for m in self.store.messages(sid) if m.content]
+                if sum(m.role == "user" and m.id > learned.get(str(sid), 0)
+                       for m in messages) >= CELLS_EVERY:
+                    own += cell_conversations.session_cases(sid, [
+                        ("User" if m.role == "user" else "Assistant", m.content) for m in messages])
+            if not own:
+                return None
+            started = time.perf_counter()
+            twin = twin_for(self.runtime)
+            base = active or SparseOverlay([], self.runtime.model.sha256,
+                                           d_model=twin.config.hidden_size,
+                                           d_ff=twin.config.intermediate_size)
+            with _training, applied(twin, base):
+                gates = cell_training.train(twin, self.cell_writer(),
+                                            cell_conversations.dev_cases() + own, anchor_prose(),
+                                            self.cell_recipe, init=base.cell_gates,
+                                            progress=progress, cancel=cancel)
+            through = {str(sid): newest[sid] for sid in sessions if sid in newest}
+            return self.memory.commit(replace(base, cell_gates=gates), {
+                "event": "cells", "cells": {"through": through, "own_cases": len(own),
+                                            "seconds": round(time.perf_counter() - started, 2),
+                                            "gates": [round(float(g), 4) for g in gates]}})
+
+    def cell_writer(self) -> CellWriter:
+        """Cells written as a session writes them (a capture context, made on first use)."""
+        from engine import llama_native
+        from engine.cells import CellRule, CellWriter
+
+        if self._cell_writer is None:
+            rule = CellRule().resolve(llama_native.n_layer(self.runtime.llm))
+            self._cell_writer = CellWriter(self.runtime.llm, self.runtime.model.sha256, rule)
+        return self._cell_writer
+
+    def _cells_record(self, version: OverlayVersion | None) -> dict[str, int] | None:
+        """Per session, the newest message the active gates were learned through (along the
+        parent chain: later versions carry the gates forward)."""
+        by_id = {v.id: v for v in self.memory.versions()}
+        while version is not None:
+            if version.metrics.get("event") == "cells":
+                return version.metrics["cells"]["through"]
+            version = by_id.get(version.parent_id)
+        return None
+
     # -- control ----------------------------------------------------------------------
 
     def forget(self, session_id: int) -> OverlayVersion:
@@ -554,7 +619,7 @@ class Learning:
             if active is None:
                 raise EngramError("no learned memory is active: there is nothing to reset")
             newest = self.store.last_user_message_ids(self.profile.id)
-            return self.memory.commit(replace(active, blocks=[]), {
+            return self.memory.commit(replace(active, blocks=[], cell_gates=None), {
                 "event": "reset", "dropped": {str(sid): n for sid, n in newest.items()}})
 
     def rollback(self, version_id: int | None = None) -> OverlayVersion | None:
@@ -641,3 +706,6 @@ class Learning:
         if self._gate is not None:
             self._gate.close()
             self._gate = None
+        if self._cell_writer is not None:
+            self._cell_writer.close()
+            self._cell_writer = None

@@ -39,6 +39,7 @@ class OverlayMemory:
         self.store, self.home, self.profile, self.runtime = store, Path(home), profile, runtime
         self.directory = paths.overlays(self.home, profile.name)
         self.applied: OverlayVersion | None = None  # what the runtime computes with
+        self.cell_gates = None  # the applied version's learned read of the cells (None: none)
         self.problem = ""
         self._lock = threading.RLock()
         for partial in self.directory.glob(f"{overlay_files.PARTIAL_PREFIX}*"):
@@ -192,11 +193,14 @@ class OverlayMemory:
     def _apply(self, directory: Path | None) -> None:
         if directory is None:
             self.runtime.set_overlay(None)
+            self.cell_gates = None
             return
-        self.runtime.set_overlay(*self._lora(directory))
-
-    def _lora(self, directory: Path) -> tuple[Path, float]:
         overlay = overlay_files.load(directory, self.runtime.model.sha256)
+        self.runtime.set_overlay(*self._lora(directory, overlay))
+        self.cell_gates = overlay.cell_gates
+
+    def _lora(self, directory: Path, overlay: SparseOverlay | None = None) -> tuple[Path, float]:
+        overlay = overlay or overlay_files.load(directory, self.runtime.model.sha256)
         gguf = directory / GGUF_FILE
         if not gguf.exists():
             overlay_files.write_gguf_lora(overlay, gguf, self.runtime.model.architecture)

@@ -93,13 +93,16 @@ class NeuronBlock:
 class SparseOverlay:
     """Neuron blocks on one base model. ``scale`` multiplies the whole change at run time
     (llama.cpp's adapter scale); ``d_model``/``d_ff`` are the base model's FFN sizes, needed
-    for the one-hot factors and to check neuron indices."""
+    for the one-hot factors and to check neuron indices. ``cell_gates`` (one per layer, or
+    None) are the working-memory cells' learned read strengths (``engine/cell_training.py``):
+    versioned here so a rollback or reset takes them back too; never part of the LoRA."""
 
     blocks: list[NeuronBlock]
     base_sha256: str
     scale: float = 1.0
     d_model: int = field(kw_only=True)
     d_ff: int = field(kw_only=True)
+    cell_gates: np.ndarray | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", list(self.blocks))
@@ -112,6 +115,8 @@ class SparseOverlay:
                                  f"0..{self.d_ff - 1}")
         if not np.isfinite(self.scale):
             raise ValueError(f"scale must be finite, not {self.scale}")
+        if self.cell_gates is not None and not np.all(np.isfinite(self.cell_gates)):
+            raise ValueError("cell gates must be finite")
 
     # -- what it is -----------------------------------------------------------
 
@@ -273,6 +278,9 @@ def _tensor_names(index: int, layer: int, matrix: str) -> tuple[str, str]:
     return f"{stem}.neurons", f"{stem}.delta"
 
 
+CELL_GATES = "cells.read_gates"
+
+
 def save(overlay: SparseOverlay, directory: str | os.PathLike, *,
          parent_version: int | None = None, sessions: list[int] | None = None,
          metrics: dict | None = None) -> Manifest:
@@ -287,6 +295,8 @@ def save(overlay: SparseOverlay, directory: str | os.PathLike, *,
     for i, block in enumerate(overlay.blocks):
         neurons_name, delta_name = _tensor_names(i, block.layer, block.matrix)
         tensors[neurons_name], tensors[delta_name] = block.neurons, block.delta
+    if overlay.cell_gates is not None:
+        tensors[CELL_GATES] = np.asarray(overlay.cell_gates, np.float32)
     data = to_bytes(tensors)
     manifest = Manifest(
         base_sha256=overlay.base_sha256, scale=float(overlay.scale),
@@ -363,7 +373,8 @@ def load(directory: str | os.PathLike, expect_base_sha256: str) -> SparseOverlay
                 raise ValueError(f"block {i} does not match the manifest")
             blocks.append(block)
         return SparseOverlay(blocks, manifest.base_sha256, manifest.scale,
-                             d_model=manifest.d_model, d_ff=manifest.d_ff)
+                             d_model=manifest.d_model, d_ff=manifest.d_ff,
+                             cell_gates=tensors.get(CELL_GATES))
     except (ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise CorruptOverlay(f"overlay {directory} is inconsistent ({exc}); "
                              "roll back to another version") from exc

@@ -20,6 +20,7 @@ import struct
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from engine import llama_native
 from engine.cells import CellRule, Cells, CellsRefused, CellWriter
@@ -33,9 +34,10 @@ from store.store import Store
 FORMAT = 1
 MAGIC = b"ENGRAMKV"
 KV_BUDGET_BYTES = 1 << 30  # per profile; the least recently saved snapshots go first
-# Off until a read rule helps more than it hurts: `engram bench cells` measured the untrained
-# rule recovering ~0 % of the lost facts while doubling generic perplexity after truncation.
-CELLS_BY_DEFAULT = False
+# On: a session that fits its window costs nothing, one that overflows writes its cells, and
+# they are read only once the read is learned, for the turns that ask back (the turn gate keeps
+# side effects within 5 % in `engram bench cells`).
+CELLS_BY_DEFAULT = True
 
 
 class StateRefused(EngramError):
@@ -107,14 +109,15 @@ def _version(overlay_id: int | None) -> str:
 class SessionStates:
     """The saved state of one profile's sessions, bound to the running model.
 
-    ``overlay_id()`` says which overlay version the model computes with now. ``problems``
-    holds, per session, why its saved state was not used (shown by the UI if it likes).
+    ``overlay_id()`` says which overlay version the model computes with now, ``gates()`` the
+    cells' learned read strengths that version carries (None: cells are written, not read).
+    ``problems`` holds, per session, why its saved state was not used (shown by the UI).
     """
 
     def __init__(self, store: Store, home: Path, profile: Profile, runtime: Runtime,
-                 overlay_id=lambda: None, rule: CellRule | None = None):
+                 overlay_id=lambda: None, gates=lambda: None, rule: CellRule | None = None):
         self.store, self.home, self.profile, self.runtime = store, Path(home), profile, runtime
-        self.overlay_id = overlay_id
+        self.overlay_id, self.gates = overlay_id, gates
         self.n_layer = llama_native.n_layer(runtime.llm)
         self.rule = (rule or CellRule()).resolve(self.n_layer)
         self.directory = paths.session_states(self.home, profile.name)
@@ -226,7 +229,7 @@ class SessionStates:
         cells = self.cells(session_id)
         if not cells.count:
             return []
-        return cells.magnitudes(self.rule, self.writer.baseline())
+        return cells.magnitudes(self.gates(), self.writer.baseline())
 
     # -- around a reply ------------------------------------------------------------------------
 
@@ -239,10 +242,20 @@ class SessionStates:
             lines = [("User" if t.role == "user" else "Assistant", t.content) for t in turns]
             self.writer.fold(cells, lines, cells.folded, prompt.dropped_turns)
             self._save_cells(session_id)
-        active = cells.enabled and prompt.dropped_turns > 0 and cells.count > 0
-        self.runtime.set_cells(cells.read(self.rule, self.writer.baseline()) if active else None)
+        self.runtime.set_cells(self._read(cells, turns, prompt))
         if self.runtime.kv_owner != self.key(session_id):
             self.restore(session_id)
+
+    def _read(self, cells: Cells, turns: list[Turn], prompt: FittedPrompt) -> np.ndarray | None:
+        """This reply's control vector: the cells' read, if turns are out of the window, the
+        read is learned, and the user's message is about what the cells hold."""
+        gates = self.gates()
+        if (not cells.enabled or prompt.dropped_turns == 0 or cells.count <= 0 or gates is None
+                or not turns or turns[-1].role != "user"):
+            return None
+        baseline = self.writer.baseline()
+        relevance = cells.relevance(self.writer.query(turns[-1].content), self.rule, baseline)
+        return cells.read(gates, baseline) if relevance > self.rule.tau else None
 
     def close(self) -> None:
         self.writer.close()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from engine import llama_native
 from engine.cells import Baseline, CellRule, Cells, CellsRefused, CellWriter
 from engine.engine import Engine
+from engine.overlay import SparseOverlay
 from engine.runtime import Runtime, Sampling
-from tests.tiny_gguf import N_EMBD, N_LAYER
+from tests.tiny_gguf import N_EMBD, N_FF, N_LAYER
 
-RULE = CellRule(layers=(1, 2), alpha=0.5, decay=0.5)
+RULE = CellRule(layers=(1, 2), probe_layer=1, decay=0.5)
 
 
 def _cells() -> Cells:
@@ -31,25 +34,46 @@ def test_write_folds_turns_in_with_decay_as_a_token_weighted_mean():
     np.testing.assert_allclose(cells.sums / cells.count, (0.5 * 4 + 6) / 2)
 
 
-def test_read_is_the_centred_mean_rescaled_to_alpha_times_the_median_norm():
-    cells = _cells()
-    cells.write(_states(2.0, 4.0), RULE.decay)
+def _baseline() -> Baseline:
     mean = np.zeros((2, N_EMBD), np.float32)
     mean[:, 0] = 10.0
-    baseline = Baseline(mean, np.array([4.0, 8.0], np.float32))
-    vectors = cells.read(RULE, baseline)
+    return Baseline(mean, np.array([4.0, 8.0], np.float32))
+
+
+def test_read_is_each_gate_times_the_centred_mean_rescaled_to_the_median_norm():
+    cells = _cells()
+    cells.write(_states(2.0, 4.0), RULE.decay)
+    baseline = _baseline()
+    gates = np.array([0.0, 0.5, -0.25, 0.0], np.float32)
+    vectors = cells.read(gates, baseline)
     assert vectors.shape == (N_LAYER, N_EMBD)
     assert not vectors[0].any() and not vectors[3].any()  # only the cell layers
-    np.testing.assert_allclose(np.linalg.norm(vectors[[1, 2]], axis=1), [0.5 * 4, 0.5 * 8], rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors[[1, 2]], axis=1), [0.5 * 4, 0.25 * 8], rtol=1e-5)
     direction = np.full(N_EMBD, 3.0)
     direction[0] -= 10.0
     np.testing.assert_allclose(vectors[1] / np.linalg.norm(vectors[1]),
                                direction / np.linalg.norm(direction), rtol=1e-5)
-    raw = cells.read(CellRule(layers=(1, 2), alpha=0.5, centre=False), baseline)
-    np.testing.assert_allclose(raw[1] / np.linalg.norm(raw[1]), np.ones(N_EMBD) / np.sqrt(N_EMBD),
-                               rtol=1e-5)
-    assert cells.magnitudes(RULE, baseline) == pytest.approx([0.0, 2.0, 4.0, 0.0])
-    assert _cells().read(RULE, baseline) is None
+    np.testing.assert_allclose(vectors[2], -vectors[1], rtol=1e-5)  # same direction, gate −½·8 = −(½·4)
+    assert cells.magnitudes(gates, baseline) == pytest.approx([0.0, 2.0, 2.0, 0.0])
+    # nothing to read: no cells, no learned gates, all-zero gates, gates for another model
+    assert _cells().read(gates, baseline) is None
+    assert cells.read(None, baseline) is None and cells.read(np.zeros(N_LAYER), baseline) is None
+    assert cells.read(np.ones(N_LAYER + 1), baseline) is None
+    assert cells.magnitudes(None, baseline) == [0.0] * N_LAYER
+
+
+def test_relevance_is_the_cosine_of_turn_and_cell_at_the_probe_layer_after_centring():
+    cells = _cells()
+    cells.write(_states(2.0, 4.0), RULE.decay)  # mean 3 everywhere
+    baseline = _baseline()
+    same = np.full(N_EMBD, 3.0, np.float32)
+    assert cells.relevance(same, RULE, baseline) == pytest.approx(1.0)
+    opposite = 2 * baseline.mean[0] - same  # centred: the cell's direction reversed
+    assert cells.relevance(opposite, RULE, baseline) == pytest.approx(-1.0)
+    orthogonal = baseline.mean[0].copy()
+    orthogonal[1] += 10.0 * 3
+    orthogonal[2] -= 10.0 * 3
+    assert cells.relevance(orthogonal, RULE, baseline) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_cells_round_trip_through_bytes_and_refuse_what_they_cannot_use():
@@ -61,7 +85,7 @@ def test_cells_round_trip_through_bytes_and_refuse_what_they_cannot_use():
     with pytest.raises(CellsRefused, match="another model"):
         Cells.from_bytes(cells.to_bytes(), "other", RULE)
     with pytest.raises(CellsRefused, match="another cell rule"):
-        Cells.from_bytes(cells.to_bytes(), "sha", CellRule(layers=(2,)))
+        Cells.from_bytes(cells.to_bytes(), "sha", CellRule(layers=(2,), probe_layer=2))
     with pytest.raises(CellsRefused, match="damaged"):
         Cells.from_bytes(cells.to_bytes()[:-7], "sha", RULE)
 
@@ -83,11 +107,14 @@ def test_turns_are_written_one_by_one_after_their_context(tiny_model):
     runtime.close()
 
 
-def test_rule_layers_count_from_the_end_and_must_be_usable():
-    assert CellRule().resolve(18).layers == (15,)
-    assert CellRule().resolve(N_LAYER).layers == (1,)
+def test_rule_layers_default_to_all_the_control_vector_reaches_and_must_be_usable():
+    assert CellRule().resolve(18).layers == tuple(range(1, 17))
+    assert CellRule().resolve(18).probe_layer == 15
+    assert CellRule().resolve(N_LAYER).layers == (1, 2)
     with pytest.raises(ValueError):
         CellRule(layers=(N_LAYER - 1,)).resolve(N_LAYER)
+    with pytest.raises(ValueError, match="probe layer"):
+        CellRule(layers=(2,), probe_layer=1).resolve(N_LAYER)
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +171,18 @@ def engine(tmp_path, tiny_model):
     engine.close()
 
 
+def _learned_read(engine: Engine, gate: float = 0.5, tau: float = -1.0) -> None:
+    """A memory version that carries learned gates (as ``Learning.learn_cells`` commits them);
+    ``tau`` −1 opens the turn gate for every message."""
+    gates = np.zeros(N_LAYER, np.float32)
+    gates[list(engine.states.rule.layers)] = gate
+    engine.memory.commit(SparseOverlay([], engine.runtime.model.sha256, d_model=N_EMBD,
+                                       d_ff=N_FF, cell_gates=gates))
+    engine.states.rule = replace(engine.states.rule, tau=tau)
+
+
 def _long_session(engine: Engine, turns: int) -> int:
-    """A session of ``turns`` exchanges, cells on (they are off by default)."""
+    """A session of ``turns`` exchanges, cells on."""
     session = engine.new_session()
     engine.set_cells_enabled(session.id, True)
     for i in range(turns):
@@ -173,6 +210,7 @@ def _spy(engine: Engine) -> dict:
 
 def test_a_step_costs_the_same_with_1_or_100_past_turns(engine):
     """One fixed-size vector, no extra prompt tokens; only newly dropped turns are read."""
+    _learned_read(engine)
     seen = _spy(engine)
     stats = {}
     for n in (1, 100):
@@ -193,14 +231,33 @@ def test_a_step_costs_the_same_with_1_or_100_past_turns(engine):
     assert seen["captured"] - captured <= 4  # the turns that just left, not the history
 
 
-def test_cells_are_off_until_turned_on(engine):
+def test_cells_are_on_by_default_and_cost_nothing_while_a_session_fits(engine):
     session = engine.new_session()
     seen = _spy(engine)
     list(engine.conversation(session.id).send("hello", Sampling.greedy(4)))
-    assert not engine.memory_status(session.id).cells_enabled and seen["captured"] == 0
+    assert engine.memory_status(session.id).cells_enabled
+    assert seen["captured"] == 0 and seen["cells"][-1] is None
+
+
+def test_nothing_is_read_without_learned_gates_or_for_an_unrelated_turn(engine):
+    session_id = _long_session(engine, 40)
+    seen = _spy(engine)
+    list(engine.conversation(session_id).send("hello", Sampling.greedy(4)))
+    assert seen["captured"] > 0 and seen["cells"][-1] is None  # written, not read
+    assert engine.memory_status(session_id).cell_magnitudes == [0.0] * N_LAYER
+    _learned_read(engine, tau=1.0)  # no message can be that close to the cells
+    list(engine.conversation(session_id).send("the cat 3 was in the town", Sampling.greedy(4)))
+    assert seen["cells"][-1] is None
+    engine.states.rule = replace(engine.states.rule, tau=-1.0)
+    list(engine.conversation(session_id).send("the cat 3 was in the town", Sampling.greedy(4)))
+    assert seen["cells"][-1] == (N_LAYER, N_EMBD)
+    engine.memory.rollback()  # the version without gates: nothing is read again
+    list(engine.conversation(session_id).send("the cat 3 was in the town", Sampling.greedy(4)))
+    assert seen["cells"][-1] is None
 
 
 def test_cells_stay_with_their_session(engine, tmp_path, tiny_model):
+    _learned_read(engine)
     long_id = _long_session(engine, 40)
     short_id = _long_session(engine, 1)
     seen = _spy(engine)
@@ -223,6 +280,7 @@ def test_cells_stay_with_their_session(engine, tmp_path, tiny_model):
 
 def test_cells_are_saved_with_the_session_and_can_be_reset_or_turned_off(engine, tmp_path,
                                                                          tiny_model):
+    _learned_read(engine)
     session_id = _long_session(engine, 40)
     list(engine.conversation(session_id).send("hello", Sampling.greedy(4)))
     magnitudes = engine.memory_status(session_id).cell_magnitudes

@@ -4,7 +4,12 @@ Each case is a conversation whose early turns (facts about the user, or a subjec
 followed by filler turns; the early turns are out of the window. For each probe, the
 negative log-likelihood (nats, summed over the expected answer's tokens) with (a) the full
 conversation, (b) only the filler turns, (c) the filler turns + the cells written from the
-dropped turns exactly as a session writes them. ``gap_recovered`` = (b − c) / (b − a).
+dropped turns exactly as a session writes them, read as a session reads them: with the read
+gates learned first on the bundled dev conversations (``--train``, none of them in the eval
+set), and only for the questions whose relevance to the cells passes the turn gate.
+``gap_recovered`` = (b − c) / (b − a). The same figures at other thresholds of the turn gate
+are under ``curve``, and without it under ``ungated``: what the gate costs in recall and
+saves in side effects.
 
 Side effects, cells on vs off: perplexity of generic paragraphs and of a general-knowledge
 answer asked after the same truncated context; generation speed of the chat runtime.
@@ -22,68 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from engine import llama_native
+from engine.cell_conversations import Case, Probe, cases, dev_cases, render
+from engine.cell_training import GateRecipe
 from engine.cells import CellRule, Cells, CellWriter
-from engine.errors import EngramError
 from store import paths
 
-FILLER_PER_CASE = 4
-ACKS = ("Got it.", "Noted, thanks for telling me.", "Good to know!")
-
-
-@dataclass(frozen=True)
-class Probe:
-    question: str
-    answer: str
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    kind: str  # "facts" | "topic"
-    dropped: list[tuple[str, str]]  # (speaker, text): the turns out of the window
-    kept: list[tuple[str, str]]  # the filler turns still in it
-    probes: list[Probe]
-    neutral: Probe  # a general-knowledge question asked after the same context
-
-
-def _jsonl(path: Path) -> list[dict]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise EngramError(f"cannot read {path}: {exc}") from None
-
-
-def cases(facts: Path | None = None, topics: Path | None = None) -> list[Case]:
-    """Fact and topic conversations (``user-facts.jsonl`` format) padded with filler turns."""
-    filler = [(("User", f["turns"][0]), ("Assistant", f["turns"][1]))
-              for f in _jsonl(paths.eval_data("filler-turns.jsonl"))]
-    world = _jsonl(paths.eval_data("world-facts.jsonl"))
-    out = []
-    records = [(r, "facts") for r in _jsonl(facts or paths.eval_data("user-facts.jsonl"))]
-    records += [(r, r.get("kind", "topic")) for r in
-                _jsonl(topics or paths.eval_data("topic-conversations.jsonl"))]
-    for i, (record, kind) in enumerate(records):
-        dropped = []
-        for j, text in enumerate(record["turns"]):
-            dropped += [("User", text), ("Assistant", ACKS[(i + j) % len(ACKS)])]
-        kept = [turn for k in range(FILLER_PER_CASE)
-                for turn in filler[(i * FILLER_PER_CASE + k) % len(filler)]]
-        probes = [Probe(p["q"], p["a"]) for p in record["probes"]]
-        neutral = world[i % len(world)]
-        out.append(Case(record["id"], kind, dropped, kept, probes,
-                        Probe(neutral["question"], neutral["answer"])))
-    return out
-
-
-def render(turns: list[tuple[str, str]]) -> str:
-    """The runtime's plain dialogue format (the built-in base model has no chat template)."""
-    return "\n".join(f"{speaker}: {text}" for speaker, text in turns)
-
-
-def cells_for(case: Case, writer: CellWriter, rule: CellRule, n_layer: int) -> Cells:
+def cells_for(case: Case, writer: CellWriter, n_layer: int) -> Cells:
     """The cells a session holds once ``case.dropped`` has left its window."""
-    cells = Cells.empty(rule, n_layer, writer.llm.n_embd(), writer.model_sha256)
+    cells = Cells.empty(writer.rule, n_layer, writer.llm.n_embd(), writer.model_sha256)
     writer.fold(cells, case.dropped, 0, len(case.dropped))
     return cells
 
@@ -136,38 +87,66 @@ def generic_paragraphs() -> list[str]:
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 
-def score(judge: Judge, all_cases: list[Case], vectors: list[np.ndarray | None]) -> dict:
-    """NLLs under (a) full, (b) truncated, (c) truncated + each case's vector; side effects."""
-    rows = {"facts": [], "topic": []}
-    neutral_off = neutral_on = 0.0
-    neutral_tokens = 0
+TAUS = (0.1, 0.15, 0.2, 0.25, 0.3)  # the turn gate's thresholds the curve is measured at
+
+
+def score(judge: Judge, writer: CellWriter, all_cases: list[Case], all_cells: list[Cells],
+          gates: np.ndarray | None) -> dict:
+    """NLLs under (a) full, (b) truncated, (c) truncated + each case's cells; side effects.
+    Each text's read is gated as the runtime gates a user's message: at the rule's τ, and
+    along a curve of other thresholds (the NLLs with and without cells are measured once)."""
+    rule, baseline = writer.rule, writer.baseline()
+    rows = {"facts": [], "topic": []}  # (full, truncated, cells, relevance) per probe
+    neutral, generic = [], []  # (off, on, relevance, tokens) per case
     paragraphs = generic_paragraphs()
-    generic_off, generic_on, generic_tokens = 0.0, 0.0, 0
-    for case, vector in zip(all_cases, vectors):
+    for k, (case, cells) in enumerate(zip(all_cases, all_cells)):
+        vector = cells.read(gates, baseline)
+
+        def relevance(text: str) -> float:
+            return cells.relevance(writer.query(text), rule, baseline) if vector is not None \
+                else -math.inf
+
         judge.set_cells(None)
         full = judge.answers(render(case.dropped + case.kept), case.probes)
-        *truncated, neutral_a = judge.answers(render(case.kept), case.probes + [case.neutral])
-        paragraph = paragraphs[len(rows["facts"] + rows["topic"]) % len(paragraphs)]
+        *truncated, neutral_off = judge.answers(render(case.kept), case.probes + [case.neutral])
+        paragraph = paragraphs[k % len(paragraphs)]
         off, n = judge.text_nll(paragraph)
         judge.set_cells(vector)
-        *with_cells, neutral_b = judge.answers(render(case.kept), case.probes + [case.neutral])
+        *with_cells, neutral_on = judge.answers(render(case.kept), case.probes + [case.neutral])
         on, _ = judge.text_nll(paragraph)
         judge.set_cells(None)
-        rows[case.kind] += list(zip(full, truncated, with_cells))
-        neutral_off, neutral_on = neutral_off + neutral_a, neutral_on + neutral_b
-        neutral_tokens += len(judge.tokens(f" {case.neutral.answer}"))
-        generic_off, generic_on, generic_tokens = generic_off + off, generic_on + on, generic_tokens + n
-    result = {}
-    for kind, suffix in (("facts", ""), ("topic", "_topic")):
-        a, b, c = (statistics.fmean(r[k] for r in rows[kind]) for k in range(3))
-        result |= {f"gap_recovered{suffix}": round((b - c) / (b - a), 4) if b != a else 0.0,
-                   f"nll_full{suffix}": round(a, 3), f"nll_truncated{suffix}": round(b, 3),
-                   f"nll_cells{suffix}": round(c, 3)}
-    generic = math.exp((generic_on - generic_off) / generic_tokens) - 1
-    question = math.exp((neutral_on - neutral_off) / neutral_tokens) - 1
-    result |= {"ppl_change_generic": round(generic, 4), "ppl_change_question": round(question, 4),
-               "ppl_change_neutral": round(max(generic, question), 4)}
-    return result
+        rows[case.kind] += [(a, b, c, relevance(p.question))
+                            for a, b, c, p in zip(full, truncated, with_cells, case.probes)]
+        neutral.append((neutral_off, neutral_on, relevance(case.neutral.question),
+                        len(judge.tokens(f" {case.neutral.answer}"))))
+        generic.append((off, on, relevance(paragraph), n))
+
+    def figures(tau: float) -> dict:
+        out = {}
+        for kind, suffix in (("facts", ""), ("topic", "_topic")):
+            a, b = (statistics.fmean(r[i] for r in rows[kind]) for i in range(2))
+            c = statistics.fmean(r[2] if r[3] > tau else r[1] for r in rows[kind])
+            out |= {f"gap_recovered{suffix}": round((b - c) / (b - a), 4) if b != a else 0.0,
+                    f"nll_full{suffix}": round(a, 3), f"nll_truncated{suffix}": round(b, 3),
+                    f"nll_cells{suffix}": round(c, 3)}
+
+        def ppl_change(texts: list[tuple]) -> float:
+            on = sum(r[1] if r[2] > tau else r[0] for r in texts)
+            return math.exp((on - sum(r[0] for r in texts)) / sum(r[3] for r in texts)) - 1
+
+        generic_change, question_change = ppl_change(generic), ppl_change(neutral)
+        opened = {kind: f"{sum(r[-1] > tau for r in rows[kind])}/{len(rows[kind])}"
+                  for kind in rows}
+        opened |= {kind: f"{sum(r[2] > tau for r in texts)}/{len(texts)}"
+                   for kind, texts in (("neutral", neutral), ("generic", generic))}
+        return out | {"ppl_change_generic": round(generic_change, 4),
+                      "ppl_change_question": round(question_change, 4),
+                      "ppl_change_neutral": round(max(generic_change, question_change), 4),
+                      "gate_open": opened}
+
+    return figures(rule.tau) | {
+        "curve": [{"tau": tau} | figures(tau) for tau in TAUS],
+        "ungated": figures(-math.inf)}
 
 
 def generation_ratio(runtime, vector: np.ndarray, tokens: int = 48, repetitions: int = 3) -> float:
@@ -252,29 +231,44 @@ def resume(model: str | None, history_tokens: int = 2000, max_tokens: int = 32) 
 
 
 def run(model: str | None = None, facts: Path | None = None, topics: Path | None = None,
-        rule: CellRule | None = None, resume_tokens: int = 2000, repetitions: int = 3) -> dict:
+        train: Path | None = None, rule: CellRule | None = None, recipe: GateRecipe | None = None,
+        resume_tokens: int = 2000, repetitions: int = 3) -> dict:
+    """Learn the read gates on ``train`` (default: the bundled dev conversations), then
+    measure on ``facts``/``topics`` (default: the bundled eval sets)."""
+    import time
+
     import llama_cpp
 
+    from engine import cell_training
+    from engine.learning import anchor_prose
     from engine.runtime import Runtime
+    from engine.twin import Twin
 
     runtime = Runtime(model, n_ctx=1024)
     n_layer = llama_native.n_layer(runtime.llm)
     rule = (rule or CellRule()).resolve(n_layer)
     writer = CellWriter(runtime.llm, runtime.model.sha256, rule)
+    training = dev_cases(train)
     all_cases = cases(facts, topics)
+    started = time.perf_counter()
+    gates = cell_training.train(Twin.load(runtime.model), writer, training, anchor_prose(), recipe)
+    train_seconds = time.perf_counter() - started
     longest = max(len(runtime.tokenize(text)) for text in
                   [render(c.dropped + c.kept) for c in all_cases] + generic_paragraphs())
     judge_llm = llama_cpp.Llama(model_path=str(runtime.model.path), n_ctx=longest + 256,
                                 n_threads=runtime.n_threads, n_threads_batch=runtime.n_threads,
                                 verbose=False)
-    vectors = [cells_for(case, writer, rule, n_layer).read(rule, writer.baseline())
-               for case in all_cases]
-    result = {"model": str(runtime.model.path), "rule": {"layers": list(rule.layers),
-              "alpha": rule.alpha, "decay": rule.decay, "centre": rule.centre},
+    all_cells = [cells_for(case, writer, n_layer) for case in all_cases]
+    result = {"model": str(runtime.model.path),
+              "rule": {"layers": list(rule.layers), "probe_layer": rule.probe_layer,
+                       "tau": rule.tau, "decay": rule.decay},
+              "gates": [round(float(g), 4) for g in gates], "train_cases": len(training),
+              "train_seconds": round(train_seconds, 1),
               "cases": {kind: sum(c.kind == kind for c in all_cases) for kind in ("facts", "topic")}}
-    result |= score(Judge(judge_llm), all_cases, vectors)
-    result["tokens_per_s_ratio"] = round(
-        generation_ratio(runtime, vectors[0], repetitions=repetitions), 4)
+    result |= score(Judge(judge_llm), writer, all_cases, all_cells, gates)
+    vector = next((v for v in (c.read(gates, writer.baseline()) for c in all_cells)
+                   if v is not None), np.zeros((n_layer, runtime.llm.n_embd()), np.float32))
+    result["tokens_per_s_ratio"] = round(generation_ratio(runtime, vector, repetitions=repetitions), 4)
     judge_llm.close()
     writer.close()
     runtime.close()
@@ -285,6 +279,9 @@ def run(model: str | None = None, facts: Path | None = None, topics: Path | None
 def report(result: dict) -> str:
     return "\n".join([
         f"model              {result['model']}  cells {result['rule']}",
+        f"read gates         learned on {result['train_cases']} conversations in "
+        f"{result['train_seconds']:.0f} s; at τ {result['rule']['tau']} open for "
+        f"{result['gate_open']}",
         f"facts  NLL full {result['nll_full']:.2f} · truncated {result['nll_truncated']:.2f} · "
         f"cells {result['nll_cells']:.2f}  → gap recovered {result['gap_recovered']:.1%} "
         "(target ≥ 25 %)",
@@ -293,6 +290,11 @@ def report(result: dict) -> str:
         f"recovered {result['gap_recovered_topic']:.1%}",
         f"perplexity change  generic {result['ppl_change_generic']:+.1%} · neutral question "
         f"{result['ppl_change_question']:+.1%}  (target ≤ 5 %)",
+        *[f"{'τ ' + format(row['tau'], '.2f') if 'tau' in row else 'no turn gate':<18} "
+          f"facts {row['gap_recovered']:.1%} · topics {row['gap_recovered_topic']:.1%} · "
+          f"generic {row['ppl_change_generic']:+.1%} · neutral question "
+          f"{row['ppl_change_question']:+.1%} · open {row['gate_open']}"
+          for row in result["curve"] + [result["ungated"]]],
         f"tokens/s ratio     {result['tokens_per_s_ratio']:.3f}  (cells on / off, target ≥ 0.97)",
         f"resume             {result['resume_speedup']:.1f}× faster to the first token "
         f"({result['resume_first_token_s']:.2f} s vs {result['reread_first_token_s']:.2f} s re-reading "

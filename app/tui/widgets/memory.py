@@ -110,7 +110,10 @@ class MemoryPanel(VerticalScroll):
         magnitudes = status.cell_magnitudes
         if not magnitudes:
             return Content("cells on · nothing held for this session yet")
-        top = max(magnitudes) or 1.0
+        if not any(magnitudes):
+            return Content("cells on · holding what left the window; not read yet (the read "
+                           "is learned in the background once you have a long session)")
+        top = max(magnitudes)
         rows = []
         for layer, value in enumerate(magnitudes):
             bar = "█" * round(BAR_CELLS * value / top)

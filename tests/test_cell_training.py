@@ -1,0 +1,90 @@
+"""The cells' learned read on the tiny model: training lowers its loss on the layers it may
+touch, and the learner versions the gates with the overlay (rollback and reset take them back)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from engine import cell_conversations, runtime
+from engine.cell_conversations import session_cases
+from engine.cell_training import GateRecipe, train
+from engine.cells import CellRule, CellWriter
+from engine.engine import Engine
+from engine.learning import CELLS_EVERY, anchor_prose, twin_for
+from engine.overlay import CELL_GATES, TENSORS_FILE
+from tests.tiny_gguf import N_LAYER
+
+
+def _exchanges(n: int, start: int = 0) -> list[tuple[str, str]]:
+    turns = []
+    for i in range(start, start + n):
+        turns += [("User", f"the cat {i} was in the town"), ("Assistant", f"and the town {i}")]
+    return turns
+
+
+def test_session_cases_predict_each_late_reply_with_the_early_turns_dropped():
+    assert len(session_cases(7, _exchanges(6))) == 3  # those with more than a window before
+    turns = _exchanges(9)
+    cases = session_cases(7, turns)
+    assert len(cases) == 4  # the latest four
+    latest = cases[0]
+    assert latest.kept == turns[12:16] and latest.dropped == turns[:12]
+    assert latest.probes[0].question == turns[16][1] and latest.probes[0].answer == turns[17][1]
+    assert session_cases(7, _exchanges(2)) == []
+
+
+def test_training_lowers_its_loss_and_touches_only_the_cell_layers(tiny_model, monkeypatch):
+    monkeypatch.setattr(runtime, "default_threads", lambda: 1)
+    rt = runtime.Runtime(tiny_model, n_ctx=256)
+    writer = CellWriter(rt.llm, rt.model.sha256, CellRule().resolve(N_LAYER))
+    losses = []
+    gates = train(twin_for(rt), writer, cell_conversations.dev_cases()[:3], anchor_prose(),
+                  GateRecipe(steps=8, lr=0.2), progress=lambda _, message: losses.append(
+                      float(re.search(r"answers (\S+),", message).group(1))))
+    writer.close()
+    rt.close()
+    assert len(losses) == 8 and min(losses[1:]) < losses[0]
+    assert gates.shape == (N_LAYER,) and np.all(np.isfinite(gates))
+    assert not gates[[0, N_LAYER - 1]].any() and gates[[1, 2]].any()
+
+
+@pytest.fixture
+def engine(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "default_threads", lambda: 1)
+    dev = cell_conversations.dev_cases()[:2]
+    monkeypatch.setattr(cell_conversations, "dev_cases", lambda: dev)
+    e = Engine(home=tmp_path / "home", model=tiny_model, n_ctx=256)
+    e.load()
+    e.learning.cell_recipe = GateRecipe(steps=2)
+    yield e
+    e.close()
+
+
+def _session(engine: Engine, turns: list[tuple[str, str]], session_id: int | None = None) -> int:
+    session_id = session_id or engine.new_session().id
+    for speaker, text in turns:
+        engine.store.add_message(session_id, speaker.lower(), text)
+    return session_id
+
+
+def test_a_long_session_teaches_the_read_and_the_gates_are_versioned(engine):
+    _session(engine, _exchanges(CELLS_EVERY - 1))
+    assert engine.learning.learn_cells() is None  # not long enough to teach anything
+    long_id = _session(engine, _exchanges(1, CELLS_EVERY), session_id=engine.sessions()[0].id)
+    first = engine.learning.learn_cells()
+    assert first.metrics["event"] == "cells" and first.metrics["cells"]["own_cases"] > 0
+    gates = load_file(engine.home / first.path / TENSORS_FILE)[CELL_GATES]
+    np.testing.assert_array_equal(engine.memory.cell_gates, gates)
+    assert engine.learning.learn_cells() is None  # nothing new since
+
+    _session(engine, _exchanges(CELLS_EVERY, 100), session_id=long_id)
+    second = engine.learning.learn_cells()
+    assert second.parent_id == first.id
+    engine.learning.rollback()
+    np.testing.assert_array_equal(engine.memory.cell_gates, gates)
+    engine.learning.reset()
+    assert engine.memory.cell_gates is None
