@@ -150,24 +150,30 @@ def score(judge: Judge, writer: CellWriter, all_cases: list[Case], all_cells: li
 
 
 def generation_ratio(runtime, vector: np.ndarray, tokens: int = 48, repetitions: int = 3) -> float:
-    """Tokens/s of the chat runtime with a cell vector set vs none (alternating, medians)."""
-    from engine.prompt import Turn
-    from engine.runtime import Sampling
+    """Per-token decode speed of the chat context with a cell vector set vs none (alternating,
+    medians). The same tokens are fed one at a time with the output head at each, as in
+    generation: timing replies instead compares different lengths (with cells the model may
+    say more or less), and a short reply's rate is mostly its per-reply overhead."""
+    import time
+
+    text = runtime.tokenize(generic_paragraphs()[0])
+    prompt, continuation = text[: len(text) - tokens], text[len(text) - tokens:]
 
     def speed(cells: np.ndarray | None) -> float:
         runtime.set_cells(cells)
         runtime.invalidate_cache()
-        reply = runtime.reply([Turn("user", "Tell me about the history of the bicycle.")], None,
-                              Sampling.greedy(tokens))
-        for _ in reply:
-            pass
-        return reply.stats.tokens_per_s
+        llama_native.decode_at(runtime.llm, prompt, 0, [])
+        started = time.perf_counter()
+        for i, token in enumerate(continuation):
+            llama_native.decode_at(runtime.llm, [token], len(prompt) + i, [len(prompt) + i])
+        return len(continuation) / (time.perf_counter() - started)
 
     on, off = [], []
     for _ in range(repetitions):
         off.append(speed(None))
         on.append(speed(vector))
     runtime.set_cells(None)
+    runtime.invalidate_cache()
     return statistics.median(on) / statistics.median(off)
 
 
