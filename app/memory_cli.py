@@ -44,14 +44,23 @@ class ProgressBar:
 
 def learn(engine: Engine, session_ids: list[int] | None, out: TextIO, err: TextIO) -> int:
     bar = ProgressBar(err)
+    before = engine.store.active_overlay(engine.profile.id)
     try:
         results = engine.learn_now(bar, session_ids=session_ids)
     finally:
         bar.done()
-    if not results:
+    after = engine.memory.applied
+    cells = after is not None and after.metrics.get("event") == "cells" and (
+        before is None or after.id != before.id)
+    if not results and not cells:
         print("nothing to learn: no session has new messages", file=out)
     for result in results:
         print(describe(engine, result), file=out)
+    if cells:
+        record = after.metrics["cells"]
+        print(f"v{after.id}: learned the cells' read from {record['own_cases']} exchanges of "
+              f"long sessions and the bundled dev conversations ({record['seconds']:.0f} s)",
+              file=out)
     return 0
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 
 import pytest
 
 from app.cli import main
+from engine import cell_conversations, cell_training
 from engine.engine import Engine
+from engine.learning import CELLS_EVERY
 from tests.test_learning import said, small  # noqa: F401  (small is a fixture)
 
 
@@ -103,3 +106,22 @@ def test_errors_are_one_clean_line_with_exit_code_2(engram, args, message):
     code, out, err = engram("memory", *args)
     assert code == 2 and out == ""
     assert err.startswith("engram: ") and message in err and err.count("\n") == 1
+
+
+def test_learn_says_when_a_long_session_taught_the_cells_read(engram, engine_home, tiny_model,
+                                                              monkeypatch):
+    monkeypatch.setattr(cell_training, "GateRecipe",
+                        functools.partial(cell_training.GateRecipe, steps=2))
+    dev = cell_conversations.dev_cases()[:2]
+    monkeypatch.setattr(cell_conversations, "dev_cases", lambda: dev)
+    engine = Engine(home=engine_home, model=tiny_model)
+    session = engine.new_session()
+    for i in range(CELLS_EVERY):
+        engine.store.add_message(session.id, "user", f"the cat {i} was in the town")
+        engine.store.add_message(session.id, "assistant", f"and the town {i}")
+    engine.close()
+    code, out, err = engram("memory", "learn")
+    assert code == 0, err
+    assert re.search(r"v\d+: learned the cells' read from 4 exchanges of long sessions", out)
+    code, out, _ = engram("memory", "versions")
+    assert out.splitlines()[0].startswith("v") and "learned the cells' read" in out.splitlines()[0]
