@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.cell_conversations import Case, render
-from engine.cells import Cells, CellWriter
+from engine.cells import CellWriter
 from engine.errors import EngramError
 from engine.twin import Twin
 
@@ -91,8 +91,7 @@ def train(twin: Twin, writer: CellWriter, cases: list[Case], prose: list[str],
 
     examples, directions = [], []
     for case in cases:
-        cells = Cells.empty(writer.rule, twin.n_layer, writer.llm.n_embd(), writer.model_sha256)
-        writer.fold(cells, case.dropped, 0, len(case.dropped))
+        cells = writer.written(case.dropped)
         window = tokenize(render(case.kept), True)
         sequences, scored = [], []
         for probe in case.probes:

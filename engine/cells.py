@@ -198,6 +198,15 @@ class CellWriter:
         for first, last in spans:
             cells.write(states[:, first:last], self.rule.decay)
 
+    def written(self, turns: list[tuple[str, str]]) -> Cells:
+        """The cells a session holds once ``turns`` (speaker, text) have left its window."""
+        from engine import llama_native
+
+        cells = Cells.empty(self.rule, llama_native.n_layer(self.llm), self.llm.n_embd(),
+                            self.model_sha256)
+        self.fold(cells, turns, 0, len(turns))
+        return cells
+
     def query(self, text: str) -> np.ndarray:
         """The mean probe-layer hidden state of a user's message read on its own (what
         ``Cells.relevance`` compares with the cells); a long paste is judged by its start."""

@@ -52,12 +52,13 @@ class Engine:
         if self.runtime is None:
             self.runtime = Runtime(self.model_path, n_ctx=self.n_ctx)
             self.memory = OverlayMemory(self.store, self.home, self.profile, self.runtime)
-            self.learning = Learning(self.store, self.home, self.profile, self.runtime,
-                                     self.memory, lambda: self.settings)
             self.states = SessionStates(
                 self.store, self.home, self.profile, self.runtime,
                 overlay_id=lambda: self.memory.applied.id if self.memory.applied else None,
                 gates=lambda: self.memory.cell_gates)
+            self.learning = Learning(self.store, self.home, self.profile, self.runtime,
+                                     self.memory, lambda: self.settings,
+                                     cell_writer=self.states.writer)
         return self.runtime
 
     def close(self) -> None:

@@ -382,12 +382,12 @@ class Learning:
 
     def __init__(self, store: Store, home: Path, profile: Profile, runtime: Runtime,
                  memory: OverlayMemory, settings: Callable[[], Settings],
-                 recipe: "Recipe | None" = None):
+                 recipe: "Recipe | None" = None, cell_writer: "CellWriter | None" = None):
         self.store, self.home, self.profile = store, Path(home), profile
         self.runtime, self.memory, self.settings = runtime, memory, settings
         self._recipe = recipe
         self._gate: Gate | None = None
-        self._cell_writer = None
+        self.cell_writer = cell_writer  # the sessions' own (cells learned as sessions write them)
         self.cell_recipe: GateRecipe | None = None  # the cells' read's recipe (None: default)
         self._nothing: dict[int, int] = {}  # session → newest message, nothing found (this process)
 
@@ -552,6 +552,8 @@ class Learning:
             sessions = [s.id for s in self.store.sessions(self.profile.id) if not s.private]
             own = []
             for sid in sessions:
+                if newest.get(sid, 0) <= learned.get(str(sid), 0):
+                    continue  # nothing new: its messages are not read
                 messages = [m for m in self.store.messages(sid) if m.content]
                 if sum(m.role == "user" and m.id > learned.get(str(sid), 0)
                        for m in messages) >= CELLS_EVERY:
@@ -565,7 +567,7 @@ class Learning:
                                            d_model=twin.config.hidden_size,
                                            d_ff=twin.config.intermediate_size)
             with _training, applied(twin, base):
-                gates = cell_training.train(twin, self.cell_writer(),
+                gates = cell_training.train(twin, self.cell_writer,
                                             cell_conversations.dev_cases() + own, anchor_prose(),
                                             self.cell_recipe, init=base.cell_gates,
                                             progress=progress, cancel=cancel)
@@ -574,16 +576,6 @@ class Learning:
                 "event": "cells", "cells": {"through": through, "own_cases": len(own),
                                             "seconds": round(time.perf_counter() - started, 2),
                                             "gates": [round(float(g), 4) for g in gates]}})
-
-    def cell_writer(self) -> CellWriter:
-        """Cells written as a session writes them (a capture context, made on first use)."""
-        from engine import llama_native
-        from engine.cells import CellRule, CellWriter
-
-        if self._cell_writer is None:
-            rule = CellRule().resolve(llama_native.n_layer(self.runtime.llm))
-            self._cell_writer = CellWriter(self.runtime.llm, self.runtime.model.sha256, rule)
-        return self._cell_writer
 
     def _cells_record(self, version: OverlayVersion | None) -> dict[str, int] | None:
         """Per session, the newest message the active gates were learned through (along the
@@ -706,6 +698,3 @@ class Learning:
         if self._gate is not None:
             self._gate.close()
             self._gate = None
-        if self._cell_writer is not None:
-            self._cell_writer.close()
-            self._cell_writer = None

@@ -18,10 +18,8 @@ Then session state: resuming a ~2,000-token session from the store vs re-reading
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +29,6 @@ from engine.cell_conversations import Case, Probe, cases, dev_cases, render
 from engine.cell_training import GateRecipe
 from engine.cells import CellRule, Cells, CellWriter
 from store import paths
-
-def cells_for(case: Case, writer: CellWriter, n_layer: int) -> Cells:
-    """The cells a session holds once ``case.dropped`` has left its window."""
-    cells = Cells.empty(writer.rule, n_layer, writer.llm.n_embd(), writer.model_sha256)
-    writer.fold(cells, case.dropped, 0, len(case.dropped))
-    return cells
-
 
 class Judge:
     """Answer NLLs from llama.cpp (a second context on the model): each case's context is
@@ -264,7 +255,7 @@ def run(model: str | None = None, facts: Path | None = None, topics: Path | None
     judge_llm = llama_cpp.Llama(model_path=str(runtime.model.path), n_ctx=longest + 256,
                                 n_threads=runtime.n_threads, n_threads_batch=runtime.n_threads,
                                 verbose=False)
-    all_cells = [cells_for(case, writer, n_layer) for case in all_cases]
+    all_cells = [writer.written(case.dropped) for case in all_cases]
     result = {"model": str(runtime.model.path),
               "rule": {"layers": list(rule.layers), "probe_layer": rule.probe_layer,
                        "tau": rule.tau, "decay": rule.decay},
