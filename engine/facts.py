@@ -152,14 +152,24 @@ def kind_pairs(runtime: Runtime, pairs: list[QA]) -> list[QA]:
             continue
         if qa.answer not in kinds:
             template = template or _template("kinds")
-            said = runtime.complete(f"{template}{qa.answer}:", Sampling.greedy(4), stop=["\n"])
-            kinds[qa.answer] = said.strip().lower()
+            kinds[qa.answer] = kind_of(runtime, template, qa.answer)
         kind = kinds[qa.answer]
         for question in statement_questions.kind_questions(qa.question, kind) if _is_kind(kind, qa.answer) else []:
             if question.lower() not in asked:
                 asked.add(question.lower())
                 out.append(QA(question, qa.answer, qa.statement))
     return out
+
+
+def kind_of(runtime: Runtime, template: str, answer: str) -> str:
+    """The model's likeliest kind for ``answer`` among common kind words
+    (``kind_words.txt``), scored at the first token after the few-shot ``kinds.txt``: left to
+    write freely, the 270M model named a similar *thing* as often as a kind (bandoneon →
+    "guitar", trilobites → "dinosaurs", Loom → "room")."""
+    logits = runtime.next_logits(f"{template}{answer}:")
+    words = _template("kind_words").split()
+    first = [runtime.tokenize(f" {word}", add_bos=False)[0] for word in words]
+    return max(zip(words, first), key=lambda pair: logits[pair[1]])[0]
 
 
 def _is_kind(kind: str, answer: str) -> bool:

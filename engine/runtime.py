@@ -203,6 +203,17 @@ class Runtime:
             )
         return out["choices"][0]["text"]
 
+    def next_logits(self, prompt: str) -> np.ndarray:
+        """The logits of the token after ``prompt`` (raw text): for choosing among a few
+        candidate continuations without generating."""
+        from engine import llama_native
+
+        with self._lock:
+            self.kv_owner = None
+            self.llm.reset()
+            self.llm.eval(self.tokenize(prompt))
+            return llama_native.last_logits(self.llm)
+
     def invalidate_cache(self) -> None:
         """Forget reused prefixes: call after the weights (adapters) or control vector change."""
         from engine import llama_native

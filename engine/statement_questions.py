@@ -8,7 +8,9 @@ is called Pixel", "a compiler called Loom", "I named the car Gustav"), a copula 
 teacher is Osvaldo Ruiz") and a pronoun that points back at the previous statement's subject
 ("She studies octopuses in Lisbon"), and the idioms a user asks back in other words ("My
 favourite colour is teal" → "Which colour do I like best?", "My teacher is …" → "Who
-teaches me?", "It was written by …" → "Who wrote The Glass Orchard?"). Every answer is a span of the
+teaches me?", "It was written by …" → "Who wrote The Glass Orchard?", "… is a nurse at
+Saint Aldric Hospital" → "Where does she work?"), and someone named in full once is asked
+about by name or by relation ("my son Tobias" → "Tobias", "my son"). Every answer is a span of the
 statement, so the pairs are grounded by construction; a clause the rules do not parse
 yields nothing.
 """
@@ -57,9 +59,10 @@ TIME = re.compile(r"\b(?:every|each)\s+\w+(?:\s+(?:morning|evening|night|afterno
 DATE = re.compile(r"\d|\b(?:january|february|march|april|may|june|july|august|september|october|"
                   r"november|december|monday|tuesday|wednesday|thursday|friday|saturday|sunday)", re.IGNORECASE)
 CALLED = re.compile(r"^(?:(?:a|an|the|my|our)\s+)?(?P<kind>[\w-]+(?:\s+[\w-]+){0,2})\s+(?:called|named)\s+(?P<name>.+)$")
-NAMED_THING = re.compile(r"\b(?:a|an|the)\s+([a-z-]+)\s+(?:called|named)\s+(" + NAME + ")")
+NAMED_THING = re.compile(r"\b(?:a|an|the)\s+([a-z-]+)\s+(called|named|(?:I|we) call)\s+((?:the\s+)?" + NAME + ")")
 ARTICLE = re.compile(r"^(?:a|an|the)\s+")
 MAX_ANSWER_WORDS = 6
+APPOSITIVE = re.compile(r"\b(my|our) ([a-z]+) ([A-ZÀ-Þ][\w-]+)(?:(')s?|\b)")  # "my son Tobias", "my sister Mira's"
 
 
 def questions(statements: list[str]) -> list[tuple[str, str, str]]:
@@ -84,9 +87,22 @@ def questions(statements: list[str]) -> list[tuple[str, str, str]]:
         replaced = [(old, new[0]) for old in negated
                     for new in [[a for q, a in affirmed if q.split()[0] == old.split()[0]]] if new]
         for question, answer in affirmed + replaced:
-            question = re.sub(r"\s+", " ", question)
-            out.setdefault(question.lower(), (question, answer, statement))
+            for question in _referents(re.sub(r"\s+", " ", question)):
+                if answer.lower() not in question.lower():
+                    out.setdefault(question.lower(), (question, answer, statement))
     return list(out.values())
+
+
+def _referents(question: str) -> list[str]:
+    """The question, and the same question about "my son Tobias" as "Tobias" and as "my son":
+    the user names someone in full once and then asks either way ("What is Tobias obsessed
+    with?", "Where is my husband from?")."""
+    person = APPOSITIVE.search(question)
+    if not person:
+        return [question]
+    own, relation, name, owns = person.groups()
+    return [question] + [question[:person.start()] + (_possessive(who) if owns else who) + question[person.end():]
+                         for who in (name, f"{own} {relation}")]
 
 
 def kind_questions(question: str, kind: str) -> list[str]:
@@ -115,8 +131,9 @@ def _answer(span: str) -> str:
 
 def _clause_questions(clause: str) -> list[tuple[str, str]]:
     parsed = _subject(clause)
-    named = [(q, name) for kind, name in NAMED_THING.findall(clause)
-             for q in (f"What is the {kind} called?", f"What is the name of the {kind}?")]
+    named = [(q, name) for kind, verb, name in NAMED_THING.findall(clause)
+             for q in [f"What is the {kind} called?", f"What is the name of the {kind}?"]
+             + ([f"What do {verb.split()[0]} call the {kind}?"] if verb.endswith(" call") else [])]  # "a shed I call …"
     return (_predicate_questions(*parsed) if parsed else []) + named
 
 
@@ -233,7 +250,8 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
         wh = ("When" if DATE.search(obj) and first in {"on", "in", "at"}
               else "Where" if first in PLACE_PREPS | {"on"} else "What")
         suffix = f" {first}" if wh == "What" or first == "from" else ""
-        return [(f"{wh} {head}{suffix}?", _before_pp(obj))]
+        where = [(f"Which place {head} {first}?", _before_pp(obj))] if wh == "Where" else []  # → "Which street …"
+        return [(f"{wh} {head}{suffix}?", _before_pp(obj))] + where
     age = re.match(r"(" + NUMBER + r")\s+years?\s+old$", rest)
     if age:
         return [(f"How old {head}?", age.group(1))]
@@ -251,14 +269,20 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
     out = [(f"What {head}?", complement)]
     if re.fullmatch(NAME, complement) and not DATE.search(complement):
         out += [(f"Who {head}?", complement)] + _agent(subject, complement)
-    favourite = re.fullmatch(r"(my|our) favourite ([\w-]+)", subject)
+    favourite = re.fullmatch(r"(my|our) (favourite|go-to) ([\w-]+)", subject)
     if favourite:  # "My favourite colour is teal" → "Which colour do I like best?"
-        who = "I" if favourite[1] == "my" else "we"
-        out += [(f"Which {favourite[2]} do {who} like best?", complement),
-                (f"Which {favourite[2]} is {favourite[1]} favourite?", complement)]
-    if re.match(r"(?:a|an)\s", rest) and (subject == "I" or re.search(NAME, subject)):  # "my sister Mira is a ..."
-        out.append((f"What {'do' if subject == 'I' else 'does'} {subject} do?", complement))
+        own, kind = favourite[1], favourite[3]
+        who = "I" if own == "my" else "we"
+        out += [(f"Which {kind} do {who} like best?", complement),
+                (f"Which {kind} is {own} favourite?", complement)]
+        if favourite[2] == "go-to":  # "My go-to snack is …": what the user asks as a favourite
+            out.append((f"What is {own} favourite {kind}?", complement))
     place = _place(rest)
+    if re.match(r"(?:a|an)\s", rest) and (subject == "I" or re.search(NAME, subject)):  # "my sister Mira is a ..."
+        do = 'do' if subject == 'I' else 'does'
+        out.append((f"What {do} {subject} do?", complement))
+        if place:  # "… is a nurse at Saint Aldric Hospital"
+            out.append((f"Where {do} {subject} work?", place))
     if place:
         out.append((f"Where {head}?", place))
     return out
@@ -281,8 +305,10 @@ def _action(subject: str, verb: str, rest: str) -> list[tuple[str, str]]:
     if base in {"name", "call"} and named:  # "I named the car Gustav"
         owner = _possessive(subject)
         thing = re.sub(r"^(?:the|a|an|his|her|my|our)\s", "", named["thing"])
-        return out + [(f"What {ask} {named['thing']}?", named["name"]),
-                      (f"What is {owner} {thing} called?", named["name"])]
+        said = named["thing"].split()[0]  # "the car" is the user's own: "What did I name my car?"
+        return out + [(f"What {ask} {the} {thing}?", named["name"])
+                      for the in dict.fromkeys((said, owner if said == "the" else said))] + [
+            (f"What is {owner} {thing} called?", named["name"])]
     return out + _object_questions(ask, subject, rest)
 
 

@@ -405,3 +405,13 @@ def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_af
         assert (asked > 0).any(dim=0).all()  # every neuron fires on its question
         assert (x[0] @ keys.T < -1).all()
         assert ((example.ending(x) @ keys.T).max(dim=0).values < asked.max(dim=0).values).all()
+
+
+@pytest.mark.parametrize("facts", [1, 3, 4, 6, 16])
+def test_every_fact_gets_a_detector_when_the_edited_layers_have_neurons_enough(facts):
+    layers, k = 4, 4
+    keyed = [learner.keyed_facts(facts, depth, k) for depth in range(layers)]
+    assert all(len(neurons) == k for neurons in keyed)
+    assert set().union(*keyed) == set(range(facts))
+    if facts <= k:  # few facts: one detector of each in every layer
+        assert all(set(neurons) == set(range(facts)) for neurons in keyed)
