@@ -140,6 +140,24 @@ def derive(runtime: Runtime, user_turns: list[str], samples: int = 2) -> list[QA
     return found + kind_pairs(runtime, found)
 
 
+def varied(pairs: list[QA], per_answer: int) -> list[QA]:
+    """At most ``per_answer`` phrasings of each answer, each next one the least like those
+    kept (word overlap): referents and kinds multiply the grammar's phrasings (38 for one
+    session of 4 facts, which took 70 s to learn), and near-copies add little."""
+    groups: dict[str, list[int]] = {}
+    for i, qa in enumerate(pairs):
+        groups.setdefault(qa.answer.lower(), []).append(i)
+    words = [set(re.findall(r"[\w']+", qa.question.lower())) for qa in pairs]
+    kept = set()
+    for group in groups.values():
+        chosen = group[:1]
+        for _ in range(min(per_answer, len(group)) - 1):
+            chosen.append(max((i for i in group if i not in chosen), key=lambda i: min(
+                1 - len(words[i] & words[j]) / len(words[i] | words[j]) for j in chosen)))
+        kept.update(chosen)
+    return [qa for i, qa in enumerate(pairs) if i in kept]
+
+
 def kind_pairs(runtime: Runtime, pairs: list[QA]) -> list[QA]:
     """Each answer's kind asked for: "What do I drive? → Volvo 240" also as "Which car do I
     drive?" and "What car do I drive?" — users name the kind of what they ask about ("Which

@@ -56,6 +56,7 @@ class Recipe:
     select: str = "keyed"  # "keyed": quiet neurons re-keyed as detectors; "ratio": active on the questions ÷ on generic text
     key_margin: float = 3.0  # keyed: gate pre-activation ≥ +margin on the question, ≤ −margin elsewhere
     key_context: int = 3  # keyed: positions before the answer that also count as the question
+    phrasings: int = 10  # at most, per fact: the most varied (engine.facts.varied)
     stop_loss: float = 0.05  # answers learned: stop early
     vocab_top: int = 256  # the answer loss runs over the base model's top tokens at each
     vocab_random: int = 1024  # answer position, the answers, and a fixed random sample

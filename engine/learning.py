@@ -491,7 +491,7 @@ class Learning:
         owned: dict[int, set[int]] = {}
         for block in base.blocks:
             owned.setdefault(block.layer, set()).update(block.neurons.tolist())
-        taught = found + fixes
+        taught = facts.varied(found, self.recipe.phrasings) + fixes
         others = [qa for _, qa in earlier
                   if not any(same_question(qa.question, new.question) for new in taught)]
         # In the profile's own prompt format only: a second copy without the system prompt

@@ -115,3 +115,14 @@ def test_a_question_about_a_thing_is_also_asked_by_its_kind(question, kind, expe
         assert got == []
     else:  # "Which car …" and "What car …"
         assert got == [expected, "What" + expected[len("Which"):]]
+
+
+def test_a_fact_is_taught_in_its_first_phrasing_and_the_least_alike_others():
+    said = "My husband Rui is from Porto."
+    pairs = [facts.QA(q, a, said) for q, a in [
+        ("Where is my husband Rui from?", "Porto"), ("Where is Rui from?", "Porto"),
+        ("Who is my husband?", "Rui"), ("Which city is my husband from?", "Porto"),
+        ("Where is my husband from?", "Porto")]]
+    kept = [qa.question for qa in facts.varied(pairs, 2)]
+    assert kept == ["Where is my husband Rui from?", "Who is my husband?", "Which city is my husband from?"]
+    assert facts.varied(pairs, 5) == pairs
