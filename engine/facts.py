@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 
 from engine import statement_questions
 from engine.runtime import Runtime, Sampling
@@ -164,13 +167,13 @@ def kind_pairs(runtime: Runtime, pairs: list[QA]) -> list[QA]:
     city do I live in?"), and only the model knows that a Volvo is a car (a few-shot prompt,
     ``kinds.txt``, asked once per answer and only for questions that have a kind form)."""
     asked = {qa.question.lower() for qa in pairs}
-    template, kinds, out = "", {}, []
+    kind_of, kinds, out = None, {}, []
     for qa in pairs:
         if not statement_questions.kind_questions(qa.question, "thing"):
             continue
         if qa.answer not in kinds:
-            template = template or _template("kinds")
-            kinds[qa.answer] = kind_of(runtime, template, qa.answer)
+            kind_of = kind_of or kind_chooser(runtime)
+            kinds[qa.answer] = kind_of(qa.answer)
         kind = kinds[qa.answer]
         for question in statement_questions.kind_questions(qa.question, kind) if _is_kind(kind, qa.answer) else []:
             if question.lower() not in asked:
@@ -179,20 +182,23 @@ def kind_pairs(runtime: Runtime, pairs: list[QA]) -> list[QA]:
     return out
 
 
-def kind_of(runtime: Runtime, template: str, answer: str) -> str:
-    """The model's likeliest kind for ``answer`` among common kind words
+def kind_chooser(runtime: Runtime) -> Callable[[str], str]:
+    """answer → the model's likeliest kind for it among common kind words
     (``kind_words.txt``), scored at the first token after the few-shot ``kinds.txt``: left to
     write freely, the 270M model named a similar *thing* as often as a kind (bandoneon →
-    "guitar", trilobites → "dinosaurs", Loom → "room")."""
-    logits = runtime.next_logits(f"{template}{answer}:")
-    words = _template("kind_words").split()
-    first = [runtime.tokenize(f" {word}", add_bos=False)[0] for word in words]
-    return max(zip(words, first), key=lambda pair: logits[pair[1]])[0]
+    "guitar", trilobites → "dinosaurs", Loom → "room"). The files are read and the words
+    tokenised once per chooser, not per answer."""
+    template, words = _template("kinds"), _template("kind_words").split()
+    first = np.array([runtime.tokenize(f" {word}", add_bos=False)[0] for word in words])
+
+    def kind_of(answer: str) -> str:
+        return words[int(np.argmax(runtime.next_logits(f"{template}{answer}:")[first]))]
+    return kind_of
 
 
 def _is_kind(kind: str, answer: str) -> bool:
-    """One plain word that is not the answer itself ("peanuts: peanuts")."""
-    return bool(re.fullmatch(r"[a-z]{3,}", kind)) and kind.rstrip("s") != answer.lower().rstrip("s")
+    """Not the answer itself ("peanuts: peanuts")."""
+    return kind.rstrip("s") != answer.lower().rstrip("s")
 
 
 def consistent(runtime: Runtime, template: str, qa: QA) -> bool:

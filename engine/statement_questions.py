@@ -279,7 +279,7 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
             out.append((f"What is {own} favourite {kind}?", complement))
     place = _place(rest)
     if re.match(r"(?:a|an)\s", rest) and (subject == "I" or re.search(NAME, subject)):  # "my sister Mira is a ..."
-        do = 'do' if subject == 'I' else 'does'
+        do = "do" if subject == "I" else "does"
         out.append((f"What {do} {subject} do?", complement))
         if place:  # "… is a nurse at Saint Aldric Hospital"
             out.append((f"Where {do} {subject} work?", place))

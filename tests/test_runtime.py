@@ -39,7 +39,7 @@ def test_greedy_is_deterministic(runtime):
 
 
 def test_next_logits_are_the_last_position_s_of_a_full_scoring_pass(runtime, tiny_model):
-    """Scoring a few candidates (engine.facts.kind_of) reads the chat context's logits after
+    """Scoring a few candidates (engine.facts.kind_chooser) reads the chat context's logits after
     the prompt; they must be what a separate context computes for that position, even right
     after a reply filled the cache with another dialogue."""
     "".join(runtime.reply([Turn("user", "hello")], None, Sampling.greedy(4)))
