@@ -10,9 +10,10 @@ teacher is Osvaldo Ruiz") and a pronoun that points back at the previous stateme
 favourite colour is teal" → "Which colour do I like best?", "My teacher is …" → "Who
 teaches me?", "It was written by …" → "Who wrote The Glass Orchard?", "… is a nurse at
 Saint Aldric Hospital" → "Where does she work?"), and someone named in full once is asked
-about by name or by relation ("my son Tobias" → "Tobias", "my son"). Every answer is a span of the
-statement, so the pairs are grounded by construction; a clause the rules do not parse
-yields nothing.
+about by name or by relation ("my son Tobias" → "Tobias", "my son"), a cat as a pet and a
+novel as a book, "we" as the startup the user named, "it" as "the novel I'm reading", and
+"I'm learning to play X" as what the user plays. Every answer is a span of the statement,
+so the pairs are grounded by construction; a clause the rules do not parse yields nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ AGENTS = {"teacher": "teaches", "manager": "manages", "trainer": "trains", "coac
           "tutor": "tutors", "mentor": "mentors", "supervisor": "supervises", "employer": "employs",
           "instructor": "instructs", "doctor": "treats", "dentist": "treats", "therapist": "treats"}
 TAKES_INFINITIVE = {"want", "like", "love", "hate", "need", "try", "plan", "hope", "learn", "start", "begin", "decide"}
+DOES_IT = {"learn", "love", "like", "start", "begin"}  # "I'm learning to play X" → "What do I play?"
+NAMES_IT = {"learn", "love", "like", "hate"}  # "I'm learning to play X" → "What am I learning?"
+HYPERNYMS = {"cat": "pet", "dog": "pet", "rabbit": "pet", "hamster": "pet", "parrot": "pet", "tortoise": "pet",
+             "novel": "book", "startup": "company", "firm": "company", "flat": "home", "apartment": "home",
+             "husband": "partner", "wife": "partner", "boyfriend": "partner", "girlfriend": "partner"}
+GROUPS = {"startup", "company", "firm", "team", "band", "lab", "club", "choir", "orchestra", "family"}  # "we"
+AVOIDS = {"allergic", "intolerant"}  # "allergic to hazelnuts" → "What should I avoid?"
 STOPS = {"because", "so", "and", "but", "which", "who", "when", "while", "since", "though", "although"}
 PLACE_PREPS = {"in", "at", "near", "to", "from"}
 PREPS = PLACE_PREPS | {"on", "with", "for", "about", "by", "into", "of", "as"}
@@ -71,19 +79,22 @@ def questions(statements: list[str]) -> list[tuple[str, str, str]]:
     A negated clause beside an affirmed one ("I no longer live in Tromsø, I moved to
     Bergen") asks its question again with the new answer, so the old fact is corrected."""
     out: dict[str, tuple[str, str, str]] = {}
-    antecedent = ""
+    antecedents: list[str] = []
     for statement in statements:
         affirmed, negated = [], []
         for said in _clauses(statement):
-            resolved = _resolve(said, antecedent)
+            resolved = [c for c in (_resolve(said, a) for a in antecedents or [""]) if c]
             if NEGATED.search(said):
-                negated += [q for q, _ in _clause_questions(NEGATED.sub("", resolved or said))]
+                negated += [q for q, _ in _clause_questions(NEGATED.sub("", (resolved or [said])[0]))]
                 continue
             # the pronoun as said too: the user will ask "Where is his workshop?" the same way
-            for clause in dict.fromkeys(c for c in (resolved, said) if c):
+            for clause in dict.fromkeys([*resolved, said]):
                 answers = [(q, _answer(a)) for q, a in _clause_questions(clause)]
                 affirmed += [(q, a) for q, a in answers if a and a.lower() in statement.lower()]
-            antecedent = _antecedent(resolved) or antecedent
+            group = next((a for a in antecedents if a.split()[-1] in GROUPS), "")
+            if group and said.split()[0] in {"We", "Our"}:  # "We build soil sensors" said of "my startup"
+                affirmed += [(_as_group(q, group), a) for q, a in affirmed if re.search(r"\b(?:we|our)\b", q)]
+            antecedents = _antecedents((resolved or [said])[0]) or antecedents
         replaced = [(old, new[0]) for old in negated
                     for new in [[a for q, a in affirmed if q.split()[0] == old.split()[0]]] if new]
         for question, answer in affirmed + replaced:
@@ -96,13 +107,24 @@ def questions(statements: list[str]) -> list[tuple[str, str, str]]:
 def _referents(question: str) -> list[str]:
     """The question, and the same question about "my son Tobias" as "Tobias" and as "my son":
     the user names someone in full once and then asks either way ("What is Tobias obsessed
-    with?", "Where is my husband from?")."""
+    with?", "Where is my husband from?"); and about "my cat" as "my pet", "the novel" as "the
+    book" (``HYPERNYMS``): the user asks back by the general word as often as by the one said."""
     person = APPOSITIVE.search(question)
-    if not person:
-        return [question]
-    own, relation, name, owns = person.groups()
-    return [question] + [question[:person.start()] + (_possessive(who) if owns else who) + question[person.end():]
-                         for who in (name, f"{own} {relation}")]
+    named = [question]
+    if person:
+        own, relation, name, owns = person.groups()
+        named += [question[:person.start()] + (_possessive(who) if owns else who) + question[person.end():]
+                  for who in (name, f"{own} {relation}")]
+    general = [re.sub(r"\b(my|our|the) (\w+)\b", lambda m: f"{m[1]} {HYPERNYMS.get(m[2], m[2])}", q) for q in named]
+    return list(dict.fromkeys(named + general))
+
+
+def _as_group(question: str, group: str) -> str:
+    """A question about "we" asked about the group the user spoke for ("What do we build?" →
+    "What does my startup build?")."""
+    said = {"do we": f"does {group}", "are we": f"is {group}", "were we": f"was {group}", "we": group,
+            "our": _possessive(group)}
+    return re.sub(r"\b(?:do we|are we|were we|we|our)\b", lambda m: said[m[0]], question)
 
 
 def kind_questions(question: str, kind: str) -> list[str]:
@@ -115,7 +137,7 @@ def kind_questions(question: str, kind: str) -> list[str]:
     what = re.match(r"What (?P<aux>\w+) (?P<rest>.+)\?$", question)
     if (not what or kind in question.lower() or question.endswith(" do?")
             or re.search(r"\b(?:called|name)\b", question)
-            or what["aux"] not in {"do", "does", "did"} | COPULA):
+            or what["aux"] not in {"do", "does", "did", "should", "can"} | COPULA):
         return []
     if what["aux"] in COPULA and not (question.split()[-1].rstrip("?") in PREPS
                                       or re.search(r"\b\w+ing\b", what["rest"])):
@@ -189,17 +211,21 @@ def _verb_group(subject: str, words: list[str]) -> tuple[str, str, str] | None:
     return subject, words[0], " ".join(words[1:])
 
 
-def _antecedent(clause: str) -> str:
+def _antecedents(clause: str) -> list[str]:
     """What "he/she/it" in a later clause most likely means: this clause's subject when it
-    is someone of the user's ("my sister Mira"), or the thing it named ("The Glass Orchard")."""
+    is someone of the user's ("my sister Mira"), or the thing it named, by its name and by
+    what the user does with it ("The Glass Orchard", "the novel I'm reading")."""
     parsed = _subject(clause)
     if parsed and parsed[0].split()[0] in {"my", "our"} and "'" not in parsed[0]:
-        return parsed[0]
+        return [parsed[0]]
     named = re.search(r"\b(?:called|named)\s+(" + NAME + ")", clause)
     if named:
-        return named.group(1)
+        done = re.match(r"(?P<who>I|We)(?P<be>'m|'re| am| are)?\s+(?P<verb>\w+(?:\s+(?:on|at|in|for|with))?)"
+                        r"\s+(?:a|an)\s+(?P<kind>[a-z]+)\s+(?:called|named)\s", clause)
+        described = [f"the {done['kind']} {done['who']}{done['be'] or ''} {done['verb']}"] if done else []
+        return [named.group(1)] + described
     renamed = re.search(r"\b(?:named|call|called)\s+(?:the|my|our)\s+([a-z]+)\s+" + NAME, clause)
-    return f"my {renamed.group(1)}" if renamed else ""  # "I named the car Gustav" → "my car"
+    return [f"my {renamed.group(1)}"] if renamed else []  # "I named the car Gustav" → "my car"
 
 
 def _resolve(clause: str, antecedent: str) -> str:
@@ -235,7 +261,8 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
         verb, tail = progressive["verb"], progressive["tail"]
         to_verb = re.match(r"to\s+(\w+)\s+(.+)$", tail)
         if to_verb:
-            verb, tail = f"{verb} to {to_verb.group(1)}", to_verb.group(2)
+            return (_object_questions(f"{head} {verb} to {to_verb[1]}", subject, to_verb[2])
+                    + _catenative(head, subject, _ing_base(verb), verb, to_verb[1], to_verb[2]))
         return _object_questions(f"{head} {verb}", subject, tail)
     called = re.match(r"(?:called|named)\s+(?P<name>.+)$", rest) or CALLED.match(rest)
     if called:  # "My cat is called Pixel", "My dog is a greyhound named Comet"
@@ -263,7 +290,8 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
         # "Who wrote The Glass Orchard?" — not "Who wrote it?", which every book question matches
         active = ([(f"Who {past} {subject}?", _before_pp(obj))]
                   if prep == "by" and past and subject.lower() not in PRONOUNS else [])
-        return [(f"{wh} {head} {adj}{'' if wh == 'When' else ' ' + prep}?", _before_pp(obj))] + active + [
+        avoid = [(f"What should {subject} avoid?", _before_pp(obj))] if adj in AVOIDS else []
+        return [(f"{wh} {head} {adj}{'' if wh == 'When' else ' ' + prep}?", _before_pp(obj))] + active + avoid + [
             (f"Where {head} {adj}?", place) for place in [_place(obj)] if place]
     complement = _before_pp(rest)
     out = [(f"What {head}?", complement)]
@@ -321,7 +349,9 @@ def _object_questions(ask: str, subject: str, rest: str) -> list[tuple[str, str]
     if words[0] in PARTICLES:  # "broke down", "setting up"
         return _object_questions(f"{ask} {words[0]}", subject, " ".join(words[1:]))
     if words[0] == "to" and len(words) > 2 and _statement_verb(ask) in TAKES_INFINITIVE:  # "want to draw"
-        return _object_questions(f"{ask} to {words[1]}", subject, " ".join(words[2:]))
+        tail = " ".join(words[2:])
+        return (_object_questions(f"{ask} to {words[1]}", subject, tail)
+                + _catenative(ask.rsplit(" ", 1)[0], subject, _statement_verb(ask), ask.split()[-1], words[1], tail))
     if words[0] in PREPS:
         obj, prep, pp = "", words[0], " ".join(words[1:])
     else:
@@ -342,7 +372,8 @@ def _object_questions(ask: str, subject: str, rest: str) -> list[tuple[str, str]
         name = _before_pp(called["name"]) if not re.fullmatch(NAME, called["name"]) else called["name"]
         return out + [(f"Which {called['kind']} {middle} {prep}?", name),
                       (f"What is {owner} {called['kind']} called?", name),
-                      (f"What is the {called['kind']} {subject} {_statement_verb(ask)} {prep} called?", name)]
+                      (f"What is the {called['kind']} {subject} {_statement_verb(ask)} {prep} called?", name)
+                      ] + ([(f"Where {middle}?", name)] if prep in PLACE_PREPS else [])  # "climb at a gym called …"
     target = _before_pp(pp)
     place = _place(pp) or (target if target[:1].isupper() else "")
     if prep in PLACE_PREPS and place:
@@ -393,6 +424,20 @@ def _statement_verb(ask: str) -> str:
     """"do I work" → "work", "am I reading" → "am reading": the verb as the statement has it."""
     words = ask.split()
     return words[-1] if words[0] in {"do", "did", "does"} else " ".join([words[0], *words[2:]])
+
+
+def _catenative(head: str, subject: str, base: str, said: str, inner: str, tail: str) -> list[tuple[str, str]]:
+    """"I'm learning to play the bandoneon" also says what the user plays ("What do I
+    play?") and what they are learning ("What am I learning?")."""
+    does = "do" if subject in {"I", "we", "they"} else "does"
+    return ((_object_questions(f"{does} {subject} {inner}", subject, tail) if base in DOES_IT else [])
+            + (_object_questions(f"{head} {said}", subject, tail) if base in NAMES_IT else []))
+
+
+def _ing_base(verb: str) -> str:
+    """"learning" → "learn", "loving" → "love"."""
+    stem = verb[:-3]
+    return stem if stem in TAKES_INFINITIVE else stem + "e"
 
 
 def _my_name(name: str) -> list[tuple[str, str]]:

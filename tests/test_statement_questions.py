@@ -40,6 +40,15 @@ def asked(*statements: str) -> dict[str, str]:
     (["I named the boat Wave."], "What did I name my boat?", "Wave"),
     (["I sleep in a tent I call the Palace."], "What do I call the tent?", "Palace"),
     (["My go-to drink is mint tea."], "What is my favourite drink?", "mint tea"),
+    (["I'm learning to play the cello."], "What do I play?", "cello"),
+    (["I'm learning to play the cello."], "What am I learning?", "cello"),
+    (["I love to bake sourdough."], "What do I bake?", "sourdough"),
+    (["I swim at a pool called Blue Lagoon."], "Where do I swim?", "Blue Lagoon"),
+    (["I'm allergic to peanuts."], "What should I avoid?", "peanuts"),
+    (["My dog is called Biscuit."], "What is the name of my pet?", "Biscuit"),
+    (["I'm writing a novel called Salt Roads.", "It was edited by Ada Lind."],
+     "Who edited the book I'm writing?", "Ada Lind"),
+    (["Our band is called The Moths.", "We rehearse in Leeds."], "Where does our band rehearse?", "Leeds"),
 ])
 def test_a_clause_becomes_the_questions_its_grammar_allows(statements, question, answer):
     assert asked(*statements)[question] == answer
@@ -53,6 +62,16 @@ def test_a_pronoun_is_asked_as_said_and_as_resolved():
     got = asked("My sister Ana is a pilot.", "She lives in Porto.", "Her birthday is on the 3rd of May.")
     assert got["Where does my sister Ana live?"] == got["Where does she live?"] == "Porto"
     assert got["When is her birthday?"] == got["When is my sister Ana's birthday?"] == "3rd of May"
+
+
+def test_only_what_the_user_does_is_asked_of_an_infinitive_they_only_want():
+    got = asked("I want to visit Japan.")
+    assert "What do I visit?" not in got and "What do I want?" not in got
+
+
+def test_we_is_asked_as_the_group_only_after_the_user_named_one():
+    assert "What does my sister build?" not in asked("My sister Ana is a pilot.", "We build kites.")
+    assert asked("My team is called Blue Owls.", "We build kites.")["What does my team build?"] == "kites"
 
 
 def test_a_negated_clause_is_not_learned_but_its_question_takes_the_new_answer():
