@@ -84,17 +84,19 @@ def questions(statements: list[str]) -> list[tuple[str, str, str]]:
         affirmed, negated = [], []
         for said in _clauses(statement):
             resolved = [c for c in (_resolve(said, a) for a in antecedents or [""]) if c]
+            meant = (resolved or [said])[0]
             if NEGATED.search(said):
-                negated += [q for q, _ in _clause_questions(NEGATED.sub("", (resolved or [said])[0]))]
+                negated += [q for q, _ in _clause_questions(NEGATED.sub("", meant))]
                 continue
             # the pronoun as said too: the user will ask "Where is his workshop?" the same way
-            for clause in dict.fromkeys([*resolved, said]):
-                answers = [(q, _answer(a)) for q, a in _clause_questions(clause)]
-                affirmed += [(q, a) for q, a in answers if a and a.lower() in statement.lower()]
+            answers = [(q, _answer(a)) for clause in dict.fromkeys([*resolved, said])
+                       for q, a in _clause_questions(clause)]
+            found = [(q, a) for q, a in answers if a and a.lower() in statement.lower()]
             group = next((a for a in antecedents if a.split()[-1] in GROUPS), "")
             if group and said.split()[0] in {"We", "Our"}:  # "We build soil sensors" said of "my startup"
-                affirmed += [(_as_group(q, group), a) for q, a in affirmed if re.search(r"\b(?:we|our)\b", q)]
-            antecedents = _antecedents((resolved or [said])[0]) or antecedents
+                found += [(_as_group(q, group), a) for q, a in found if re.search(r"\b(?:we|our)\b", q)]
+            affirmed += found
+            antecedents = _antecedents(meant) or antecedents
         replaced = [(old, new[0]) for old in negated
                     for new in [[a for q, a in affirmed if q.split()[0] == old.split()[0]]] if new]
         for question, answer in affirmed + replaced:
@@ -262,7 +264,7 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
         to_verb = re.match(r"to\s+(\w+)\s+(.+)$", tail)
         if to_verb:
             return (_object_questions(f"{head} {verb} to {to_verb[1]}", subject, to_verb[2])
-                    + _catenative(head, subject, _ing_base(verb), verb, to_verb[1], to_verb[2]))
+                    + _catenative(f"{head} {verb}", subject, _ing_base(verb), to_verb[1], to_verb[2]))
         return _object_questions(f"{head} {verb}", subject, tail)
     called = re.match(r"(?:called|named)\s+(?P<name>.+)$", rest) or CALLED.match(rest)
     if called:  # "My cat is called Pixel", "My dog is a greyhound named Comet"
@@ -307,7 +309,7 @@ def _copula(subject: str, be: str, rest: str) -> list[tuple[str, str]]:
             out.append((f"What is {own} favourite {kind}?", complement))
     place = _place(rest)
     if re.match(r"(?:a|an)\s", rest) and (subject == "I" or re.search(NAME, subject)):  # "my sister Mira is a ..."
-        do = "do" if subject == "I" else "does"
+        do = _do(subject)
         out.append((f"What {do} {subject} do?", complement))
         if place:  # "… is a nurse at Saint Aldric Hospital"
             out.append((f"Where {do} {subject} work?", place))
@@ -351,7 +353,7 @@ def _object_questions(ask: str, subject: str, rest: str) -> list[tuple[str, str]
     if words[0] == "to" and len(words) > 2 and _statement_verb(ask) in TAKES_INFINITIVE:  # "want to draw"
         tail = " ".join(words[2:])
         return (_object_questions(f"{ask} to {words[1]}", subject, tail)
-                + _catenative(ask.rsplit(" ", 1)[0], subject, _statement_verb(ask), ask.split()[-1], words[1], tail))
+                + _catenative(ask, subject, _statement_verb(ask), words[1], tail))
     if words[0] in PREPS:
         obj, prep, pp = "", words[0], " ".join(words[1:])
     else:
@@ -426,12 +428,16 @@ def _statement_verb(ask: str) -> str:
     return words[-1] if words[0] in {"do", "did", "does"} else " ".join([words[0], *words[2:]])
 
 
-def _catenative(head: str, subject: str, base: str, said: str, inner: str, tail: str) -> list[tuple[str, str]]:
-    """"I'm learning to play the bandoneon" also says what the user plays ("What do I
-    play?") and what they are learning ("What am I learning?")."""
-    does = "do" if subject in {"I", "we", "they"} else "does"
-    return ((_object_questions(f"{does} {subject} {inner}", subject, tail) if base in DOES_IT else [])
-            + (_object_questions(f"{head} {said}", subject, tail) if base in NAMES_IT else []))
+def _catenative(ask: str, subject: str, base: str, inner: str, tail: str) -> list[tuple[str, str]]:
+    """"I'm learning to play the bandoneon" (``ask`` "am I learning", ``base`` "learn")
+    also says what the user plays ("What do I play?") and what they are learning ("What am
+    I learning?")."""
+    return ((_object_questions(f"{_do(subject)} {subject} {inner}", subject, tail) if base in DOES_IT else [])
+            + (_object_questions(ask, subject, tail) if base in NAMES_IT else []))
+
+
+def _do(subject: str) -> str:
+    return "do" if subject in {"I", "we", "they"} else "does"
 
 
 def _ing_base(verb: str) -> str:
