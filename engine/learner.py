@@ -23,7 +23,10 @@ recall, but their firing on every personal question flipped ~15 % of unrelated a
 Locality: the edit's effect on generic text (anchors) is computed exactly at each edited
 layer from the anchors' cached FFN inputs — no anchor forward passes — and its energy,
 relative to the layer's own FFN output, is penalised; training the keys lets the neurons
-learn to stay silent on generic text. Every delta vector's norm is capped.
+learn to stay silent on generic text. Three kinds of rows weigh differently: where unrelated
+questions are answered (~2,000 of them: a detector firing a little on any question moved
+their first answer token), plain prose (its perplexity), and everything else. Every delta
+vector's norm is capped.
 
 Cost: the frozen prefix (layers below the first edited one) runs once, and so does the
 system prompt every example starts with; each step runs only the layers above it on the
@@ -46,12 +49,13 @@ from engine.twin import Twin
 
 @dataclass
 class Recipe:
-    layers: tuple[int, ...] = (8, 9, 10, 11)
+    layers: tuple[int, ...] = (10, 11, 12, 13)  # above 8–11: less interference between sessions
     neurons: int = 4  # per layer per session
     steps: int = 60  # at most: most sessions' answers are learned in 20–40
     lr: float = 0.01
-    locality_weight: float = 100.0
+    locality_weight: float = 300.0
     answer_weight: float = 10.0  # extra weight of anchor rows where unrelated answers begin
+    prose_weight: float = 5.0  # extra weight of plain prose's rows (the perplexity of text)
     max_norm: float = 1.0  # each delta vector, × the median norm of its base vectors
     select: str = "keyed"  # "keyed": quiet neurons re-keyed as detectors; "ratio": active on the questions ÷ on generic text
     key_margin: float = 3.0  # keyed: gate pre-activation ≥ +margin on the question, ≤ −margin elsewhere
@@ -99,6 +103,7 @@ class Anchors:
     """
 
     inputs: dict[int, torch.Tensor]  # FFN inputs (n × d_model), a sample of rows
+    prose: dict[int, torch.Tensor]  # a sample of plain prose's rows alone: see anchors_for
     answers: dict[int, torch.Tensor]  # FFN inputs at answer positions of dialogue anchors
     start: dict[int, torch.Tensor]  # FFN input at the first position (1 × d_model): see above
     out_energy: dict[int, float]  # mean squared norm of the FFN output
@@ -119,39 +124,42 @@ def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
     """
     answer_starts = answer_starts or [None] * len(texts)
     inputs = {l: [] for l in layers}
+    prose = {l: [] for l in layers}  # plain text's rows, sampled on their own: see below
     answers = {l: [] for l in layers}
-    acts = {l: [] for l in layers}
-    energy = {l: [] for l in layers}
     for start, chunk, seen in _ffn_passes(twin, texts, layers):
         starts = answer_starts[start:start + len(chunk)]
         for l in layers:
-            x, out = seen[l]
+            x = seen[l]
             rows = torch.cat([x[i, : len(s)] for i, s in enumerate(chunk)])
             inputs[l].append(rows)
+            prose[l] += [x[i, : len(s)] for i, (s, a) in enumerate(zip(chunk, starts)) if a is None]
             answers[l] += [x[i, max(a - 1 - question_tail, 0): len(s)]
                            for i, (s, a) in enumerate(zip(chunk, starts)) if a is not None]
-            acts[l].append(_activation(twin, l, rows))
-            energy[l].append(torch.cat([out[i, : len(s)] for i, s in enumerate(chunk)]).pow(2).sum(-1))
     pick = torch.Generator().manual_seed(0)
-    out = Anchors({}, {}, {}, {}, {})
+    out = Anchors({}, {}, {}, {}, {}, {})
     for l in layers:
         out.start[l] = inputs[l][0][:1]
         rows = torch.cat(inputs[l])
-        out.activity[l] = torch.cat(acts[l]).pow(2).mean(0).sqrt()
-        out.out_energy[l] = float(torch.cat(energy[l]).mean())
-        out.inputs[l] = rows[torch.randperm(rows.shape[0], generator=pick)[:max_rows]]
+        # Dialogues outnumber prose many times over: a sample of all rows would leave prose
+        # (and the perplexity of plain text) almost unguarded, so each kind gets max_rows.
+        plain = torch.cat(prose[l]) if prose[l] else rows[:0]
+        out.inputs[l], out.prose[l] = (sample[torch.randperm(sample.shape[0], generator=pick)[:max_rows]]
+                                       for sample in (rows, plain))
+        both = torch.cat([out.inputs[l], out.prose[l]])
+        out.activity[l] = _activation(twin, l, both).pow(2).mean(0).sqrt()
+        out.out_energy[l] = float(twin.layers[l].mlp(both).pow(2).sum(-1).mean())
         out.answers[l] = torch.cat(answers[l]) if answers[l] else rows[:0]
     return out
 
 
 def _ffn_passes(twin: Twin, sequences: list[list[int]], layers: tuple[int, ...], size: int = 16
-                ) -> Iterator[tuple[int, list[list[int]], dict[int, tuple[torch.Tensor, torch.Tensor]]]]:
+                ) -> Iterator[tuple[int, list[list[int]], dict[int, torch.Tensor]]]:
     """Run ``sequences`` in chunks up to the last of ``layers``; per chunk, its offset, the
-    chunk, and each layer's FFN input and output."""
+    chunk, and each layer's FFN input."""
     for start in range(0, len(sequences), size):
         chunk, seen = sequences[start:start + size], {}
-        hooks = [twin.layers[l].mlp.register_forward_hook(
-            lambda m, a, out, l=l: seen.__setitem__(l, (a[0], out))) for l in layers]
+        hooks = [twin.layers[l].mlp.register_forward_pre_hook(
+            lambda m, a, l=l: seen.__setitem__(l, a[0])) for l in layers]
         try:
             batch = twin.batch(chunk)
             twin.run(twin.embed(batch), batch, 0, max(layers) + 1)
@@ -307,14 +315,15 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                          for fact in facts]
             endings = [e.ending(seen[layer][i]) for i, e in enumerate(examples)]
             edit.set_keys([positives[f] for f in keyed_facts(len(facts), depth, recipe.neurons)],
-                          torch.cat([anchors.inputs[layer], unrelated[layer], *endings]),
+                          torch.cat([anchors.inputs[layer], anchors.prose[layer], unrelated[layer], *endings]),
                           anchors.start[layer], recipe.key_margin)
         edits.append(edit)
 
     # What the locality term reads, per edit: (fixed inputs, their unedited output, weight).
     with torch.no_grad():
         penalised = [[(x, e.activation(x, False), w) for x, w in (
-            (anchors.inputs[e.layer], 1.0), (unrelated[e.layer], recipe.answer_weight),
+            (anchors.inputs[e.layer], 1.0), (anchors.prose[e.layer], recipe.prose_weight),
+            (unrelated[e.layer], recipe.answer_weight),
             (anchors.start[e.layer], recipe.answer_weight))] for e in edits]
         # The system prompt every example starts with runs once, not at every step: the new
         # neurons are trained silent on generic text, which includes it.
@@ -377,6 +386,6 @@ def _asked(twin: Twin, examples: list[Example], layers: tuple[int, ...],
     rows = {l: [torch.zeros(0, twin.config.hidden_size, device=twin.device)] for l in layers}
     for start, chunk, seen in _ffn_passes(twin, [e.tokens for e in examples], layers):
         for l in layers:
-            rows[l] += [e.question(seen[l][0][i], tail)
+            rows[l] += [e.question(seen[l][i], tail)
                         for i, e in enumerate(examples[start:start + len(chunk)])]
     return {l: torch.cat(r) for l, r in rows.items()}
