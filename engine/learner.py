@@ -35,13 +35,16 @@ examples' own tokens, and the 262k-row output head only at answer positions.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from engine.overlay import NeuronBlock
 from engine.twin import Twin
@@ -108,6 +111,25 @@ class Anchors:
     start: dict[int, torch.Tensor]  # FFN input at the first position (1 × d_model): see above
     out_energy: dict[int, float]  # mean squared norm of the FFN output
     activity: dict[int, torch.Tensor]  # root mean square activation per neuron
+
+
+    def save(self, path: Path) -> None:
+        """Write to ``path`` atomically (temp file + rename): a half-written file is never read."""
+        tensors = {f"{name}.{l}": t.contiguous().cpu() for name in ("inputs", "prose", "answers", "start", "activity")
+                   for l, t in getattr(self, name).items()}
+        tensors |= {f"out_energy.{l}": torch.tensor(e, dtype=torch.float64) for l, e in self.out_energy.items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device) -> "Anchors":
+        out = cls({}, {}, {}, {}, {}, {})
+        for key, t in load_file(str(path), device=str(device)).items():
+            name, layer = key.rsplit(".", 1)
+            getattr(out, name)[int(layer)] = float(t) if name == "out_energy" else t
+        return out
 
 
 Progress = Callable[[float, str], None]

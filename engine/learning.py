@@ -17,6 +17,7 @@ from __future__ import annotations
 
 
 import fcntl
+import hashlib
 import json
 import re
 import tempfile
@@ -245,10 +246,19 @@ def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
                 dialogue(runtime, system, f["question"], f" {f['answer']}.")
                 for f in world_facts()[0::2] + unrelated_questions()]
             prose = [runtime.tokenize(p) for p in anchor_prose()]
-            _anchors[key] = learner.anchors_for(
-                twin, [p + a for p, a in qa] + prose, tuple(recipe.layers),
-                answer_starts=[len(p) for p, _ in qa] + [None] * len(prose),
-                question_tail=recipe.key_context)
+            texts = [p + a for p, a in qa] + prose
+            starts = [len(p) for p, _ in qa] + [None] * len(prose)
+            # Building them runs ~2,000 dialogues (minutes on CPU): once per machine, not per process.
+            digest = hashlib.sha256(json.dumps(
+                [twin.sha256, texts, starts, recipe.layers, recipe.key_context]).encode()).hexdigest()
+            path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
+            if path.exists():
+                _anchors[key] = learner.Anchors.load(path, twin.device)
+            else:
+                _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers),
+                                                    answer_starts=starts,
+                                                    question_tail=recipe.key_context)
+                _anchors[key].save(path)
         return _anchors[key]
 
 

@@ -364,6 +364,23 @@ def test_prose_keeps_its_rows_in_the_locality_term_however_many_dialogues_there_
     assert all(torch.isclose(rows, r, atol=1e-5).all(-1).any() for r in prose_rows)
 
 
+def test_anchors_are_built_once_per_machine_and_read_back_exactly(engine, monkeypatch):
+    """A new process reads the anchors from the cache instead of rebuilding them (minutes
+    on CPU for the built-in model); the same texts give the same tensors."""
+    from engine import learning
+
+    twin, rt, recipe = twin_for(engine.runtime), engine.runtime, learner.Recipe()
+    monkeypatch.setattr(learning, "_anchors", {})
+    built = anchors_for(twin, rt, "a system prompt", recipe)
+    monkeypatch.setattr(learning, "_anchors", {})  # as in a new process
+    monkeypatch.setattr(learner, "anchors_for", lambda *a, **k: pytest.fail("rebuilt"))
+    read = anchors_for(twin, rt, "a system prompt", recipe)
+    for name in ("inputs", "prose", "answers", "start", "activity", "out_energy"):
+        for layer in recipe.layers:
+            a, b = getattr(built, name)[layer], getattr(read, name)[layer]
+            assert torch.equal(a, b) if name != "out_energy" else a == b
+
+
 def test_the_gate_measures_nothing_changed_as_perfect(engine):
     score = engine.learning.gate().measure(None)
     assert score.locality == 1.0 and score.kl_neutral == pytest.approx(0.0, abs=1e-6)
