@@ -112,7 +112,6 @@ class Anchors:
     out_energy: dict[int, float]  # mean squared norm of the FFN output
     activity: dict[int, torch.Tensor]  # root mean square activation per neuron
 
-
     def save(self, path: Path) -> None:
         """Write to ``path`` atomically (temp file + rename): a half-written file is never read."""
         tensors = {f"{name}.{l}": t.contiguous().cpu() for name in ("inputs", "prose", "answers", "start", "activity")
@@ -120,8 +119,12 @@ class Anchors:
         tensors |= {f"out_energy.{l}": torch.tensor(e, dtype=torch.float64) for l, e in self.out_energy.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, str(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path, device: torch.device) -> "Anchors":
