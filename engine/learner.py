@@ -38,16 +38,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from safetensors.torch import load_file, save_file
 
 from engine.overlay import NeuronBlock
-from engine.twin import Twin
+from engine.twin import Prefix, Twin
 
 
 @dataclass
@@ -112,9 +113,13 @@ class Anchors:
     out_energy: dict[int, float]  # mean squared norm of the FFN output
     activity: dict[int, torch.Tensor]  # root mean square activation per neuron
 
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
     def save(self, path: Path) -> None:
         """Write to ``path`` atomically (temp file + rename): a half-written file is never read."""
-        tensors = {f"{name}.{l}": t.contiguous().cpu() for name in ("inputs", "prose", "answers", "start", "activity")
+        tensors = {f"{name}.{l}": t.contiguous().cpu() for name in self.names() if name != "out_energy"
                    for l, t in getattr(self, name).items()}
         tensors |= {f"out_energy.{l}": torch.tensor(e, dtype=torch.float64) for l, e in self.out_energy.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,11 +132,16 @@ class Anchors:
             raise
 
     @classmethod
-    def load(cls, path: Path, device: torch.device) -> "Anchors":
+    def load(cls, path: Path, device: torch.device, layers: tuple[int, ...]) -> "Anchors":
+        """Read what ``save`` wrote; ValueError (or safetensors' error) if it is not that."""
         out = cls({}, {}, {}, {}, {}, {})
         for key, t in load_file(str(path), device=str(device)).items():
             name, layer = key.rsplit(".", 1)
+            if name not in cls.names():
+                raise ValueError(f"{path}: unexpected tensor {key!r}")
             getattr(out, name)[int(layer)] = float(t) if name == "out_energy" else t
+        if any(set(getattr(out, name)) != set(layers) for name in cls.names()):
+            raise ValueError(f"{path}: not the anchors of layers {list(layers)}")
         return out
 
 
@@ -177,17 +187,22 @@ def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
     return out
 
 
-def _ffn_passes(twin: Twin, sequences: list[list[int]], layers: tuple[int, ...], size: int = 16
+def _ffn_passes(twin: Twin, sequences: list[list[int]], layers: tuple[int, ...], size: int = 16,
+                prefix: Prefix | None = None, keep: bool = False
                 ) -> Iterator[tuple[int, list[list[int]], dict[int, torch.Tensor]]]:
-    """Run ``sequences`` in chunks up to the last of ``layers``; per chunk, its offset, the
-    chunk, and each layer's FFN input."""
+    """Run ``sequences`` (continuing ``prefix``, if given) in chunks up to the last of
+    ``layers``; per chunk, its offset, the chunk, and each layer's FFN input. ``keep``: the
+    states below the first of ``layers`` come from (and go to) the twin's cache of them."""
+    first = min(layers) if keep else 0
     for start in range(0, len(sequences), size):
         chunk, seen = sequences[start:start + size], {}
         hooks = [twin.layers[l].mlp.register_forward_pre_hook(
             lambda m, a, l=l: seen.__setitem__(l, a[0])) for l in layers]
         try:
-            batch = twin.batch(chunk)
-            twin.run(twin.embed(batch), batch, 0, max(layers) + 1)
+            batch = twin.batch(chunk, prefix)
+            h = (pad_sequence(twin.entering(chunk, first, prefix), batch_first=True) if keep
+                 else twin.embed(batch))
+            twin.run(h, batch, first, max(layers) + 1)
         finally:
             for h in hooks:
                 h.remove()
@@ -231,9 +246,15 @@ class NeuronEdit(torch.nn.Module):
             gate = torch.zeros(len(positives), negatives.shape[1], device=negatives.device,
                                requires_grad=True)
             optim = torch.optim.Adam([gate], lr=0.05)
-            for _ in range(steps):
+            hard = negatives
+            for step in range(steps):
+                if step and step % 10 == 0:
+                    # Tens of thousands of negatives, most soon far below the margin, where
+                    # they add nothing (softplus(−8) < 4e-4): each pass reads only the others.
+                    with torch.no_grad():
+                        hard = negatives[(negatives @ gate.T + margin > -8).any(1)]
                 loss = (sum(F.softplus(margin - pos @ g).mean() for pos, g in zip(positives, gate))
-                        + F.softplus(negatives @ gate.T + margin).mean(0).sum()
+                        + F.softplus(hard @ gate.T + margin).sum(0).div(len(negatives)).sum()
                         + F.softplus(start @ gate.T + margin).mean(0).sum())
                 optim.zero_grad()
                 loss.backward()
@@ -407,10 +428,14 @@ def _shared_prefix(sequences: list[list[int]], limit: int) -> int:
 @torch.no_grad()
 def _asked(twin: Twin, examples: list[Example], layers: tuple[int, ...],
            tail: int) -> dict[int, torch.Tensor]:
-    """Per layer, the FFN inputs at the question/answer rows of these examples."""
+    """Per layer, the FFN inputs at the question/answer rows of these examples (every
+    earlier session's: hundreds of dialogues, so their shared system prompt runs once)."""
     rows = {l: [torch.zeros(0, twin.config.hidden_size, device=twin.device)] for l in layers}
-    for start, chunk, seen in _ffn_passes(twin, [e.tokens for e in examples], layers):
+    shared = _shared_prefix([e.tokens for e in examples],
+                            min((len(e.prompt) for e in examples), default=0) - 1 - tail)
+    prefix = twin.prefix(examples[0].tokens[:shared]) if shared else None
+    rest = [Example(e.prompt[shared:], e.answer, e.end) for e in examples]
+    for start, chunk, seen in _ffn_passes(twin, [e.tokens for e in rest], layers, prefix=prefix, keep=True):
         for l in layers:
-            rows[l] += [e.question(seen[l][i], tail)
-                        for i, e in enumerate(examples[start:start + len(chunk)])]
+            rows[l] += [e.question(seen[l][i], tail) for i, e in enumerate(rest[start:start + len(chunk)])]
     return {l: torch.cat(r) for l, r in rows.items()}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import re
 import tempfile
 import threading
@@ -252,14 +253,28 @@ def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
             digest = hashlib.sha256(json.dumps(
                 [twin.sha256, texts, starts, recipe.layers, recipe.key_context]).encode()).hexdigest()
             path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
-            if path.exists():
-                _anchors[key] = learner.Anchors.load(path, twin.device)
-            else:
-                _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers),
-                                                    answer_starts=starts,
+            _anchors[key] = _cached_anchors(path, twin, tuple(recipe.layers))
+            if _anchors[key] is None:
+                _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers), answer_starts=starts,
                                                     question_tail=recipe.key_context)
                 _anchors[key].save(path)
         return _anchors[key]
+
+
+def _cached_anchors(path: Path, twin: "Twin", layers: tuple[int, ...]) -> "Anchors | None":
+    """The anchors cached at ``path``; None when there are none or the file is damaged (a
+    cache: it is rebuilt, never trusted half-read)."""
+    from safetensors import SafetensorError
+
+    from engine import learner
+
+    try:
+        return learner.Anchors.load(path, twin.device, layers)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, SafetensorError) as e:
+        logging.getLogger(__name__).warning("rebuilding the anchor cache: %s", e)
+        return None
 
 
 PROJECTIONS = {"ffn_down": "down_proj", "ffn_up": "up_proj", "ffn_gate": "gate_proj"}
@@ -271,6 +286,7 @@ def applied(twin: "Twin", overlay: SparseOverlay) -> Iterator[None]:
     import torch
 
     saved = []
+    twin.edited = {b.layer for b in overlay.blocks}
     try:
         with torch.no_grad():
             for layer, matrix in sorted({(b.layer, b.matrix) for b in overlay.blocks}):
@@ -283,6 +299,7 @@ def applied(twin: "Twin", overlay: SparseOverlay) -> Iterator[None]:
         with torch.no_grad():
             for weight, original in saved:
                 weight.copy_(original)
+        twin.edited = set()
 
 
 # -- the locality gate --------------------------------------------------------------------

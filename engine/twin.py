@@ -44,8 +44,8 @@ class Prefix:
     cache (``update``), so the decoder layers need no change; the prefix's states are fixed,
     which is what lets the learner skip the system prompt at every step."""
 
-    def __init__(self, length: int):
-        self.length = length
+    def __init__(self, tokens: list[int]):
+        self.tokens, self.length = tuple(tokens), len(tokens)
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, **kwargs):
@@ -66,6 +66,8 @@ class Twin:
         self.layers = model.model.layers
         self.n_layer = len(self.layers)
         self.device = next(model.parameters()).device
+        self.edited: set[int] = set()  # layers whose weights carry an overlay just now
+        self._entering: dict[tuple, torch.Tensor] = {}  # see entering
 
     # -- loading --------------------------------------------------------------
 
@@ -126,10 +128,30 @@ class Twin:
     @torch.no_grad()
     def prefix(self, tokens: list[int]) -> Prefix:
         """Run ``tokens`` once and keep each layer's keys and values for ``batch(…, prefix=)``."""
-        out = Prefix(len(tokens))
+        out = Prefix(tokens)
         batch = self.batch([tokens])
         batch.prefix = out
         self.run(self.embed(batch), batch)
+        return out
+
+    @torch.no_grad()
+    def entering(self, sequences: list[list[int]], layer: int, prefix: Prefix | None = None,
+                 keep: int = 4096) -> list[torch.Tensor]:
+        """Each sequence's hidden states entering ``layer`` (after ``prefix``). Kept for the
+        next call while no layer below ``layer`` is edited (the learner asks every earlier
+        session's questions at each run; only the layers it edits change between runs);
+        at most ``keep`` sequences, the oldest dropped first."""
+        key = lambda s: (layer, prefix.tokens if prefix else (), tuple(s))
+        kept = self._entering if not any(l < layer for l in self.edited) else {}
+        missing = [s for s in sequences if key(s) not in kept]
+        for start in range(0, len(missing), 16):
+            chunk = missing[start:start + 16]
+            batch = self.batch(chunk, prefix)
+            h = self.run(self.embed(batch), batch, 0, layer)
+            kept.update((key(s), h[i, : len(s)]) for i, s in enumerate(chunk))
+        out = [kept[key(s)] for s in sequences]
+        for old in list(self._entering)[: max(len(self._entering) - keep, 0)]:
+            del self._entering[old]
         return out
 
     def embed(self, batch: Batch) -> torch.Tensor:

@@ -381,6 +381,60 @@ def test_anchors_are_built_once_per_machine_and_read_back_exactly(engine, monkey
             assert torch.equal(a, b) if name != "out_energy" else a == b
 
 
+def test_states_below_the_edited_layers_are_reused_only_while_nothing_below_changes(engine, make_overlay):
+    """The learner asks every earlier session's questions at each run; their states below
+    the edited layers come from the twin's cache, but never once an overlay edits below."""
+    twin, rt = twin_for(engine.runtime), engine.runtime
+    prefix = twin.prefix(rt.tokenize("A system prompt."))
+    questions = [rt.tokenize(q, add_bos=False) for q in ("Who wrote Hamlet?", "Where is Oslo, the capital?")]
+
+    def fresh(layer: int) -> list[torch.Tensor]:
+        with torch.no_grad():
+            out = []
+            for q in questions:
+                batch = twin.batch([q], prefix)
+                out.append(twin.run(twin.embed(batch), batch, 0, layer)[0])
+            return out
+
+    kept = twin.entering(questions, 2, prefix)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(kept, fresh(2)))
+    assert all(a is b for a, b in zip(twin.entering(questions, 2, prefix), kept))  # read back
+    below = make_overlay(engine.runtime.model.sha256, [(0, "ffn_down", 8, 1)], magnitude=3.0)
+    with applied(twin, below):
+        edited = twin.entering(questions, 2, prefix)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(edited, fresh(2)))
+        assert not any(torch.allclose(a, b, atol=1e-3) for a, b in zip(edited, kept))
+    assert all(a is b for a, b in zip(twin.entering(questions, 2, prefix), kept))
+
+
+@pytest.mark.parametrize("damage", [b"", b"not safetensors at all", None])
+def test_a_damaged_anchor_cache_is_rebuilt_not_fatal(engine, monkeypatch, damage):
+    """A truncated file, garbage, or the anchors of other layers: learning rebuilds them
+    (and rewrites the cache) rather than failing or computing with half of them."""
+    from engine import learning
+
+    twin, rt, recipe = twin_for(engine.runtime), engine.runtime, learner.Recipe()
+    system = f"a system prompt to damage with {damage!r}"  # a cache file of its own
+    monkeypatch.setattr(learning, "_anchors", {})
+    saved, save = [], learner.Anchors.save
+    monkeypatch.setattr(learner.Anchors, "save", lambda self, path: save(self, saved.append(path) or path))
+    built = anchors_for(twin, rt, system, recipe)
+    path = saved[-1]
+    if damage is None:  # a valid file of the wrong shape: one layer's tensors missing
+        built.inputs.pop(recipe.layers[0])
+        save(built, path)
+    else:
+        path.write_bytes(damage)
+    monkeypatch.setattr(learning, "_anchors", {})
+    rebuilt = anchors_for(twin, rt, system, recipe)
+    assert saved == [path, path]
+    assert set(rebuilt.inputs) == set(recipe.layers)
+    monkeypatch.setattr(learning, "_anchors", {})
+    monkeypatch.setattr(learner, "anchors_for", lambda *a, **k: pytest.fail("rebuilt twice"))
+    again = anchors_for(twin, rt, system, recipe)
+    assert torch.equal(again.inputs[recipe.layers[0]], rebuilt.inputs[recipe.layers[0]])
+
+
 def test_the_gate_measures_nothing_changed_as_perfect(engine):
     score = engine.learning.gate().measure(None)
     assert score.locality == 1.0 and score.kl_neutral == pytest.approx(0.0, abs=1e-6)
