@@ -309,7 +309,11 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     progress = progress or (lambda f, m: None)
     started = time.perf_counter()
     first = min(recipe.layers)
-    batch = twin.batch([e.tokens for e in examples])
+    # The system prompt every example starts with runs once, not at every step (the new
+    # neurons are trained silent on generic text, which includes it): from here on the
+    # examples are what follows it.
+    prefix, examples = _after_shared(twin, examples, recipe.key_context)
+    batch = twin.batch([e.tokens for e in examples], prefix)
     rows, cols, targets = [], [], []
     for i, e in enumerate(examples):
         for j, token in enumerate(e.answer + e.end):
@@ -322,11 +326,12 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     for i, e in enumerate(examples):
         question[i, : len(e.prompt)] = True
 
-    # The frozen prefix, once; what the edited layers' FFNs see on these questions; and the
-    # vocabulary that competes with the answers (the full 262k-row head costs most of a step).
+    # The frozen layers, once (and kept: these are the next runs' earlier questions); what
+    # the edited layers' FFNs see on these questions; and the vocabulary that competes with
+    # the answers (the full 262k-row head costs most of a step).
     seen = {}
     with torch.no_grad():
-        h_prefix = twin.run(twin.embed(batch), batch, 0, first)
+        h_prefix = pad_sequence(twin.entering([e.tokens for e in examples], first, prefix), batch_first=True)
         hooks = [twin.layers[l].mlp.register_forward_pre_hook(
             lambda m, a, l=l: seen.__setitem__(l, a[0])) for l in recipe.layers]
         try:
@@ -371,13 +376,6 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
             (anchors.inputs[e.layer], 1.0), (anchors.prose[e.layer], recipe.prose_weight),
             (unrelated[e.layer], recipe.answer_weight),
             (anchors.start[e.layer], recipe.answer_weight))] for e in edits]
-        # The system prompt every example starts with runs once, not at every step: the new
-        # neurons are trained silent on generic text, which includes it.
-        shared = _shared_prefix([e.tokens for e in examples],
-                                min(len(e.prompt) for e in examples) - 1 - recipe.key_context)
-        if shared:
-            batch = twin.batch([e.tokens[shared:] for e in examples], twin.prefix(examples[0].tokens[:shared]))
-            h_prefix, cols_t = h_prefix[:, shared:], cols_t - shared
     optim = torch.optim.Adam([p for e in edits for p in e.parameters()], lr=recipe.lr)
     hooks = [twin.layers[e.layer].mlp.register_forward_hook(
         lambda m, a, out, e=e: out + e.change(a[0])) for e in edits]
@@ -417,6 +415,15 @@ def keyed_facts(facts: int, depth: int, k: int) -> list[int]:
     return [(depth * k + j) % facts for j in range(k)]
 
 
+def _after_shared(twin: Twin, examples: list[Example], tail: int) -> tuple[Prefix | None, list[Example]]:
+    """The tokens all ``examples`` start with (the system prompt), run once, and what follows
+    them in each (at least the question's last ``tail`` + 1 prompt tokens)."""
+    shared = _shared_prefix([e.tokens for e in examples],
+                            min((len(e.prompt) for e in examples), default=0) - 1 - tail)
+    prefix = twin.prefix(examples[0].tokens[:shared]) if shared else None
+    return prefix, [Example(e.prompt[shared:], e.answer, e.end) for e in examples]
+
+
 def _shared_prefix(sequences: list[list[int]], limit: int) -> int:
     """How many leading tokens all ``sequences`` share, at most ``limit``."""
     n = 0
@@ -431,10 +438,7 @@ def _asked(twin: Twin, examples: list[Example], layers: tuple[int, ...],
     """Per layer, the FFN inputs at the question/answer rows of these examples (every
     earlier session's: hundreds of dialogues, so their shared system prompt runs once)."""
     rows = {l: [torch.zeros(0, twin.config.hidden_size, device=twin.device)] for l in layers}
-    shared = _shared_prefix([e.tokens for e in examples],
-                            min((len(e.prompt) for e in examples), default=0) - 1 - tail)
-    prefix = twin.prefix(examples[0].tokens[:shared]) if shared else None
-    rest = [Example(e.prompt[shared:], e.answer, e.end) for e in examples]
+    prefix, rest = _after_shared(twin, examples, tail)
     for start, chunk, seen in _ffn_passes(twin, [e.tokens for e in rest], layers, prefix=prefix, keep=True):
         for l in layers:
             rows[l] += [e.question(seen[l][i], tail) for i, e in enumerate(rest[start:start + len(chunk)])]
