@@ -30,7 +30,9 @@ vector's norm is capped.
 
 Cost: the frozen prefix (layers below the first edited one) runs once, and so does the
 system prompt every example starts with; each step runs only the layers above it on the
-examples' own tokens, and the 262k-row output head only at answer positions.
+examples' own tokens, and the 262k-row output head only at answer positions. The frozen
+layers' states of each session's examples are kept (``Twin.entering``): every later run asks
+them again as earlier questions. The key fit reads only the negatives near its margin.
 """
 
 from __future__ import annotations
