@@ -322,6 +322,8 @@ class Gate:
         self.neutral = [dialogue(runtime, system, q, f" {a}") for q, a in NEUTRAL]
         self.scorer = Scorer(runtime.model.path, n_ctx=1024)
         self._base = [self.answer_logits(p, a).argmax(-1) for p, a in self.facts]
+        # The base model's replies, kept (~60 MB): recomputing them cost ~1 s of each run.
+        self._base_neutral = [log_softmax(self.answer_logits(p, a)) for p, a in self.neutral]
 
     def answer_logits(self, prompt: list[int], answer: list[int]) -> np.ndarray:
         """Logits at the positions that predict each answer token."""
@@ -331,8 +333,6 @@ class Gate:
     def measure(self, lora: Path | None, scale: float = 1.0,
                 cancel: threading.Event | None = None) -> Locality:
         """Locality of the GGUF LoRA ``lora`` (None: base weights, locality 1)."""
-        self.scorer.set_overlay(None)
-        base_neutral = [log_softmax(self.answer_logits(p, a)) for p, a in self.neutral]
         self.scorer.set_overlay(lora, scale)
         try:
             same = total = 0
@@ -341,7 +341,7 @@ class Gate:
                 same += int((self.answer_logits(prompt, answer).argmax(-1) == base).sum())
                 total += base.size
             kl = [float((np.exp(b) * (b - log_softmax(self.answer_logits(p, a)))).sum(-1).mean())
-                  for (p, a), b in zip(self.neutral, base_neutral)]
+                  for (p, a), b in zip(self.neutral, self._base_neutral)]
         finally:
             self.scorer.set_overlay(None)
         return Locality(same / total, float(np.mean(kl)))
