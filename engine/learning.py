@@ -285,21 +285,10 @@ def applied(twin: "Twin", overlay: SparseOverlay) -> Iterator[None]:
     """The twin computing with ``overlay`` added to its weights, restored exactly afterwards."""
     import torch
 
-    saved = []
-    twin.edited = {b.layer for b in overlay.blocks}
-    try:
-        with torch.no_grad():
-            for layer, matrix in sorted({(b.layer, b.matrix) for b in overlay.blocks}):
-                weight = getattr(twin.layers[layer].mlp, PROJECTIONS[matrix]).weight
-                saved.append((weight, weight.clone()))
-                delta = overlay.scale * overlay.dense_delta(layer, matrix)
-                weight += torch.from_numpy(delta).to(weight)
+    with twin.edited_by((layer, PROJECTIONS[matrix],
+                         torch.from_numpy(overlay.scale * overlay.dense_delta(layer, matrix)))
+                        for layer, matrix in sorted({(b.layer, b.matrix) for b in overlay.blocks})):
         yield
-    finally:
-        with torch.no_grad():
-            for weight, original in saved:
-                weight.copy_(original)
-        twin.edited = set()
 
 
 # -- the locality gate --------------------------------------------------------------------

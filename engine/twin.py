@@ -15,6 +15,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 
@@ -66,7 +67,7 @@ class Twin:
         self.layers = model.model.layers
         self.n_layer = len(self.layers)
         self.device = next(model.parameters()).device
-        self.edited: set[int] = set()  # layers whose weights carry an overlay just now
+        self.edited: set[int] = set()  # layers whose weights carry a delta just now: edited_by
         self._entering: dict[tuple, torch.Tensor] = {}  # see entering
 
     # -- loading --------------------------------------------------------------
@@ -133,6 +134,25 @@ class Twin:
         batch.prefix = out
         self.run(self.embed(batch), batch)
         return out
+
+    @contextmanager
+    def edited_by(self, deltas: Iterable[tuple[int, str, torch.Tensor]]) -> Iterator[None]:
+        """Compute with each (layer, FFN projection, ΔW) added to that weight, restored exactly
+        afterwards. Meanwhile ``entering`` keeps nothing above an edited layer's input."""
+        saved = []
+        try:
+            with torch.no_grad():
+                for layer, projection, delta in deltas:
+                    self.edited.add(layer)
+                    weight = getattr(self.layers[layer].mlp, projection).weight
+                    saved.append((weight, weight.clone()))
+                    weight += delta.to(weight)
+            yield
+        finally:
+            with torch.no_grad():
+                for weight, original in saved:
+                    weight.copy_(original)
+            self.edited = set()
 
     @torch.no_grad()
     def entering(self, sequences: list[list[int]], layer: int, prefix: Prefix | None = None,
