@@ -508,3 +508,24 @@ def test_every_fact_gets_a_detector_when_the_edited_layers_have_neurons_enough(f
     assert set().union(*keyed) == set(range(facts))
     if facts <= k:  # few facts: one detector of each in every layer
         assert all(set(neurons) == set(range(facts)) for neurons in keyed)
+
+
+def test_the_stop_leaves_out_only_each_fact_s_worst_phrasing_when_it_has_three_or_more():
+    # Examples 0–3 teach fact A (example 1 is stuck), 4–5 teach fact B (example 5 is stuck);
+    # two answer tokens each.
+    facts = [("A",)] * 4 + [("B",)] * 2
+    rows = torch.tensor([i for i in range(6) for _ in range(2)])
+    loss = torch.tensor([0.01, 0.02, 13.0, 0.5, 0.03, 0.01, 0.02, 0.02, 0.01, 0.0, 4.0, 0.1])
+    kept = learner.stop_rows(loss, rows, facts, spare=1)
+    assert rows[~kept].tolist() == [1, 1]  # B has two phrasings: both must be learned
+    assert not loss[kept].mean() < 0.05  # so B's stuck one still holds training
+    assert learner.stop_rows(loss, rows, facts, spare=0).all()
+
+
+def test_training_stops_on_a_plateau_but_not_on_a_slow_steady_fall():
+    plateau = [1.0, 0.6, 0.4, 0.3] + [0.29 - 0.001 * i for i in range(12)]
+    assert learner.stalled(plateau, window=10, gain=0.05)
+    assert not learner.stalled(plateau[:-2], window=10, gain=0.05)  # 0.3 → 0.28 is still −7 %
+    assert not learner.stalled([0.3] * 10, window=10, gain=0.05)  # too few steps to tell
+    steady = [0.45 * 0.97 ** i for i in range(30)]  # −3 % a step, as a fact being learned falls
+    assert not any(learner.stalled(steady[:n], window=10, gain=0.05) for n in range(1, 31))
