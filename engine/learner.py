@@ -389,6 +389,7 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     hooks = [twin.layers[e.layer].mlp.register_forward_hook(
         lambda m, a, out, e=e: out + e.change(a[0])) for e in edits]
     history, watched = [], []  # watched: the answer loss the stop reads (stop_rows)
+    stopped = "step cap"
     try:
         for step in range(recipe.steps):
             if cancel is not None and cancel.is_set():
@@ -409,11 +410,12 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
             progress((step + 1) / recipe.steps, f"step {step + 1}: answer loss {task.item():.3f}")
             watched.append(token_loss[stop_rows(token_loss.detach(), rows_t, answers, recipe.spare)].mean().item())
             if watched[-1] < recipe.stop_loss or stalled(watched, recipe.plateau, recipe.plateau_gain):
+                stopped = "learned" if watched[-1] < recipe.stop_loss else "plateau"
                 break
     finally:
         for h in hooks:
             h.remove()
-    metrics = {"steps": len(history), "answer_loss": round(history[-1][0], 4),
+    metrics = {"steps": len(history), "stopped": stopped, "answer_loss": round(history[-1][0], 4),
                "locality_penalty": round(history[-1][1], 5),
                "train_seconds": round(time.perf_counter() - started, 2)}
     return [b for e in edits for b in e.blocks(session_id)], metrics

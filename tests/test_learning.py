@@ -110,6 +110,7 @@ def test_rejected_versions_and_the_accepted_one_keep_scores_and_facts(engine):
     assert record["facts"] == [["What is my cat called?", "Pixel", record["facts"][0][2]],
                                ["What is the name of my pet?", "Pixel", record["facts"][0][2]]]
     assert record["train"]["steps"] >= 1 and record["seconds"] > 0
+    assert record["train"]["stopped"] in ("learned", "plateau", "step cap")  # why it stopped
     assert {"locality", "kl_neutral", "threshold"} <= set(result.version.metrics)
     assert result.locality.kl_neutral >= 0.0
 
