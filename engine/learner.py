@@ -329,7 +329,7 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
             cols.append(len(e.prompt) + j - 1)  # the position that predicts answer token j
             targets.append(token)
     rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-    answers = [tuple(e.answer) for e in examples]  # which fact each example teaches
+    taught = [tuple(e.answer) for e in examples]  # which fact (its answer) each example teaches
     targets_t = torch.tensor(targets, device=twin.device)
     question = torch.zeros(batch.ids.shape, dtype=torch.bool, device=twin.device)
     for i, e in enumerate(examples):
@@ -369,9 +369,9 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
         edit = NeuronEdit(twin, layer, neurons, recipe.max_norm)
         if recipe.select == "keyed":
             # One detector per fact (its phrasings together).
-            facts = sorted({tuple(e.answer) for e in examples})
+            facts = sorted(set(taught))
             positives = [torch.cat([e.question(seen[layer][i], recipe.key_context)
-                                    for i, e in enumerate(examples) if tuple(e.answer) == fact])
+                                    for i, e in enumerate(examples) if taught[i] == fact])
                          for fact in facts]
             endings = [e.ending(seen[layer][i]) for i, e in enumerate(examples)]
             edit.set_keys([positives[f] for f in keyed_facts(len(facts), depth, recipe.neurons)],
@@ -408,9 +408,12 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                 e.cap()
             history.append((task.item(), locality.item()))
             progress((step + 1) / recipe.steps, f"step {step + 1}: answer loss {task.item():.3f}")
-            watched.append(token_loss[stop_rows(token_loss.detach(), rows_t, answers, recipe.spare)].mean().item())
-            if watched[-1] < recipe.stop_loss or stalled(watched, recipe.plateau, recipe.plateau_gain):
-                stopped = "learned" if watched[-1] < recipe.stop_loss else "plateau"
+            watched.append(token_loss[stop_rows(token_loss.detach(), rows_t, taught, recipe.spare)].mean().item())
+            if watched[-1] < recipe.stop_loss:
+                stopped = "learned"
+                break
+            if stalled(watched, recipe.plateau, recipe.plateau_gain):
+                stopped = "plateau"
                 break
     finally:
         for h in hooks:
