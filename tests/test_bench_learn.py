@@ -29,7 +29,7 @@ def test_bench_learn_json_has_the_contract_keys(small, tiny_model, tmp_path, cap
     result = json.loads(out)
     assert set(result) == {"recall", "retention", "locality", "kl_neutral", "ppl_change",
                            "learn_seconds_per_session", "overlay_bytes", "trainable_params",
-                           "tokens_per_s_ratio", "counterfact", "baselines"}
+                           "tokens_per_s_ratio", "null_overlay", "counterfact", "baselines"}
     assert set(result["counterfact"]) == {"efficacy", "paraphrase", "neighborhood"}
     assert set(result["baselines"]) == {"base", "in_context"}
     for numbers in result["baselines"].values():
@@ -37,6 +37,8 @@ def test_bench_learn_json_has_the_contract_keys(small, tiny_model, tmp_path, cap
     assert result["trainable_params"] > 0 and result["overlay_bytes"] > 0
     assert result["learn_seconds_per_session"] > 0
     assert 0.0 <= result["locality"] <= 1.0 and result["tokens_per_s_ratio"] > 0
+    assert set(result["null_overlay"]) == {"locality", "kl_neutral"}
+    assert 0.0 <= result["null_overlay"]["locality"] <= 1.0
 
     lines = details.read_text().splitlines()
     phases = [line.split()[0] for line in lines]
