@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="locality gate threshold for this run (default: the configured "
                             "one; 0 accepts every run, to measure the recipe alone)")
 
+    parity = bench_sub.add_parser("parity", help="does the training model (torch) compute what "
+                                  "llama.cpp serves, with and without the memory?")
+    _common(parity, top=False)
+    parity.add_argument("--json", action="store_true")
+
     memory = sub.add_parser("memory", help="what the model learned: show, learn, diff, undo")
     memory_sub = memory.add_subparsers(dest="memory", required=True, metavar="COMMAND")
     for name, text in (("show", "what is learned, what is pending"),
@@ -184,6 +189,13 @@ def _dispatch(args) -> int:
                            args.topics and Path(args.topics), args.train and Path(args.train),
                            resume_tokens=args.resume_tokens)
         print(json.dumps(result) if args.json else cells.report(result))
+        return 0
+    if args.command == "bench" and args.bench == "parity":
+        from engine.bench import parity
+
+        with contextlib.closing(_engine(args)) as engine:
+            result = parity.run(engine)
+        print(json.dumps(result) if args.json else parity.report(result))
         return 0
     if args.command == "bench":
         from engine.bench import generate

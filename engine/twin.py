@@ -83,7 +83,9 @@ class Twin:
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 str(model_file.path.parent), gguf_file=model_file.path.name, dtype=torch.float32)
+            _attention_scale_as_llama_cpp(model)
             _write_cache(model, cache)
+        _attention_scale_as_llama_cpp(model)
         model.config._attn_implementation = "sdpa"
         return cls(model.to(device()), model_file.sha256)
 
@@ -219,6 +221,20 @@ class Twin:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _attention_scale_as_llama_cpp(model) -> None:
+    """Scale attention as llama.cpp does for Gemma 3: by 1/√head_dim, or 1/√(d_model/heads)
+    for the 62-layer 27B (``llama-model.cpp``). transformers scales by
+    1/√query_pre_attn_scalar, which its GGUF loader leaves at the default 256: the same on the
+    other released sizes (head_dim 256), not on the 27B or any other head size."""
+    config = model.config
+    if config.model_type not in ("gemma3", "gemma3_text"):
+        return
+    config.query_pre_attn_scalar = (config.hidden_size // config.num_attention_heads
+                                    if config.num_hidden_layers == 62 else config.head_dim)
+    for layer in model.model.layers:
+        layer.self_attn.scaling = config.query_pre_attn_scalar ** -0.5
 
 
 def _write_cache(model, cache) -> None:
