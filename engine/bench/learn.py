@@ -200,10 +200,10 @@ def _null_overlay(engine: Engine) -> dict:
     """Locality and KL of overlays shaped like the final one whose deltas are noise of 1e-7:
     the floor ``locality`` and ``kl_neutral`` are read against. Such an overlay changes
     nothing in exact arithmetic, yet llama.cpp's logits move (the largest by 0.6 at the median
-    position on the built-in model): it rounds each matmul's input to 8 bits for the
-    quantized weights, so any change, however small, re-rounds some of them, and answer
-    positions where the base model's top two tokens nearly tie flip (11 of the 12 positions
-    the eval's final overlay flipped were within 0.5 logits)."""
+    position on the built-in model): it computes in reduced precision (8-bit matmul inputs
+    for quantized weights, half-precision tables and caches), so any change, however small,
+    re-rounds some values, and answer positions where the base model's top two tokens nearly
+    tie flip (11 of the 12 positions the eval's final overlay flipped were within 0.5 logits)."""
     overlay, gate = engine.memory.current(), engine.learning.gate()
     scores = []
     with tempfile.TemporaryDirectory(prefix="engram-null-") as tmp:
