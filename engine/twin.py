@@ -78,14 +78,15 @@ class Twin:
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
         cache = paths.cache() / "twin" / model_file.sha256
-        if (cache / "config.json").exists():
+        cached = (cache / "config.json").exists()
+        if cached:
             model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 str(model_file.path.parent), gguf_file=model_file.path.name, dtype=torch.float32)
-            _attention_scale_as_llama_cpp(model)
+        _attention_scale_as_llama_cpp(model)  # caches written before it was set have 256
+        if not cached:
             _write_cache(model, cache)
-        _attention_scale_as_llama_cpp(model)
         model.config._attn_implementation = "sdpa"
         return cls(model.to(device()), model_file.sha256)
 
