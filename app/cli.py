@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     learn = bench_sub.add_parser("learn", help="does a fresh session know what was taught? "
                                  "(recall, retention, locality, cost)")
     _common(learn, top=False)
-    learn.add_argument("--facts", metavar="FILE",
-                       help="sessions with probes (default: the bundled user-facts.jsonl)")
+    learn.add_argument("--facts", metavar="FILE", action="append",
+                       help="sessions with probes in user-facts.jsonl's format, learned by a "
+                            "user of their own (repeatable; default: the bundled dev, natural "
+                            "and test sets, side by side)")
     learn.add_argument("--json", action="store_true")
     learn.add_argument("--sessions", type=int, metavar="N", help="only the first N sessions")
     learn.add_argument("--counterfact", type=int, default=100, metavar="N",
@@ -80,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--threshold", type=float, metavar="T",
                        help="locality gate threshold for this run (default: the configured "
                             "one; 0 accepts every run, to measure the recipe alone)")
+
+    locomo = bench_sub.add_parser("locomo", help="LoCoMo conversations learned session by "
+                                  "session, then their single-hop questions (F1, contains) for "
+                                  "Engram, the base model and a retrieval baseline")
+    _common(locomo, top=False)
+    locomo.add_argument("files", nargs="+", metavar="FILE", help="LoCoMo conversation JSON")
+    locomo.add_argument("--json", action="store_true")
+    locomo.add_argument("--sessions", type=int, metavar="N", help="only the first N sessions")
+    locomo.add_argument("--questions", type=int, metavar="N", help="only the first N questions")
+    locomo.add_argument("--details", metavar="FILE", help="per-question replies go here "
+                        "(default: stderr)")
 
     parity = bench_sub.add_parser("parity", help="does the training model (torch) compute what "
                                   "llama.cpp serves, with and without the memory?")
@@ -181,6 +194,15 @@ def _dispatch(args) -> int:
             result = learn.run(args.model, args.facts, args.sessions, args.counterfact,
                                args.threshold, stream)
         print(json.dumps(result) if args.json else learn.report(result))
+        return 0
+    if args.command == "bench" and args.bench == "locomo":
+        from engine.bench import locomo
+
+        details = open(args.details, "w") if args.details else contextlib.nullcontext(sys.stderr)
+        with details as stream:
+            results = [locomo.run(f, args.model, args.sessions, args.questions, stream)
+                       for f in args.files]
+        print(json.dumps(results) if args.json else locomo.report(results))
         return 0
     if args.command == "bench" and args.bench == "cells":
         from engine.bench import cells

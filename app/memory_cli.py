@@ -15,7 +15,8 @@ from app.memory_text import (describe, diff_summary, exported, forgot, imported,
                               when)
 from engine.engine import Engine
 from engine.errors import EngramError
-from engine.learning import VersionDiff, ancestry_records
+from engine.learning import VersionDiff
+from engine.learning.ledger import ancestry_records
 
 BAR_WIDTH = 24
 
@@ -67,8 +68,11 @@ def learn(engine: Engine, session_ids: list[int] | None, out: TextIO, err: TextI
 def show(engine: Engine, out: TextIO) -> int:
     settings = engine.settings
     state = "paused" if settings.learning_paused else "on"
-    print(f"profile {engine.profile.name} · learning {state} · locality threshold "
-          f"{settings.locality_threshold:g}", file=out)
+    gate = (f"locality ≥ {settings.locality_threshold:g}" if settings.locality_margin >= 1
+            else f"locality ≥ null floor − {settings.locality_margin:g}"
+            + (f" and ≥ {settings.locality_threshold:g}" if settings.locality_threshold else ""))
+    checks = ", no leaks or loops" if settings.gate_replies else ""
+    print(f"profile {engine.profile.name} · learning {state} · gate: {gate}{checks}", file=out)
     versions = engine.store.overlay_versions(engine.profile.id)
     active = engine.store.active_overlay(engine.profile.id)
     if active is None:

@@ -49,14 +49,16 @@ def locality(version: OverlayVersion) -> str:
 
 
 def gate(version: OverlayVersion) -> str:
-    """The locality gate's verdict on a learned version ("" for forget, reset…)."""
+    """The gate's verdict on a learned version ("" for forget, reset…): locality against
+    its threshold, and what a user would have seen (leaks, loops)."""
     metrics = version.metrics
     if "locality" not in metrics:
         return ""
-    passed = version.status != "rejected"
-    return (f"{'accepted' if passed else 'rejected'} by the locality gate: locality "
-            f"{metrics['locality']:.3f} {'≥' if passed else '<'} threshold "
-            f"{metrics['threshold']:g} · KL on neutral prompts {metrics['kl_neutral']:.4f}")
+    measured = (f"locality {metrics['locality']:.3f} (threshold {metrics['threshold']:g}) · "
+                f"KL on neutral prompts {metrics['kl_neutral']:.4f}")
+    if version.status == "rejected":
+        return f"rejected by the gate: {version.reason} · {measured}"
+    return f"accepted by the gate: {measured} · no leaks or loops"
 
 
 def describe(engine: Engine, result: LearnResult) -> str:

@@ -10,12 +10,12 @@ user's own long sessions (each later exchange, predicted after the earlier ones 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import EngramError
 from store import paths
+from store.files import read_jsonl
 
 FILLER_PER_CASE = 4  # filler exchanges in the window after a file's dropped turns
 WINDOW_TURNS = 4  # turns in the window before a session's predicted exchange
@@ -42,8 +42,7 @@ class Case:
 
 def _jsonl(path: Path) -> list[dict]:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+        return read_jsonl(path)
     except (OSError, ValueError) as exc:
         raise EngramError(f"cannot read {path}: {exc}") from None
 

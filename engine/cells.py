@@ -29,6 +29,7 @@ import numpy as np
 
 from engine.errors import EngramError
 from store import paths
+from store.files import read_jsonl
 
 FORMAT = 1
 _MAGIC = b"ENGCELL1"
@@ -257,8 +258,7 @@ class CellWriter:
 def calibration_turns() -> list[tuple[str, str]]:
     """Generic dialogue (the bench's filler turns): what an ordinary turn looks like inside."""
     turns = []
-    with open(paths.eval_data("filler-turns.jsonl"), encoding="utf-8") as fh:
-        for line in fh:
-            user, assistant = json.loads(line)["turns"]
-            turns += [("User", user), ("Assistant", assistant)]
+    for record in read_jsonl(paths.eval_data("filler-turns.jsonl")):
+        user, assistant = record["turns"]
+        turns += [("User", user), ("Assistant", assistant)]
     return turns

@@ -14,8 +14,8 @@ from engine import memory_archive
 from engine.conversation import Conversation
 from engine.errors import EngramError
 from engine.learn_queue import LearnQueue
-from engine.learning import (LearnResult, Learning, Progress, VersionDiff, pending_sessions,
-                             quiet)
+from engine.learning import LearnResult, Learning, Progress, VersionDiff, quiet
+from engine.learning.ledger import pending_sessions
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus
 from engine.model_file import open_model

@@ -43,7 +43,8 @@ import numpy as np
 from engine import llama_native
 from engine import overlay as overlay_files
 from engine.errors import EngramError
-from engine.learning import PROJECTIONS, ancestry_records
+from engine.learning.anchors import PROJECTIONS
+from engine.learning.ledger import ancestry_records
 from engine.memory import OverlayMemory
 from engine.model_file import ModelFile
 from engine.overlay import OverlayError, SparseOverlay

@@ -27,6 +27,7 @@ class Sampling:
     top_p: float = 0.95
     max_tokens: int = 512
     seed: int | None = None
+    repeat_penalty: float = 1.0  # llama.cpp's: > 1 makes a token just said less likely again
 
     @classmethod
     def greedy(cls, max_tokens: int = 64) -> "Sampling":
@@ -170,7 +171,7 @@ class Runtime:
             chunks = self.llm.create_completion(
                 tokens, max_tokens=max_tokens, temperature=sampling.temperature,
                 top_p=sampling.top_p, stop=self.format.stop, stream=True,
-                seed=sampling.seed,
+                seed=sampling.seed, repeat_penalty=sampling.repeat_penalty,
             )
             text = ""
             try:
@@ -202,17 +203,6 @@ class Runtime:
                 stop=self.format.stop if stop is None else stop, seed=sampling.seed,
             )
         return out["choices"][0]["text"]
-
-    def next_logits(self, prompt: str) -> np.ndarray:
-        """The logits of the token after ``prompt`` (raw text): for choosing among a few
-        candidate continuations without generating."""
-        from engine import llama_native
-
-        with self._lock:
-            self.kv_owner = None
-            self.llm.reset()
-            self.llm.eval(self.tokenize(prompt))
-            return llama_native.last_logits(self.llm)
 
     def invalidate_cache(self) -> None:
         """Forget reused prefixes: call after the weights (adapters) or control vector change."""

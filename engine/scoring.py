@@ -59,6 +59,22 @@ class Scorer:
         self._cached = list(tokens)
         return logits
 
+    def greedy(self, tokens: list[int], max_tokens: int, stop: list[str]) -> tuple[str, bool]:
+        """The greedy continuation of ``tokens`` (cut at the first ``stop`` string) and whether
+        it ran to ``max_tokens``: what a probe's reply would be, without the chat's context."""
+        generated: list[int] = []
+        text = ""
+        for _ in range(max_tokens):
+            sequence = tokens + generated
+            generated.append(int(self.logits_at(sequence, [len(sequence) - 1])[0].argmax()))
+            if generated[-1] == self.llm.token_eos():
+                return text, False
+            text = self.llm.detokenize(generated).decode("utf-8", "replace")
+            cut = min((text.find(s) for s in stop if s in text), default=-1)
+            if cut >= 0:
+                return text[:cut], False
+        return text, True
+
     def close(self) -> None:
         if self._adapter is not None:
             llama_native.lora_free(self._adapter)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from engine.runtime import Sampling
 from store import paths
@@ -15,9 +15,12 @@ class Settings:
     temperature: float
     top_p: float
     max_tokens: int
+    repeat_penalty: float
     n_ctx: int
     learning_paused: bool  # never learn from this profile's sessions while set
-    locality_threshold: float  # the locality gate refuses overlays below this share
+    locality_threshold: float  # the locality gate refuses overlays below this share …
+    locality_margin: float  # … or below the model's null-overlay floor less this (≥ 1: off)
+    gate_replies: bool  # the gate also refuses versions that leak or loop
 
     @classmethod
     def defaults(cls) -> "Settings":
@@ -34,10 +37,21 @@ class Settings:
             raise ValueError("temperature must be between 0 and 2")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top-p must be in (0, 1]")
+        if not 1.0 <= self.repeat_penalty <= 2.0:
+            raise ValueError("the repeat penalty must be between 1 (none) and 2")
         if not 1 <= self.max_tokens <= 8192:
             raise ValueError("max tokens must be between 1 and 8192")
         if not 0.0 <= self.locality_threshold <= 1.0:
             raise ValueError("the locality threshold must be between 0 and 1")
+        if not 0.0 <= self.locality_margin:
+            raise ValueError("the locality margin must not be negative")
+
+    def with_gate(self, threshold: float) -> "Settings":
+        """A fixed locality threshold instead of the floor-relative one (0: the gate accepts
+        every version, leaks and loops included: to measure what a recipe alone does)."""
+        return replace(self, locality_threshold=threshold, locality_margin=1.0,
+                       gate_replies=threshold > 0)
 
     def sampling(self) -> Sampling:
-        return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+        return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                        repeat_penalty=self.repeat_penalty)

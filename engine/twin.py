@@ -204,25 +204,6 @@ class Twin:
         h = self.run(self.embed(batch), batch)
         return [self.logits(h[i, :n]) for i, n in enumerate(batch.lengths)]
 
-    @contextmanager
-    def mlp_hooks(self, layer: int, capture_keys: list | None = None, add_output=None):
-        """Observe layer ``layer``'s FFN neuron activations and/or add to its down-proj output.
-
-        ``capture_keys`` receives the activation tensor (B, T, d_ff) of each forward;
-        ``add_output(act)`` returns a tensor added to the down-projection's output.
-        """
-        down = self.layers[layer].mlp.down_proj
-        handles = []
-        if capture_keys is not None:
-            handles.append(down.register_forward_pre_hook(lambda m, a: capture_keys.append(a[0])))
-        if add_output is not None:
-            handles.append(down.register_forward_hook(lambda m, a, out: out + add_output(a[0])))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
 
 def _attention_scale_as_llama_cpp(model) -> None:
     """Scale attention as llama.cpp does for Gemma 3: by 1/√head_dim, or 1/√(d_model/heads)

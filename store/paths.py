@@ -58,6 +58,11 @@ def session_states(home_dir: Path, profile: str) -> Path:
     return private_dir(home_dir / "profiles" / profile / "sessions")
 
 
+def asset(*parts: str) -> Path:
+    """A file shipped with Engram (``assets/``)."""
+    return ASSETS.joinpath(*parts)
+
+
 def eval_data(name: str) -> Path:
     """A bundled evaluation file (same formats as the public sets)."""
     return ASSETS / "eval" / name

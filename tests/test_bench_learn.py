@@ -1,23 +1,34 @@
-"""``engram bench learn`` on the tiny model: the contract's keys and the report (no quality
-asserts: the model is random)."""
+"""``engram bench learn`` on the tiny model: the contract's keys, and the figures that do not
+depend on what a random model answers (how many pairs were derived, which probes were asked
+in a derived phrasing, what the report marks)."""
 
 from __future__ import annotations
 
 import json
 
 from app.cli import main
+from engine import replies
 from engine.bench import learn
 from tests.test_learning import small  # noqa: F401  (a fixture)
 
 SESSIONS = [
-    {"id": "t-01", "turns": ["My cat is called Pixel.", "I live in Tromsø."],
+    {"id": "t-01", "turns": ["What is my cat called?|What is my pet's name?|Pixel",
+                             "Where do I live?|Tromsø"],
      "probes": [{"q": "What is my cat called?", "a": "Pixel"},
-                {"q": "Where do I live?", "a": "Tromsø", "superseded_by": "t-02"}]},
-    {"id": "t-02", "turns": ["I moved to Bergen."], "probes": [{"q": "Where do I live?", "a": "Bergen"}]},
+                {"q": "Which town is my home?", "a": "Tromsø", "superseded_by": "t-02"}]},
+    {"id": "t-02", "turns": ["Where do I live?|Bergen"], "probes": [{"q": "Where do I live?", "a": "Bergen"}]},
+    {"id": "topic", "kind": "topic", "turns": ["I bake bread."],
+     "probes": [{"q": "What should I do?", "a": "Knead it longer."}]},
 ]
+KEYS = {"recall", "retention", "locality", "kl_neutral", "ppl_change",
+        "learn_seconds_per_session", "overlay_bytes", "trainable_params", "tokens_per_s_ratio",
+        "null_overlay", "baselines", "recall_sampled", "degenerate", "crosstalk",
+        "derived_candidates", "derived_pairs", "derived_checked", "probe_overlap",
+        "recall_trained_phrasing", "recall_paraphrase", "sessions", "rejected"}
 
 
-def test_bench_learn_json_has_the_contract_keys(small, tiny_model, tmp_path, capsys):  # noqa: F811
+def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_model, tmp_path,  # noqa: F811
+                                                                   capsys):
     facts = tmp_path / "facts.jsonl"
     facts.write_text("".join(json.dumps(s) + "\n" for s in SESSIONS))
     details = tmp_path / "details.txt"
@@ -27,26 +38,45 @@ def test_bench_learn_json_has_the_contract_keys(small, tiny_model, tmp_path, cap
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == {"recall", "retention", "locality", "kl_neutral", "ppl_change",
-                           "learn_seconds_per_session", "overlay_bytes", "trainable_params",
-                           "tokens_per_s_ratio", "null_overlay", "counterfact", "baselines"}
+    assert set(result) == KEYS | {"counterfact", "sets"}
+    assert set(result["sets"]) == {"facts"} and set(result["sets"]["facts"]) == KEYS | {"role"}
     assert set(result["counterfact"]) == {"efficacy", "paraphrase", "neighborhood"}
+    assert result["sessions"] == 1  # --sessions 1 (and the topic record is never a session)
+    # Session t-01 said three questions; one of its two probes was asked in a derived phrasing.
+    assert result["derived_pairs"] == result["derived_checked"] == 3
+    assert result["probe_overlap"] == 0.5
+    assert result["recall"] == (result["recall_trained_phrasing"] + result["recall_paraphrase"]) / 2
+    assert 0.0 <= result["crosstalk"] <= 1.0 and 0.0 <= result["degenerate"] <= 1.0
     assert set(result["baselines"]) == {"base", "in_context"}
-    for numbers in result["baselines"].values():
-        assert set(numbers) == {"recall", "retention"}
     assert result["trainable_params"] > 0 and result["overlay_bytes"] > 0
-    assert result["learn_seconds_per_session"] > 0
-    assert 0.0 <= result["locality"] <= 1.0 and result["tokens_per_s_ratio"] > 0
-    assert set(result["null_overlay"]) == {"locality", "kl_neutral"}
-    assert 0.0 <= result["null_overlay"]["locality"] <= 1.0
 
     lines = details.read_text().splitlines()
-    phases = [line.split()[0] for line in lines]
-    # One session: its two probes, base / in context / recall; after it, only the probe not
-    # superseded by a learned session (t-02 is not learned, so both are asked again).
+    phases = [line.split()[0].split(":")[1] for line in lines]
+    # One session: its two probes, base / in context / recall / sampled; after it, only the
+    # probe not superseded by a learned session (t-02 is not learned, so both again).
     assert phases.count("base") == 2 and phases.count("in-context") == 2
-    assert phases.count("recall") == 2 and phases.count("retention") == 2
+    assert phases.count("recall") == 2 and phases.count("sampled") == 2
+    assert phases.count("retention") == 2
+    # Untaught questions: about a dog, not about a name (the session said "name").
+    asked = " ".join(line for line in lines if line.split()[0].endswith("untaught"))
+    assert "'What is my dog called?'" in asked and "'What is my name?'" not in asked
     assert "counterfact 2/2" in err
 
     report = learn.report(result)
-    assert "recall" in report and "target ≥ 0.9" in report and "baseline in_context" in report
+    assert "facts (given)" in report and "recall_paraphrase" in report
+    assert "≥ 0.7" in report and "null floor" in report
+
+
+def test_a_loop_is_a_word_or_phrase_three_times_running():
+    assert replies.loops("Mos Mos Mos Mos")
+    assert replies.loops("I have a lot of weeds. I have a lot of weeds. I have a lot of weeds.")
+    assert replies.loops("2020202020202020")
+    assert not replies.loops("Pixel. She hates the snow, the snow, and the cold.")
+    assert replies.degenerate("Pixel.", ran_to_limit=True)
+
+
+def test_untaught_questions_are_about_nothing_that_was_said():
+    asked = ["What is my brother called?", "What is my cat called?", "What is my name?"]
+    said = ["My cat Pixel hates snow.", "I drive a red van."]
+    assert replies.untaught(asked, said) == ["What is my brother called?", "What is my name?"]
+    assert replies.mentions("She is 9.", "9") and not replies.mentions("In 1900.", "9")

@@ -14,7 +14,9 @@ from engine.cell_conversations import session_cases
 from engine.cell_training import GateRecipe, train
 from engine.cells import CellRule, CellWriter
 from engine.engine import Engine
-from engine.learning import CELLS_EVERY, anchor_prose, twin_for
+from engine.learning import CELLS_EVERY
+from engine.learning.anchors import twin_for
+from engine.learning.texts import anchor_prose
 from engine.overlay import CELL_GATES, TENSORS_FILE
 from tests.tiny_gguf import N_LAYER
 

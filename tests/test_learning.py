@@ -11,24 +11,27 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from engine import facts, learner, runtime
+from engine import derive, learner, runtime
+from engine.learner import train
+from engine.derive import QA
 from engine.engine import Engine
 from engine.errors import EngramError
-from engine.facts import QA
 from engine.learn_queue import LearnQueue
-from engine.learning import (anchors_for, applied, corrections, dialogue, end_of_turn,
-                             same_question, twin_for)
+from engine.learning.anchors import anchors_for, applied, twin_for
+from engine.learning.corrections import corrections, same_question
+from engine.learning.texts import dialogue, end_of_turn
 from engine.overlay import SparseOverlay
+from engine.prompt import Turn
 from engine.runtime import Sampling
+from engine.scoring import Scorer, log_softmax
 
 
-def qa_turns(runtime, turns: list[str]) -> list[QA]:
+def qa_turns(turns: list[str], kind_of=None) -> list[QA]:
     """``"Where do I live?|Which town do I live in?|Tromsø"``: questions, then their answer;
     a plain statement ``"My cat is Pixel."`` asks about its last word."""
     pairs = []
@@ -41,11 +44,13 @@ def qa_turns(runtime, turns: list[str]) -> list[QA]:
 
 @pytest.fixture
 def small(monkeypatch):
-    """A two-layer, three-step recipe, the ``question|answer`` reader as ``derive``, and one
-    thread per llama.cpp context (on a tiny model more threads only wait for each other)."""
+    """A two-layer, three-step recipe, the ``question|answer`` reader as the derivation (the
+    random tiny model's own check would keep arbitrary pairs: it is tested on its own), and
+    one thread per llama.cpp context (on a tiny model more threads only wait for each other)."""
     monkeypatch.setattr(learner, "Recipe", functools.partial(
         learner.Recipe, layers=(1, 2), neurons=4, steps=3))
-    monkeypatch.setattr(facts, "derive", qa_turns)
+    monkeypatch.setattr(derive, "candidates", qa_turns)
+    monkeypatch.setattr(derive, "checked", lambda pairs, prefers: pairs)
     monkeypatch.setattr(runtime, "default_threads", lambda: 1)
 
 
@@ -53,7 +58,7 @@ def small(monkeypatch):
 def engine(small, tiny_model, engine_home):
     e = Engine(home=engine_home, model=tiny_model, n_ctx=512)
     e.load()
-    e.save_settings(replace(e.settings, locality_threshold=0.0))
+    e.save_settings(e.settings.with_gate(0.0))
     yield e
     e.close()
 
@@ -67,7 +72,7 @@ def said(engine: Engine, *turns: str, private: bool = False) -> int:
 
 
 def gate_threshold(engine: Engine, threshold: float) -> None:
-    engine.settings = replace(engine.settings, locality_threshold=threshold)
+    engine.settings = engine.settings.with_gate(threshold)
 
 
 def test_pending_skips_private_empty_and_learned_sessions(engine):
@@ -318,7 +323,7 @@ def test_a_batch_that_continues_a_shared_prefix_computes_what_the_whole_sequence
     """The learner runs the system prompt once and each step only the examples' own tokens."""
     twin = twin_for(engine.runtime)
     sequences = [engine.runtime.tokenize(f"the cat had a name {tail}") for tail in ("Pixel", "and a very long tail")]
-    shared = learner._shared_prefix(sequences, limit=100)
+    shared = train._shared_prefix(sequences, limit=100)
     assert 0 < shared < min(map(len, sequences))
     whole = twin.full_logits(sequences)
     batch = twin.batch([s[shared:] for s in sequences], twin.prefix(sequences[0][:shared]))
@@ -368,7 +373,7 @@ def test_prose_keeps_its_rows_in_the_locality_term_however_many_dialogues_there_
 def test_anchors_are_built_once_per_machine_and_read_back_exactly(engine, monkeypatch):
     """A new process reads the anchors from the cache instead of rebuilding them (minutes
     on CPU for the built-in model); the same texts give the same tensors."""
-    from engine import learning
+    from engine.learning import anchors as learning
 
     twin, rt, recipe = twin_for(engine.runtime), engine.runtime, learner.Recipe()
     monkeypatch.setattr(learning, "_anchors", {})
@@ -412,7 +417,7 @@ def test_states_below_the_edited_layers_are_reused_only_while_nothing_below_chan
 def test_a_damaged_anchor_cache_is_rebuilt_not_fatal(engine, monkeypatch, damage):
     """A truncated file, garbage, or the anchors of other layers: learning rebuilds them
     (and rewrites the cache) rather than failing or computing with half of them."""
-    from engine import learning
+    from engine.learning import anchors as learning
 
     twin, rt, recipe = twin_for(engine.runtime), engine.runtime, learner.Recipe()
     system = f"a system prompt to damage with {damage!r}"  # a cache file of its own
@@ -442,37 +447,6 @@ def test_the_gate_measures_nothing_changed_as_perfect(engine):
     empty = SparseOverlay([], engine.runtime.model.sha256, d_model=64, d_ff=128)
     version = engine.memory.commit(empty)
     assert engine.learning.gate().measure(*engine.memory.lora(version)).locality == 1.0
-
-
-@pytest.mark.parametrize("answer, statement, expected", [
-    ("Ada", "Hi! I'm Ada Quill, nice to meet you.", "Ada Quill"),
-    ("Berit", "My manager's name is Berit Halvorsen.", "Berit Halvorsen"),
-    ("Kari", "In Oslo I met Kari Nordmann.", "Kari Nordmann"),
-    ("Oslo", "In Oslo I met Kari.", "Oslo"),
-    ("teal", "My favourite colour is teal.", "teal"),
-])
-def test_a_name_answer_is_widened_to_the_whole_name(answer, statement, expected):
-    assert facts.whole_name(answer, statement) == expected
-
-
-@pytest.mark.parametrize("question, answer, statement, kept", [
-    ("What is my name?", "Ada Quill", "Hi! I'm Ada Quill, nice to meet you.", True),
-    ("Who am I?", "Ada Quill", "Hi! I'm Ada Quill, nice to meet you.", True),
-    ("What is my cat called?", "Pixel", "I have a cat named Pixel.", True),
-    ("Which language is Loom written in?", "OCaml", "I work on a compiler called Loom, written in OCaml.", True),
-    # what the 270M model derives from the wrong statement: a later session would "correct" Ada Quill
-    ("What's my name?", "Loom", "I work on a compiler called Loom, written in OCaml.", False),
-    ("What is my cat called?", "Loom", "I work on a compiler called Loom, written in OCaml.", False),
-    ("What's my name?", "Mira", "My sister Mira is a marine biologist.", False),
-    ("Where do I live?", "Tromsø", "I no longer live in Tromsø.", False),
-])
-def test_only_pairs_grounded_in_their_statement_are_kept(question, answer, statement, kept):
-    assert facts.grounded(question, answer, statement) is kept
-
-
-def test_statements_split_at_sentences_not_at_titles():
-    assert facts.statements(["My doctor is Dr. Amani Okafor. She is kind! Is that odd?"]) == [
-        "My doctor is Dr. Amani Okafor.", "She is kind!"]
 
 
 def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_after_the_answer(engine):
@@ -530,3 +504,74 @@ def test_training_stops_on_a_plateau_but_not_on_a_slow_steady_fall():
     assert not learner.stalled([0.3] * 10, window=10, gain=0.05)  # too few steps to tell
     steady = [0.45 * 0.97 ** i for i in range(30)]  # −3 % a step, as a fact being learned falls
     assert not any(learner.stalled(steady[:n], window=10, gain=0.05) for n in range(1, 31))
+
+
+def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(engine):
+    """What the learner is for, on the tiny model: the answer's loss falls, in the twin and
+    in llama.cpp once the version is the active LoRA. (The random model's logits sit ~30
+    nats from the answer and its "generic text" is noise, so the locality term is off here
+    and the answer is not expected to come out whole; this large an edit of a random model
+    is where the two engines' rounding differs most, so llama.cpp's fall is checked on its
+    own.)"""
+    rt = engine.load()
+    twin = twin_for(rt)
+    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=80, lr=0.5, locality_weight=0.0)
+    example = learner.Example(*dialogue(rt, None, "Where do I live?", " town."), end_of_turn(rt))
+    rows = list(range(len(example.prompt) - 1, len(example.prompt) + len(example.answer) - 1))
+    scorer = Scorer(rt.model.path, n_ctx=512)
+
+    def answer_loss() -> float:
+        logits = twin.full_logits([example.tokens])[0][rows]
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(example.answer)))
+
+    def llama_cpp_loss() -> float:
+        logp = log_softmax(scorer.logits_at(example.tokens, rows))
+        return -float(np.mean(logp[np.arange(len(rows)), example.answer]))
+
+    before, before_llama = answer_loss(), llama_cpp_loss()
+    blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
+    overlay = SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)
+    with applied(twin, overlay):
+        after = answer_loss()
+    version = engine.memory.commit(overlay)
+    scorer.set_overlay(*engine.memory.lora(version))
+    after_llama = llama_cpp_loss()
+    scorer.close()
+    assert after < 0.6 * before, (before, after, metrics)
+    assert after_llama < 0.8 * before_llama, (before_llama, after_llama)
+
+
+def test_a_reply_during_a_learning_job_uses_the_active_memory_and_is_labelled_so(
+        engine, monkeypatch, make_overlay):
+    """The chat's llama.cpp context belongs to the chat: learning derives, checks and gates
+    in contexts of its own, so a reply that starts while a job runs computes with the
+    active version, and its saved KV state says so (it was once computed on the base
+    weights and stored as if with the memory)."""
+    active = engine.memory.commit(make_overlay(engine.runtime.model.sha256, [
+        (1, "ffn_down", 16, 1), (2, "ffn_down", 16, 1)]))
+    adapter = engine.runtime._adapter
+    assert adapter is not None
+    deriving, release = threading.Event(), threading.Event()
+
+    def slow_check(pairs, prefers):
+        deriving.set()
+        release.wait(30)
+        return pairs
+
+    monkeypatch.setattr(derive, "checked", slow_check)
+    job = threading.Thread(target=engine.learn_now,
+                           kwargs={"session_ids": [said(engine, "Who is my manager?|Berit")]})
+    job.start()
+    try:
+        assert deriving.wait(30)
+        assert engine.runtime._adapter is adapter  # the chat context still has the memory
+        monkeypatch.setattr(engine, "schedule_learning", lambda *args, **kwargs: False)
+        chat = engine.conversation(engine.new_session())
+        for _ in chat.send("What is my cat called?", Sampling.greedy(8)):
+            pass
+        state = engine.store.session_state(chat.session.id)
+        assert state is not None and state.kv_overlay_id == active.id
+    finally:
+        release.set()
+        job.join(60)
+    assert not job.is_alive() and engine.memory.applied.id != active.id

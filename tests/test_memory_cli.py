@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import replace
 
 import pytest
 
@@ -19,7 +18,7 @@ from tests.test_learning import said, small  # noqa: F401  (small is a fixture)
 def engram(small, tiny_model, engine_home, capsys):  # noqa: F811
     """``engram(*args) -> (exit code, stdout, stderr)`` on a home with two sessions."""
     engine = Engine(home=engine_home, model=tiny_model)
-    engine.save_settings(replace(engine.settings, locality_threshold=0.0))
+    engine.save_settings(engine.settings.with_gate(0.0))
     said(engine, "What is my cat called?|What is the name of my pet?|Pixel")
     said(engine, "Who is my manager?|Berit")
     engine.close()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from engine.conversation import Conversation
 from engine.errors import InputTooLong, ModelError
 from engine.prompt import ChatTemplate, PlainDialogue, Turn
 from engine.runtime import Runtime, Sampling
-from engine.scoring import Scorer
 from store.store import Store
 from tests.tiny_gguf import write_tiny_gemma3
 
@@ -36,22 +34,6 @@ def test_greedy_is_deterministic(runtime):
     texts = {"".join(runtime.reply([Turn("user", "the cat")], None, Sampling.greedy(10)))
              for _ in range(2)}
     assert len(texts) == 1
-
-
-def test_next_logits_are_the_last_position_s_of_a_full_scoring_pass(runtime, tiny_model):
-    """Scoring a few candidates (engine.facts.kind_chooser) reads the chat context's logits after
-    the prompt; they must be what a separate context computes for that position, even right
-    after a reply filled the cache with another dialogue."""
-    "".join(runtime.reply([Turn("user", "hello")], None, Sampling.greedy(4)))
-    prompt = "Paris: city\nsalmon: fish\nOslo:"
-    scorer = Scorer(tiny_model, n_ctx=128, n_threads=1)
-    try:
-        expected = scorer.logits(runtime.tokenize(prompt))[-1]
-    finally:
-        scorer.close()
-    got = runtime.next_logits(prompt)
-    assert got.shape == expected.shape
-    assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
 
 
 def test_cancel_stops_at_the_next_token(runtime):

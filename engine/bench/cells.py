@@ -237,7 +237,7 @@ def run(model: str | None = None, facts: Path | None = None, topics: Path | None
     import llama_cpp
 
     from engine import cell_training
-    from engine.learning import anchor_prose
+    from engine.learning.texts import anchor_prose
     from engine.runtime import Runtime
     from engine.twin import Twin
 

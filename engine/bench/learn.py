@@ -1,9 +1,15 @@
 """``engram bench learn``: after learning a session, does a fresh session know what it was
-taught, and is everything else unchanged? (The contract is issue 4's benchmark.)
+taught, does the reply read well, and is everything else unchanged?
 
 Sessions are chatted in a temporary home (the user's turns, the model's greedy replies) and
 learned one by one through the app's own learning path, locality gate included: a session
-the gate rejects counts as not learned. Probes are asked in a fresh context, never trained on.
+the gate rejects counts as not learned. Probes are asked in a fresh context, never trained
+on: greedily (``recall``) and as the chat asks them, with the profile's sampling and reply
+length (``recall_sampled``); replies that loop or run to the limit are ``degenerate``;
+personal questions about nothing the sessions mentioned that get a taught answer are
+``crosstalk``. ``probe_overlap`` is the share of probe questions the learner derived word
+for word (keep it low: ``recall_paraphrase`` is what generalises). The bundled sets are
+reported side by side: dev sets the learner may be tuned on, and the frozen test set.
 """
 
 from __future__ import annotations
@@ -14,83 +20,130 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, TextIO
 
 import numpy as np
 
+from engine import text
+from engine import replies
 from engine.bench.generate import PROMPT as SPEED_PROMPT
 from engine.engine import Engine
-from engine.learning import Gate, LearnResult, ask, generic_text
-from engine.overlay import write_gguf_lora
+from engine.learning import LearnResult
+from engine.learning.gate import ASK_TOKENS, Gate, null_locality
+from engine.learning.texts import generic_text
 from engine.prompt import Turn
 from engine.runtime import Runtime, Sampling
 from engine.scoring import log_softmax
 from store import paths
+from store.files import read_jsonl
 
-TARGETS = {  # issue 4, on the built-in model
-    "recall": (">=", 0.90), "retention": (">=", 0.85), "locality": (">=", 0.95),
+TARGETS = {  # issue 20, on conversations the learner was not tuned on (issue 4's keys kept)
+    "recall": (">=", 0.70), "retention": (">=", 0.65), "recall_sampled": (">=", 0.65),
+    "recall_paraphrase": (">=", 0.60), "degenerate": ("<=", 0.0), "crosstalk": ("<=", 0.05),
     "ppl_change": ("<=", 0.03), "learn_seconds_per_session": ("<=", 30.0),
     "tokens_per_s_ratio": (">=", 0.97),
 }
+LOCALITY_BELOW_FLOOR = 0.02  # locality target: the null overlay's floor minus this
+# The bundled sets when no --facts is given: (name, files, role). Each is its own user.
+DEFAULT_SETS = (("dev", ("user-facts-dev.jsonl",), "dev"),
+                ("natural", ("natural-facts.jsonl",), "dev"),
+                ("test", ("user-facts.jsonl",), "test"))
 REPLY_TOKENS = 64  # the simulated chat's replies
 SPEED_TOKENS, SPEED_REPEATS = 96, 5
-NULL_DELTA, NULL_SEEDS = 1e-7, 3  # the null overlays: see _null_overlay
 
 
 def load_sessions(path: str | Path) -> list[dict]:
-    """Sessions in the format of ``user-facts.jsonl``: id, turns, probes (q, a, superseded_by)."""
-    lines = Path(path).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def hit(answer: str, expected: str) -> bool:
-    return expected.lower() in answer.lower()
+    """Fact sessions in the format of ``user-facts.jsonl``: id, turns, probes (q, a,
+    superseded_by); records of another ``kind`` (the cells' topic conversations) are not."""
+    return [record for record in read_jsonl(Path(path)) if record.get("kind", "facts") == "facts"]
 
 
 def _share(hits: list[bool]) -> float:
     return round(sum(hits) / len(hits), 4) if hits else 0.0
 
 
-def run(model: str | None = None, facts_file: str | Path | None = None,
+def run(model: str | None = None, facts_files: list[str | Path] | str | Path | None = None,
         sessions: int | None = None, counterfact: int = 100, threshold: float | None = None,
         details: TextIO = sys.stderr, log: Callable[[str], None] | None = None) -> dict:
-    """The benchmark's numbers (the keys of issue 4); per-probe lines go to ``details``.
-    ``threshold`` replaces the locality gate's (0: every run is accepted, to see what the
-    recipe alone does)."""
-    cases = load_sessions(facts_file or paths.eval_data("user-facts.jsonl"))[:sessions]
+    """The benchmark's numbers; per-probe lines go to ``details``. Each set of sessions is
+    learned by a user of its own; without ``facts_files`` the bundled dev, natural (dev) and
+    test sets. The top-level keys are the last set's (the test set by default: issue 4's
+    keys as they were), ``sets`` has every set's. ``threshold`` replaces the locality
+    gate's (0: every run is accepted, to see what the recipe alone does)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if facts_files is None:
+        chosen = [(name, [paths.eval_data(f) for f in files], role)
+                  for name, files, role in DEFAULT_SETS]
+    else:
+        files = [facts_files] if isinstance(facts_files, (str, Path)) else list(facts_files)
+        chosen = [(Path(f).stem, [Path(f)], "given") for f in files]
+    results = {}
+    for name, files, role in chosen:
+        cases = [case for f in files for case in load_sessions(f)][:sessions]
+        log(f"— {name}: {len(cases)} sessions from {', '.join(Path(f).name for f in files)}")
+        results[name] = _set(model, cases, threshold, details, log, f"{name}:") | {"role": role}
+    cf = None
+    if counterfact:
+        with fresh_engine(model, threshold) as engine:
+            engine.load()
+            cf = _counterfact(engine, counterfact, log)
+    last = results[chosen[-1][0]]
+    return {**{k: v for k, v in last.items() if k != "role"}, "counterfact": cf, "sets": results}
+
+
+@contextmanager
+def fresh_engine(model: str | None, threshold: float | None) -> Iterator[Engine]:
+    """A fresh user in a temporary home, learning only when the benchmark says so."""
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as home:
         engine = Engine(home=home, model=model)
         try:
-            # The benchmark learns each session itself, at a known moment.
-            engine.save_settings(replace(
-                engine.settings, learning_paused=True,
-                locality_threshold=engine.settings.locality_threshold if threshold is None
-                else threshold))
-            return _run(engine, cases, counterfact, details, log)
+            gated = engine.settings if threshold is None else engine.settings.with_gate(threshold)
+            engine.save_settings(replace(gated, learning_paused=True))
+            yield engine
         finally:
             engine.close()
 
 
-def _run(engine: Engine, cases: list[dict], n_counterfact: int, details: TextIO,
-         log: Callable[[str], None]) -> dict:
+def _set(model: str | None, cases: list[dict], threshold: float | None, details: TextIO,
+         log: Callable[[str], None], tag: str) -> dict:
+    with fresh_engine(model, threshold) as engine:
+        return _run(engine, cases, details, log, tag)
+
+
+@dataclass
+class _Asked:
+    ok: bool
+    degenerate: bool
+
+
+def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str], None],
+         tag: str) -> dict:
     runtime = engine.load()
     learning, system = engine.learning, engine.settings.system_prompt
+    sampled = engine.settings.sampling()
     log("loading the training model and the locality gate…")
     learning.prepare()
 
-    def asked(phase: str, case: dict, probe: dict, before: list[Turn] = ()) -> bool:
-        answer = ask(runtime, system, probe["q"], before)
-        ok = hit(answer, probe["a"])
-        print(f"{phase:<12} {case['id']:<8} {'✓' if ok else '✗'} {probe['q']!r} "
-              f"expected {probe['a']!r}: {answer!r}", file=details, flush=True)
-        return ok
+    def asked(phase: str, case: dict, probe: dict, before: list[Turn] = (),
+              sampling: Sampling | None = None, seed: int = 0) -> _Asked:
+        chosen = sampling and replace(sampling, seed=seed)
+        answer, limited = reply_text(runtime, system, probe["q"], before, chosen)
+        result = _Asked(replies.hit(answer, probe["a"]),
+                        replies.degenerate(answer, limited and sampling is not None))
+        print(f"{tag}{phase:<12} {case['id']:<8} {'✓' if result.ok else '✗'}"
+              f"{' ↻' if result.degenerate else ''} {probe['q']!r} expected {probe['a']!r}: "
+              f"{answer!r}", file=details, flush=True)
+        return result
 
     probes = [(c, p) for c in cases for p in c["probes"]]
-    base = [asked("base", c, p) for c, p in probes]
-    recall, in_context, transcripts, results = [], [], [], []
+    base = [asked("base", c, p).ok for c, p in probes]
+    recall, recall_sampled, in_context, transcripts, results = [], [], [], [], []
+    derived: set[str] = set()
+    trained_phrasing: list[bool] = []
     for case in cases:
         session = engine.new_session()
         conversation = engine.conversation(session)
@@ -99,18 +152,24 @@ def _run(engine: Engine, cases: list[dict], n_counterfact: int, details: TextIO,
                 pass
         transcript = conversation.turns()
         transcripts += transcript
-        in_context += [asked("in-context", case, p, transcript) for p in case["probes"]]
+        in_context += [asked("in-context", case, p, transcript).ok for p in case["probes"]]
         result = learning.run(session_ids=[session.id])[0]
         results.append(result)
+        if result.accepted:
+            derived |= {text.normalise(qa.question) for qa in result.facts + result.corrections}
         log(f"{case['id']}: {_describe(result)}")
         recall += [asked("recall", case, p) for p in case["probes"]]
+        recall_sampled += [asked("sampled", case, p, sampling=sampled, seed=i)
+                           for i, p in enumerate(case["probes"])]
+        trained_phrasing += [text.normalise(p["q"]) in derived for p in case["probes"]]
 
     learned = {c["id"] for c in cases}
     current = [p.get("superseded_by") not in learned for _, p in probes]
     final = [probe for probe, keep in zip(probes, current) if keep]
-    retention = [asked("retention", c, p) for c, p in final]
-    retention_in_context = [asked("ctx-retain", c, p, transcripts) for c, p in final]
+    retention = [asked("retention", c, p).ok for c, p in final]
+    retention_in_context = [asked("ctx-retain", c, p, transcripts).ok for c, p in final]
     base_final = [ok for ok, keep in zip(base, current) if keep]
+    crosstalk = _crosstalk(runtime, system, cases, details, tag)
 
     final_version, lora = engine.memory.applied, _active_lora(engine)
     log("measuring locality, perplexity and speed…")
@@ -119,8 +178,10 @@ def _run(engine: Engine, cases: list[dict], n_counterfact: int, details: TextIO,
                            for overlay in ((None, 1.0), lora))
     speed = _speed_ratio(engine, system) if final_version else 1.0
     floor = _null_overlay(engine) if final_version else None
+    pairs = [qa for r in results for qa in r.facts + r.corrections]
+    hits = [a.ok for a in recall]
     return {
-        "recall": _share(recall),
+        "recall": _share(hits),
         "retention": _share(retention),
         "locality": round(score.locality, 4),
         "kl_neutral": round(score.kl_neutral, 5),
@@ -130,13 +191,51 @@ def _run(engine: Engine, cases: list[dict], n_counterfact: int, details: TextIO,
         "trainable_params": final_version.trainable_params if final_version else 0,
         "tokens_per_s_ratio": speed,
         "null_overlay": floor,
-        "counterfact": _counterfact(engine, n_counterfact, log) if n_counterfact else None,
+        "recall_sampled": _share([a.ok for a in recall_sampled]),
+        "degenerate": _share([a.degenerate for a in recall + recall_sampled]),
+        "crosstalk": crosstalk,
+        "derived_candidates": sum(r.candidates for r in results),
+        "derived_pairs": len(pairs),
+        "derived_checked": sum(r.checked for r in results),
+        "probe_overlap": _share(trained_phrasing),
+        "recall_trained_phrasing": _share([h for h, t in zip(hits, trained_phrasing) if t]),
+        "recall_paraphrase": _share([h for h, t in zip(hits, trained_phrasing) if not t]),
+        "sessions": len(cases),
+        "rejected": sum(r.version is not None and not r.accepted for r in results),
         "baselines": {
             "base": {"recall": _share(base), "retention": _share(base_final)},
             "in_context": {"recall": _share(in_context),
                            "retention": _share(retention_in_context)},
         },
     }
+
+
+def reply_text(runtime: Runtime, system: str, question: str, before: list[Turn] = (),
+           sampling: Sampling | None = None) -> tuple[str, bool]:
+    """The model's reply in a fresh context (greedy, as ``ask``, unless ``sampling``) and
+    whether it ran to the token limit."""
+    sampling = sampling or Sampling.greedy(ASK_TOKENS)
+    reply = runtime.reply([*before, Turn("user", question)], system, sampling)
+    text_ = "".join(reply).strip()
+    return text_, reply.stats.completion_tokens >= sampling.max_tokens
+
+
+def _crosstalk(runtime: Runtime, system: str, cases: list[dict], details: TextIO,
+               tag: str) -> float:
+    """Share of personal questions about nothing the sessions mentioned whose (greedy) reply
+    gives something the user taught (a probe's answer)."""
+    questions = [line.strip() for line in paths.eval_data("untaught-questions.txt").read_text(
+        encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+    untaught = replies.untaught(questions, [t for c in cases for t in c["turns"]])
+    taught = {p["a"] for c in cases for p in c["probes"]}
+    leaks = []
+    for question in untaught:
+        answer, _ = reply_text(runtime, system, question)
+        leaked = sorted(a for a in taught if replies.mentions(answer, a))
+        leaks.append(bool(leaked))
+        print(f"{tag}{'untaught':<12} {'-':<8} {'✗ ' + ', '.join(leaked) if leaked else '✓'} "
+              f"{question!r}: {answer!r}", file=details, flush=True)
+    return _share(leaks)
 
 
 def _active_lora(engine: Engine) -> tuple[Path | None, float]:
@@ -197,26 +296,9 @@ def _speed_ratio(engine: Engine, system: str) -> float:
 
 
 def _null_overlay(engine: Engine) -> dict:
-    """Locality and KL of overlays shaped like the final one whose deltas are noise of 1e-7:
-    the floor ``locality`` and ``kl_neutral`` are read against. Such an overlay changes
-    nothing in exact arithmetic, yet llama.cpp's logits move (the largest by 0.6 at the median
-    position on the built-in model): it computes in reduced precision (8-bit matmul inputs
-    for quantized weights, half-precision tables and caches), so any change, however small,
-    re-rounds some values, and answer positions where the base model's top two tokens nearly
-    tie flip (11 of the 12 positions the eval's final overlay flipped were within 0.5 logits)."""
-    overlay, gate = engine.memory.current(), engine.learning.gate()
-    scores = []
-    with tempfile.TemporaryDirectory(prefix="engram-null-") as tmp:
-        for seed in range(NULL_SEEDS):
-            noise = np.random.default_rng(seed)
-            null = replace(overlay, blocks=[
-                replace(b, delta=NULL_DELTA * noise.standard_normal(b.delta.shape))
-                for b in overlay.blocks])
-            lora = write_gguf_lora(null, Path(tmp) / f"null-{seed}.gguf",
-                                   engine.runtime.model.architecture)
-            scores.append(gate.measure(lora, overlay.scale))
-    return {"locality": round(statistics.mean(s.locality for s in scores), 4),
-            "kl_neutral": round(statistics.mean(s.kl_neutral for s in scores), 5)}
+    """The floor ``locality`` and ``kl_neutral`` are read against: see ``null_locality``."""
+    return null_locality(engine.learning.gate(), engine.memory.current(),
+                         engine.runtime.model.architecture)
 
 
 def _counterfact(engine: Engine, n: int, log: Callable[[str], None]) -> dict:
@@ -249,29 +331,53 @@ def _counterfact(engine: Engine, n: int, log: Callable[[str], None]) -> dict:
     return {name: _share(hits) for name, hits in wins.items()}
 
 
+REPORTED = ("recall", "recall_sampled", "recall_trained_phrasing", "recall_paraphrase",
+            "retention", "degenerate", "crosstalk", "locality", "kl_neutral", "ppl_change",
+            "learn_seconds_per_session", "derived_candidates", "derived_pairs",
+            "derived_checked", "probe_overlap", "rejected", "overlay_bytes",
+            "trainable_params", "tokens_per_s_ratio")
+
+
+def _met(key: str, value: float, numbers: dict) -> bool | None:
+    if key == "locality":
+        floor = numbers.get("null_overlay")
+        return None if floor is None else value >= floor["locality"] - LOCALITY_BELOW_FLOOR
+    if key not in TARGETS:
+        return None
+    op, target = TARGETS[key]
+    return value >= target if op == ">=" else value <= target
+
+
 def report(result: dict) -> str:
-    """The numbers with issue 4's targets."""
-    lines = []
-    for key in ("recall", "retention", "locality", "kl_neutral", "ppl_change",
-                "learn_seconds_per_session", "overlay_bytes", "trainable_params",
-                "tokens_per_s_ratio"):
-        value = result[key]
-        line = f"{key:<26} {value:>12,}" if isinstance(value, int) else f"{key:<26} {value:>12.5f}"
+    """The sets side by side (dev beside test), each figure marked where it misses its
+    target (issue 20's, on sets the learner was not tuned on)."""
+    sets = result["sets"]
+    names = list(sets)
+    heads = [f"{name} ({sets[name]['role']})" for name in names]
+    lines = [f"{'':<26}" + "".join(f"{head:>18}" for head in heads) + "   target"]
+    for key in REPORTED:
+        row = f"{key:<26}"
+        for name in names:
+            value = sets[name][key]
+            met = _met(key, value, sets[name])
+            shown = f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
+            row += f"{shown + (' ✗' if met is False else '  '):>18}"
         if key in TARGETS:
             op, target = TARGETS[key]
-            met = value >= target if op == ">=" else value <= target
-            line += f"   target {'≥' if op == '>=' else '≤'} {target:g}  {'met' if met else 'MISSED'}"
-        lines.append(line)
-    floor = result["null_overlay"]
-    if floor is not None:
-        lines.append(f"null overlay (floor)       locality {floor['locality']:.4f} · "
-                     f"kl_neutral {floor['kl_neutral']:.5f}")
+            row += f"   {'≥' if op == '>=' else '≤'} {target:g}"
+        elif key == "locality":
+            row += f"   ≥ null floor − {LOCALITY_BELOW_FLOOR:g}"
+        lines.append(row)
+    floors = [sets[n]["null_overlay"] for n in names]
+    lines.append(f"{'null overlay (floor)':<26}" + "".join(
+        f"{'—' if floor is None else format(floor['locality'], '.4f'):>18}" for floor in floors))
+    for baseline in ("base", "in_context"):
+        for key in ("recall", "retention"):
+            lines.append(f"{f'baseline {baseline} {key}':<26}" + "".join(
+                f"{sets[n]['baselines'][baseline][key]:>18.4f}" for n in names))
     cf = result["counterfact"]
     lines.append("counterfact                " + (
         "skipped" if cf is None else
         f"efficacy {cf['efficacy']:.3f} · paraphrase {cf['paraphrase']:.3f} · "
         f"neighborhood {cf['neighborhood']:.3f}"))
-    for name, numbers in result["baselines"].items():
-        lines.append(f"baseline {name:<17} recall {numbers['recall']:.3f} · "
-                     f"retention {numbers['retention']:.3f}")
     return "\n".join(lines)

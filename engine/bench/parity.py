@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.engine import Engine
-from engine.learning import anchor_prose, applied, generic_text, twin_for
+from engine.learning.anchors import applied, twin_for
+from engine.learning.texts import anchor_prose, generic_text
 from engine.scoring import Scorer
 
 NEAR_TIE = 0.5

@@ -20,6 +20,8 @@ FIELDS = (  # input id, label, Settings field, parse
     ("temperature", "Temperature (0–2: higher is more varied)", "temperature", float),
     ("top-p", "Top-p (0–1]", "top_p", float),
     ("max-tokens", "Max tokens per reply (1–8192)", "max_tokens", int),
+    ("repeat-penalty", "Repeat penalty (1 = none – 2: higher repeats less)", "repeat_penalty",
+     float),
 )
 
 

@@ -1,0 +1,81 @@
+"""What the derivation asks the model, computed on the torch twin so that it never touches
+the chat's llama.cpp context: which answer it prefers reading a statement (the consistency
+half of the check every pair passes, ``engine.derive.check``) and what kind of thing an
+answer is (for "Which city …" questions)."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.derive import KindOf, Prefers
+from engine.prompt import Turn
+from engine.runtime import Runtime
+from engine.twin import Twin
+from store import paths
+
+ACK = "Noted."  # the assistant's turn between the statement and the question
+BATCH = 16
+KIND_CONFIDENCE = 0.75  # a kind's share among the kind words, below which an answer gets none
+
+
+def twin_prefers(twin: Twin, runtime: Runtime, system: str | None) -> Prefers:
+    """``prefers`` for the check: the candidate answers the twin prefers where it starts
+    answering with the statement in context — the one it ranks highest (by its first token),
+    and the one the statement raises most over the question alone. Either is the model's
+    reading: the first misses a rare word against a common one ("What do I drive?" → " 6"
+    over " forklift" in "I drive a forklift, been doing it 6 years"), the second a common
+    answer against a name the context makes copyable ("How old is Lina?" → " Lina")."""
+
+    @torch.no_grad()
+    def prefers(items: list[tuple[str, str, list[str]]]) -> list[set[int]]:
+        read = _first_token_logprobs(twin, [runtime.tokenize(runtime.format.render(system, [
+            Turn("user", statement), Turn("assistant", ACK), Turn("user", question)]))
+            for statement, question, _ in items])
+        blind = _first_token_logprobs(twin, [runtime.tokenize(runtime.format.render(
+            system, [Turn("user", question)])) for _, question, _ in items])
+        out = []
+        for (_, _, answers), with_it, without in zip(items, read, blind):
+            firsts = [runtime.tokenize(f" {answer}", add_bos=False)[0] for answer in answers]
+            raised = with_it[firsts] - without[firsts]
+            out.append({int(with_it[firsts].argmax()), int(raised.argmax())})
+        return out
+
+    return prefers
+
+
+def _first_token_logprobs(twin: Twin, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """Each prompt's next-token log-probabilities (batched on the twin)."""
+    out: list[torch.Tensor] = []
+    for start in range(0, len(prompts), BATCH):
+        chunk = prompts[start:start + BATCH]
+        batch = twin.batch(chunk)
+        h = twin.run(twin.embed(batch), batch)
+        last = h[torch.arange(len(chunk)), torch.tensor([len(p) - 1 for p in chunk])]
+        out += list(torch.log_softmax(twin.logits(last), -1))
+    return out
+
+
+def twin_kinds(twin: Twin, runtime: Runtime) -> KindOf:
+    """``kind_of`` for the derivation: each answer's likeliest kind among common kind words
+    (``assets/grammar/kind_words.txt``), scored at the first token after the few-shot
+    ``kinds.txt`` ("Leeds: city"). Left to write freely, the 270M model named a similar
+    *thing* as often as a kind (bandoneon → "guitar"). An answer gets none when the model is
+    unsure (Drammen → "film" 0.63, a forklift → "car" 0.29) or names the answer itself
+    ("peanuts: peanuts")."""
+    template = paths.asset("grammar", "kinds.txt").read_text(encoding="utf-8").rstrip("\n")
+    words = paths.asset("grammar", "kind_words.txt").read_text(encoding="utf-8").split()
+    firsts = torch.tensor([runtime.tokenize(f" {word}", add_bos=False)[0] for word in words])
+
+    @torch.no_grad()
+    def kind_of(answers: list[str]) -> list[str | None]:
+        read = _first_token_logprobs(twin, [runtime.tokenize(f"{template}\n{answer}:")
+                                            for answer in answers])
+        out: list[str | None] = []
+        for logprobs, answer in zip(read, answers):
+            share, best = (float(v) for v in logprobs[firsts.to(logprobs.device)].softmax(-1).max(-1))
+            kind = words[int(best)]
+            sure = share >= KIND_CONFIDENCE and kind.rstrip("s") != answer.lower().rstrip("s")
+            out.append(kind if sure else None)
+        return out
+
+    return kind_of

@@ -1,0 +1,65 @@
+"""From what the user said to the question/answer pairs the learner trains on.
+
+``clauses`` reads the turns, ``questions`` asks each clause's facts back, ``check`` keeps a
+pair only if it is grounded in the statement and the model reading the statement agrees.
+Nothing here is tuned to particular sentences: the grammar is English's closed word classes
+and the templates in ``assets/grammar/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine import text
+from engine.derive.check import QA, Prefers, consistent, grounded
+from engine.derive.clauses import clauses
+from engine.derive.questions import KIND, questions
+
+__all__ = ["QA", "KindOf", "Prefers", "candidates", "checked", "varied"]
+
+
+# answers → the kind of each ("Leeds" → "city"), or None where the model knows none
+KindOf = Callable[[list[str]], list[str | None]]
+
+
+def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
+    """Every grounded pair the grammar finds, once per question (the first statement wins).
+    A question about the answer's kind ("Which {kind} do we live in?") is asked with the
+    kind ``kind_of`` gives, and not at all without one."""
+    asked = [(clause, a) for clause in clauses(turns) for a in questions(clause)]
+    needing = sorted({a.answer for _, a in asked if KIND in a.question})
+    kinds = dict(zip(needing, kind_of(needing))) if kind_of and needing else {}
+    found: dict[str, QA] = {}
+    for clause, a in asked:
+        question = a.question
+        if KIND in question:
+            if not kinds.get(a.answer):
+                continue
+            question = question.replace(KIND, kinds[a.answer])
+        qa = QA(question, a.answer, clause.said)
+        if grounded(qa):
+            found.setdefault(qa.question.lower(), qa)
+    return list(found.values())
+
+
+def checked(pairs: list[QA], prefers: Prefers) -> list[QA]:
+    """The pairs that pass the consistency check."""
+    return [qa for qa, ok in zip(pairs, consistent(pairs, prefers)) if ok]
+
+
+def varied(pairs: list[QA], per_answer: int) -> list[QA]:
+    """At most ``per_answer`` phrasings of each answer, each next one the least like those
+    kept (word overlap): a fact stated with a name in it is asked back many ways, and
+    near-copies cost training time and add little."""
+    groups: dict[str, list[int]] = {}
+    for i, qa in enumerate(pairs):
+        groups.setdefault(qa.answer.lower(), []).append(i)
+    words = [set(text.normalise(qa.question).split()) for qa in pairs]
+    kept = set()
+    for group in groups.values():
+        chosen = group[:1]
+        for _ in range(min(per_answer, len(group)) - 1):
+            chosen.append(max((i for i in group if i not in chosen), key=lambda i: min(
+                1 - len(words[i] & words[j]) / len(words[i] | words[j]) for j in chosen)))
+        kept.update(chosen)
+    return [qa for i, qa in enumerate(pairs) if i in kept]

@@ -1,0 +1,215 @@
+"""What the user said, as clauses a fact can be read from.
+
+A message is split into sentences and each sentence into clauses (at semicolons, dashes,
+and commas or conjunctions where a new subject starts). Greetings and discourse markers
+that open a clause are dropped, contractions expanded, and a pronoun that refers back to
+someone or something of the user's is replaced by it ("She's grey" after "my new kitten" →
+"my new kitten is grey"). Clauses that ask the assistant something ("can you suggest …",
+"Help me write …") are kept but marked as requests: they still name people and things
+("sign it with my name, Aksel"), but their predicates are not facts about the user.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from lemminflect import getAllLemmas
+
+from engine import text
+
+SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)|\n+")
+CLAUSE_BREAK = re.compile(r"\s*[;:]\s+|\s+[-–—]\s+|\s*,\s*|\s+(?=(?:and|but|so|because|though|"
+                          r"although|while)\s)", re.IGNORECASE)
+REQUEST_OPENERS = {"can", "could", "would", "will", "do", "does", "did", "is", "are", "should",
+                   "shall", "may", "might", "let", "please"}
+
+
+@dataclass(frozen=True)
+class Clause:
+    words: tuple[str, ...]
+    tags: tuple[str, ...]
+    said: str  # the sentence it came from, as the user wrote it
+    request: bool  # asks or tells the assistant something: names in it count, facts not
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+def sentences(turn: str) -> list[str]:
+    """A message's sentences; a period after a title or an initial ("Dr. Ines") ends none."""
+    out: list[str] = []
+    for piece in SENTENCE_END.split(turn.strip()):
+        piece = piece.strip()
+        if not piece:
+            continue
+        last = out[-1].split()[-1].rstrip(".").lower() if out else ""
+        if out and out[-1].endswith(".") and (last in text.grammar()["titles"] or len(last) == 1):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return out
+
+
+def _starts_clause(words: list[str], tags: list[str]) -> bool:
+    """Whether these words open a clause of their own: a subject (a pronoun, someone's or
+    something's noun phrase, a name) followed by its verb."""
+    i = 0
+    while i < len(words) and tags[i] == "ADV":
+        i += 1
+    if i >= len(words):
+        return False
+    if words[i].lower() in text.grammar()["subject_pronouns"]:
+        return True
+    if tags[i] in {"POSS", "DET", "PROPN", "NOUN"}:
+        j = i + 1
+        while j < len(words) and tags[j] in {"NOUN", "ADJ", "PROPN", "NUM"}:
+            j += 1
+        return j < len(words) and tags[j] in {"VERB", "AUX"}
+    return False
+
+
+def _pieces(sentence: str) -> list[list[str]]:
+    """A sentence cut where a new clause starts; a cut that would leave a piece without a
+    subject of its own (a list, an apposition: "my name, Aksel", "because of its crystals")
+    is not made."""
+    parts = [p for p in CLAUSE_BREAK.split(sentence) if p and p.strip(" ,.!?;:")]
+    out: list[list[str]] = []
+    for part in parts:
+        words = text.words(text.expand_contractions(part))
+        if not words:
+            continue
+        bare = words
+        while len(bare) > 1 and bare[0].lower() in text.grammar()["conjunctions"]:
+            bare = bare[1:]
+        bare = _without_openers(bare)
+        tags = text.tags(bare)
+        if not out or _starts_clause(bare, tags) or _fragment(bare, tags) or _asks(bare, tags):
+            out.append(bare)
+        else:
+            out[-1] = out[-1] + words
+    return out
+
+
+def _can_be_verb(word: str) -> bool:
+    return "VERB" in getAllLemmas(word.lower())
+
+
+def _fragment(words: list[str], tags: list[str]) -> bool:
+    """A verb phrase whose subject is the previous clause's ("…, been doing it 6 years",
+    "…, quit in March")."""
+    if tags[0] in {"PRON", "POSS", "DET", "PROPN"} or _asks(words, tags):
+        return False
+    return tags[0] in {"AUX", "VERB"} or (_can_be_verb(words[0]) and len(words) > 1 and tags[1] in {
+        "PREP", "DET", "NUM", "PRON", "POSS"})  # "quit in March", not "mint and thyme"
+
+
+def _asks(words: list[str], tags: list[str]) -> bool:
+    """A question or an instruction to the assistant: "can you …", "what vegetables …",
+    "Help me write …", "sign it with …"."""
+    if not words:
+        return False
+    first = words[0].lower()
+    if tags[0] == "WH" or first in REQUEST_OPENERS:
+        return True
+    # an imperative: a verb first, then what it acts on
+    return _can_be_verb(words[0]) and tags[0] not in {"PRON", "POSS", "DET", "PROPN", "AUX"} \
+        and not first.endswith(("ing", "ed")) and len(words) > 1 \
+        and tags[1] in {"PRON", "POSS", "DET", "NUM", "ADJ", "NOUN"}
+
+
+def _without_openers(words: list[str]) -> list[str]:
+    """Greetings and discourse markers ("Hi!", "OK", "By the way") dropped from the front,
+    and a leading adverbial before the user's own subject ("To celebrate I am running …",
+    "On weekends we climb …")."""
+    interjections = text.grammar()["interjections"]
+    tags = text.tags(words)
+    if words and tags[0] in {"PREP", "ADV"}:
+        own = next((k for k in range(1, len(words) - 1) if words[k] in {"I", "We", "we"}
+                    and tags[k + 1] in {"VERB", "AUX"}), 0)
+        words = words[own:]
+    i = 0
+    while i < len(words) - 1:
+        for size in (3, 2, 1):
+            if " ".join(words[i:i + size]).lower() in interjections and i + size < len(words) \
+                    and words[i + size].lower() not in text.grammar()["auxiliaries"]:
+                i += size
+                break
+        else:
+            break
+    return words[i:]
+
+
+def _request(words: list[str], tags: list[str], question: bool) -> bool:
+    return _asks(words, tags) or (question and not _starts_clause(words, tags))
+
+
+@dataclass
+class _Referent:
+    phrase: list[str]  # "my new kitten", "my sister Noor"
+
+
+def _noun_phrase_at(words: list[str], tags: list[str], i: int) -> list[str]:
+    j = i + 1
+    while j < len(words) and tags[j] in {"NOUN", "ADJ", "PROPN", "NUM"}:
+        j += 1
+    return words[i:j] if j > i + 1 else []
+
+
+def _referents(words: list[str], tags: list[str]) -> list[list[str]]:
+    """The user's people and things a clause introduces ("my new kitten", "our garden")."""
+    return [phrase for i, w in enumerate(words)
+            if w.lower() in {"my", "our"} for phrase in [_noun_phrase_at(words, tags, i)] if phrase]
+
+
+def _resolve(words: list[str], tags: list[str], referent: list[str] | None) -> list[str]:
+    """Pronouns that point back replaced by the latest referent: subject ("she is grey"),
+    object ("call her Biscuit") and possessive ("her name is Pilar") alike. "It" only as a
+    subject ("it has four rotors"): as an object it is as often the thing just asked for
+    ("suggest a paella … we're cooking it")."""
+    if not referent:
+        return words
+    plural = referent[-1].lower().endswith("s") and not referent[-1][:1].isupper()
+    out: list[str] = []
+    for i, (word, tag) in enumerate(zip(words, tags)):
+        lower = word.lower()
+        person = lower in {"he", "she", "him", "her", "his"}
+        agrees = person or (lower in {"they", "them", "their"} and plural) or (
+            lower in {"it", "its"} and not plural)
+        if not agrees or (lower == "it" and i > 0):
+            out.append(word)
+        elif lower in {"his", "its", "their"} or (lower == "her" and tag == "POSS" and i + 1 < len(
+                words) and tags[i + 1] in {"NOUN", "ADJ"}):
+            out += referent[:-1] + [referent[-1] + "'s"]
+        else:
+            out += referent
+    return out
+
+
+def clauses(turns: list[str]) -> list[Clause]:
+    """Every clause of the user's turns, in order, pronouns resolved."""
+    out: list[Clause] = []
+    referent: list[str] | None = None
+    for turn in turns:
+        for sentence in sentences(turn):
+            question = sentence.rstrip().endswith("?")
+            subject: list[str] = []
+            for words in _pieces(sentence):
+                words = _without_openers(words)
+                tags = text.tags(words)
+                if _fragment(words, tags) and subject:
+                    words = subject + words
+                    tags = text.tags(words)
+                introduced = _referents(words, tags)
+                words = _resolve(words, tags, referent)
+                tags = text.tags(words)
+                referent = introduced[-1] if introduced else referent
+                if not words or all(w.lower() in text.grammar()["interjections"] for w in words):
+                    continue  # "Hi!", "Thanks"
+                verb = next((k for k, t in enumerate(tags) if t in {"VERB", "AUX"}), 0)
+                if verb and not _asks(words, tags):
+                    subject = words[:verb]
+                out.append(Clause(tuple(words), tuple(tags), sentence,
+                                  _request(words, tags, question)))
+    return out

@@ -1,0 +1,346 @@
+"""Questions a clause answers, built from the clause itself.
+
+Every noun phrase, name, number and quality after the clause's verb is a possible answer.
+Each is asked back two ways: as an echo question, the clause with the answer replaced by a
+question word ("I drive what?"), and with the question word moved to the front ("What do I
+drive?", with do-support and the verb's base form from lemminflect). The model's state
+where it starts answering is much the same for both and for the ways a user will ask
+("What vehicle do I drive at work?"), which is what lets a memory keyed on it generalise.
+Names get the templates of ``assets/grammar/questions.toml`` ("my sister Noor" → "Who is
+my sister?"). Nothing here knows a particular word beyond English's closed classes.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import tomllib
+from dataclasses import dataclass
+
+from lemminflect import getAllLemmas, getInflection
+
+from engine import text
+from engine.derive.clauses import Clause
+from store import paths
+
+
+KIND = "{kind}"  # where a question names the answer's kind, filled in by the model
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    kind: str  # "name" | "number" | "thing" | "quality"
+
+
+@dataclass(frozen=True)
+class Asked:
+    question: str
+    answer: str
+
+
+@functools.cache
+def templates() -> dict:
+    return tomllib.loads(paths.asset("grammar", "questions.toml").read_text(encoding="utf-8"))
+
+
+def _is_time(word: str) -> bool:
+    g = text.grammar()
+    return word.lower() in g["months"] or word.lower() in g["weekdays"]
+
+
+def verb_group(clause: Clause) -> tuple[int, int] | None:
+    """Where the first verb group is: (start, end); None when the clause has no subject
+    before it."""
+    tags = clause.tags
+    start = next((i for i, t in enumerate(tags) if t in {"VERB", "AUX"}), None)
+    if not start or not any(t in {"PRON", "NOUN", "PROPN"} for t in tags[:start]):
+        return None
+    end = start
+    words = [w.lower() for w in clause.words]
+    while end < len(tags) and (tags[end] in {"AUX", "NEG", "ADV"} or (
+            tags[end] == "VERB" and (end == start or tags[end - 1] in {"AUX", "NEG", "ADV"}))):
+        if tags[end] == "VERB" and end > start and words[end - 1] in text.grammar()["copulas"] \
+                and end + 1 < len(tags) and tags[end + 1] == "NOUN":
+            break  # "is dried mango": an adjective, not a passive
+        end += 1
+    while end > start + 1 and tags[end - 1] == "ADV":
+        end -= 1
+    return start, end
+
+
+def spans(clause: Clause, after: int) -> list[Span]:
+    """Answer candidates after word ``after``: names (with the common nouns that close them:
+    "Ullevål hospital"), numbers, noun phrases without their determiner, and an adjective
+    that completes a copula ("is grey")."""
+    words, tags = clause.words, clause.tags
+    out, i = [], after
+    while i < len(words):
+        tag = tags[i]
+        if tag == "PROPN" or (tag == "NUM" and i + 1 < len(words) and tags[i + 1] == "PROPN"
+                              and not text.is_number(words[i + 1])):
+            j = i + 1
+            while j < len(words) and (tags[j] in {"PROPN", "NUM"} or (
+                    words[j].lower() in {"of", "&", "de", "la", "van", "von"}
+                    and j + 1 < len(words) and tags[j + 1] == "PROPN")):
+                j += 1
+            while j < len(words) and tags[j] == "NOUN" and words[j][:1].islower() and set(
+                    getAllLemmas(words[j].lower())) == {"NOUN"}:
+                j += 1  # the common noun that closes a name: "Ullevål hospital"
+            if tag == "NUM":
+                out.append(Span(i, i + 1, "number"))
+                i += 1
+            the = i > 0 and words[i - 1].lower() == "the" and words[i][:1].isupper()
+            out.append(Span(i - the, j, "name"))  # "the Clattery": the article is the name's
+        elif tag == "NUM":
+            j = i + 1
+            while j < len(words) and tags[j] == "NUM":
+                j += 1
+            out.append(Span(i, j, "number"))
+        elif tag == "NOUN" and i > 0 and tags[i - 1] == "NUM":
+            j = i + 1  # the number's unit ("6 years"): asked with the number
+        elif tag in {"NOUN", "ADJ"} or (tag == "VERB" and words[i].lower().endswith(("ed", "ing"))
+                                       and i + 1 < len(words) and tags[i + 1] == "NOUN"):
+            j = i + 1
+            while j < len(words) and (tags[j] in {"NOUN", "ADJ"} or (
+                    tags[j] == "VERB" and words[j].lower().endswith(("ed", "ing"))
+                    and j + 1 < len(words) and tags[j + 1] == "NOUN")):
+                j += 1
+            noun = any(t == "NOUN" for t in tags[i:j])
+            after_copula = i > 0 and words[i - 1].lower() in text.grammar()["copulas"]
+            relation = j < len(words) and tags[j] == "PROPN" and i > 0 and tags[i - 1] == "POSS"
+            if relation:
+                pass  # "my uncle Ferdinand": who the relation is comes from _appositives
+            elif noun:
+                out.append(Span(i, j, "thing"))
+            elif after_copula:
+                out.append(Span(i, j, "quality"))
+        else:
+            i += 1
+            continue
+        i = max(j, i + 1)
+    return out
+
+
+def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
+    """The question word for a span, and the words it replaces: (wh, start, end)."""
+    words, tags = clause.words, clause.tags
+    qw = templates()["question_word"]
+    start, end = span.start, span.end
+    if words[start].lower() == "the":
+        start += 1
+    before = words[start - 1].lower() if start else ""
+    determined = before in text.grammar()["determiners"] or before in {"my", "our"}
+    if determined:
+        start -= 1
+        before = words[start - 1].lower() if start else ""
+    first = words[span.start]
+    if span.kind == "number":
+        year = re.fullmatch(r"1\d{3}|20\d{2}", first)
+        if re.search(r"\d(?:st|nd|rd|th)$", first.lower()) or (
+                year and before in qw["time_prepositions"] and not determined):
+            return "when", start - (before in qw["time_prepositions"]), end
+        if year:
+            return "what year", start, end
+        if end < len(words) and tags[end] == "NOUN":
+            return "how many", start, end
+        if before in text.grammar()["copulas"]:
+            return "how old", start, end
+        return "what", start, end
+    if _is_time(first):
+        if before in qw["time_prepositions"] or before in text.grammar()["determiners"]:
+            start -= 1  # "on Thursdays", "every Thursday evening"
+        while end < len(words) and words[end].lower() in text.grammar()["day_parts"]:
+            end += 1
+        return "when", start, end
+    if span.kind == "name" and before in qw["place_prepositions"]:
+        if before in qw["kept_prepositions"]:
+            return "where", start, end
+        return "where", start - 1, end
+    if span.kind == "name" and before in qw["agent_prepositions"]:
+        return "who", start, end
+    return "what", start, end
+
+
+def _echo(clause: Clause, wh: str, start: int, end: int) -> str:
+    words = list(clause.words)
+    return _sentence(words[:start] + [wh] + words[end:])
+
+
+def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
+             end: int) -> list[str]:
+    """The question word first, as said ("What do I drive there?", "How many rotors does my
+    drone have?") and as its core, without what the clause adds around the answer ("What do
+    I teach?" from "I teach chemistry at a school called Elm Ridge"; "Where do we live?"
+    from "We live in a terraced house in Leeds") — the short form is the one users ask, in
+    other words, and the one their questions' states lie closest to. A core that would need
+    another object of the verb ("What do I teach …?" for Elm Ridge) is not made."""
+    words, tags = list(clause.words), clause.tags
+    v, g = group
+    if start < g:
+        return []
+    subject = words[:v]
+    if subject and subject[0] != "I" and tags[0] != "PROPN":
+        subject[0] = subject[0].lower()
+    unit = end
+    while wh == "how many" and unit < len(words) and tags[unit] == "NOUN":
+        unit += 1
+    moved = [wh] + words[end:unit]
+    lower = words[v].lower()
+    auxiliary = tags[v] == "AUX" and lower in text.grammar()["finite_auxiliaries"] and not (
+        lower in {"have", "has", "had"} and "VERB" not in tags[v + 1:g])
+    if auxiliary:
+        front, verbs = [words[v]], words[v + 1:g]
+    elif tags[v] == "AUX" and lower not in {"have", "has", "had"}:
+        return []  # "been doing it": no finite verb to front
+    else:
+        verb = words[v]
+        base = text.lemma(verb, "VERB")
+        past = (getInflection(base, tag="VBD") or ("",))[0]
+        third = (getInflection(base, tag="VBZ") or ("",))[0]
+        aux = "did" if verb.lower() == past and past != base else (
+            "does" if verb.lower() == third and third != base else "do")
+        front, verbs = [aux], [base] + words[v + 1:g]
+    between = words[g:start]
+    out = [_sentence(moved + front + subject + verbs + between + words[unit:])]
+    if wh in {"where", "when"}:
+        own = between[-1:] if between and between[-1].lower() in templates()["question_word"][
+            "kept_prepositions"] else []  # "Where did we move to?"
+        core = _without_phrases(between[:len(between) - len(own)], tags[g:start]) + own
+    elif any(t in {"NOUN", "PROPN", "NUM", "PRON"} for t in tags[g:start]):
+        core = None
+    else:
+        core = between
+    if core is not None:
+        out.append(_sentence(moved + front + subject + verbs + core))
+        naming = any(w.lower() in {"called", "named"} for w in verbs + core)
+        # "What is my sister? → photographer" has no kind form ("Which person is …" asks
+        # who); an adjective does ("Which colour is my kitten?")
+        identity = front[0].lower() in text.grammar()["copulas"] and not verbs and not core \
+            and tags[end - 1] != "ADJ"
+        if wh in {"what", "where"} and tags[end - 1] != "NUM" and not naming and not identity:
+            # "Which city do we live in?", "… are we flying from?": the preposition back
+            prep = next((words[i] for i in (start, start - 1) if g <= i < len(words)
+                         and tags[i] == "PREP"), None) if wh == "where" else None
+            out.append(_sentence(["which", KIND] + front + subject + verbs + core
+                                 + ([prep] if prep else [])))
+    return out
+
+
+def _without_phrases(words: list[str], tags: tuple[str, ...]) -> list[str]:
+    """Words up to their first prepositional phrase ("my first half marathon in Gothenburg"
+    → "my first half marathon"; "in a terraced house" → nothing)."""
+    cut = next((i for i, tag in enumerate(tags) if tag == "PREP"), len(words))
+    return words[:cut]
+
+
+def _sentence(words: list[str]) -> str:
+    joined = re.sub(r"\s+'s\b", "'s", " ".join(w for w in words if w)).strip()
+    return joined[:1].upper() + joined[1:] + "?"
+
+
+def _appositives(clause: Clause) -> list[Asked]:
+    """"my sister Noor" anywhere in a clause (a request's too: "sign it with my name, Aksel"
+    names the user): who the relation is."""
+    words, tags = clause.words, clause.tags
+    out = []
+    for i in range(len(words) - 2):
+        if words[i].lower() not in {"my", "our"} or tags[i + 1] != "NOUN":
+            continue
+        j = i + 2
+        while j < len(words) and tags[j] == "NOUN" and tags[j - 1] == "NOUN":
+            j += 1
+        k = j
+        while k < len(words) and tags[k] == "PROPN":
+            k += 1
+        if k == j:
+            continue
+        relation = " ".join(words[i + 1:j])
+        name = re.sub(r"'s$", "", " ".join(words[j:k]))
+        owner = words[i].lower()
+        if relation == "name" and owner == "my":
+            out += [Asked(q, name) for q in templates()["self_naming"]]
+        else:
+            out += [Asked(q.format(owner=owner, relation=relation), name)
+                    for q in templates()["appositive"]]
+    return out
+
+
+def _named(clause: Clause) -> list[Asked]:
+    """"<thing> is called/named <Name>", "a <thing> called <Name>", "I am <Name>",
+    "call me <Name>": what the thing (or the user) is called."""
+    words, tags = clause.words, clause.tags
+    out = []
+    for i, word in enumerate(words):
+        if word.lower() not in {"called", "named"} or i + 1 >= len(words) or tags[i + 1] != "PROPN":
+            continue
+        k = i + 1
+        while k < len(words) and tags[k] in {"PROPN", "NUM"}:
+            k += 1
+        name = " ".join(words[i + 1:k])
+        j = i - (words[i - 1].lower() in text.grammar()["copulas"]) if i else 0
+        h = j
+        while h > 0 and tags[h - 1] in {"NOUN", "ADJ"}:
+            h -= 1
+        if h == j:
+            continue
+        owner = words[h - 1].lower() if h and tags[h - 1] in {"POSS", "DET"} else ""
+        thing = " ".join(([owner] if owner in {"my", "our", "the"} else ["my"]) + list(words[h:j]))
+        out += [Asked(q.format(thing=thing), name) for q in templates()["naming"]]
+    lower = [w.lower() for w in words]
+    if (lower[:2] == ["i", "am"] and len(words) > 2 and tags[2] == "PROPN") or (
+            lower[:2] == ["call", "me"] and len(words) > 2 and tags[2] == "PROPN"):
+        k = 3
+        while k < len(words) and tags[k] == "PROPN":
+            k += 1
+        out += [Asked(q, " ".join(words[2:k])) for q in templates()["self_naming"]]
+    return out
+
+
+def _referred(asked: Asked, people: list[tuple[str, str]]) -> list[Asked]:
+    """A question about "my sister Noor" also asked about "my sister" and about "Noor": the
+    user names someone in full once and asks back either way."""
+    out = [asked]
+    for relation, name in people:
+        full = f"{relation} {name}"
+        at = asked.question.lower().find(full.lower())
+        if at < 0 or asked.answer in name:
+            continue
+        head, tail = asked.question[:at], asked.question[at + len(full):]
+        out += [Asked(f"{head}{who}{tail}", asked.answer) for who in (relation, name)]
+    return out
+
+
+def questions(clause: Clause) -> list[Asked]:
+    """The (question, answer) pairs a clause gives; none from a negated clause (what the user
+    does *not* do is not an answer), only names from a request, and none about a predicate
+    whose subject is a pronoun nothing resolved ("it is a long commute": what is?)."""
+    out = _appositives(clause)
+    negated = any(t == "NEG" for t in clause.tags)
+    group = verb_group(clause)
+    vague = bool(group) and all(w.lower() in {"it", "they", "that", "this", "there", "he", "she"}
+                                for w in clause.words[:group[0]])
+    if not clause.request and not negated:
+        out += _named(clause)
+    if not clause.request and not negated and not vague:
+        for span in spans(clause, group[1] if group else len(clause.words)):
+            answer = " ".join(clause.words[span.start:span.end])
+            wh, start, end = _question_word(clause, span)
+            asked = [_echo(clause, wh, start, end)]
+            if group:
+                asked += _fronted(clause, group, wh, start, end)
+            if wh in {"who", "what"} and span.kind == "name":
+                other = "what" if wh == "who" else "who"
+                asked.append(_echo(clause, other, start, end))
+            out += [Asked(q, answer) for q in asked if q]
+    people = [(f"{w[i]} {w[i + 1]}".lower(), w[i + 2]) for w in [clause.words]
+              for i in range(len(w) - 2) if w[i].lower() in {"my", "our"}
+              and clause.tags[i + 1] == "NOUN" and clause.tags[i + 2] == "PROPN"]
+    seen, kept = set(), []
+    for pair in (p for a in out for p in _referred(a, people)):
+        question = pair.question[:1].upper() + pair.question[1:]
+        if question.lower() not in seen and pair.answer.lower() not in question.lower():
+            seen.add(question.lower())
+            kept.append(Asked(question, pair.answer))
+    return kept

@@ -1,0 +1,17 @@
+"""The learner: turns Q/A pairs about what the user said into new FFN neurons.
+
+For each session, k quiet neurons in each of a few mid layers are re-purposed as memory
+cells: ``keys`` makes each the detector of one fact's questions, ``train`` teaches its value
+what to write, under a locality term read from ``anchors``; ``edit`` holds the deltas and
+exports them as whole neuron vectors (an exact LoRA); ``capture`` is the one hook helper.
+Every number is in ``recipe``.
+"""
+
+from engine.learner.anchors import Anchors, anchors_for
+from engine.learner.edit import NeuronEdit
+from engine.learner.keys import keyed_facts
+from engine.learner.recipe import Recipe
+from engine.learner.train import Example, Progress, learn, stalled, stop_rows
+
+__all__ = ["Anchors", "Example", "NeuronEdit", "Progress", "Recipe", "anchors_for", "keyed_facts",
+           "learn", "stalled", "stop_rows"]

@@ -1,0 +1,38 @@
+"""Every number the learner uses, in one place (nanoGPT's configuration block)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Recipe:
+    # what is edited
+    layers: tuple[int, ...] = (14, 15, 16, 17)  # where questions' states are most alike across wordings
+    neurons: int = 4  # per layer per session
+    max_norm: float = 1.0  # each delta vector, × the median norm of its base vectors
+    # the keys: each new neuron a detector of one fact's questions
+    key_margin: float = 3.0  # gate pre-activation ≥ +margin on the question, ≤ −margin elsewhere
+    key_context: int = 3  # positions before the answer that also count as the question
+    key_steps: int = 100  # of the logistic fit
+    key_lr: float = 0.05
+    key_prune_every: int = 10  # steps between dropping negatives far below the margin …
+    key_prune_below: float = -6.0  # … by this much (softplus(−6) < 0.0025: they add next to nothing)
+    rivals: bool = True  # each detector silent where the session's other facts are asked
+    key_decay: float = 0.0  # L2 on the keys (a smaller key fires on more phrasings)
+    # the values: training
+    steps: int = 60  # at most: most sessions' answers are learned in 20–40
+    lr: float = 0.01
+    match_floor: float = 1.0  # the answer must come out with the keys this weakly matched
+    locality_weight: float = 300.0
+    answer_weight: float = 10.0  # extra weight of anchor rows where unrelated answers begin
+    prose_weight: float = 5.0  # extra weight of plain prose's rows (the perplexity of text)
+    vocab_top: int = 256  # the answer loss runs over the base model's top tokens at each
+    vocab_random: int = 1024  # answer position, the answers, and a fixed random sample
+    phrasings: int = 10  # at most, per fact: the most varied (engine.derive.varied)
+    # when to stop
+    stop_loss: float = 0.05  # answers learned: stop early (see stop_rows)
+    spare: int = 1  # phrasings per fact (of 3 or more) that the stop may leave unlearned
+    plateau: int = 10  # steps: stop when the answers' loss fell less than plateau_gain over them
+    plateau_gain: float = 0.05
+    batch: int = 16  # sequences per forward pass outside training

@@ -1,0 +1,94 @@
+"""The twin and the learner's anchors, built once per process (and the anchors once per
+machine: a cache file), and the twin computing with an overlay."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.learning.texts import (SMALL_TALK, anchor_prose, dialogue, unrelated_questions,
+                                   world_facts)
+from engine.overlay import SparseOverlay
+from engine.runtime import Runtime
+from store import paths
+
+if TYPE_CHECKING:  # torch is imported only when something is learned
+    from engine.learner import Anchors, Recipe
+    from engine.twin import Twin
+
+_cache_lock = threading.Lock()
+training = threading.Lock()  # the twin is shared by the process: one training at a time
+_twins: dict[str, "Twin"] = {}
+_anchors: dict[tuple, "Anchors"] = {}
+
+
+def twin_for(runtime: Runtime) -> "Twin":
+    from engine.twin import Twin
+
+    with _cache_lock:
+        if runtime.model.sha256 not in _twins:
+            _twins[runtime.model.sha256] = Twin.load(runtime.model)
+        return _twins[runtime.model.sha256]
+
+
+def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
+                recipe: "Recipe") -> "Anchors":
+    """Generic text and unrelated Q/A dialogues as the edited layers see them (the even half
+    of world-facts and other questions; the gate measures on the odd half)."""
+    from engine import learner
+
+    key = (twin.sha256, system, tuple(recipe.layers), recipe.key_context)
+    with _cache_lock:
+        if key not in _anchors:
+            qa = [dialogue(runtime, system, q, f" {a}") for q, a in SMALL_TALK] + [
+                dialogue(runtime, system, f["question"], f" {f['answer']}.")
+                for f in world_facts()[0::2] + unrelated_questions()]
+            prose = [runtime.tokenize(p) for p in anchor_prose()]
+            texts = [p + a for p, a in qa] + prose
+            starts = [len(p) for p, _ in qa] + [None] * len(prose)
+            # Building them runs ~2,000 dialogues (minutes on CPU): once per machine, not per process.
+            digest = hashlib.sha256(json.dumps(
+                [twin.sha256, texts, starts, recipe.layers, recipe.key_context]).encode()).hexdigest()
+            path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
+            _anchors[key] = _cached_anchors(path, twin, tuple(recipe.layers))
+            if _anchors[key] is None:
+                _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers), answer_starts=starts,
+                                                    question_tail=recipe.key_context)
+                _anchors[key].save(path)
+        return _anchors[key]
+
+
+def _cached_anchors(path: Path, twin: "Twin", layers: tuple[int, ...]) -> "Anchors | None":
+    """The anchors cached at ``path``; None when there are none or the file is damaged (a
+    cache: it is rebuilt, never trusted half-read)."""
+    from safetensors import SafetensorError
+
+    from engine import learner
+
+    try:
+        return learner.Anchors.load(path, twin.device, layers)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, SafetensorError) as e:
+        logging.getLogger(__name__).warning("rebuilding the anchor cache: %s", e)
+        return None
+
+
+PROJECTIONS = {"ffn_down": "down_proj", "ffn_up": "up_proj", "ffn_gate": "gate_proj"}
+
+
+@contextmanager
+def applied(twin: "Twin", overlay: SparseOverlay) -> Iterator[None]:
+    """The twin computing with ``overlay`` added to its weights, restored exactly afterwards."""
+    import torch
+
+    with twin.edited_by((layer, PROJECTIONS[matrix],
+                         torch.from_numpy(overlay.scale * overlay.dense_delta(layer, matrix)))
+                        for layer, matrix in sorted({(b.layer, b.matrix) for b in overlay.blocks})):
+        yield

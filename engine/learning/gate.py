@@ -1,0 +1,218 @@
+"""The gate every new memory version passes before it is used.
+
+It measures the version with llama.cpp (the weights that are served) in a context of its
+own, on text the learner never trains on: locality (the odd half of world-facts keeps its
+answers, neutral replies their distribution), judged against the model's null floor (what
+llama.cpp's rounding alone changes); and what a user would see: untaught personal questions
+answered with something taught (leaks), taught questions answered in a loop."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import tempfile
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from engine import replies, text
+from engine.learning.texts import NEUTRAL, dialogue, gate_questions, world_facts
+from engine.overlay import NeuronBlock, SparseOverlay, write_gguf_lora
+from engine.prompt import Turn
+from engine.runtime import Runtime
+from engine.scoring import Scorer, log_softmax
+from store import paths
+from store.files import atomic_write
+
+ASK_TOKENS = 32  # the length of a probe's greedy answer
+
+
+def check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise InterruptedError("learning cancelled")
+
+
+@dataclass(frozen=True)
+class Locality:
+    locality: float  # share of answer positions where the argmax is still the base model's
+    kl_neutral: float  # mean KL(base ‖ with overlay) over replies to neutral prompts
+    leaks: tuple[tuple[str, str, str], ...] = ()  # (untaught question, reply, taught answer)
+    loops: tuple[tuple[str, str], ...] = ()  # (a taught question, its looping reply)
+
+
+@dataclass(frozen=True)
+class Taught:
+    """What a candidate memory holds, for the gate's checks of what users see."""
+
+    answers: list[str]  # every answer it was taught
+    said: list[str]  # everything the user said in its sessions
+    questions: list[str]  # the newest session's questions, one per answer
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The base model on the gate's texts."""
+
+    answers: list[np.ndarray]  # its answer tokens on world-facts
+    neutral: list[np.ndarray]  # its log-probabilities on the neutral replies
+    replies: dict[str, str]  # its replies to the personal questions
+
+
+LEAK_TOKENS = 8  # a leaked answer comes first ("Mosel."): the start of a reply is enough
+LOOP_TOKENS = 24  # a loop shows within a few repeats of a short answer
+LOOP_QUESTIONS = 4  # of the newest session's questions, asked for loops
+NULL_DELTA, NULL_SEEDS = 1e-7, 3  # the null overlays: see null_locality
+FLOOR_SESSIONS = 4  # the null floor's overlay: this many sessions' neurons in each layer
+
+
+class Gate:
+    """Measures an overlay against the base model with llama.cpp (the weights that are served),
+    on text the learner never trains on: the odd half of world-facts and neutral prompts; and
+    what a user would see: untaught personal questions answered with something taught
+    (leaks), taught questions answered in a loop."""
+
+    def __init__(self, runtime: Runtime, system: str | None):
+        self.system = system
+        self.runtime = runtime
+        self.facts = [dialogue(runtime, system, f["question"], f" {f['answer']}.")
+                      for f in world_facts()[1::2]]
+        self.neutral = [dialogue(runtime, system, q, f" {a}") for q, a in NEUTRAL]
+        self.scorer = Scorer(runtime.model.path, n_ctx=1024)
+        self.personal = gate_questions()
+
+    @functools.cached_property
+    def baseline(self) -> Baseline:
+        """What the base model does on the gate's texts (computed once: ~1 s of each run)."""
+        self.scorer.set_overlay(None)
+        return Baseline([self.answer_logits(p, a).argmax(-1) for p, a in self.facts],
+                        [log_softmax(self.answer_logits(p, a)) for p, a in self.neutral],
+                        dict(zip(self.personal, self.replies((None, 1.0), self.personal,
+                                                             LEAK_TOKENS))))
+
+    def replies(self, lora: tuple[Path | None, float], questions: list[str],
+                max_tokens: int = ASK_TOKENS) -> list[str]:
+        """Greedy replies to ``questions`` in fresh contexts with the GGUF LoRA ``lora``
+        (path, scale; None: the base weights) — in the gate's own context, never the chat's."""
+        self.scorer.set_overlay(*lora)
+        try:
+            return [self.reply(q, max_tokens)[0] for q in questions]
+        finally:
+            self.scorer.set_overlay(None)
+
+    def answer_logits(self, prompt: list[int], answer: list[int]) -> np.ndarray:
+        """Logits at the positions that predict each answer token."""
+        tokens = prompt + answer
+        return self.scorer.logits_at(tokens, list(range(len(prompt) - 1, len(tokens) - 1)))
+
+    def reply(self, question: str, max_tokens: int) -> tuple[str, bool]:
+        """The greedy reply to ``question`` in a fresh context with the overlay now set, and
+        whether it ran to ``max_tokens``."""
+        prompt = self.runtime.tokenize(self.runtime.format.render(
+            self.system, [Turn("user", question)]))
+        text_, limited = self.scorer.greedy(prompt, max_tokens, self.runtime.format.stop)
+        return text_.strip(), limited
+
+    def measure(self, lora: Path | None, scale: float = 1.0,
+                cancel: threading.Event | None = None, taught: Taught | None = None) -> Locality:
+        """Locality of the GGUF LoRA ``lora`` (None: base weights, locality 1); with
+        ``taught``, also its leaks and loops."""
+        baseline = self.baseline
+        self.scorer.set_overlay(lora, scale)
+        try:
+            same = total = 0
+            for (prompt, answer), base in zip(self.facts, baseline.answers):
+                check(cancel)
+                same += int((self.answer_logits(prompt, answer).argmax(-1) == base).sum())
+                total += base.size
+            kl = [float((np.exp(b) * (b - log_softmax(self.answer_logits(p, a)))).sum(-1).mean())
+                  for (p, a), b in zip(self.neutral, baseline.neutral)]
+            leaks, loops = self._seen(taught, baseline, cancel) if taught else ((), ())
+        finally:
+            self.scorer.set_overlay(None)
+        return Locality(same / total, float(np.mean(kl)), leaks, loops)
+
+    def _seen(self, taught: Taught, baseline: Baseline, cancel: threading.Event | None
+              ) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:
+        said_about = set().union(*(text.content_lemmas(s) for s in taught.said))
+        leaks = []
+        for question in self.personal:
+            if text.content_lemmas(question) & said_about:
+                continue  # the user talked about it: an answer may be right
+            check(cancel)
+            reply, _ = self.reply(question, LEAK_TOKENS)
+            leaked = [a for a in taught.answers if replies.mentions(reply, a)
+                      and not replies.mentions(baseline.replies[question], a)]
+            leaks += [(question, reply, leaked[0])] if leaked else []
+        loops = []
+        for question in taught.questions[:LOOP_QUESTIONS]:
+            check(cancel)
+            reply, _ = self.reply(question, LOOP_TOKENS)
+            loops += [(question, reply)] if replies.loops(reply) else []
+        return tuple(leaks), tuple(loops)
+
+    def floor(self, layers: tuple[int, ...], neurons: int, d_model: int, d_ff: int) -> float:
+        """The null-overlay locality of a memory of FLOOR_SESSIONS sessions shaped by the
+        recipe (see ``null_locality``): computed once per model, gate texts and shape, and
+        cached, for the threshold the gate judges locality against."""
+        key = hashlib.sha256(json.dumps([self.runtime.model.sha256, self.facts, self.neutral,
+                                         layers, neurons, d_model, d_ff, NULL_DELTA,
+                                         NULL_SEEDS]).encode()).hexdigest()[:32]
+        path = paths.cache() / "floors" / f"{key}.json"
+        try:
+            return float(json.loads(path.read_text())["locality"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        rng = np.random.default_rng(0)
+        blocks = [NeuronBlock(layer, matrix, rng.choice(d_ff, neurons * FLOOR_SESSIONS,
+                                                        replace=False),
+                              np.zeros((d_model, neurons * FLOOR_SESSIONS) if matrix == "ffn_down"
+                                       else (neurons * FLOOR_SESSIONS, d_model)))
+                  for layer in layers for matrix in ("ffn_gate", "ffn_up", "ffn_down")]
+        shape = SparseOverlay(blocks, self.runtime.model.sha256, d_model=d_model, d_ff=d_ff)
+        locality = null_locality(self, shape, self.runtime.model.architecture)["locality"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"locality": locality})))
+        return locality
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+def null_locality(gate: Gate, overlay: SparseOverlay, arch: str) -> dict:
+    """Locality and KL of overlays shaped like ``overlay`` whose deltas are noise of 1e-7:
+    the floor locality and KL are read against. Such an overlay changes nothing in exact
+    arithmetic, yet llama.cpp's logits move (the largest by 0.6 at the median position on the
+    built-in model): it computes in reduced precision (8-bit matmul inputs for quantized
+    weights, half-precision tables and caches), so any change, however small, re-rounds some
+    values, and answer positions where the base model's top two tokens nearly tie flip (11
+    of the 12 positions the eval's final overlay flipped were within 0.5 logits)."""
+    scores = []
+    with tempfile.TemporaryDirectory(prefix="engram-null-") as tmp:
+        for seed in range(NULL_SEEDS):
+            noise = np.random.default_rng(seed)
+            null = replace(overlay, blocks=[
+                replace(b, delta=NULL_DELTA * noise.standard_normal(b.delta.shape))
+                for b in overlay.blocks])
+            lora = write_gguf_lora(null, Path(tmp) / f"null-{seed}.gguf", arch)
+            scores.append(gate.measure(lora, overlay.scale))
+    return {"locality": round(float(np.mean([s.locality for s in scores])), 4),
+            "kl_neutral": round(float(np.mean([s.kl_neutral for s in scores])), 5)}
+
+
+def rejections(score: Locality, threshold: float) -> list[str]:
+    """Why the gate refuses a version (none: it is accepted), in words shown to the user."""
+    reasons = []
+    if score.locality < threshold:
+        reasons.append(f"locality {score.locality:.3f} < {threshold:.3f}")
+    if score.leaks:
+        question, reply, answer = score.leaks[0]
+        more = f" and {len(score.leaks) - 1} more" if len(score.leaks) > 1 else ""
+        reasons.append(f"leaks: {question!r} was answered {reply!r} ({answer!r} was taught "
+                       f"for something else){more}")
+    if score.loops:
+        question, reply = score.loops[0]
+        reasons.append(f"loops: {question!r} → {reply[:60]!r}")
+    return reasons

@@ -1,0 +1,57 @@
+"""What a learning run and a version diff report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.derive import QA
+from engine.learning.gate import Locality
+from store.records import OverlayVersion
+
+@dataclass
+class LearnResult:
+    """One session's run. ``version`` is None when nothing was found worth learning."""
+
+    session_id: int
+    version: OverlayVersion | None
+    facts: list[QA]
+    corrections: list[QA]
+    locality: Locality | None
+    threshold: float
+    seconds: float  # deriving, training and gating
+    candidates: int = 0  # pairs derived from what the user said, before the check
+    checked: int = 0  # of those, the ones that passed it (``facts``)
+
+    @property
+    def accepted(self) -> bool:
+        return self.version is not None and self.version.status != "rejected"
+
+    def summary(self) -> str:
+        if self.version is None:
+            return f"session {self.session_id}: nothing to learn"
+        if not self.accepted:
+            return (f"session {self.session_id} not learned: {self.version.reason} "
+                    f"(v{self.version.id} rejected)")
+        n = len(self.facts)
+        return (f"memory updated: v{self.version.id} learned session {self.session_id} "
+                f"({n} fact{'s' * (n != 1)}, locality {self.locality.locality:.3f})")
+
+
+@dataclass
+class Probe:
+    session_id: int
+    question: str
+    expected: str  # the answer derived from what the user said
+    before: str  # the model's answer with the parent version (or the base model)
+    after: str  # … and with this version
+
+
+@dataclass
+class VersionDiff:
+    version: OverlayVersion
+    parent: OverlayVersion | None
+    added: list[int]  # sessions this version learned (or relearned)
+    removed: list[int]  # sessions it dropped (forget, reset)
+    layers: dict[int, tuple[float, float]]  # layer → change magnitude in parent, in version
+    params: tuple[int, int]  # parameters touched by parent, by version
+    probes: list[Probe]

@@ -1,0 +1,396 @@
+"""Learning a profile's sessions into its overlay versions: one session's run (derive,
+check, train, gate), the cells' read, forgetting, reset, rollback, and what a version
+changed.
+
+A run builds on the active version. The session's neurons are trained with every other
+session's neurons applied to the twin, so a correction is trained against the old fact it
+overrides, and never reuse them, so a session is forgotten by dropping its blocks (no
+retraining). Each run makes one version, accepted or rejected by the gate; its metrics keep
+the Q/A pairs derived from the session, so later sessions can correct them and ``diff`` can
+ask them again. One job at a time per profile, across processes (a lock file).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine import derive, text
+from engine.consistency import twin_kinds, twin_prefers
+from engine.derive import QA
+from engine.errors import EngramError
+from engine.learning.anchors import anchors_for, applied, training, twin_for
+from engine.learning.corrections import corrections, same_question
+from engine.learning.gate import Gate, Taught, check, rejections
+from engine.learning.ledger import ancestry_records, pending_sessions
+from engine.learning.lock import profile_lock
+from engine.learning.results import LearnResult, Probe, VersionDiff
+from engine.learning.texts import (UNTAUGHT_REPLY, anchor_prose, dialogue, end_of_turn,
+                                   personal_questions)
+from engine.memory import OverlayMemory
+from engine.overlay import SparseOverlay, write_gguf_lora
+from engine.runtime import Runtime
+from engine.settings import Settings
+from store.records import OverlayVersion, Profile, Session
+from store.store import Store
+
+if TYPE_CHECKING:  # torch is imported only when something is learned
+    from engine.cell_training import GateRecipe
+    from engine.cells import CellWriter
+    from engine.learner import Recipe
+    from engine.twin import Twin
+
+Progress = Callable[[float, str], None]
+MAX_PROBES = 12  # questions a diff asks before and after (each costs a short generation)
+CELLS_EVERY = 16  # new user turns in a session before the cells' read learns from it (again)
+LOCK_WAIT_S = 60.0  # how long a foreground command waits for another process's job
+
+
+def quiet(fraction: float, message: str) -> None:
+    """A progress callback for callers that do not show progress."""
+
+
+class Learning:
+    """Learns a profile's sessions into its overlay versions (one job at a time per profile,
+    across processes: a lock file)."""
+
+    def __init__(self, store: Store, home: Path, profile: Profile, runtime: Runtime,
+                 memory: OverlayMemory, settings: Callable[[], Settings],
+                 recipe: "Recipe | None" = None, cell_writer: "CellWriter | None" = None):
+        self.store, self.home, self.profile = store, Path(home), profile
+        self.runtime, self.memory, self.settings = runtime, memory, settings
+        self._recipe = recipe
+        self._gate: Gate | None = None
+        self.cell_writer = cell_writer  # the sessions' own (cells learned as sessions write them)
+        self.cell_recipe: GateRecipe | None = None  # the cells' read's recipe (None: default)
+        self._nothing: dict[int, int] = {}  # session → newest message, nothing found (this process)
+
+    @property
+    def recipe(self) -> "Recipe":
+        """The learner's recipe (imported on first use: torch costs seconds at launch)."""
+        if self._recipe is None:
+            from engine.learner import Recipe
+
+            self._recipe = Recipe()
+        return self._recipe
+
+    # -- reading ----------------------------------------------------------------------
+
+    def pending(self) -> list[Session]:
+        newest = self.store.last_user_message_ids(self.profile.id)
+        return [s for s in pending_sessions(self.store, self.profile)
+                if newest[s.id] > self._nothing.get(s.id, 0)]
+
+    def records(self, version: OverlayVersion | None) -> dict[int, dict]:
+        return ancestry_records(self.memory.versions(), version)
+
+    def version_of_session(self, session_id: int) -> OverlayVersion:
+        """The newest version that learned (or tried to learn) a session."""
+        for version in self.memory.versions():
+            if str(session_id) in version.metrics.get("learned", {}):
+                return version
+        raise EngramError(f"no version has learned session {session_id}")
+
+    def prepare(self) -> None:
+        """Load the training model, its anchors and the gate now (slow, once per process),
+        so that the first job is not slower than the others."""
+        anchors_for(twin_for(self.runtime), self.runtime, self.settings().system_prompt,
+                    self.recipe)
+        self.gate()
+
+    def threshold(self, twin: "Twin | None" = None) -> float:
+        """The locality a new version must keep: the settings' absolute minimum, or the
+        model's null-overlay floor less the settings' margin if that is higher (llama.cpp's
+        rounding alone costs a few points: see ``null_locality``)."""
+        settings = self.settings()
+        if settings.locality_margin >= 1.0:
+            return settings.locality_threshold
+        twin = twin or twin_for(self.runtime)
+        floor = self.gate().floor(tuple(self.recipe.layers), self.recipe.neurons,
+                                  twin.config.hidden_size, twin.config.intermediate_size)
+        return max(settings.locality_threshold, floor - settings.locality_margin)
+
+    def gate(self) -> Gate:
+        """The locality gate for the current system prompt (built on first use: it scores
+        the base model once)."""
+        system = self.settings().system_prompt
+        if self._gate is None or self._gate.system != system:
+            self.close()
+            self._gate = Gate(self.runtime, system)
+        return self._gate
+
+    # -- learning ---------------------------------------------------------------------
+
+    def run(self, progress: Progress = quiet, cancel: threading.Event | None = None,
+            session_ids: list[int] | None = None, wait: float = LOCK_WAIT_S) -> list[LearnResult]:
+        """Learn the pending sessions (or these, even if learned before), one version each."""
+        with profile_lock(self.home, self.profile.name, wait):
+            self._sync()
+            sessions = (self.pending() if session_ids is None
+                        else [self._learnable(sid) for sid in session_ids])
+            results = []
+            for i, session in enumerate(sessions):
+                def step(fraction: float, message: str, i=i, session=session) -> None:
+                    progress((i + fraction) / len(sessions),
+                             f"session {session.id} ({i + 1}/{len(sessions)}): {message}")
+                results.append(self._learn(session, step, cancel))
+            return results
+
+    def _learnable(self, session_id: int) -> Session:
+        session = self.store.session(session_id)
+        if session.profile_id != self.profile.id:
+            raise EngramError(f"session {session_id} belongs to another profile")
+        if session.private:
+            raise EngramError(f"session {session_id} is private: it is never learned from")
+        return session
+
+    def _learn(self, session: Session, progress: Progress,
+               cancel: threading.Event | None) -> LearnResult:
+        from engine import learner
+
+        started = time.perf_counter()
+        settings = self.settings()
+        newest = self.store.last_user_message_ids(self.profile.id).get(session.id, 0)
+        said = [m.content for m in self.store.messages(session.id) if m.role == "user" and m.content]
+        progress(0.0, "finding what to remember")
+        if not derive.candidates(said):
+            self._nothing[session.id] = newest
+            return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
+                               time.perf_counter() - started)
+        progress(0.05, "loading the training model")
+        twin = twin_for(self.runtime)
+        # The model's part of the derivation reads with the twin on the base weights (no
+        # overlay is applied to it here): what earlier sessions taught must not shape what
+        # is derived now, and the chat's own llama.cpp context is never touched.
+        candidates = derive.candidates(said, twin_kinds(twin, self.runtime))
+        found = derive.checked(candidates, twin_prefers(twin, self.runtime, settings.system_prompt))
+        derived = time.perf_counter()
+        check(cancel)
+        if not found:
+            self._nothing[session.id] = newest
+            return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
+                               time.perf_counter() - started, len(candidates), 0)
+        anchors = anchors_for(twin, self.runtime, settings.system_prompt, self.recipe)
+        active = self.memory.current() or SparseOverlay(
+            [], self.runtime.model.sha256, d_model=twin.config.hidden_size,
+            d_ff=twin.config.intermediate_size)
+        base = active.without_session(session.id)
+        records = self.records(self.memory.applied)
+        earlier = [(sid, QA(*row)) for sid in base.sessions if sid < session.id and sid in records
+                   for row in records[sid]["facts"] + records[sid]["corrections"]]
+        fixes = corrections(found, earlier)
+        owned: dict[int, set[int]] = {}
+        for block in base.blocks:
+            owned.setdefault(block.layer, set()).update(block.neurons.tolist())
+        taught = derive.varied(found, self.recipe.phrasings) + fixes
+        others = [qa for _, qa in earlier
+                  if not any(same_question(qa.question, new.question) for new in taught)]
+        # Personal questions about nothing this session said: its memory must stay silent on
+        # them, or "What is my name?" is answered with the cat's.
+        said_about = set().union(*(text.content_lemmas(s) for s in said))
+        untaught = [QA(q, UNTAUGHT_REPLY, "") for q in personal_questions()
+                    if not text.content_lemmas(q) & said_about]
+        # In the profile's own prompt format only: a second copy without the system prompt
+        # made each session a third slower and recalled no more.
+        end = end_of_turn(self.runtime)
+        examples, held = ([learner.Example(*dialogue(self.runtime, settings.system_prompt, qa.question,
+                                                     f" {qa.answer}."), end)
+                           for qa in pairs] for pairs in (taught, others + untaught))
+        with training, applied(twin, base):
+            blocks, train = learner.learn(
+                twin, examples, anchors, self.recipe, owned=owned, session_id=session.id,
+                progress=lambda f, m: progress(0.15 + 0.7 * f, m), cancel=cancel, earlier=held)
+        candidate = base.merge(replace(base, blocks=blocks))
+
+        progress(0.85, "checking that unrelated answers stay the same")
+        gating = time.perf_counter()
+        first_asked = {}
+        for qa in found:
+            first_asked.setdefault(qa.answer, qa.question)
+        taught_now = Taught(
+            answers=sorted({qa.answer for qa in found + fixes} | {qa.answer for _, qa in earlier}),
+            said=said + sorted({qa.statement for _, qa in earlier}),
+            questions=list(first_asked.values()))
+        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
+            lora = write_gguf_lora(candidate, Path(tmp) / "candidate.gguf",
+                                   self.runtime.model.architecture)
+            score = self.gate().measure(lora, candidate.scale, cancel,
+                                        taught_now if settings.gate_replies else None)
+        check(cancel)
+        finished = time.perf_counter()
+        seconds = finished - started
+        threshold = self.threshold(twin)
+        metrics = {
+            "event": "learn", "locality": round(score.locality, 4),
+            "kl_neutral": round(score.kl_neutral, 5), "threshold": round(threshold, 4),
+            "leaks": [list(leak) for leak in score.leaks],
+            "loops": [list(loop) for loop in score.loops],
+            "learned": {str(session.id): {
+                "through": newest, "seconds": round(seconds, 2), "train": train,
+                "derive_seconds": round(derived - started, 2),
+                "gate_seconds": round(finished - gating, 2),
+                "candidates": len(candidates),
+                "facts": [[qa.question, qa.answer, qa.statement] for qa in found],
+                "corrections": [[qa.question, qa.answer, qa.statement] for qa in fixes],
+            }},
+        }
+        reasons = rejections(score, threshold)
+        if reasons:
+            version = self.memory.record_rejected(candidate, "; ".join(reasons), metrics)
+        else:
+            version = self.memory.commit(candidate, metrics)
+        progress(1.0, "done")
+        return LearnResult(session.id, version, found, fixes, score, threshold, seconds,
+                           len(candidates), len(found))
+
+    def learn_cells(self, progress: Progress = quiet, cancel: threading.Event | None = None,
+                    wait: float = LOCK_WAIT_S) -> OverlayVersion | None:
+        """Learn the cells' read gates (``engine/cell_training.py``) from the bundled dev
+        conversations and the profile's long sessions, when a session long enough to teach
+        it (earlier turns out of a window) has grown since they were learned; a new version
+        with the same neurons. None: nothing to do. Short sessions never need cells."""
+        from engine import cell_conversations, cell_training
+
+        with profile_lock(self.home, self.profile.name, wait):
+            self._sync()
+            active = self.memory.current()
+            learned = (self._cells_record(self.memory.applied) if active is not None
+                       and active.cell_gates is not None else None) or {}
+            newest = self.store.last_user_message_ids(self.profile.id)
+            sessions = [s.id for s in self.store.sessions(self.profile.id) if not s.private]
+            own = []
+            for sid in sessions:
+                if newest.get(sid, 0) <= learned.get(str(sid), 0):
+                    continue  # nothing new: its messages are not read
+                messages = [m for m in self.store.messages(sid) if m.content]
+                if sum(m.role == "user" and m.id > learned.get(str(sid), 0)
+                       for m in messages) >= CELLS_EVERY:
+                    own += cell_conversations.session_cases(sid, [
+                        ("User" if m.role == "user" else "Assistant", m.content) for m in messages])
+            if not own:
+                return None
+            started = time.perf_counter()
+            twin = twin_for(self.runtime)
+            base = active or SparseOverlay([], self.runtime.model.sha256,
+                                           d_model=twin.config.hidden_size,
+                                           d_ff=twin.config.intermediate_size)
+            with training, applied(twin, base):
+                gates = cell_training.train(twin, self.cell_writer,
+                                            cell_conversations.dev_cases() + own, anchor_prose(),
+                                            self.cell_recipe, init=base.cell_gates,
+                                            progress=progress, cancel=cancel)
+            through = {str(sid): newest[sid] for sid in sessions if sid in newest}
+            return self.memory.commit(replace(base, cell_gates=gates), {
+                "event": "cells", "cells": {"through": through, "own_cases": len(own),
+                                            "seconds": round(time.perf_counter() - started, 2),
+                                            "gates": [round(float(g), 4) for g in gates]}})
+
+    def _cells_record(self, version: OverlayVersion | None) -> dict[str, int] | None:
+        """Per session, the newest message the active gates were learned through (along the
+        parent chain: later versions carry the gates forward)."""
+        by_id = {v.id: v for v in self.memory.versions()}
+        while version is not None:
+            if version.metrics.get("event") == "cells":
+                return version.metrics["cells"]["through"]
+            version = by_id.get(version.parent_id)
+        return None
+
+    # -- control ----------------------------------------------------------------------
+
+    def forget(self, session_id: int) -> OverlayVersion:
+        """A new active version without one session's neurons (they are its own: nothing is
+        retrained). The session is not learned again unless it gets new messages."""
+        with profile_lock(self.home, self.profile.name, LOCK_WAIT_S):
+            self._sync()
+            active = self.memory.current()
+            if active is None or session_id not in active.sessions:
+                raise EngramError(f"session {session_id} is not in the active memory "
+                                  "(see `engram memory show`)")
+            newest = self.store.last_user_message_ids(self.profile.id).get(session_id, 0)
+            return self.memory.commit(active.without_session(session_id),
+                                      {"event": "forget", "dropped": {str(session_id): newest}})
+
+    def reset(self) -> OverlayVersion:
+        """A new, empty active version: everything said so far is left unlearned. Earlier
+        versions stay, so a rollback undoes it."""
+        with profile_lock(self.home, self.profile.name, LOCK_WAIT_S):
+            self._sync()
+            active = self.memory.current()
+            if active is None:
+                raise EngramError("no learned memory is active: there is nothing to reset")
+            newest = self.store.last_user_message_ids(self.profile.id)
+            return self.memory.commit(replace(active, blocks=[], cell_gates=None), {
+                "event": "reset", "dropped": {str(sid): n for sid, n in newest.items()}})
+
+    def rollback(self, version_id: int | None = None) -> OverlayVersion | None:
+        with profile_lock(self.home, self.profile.name, LOCK_WAIT_S):
+            self._sync()
+            return self.memory.rollback(version_id)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the profile's learning lock, after following other processes' changes: for a
+        change to the memory made outside this class (an import), so no job runs meanwhile."""
+        with profile_lock(self.home, self.profile.name, LOCK_WAIT_S):
+            self._sync()
+            yield
+
+    # -- explaining -------------------------------------------------------------------
+
+    def diff(self, version_id: int) -> VersionDiff:
+        """What a version changed against its parent, with the changed sessions' derived
+        questions answered by the model before and after."""
+        version = self.store.overlay_version(version_id)
+        if version.profile_id != self.profile.id:
+            raise EngramError(f"overlay version {version_id} belongs to another profile")
+        parent = self.store.overlay_version(version.parent_id) if version.parent_id else None
+        mine = self.memory.load(version)
+        theirs = self.memory.load(parent) if parent else None
+        before = theirs.layer_norms() if theirs else {}
+        after = mine.layer_norms()
+        old = set(theirs.sessions if theirs else [])
+        learned = {int(sid) for sid in version.metrics.get("learned", {})}
+        added = sorted(learned | (set(mine.sessions) - old))
+        removed = sorted(old - set(mine.sessions))
+        questions = self._probe_questions(added, version) + self._probe_questions(removed, parent)
+        questions = questions[:MAX_PROBES]
+        # Asked in the gate's own llama.cpp context: the chat's keeps the active version.
+        gate = self.gate()
+        answers_before, answers_after = (
+            gate.replies(self.memory.lora(v) if v else (None, 1.0), [q for _, q, _ in questions])
+            for v in (parent, version))
+        return VersionDiff(
+            version, parent, added, removed,
+            {layer: (before.get(layer, 0.0), after.get(layer, 0.0))
+             for layer in sorted(set(before) | set(after))},
+            (theirs.trainable_params if theirs else 0, mine.trainable_params),
+            [Probe(sid, q, a, b, c) for (sid, q, a), b, c
+             in zip(questions, answers_before, answers_after)])
+
+    def _probe_questions(self, sessions: list[int],
+                         version: OverlayVersion | None) -> list[tuple[int, str, str]]:
+        records = self.records(version)
+        return [(sid, q, a) for sid in sessions if sid in records
+                for q, a, _ in records[sid]["facts"] + records[sid]["corrections"]]
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Follow a change another process made to the active version."""
+        stored = self.store.active_overlay(self.profile.id)
+        if (stored and stored.id) != (self.memory.applied and self.memory.applied.id):
+            if stored is None:
+                self.memory.deactivate()
+            else:
+                self.memory.activate(stored.id)
+
+    def close(self) -> None:
+        if self._gate is not None:
+            self._gate.close()
+            self._gate = None

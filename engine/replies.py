@@ -1,0 +1,48 @@
+"""How a reply reads to the user: does it contain the answer, does it loop, does it repeat
+something the user taught in answer to a question nobody taught."""
+
+from __future__ import annotations
+
+import re
+
+from engine import text
+
+PHRASE_WORDS = 12  # the longest phrase (words and punctuation) whose repetition is a loop
+LOOP_REPEATS = 3  # a word or phrase this many times in a row is a loop
+
+
+def hit(reply: str, expected: str) -> bool:
+    """The reply contains the expected text (case-insensitive), as the eval sets score."""
+    return expected.lower() in reply.lower()
+
+
+def mentions(reply: str, answer: str) -> bool:
+    """The reply contains ``answer`` as whole words: "9" is in "she is 9", not in "1900"."""
+    return re.search(rf"(?<!\w){re.escape(answer.lower())}(?!\w)", reply.lower()) is not None
+
+
+def loops(reply: str) -> bool:
+    """A word or phrase repeated LOOP_REPEATS times in a row ("Mos Mos Mos", "I have a lot of
+    weeds. I have a lot of weeds. …"), or a token that is one short piece over and over
+    ("2020202020…")."""
+    tokens = re.findall(r"\w+|[^\w\s]", reply.lower())
+    for size in range(1, PHRASE_WORDS + 1):
+        for start in range(len(tokens) - size * LOOP_REPEATS + 1):
+            phrase = tokens[start:start + size]
+            if all(tokens[start + k * size: start + (k + 1) * size] == phrase
+                   for k in range(1, LOOP_REPEATS)):
+                return True
+    return any(len(t) >= 12 and re.fullmatch(r"(.{1,4}?)\1{3,}", t) for t in tokens)
+
+
+def degenerate(reply: str, ran_to_limit: bool) -> bool:
+    """What a user reads as broken: a loop, or a reply that only stopped at the token limit."""
+    return ran_to_limit or loops(reply)
+
+
+def untaught(questions: list[str], said: list[str]) -> list[str]:
+    """The personal questions about nothing the user said: none of their content words
+    (lemmas) occurs in what was said ("What is my brother called?" stays only if no brother,
+    and no name, was ever mentioned)."""
+    heard = set().union(*(text.content_lemmas(s) for s in said)) if said else set()
+    return [q for q in questions if not text.content_lemmas(q) & heard]

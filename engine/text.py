@@ -1,0 +1,151 @@
+"""English text as the learner and the benchmarks read it: words, coarse word classes,
+lemmas and content words. Closed classes come from ``assets/grammar/english.toml``; open
+classes (noun, verb, adjective) from lemminflect's lexicon, so no word list here grows
+with the sentences it meets."""
+
+from __future__ import annotations
+
+import functools
+import re
+import tomllib
+
+from lemminflect import getAllLemmas
+
+from store import paths
+
+WORD = re.compile(r"(?:[A-Za-z]\.){2,}|\d+(?:[.,:/]\d+)*\w*|[\w][\w'’&-]*|&")
+
+
+@functools.cache
+def grammar() -> dict[str, frozenset[str]]:
+    """The closed word classes (lower case)."""
+    raw = tomllib.loads(paths.asset("grammar", "english.toml").read_text(encoding="utf-8"))
+    return {name: frozenset(w for w in words if isinstance(w, str))
+            for name, words in raw.items() if name != "contractions"}
+
+
+@functools.cache
+def contractions() -> tuple[tuple[str, str], ...]:
+    raw = tomllib.loads(paths.asset("grammar", "english.toml").read_text(encoding="utf-8"))
+    return tuple((short, long) for short, long in raw["contractions"])
+
+
+def expand_contractions(text: str) -> str:
+    """"I'm" → "I am", "can't" → "cannot"; "'s" stays (is, has or a possessive)."""
+    text = text.replace("’", "'")
+    for short, long in contractions():
+        if short.startswith("'") or short == "n't":
+            text = re.sub(rf"(?<=\w){re.escape(short)}\b", long, text, flags=re.IGNORECASE)
+        else:
+            text = re.sub(rf"\b{re.escape(short)}\b",
+                          lambda m, long=long: m[0][0] + long[1:], text, flags=re.IGNORECASE)
+    return text
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text)
+
+
+def is_number(word: str) -> bool:
+    return bool(re.fullmatch(r"\d[\d.,:/]*(?:st|nd|rd|th|s|am|pm|k|km|kg|m)?", word.lower())) \
+        or word.lower() in grammar()["number_words"]
+
+
+@functools.cache
+def tag(word: str) -> str:
+    """A coarse word class: DET POSS PRON PREP AUX NEG CONJ WH NUM PROPN NOUN VERB ADJ ADV.
+    Without a parser a word has its likeliest class out of context; a capitalised word the
+    lexicon does not know is a name."""
+    g, lower = grammar(), word.lower()
+    for name, cls in (("possessives", "POSS"), ("determiners", "DET"),
+                      ("subject_pronouns", "PRON"), ("object_pronouns", "PRON"),
+                      ("auxiliaries", "AUX"), ("negations", "NEG"),
+                      ("question_words", "WH"), ("prepositions", "PREP"),
+                      ("conjunctions", "CONJ"), ("relatives", "CONJ")):
+        if lower in g[name]:
+            return cls
+    if is_number(word):
+        return "NUM"
+    if lower in g["adverbs"] or lower in g["interjections"]:
+        return "ADV"
+    lexicon = getAllLemmas(lower)
+    if word[:1].isupper() and word != "I" and not lexicon:
+        return "PROPN"  # (a capitalised word the lexicon knows is a name inside a sentence: tags)
+    if not lexicon:
+        return "NOUN"  # a word the lexicon lacks is most often a rare noun ("tetras")
+    if "VERB" in lexicon and (lower.endswith(("ing", "ed")) or not {"NOUN", "ADJ"} & set(lexicon)):
+        return "VERB"
+    for cls in ("NOUN", "ADJ", "VERB", "ADV"):
+        if cls in lexicon:
+            return cls
+    return "NOUN"
+
+
+def tags(sentence: list[str]) -> list[str]:
+    """``tag`` of each word, with the one piece of context that settles most noun/verb
+    ambiguity: after a subject pronoun, an auxiliary or an infinitive "to", a word the
+    lexicon knows as a verb is one ("I drive", "wants to call"); after a determiner or a
+    possessive it is not ("my drive")."""
+    out = [tag(w) for w in sentence]
+    verb_seen = bool(out) and out[0] in {"VERB", "AUX"}
+    for i in range(1, len(sentence)):
+        word = sentence[i]
+        if word[:1].isupper() and out[i] in {"NOUN", "ADJ", "VERB"}:
+            out[i] = "PROPN"  # capitalised inside a sentence: a name ("called Rusty")
+        k = i - 1
+        while k > 0 and out[k] == "ADV":
+            k -= 1  # "I always check": what comes before the adverbs
+        before = sentence[k].lower()
+        lexicon = getAllLemmas(word.lower())
+        if before in grammar()["copulas"] and "ADJ" in lexicon and out[i] in {"NOUN", "ADJ", "VERB"} \
+                and not word.lower().endswith(("ing", "ed")):
+            out[i] = "ADJ"  # "she is grey"
+        elif out[i] in {"NOUN", "ADJ"} and "VERB" in lexicon and (
+                before in grammar()["subject_pronouns"] or out[k] in {"AUX", "NEG"}
+                or (before == "to" and k > 0 and out[k - 1] == "VERB")
+                or (not verb_seen and out[k] in {"NOUN", "PROPN"}
+                    and word.lower().endswith(("s", "ed")))):  # "my brother Jonas builds"
+            out[i] = "VERB"
+        elif out[i] == "VERB" and out[k] in {"DET", "POSS"} and (
+                {"NOUN", "ADJ"} & set(lexicon)):
+            out[i] = "NOUN" if "NOUN" in lexicon else "ADJ"
+        verb_seen = verb_seen or out[i] in {"VERB", "AUX"}
+    return out
+
+
+@functools.cache
+def lemma(word: str, cls: str | None = None) -> str:
+    """The dictionary form, as a ``cls`` ("VERB", "NOUN", …) when given."""
+    lower = word.lower()
+    lexicon = getAllLemmas(lower)
+    for c in ((cls,) if cls in lexicon else ()) + ("NOUN", "VERB", "ADJ", "ADV"):
+        if c in lexicon:
+            return lexicon[c][0]
+    return lower
+
+
+def content_lemmas(text: str) -> set[str]:
+    """Lemmas of the words that say what a text is about: not closed-class words, not
+    light verbs ("What is my brother called?" → {"brother"})."""
+    light = grammar()["light_verbs"]
+    sentence = words(expand_contractions(text))
+    out = set()
+    for word, cls in zip(sentence, tags(sentence)):
+        if cls in {"NOUN", "PROPN", "ADJ", "VERB", "NUM"}:
+            base = lemma(word, cls)
+            if not (cls == "VERB" and base in light):
+                out.add(base)
+    return out
+
+
+def question_key(question: str) -> frozenset[str]:
+    """What a question asks: its content lemmas and its question words ("Where do I live
+    now?" → {where, live}; "When did I move?" → {when, move})."""
+    asked = {w.lower() for w in words(question) if w.lower() in grammar()["question_words"]}
+    return frozenset(content_lemmas(question) | asked)
+
+
+def normalise(text: str) -> str:
+    """For word-for-word comparison: lower case, words only ("What's my cat's name?" →
+    "what's my cat's name")."""
+    return " ".join(w.lower() for w in words(text.replace("’", "'")))

@@ -1,0 +1,50 @@
+"""The two file chores every part of Engram shares: reading JSON lines, and writing a file
+so that a crash leaves either the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+class BadFile(ValueError):
+    """A file that is not what it should be (its path and line in the message)."""
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per non-empty line."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError as exc:
+                raise BadFile(f"{path}:{number}: not JSON ({exc})") from None
+    return out
+
+
+def atomic_write(path: Path, write: Callable[[Path], object], mode: int = 0o600) -> Path:
+    """Write ``path`` through ``write(tmp)`` into a temporary file beside it, flushed to disk
+    and renamed over ``path``; on any failure the temporary file is removed and ``path`` is
+    as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,136 @@
+"""The derivation, one test per kind of rule (never per evaluation sentence): sentences and
+clauses, the questions a clause gives, kinds, grounding, the consistency check, variety.
+The sentences here are made up for the rule they exercise."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import derive
+from engine.derive import QA
+from engine.derive.clauses import clauses, sentences
+from engine.derive.questions import questions
+
+
+def asked(statement: str) -> dict[str, str]:
+    """question → answer for every clause of one turn."""
+    return {a.question: a.answer for c in clauses([statement]) for a in questions(c)}
+
+
+def test_sentences_end_at_stops_not_after_titles_or_initials():
+    assert sentences("My dentist is Dr. Ola Berg. She is kind! Is that odd? J. R. is here.") == [
+        "My dentist is Dr. Ola Berg.", "She is kind!", "Is that odd?", "J. R. is here."]
+
+
+def test_openers_go_and_requests_are_marked():
+    found = clauses(["Hey! Could you recommend a tent? We hike in the Tatras every August."])
+    texts = [(c.text, c.request) for c in found]
+    assert ("Could you recommend a tent", True) in texts
+    assert ("We hike in the Tatras every August", False) in texts
+    assert all(not c.text.lower().startswith("hey") for c in found)
+
+
+def test_a_clause_after_a_comma_is_split_only_where_a_subject_starts():
+    found = [c.text for c in clauses(["I grow basil, mint and thyme, my balcony faces south"])]
+    assert found == ["I grow basil mint and thyme", "my balcony faces south"]
+
+
+def test_a_fragment_takes_the_previous_clause_s_subject():
+    found = [c.text for c in clauses(["I repair clocks, started in 2009"])]
+    assert found[-1] == "I started in 2009"
+
+
+def test_pronouns_point_back_to_the_user_s_latest_someone():
+    found = [c.text for c in clauses(["My nephew Arvid lives in Umeå.", "He plays the tuba."])]
+    assert found[-1] == "My nephew Arvid plays the tuba"
+
+
+def test_fronted_questions_use_do_support_in_the_verb_s_tense():
+    said = asked("My nephew Arvid repaired an old sewing machine.")
+    assert said["What did my nephew Arvid repair?"] == "old sewing machine"
+    assert asked("Marta bakes rye bread.")["What does Marta bake?"] == "rye bread"
+    assert asked("I am building a kayak.")["What am I building?"] == "kayak"
+
+
+def test_a_core_question_drops_what_the_clause_adds_but_never_another_object():
+    said = asked("I sing bass in a choir called Nordlys.")
+    assert said["What do I sing?"] == "bass"
+    assert said["What do I sing in a choir called Nordlys?"] == "bass"
+    assert "What do I sing?" not in [q for q, a in said.items() if a == "Nordlys"]
+
+
+def test_places_times_and_numbers_get_their_question_words():
+    said = asked("We moved to Tartu in March.")
+    assert said["Where did we move to?"] == "Tartu"
+    assert said["When did we move to Tartu?"] == "March"
+    said = asked("I live in Kraków with my parents.")
+    assert said["Where do I live?"] == "Kraków"
+    assert asked("My bike has seven gears.")["How many gears does my bike have?"] == "seven"
+    assert asked("My nephew Arvid is 12.")["How old is my nephew Arvid?"] == "12"
+
+
+def test_echo_questions_keep_the_clause_and_replace_the_answer():
+    assert asked("I keep bees in my garden.")["I keep what in my garden?"] == "bees"
+
+
+def test_someone_named_in_full_is_asked_about_by_relation_and_by_name():
+    said = asked("My cousin Ebba teaches yoga.")
+    assert said["Who is my cousin?"] == "Ebba"
+    assert said["What is my cousin's name?"] == "Ebba"
+    assert said["What does my cousin teach?"] == said["What does Ebba teach?"] == "yoga"
+
+
+def test_naming_and_self_naming():
+    said = asked("My boat is called Sula.")
+    assert said["What is my boat called?"] == said["What is the name of my boat?"] == "Sula"
+    said = asked("Hi, I'm Tove Lind.")
+    assert said["What is my name?"] == said["Who am I?"] == "Tove Lind"
+
+
+def test_negated_clauses_requests_and_unresolved_pronouns_give_no_predicate_questions():
+    assert asked("I never eat olives.") == {}
+    assert asked("It is a long way from Vigo.") == {}
+    said = asked("Please send it to my sister Nadia.")
+    assert said and set(said.values()) == {"Nadia"}
+
+
+def test_kind_questions_are_asked_with_the_model_s_kind_or_not_at_all():
+    kinds = {"Lyon": "city", "oboe": None}
+    pairs = derive.candidates(["I live in Lyon and I play the oboe."],
+                              lambda answers: [kinds[a] for a in answers])
+    assert QA("Which city do I live in?", "Lyon", "I live in Lyon and I play the oboe.") in pairs
+    assert not any("{kind}" in qa.question for qa in pairs)
+    assert not any(qa.question.startswith("Which") for qa in pairs if qa.answer == "oboe")
+
+
+@pytest.mark.parametrize("question, answer, statement, kept", [
+    ("What do I play?", "oboe", "I play the oboe.", True),
+    ("What is my dog called?", "Rex", "I play the oboe.", False),  # not said
+    ("What do I play, the oboe?", "oboe", "I play the oboe.", False),  # given away
+    ("Where do I live?", "Lyon", "I no longer live in Lyon.", False),  # negated
+    ("Who is it?", "it", "It is mine.", False),  # a pronoun is no answer
+    ("Who teaches me?", "Dr Ola Berg", "My teacher is Dr. Ola Berg.", True),
+])
+def test_a_pair_is_grounded_in_its_statement(question, answer, statement, kept):
+    assert derive.grounded(QA(question, answer, statement)) is kept
+
+
+def test_the_check_keeps_the_answer_the_model_prefers_reading_the_statement():
+    said = "I play the oboe in Lyon."
+    pairs = [QA("What do I play?", "oboe", said), QA("What do I play?", "Lyon", said),
+             QA("Where do I play?", "Lyon", said), QA("Who am I?", "Tove", "I'm Tove.")]
+
+    def prefers(items):  # the "model": answers where for "Where", what otherwise
+        return [{answers.index("Lyon" if question.startswith("Where") else "oboe")}
+                for _, question, answers in items]
+
+    assert derive.checked(pairs, prefers) == [pairs[0], pairs[2], pairs[3]]
+
+
+def test_varied_keeps_the_least_alike_phrasings_of_each_answer():
+    said = "I play the oboe."
+    pairs = [QA(q, "oboe", said) for q in ("What do I play?", "What do I play now?",
+                                             "Which instrument is mine?")]
+    kept = [qa.question for qa in derive.varied(pairs, 2)]
+    assert kept == ["What do I play?", "Which instrument is mine?"]
+    assert derive.varied(pairs, 5) == pairs

@@ -1,0 +1,85 @@
+"""The gate a new memory version passes: locality against the model's null floor, and what a
+user would see (an untaught personal question answered with a taught answer, a taught
+question answered in a loop). On the tiny model, with scripted replies where the random
+model cannot be made to leak or loop on purpose."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import memory_text
+from engine.learning import gate as learning
+from engine.learning.gate import Locality, Taught, rejections
+from tests.test_learning import engine, said, small  # noqa: F401  (fixtures)
+
+
+def scripted(gate, replies: dict[str, str]) -> None:
+    """The gate's replies, by question (with any overlay): what a model would answer."""
+    gate.reply = lambda question, max_tokens: (replies.get(question, "I don't know."), False)
+
+
+def test_a_leak_is_a_taught_answer_to_an_untaught_question_the_base_model_did_not_give(engine):  # noqa: F811
+    gate = engine.learning.gate()
+    base = {q: "I don't know." for q in gate.personal}
+    base["What's my surname?"] = "Pixel, like my cat."  # the base model says it too
+    baseline = learning.Baseline([], [], base)
+    scripted(gate, {"What is my brother called?": "Pixel.", "What's my surname?": "Pixel.",
+                    "What is my rabbit called?": "Pixel.", "What is my cat called?": "Pixel."})
+    taught = Taught(answers=["Pixel"], said=["My rabbit is called Pixel."],
+                    questions=["What is my rabbit called?"])
+    leaks, loops = gate._seen(taught, baseline, None)
+    # the brother was never mentioned: a leak; the rabbit was (an answer may be right); the
+    # surname question got the same answer from the base model
+    assert [leak[0] for leak in leaks] == ["What is my brother called?"]
+    assert leaks[0][2] == "Pixel" and loops == ()
+
+
+def test_a_taught_question_answered_in_a_loop_is_a_loop(engine):  # noqa: F811
+    gate = engine.learning.gate()
+    scripted(gate, {"What is my cat called?": "Mos Mos Mos Mos Mos", "Where do I live?": "Oslo."})
+    taught = Taught(answers=["Mosel", "Oslo"], said=["My cat is Mosel.", "I live in Oslo."],
+                    questions=["What is my cat called?", "Where do I live?"])
+    _, loops = gate._seen(taught, gate.baseline, None)
+    assert loops == (("What is my cat called?", "Mos Mos Mos Mos Mos"),)
+
+
+def test_a_version_that_leaks_is_rejected_with_the_reason_shown(engine, monkeypatch):  # noqa: F811
+    engine.save_settings(engine.settings.with_gate(0.0))
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
+    leak = ("What is my brother called?", "Pixel.", "Pixel")
+    monkeypatch.setattr(learning.Gate, "measure", lambda self, lora, scale=1.0, cancel=None,
+                        taught=None: Locality(0.99, 0.001, (leak,) if taught else ()))
+    sid = said(engine, "What is my cat called?|Pixel")
+    [result] = engine.learn_now(session_ids=[sid])
+    assert not result.accepted and engine.memory.applied is None
+    assert result.version.reason.startswith("leaks: 'What is my brother called?' was answered")
+    shown = memory_text.gate(result.version)
+    assert shown.startswith("rejected by the gate: leaks:") and "locality 0.990" in shown
+
+
+def test_rejections_say_why_in_words():
+    assert rejections(Locality(0.97, 0.01), 0.955) == []
+    reasons = rejections(Locality(0.94, 0.01, (("Q1?", "A.", "A"), ("Q2?", "A.", "A")),
+                                  (("Q3?", "B B B B"),)), 0.955)
+    assert reasons[0] == "locality 0.940 < 0.955"
+    assert reasons[1].startswith("leaks: 'Q1?' was answered 'A.'") and "and 1 more" in reasons[1]
+    assert reasons[2] == "loops: 'Q3?' → 'B B B B'"
+
+
+def test_the_null_floor_is_measured_once_per_model_and_shape(engine, monkeypatch):  # noqa: F811
+    gate = engine.learning.gate()
+    floor = gate.floor((1, 2), 4, 64, 128)
+    assert 0.9 <= floor <= 1.0  # 1e-7 noise: the float32 tiny model hardly moves
+    monkeypatch.setattr(learning, "null_locality", lambda *a: pytest.fail("measured again"))
+    assert gate.floor((1, 2), 4, 64, 128) == floor
+
+
+def test_the_threshold_is_the_floor_less_the_margin_unless_a_fixed_one_is_set(engine):  # noqa: F811
+    settings = engine.settings
+    engine.settings = type(settings)(**{**vars(settings), "locality_threshold": 0.0,
+                                        "locality_margin": 0.02})
+    recipe = engine.learning.recipe
+    floor = engine.learning.gate().floor(tuple(recipe.layers), recipe.neurons, 64, 128)
+    assert engine.learning.threshold() == pytest.approx(floor - 0.02)
+    engine.settings = settings.with_gate(0.9)
+    assert engine.learning.threshold() == 0.9
