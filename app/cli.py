@@ -10,6 +10,8 @@ from pathlib import Path
 
 from app import __version__
 from engine.errors import EngramError
+from engine.settings import check_ctx
+from store import paths
 from store.store import StoreError
 
 
@@ -19,11 +21,29 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--home", default=default, metavar="DIR",
                         help="where sessions and memory live (default: $ENGRAM_HOME or the user data dir)")
     parser.add_argument("--profile", default="default" if top else argparse.SUPPRESS,
-                        metavar="NAME", help="whose memory to use (default: default)")
+                        type=_checked(paths.check_profile_name), metavar="NAME",
+                        help="whose memory to use (default: default)")
     parser.add_argument("--model", default=default, metavar="PATH",
                         help="a GGUF model file (default: the built-in Gemma 3 270M)")
-    parser.add_argument("--ctx", type=int, default=default, metavar="N",
+    parser.add_argument("--ctx", type=_checked(_ctx),
+                        default=default, metavar="N",
                         help="context window in tokens (default: from settings, 4096)")
+
+
+def _checked(check):
+    """An argparse type from a check that raises ValueError with a message for the user."""
+    def convert(text: str):
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def _ctx(text: str) -> int:
+    if not text.strip().lstrip("+-").isdigit():
+        raise ValueError(f"{text!r} is not a whole number of tokens")
+    return check_ctx(int(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (EngramError, StoreError, PermissionError) as exc:
+    except (EngramError, StoreError, OSError) as exc:  # OSError: the disk said no (full, a file)
         print(f"engram: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -176,13 +196,16 @@ def _dispatch(args) -> int:
         print(f"model ready: {model.path} ({model.architecture}, sha256 {model.sha256[:12]}…)")
         return 0
     if args.command == "sessions":
+        from app.terminal import inert
+
         engine = _engine(args)
         rows = engine.sessions(args.search)
         if args.json:
             print(json.dumps([vars(s) for s in rows], indent=1))
         for s in [] if args.json else rows:
             flag = " (private)" if s.private else ""
-            print(f"{s.id:>5}  {s.updated_at[:16].replace('T', ' ')}  {s.message_count:>3} msgs  {s.title}{flag}")
+            print(f"{s.id:>5}  {s.updated_at[:16].replace('T', ' ')}  {s.message_count:>3} msgs  "
+                  f"{inert(s.title)}{flag}")
         if not rows and not args.json:
             print("no sessions yet: start one with `engram`", file=sys.stderr)
         return 0

@@ -13,6 +13,7 @@ from typing import TextIO
 from app.memory_text import (describe, diff_summary, exported, forgot, imported, layer_bars,
                               learning_state, locality, rolled_back, title, was_reset, what,
                               when)
+from app.terminal import inert
 from engine.engine import Engine
 from engine.errors import EngramError
 from engine.learning import VersionDiff
@@ -87,7 +88,7 @@ def show(engine: Engine, out: TextIO) -> int:
             record = records.get(sid, {"facts": [], "corrections": []})
             print(f"  session {sid} {title(engine, sid)}", file=out)
             for question, answer, _ in record["facts"] + record["corrections"]:
-                print(f"    {question} → {answer}", file=out)
+                print(f"    {inert(question)} → {inert(answer)}", file=out)
     pending = engine.pending_sessions()
     if pending:
         print(f"pending: {', '.join(f's{s.id}' for s in pending)} (learned in the background "

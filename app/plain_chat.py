@@ -10,6 +10,7 @@ import sys
 from typing import BinaryIO, TextIO
 
 from engine.engine import Engine
+from app.terminal import inert
 from engine.errors import EngramError, InputTooLong
 
 
@@ -60,7 +61,7 @@ def run(engine: Engine, session_id: int | None, private: bool,
             print("engram> ", end="", file=err, flush=True)
         try:
             for piece in reply:
-                out.write(piece)
+                out.write(inert(piece))
                 out.flush()
         except KeyboardInterrupt:
             print("\n[stopped]", file=err)

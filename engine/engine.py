@@ -34,6 +34,7 @@ class Engine:
 
     def __init__(self, home: str | os.PathLike | None = None, profile: str = "default",
                  model: str | os.PathLike | None = None, n_ctx: int | None = None):
+        paths.check_profile_name(profile)  # before anything is created
         self.home: Path = paths.home(home)
         self.store = Store(paths.database(self.home))
         self.profile = self.store.profile(profile)

@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from engine.runtime import Sampling
 from store import paths
 
+# A context below this cannot hold a system prompt and a reply; above it llama.cpp would try
+# to allocate a KV cache no desktop has (and no built-in model was trained for).
+CTX_RANGE = (64, 262_144)
+
 
 @dataclass
 class Settings:
@@ -39,6 +43,7 @@ class Settings:
             raise ValueError("top-p must be in (0, 1]")
         if not 1.0 <= self.repeat_penalty <= 2.0:
             raise ValueError("the repeat penalty must be between 1 (none) and 2")
+        check_ctx(self.n_ctx)
         if not 1 <= self.max_tokens <= 8192:
             raise ValueError("max tokens must be between 1 and 8192")
         if not 0.0 <= self.locality_threshold <= 1.0:
@@ -55,3 +60,12 @@ class Settings:
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                         repeat_penalty=self.repeat_penalty)
+
+
+def check_ctx(n_ctx: int) -> int:
+    """``n_ctx`` if it is a context window llama.cpp can be asked for."""
+    low, high = CTX_RANGE
+    if not low <= n_ctx <= high:
+        raise ValueError(f"the context window must be between {low} and {high} tokens, "
+                         f"not {n_ctx}")
+    return n_ctx

@@ -17,11 +17,43 @@ APP_NAME = "engram"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
+class NotAHome(NotADirectoryError):
+    """A place Engram must keep a directory is something else (a file); the message says which."""
+
+
+class BadProfileName(ValueError):
+    """A profile name that would not stay one directory below ``profiles/``."""
+
+
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) readable by the user only, and return it."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create ``path`` readable by the user only, and return it. Every level created here is
+    0700 (``mkdir(parents=True)`` would leave the parents to the umask); levels that already
+    exist keep their mode, except ``path`` itself."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotAHome(f"{path} is a file, not a directory: choose another place with --home")
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it first
+            pass
+        except NotADirectoryError:
+            raise NotAHome(f"{level.parent} is a file, not a directory: choose another place "
+                           "with --home") from None
+        os.chmod(level, 0o700)
     os.chmod(path, 0o700)
     return path
+
+
+def check_profile_name(name: str) -> str:
+    """``name`` if it can name a directory under ``profiles/`` and nothing else."""
+    if (not name or len(name) > 64 or name.startswith(".") or "/" in name or "\\" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise BadProfileName(
+            f"{name!r} cannot be a profile name: use up to 64 characters, no path separators, "
+            "control characters or leading dot")
+    return name
 
 
 def home(override: str | os.PathLike | None = None) -> Path:
@@ -43,19 +75,24 @@ def database(home_dir: Path) -> Path:
     return home_dir / "engram.db"
 
 
+def profile_dir(home_dir: Path, profile: str) -> Path:
+    """Everything on disk of one profile but its rows in the database."""
+    return private_dir(home_dir / "profiles" / check_profile_name(profile))
+
+
 def overlays(home_dir: Path, profile: str) -> Path:
     """Overlay versions (safetensors + manifest) of one profile."""
-    return private_dir(home_dir / "profiles" / profile / "overlays")
+    return private_dir(profile_dir(home_dir, profile) / "overlays")
 
 
 def learning_lock(home_dir: Path, profile: str) -> Path:
     """Held while a process changes a profile's memory, so two processes never learn at once."""
-    return private_dir(home_dir / "profiles" / profile) / "learning.lock"
+    return profile_dir(home_dir, profile) / "learning.lock"
 
 
 def session_states(home_dir: Path, profile: str) -> Path:
     """Saved per-session latent state (cells, KV snapshots) of one profile."""
-    return private_dir(home_dir / "profiles" / profile / "sessions")
+    return private_dir(profile_dir(home_dir, profile) / "sessions")
 
 
 def asset(*parts: str) -> Path:
