@@ -15,6 +15,7 @@ from pathlib import Path
 
 from engine.errors import ModelError
 from store import paths
+from store.files import atomic_write, make_private
 
 GGUF_MAGIC = b"GGUF"
 BUILTIN_NAME = "gemma3-270m-q4_k_m.gguf"
@@ -41,7 +42,7 @@ def builtin_path() -> Path:
             ) from exc
         partial = target.with_suffix(".partial")
         assemble(str(partial))
-        os.replace(partial, target)
+        os.replace(make_private(partial), target)
     return target
 
 
@@ -57,9 +58,7 @@ def _memoised(path: Path, kind: str, compute):
         known = {}
     if key not in known:
         known[key] = compute(path)
-        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, memo)
+        atomic_write(memo, lambda tmp: tmp.write_text(json.dumps(known)))
     return known[key]
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngramError
+from store.files import make_private, open_private
 
 MATRICES = ("ffn_down", "ffn_up", "ffn_gate")
 FORMAT = "engram-overlay"
@@ -237,6 +238,7 @@ def write_gguf_lora(overlay: SparseOverlay, path: str | os.PathLike, arch: str) 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        make_private(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -381,7 +383,7 @@ def load(directory: str | os.PathLike, expect_base_sha256: str) -> SparseOverlay
 
 
 def _write(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
+    with open_private(path) as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())

@@ -21,6 +21,7 @@ import torch
 
 from engine.model_file import ModelFile
 from store import paths
+from store.files import make_private
 
 
 def device() -> torch.device:
@@ -226,5 +227,6 @@ def _write_cache(model, cache) -> None:
     model.config.quantization_config = None
     model.hf_quantizer = None  # the weights are plain float32 now; transformers refuses otherwise
     model.save_pretrained(str(tmp), safe_serialization=True)
+    make_private(tmp)
     shutil.rmtree(cache, ignore_errors=True)
     os.replace(tmp, cache)

@@ -1,5 +1,6 @@
-"""The two file chores every part of Engram shares: reading JSON lines, and writing a file
-so that a crash leaves either the old file or the new one, never half of one."""
+"""The file chores every part of Engram shares: reading JSON lines, writing a file so that a
+crash leaves either the old file or the new one, never half of one, and keeping what Engram
+writes readable by the user only (0600 files, 0700 directories) whatever the umask."""
 
 from __future__ import annotations
 
@@ -47,4 +48,22 @@ def atomic_write(path: Path, write: Callable[[Path], object], mode: int = 0o600)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def open_private(path: Path, mode: str = "wb"):
+    """Open ``path`` for writing (``"wb"`` truncates, ``"a"`` appends), created 0600."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode)
+
+
+def make_private(path: Path) -> Path:
+    """Restrict a file, or a directory and all below it, that a library wrote under the umask."""
+    path = Path(path)
+    os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    if path.is_dir():
+        for below in path.rglob("*"):
+            os.chmod(below, 0o700 if below.is_dir() else 0o600)
     return path

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.learner.capture import activation, passes
 from engine.twin import Twin
+from store import paths
 from store.files import atomic_write
 
 
@@ -44,7 +45,7 @@ class Anchors:
         tensors = {f"{name}.{l}": t.contiguous().cpu() for name in self.names() if name != "out_energy"
                    for l, t in getattr(self, name).items()}
         tensors |= {f"out_energy.{l}": torch.tensor(e, dtype=torch.float64) for l, e in self.out_energy.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
+        paths.private_dir(path.parent)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
     @classmethod

@@ -173,7 +173,7 @@ class Gate:
                   for layer in layers for matrix in ("ffn_gate", "ffn_up", "ffn_down")]
         shape = SparseOverlay(blocks, self.runtime.model.sha256, d_model=d_model, d_ff=d_ff)
         locality = null_locality(self, shape, self.runtime.model.architecture)["locality"]
-        path.parent.mkdir(parents=True, exist_ok=True)
+        paths.private_dir(path.parent)
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"locality": locality})))
         return locality
 

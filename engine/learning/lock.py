@@ -10,13 +10,14 @@ from pathlib import Path
 
 from engine.errors import EngramError
 from store import paths
+from store.files import open_private
 
 
 @contextmanager
 def profile_lock(home: Path, profile: str, wait: float) -> Iterator[None]:
     """Hold ``profile``'s learning lock, waiting up to ``wait`` seconds for another process
     that holds it (then EngramError)."""
-    with open(paths.learning_lock(home, profile), "a") as lock:
+    with open_private(paths.learning_lock(home, profile), "a") as lock:
         deadline = time.monotonic() + wait
         while True:
             try:
