@@ -7,6 +7,8 @@ released step: add a new one.
 
 from __future__ import annotations
 
+import re
+
 import sqlite_utils
 
 
@@ -65,10 +67,37 @@ def _v4_session_states(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v5_cascades(db: sqlite_utils.Database) -> None:
+    """Foreign keys are enforced from this version on (the store turns them on), and deleting
+    a row takes what hangs off it: a session its messages and state, a profile its sessions
+    and versions; a deleted version's children lose their parent, not their life. SQLite
+    cannot change a constraint in place, so each table is rebuilt from its own schema text
+    under a new name, copied, and renamed back (sqlite.org/lang_altertable.html, 'other
+    kinds of table schema changes'), in the step's one transaction."""
+    reference = re.compile(r'REFERENCES\s+["\[`]?(\w+)["\]`]?\s*\(\s*["\[`]?id["\]`]?\s*\)')
+    for table in ("sessions", "messages", "overlay_versions", "session_states"):
+        [sql] = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                           [table]).fetchone()
+        indexes = [row[0] for row in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL", [table])]
+        sql = reference.sub(lambda m: m.group(0) + (" ON DELETE SET NULL"
+                                                    if m.group(1) == "overlay_versions"
+                                                    else " ON DELETE CASCADE"), sql)
+        sql = re.sub(r'^CREATE TABLE\s+["\[`]?\w+["\]`]?', f'CREATE TABLE "{table}_v5"', sql)
+        db.execute(sql)
+        db.execute(f'INSERT INTO "{table}_v5" SELECT * FROM "{table}"')
+        db.execute(f'DROP TABLE "{table}"')
+        db.execute(f'ALTER TABLE "{table}_v5" RENAME TO "{table}"')
+        for index in indexes:
+            db.execute(index)
+
+
 UPGRADES = {
     1: _v1_chat,
     2: _v2_privacy_and_settings,
     3: _v3_overlay_versions,
     4: _v4_session_states,
+    5: _v5_cascades,
 }
 LATEST = max(UPGRADES)

@@ -69,9 +69,11 @@ class Store:
                 f"up to {LATEST}). Upgrade Engram, or use another home with --home."
             )
         for target in range(version + 1, LATEST + 1):
-            with self.db.conn:
+            with self.db.conn:  # each step and its version number commit together
+                self.db.execute("BEGIN IMMEDIATE")
                 UPGRADES[target](self.db)
                 self.db.execute(f"PRAGMA user_version = {target}")
+        self.db.execute("PRAGMA foreign_keys = ON")  # outside a transaction, or it is ignored
 
     def close(self) -> None:
         with self._lock:
@@ -164,9 +166,8 @@ class Store:
         return self.session(session_id)
 
     def delete_session(self, session_id: int) -> None:
+        """The session, its messages and its state (the schema cascades)."""
         with self._lock, self.db.conn:
-            self.db.execute("DELETE FROM messages WHERE session_id = ?", [session_id])
-            self.db.execute("DELETE FROM session_states WHERE session_id = ?", [session_id])
             self.db.execute("DELETE FROM sessions WHERE id = ?", [session_id])
 
     # -- messages -------------------------------------------------------------

@@ -95,3 +95,43 @@ def test_settings_are_saved_per_profile(tmp_path):
     store.save_settings(me.id, {"temperature": 0.2})
     assert store.profile("me").settings == {"temperature": 0.2}
     assert store.profile("you").settings == {}
+
+
+def test_upgrade_from_version_4_enforces_foreign_keys_and_cascades(tmp_path):
+    path = tmp_path / "v4.db"
+    db = sqlite_utils.Database(path)
+    for step in range(1, 5):
+        UPGRADES[step](db)
+    db.execute("PRAGMA user_version = 4")
+    db["profiles"].insert({"name": "ada", "created_at": "t"})
+    for sid in (1, 2):
+        db["sessions"].insert({"profile_id": 1, "title": f"s{sid}", "created_at": "t",
+                               "updated_at": "t", "model": "m", "system_prompt": None})
+        db["messages"].insert({"session_id": sid, "role": "user", "content": f"hi {sid}",
+                               "status": "complete", "created_at": "t"})
+        db["session_states"].insert({"session_id": sid, "cells_enabled": 1})
+    for parent in (None, 1):
+        db["overlay_versions"].insert({
+            "profile_id": 1, "parent_id": parent, "created_at": "t", "path": "p",
+            "base_sha256": "b", "sessions_json": "[]", "metrics_json": "{}",
+            "status": "accepted", "trainable_params": 0, "bytes": 0})
+    tables = ("profiles", "sessions", "messages", "session_states", "overlay_versions")
+    before = {t: list(db[t].rows) for t in tables}
+    db.conn.commit()
+    db.conn.close()
+
+    store = Store(path)
+    assert store.schema_version == LATEST
+    assert {t: list(store.db[t].rows) for t in tables} == before
+    assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert "idx_messages_session_id_id" in store.db["messages"].indexes[0].name
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add_message(99, "user", "to no session")
+    store.delete_session(1)
+    assert [m["session_id"] for m in store.db["messages"].rows] == [2]
+    assert [s["session_id"] for s in store.db["session_states"].rows] == [2]
+    store.db.execute("DELETE FROM overlay_versions WHERE id = 1")
+    assert [v["parent_id"] for v in store.db["overlay_versions"].rows] == [None]
+    store.db.execute("DELETE FROM profiles WHERE id = 1")
+    assert all(store.db[t].count == 0 for t in tables)
