@@ -119,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parity, top=False)
     parity.add_argument("--json", action="store_true")
 
+    reliability = bench_sub.add_parser("reliability", help="kill a streaming chat at seeded "
+                                       "moments and damage files: is anything lost, is every "
+                                       "damaged file refused cleanly?")
+    _common(reliability, top=False)
+    reliability.add_argument("--json", action="store_true")
+    reliability.add_argument("--kills", type=int, default=50, metavar="N",
+                             help="kill points (default 50)")
+    reliability.add_argument("--fuzz", type=int, default=200, metavar="N",
+                             help="damaged-file cases, half database, half overlay (default 200)")
+    reliability.add_argument("--seed", type=int, default=0)
+
     memory = sub.add_parser("memory", help="what the model learned: show, learn, diff, undo")
     memory_sub = memory.add_subparsers(dest="memory", required=True, metavar="COMMAND")
     for name, text in (("show", "what is learned, what is pending"),
@@ -235,6 +246,12 @@ def _dispatch(args) -> int:
                            resume_tokens=args.resume_tokens)
         print(json.dumps(result) if args.json else cells.report(result))
         return 0
+    if args.command == "bench" and args.bench == "reliability":
+        from engine.bench import reliability
+
+        result = reliability.run(args.model, args.kills, args.fuzz, args.seed)
+        print(json.dumps(result) if args.json else reliability.report(result))
+        return 0 if not result["failures"] and result["chat_after_kills"] else 1
     if args.command == "bench" and args.bench == "parity":
         from engine.bench import parity
 

@@ -1,0 +1,231 @@
+"""Does anything get lost when Engram is killed, or meets a damaged file? A seeded count.
+
+Crash trials: a real ``engram chat --plain`` on a fresh-enough home is sent a few messages and
+killed with SIGKILL at a random moment while it streams. A user message counts as
+acknowledged once its reply's stats line came back (the message was committed before the
+reply began). After each kill a fresh reader checks ``PRAGMA integrity_check``, the foreign
+keys, every acknowledged message and every overlay version; after the last, a new chat must
+work. Fuzz cases: copies of the database and of an overlay's safetensors, truncated or
+bit-flipped, must be refused with an Engram error or read back identically, never raise
+anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine import overlay as overlay_files
+from engine.errors import EngramError
+from engine.overlay import NeuronBlock, SparseOverlay
+from store import paths
+from store.store import Store, StoreError
+
+MESSAGES_PER_TRIAL = 3
+KILL_WINDOW_S = 4.0  # the kill falls this long at most after the first reply began streaming
+START_TIMEOUT_S = 300
+
+
+def engram_command(home: Path, model: str | None, *args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", "--home", str(home),
+            *(["--model", str(model)] if model else []), *args]
+
+
+def crash_trial(home: Path, model: str | None, seed: int,
+                window: float = KILL_WINDOW_S) -> dict:
+    """One chat killed at a seeded moment; what a fresh reader finds afterwards."""
+    rng = random.Random(seed)
+    texts = [f"trial {seed} message {i}" for i in range(MESSAGES_PER_TRIAL)]
+    versions = _versions(home)
+    proc = subprocess.Popen(engram_command(home, model, "chat", "--plain"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    acknowledged, streaming = [], threading.Event()
+
+    def drain() -> None:
+        proc.stdout.read(1)  # the first byte of the first reply (or the end, if it died)
+        streaming.set()
+        proc.stdout.read()
+
+    readers = [threading.Thread(target=lambda: acknowledged.extend(
+                   line for line in proc.stderr if b"tok/s" in line), daemon=True),
+               threading.Thread(target=drain, daemon=True)]
+    for reader in readers:
+        reader.start()
+    proc.stdin.write("".join(t + "\n" for t in texts).encode())
+    proc.stdin.flush()
+    streaming.wait(START_TIMEOUT_S)
+    time.sleep(rng.uniform(0, window))
+    seen = len(acknowledged)  # counted before the kill: only what the user saw
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for reader in readers:
+        reader.join(timeout=5)
+    found = check_home(home, texts[:seen], versions)
+    return {"seed": seed, "acknowledged": seen, **found,
+            "survived": found["integrity"] and not found["lost_messages"]
+            and not found["lost_versions"]}
+
+
+def check_home(home: Path, acknowledged: list[str], versions: dict[int, str]) -> dict:
+    """What a fresh reader finds: integrity, foreign keys, acknowledged messages present,
+    every version seen before still loadable (by its manifest's checksums)."""
+    if not paths.database(home).exists():
+        return {"integrity": True, "lost_messages": len(acknowledged), "lost_versions": 0}
+    conn = sqlite3.connect(paths.database(home))
+    try:
+        ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        ok = ok and not conn.execute("PRAGMA foreign_key_check").fetchall()
+        stored = {row[0] for row in conn.execute("SELECT content FROM messages WHERE role = 'user'")}
+    finally:
+        conn.close()
+    lost_versions = 0
+    for path, base in versions.items():
+        try:
+            overlay_files.load(home / path, base)
+        except EngramError:
+            lost_versions += 1
+    return {"integrity": ok, "lost_messages": sum(t not in stored for t in acknowledged),
+            "lost_versions": lost_versions}
+
+
+def _versions(home: Path) -> dict[str, str]:
+    """The overlay versions on record (relative path → base model hash)."""
+    if not paths.database(home).exists():
+        return {}
+    conn = sqlite3.connect(paths.database(home))
+    try:
+        return dict(conn.execute("SELECT path, base_sha256 FROM overlay_versions"))
+    finally:
+        conn.close()
+
+
+def chat_works(home: Path, model: str | None) -> bool:
+    out = subprocess.run(engram_command(home, model, "chat", "--plain"), input=b"after\n",
+                         capture_output=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    return out.returncode == 0 and b"tok/s" in out.stderr
+
+
+# -- fuzz --------------------------------------------------------------------------------
+
+
+def damage(data: bytes, rng: random.Random) -> bytes:
+    """Truncated at a random point, or one to eight random bits flipped."""
+    if rng.random() < 0.5:
+        return data[:rng.randrange(len(data))]
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+    return bytes(out)
+
+
+def _read_database(path: Path) -> list:
+    """Everything a user could be shown: the raised error, or all rows."""
+    store = Store(path)
+    try:
+        return [list(store.db[t].rows) for t in ("profiles", "sessions", "messages")]
+    finally:
+        store.close()
+
+
+def fuzz_database(database: Path, rng: random.Random, scratch: Path) -> str:
+    """``refused`` (an Engram error), ``identical`` or ``failed: …``."""
+    original = _read_database(database)
+    target = scratch / "engram.db"
+    target.write_bytes(damage(database.read_bytes(), rng))
+    try:
+        return "identical" if _read_database(target) == original else "failed: rows differ"
+    except (StoreError, EngramError):
+        return "refused"
+    except Exception as exc:  # noqa: BLE001  (the point: nothing else may escape)
+        return f"failed: {type(exc).__name__}: {exc}"
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+
+
+def sample_overlay(directory: Path, seed: int) -> str:
+    """A small random overlay version written at ``directory``; returns its base hash."""
+    rng = np.random.default_rng(seed)
+    base = "0" * 64
+    blocks = [NeuronBlock(1, "ffn_down", rng.choice(64, 4, replace=False),
+                          rng.standard_normal((16, 4)), None)]
+    overlay_files.save(SparseOverlay(blocks, base, 1.0, d_model=16, d_ff=64), directory)
+    return base
+
+
+def fuzz_overlay(directory: Path, base: str, rng: random.Random, scratch: Path) -> str:
+    target = scratch / "overlay"
+    shutil.copytree(directory, target)
+    tensors = target / overlay_files.TENSORS_FILE
+    tensors.write_bytes(damage(tensors.read_bytes(), rng))
+    try:
+        overlay_files.load(target, base)
+        return "failed: damaged overlay loaded"
+    except EngramError:
+        return "refused"
+    except Exception as exc:  # noqa: BLE001
+        return f"failed: {type(exc).__name__}: {exc}"
+    finally:
+        shutil.rmtree(target)
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="engram-reliability-") as tmp:
+        tmp = Path(tmp)
+        home = tmp / "home"
+        before = chat_works(home, model)  # a home with a session, as a user's would be
+        trials = [crash_trial(home, model, rng.randrange(2**31)) for _ in range(kills)]
+        after = chat_works(home, model)
+        overlay_dir = tmp / "v1"
+        base = sample_overlay(overlay_dir, seed)
+        scratch = paths.private_dir(tmp / "scratch")
+        cases = []
+        for i in range(fuzz):
+            case_seed = rng.randrange(2**31)
+            case_rng = random.Random(case_seed)
+            kind = "database" if i % 2 == 0 else "overlay"
+            outcome = (fuzz_database(paths.database(home), case_rng, scratch) if kind == "database"
+                       else fuzz_overlay(overlay_dir, base, case_rng, scratch))
+            cases.append({"kind": kind, "seed": case_seed, "outcome": outcome})
+    return {
+        "crash_trials": len(trials),
+        "crash_survived": sum(t["survived"] for t in trials),
+        "acknowledged_messages": sum(t["acknowledged"] for t in trials),
+        "chat_after_kills": before and after,
+        "fuzz_cases": len(cases),
+        "fuzz_refused_cleanly": sum(not c["outcome"].startswith("failed") for c in cases),
+        "lost_messages": sum(t["lost_messages"] for t in trials),
+        "lost_versions": sum(t["lost_versions"] for t in trials),
+        "failures": [t for t in trials if not t["survived"]]
+        + [c for c in cases if c["outcome"].startswith("failed")],
+    }
+
+
+def report(result: dict) -> str:
+    lines = [
+        f"crash: {result['crash_survived']}/{result['crash_trials']} kills survived "
+        f"({result['acknowledged_messages']} acknowledged messages, {result['lost_messages']} "
+        f"lost, {result['lost_versions']} versions lost); a chat afterwards "
+        f"{'works' if result['chat_after_kills'] else 'FAILS'}",
+        f"fuzz: {result['fuzz_refused_cleanly']}/{result['fuzz_cases']} damaged files refused "
+        "cleanly or read identically",
+    ]
+    lines += [f"  failed: {f}" for f in result["failures"]]
+    return "\n".join(lines)
