@@ -6,7 +6,6 @@ Ctrl+C stops the reply being written (its partial text is kept); at the prompt i
 
 from __future__ import annotations
 
-import sys
 from typing import BinaryIO, TextIO
 
 from engine.engine import Engine

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from engine import memory_archive
 from engine.conversation import Conversation
 from engine.errors import EngramError
 from engine.learn_queue import LearnQueue
-from engine.learning import LearnResult, Learning, Progress, VersionDiff, quiet
+from engine.learning import Learning, LearnResult, Progress, VersionDiff, quiet
 from engine.learning.ledger import pending_sessions
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus

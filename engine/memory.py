@@ -11,10 +11,10 @@ from __future__ import annotations
 import secrets
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 from engine import overlay as overlay_files
 from engine.errors import EngramError
@@ -160,7 +160,7 @@ class OverlayMemory:
 
     def _save(self, overlay: SparseOverlay, metrics: dict | None,
               sessions: list[int] | None) -> tuple[Path, Manifest]:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         directory = self.directory / f"{stamp}-{secrets.token_hex(3)}"
         manifest = overlay_files.save(overlay, directory, sessions=sessions, metrics=metrics,
                                       parent_version=self.applied and self.applied.id)

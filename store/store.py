@@ -6,14 +6,21 @@ import json
 import os
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
 
 from store.migrations import LATEST, UPGRADES
-from store.records import (OVERLAY_STATUSES, UNUSABLE_OVERLAY_STATUSES, Message, OverlayVersion,
-                           Profile, Session, SessionState)
+from store.records import (
+    OVERLAY_STATUSES,
+    UNUSABLE_OVERLAY_STATUSES,
+    Message,
+    OverlayVersion,
+    Profile,
+    Session,
+    SessionState,
+)
 
 
 class StoreError(Exception):
@@ -21,7 +28,7 @@ class StoreError(Exception):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _restrict(path: Path) -> None:
@@ -151,7 +158,7 @@ class Store:
         )
         cursor = self.db.execute(sql, params)
         names = [d[0] for d in cursor.description]
-        return [_session(dict(zip(names, row))) for row in cursor.fetchall()]
+        return [_session(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 
     def update_session(self, session_id: int, **fields) -> Session:
         """Change title, system_prompt or private of a session."""
@@ -251,7 +258,7 @@ class Store:
                 "WHERE s.profile_id = ? AND st.kv_path IS NOT NULL ORDER BY st.kv_saved_at",
                 [profile_id])
             names = [d[0] for d in cursor.description]
-            return [_session_state(dict(zip(names, row))) for row in cursor.fetchall()]
+            return [_session_state(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 
     # -- overlay versions -----------------------------------------------------
     # db.atomic(), not db.conn: sqlite-utils commits each insert/update of its own otherwise.

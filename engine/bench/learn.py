@@ -20,16 +20,15 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import numpy as np
 
-from engine import text
-from engine import replies
+from engine import replies, text
 from engine.bench.generate import PROMPT as SPEED_PROMPT
 from engine.engine import Engine
 from engine.learning import LearnResult
@@ -165,10 +164,10 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
 
     learned = {c["id"] for c in cases}
     current = [p.get("superseded_by") not in learned for _, p in probes]
-    final = [probe for probe, keep in zip(probes, current) if keep]
+    final = [probe for probe, keep in zip(probes, current, strict=True) if keep]
     retention = [asked("retention", c, p).ok for c, p in final]
     retention_in_context = [asked("ctx-retain", c, p, transcripts).ok for c, p in final]
-    base_final = [ok for ok, keep in zip(base, current) if keep]
+    base_final = [ok for ok, keep in zip(base, current, strict=True) if keep]
     crosstalk = _crosstalk(runtime, system, cases, details, tag)
 
     final_version, lora = engine.memory.applied, _active_lora(engine)
@@ -198,8 +197,10 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
         "derived_pairs": len(pairs),
         "derived_checked": sum(r.checked for r in results),
         "probe_overlap": _share(trained_phrasing),
-        "recall_trained_phrasing": _share([h for h, t in zip(hits, trained_phrasing) if t]),
-        "recall_paraphrase": _share([h for h, t in zip(hits, trained_phrasing) if not t]),
+        "recall_trained_phrasing": _share(
+            [h for h, t in zip(hits, trained_phrasing, strict=True) if t]),
+        "recall_paraphrase": _share(
+            [h for h, t in zip(hits, trained_phrasing, strict=True) if not t]),
         "sessions": len(cases),
         "rejected": sum(r.version is not None and not r.accepted for r in results),
         "baselines": {

@@ -67,7 +67,8 @@ def report(result: dict) -> str:
             lines.append(f"{name:<8} no memory applied")
             continue
         met = "met" if numbers["top1_agreement"] >= 0.99 else "MISSED"
-        lines.append(f"{name:<8} top-1 agreement {numbers['top1_agreement']:.4f} (target ≥ 0.99 {met}), "
+        lines.append(f"{name:<8} top-1 agreement {numbers['top1_agreement']:.4f} "
+                     f"(target ≥ 0.99 {met}), "
                      f"{numbers['top1_agreement_clear']:.4f} on the {numbers['clear_positions']} "
                      f"positions whose top two are ≥ {NEAR_TIE:g} apart · "
                      f"max logit diff {numbers['max_logit_diff']:.4f}")
