@@ -207,9 +207,9 @@ def resume(model: str | None, history_tokens: int = 2000, max_tokens: int = 32) 
     with tempfile.TemporaryDirectory() as tmp:
         homes = [Path(tmp) / name for name in ("live", "restored", "reread")]
         engine = Engine(home=homes[0], model=model, n_ctx=4096)
-        engine.load()
+        runtime = engine.load()
         session = engine.new_session()
-        for speaker, text in _history(engine.runtime.tokenize, history_tokens):
+        for speaker, text in _history(runtime.tokenize, history_tokens):
             engine.store.add_message(session.id, speaker.lower(), text)
         conversation = engine.conversation(session)
         list(conversation.send("Thanks, that is all for now.", Sampling.greedy(max_tokens)))

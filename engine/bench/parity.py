@@ -30,10 +30,11 @@ def run(engine: Engine) -> dict:
     try:
         result = {"tokens": sum(map(len, texts)), "base": _compare(twin, scorer, texts),
                   "overlay": None}
-        version = engine.memory.applied
+        memory = engine.loaded()[1]
+        version = memory.applied
         if version is not None:
-            scorer.set_overlay(*engine.memory.lora(version))
-            with applied(twin, engine.memory.current()):
+            scorer.set_overlay(*memory.lora(version))
+            with applied(twin, memory.current()):
                 result["overlay"] = _compare(twin, scorer, texts)
     finally:
         scorer.close()
