@@ -25,7 +25,7 @@ class Settings:
 
     @classmethod
     def defaults(cls) -> Settings:
-        return cls(**tomllib.loads((paths.ASSETS / "default_config.toml").read_text()))
+        return cls(**tomllib.loads(paths.asset("default_config.toml").read_text()))
 
     @classmethod
     def from_saved(cls, saved: dict) -> Settings:
