@@ -16,10 +16,12 @@ from store.store import StoreError
 
 
 def _common(parser: argparse.ArgumentParser, top: bool) -> None:
-    """Options accepted before or after the sub-command (``engram --home X chat`` or ``engram chat --home X``)."""
+    """Options accepted before or after the sub-command (``engram --home X chat`` or
+    ``engram chat --home X``)."""
     default = None if top else argparse.SUPPRESS
     parser.add_argument("--home", default=default, metavar="DIR",
-                        help="where sessions and memory live (default: $ENGRAM_HOME or the user data dir)")
+                        help="where sessions and memory live "
+                             "(default: $ENGRAM_HOME or the user data dir)")
     parser.add_argument("--profile", default="default" if top else argparse.SUPPRESS,
                         type=_checked(paths.check_profile_name), metavar="NAME",
                         help="whose memory to use (default: default)")
@@ -47,7 +49,8 @@ def _ctx(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="engram", description="A local chat whose model learns from you.")
+    parser = argparse.ArgumentParser(prog="engram",
+                                     description="A local chat whose model learns from you.")
     parser.add_argument("--version", action="version", version=f"engram {__version__}")
     _common(parser, top=True)
     sub = parser.add_subparsers(dest="command")
@@ -215,8 +218,8 @@ def _dispatch(args) -> int:
             print(json.dumps([vars(s) for s in rows], indent=1))
         for s in [] if args.json else rows:
             flag = " (private)" if s.private else ""
-            print(f"{s.id:>5}  {s.updated_at[:16].replace('T', ' ')}  {s.message_count:>3} msgs  "
-                  f"{inert(s.title)}{flag}")
+            when = s.updated_at[:16].replace("T", " ")
+            print(f"{s.id:>5}  {when}  {s.message_count:>3} msgs  {inert(s.title)}{flag}")
         if not rows and not args.json:
             print("no sessions yet: start one with `engram`", file=sys.stderr)
         return 0

@@ -10,9 +10,21 @@ import re
 import sys
 from typing import TextIO
 
-from app.memory_text import (describe, diff_summary, exported, forgot, imported, layer_bars,
-                              learning_state, locality, rolled_back, title, was_reset, what,
-                              when)
+from app.memory_text import (
+    describe,
+    diff_summary,
+    exported,
+    forgot,
+    imported,
+    layer_bars,
+    learning_state,
+    locality,
+    rolled_back,
+    title,
+    was_reset,
+    what,
+    when,
+)
 from app.terminal import inert
 from engine.engine import Engine
 from engine.errors import EngramError

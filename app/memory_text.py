@@ -104,7 +104,8 @@ def layer_bars(d: VersionDiff) -> list[str]:
     if not d.layers:
         return []
     top = max(max(pair) for pair in d.layers.values()) or 1.0
-    return [f"layer {layer:>2}  {before:8.3f} → {after:8.3f}  {'█' * round(BAR_CELLS * after / top)}"
+    return [f"layer {layer:>2}  {before:8.3f} → {after:8.3f}  "
+            f"{'█' * round(BAR_CELLS * after / top)}"
             for layer, (before, after) in d.layers.items()]
 
 

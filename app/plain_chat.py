@@ -6,11 +6,10 @@ Ctrl+C stops the reply being written (its partial text is kept); at the prompt i
 
 from __future__ import annotations
 
-import sys
 from typing import BinaryIO, TextIO
 
-from engine.engine import Engine
 from app.terminal import inert
+from engine.engine import Engine
 from engine.errors import EngramError, InputTooLong
 
 

@@ -15,8 +15,8 @@ depend on the gates: their output is computed once, without gradients.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ def _run(twin: Twin, data: _Batch, first: int, layers: tuple[int, ...],
 def _answer_nll(twin: Twin, data: _Batch, h: torch.Tensor) -> torch.Tensor:
     """Summed NLL of each sequence's scored tail."""
     out = []
-    for k, (n, m) in enumerate(zip(data.batch.lengths, data.scored)):
+    for k, (n, m) in enumerate(zip(data.batch.lengths, data.scored, strict=True)):
         logits = twin.logits(h[k, n - m - 1: n - 1])
         out.append(F.cross_entropy(logits, data.batch.ids[k, n - m: n], reduction="sum"))
     return torch.stack(out)
@@ -105,7 +105,7 @@ def train(twin: Twin, writer: CellWriter, cases: list[Case], prose: list[str],
     text = _prepare(twin, paragraphs, [], first)
     with torch.no_grad():
         base = [F.log_softmax(twin.logits(row[:n]), -1) for row, n in
-                zip(_run(twin, text, first, layers, None), text.batch.lengths)]
+                zip(_run(twin, text, first, layers, None), text.batch.lengths, strict=True)]
 
     mask = torch.zeros(twin.n_layer, device=twin.device)
     mask[list(layers)] = 1.0
@@ -117,7 +117,7 @@ def train(twin: Twin, writer: CellWriter, cases: list[Case], prose: list[str],
             raise EngramError("cancelled")
         optimiser.zero_grad()
         total = 0.0
-        for data, direction in zip(examples, directions):
+        for data, direction in zip(examples, directions, strict=True):
             h = _run(twin, data, first, layers, (gates * mask)[:, None] * direction)
             loss = _answer_nll(twin, data, h).mean() / len(examples)
             loss.backward()
@@ -127,7 +127,8 @@ def train(twin: Twin, writer: CellWriter, cases: list[Case], prose: list[str],
         h = _run(twin, text, first, layers, (gates * mask)[None, :, None] * shifted)
         kl = sum(F.kl_div(F.log_softmax(twin.logits(row[:n]), -1), before, log_target=True,
                           reduction="batchmean")
-                 for row, n, before in zip(h, text.batch.lengths, base)) / len(paragraphs)
+                 for row, n, before in zip(h, text.batch.lengths, base, strict=True)
+                 ) / len(paragraphs)
         (recipe.kl_weight * kl).backward()
         optimiser.step()
         if progress is not None:

@@ -51,7 +51,7 @@ class CellRule:
     tau: float = 0.25  # read only for turns whose cosine with the cells is above this
     decay: float = 0.8  # per turn folded in
 
-    def resolve(self, n_layer: int) -> "CellRule":
+    def resolve(self, n_layer: int) -> CellRule:
         """The same rule with absolute layer numbers for a model of ``n_layer`` layers."""
         layers = self.layers or range(1, n_layer - 1)
         layers = tuple(sorted({layer + n_layer if layer < 0 else layer for layer in layers}))
@@ -89,7 +89,7 @@ class Cells:
     enabled: bool = True
 
     @classmethod
-    def empty(cls, rule: CellRule, n_layer: int, n_embd: int, model_sha256: str) -> "Cells":
+    def empty(cls, rule: CellRule, n_layer: int, n_embd: int, model_sha256: str) -> Cells:
         return cls(rule.layers, n_layer, np.zeros((len(rule.layers), n_embd), np.float32),
                    model_sha256=model_sha256, rule_key=rule.key())
 
@@ -149,7 +149,7 @@ class Cells:
         return _MAGIC + struct.pack("<I", len(header)) + header + self.sums.astype("<f4").tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, model_sha256: str, rule: CellRule) -> "Cells":
+    def from_bytes(cls, data: bytes, model_sha256: str, rule: CellRule) -> Cells:
         try:
             if data[:8] != _MAGIC:
                 raise ValueError("not a cells record")
@@ -160,7 +160,8 @@ class Cells:
             if sums.size != shape[0] * shape[1]:
                 raise ValueError(f"{sums.size} values instead of {shape[0] * shape[1]}")
         except (ValueError, KeyError, TypeError, struct.error) as exc:
-            raise CellsRefused(f"the session's saved cells are damaged ({exc}); starting empty") from None
+            raise CellsRefused(
+                f"the session's saved cells are damaged ({exc}); starting empty") from None
         if head["format"] != FORMAT or head["rule"] != rule.key():
             raise CellsRefused("the session's saved cells were written by another cell rule; "
                                "starting empty")

@@ -34,7 +34,7 @@ def twin_prefers(twin: Twin, runtime: Runtime, system: str | None) -> Prefers:
         blind = _first_token_logprobs(twin, [runtime.tokenize(runtime.format.render(
             system, [Turn("user", question)])) for _, question, _ in items])
         out = []
-        for (_, _, answers), with_it, without in zip(items, read, blind):
+        for (_, _, answers), with_it, without in zip(items, read, blind, strict=True):
             firsts = [runtime.tokenize(f" {answer}", add_bos=False)[0] for answer in answers]
             raised = with_it[firsts] - without[firsts]
             out.append({int(with_it[firsts].argmax()), int(raised.argmax())})
@@ -71,8 +71,9 @@ def twin_kinds(twin: Twin, runtime: Runtime) -> KindOf:
         read = _first_token_logprobs(twin, [runtime.tokenize(f"{template}\n{answer}:")
                                             for answer in answers])
         out: list[str | None] = []
-        for logprobs, answer in zip(read, answers):
-            share, best = (float(v) for v in logprobs[firsts.to(logprobs.device)].softmax(-1).max(-1))
+        for logprobs, answer in zip(read, answers, strict=True):
+            share, best = (float(v)
+                           for v in logprobs[firsts.to(logprobs.device)].softmax(-1).max(-1))
             kind = words[int(best)]
             sure = share >= KIND_CONFIDENCE and kind.rstrip("s") != answer.lower().rstrip("s")
             out.append(kind if sure else None)

@@ -1,4 +1,5 @@
-"""One session's dialogue: history from the store, replies from the runtime, every message committed.
+"""One session's dialogue: history from the store, replies from the runtime, every message
+committed.
 
 The user's message is committed before generation starts. The reply is committed as
 ``pending`` at once, its text flushed while it streams, and finally marked ``complete``,
@@ -8,7 +9,7 @@ The user's message is committed before generation starts. The reply is committed
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from engine.prompt import Turn
 from engine.runtime import Reply, Runtime, Sampling
@@ -23,7 +24,7 @@ TITLE_CHARS = 60
 class ChatReply:
     """A streaming reply that writes itself to the store as it goes."""
 
-    def __init__(self, conversation: "Conversation", reply: Reply, message: Message):
+    def __init__(self, conversation: Conversation, reply: Reply, message: Message):
         self.conversation = conversation
         self.reply = reply
         self.message = message

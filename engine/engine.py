@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from engine import memory_archive
 from engine.conversation import Conversation
 from engine.errors import EngramError
 from engine.learn_queue import LearnQueue
-from engine.learning import LearnResult, Learning, Progress, VersionDiff, quiet
+from engine.learning import Learning, LearnResult, Progress, VersionDiff, quiet
 from engine.learning.ledger import pending_sessions
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus
@@ -51,16 +51,24 @@ class Engine:
 
     def load(self) -> Runtime:
         if self.runtime is None:
-            self.runtime = Runtime(self.model_path, n_ctx=self.n_ctx)
-            self.memory = OverlayMemory(self.store, self.home, self.profile, self.runtime)
+            runtime = Runtime(self.model_path, n_ctx=self.n_ctx)
+            memory = OverlayMemory(self.store, self.home, self.profile, runtime)
             self.states = SessionStates(
-                self.store, self.home, self.profile, self.runtime,
-                overlay_id=lambda: self.memory.applied.id if self.memory.applied else None,
-                gates=lambda: self.memory.cell_gates)
-            self.learning = Learning(self.store, self.home, self.profile, self.runtime,
-                                     self.memory, lambda: self.settings,
+                self.store, self.home, self.profile, runtime,
+                overlay_id=lambda: memory.applied.id if memory.applied else None,
+                gates=lambda: memory.cell_gates)
+            self.learning = Learning(self.store, self.home, self.profile, runtime,
+                                     memory, lambda: self.settings,
                                      cell_writer=self.states.writer)
+            self.runtime, self.memory = runtime, memory
         return self.runtime
+
+    def loaded(self) -> tuple[Runtime, OverlayMemory, Learning, SessionStates]:
+        """The model and what is built on it, loading it first."""
+        runtime = self.load()
+        # load() sets them all together
+        assert self.memory is not None and self.learning is not None and self.states is not None
+        return runtime, self.memory, self.learning, self.states
 
     def close(self) -> None:
         """Stop learning (a job in progress is dropped; the active version stays), then close.
@@ -107,14 +115,12 @@ class Engine:
     def set_cells_enabled(self, session_id: int, enabled: bool) -> None:
         """Turn a session's cells on or off (off: nothing is written or read; kept for later)."""
         self._own(session_id)
-        self.load()
-        self.states.set_cells_enabled(session_id, enabled)
+        self.loaded()[3].set_cells_enabled(session_id, enabled)
 
     def reset_cells(self, session_id: int) -> None:
         """Empty a session's cells."""
         self._own(session_id)
-        self.load()
-        self.states.reset_cells(session_id)
+        self.loaded()[3].reset_cells(session_id)
 
     def _own(self, session_id: int) -> None:
         if self.store.session(session_id).profile_id != self.profile.id:
@@ -171,8 +177,9 @@ class Engine:
     def _learn_in_background(self, progress: Progress, cancel: threading.Event) -> str:
         if self.settings.learning_paused:
             return "learning is paused"
-        results = self.learning.run(progress, cancel, wait=0)
-        cells = self.learning.learn_cells(progress, cancel, wait=0)
+        _, _, learning, _ = self.loaded()
+        results = learning.run(progress, cancel, wait=0)
+        cells = learning.learn_cells(progress, cancel, wait=0)
         if self.on_learned is not None:
             self.on_learned(results)
         summaries = [r.summary() for r in results] + ([f"cells' read learned (v{cells.id})"]
@@ -190,10 +197,10 @@ class Engine:
         is due; returns when each new version is active or rejected."""
         if self.settings.learning_paused:
             raise EngramError("learning is paused: `engram memory resume` turns it back on")
-        self.load()
+        _, _, learning, _ = self.loaded()
         self.cancel_learning()
-        results = self.learning.run(progress, cancel, session_ids)
-        self.learning.learn_cells(progress, cancel)
+        results = learning.run(progress, cancel, session_ids)
+        learning.learn_cells(progress, cancel)
         return results
 
     def pause_learning(self, paused: bool = True) -> None:
@@ -203,23 +210,22 @@ class Engine:
         self.save_settings(replace(self.settings, learning_paused=paused))
 
     def forget_session(self, session_id: int) -> OverlayVersion:
-        self.load()
+        _, _, learning, _ = self.loaded()
         self.cancel_learning()
-        return self.learning.forget(session_id)
+        return learning.forget(session_id)
 
     def reset_memory(self) -> OverlayVersion:
-        self.load()
+        _, _, learning, _ = self.loaded()
         self.cancel_learning()
-        return self.learning.reset()
+        return learning.reset()
 
     def rollback_memory(self, version_id: int | None = None) -> OverlayVersion | None:
-        self.load()
+        _, _, learning, _ = self.loaded()
         self.cancel_learning()
-        return self.learning.rollback(version_id)
+        return learning.rollback(version_id)
 
     def memory_diff(self, version_id: int) -> VersionDiff:
-        self.load()
-        return self.learning.diff(version_id)
+        return self.loaded()[2].diff(version_id)
 
     def memory_neurons(self, version_id: int
                        ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
@@ -228,8 +234,7 @@ class Engine:
         version = self.store.overlay_version(version_id)
         if version.profile_id != self.profile.id:
             raise PermissionError("that overlay version belongs to another profile")
-        self.load()
-        return self.memory.load(version).neuron_norms()
+        return self.loaded()[1].load(version).neuron_norms()
 
     def export_memory(self, path: str | os.PathLike, fmt: str = "archive") -> Path:
         """Write the active memory to ``path`` (which must not exist): ``archive`` (overlay,
@@ -241,8 +246,8 @@ class Engine:
     def import_memory(self, path: str | os.PathLike) -> OverlayVersion:
         """Check an archive completely, then add its sessions and make its overlay a new active
         version (a rollback goes back). A refused archive (ArchiveRefused) changes nothing."""
-        self.load()
-        archive = memory_archive.read(path, self.runtime)
+        runtime, memory, learning, _ = self.loaded()
+        archive = memory_archive.read(path, runtime)
         self.cancel_learning()
-        with self.learning.exclusive():
-            return memory_archive.apply(archive, self.store, self.profile, self.memory)
+        with learning.exclusive():
+            return memory_archive.apply(archive, self.store, self.profile, memory)

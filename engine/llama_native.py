@@ -16,7 +16,6 @@ import numpy as np
 
 from engine.errors import EngramError
 
-
 GGML_LOG_ERROR, GGML_LOG_CONT = 4, 5
 _last_level = 0
 
@@ -186,7 +185,8 @@ def state_set(llm, tokens: list[int], data: bytes) -> None:
     buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
     if llama_cpp.llama_state_set_data(_ctx(llm), buffer, len(data)) != len(data):
         clear_kv(llm)
-        raise EngramError("llama.cpp could not load the saved state (another build or context size)")
+        raise EngramError(
+            "llama.cpp could not load the saved state (another build or context size)")
     llm.input_ids[: len(tokens)] = tokens
     llm.n_tokens = len(tokens)
     llm._requires_eval = True  # the restored logits are not a live decode: replay the last token

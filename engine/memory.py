@@ -11,10 +11,13 @@ from __future__ import annotations
 import secrets
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TypeVar
+
+import numpy as np
 
 from engine import overlay as overlay_files
 from engine.errors import EngramError
@@ -23,6 +26,8 @@ from engine.runtime import Runtime
 from store import paths
 from store.records import UNUSABLE_OVERLAY_STATUSES, OverlayVersion, Profile
 from store.store import Store
+
+Recorded = TypeVar("Recorded", OverlayVersion, OverlayVersion | None)
 
 GGUF_FILE = "lora.gguf"  # the llama.cpp export, cached next to the version's own files
 
@@ -39,7 +44,8 @@ class OverlayMemory:
         self.store, self.home, self.profile, self.runtime = store, Path(home), profile, runtime
         self.directory = paths.overlays(self.home, profile.name)
         self.applied: OverlayVersion | None = None  # what the runtime computes with
-        self.cell_gates = None  # the applied version's learned read of the cells (None: none)
+        # the applied version's learned read of the cells (None: none)
+        self.cell_gates: np.ndarray | None = None
         self.problem = ""
         self._lock = threading.RLock()
         for partial in self.directory.glob(f"{overlay_files.PARTIAL_PREFIX}*"):
@@ -63,7 +69,7 @@ class OverlayMemory:
         if version is None:
             self._apply(None)
         if broken:
-            self.store.set_active_overlay(self.profile.id, version and version.id)
+            self.store.set_active_overlay(self.profile.id, version.id if version else None)
         self.applied, self.problem = version, " ".join(problems)
 
     # -- reading -------------------------------------------------------------------
@@ -91,11 +97,11 @@ class OverlayMemory:
         """Run the model on another version (None: base weights) for a while, e.g. to show
         answers before and after a change; the applied version comes back afterwards."""
         with self._lock:
-            self._apply(version and self.home / version.path)
+            self._apply(self.home / version.path if version else None)
             try:
                 yield
             finally:
-                self._apply(self.applied and self.home / self.applied.path)
+                self._apply(self.home / self.applied.path if self.applied else None)
 
     # -- changing ------------------------------------------------------------------
 
@@ -160,10 +166,10 @@ class OverlayMemory:
 
     def _save(self, overlay: SparseOverlay, metrics: dict | None,
               sessions: list[int] | None) -> tuple[Path, Manifest]:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         directory = self.directory / f"{stamp}-{secrets.token_hex(3)}"
         manifest = overlay_files.save(overlay, directory, sessions=sessions, metrics=metrics,
-                                      parent_version=self.applied and self.applied.id)
+                                      parent_version=self.applied.id if self.applied else None)
         return directory, manifest
 
     def _record(self, directory: Path, manifest: Manifest, status: str,
@@ -177,15 +183,14 @@ class OverlayMemory:
                       for name in (overlay_files.TENSORS_FILE, overlay_files.MANIFEST_FILE)),
         )
 
-    def _switch(self, directory: Path | None,
-                record: Callable[[], OverlayVersion | None]) -> OverlayVersion | None:
+    def _switch(self, directory: Path | None, record: Callable[[], Recorded]) -> Recorded:
         """Apply to the model, then record; if recording fails, put the model back."""
         previous = self.applied
         self._apply(directory)
         try:
             version = record()
         except BaseException:
-            self._apply(previous and self.home / previous.path)
+            self._apply(self.home / previous.path if previous else None)
             raise
         self.applied, self.problem = version, ""
         return version

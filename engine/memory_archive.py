@@ -35,7 +35,7 @@ import tempfile
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +157,7 @@ def _write_archive(path: Path, directory: Path, version: OverlayVersion, overlay
     index = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "engram_version": importlib.metadata.version("engram"),
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": profile.name, "overlay_version": version.id,
         "base_sha256": overlay.base_sha256,
         "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
@@ -418,7 +418,7 @@ def apply(archive: Archive, store: Store, profile: Profile,
     the overlay as learned (with their facts), the others as dropped, so none is learned
     again unless it gets new messages."""
     new_ids = store.add_sessions(profile.id, archive.sessions)
-    ids = {s["id"]: new for s, new in zip(archive.sessions, new_ids)}
+    ids = {s["id"]: new for s, new in zip(archive.sessions, new_ids, strict=True)}
     try:
         newest = store.last_user_message_ids(profile.id)
         owned = set(archive.overlay.sessions)

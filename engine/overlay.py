@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -179,11 +179,11 @@ class SparseOverlay:
 
     # -- changing it ----------------------------------------------------------
 
-    def without_session(self, session_id: int) -> "SparseOverlay":
+    def without_session(self, session_id: int) -> SparseOverlay:
         """The overlay with one session's neurons removed (forget that session)."""
         return replace(self, blocks=[b for b in self.blocks if b.session_id != session_id])
 
-    def merge(self, other: "SparseOverlay") -> "SparseOverlay":
+    def merge(self, other: SparseOverlay) -> SparseOverlay:
         """Both overlays' blocks in one (neurons both change add up)."""
         mine = (self.base_sha256, self.d_model, self.d_ff, self.scale)
         theirs = (other.base_sha256, other.d_model, other.d_ff, other.scale)
@@ -303,7 +303,7 @@ def save(overlay: SparseOverlay, directory: str | os.PathLike, *,
     manifest = Manifest(
         base_sha256=overlay.base_sha256, scale=float(overlay.scale),
         d_model=overlay.d_model, d_ff=overlay.d_ff,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
         parent_version=parent_version,
         sessions=sorted(overlay.sessions if sessions is None else sessions),
         metrics=metrics or {},

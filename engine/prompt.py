@@ -7,8 +7,9 @@ dialogue, which they continue far better than their own turn tokens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from engine.errors import InputTooLong
 

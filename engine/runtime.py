@@ -11,8 +11,8 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class Sampling:
     repeat_penalty: float = 1.0  # llama.cpp's: > 1 makes a token just said less likely again
 
     @classmethod
-    def greedy(cls, max_tokens: int = 64) -> "Sampling":
+    def greedy(cls, max_tokens: int = 64) -> Sampling:
         return cls(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0)
 
 
@@ -88,7 +88,8 @@ class KvSnapshot:
 
 
 def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
 
 
 class Runtime:
@@ -287,6 +288,6 @@ def _prompt_format(llm) -> PromptFormat:
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         return PlainDialogue()
-    bos = llm.detokenize([llm.token_bos()]).decode("utf-8", "replace") if llm.token_bos() >= 0 else ""
-    eos = llm.detokenize([llm.token_eos()]).decode("utf-8", "replace") if llm.token_eos() >= 0 else ""
+    bos, eos = (llm.detokenize([t]).decode("utf-8", "replace") if t >= 0 else ""
+                for t in (llm.token_bos(), llm.token_eos()))
     return ChatTemplate(template, bos, eos)

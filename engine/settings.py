@@ -1,4 +1,5 @@
-"""Per-profile chat settings: system prompt and sampling, defaults from ``assets/default_config.toml``."""
+"""Per-profile chat settings: system prompt and sampling, defaults from
+``assets/default_config.toml``."""
 
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ class Settings:
     gate_replies: bool  # the gate also refuses versions that leak or loop
 
     @classmethod
-    def defaults(cls) -> "Settings":
-        return cls(**tomllib.loads((paths.ASSETS / "default_config.toml").read_text()))
+    def defaults(cls) -> Settings:
+        return cls(**tomllib.loads(paths.asset("default_config.toml").read_text()))
 
     @classmethod
-    def from_saved(cls, saved: dict) -> "Settings":
+    def from_saved(cls, saved: dict) -> Settings:
         """Defaults overridden by what the profile saved (unknown keys ignored)."""
         known = {f.name for f in fields(cls)}
         return cls(**{**asdict(cls.defaults()), **{k: v for k, v in saved.items() if k in known}})
@@ -51,7 +52,7 @@ class Settings:
         if not 0.0 <= self.locality_margin:
             raise ValueError("the locality margin must not be negative")
 
-    def with_gate(self, threshold: float) -> "Settings":
+    def with_gate(self, threshold: float) -> Settings:
         """A fixed locality threshold instead of the floor-relative one (0: the gate accepts
         every version, leaks and loops included: to measure what a recipe alone does)."""
         return replace(self, locality_threshold=threshold, locality_margin=1.0,

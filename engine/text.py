@@ -97,8 +97,9 @@ def tags(sentence: list[str]) -> list[str]:
             k -= 1  # "I always check": what comes before the adverbs
         before = sentence[k].lower()
         lexicon = getAllLemmas(word.lower())
-        if before in grammar()["copulas"] and "ADJ" in lexicon and out[i] in {"NOUN", "ADJ", "VERB"} \
-                and not word.lower().endswith(("ing", "ed")):
+        if (before in grammar()["copulas"] and "ADJ" in lexicon
+                and out[i] in {"NOUN", "ADJ", "VERB"}
+                and not word.lower().endswith(("ing", "ed"))):
             out[i] = "ADJ"  # "she is grey"
         elif out[i] in {"NOUN", "ADJ"} and "VERB" in lexicon and (
                 before in grammar()["subject_pronouns"] or out[k] in {"AUX", "NEG"}
@@ -130,7 +131,7 @@ def content_lemmas(text: str) -> set[str]:
     light = grammar()["light_verbs"]
     sentence = words(expand_contractions(text))
     out = set()
-    for word, cls in zip(sentence, tags(sentence)):
+    for word, cls in zip(sentence, tags(sentence), strict=True):
         if cls in {"NOUN", "PROPN", "ADJ", "VERB", "NUM"}:
             base = lemma(word, cls)
             if not (cls == "VERB" and base in light):

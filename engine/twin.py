@@ -10,12 +10,11 @@ prefix once and only the layers above the edited ones at each step.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 
@@ -37,7 +36,7 @@ class Batch:
     masks: dict
     position_ids: torch.Tensor
     position_embeddings: dict
-    prefix: "Prefix | None" = None  # a shared prefix every sequence continues
+    prefix: Prefix | None = None  # a shared prefix every sequence continues
 
 
 class Prefix:
@@ -74,7 +73,7 @@ class Twin:
     # -- loading --------------------------------------------------------------
 
     @classmethod
-    def load(cls, model_file: ModelFile) -> "Twin":
+    def load(cls, model_file: ModelFile) -> Twin:
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
@@ -109,10 +108,12 @@ class Twin:
         masks = (self._masks(embeds, attention, position_ids) if prefix is None
                  else self._continuation_masks(start, width))
         rotary = self.model.model.rotary_emb
-        position_embeddings = {t: rotary(embeds, position_ids, t) for t in set(self.config.layer_types)}
+        position_embeddings = {t: rotary(embeds, position_ids, t)
+                               for t in set(self.config.layer_types)}
         return Batch(ids, lengths, masks, position_ids, position_embeddings, prefix)
 
-    def _masks(self, embeds: torch.Tensor, attention: torch.Tensor, position_ids: torch.Tensor) -> dict:
+    def _masks(self, embeds: torch.Tensor, attention: torch.Tensor,
+               position_ids: torch.Tensor) -> dict:
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
         kwargs = dict(config=self.config, inputs_embeds=embeds, attention_mask=attention,
@@ -165,7 +166,9 @@ class Twin:
         next call while no layer below ``layer`` is edited (the learner asks every earlier
         session's questions at each run; only the layers it edits change between runs);
         at most ``keep`` sequences, the oldest dropped first."""
-        key = lambda s: (layer, prefix.tokens if prefix else (), tuple(s))
+        def key(s: list[int]) -> tuple:
+            return (layer, prefix.tokens if prefix else (), tuple(s))
+
         kept = self._entering if not any(l < layer for l in self.edited) else {}
         missing = [s for s in sequences if key(s) not in kept]
         for start in range(0, len(missing), 16):
@@ -181,7 +184,8 @@ class Twin:
     def embed(self, batch: Batch) -> torch.Tensor:
         return self.model.model.embed_tokens(batch.ids)
 
-    def run(self, h: torch.Tensor, batch: Batch, start: int = 0, end: int | None = None) -> torch.Tensor:
+    def run(self, h: torch.Tensor, batch: Batch, start: int = 0,
+            end: int | None = None) -> torch.Tensor:
         """Hidden states after layers [start, end) given the input ``h`` of layer ``start``."""
         for i in range(start, self.n_layer if end is None else end):
             kind = self.config.layer_types[i]

@@ -13,37 +13,37 @@ import sqlite_utils
 
 
 def _v1_chat(db: sqlite_utils.Database) -> None:
-    db["profiles"].create(
+    db.table("profiles").create(
         {"id": int, "name": str, "created_at": str},
         pk="id", not_null={"name", "created_at"},
     )
-    db["profiles"].create_index(["name"], unique=True)
-    db["sessions"].create(
+    db.table("profiles").create_index(["name"], unique=True)
+    db.table("sessions").create(
         {"id": int, "profile_id": int, "title": str, "created_at": str,
          "updated_at": str, "model": str, "system_prompt": str},
         pk="id", foreign_keys=[("profile_id", "profiles", "id")],
         not_null={"profile_id", "title", "created_at", "updated_at"},
     )
-    db["sessions"].create_index(["profile_id", "updated_at"])
-    db["messages"].create(
+    db.table("sessions").create_index(["profile_id", "updated_at"])
+    db.table("messages").create(
         {"id": int, "session_id": int, "role": str, "content": str, "status": str,
          "created_at": str, "model": str, "prompt_tokens": int,
          "completion_tokens": int, "seconds": float, "tokens_per_s": float},
         pk="id", foreign_keys=[("session_id", "sessions", "id")],
         not_null={"session_id", "role", "content", "status", "created_at"},
     )
-    db["messages"].create_index(["session_id", "id"])
+    db.table("messages").create_index(["session_id", "id"])
 
 
 def _v2_privacy_and_settings(db: sqlite_utils.Database) -> None:
-    db["sessions"].add_column("private", int, not_null_default=0)
-    db["profiles"].add_column("settings", str, not_null_default="{}")
+    db.table("sessions").add_column("private", int, not_null_default=0)
+    db.table("profiles").add_column("settings", str, not_null_default="{}")
 
 
 def _v3_overlay_versions(db: sqlite_utils.Database) -> None:
     """Overlay versions (files live under the home; rows hold their relative path and hashes)
     and each profile's active version."""
-    db["overlay_versions"].create(
+    db.table("overlay_versions").create(
         {"id": int, "profile_id": int, "parent_id": int, "created_at": str, "path": str,
          "base_sha256": str, "sessions_json": str, "metrics_json": str, "status": str,
          "reason": str, "trainable_params": int, "bytes": int},
@@ -52,14 +52,14 @@ def _v3_overlay_versions(db: sqlite_utils.Database) -> None:
         not_null={"profile_id", "created_at", "path", "base_sha256", "sessions_json",
                   "metrics_json", "status", "trainable_params", "bytes"},
     )
-    db["overlay_versions"].create_index(["profile_id", "id"])
-    db["profiles"].add_column("active_overlay_id", int)
+    db.table("overlay_versions").create_index(["profile_id", "id"])
+    db.table("profiles").add_column("active_overlay_id", int)
 
 
 def _v4_session_states(db: sqlite_utils.Database) -> None:
     """A session's latent state: its cells (a small blob) and a snapshot of llama.cpp's KV
     cache (a file under the home, tagged with what computed it)."""
-    db["session_states"].create(
+    db.table("session_states").create(
         {"session_id": int, "cells_enabled": int, "cells": bytes, "kv_path": str,
          "kv_model_sha256": str, "kv_overlay_id": int, "kv_format": int, "kv_tokens": int,
          "kv_bytes": int, "kv_sha256": str, "kv_saved_at": str},

@@ -9,12 +9,12 @@ else ``$ENGRAM_HOME``, else the platform's user data dir. Big rebuildable files
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import platformdirs
 
 APP_NAME = "engram"
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 class NotAHome(NotADirectoryError):
@@ -96,10 +96,14 @@ def session_states(home_dir: Path, profile: str) -> Path:
 
 
 def asset(*parts: str) -> Path:
-    """A file shipped with Engram (``assets/``)."""
-    return ASSETS.joinpath(*parts)
+    """A file shipped with Engram: the ``assets`` package's data, in the checkout and in a
+    wheel alike (read through importlib.resources, never beside this file)."""
+    root = resources.files("assets")
+    if not isinstance(root, Path):  # a zipped install: Engram is always unpacked on disk
+        raise RuntimeError(f"Engram's assets are not files on disk ({root}); reinstall it")
+    return root.joinpath(*parts)
 
 
 def eval_data(name: str) -> Path:
     """A bundled evaluation file (same formats as the public sets)."""
-    return ASSETS / "eval" / name
+    return asset("eval", name)

@@ -32,7 +32,8 @@ class Message:
     session_id: int
     role: str  # "user" | "assistant" | "system"
     content: str
-    status: str  # "complete" | "partial" (cancelled) | "error" (crashed) | "pending" (being written)
+    # "complete" | "partial" (cancelled) | "error" (crashed) | "pending" (being written)
+    status: str
     created_at: str
     model: str | None = None
     prompt_tokens: int | None = None
@@ -69,8 +70,9 @@ class OverlayVersion:
 @dataclass(frozen=True)
 class SessionState:
     """A session's saved latent state. ``cells_enabled``: None means the default. ``cells``:
-    the cells record (engine.cells), None when empty. ``kv_*``: the KV-cache snapshot file (``kv_path`` relative to the Engram home, None
-    when there is none) and what it was computed with: model, overlay version, file format."""
+    the cells record (engine.cells), None when empty. ``kv_*``: the KV-cache snapshot file
+    (``kv_path`` relative to the Engram home, None when there is none) and what it was
+    computed with: model, overlay version, file format."""
 
     session_id: int
     cells_enabled: bool | None

@@ -6,14 +6,23 @@ import json
 import os
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
+from sqlite_utils.db import Table
 
 from store.migrations import LATEST, UPGRADES
-from store.records import (OVERLAY_STATUSES, UNUSABLE_OVERLAY_STATUSES, Message, OverlayVersion,
-                           Profile, Session, SessionState)
+from store.records import (
+    OVERLAY_STATUSES,
+    UNUSABLE_OVERLAY_STATUSES,
+    Message,
+    OverlayVersion,
+    Profile,
+    Session,
+    SessionState,
+)
 
 
 class StoreError(Exception):
@@ -21,7 +30,14 @@ class StoreError(Exception):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _insert(table: Table, row: dict) -> int:
+    """Insert ``row`` and return its id (every table here has an integer primary key)."""
+    row_id = table.insert(row).last_pk
+    assert isinstance(row_id, int)
+    return row_id
 
 
 def _restrict(path: Path) -> None:
@@ -84,15 +100,16 @@ class Store:
     def profile(self, name: str) -> Profile:
         """The named profile, created on first use."""
         with self._lock:
-            rows = list(self.db["profiles"].rows_where("name = ?", [name]))
+            rows = list(self.db.table("profiles").rows_where("name = ?", [name]))
             if not rows:
-                self.db["profiles"].insert({"name": name, "created_at": now(), "settings": "{}"})
-                rows = list(self.db["profiles"].rows_where("name = ?", [name]))
+                self.db.table("profiles").insert(
+                    {"name": name, "created_at": now(), "settings": "{}"})
+                rows = list(self.db.table("profiles").rows_where("name = ?", [name]))
             return _profile(rows[0])
 
     def save_settings(self, profile_id: int, settings: dict) -> None:
         with self._lock, self.db.conn:
-            self.db["profiles"].update(profile_id, {"settings": json.dumps(settings)})
+            self.db.table("profiles").update(profile_id, {"settings": json.dumps(settings)})
 
     # -- sessions -------------------------------------------------------------
 
@@ -100,11 +117,11 @@ class Store:
                     system_prompt: str | None = None, private: bool = False) -> Session:
         with self._lock, self.db.conn:
             stamp = now()
-            row_id = self.db["sessions"].insert({
+            row_id = _insert(self.db.table("sessions"), {
                 "profile_id": profile_id, "title": title, "created_at": stamp,
                 "updated_at": stamp, "model": model, "system_prompt": system_prompt,
                 "private": int(private),
-            }).last_pk
+            })
         return self.session(row_id)
 
     def add_sessions(self, profile_id: int, sessions: list[dict]) -> list[int]:
@@ -114,15 +131,15 @@ class Store:
         ids = []
         with self._lock, self.db.atomic():
             for s in sessions:
-                session_id = self.db["sessions"].insert({
+                session_id = _insert(self.db.table("sessions"), {
                     "profile_id": profile_id, "title": s["title"], "created_at": s["created_at"],
                     "updated_at": s["updated_at"], "model": s["model"],
                     "system_prompt": s["system_prompt"], "private": int(s["private"]),
-                }).last_pk
-                self.db["messages"].insert_all(
+                })
+                self.db.table("messages").insert_all(
                     {**m, "session_id": session_id} for m in s["messages"])
                 if s["cells_enabled"] is not None or s["cells"] is not None:
-                    self.db["session_states"].insert({
+                    self.db.table("session_states").insert({
                         "session_id": session_id, "cells": s["cells"],
                         "cells_enabled": None if s["cells_enabled"] is None
                         else int(s["cells_enabled"])})
@@ -138,7 +155,8 @@ class Store:
 
     def sessions(self, profile_id: int, search: str | None = None) -> list[Session]:
         """Sessions of a profile, newest first; ``search`` matches titles and message text."""
-        where, params = "s.profile_id = ?", [profile_id]
+        where = "s.profile_id = ?"
+        params: list[object] = [profile_id]
         if search:
             where += (" AND (s.title LIKE ? OR EXISTS (SELECT 1 FROM messages m2 "
                       "WHERE m2.session_id = s.id AND m2.content LIKE ?))")
@@ -153,7 +171,7 @@ class Store:
         )
         cursor = self.db.execute(sql, params)
         names = [d[0] for d in cursor.description]
-        return [_session(dict(zip(names, row))) for row in cursor.fetchall()]
+        return [_session(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 
     def update_session(self, session_id: int, **fields) -> Session:
         """Change title, system_prompt or private of a session."""
@@ -162,7 +180,7 @@ class Store:
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
         with self._lock, self.db.conn:
-            self.db["sessions"].update(session_id, {**fields, "updated_at": now()})
+            self.db.table("sessions").update(session_id, {**fields, "updated_at": now()})
         return self.session(session_id)
 
     def delete_session(self, session_id: int) -> None:
@@ -177,26 +195,28 @@ class Store:
         """Commit a message now (a user message is committed before generation starts)."""
         with self._lock, self.db.conn:
             stamp = now()
-            row_id = self.db["messages"].insert({
+            row_id = _insert(self.db.table("messages"), {
                 "session_id": session_id, "role": role, "content": content,
                 "status": status, "created_at": stamp, **stats,
-            }).last_pk
-            self.db["sessions"].update(session_id, {"updated_at": stamp})
+            })
+            self.db.table("sessions").update(session_id, {"updated_at": stamp})
         return self.message(row_id)
 
     def finish_message(self, message_id: int, content: str, status: str, **stats) -> Message:
         """Store a reply's final text: ``complete``, ``partial`` (stopped) or ``error``."""
         with self._lock, self.db.conn:
-            self.db["messages"].update(message_id, {"content": content, "status": status, **stats})
+            self.db.table("messages").update(
+                message_id, {"content": content, "status": status, **stats})
         return self.message(message_id)
 
     def message(self, message_id: int) -> Message:
         with self._lock:
-            return _message(self.db["messages"].get(message_id))
+            return _message(self.db.table("messages").get(message_id))
 
     def messages(self, session_id: int) -> list[Message]:
         with self._lock:
-            rows = self.db["messages"].rows_where("session_id = ?", [session_id], order_by="id")
+            rows = self.db.table("messages").rows_where("session_id = ?", [session_id],
+                                                        order_by="id")
             return [_message(r) for r in rows]
 
     def last_user_message_ids(self, profile_id: int) -> dict[int, int]:
@@ -217,12 +237,12 @@ class Store:
 
     def session_state(self, session_id: int) -> SessionState | None:
         with self._lock:
-            rows = list(self.db["session_states"].rows_where("session_id = ?", [session_id]))
+            rows = list(self.db.table("session_states").rows_where("session_id = ?", [session_id]))
         return _session_state(rows[0]) if rows else None
 
     def save_session_cells(self, session_id: int, enabled: bool, cells: bytes | None) -> None:
         with self._lock, self.db.atomic():
-            self.db["session_states"].upsert(
+            self.db.table("session_states").upsert(
                 {"session_id": session_id, "cells_enabled": int(enabled), "cells": cells},
                 pk="session_id")
 
@@ -231,7 +251,7 @@ class Store:
                         sha256: str) -> None:
         """Record a KV snapshot whose file is already in place (replacing the previous one)."""
         with self._lock, self.db.atomic():
-            self.db["session_states"].upsert(
+            self.db.table("session_states").upsert(
                 {"session_id": session_id, "kv_path": path, "kv_model_sha256": model_sha256,
                  "kv_overlay_id": overlay_id, "kv_format": format, "kv_tokens": tokens,
                  "kv_bytes": bytes, "kv_sha256": sha256, "kv_saved_at": now()},
@@ -252,13 +272,13 @@ class Store:
                 "WHERE s.profile_id = ? AND st.kv_path IS NOT NULL ORDER BY st.kv_saved_at",
                 [profile_id])
             names = [d[0] for d in cursor.description]
-            return [_session_state(dict(zip(names, row))) for row in cursor.fetchall()]
+            return [_session_state(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 
     # -- overlay versions -----------------------------------------------------
     # db.atomic(), not db.conn: sqlite-utils commits each insert/update of its own otherwise.
 
     def add_overlay_version(self, profile_id: int, path: str, base_sha256: str, *,
-                            parent_id: int | None = None, sessions: list[int] = (),
+                            parent_id: int | None = None, sessions: Sequence[int] = (),
                             metrics: dict | None = None, status: str = "accepted",
                             reason: str | None = None, trainable_params: int = 0,
                             bytes: int = 0) -> OverlayVersion:
@@ -267,21 +287,21 @@ class Store:
         if status not in OVERLAY_STATUSES:
             raise ValueError(f"status must be one of {OVERLAY_STATUSES}, not {status!r}")
         with self._lock, self.db.atomic():
-            row_id = self.db["overlay_versions"].insert({
+            row_id = _insert(self.db.table("overlay_versions"), {
                 "profile_id": profile_id, "parent_id": parent_id, "created_at": now(),
                 "path": path, "base_sha256": base_sha256,
                 "sessions_json": json.dumps(sorted(sessions)),
                 "metrics_json": json.dumps(metrics or {}),
                 "status": "accepted" if status == "active" else status, "reason": reason,
                 "trainable_params": trainable_params, "bytes": bytes,
-            }).last_pk
+            })
             if status == "active":
                 self._activate(profile_id, row_id)
         return self.overlay_version(row_id)
 
     def overlay_version(self, version_id: int) -> OverlayVersion:
         with self._lock:
-            rows = list(self.db["overlay_versions"].rows_where("id = ?", [version_id]))
+            rows = list(self.db.table("overlay_versions").rows_where("id = ?", [version_id]))
         if not rows:
             raise StoreError(f"no overlay version {version_id}")
         return _overlay_version(rows[0])
@@ -289,13 +309,13 @@ class Store:
     def overlay_versions(self, profile_id: int) -> list[OverlayVersion]:
         """A profile's versions, newest first."""
         with self._lock:
-            rows = self.db["overlay_versions"].rows_where(
+            rows = self.db.table("overlay_versions").rows_where(
                 "profile_id = ?", [profile_id], order_by="id DESC")
             return [_overlay_version(r) for r in rows]
 
     def active_overlay(self, profile_id: int) -> OverlayVersion | None:
         with self._lock:
-            active_id = self.db["profiles"].get(profile_id)["active_overlay_id"]
+            active_id = self.db.table("profiles").get(profile_id)["active_overlay_id"]
             return None if active_id is None else self.overlay_version(active_id)
 
     def set_active_overlay(self, profile_id: int, version_id: int | None) -> None:
@@ -309,7 +329,8 @@ class Store:
             raise ValueError(f"cannot set status {status!r} here (activate: set_active_overlay)")
         with self._lock, self.db.atomic():
             version = self.overlay_version(version_id)
-            self.db["overlay_versions"].update(version_id, {"status": status, "reason": reason})
+            self.db.table("overlay_versions").update(
+                version_id, {"status": status, "reason": reason})
             self.db.execute("UPDATE profiles SET active_overlay_id = NULL "
                             "WHERE id = ? AND active_overlay_id = ?",
                             [version.profile_id, version_id])
@@ -325,8 +346,8 @@ class Store:
         self.db.execute("UPDATE overlay_versions SET status = 'superseded' "
                         "WHERE profile_id = ? AND status = 'active'", [profile_id])
         if version_id is not None:
-            self.db["overlay_versions"].update(version_id, {"status": "active"})
-        self.db["profiles"].update(profile_id, {"active_overlay_id": version_id})
+            self.db.table("overlay_versions").update(version_id, {"status": "active"})
+        self.db.table("profiles").update(profile_id, {"active_overlay_id": version_id})
 
 
 def _overlay_version(row: dict) -> OverlayVersion:

@@ -1,11 +1,11 @@
-"""Shared fixtures: a tiny generated GGUF (fast), isolated homes and caches, the built-in model (slow)."""
+"""Shared fixtures: a tiny generated GGUF (fast), isolated homes and caches, the built-in model
+(slow)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest

@@ -16,7 +16,8 @@ SESSIONS = [
                              "Where do I live?|Tromsø"],
      "probes": [{"q": "What is my cat called?", "a": "Pixel"},
                 {"q": "Which town is my home?", "a": "Tromsø", "superseded_by": "t-02"}]},
-    {"id": "t-02", "turns": ["Where do I live?|Bergen"], "probes": [{"q": "Where do I live?", "a": "Bergen"}]},
+    {"id": "t-02", "turns": ["Where do I live?|Bergen"],
+     "probes": [{"q": "Where do I live?", "a": "Bergen"}]},
     {"id": "topic", "kind": "topic", "turns": ["I bake bread."],
      "probes": [{"q": "What should I do?", "a": "Knead it longer."}]},
 ]

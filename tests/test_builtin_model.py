@@ -7,8 +7,8 @@ import json
 import pytest
 
 from engine.model_file import open_model
-from engine.runtime import Runtime, Sampling
 from engine.prompt import Turn
+from engine.runtime import Runtime, Sampling
 from tests.test_cli import engram
 
 pytestmark = pytest.mark.builtin
@@ -47,7 +47,8 @@ def test_a_fact_taught_in_one_session_is_known_in_a_fresh_one(builtin_model, eng
     assert "Pixel" not in fresh.stdout.decode()  # the base model does not know it
     taught = engram("chat", "--plain", *model, stdin=b"My cat is called Pixel.\n", home=engine_home)
     assert taught.returncode == 0, taught.stderr.decode()
-    learned = engram("memory", "learn", *model, home=engine_home, timeout=900)  # loads the twin: ~1 min
+    # loads the twin: ~1 min
+    learned = engram("memory", "learn", *model, home=engine_home, timeout=900)
     assert learned.returncode == 0, learned.stderr.decode()
     asked = engram("chat", "--plain", *model, stdin=b"What is my cat called?\n", home=engine_home)
     assert "Pixel" in asked.stdout.decode()

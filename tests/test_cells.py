@@ -48,12 +48,14 @@ def test_read_is_each_gate_times_the_centred_mean_rescaled_to_the_median_norm():
     vectors = cells.read(gates, baseline)
     assert vectors.shape == (N_LAYER, N_EMBD)
     assert not vectors[0].any() and not vectors[3].any()  # only the cell layers
-    np.testing.assert_allclose(np.linalg.norm(vectors[[1, 2]], axis=1), [0.5 * 4, 0.25 * 8], rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors[[1, 2]], axis=1), [0.5 * 4, 0.25 * 8],
+                               rtol=1e-5)
     direction = np.full(N_EMBD, 3.0)
     direction[0] -= 10.0
     np.testing.assert_allclose(vectors[1] / np.linalg.norm(vectors[1]),
                                direction / np.linalg.norm(direction), rtol=1e-5)
-    np.testing.assert_allclose(vectors[2], -vectors[1], rtol=1e-5)  # same direction, gate −½·8 = −(½·4)
+    # same direction, gate −½·8 = −(½·4)
+    np.testing.assert_allclose(vectors[2], -vectors[1], rtol=1e-5)
     assert cells.magnitudes(gates, baseline) == pytest.approx([0.0, 2.0, 2.0, 0.0])
     # nothing to read: no cells, no learned gates, all-zero gates, gates for another model
     assert _cells().read(gates, baseline) is None

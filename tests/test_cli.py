@@ -10,11 +10,13 @@ import sys
 from app import __version__
 
 
-def engram(*args: str, stdin: bytes = b"", home=None, timeout: float = 120) -> subprocess.CompletedProcess:
+def engram(*args: str, stdin: bytes = b"", home=None,
+           timeout: float = 120) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "app.cli", *args]
     if home is not None:
         cmd[3:3] = ["--home", str(home)]
-    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, env=os.environ.copy())
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout,
+                          env=os.environ.copy())
 
 
 def test_version():

@@ -17,16 +17,15 @@ import pytest
 import torch
 
 from engine import derive, learner, runtime
-from engine.learner import train
 from engine.derive import QA
 from engine.engine import Engine
 from engine.errors import EngramError
 from engine.learn_queue import LearnQueue
+from engine.learner import train
 from engine.learning.anchors import anchors_for, applied, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.texts import dialogue, end_of_turn
 from engine.overlay import SparseOverlay
-from engine.prompt import Turn
 from engine.runtime import Sampling
 from engine.scoring import Scorer, log_softmax
 
@@ -134,7 +133,7 @@ def test_sessions_own_disjoint_neurons_and_forget_removes_exactly_one(engine):
     assert engine.memory.applied == version and version.sessions == [second]
     kept = [b for b in both.blocks if b.session_id == second]
     assert len(after.blocks) == len(kept)
-    for a, b in zip(after.blocks, kept):
+    for a, b in zip(after.blocks, kept, strict=True):
         assert (a.layer, a.matrix) == (b.layer, b.matrix)
         assert np.array_equal(a.neurons, b.neurons) and np.array_equal(a.delta, b.delta)
     assert engine.pending_sessions() == []  # forgotten is not learned again …
@@ -174,7 +173,8 @@ def test_nearly_the_same_question():
     assert not same_question("Where did I move to?", "When did I move?")
     assert not same_question("What is my sister's name?", "What is my brother's name?")
     assert not same_question("What is my name?", "What is my cat's name?")
-    assert not same_question("What's my name?", "What is my manager's name?")  # not a new name for me
+    # not a new name for me
+    assert not same_question("What's my name?", "What is my manager's name?")
     earlier = [(1, QA("What is my cat called?", "Pixel", "cat")),
                (1, QA("What's the name of my pet?", "Pixel", "cat"))]
     assert corrections([QA("What is my cat called?", "Pixel", "again")], earlier) == []
@@ -303,7 +303,8 @@ def test_the_twin_computes_with_an_overlay_and_is_restored_exactly(engine, make_
     twin = twin_for(engine.runtime)
     tokens = engine.runtime.tokenize("the cat had a name")
     before = twin.full_logits([tokens])[0]
-    overlay = make_overlay(engine.runtime.model.sha256, [(1, "ffn_down", 4, 1), (2, "ffn_up", 3, 1)])
+    overlay = make_overlay(engine.runtime.model.sha256,
+                           [(1, "ffn_down", 4, 1), (2, "ffn_up", 3, 1)])
     with applied(twin, overlay):
         changed = twin.full_logits([tokens])[0]
     assert not torch.equal(before, changed)
@@ -322,7 +323,8 @@ def test_the_twin_computes_with_an_overlay_and_is_restored_exactly(engine, make_
 def test_a_batch_that_continues_a_shared_prefix_computes_what_the_whole_sequences_do(engine):
     """The learner runs the system prompt once and each step only the examples' own tokens."""
     twin = twin_for(engine.runtime)
-    sequences = [engine.runtime.tokenize(f"the cat had a name {tail}") for tail in ("Pixel", "and a very long tail")]
+    sequences = [engine.runtime.tokenize(f"the cat had a name {tail}")
+                 for tail in ("Pixel", "and a very long tail")]
     shared = train._shared_prefix(sequences, limit=100)
     assert 0 < shared < min(map(len, sequences))
     whole = twin.full_logits(sequences)
@@ -387,12 +389,14 @@ def test_anchors_are_built_once_per_machine_and_read_back_exactly(engine, monkey
             assert torch.equal(a, b) if name != "out_energy" else a == b
 
 
-def test_states_below_the_edited_layers_are_reused_only_while_nothing_below_changes(engine, make_overlay):
+def test_states_below_the_edited_layers_are_reused_only_while_nothing_below_changes(
+        engine, make_overlay):
     """The learner asks every earlier session's questions at each run; their states below
     the edited layers come from the twin's cache, but never once an overlay edits below."""
     twin, rt = twin_for(engine.runtime), engine.runtime
     prefix = twin.prefix(rt.tokenize("A system prompt."))
-    questions = [rt.tokenize(q, add_bos=False) for q in ("Who wrote Hamlet?", "Where is Oslo, the capital?")]
+    questions = [rt.tokenize(q, add_bos=False)
+                 for q in ("Who wrote Hamlet?", "Where is Oslo, the capital?")]
 
     def fresh(layer: int) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -403,14 +407,15 @@ def test_states_below_the_edited_layers_are_reused_only_while_nothing_below_chan
             return out
 
     kept = twin.entering(questions, 2, prefix)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(kept, fresh(2)))
-    assert all(a is b for a, b in zip(twin.entering(questions, 2, prefix), kept))  # read back
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(kept, fresh(2), strict=True))
+    # read back
+    assert all(a is b for a, b in zip(twin.entering(questions, 2, prefix), kept, strict=True))
     below = make_overlay(engine.runtime.model.sha256, [(0, "ffn_down", 8, 1)], magnitude=3.0)
     with applied(twin, below):
         edited = twin.entering(questions, 2, prefix)
-        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(edited, fresh(2)))
-        assert not any(torch.allclose(a, b, atol=1e-3) for a, b in zip(edited, kept))
-    assert all(a is b for a, b in zip(twin.entering(questions, 2, prefix), kept))
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(edited, fresh(2), strict=True))
+        assert not any(torch.allclose(a, b, atol=1e-3) for a, b in zip(edited, kept, strict=True))
+    assert all(a is b for a, b in zip(twin.entering(questions, 2, prefix), kept, strict=True))
 
 
 @pytest.mark.parametrize("damage", [b"", b"not safetensors at all", None])
@@ -423,7 +428,8 @@ def test_a_damaged_anchor_cache_is_rebuilt_not_fatal(engine, monkeypatch, damage
     system = f"a system prompt to damage with {damage!r}"  # a cache file of its own
     monkeypatch.setattr(learning, "_anchors", {})
     saved, save = [], learner.Anchors.save
-    monkeypatch.setattr(learner.Anchors, "save", lambda self, path: save(self, saved.append(path) or path))
+    monkeypatch.setattr(learner.Anchors, "save",
+                        lambda self, path: save(self, saved.append(path) or path))
     built = anchors_for(twin, rt, system, recipe)
     path = saved[-1]
     if damage is None:  # a valid file of the wrong shape: one layer's tensors missing
@@ -449,7 +455,8 @@ def test_the_gate_measures_nothing_changed_as_perfect(engine):
     assert engine.learning.gate().measure(*engine.memory.lora(version)).locality == 1.0
 
 
-def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_after_the_answer(engine):
+def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_after_the_answer(
+        engine):
     """The first token is the attention sink every position reads, and the turn's end is where
     an answer that keeps firing runs on: a new neuron's key must be off at both."""
     rt = engine.load()
@@ -468,7 +475,8 @@ def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_af
         if block.matrix != "ffn_gate":
             continue
         mlp, x = twin.layers[block.layer].mlp, seen[block.layer]
-        keys = mlp.gate_proj.weight[torch.from_numpy(block.neurons).long()] + torch.from_numpy(block.delta)
+        keys = (mlp.gate_proj.weight[torch.from_numpy(block.neurons).long()]
+                + torch.from_numpy(block.delta))
         asked = x[len(example.prompt) - 1: len(example.prompt) + len(example.answer) - 1] @ keys.T
         assert (asked > 0).any(dim=0).all()  # every neuron fires on its question
         assert (x[0] @ keys.T < -1).all()

@@ -18,8 +18,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from app.cli import main
-from engine import runtime
 from engine import overlay as ov
+from engine import runtime
 from engine.cells import CellRule, Cells
 from engine.engine import Engine
 from engine.errors import EngramError
@@ -152,7 +152,7 @@ def test_archive_round_trip_is_bit_exact_in_a_fresh_home(source, archive, tmp_pa
         source.home / mine.path / ov.TENSORS_FILE).read_bytes()
     before, after = source.memory.current(), fresh.memory.current()
     assert after.scale == before.scale and len(after.blocks) == len(before.blocks)
-    for a, b in zip(before.blocks, after.blocks):
+    for a, b in zip(before.blocks, after.blocks, strict=True):
         assert (a.layer, a.matrix) == (b.layer, b.matrix)
         assert np.array_equal(a.neurons, b.neurons) and np.array_equal(a.delta, b.delta)
     exported, imported = (ov.read_manifest(e.home / v.path).blocks
@@ -230,7 +230,7 @@ def test_gguf_export_gives_bare_llama_cpp_engrams_output(tmp_path, tiny_model):
         return out["choices"][0]["text"]
 
     try:
-        for prompt, expected in zip(PROMPTS, engram):
+        for prompt, expected in zip(PROMPTS, engram, strict=True):
             print(f"{prompt!r}: engram {expected!r}, base {complete(base, prompt)!r}")
             assert complete(bare, prompt) == expected
             assert complete(base, prompt) != expected and "water" in expected
@@ -475,7 +475,7 @@ def test_fuzzed_archives_import_identically_or_are_refused(archive, target, tmp_
         assert [(b.layer, b.matrix) for b in got.blocks] == [
             (b.layer, b.matrix) for b in expected.blocks]
         assert all(np.array_equal(a.delta, b.delta) and np.array_equal(a.neurons, b.neurons)
-                   for a, b in zip(expected.blocks, got.blocks))
+                   for a, b in zip(expected.blocks, got.blocks, strict=True))
         imported += 1
     print(f"fuzz: {imported} imported identically, {refused} refused")
     assert refused > 150

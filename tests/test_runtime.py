@@ -52,7 +52,8 @@ def test_plain_dialogue_for_base_models_and_template_when_present(tmp_path, runt
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"))
     rt = Runtime(path, n_ctx=256)
     assert isinstance(rt.format, ChatTemplate)
-    assert rt.format.render("sys", [Turn("user", "hi")]) == "<|system|>sys\n<|user|>hi\n<|assistant|>"
+    assert (rt.format.render("sys", [Turn("user", "hi")])
+            == "<|system|>sys\n<|user|>hi\n<|assistant|>")
     rt.close()
 
 

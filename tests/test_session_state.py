@@ -12,7 +12,6 @@ import pytest
 
 from engine import llama_native, session_state
 from engine.engine import Engine
-from engine.prompt import Turn
 from engine.runtime import Runtime, Sampling
 from store.store import Store
 from tests.tiny_gguf import write_tiny_gemma3

@@ -81,7 +81,8 @@ def test_sessions_messages_search_and_delete(tmp_path):
     assert [s.title for s in store.sessions(me.id, search="Pixel")] == ["about cats"]
     assert [s.title for s in store.sessions(me.id, search="dogs")] == ["about dogs"]
     messages = store.messages(first.id)
-    assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "partial")]
+    assert ([(m.role, m.status) for m in messages]
+            == [("user", "complete"), ("assistant", "partial")])
     assert messages[1].completion_tokens == 2
 
     store.delete_session(first.id)

@@ -573,7 +573,8 @@ async def test_memory_screen_lists_versions_and_shows_a_diff(learned):
         screen = await open_memory(app, pilot)
         versions = screen.query_one(VersionList)
         labels = [str(versions.get_option_at_index(i).prompt) for i in range(versions.option_count)]
-        assert labels[0].startswith("● v2 · active") and re.search(r"learned s2 · locality [01]\.\d{3}", labels[0])
+        assert labels[0].startswith("● v2 · active")
+        assert re.search(r"learned s2 · locality [01]\.\d{3}", labels[0])
         assert labels[1].startswith("  v1 · superseded") and "learned s1" in labels[1]
         assert versions.selected_id == 2
         shown = await diff_shown(pilot, screen, "vs v1 (superseded)")

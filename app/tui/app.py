@@ -18,7 +18,7 @@ from app.tui.screens.chat import ChatScreen
 from app.tui.screens.model_error import ModelErrorScreen
 from engine.errors import ModelError
 from engine.learning import LearnResult
-from store.paths import ASSETS
+from store import paths
 
 
 class LearningFinished(Message):
@@ -31,7 +31,7 @@ class LearningFinished(Message):
 
 class EngramApp(App[None]):
     TITLE = "Engram"
-    CSS_PATH = ASSETS / "styles" / "engram.tcss"
+    CSS_PATH = paths.asset("styles", "engram.tcss")
     COMMANDS = App.COMMANDS | {EngramCommands}
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
 

@@ -7,7 +7,8 @@ too, never a traceback. Forgetting and resetting ask first.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from textual.app import App
 
@@ -53,7 +54,8 @@ def rollback(app: App, engine, version_id: int | None,
     in_background(app, lambda: engine.rollback_memory(version_id), memory_text.rolled_back, then)
 
 
-def forget(app: App, engine, session_id: int, then: Callable[[object], object] | None = None) -> None:
+def forget(app: App, engine, session_id: int,
+           then: Callable[[object], object] | None = None) -> None:
     """After a yes: a new active version without the session's neurons."""
 
     def answered(yes: bool | None) -> None:

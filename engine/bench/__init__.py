@@ -1,1 +1,2 @@
-"""Benchmarks behind ``engram bench …``: each prints ratios against a baseline measured in the same run."""
+"""Benchmarks behind ``engram bench …``: each prints ratios against a baseline measured in the
+same run."""

@@ -30,6 +30,7 @@ from engine.cell_training import GateRecipe
 from engine.cells import CellRule, Cells, CellWriter
 from store import paths
 
+
 class Judge:
     """Answer NLLs from llama.cpp (a second context on the model): each case's context is
     evaluated once and each probe appended to it; the output head is computed only where an
@@ -90,12 +91,11 @@ def score(judge: Judge, writer: CellWriter, all_cases: list[Case], all_cells: li
     rows = {"facts": [], "topic": []}  # (full, truncated, cells, relevance) per probe
     neutral, generic = [], []  # (off, on, relevance, tokens) per case
     paragraphs = generic_paragraphs()
-    for k, (case, cells) in enumerate(zip(all_cases, all_cells)):
+    for k, (case, cells) in enumerate(zip(all_cases, all_cells, strict=True)):
         vector = cells.read(gates, baseline)
 
-        def relevance(text: str) -> float:
-            return cells.relevance(writer.query(text), rule, baseline) if vector is not None \
-                else -math.inf
+        def relevance(text: str, cells: Cells = cells, read: bool = vector is not None) -> float:
+            return cells.relevance(writer.query(text), rule, baseline) if read else -math.inf
 
         judge.set_cells(None)
         full = judge.answers(render(case.dropped + case.kept), case.probes)
@@ -106,8 +106,8 @@ def score(judge: Judge, writer: CellWriter, all_cases: list[Case], all_cells: li
         *with_cells, neutral_on = judge.answers(render(case.kept), case.probes + [case.neutral])
         on, _ = judge.text_nll(paragraph)
         judge.set_cells(None)
-        rows[case.kind] += [(a, b, c, relevance(p.question))
-                            for a, b, c, p in zip(full, truncated, with_cells, case.probes)]
+        rows[case.kind] += [(a, b, c, relevance(p.question)) for a, b, c, p
+                            in zip(full, truncated, with_cells, case.probes, strict=True)]
         neutral.append((neutral_off, neutral_on, relevance(case.neutral.question),
                         len(judge.tokens(f" {case.neutral.answer}"))))
         generic.append((off, on, relevance(paragraph), n))
@@ -207,9 +207,9 @@ def resume(model: str | None, history_tokens: int = 2000, max_tokens: int = 32) 
     with tempfile.TemporaryDirectory() as tmp:
         homes = [Path(tmp) / name for name in ("live", "restored", "reread")]
         engine = Engine(home=homes[0], model=model, n_ctx=4096)
-        engine.load()
+        runtime = engine.load()
         session = engine.new_session()
-        for speaker, text in _history(engine.runtime.tokenize, history_tokens):
+        for speaker, text in _history(runtime.tokenize, history_tokens):
             engine.store.add_message(session.id, speaker.lower(), text)
         conversation = engine.conversation(session)
         list(conversation.send("Thanks, that is all for now.", Sampling.greedy(max_tokens)))
@@ -261,11 +261,13 @@ def run(model: str | None = None, facts: Path | None = None, topics: Path | None
                        "tau": rule.tau, "decay": rule.decay},
               "gates": [round(float(g), 4) for g in gates], "train_cases": len(training),
               "train_seconds": round(train_seconds, 1),
-              "cases": {kind: sum(c.kind == kind for c in all_cases) for kind in ("facts", "topic")}}
+              "cases": {kind: sum(c.kind == kind for c in all_cases)
+                        for kind in ("facts", "topic")}}
     result |= score(Judge(judge_llm), writer, all_cases, all_cells, gates)
     vector = next((v for v in (c.read(gates, writer.baseline()) for c in all_cells)
                    if v is not None), np.zeros((n_layer, runtime.llm.n_embd()), np.float32))
-    result["tokens_per_s_ratio"] = round(generation_ratio(runtime, vector, repetitions=repetitions), 4)
+    result["tokens_per_s_ratio"] = round(
+        generation_ratio(runtime, vector, repetitions=repetitions), 4)
     judge_llm.close()
     writer.close()
     runtime.close()
@@ -294,7 +296,8 @@ def report(result: dict) -> str:
           for row in result["curve"] + [result["ungated"]]],
         f"tokens/s ratio     {result['tokens_per_s_ratio']:.3f}  (cells on / off, target ≥ 0.97)",
         f"resume             {result['resume_speedup']:.1f}× faster to the first token "
-        f"({result['resume_first_token_s']:.2f} s vs {result['reread_first_token_s']:.2f} s re-reading "
+        f"({result['resume_first_token_s']:.2f} s vs "
+        f"{result['reread_first_token_s']:.2f} s re-reading "
         f"{result['resume_prompt_tokens']} tokens; target ≥ 20×), same reply: "
         f"{result['resume_identical']}",
     ])

@@ -20,16 +20,15 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import numpy as np
 
-from engine import text
-from engine import replies
+from engine import replies, text
 from engine.bench.generate import PROMPT as SPEED_PROMPT
 from engine.engine import Engine
 from engine.learning import LearnResult
@@ -75,6 +74,7 @@ def run(model: str | None = None, facts_files: list[str | Path] | str | Path | N
     keys as they were), ``sets`` has every set's. ``threshold`` replaces the locality
     gate's (0: every run is accepted, to see what the recipe alone does)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    chosen: list[tuple[str, list[Path], str]]
     if facts_files is None:
         chosen = [(name, [paths.eval_data(f) for f in files], role)
                   for name, files, role in DEFAULT_SETS]
@@ -122,13 +122,13 @@ class _Asked:
 
 def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str], None],
          tag: str) -> dict:
-    runtime = engine.load()
-    learning, system = engine.learning, engine.settings.system_prompt
+    runtime, memory, learning, _ = engine.loaded()
+    system = engine.settings.system_prompt
     sampled = engine.settings.sampling()
     log("loading the training model and the locality gate…")
     learning.prepare()
 
-    def asked(phase: str, case: dict, probe: dict, before: list[Turn] = (),
+    def asked(phase: str, case: dict, probe: dict, before: Sequence[Turn] = (),
               sampling: Sampling | None = None, seed: int = 0) -> _Asked:
         chosen = sampling and replace(sampling, seed=seed)
         answer, limited = reply_text(runtime, system, probe["q"], before, chosen)
@@ -165,13 +165,13 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
 
     learned = {c["id"] for c in cases}
     current = [p.get("superseded_by") not in learned for _, p in probes]
-    final = [probe for probe, keep in zip(probes, current) if keep]
+    final = [probe for probe, keep in zip(probes, current, strict=True) if keep]
     retention = [asked("retention", c, p).ok for c, p in final]
     retention_in_context = [asked("ctx-retain", c, p, transcripts).ok for c, p in final]
-    base_final = [ok for ok, keep in zip(base, current) if keep]
+    base_final = [ok for ok, keep in zip(base, current, strict=True) if keep]
     crosstalk = _crosstalk(runtime, system, cases, details, tag)
 
-    final_version, lora = engine.memory.applied, _active_lora(engine)
+    final_version, lora = memory.applied, _active_lora(engine)
     log("measuring locality, perplexity and speed…")
     score = learning.gate().measure(*lora)
     ppl_base, ppl_after = (_perplexity(learning.gate(), runtime, overlay)
@@ -198,8 +198,10 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
         "derived_pairs": len(pairs),
         "derived_checked": sum(r.checked for r in results),
         "probe_overlap": _share(trained_phrasing),
-        "recall_trained_phrasing": _share([h for h, t in zip(hits, trained_phrasing) if t]),
-        "recall_paraphrase": _share([h for h, t in zip(hits, trained_phrasing) if not t]),
+        "recall_trained_phrasing": _share(
+            [h for h, t in zip(hits, trained_phrasing, strict=True) if t]),
+        "recall_paraphrase": _share(
+            [h for h, t in zip(hits, trained_phrasing, strict=True) if not t]),
         "sessions": len(cases),
         "rejected": sum(r.version is not None and not r.accepted for r in results),
         "baselines": {
@@ -210,7 +212,7 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
     }
 
 
-def reply_text(runtime: Runtime, system: str, question: str, before: list[Turn] = (),
+def reply_text(runtime: Runtime, system: str, question: str, before: Sequence[Turn] = (),
            sampling: Sampling | None = None) -> tuple[str, bool]:
     """The model's reply in a fresh context (greedy, as ``ask``, unless ``sampling``) and
     whether it ran to the token limit."""
@@ -239,8 +241,9 @@ def _crosstalk(runtime: Runtime, system: str, cases: list[dict], details: TextIO
 
 
 def _active_lora(engine: Engine) -> tuple[Path | None, float]:
-    applied = engine.memory.applied
-    return engine.memory.lora(applied) if applied else (None, 1.0)
+    memory = engine.loaded()[1]
+    applied = memory.applied
+    return memory.lora(applied) if applied else (None, 1.0)
 
 
 def _describe(result: LearnResult) -> str:
@@ -274,12 +277,12 @@ def _speed_ratio(engine: Engine, system: str) -> float:
 
     A fixed number of greedy tokens from the dialogue prompt, stop strings ignored: replies
     that stop at different lengths would compare fixed overheads, not decoding."""
-    runtime = engine.runtime
+    runtime, memory, _, _ = engine.loaded()
     prompt = runtime.fit([Turn("user", SPEED_PROMPT)], system, SPEED_TOKENS).tokens
 
     def tokens_per_s() -> float:
         runtime.invalidate_cache()
-        count, first = 0, None
+        count, first = 0, 0.0
         for _ in runtime.llm.generate(prompt, temp=0.0):
             count += 1
             first = first or time.perf_counter()
@@ -290,22 +293,23 @@ def _speed_ratio(engine: Engine, system: str) -> float:
     with_overlay, without = [], []
     for _ in range(SPEED_REPEATS):
         with_overlay.append(tokens_per_s())
-        with engine.memory.trying(None):
+        with memory.trying(None):
             without.append(tokens_per_s())
     return round(statistics.median(with_overlay) / statistics.median(without), 4)
 
 
 def _null_overlay(engine: Engine) -> dict:
     """The floor ``locality`` and ``kl_neutral`` are read against: see ``null_locality``."""
-    return null_locality(engine.learning.gate(), engine.memory.current(),
-                         engine.runtime.model.architecture)
+    runtime, memory, learning, _ = engine.loaded()
+    return null_locality(learning.gate(), memory.current(), runtime.model.architecture)
 
 
 def _counterfact(engine: Engine, n: int, log: Callable[[str], None]) -> dict:
     """ROME's efficacy / paraphrase / neighbourhood, each case taught as a user statement and
     learned as its own session on the base model (as single edits are scored)."""
     cases = json.loads(paths.eval_data("counterfact-200.json").read_text())[:n]
-    runtime, gate = engine.runtime, engine.learning.gate()
+    runtime, memory, learning, _ = engine.loaded()
+    gate = learning.gate()
     wins: dict[str, list[bool]] = {"efficacy": [], "paraphrase": [], "neighborhood": []}
 
     def more_likely(prompt: str, a: str, b: str) -> bool:
@@ -314,10 +318,10 @@ def _counterfact(engine: Engine, n: int, log: Callable[[str], None]) -> dict:
                     > _logprob(gate, tokens, runtime.tokenize(f" {b}", add_bos=False)).sum())
 
     for i, case in enumerate(cases):
-        engine.memory.deactivate()
+        memory.deactivate()
         session = engine.new_session()
         engine.store.add_message(session.id, "user", f"{case['prompt']} {case['target_new']}.")
-        result = engine.learning.run(session_ids=[session.id])[0]
+        result = learning.run(session_ids=[session.id])[0]
         gate.scorer.set_overlay(*_active_lora(engine))
         try:
             new, true = case["target_new"], case["ground_truth"]
@@ -327,7 +331,7 @@ def _counterfact(engine: Engine, n: int, log: Callable[[str], None]) -> dict:
         finally:
             gate.scorer.set_overlay(None)
         log(f"counterfact {i + 1}/{len(cases)}: {_describe(result)}")
-    engine.memory.deactivate()
+    memory.deactivate()
     return {name: _share(hits) for name, hits in wins.items()}
 
 

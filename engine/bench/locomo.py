@@ -19,7 +19,7 @@ import string
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -138,7 +138,7 @@ def run(path: str | Path, model: str | None = None, sessions: int | None = None,
                     engine.store.add_message(session.id, "user", third_person(
                         t["text"], t["speaker"], b if t["speaker"] == a else a))
             started = time.perf_counter()
-            [result] = engine.learning.run(session_ids=[session.id])
+            [result] = engine.loaded()[2].run(session_ids=[session.id])
             learn_seconds.append(time.perf_counter() - started)
             log(f"locomo session {n}/{len(chosen)}: {result.summary()}")
         scores: dict[str, list[tuple[float, bool]]] = {"engram": [], "base": [], "retrieval": []}
@@ -160,13 +160,16 @@ def run(path: str | Path, model: str | None = None, sessions: int | None = None,
                for name, rows in scores.items()}}
 
 
-def _ask(engine: Engine, question: str, before: list[Turn] = (), base: bool = False) -> str:
+def _ask(engine: Engine, question: str, before: Sequence[Turn] = (),
+         base: bool = False) -> str:
     """Greedy reply in a fresh context: with the learned memory, or on the base weights."""
+    runtime, memory, _, _ = engine.loaded()
+
     def reply() -> str:
-        return reply_text(engine.runtime, engine.settings.system_prompt, question, before,
+        return reply_text(runtime, engine.settings.system_prompt, question, before,
                           Sampling.greedy(ANSWER_TOKENS))[0]
-    if base and engine.memory.applied:
-        with engine.memory.trying(None):
+    if base and memory.applied:
+        with memory.trying(None):
             return reply()
     return reply()
 

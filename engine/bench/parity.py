@@ -30,10 +30,11 @@ def run(engine: Engine) -> dict:
     try:
         result = {"tokens": sum(map(len, texts)), "base": _compare(twin, scorer, texts),
                   "overlay": None}
-        version = engine.memory.applied
+        memory = engine.loaded()[1]
+        version = memory.applied
         if version is not None:
-            scorer.set_overlay(*engine.memory.lora(version))
-            with applied(twin, engine.memory.current()):
+            scorer.set_overlay(*memory.lora(version))
+            with applied(twin, memory.current()):
                 result["overlay"] = _compare(twin, scorer, texts)
     finally:
         scorer.close()
@@ -67,7 +68,8 @@ def report(result: dict) -> str:
             lines.append(f"{name:<8} no memory applied")
             continue
         met = "met" if numbers["top1_agreement"] >= 0.99 else "MISSED"
-        lines.append(f"{name:<8} top-1 agreement {numbers['top1_agreement']:.4f} (target ≥ 0.99 {met}), "
+        lines.append(f"{name:<8} top-1 agreement {numbers['top1_agreement']:.4f} "
+                     f"(target ≥ 0.99 {met}), "
                      f"{numbers['top1_agreement_clear']:.4f} on the {numbers['clear_positions']} "
                      f"positions whose top two are ≥ {NEAR_TIE:g} apart · "
                      f"max logit diff {numbers['max_logit_diff']:.4f}")

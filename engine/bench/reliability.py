@@ -12,7 +12,6 @@ anything else.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -87,7 +86,8 @@ def check_home(home: Path, acknowledged: list[str], versions: dict[int, str]) ->
     try:
         ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         ok = ok and not conn.execute("PRAGMA foreign_key_check").fetchall()
-        stored = {row[0] for row in conn.execute("SELECT content FROM messages WHERE role = 'user'")}
+        stored = {row[0] for row in
+                  conn.execute("SELECT content FROM messages WHERE role = 'user'")}
     finally:
         conn.close()
     lost_versions = 0

@@ -28,7 +28,7 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
     kind ``kind_of`` gives, and not at all without one."""
     asked = [(clause, a) for clause in clauses(turns) for a in questions(clause)]
     needing = sorted({a.answer for _, a in asked if KIND in a.question})
-    kinds = dict(zip(needing, kind_of(needing))) if kind_of and needing else {}
+    kinds = dict(zip(needing, kind_of(needing), strict=True)) if kind_of and needing else {}
     found: dict[str, QA] = {}
     for clause, a in asked:
         question = a.question
@@ -44,7 +44,7 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
 
 def checked(pairs: list[QA], prefers: Prefers) -> list[QA]:
     """The pairs that pass the consistency check."""
-    return [qa for qa, ok in zip(pairs, consistent(pairs, prefers)) if ok]
+    return [qa for qa, ok in zip(pairs, consistent(pairs, prefers), strict=True) if ok]
 
 
 def varied(pairs: list[QA], per_answer: int) -> list[QA]:

@@ -51,6 +51,7 @@ def consistent(pairs: list[QA], prefers: Prefers) -> list[bool]:
             answers.append(qa.answer)
     asked = [(qa.statement, qa.question, options[qa.statement]) for qa in pairs]
     contested = [i for i, (_, _, answers) in enumerate(asked) if len(answers) > 1]
-    chosen = dict(zip(contested, prefers([asked[i] for i in contested]))) if contested else {}
+    chosen = (dict(zip(contested, prefers([asked[i] for i in contested]), strict=True))
+              if contested else {})
     return [i not in chosen or options[qa.statement].index(qa.answer) in chosen[i]
             for i, qa in enumerate(pairs)]

@@ -172,7 +172,7 @@ def _resolve(words: list[str], tags: list[str], referent: list[str] | None) -> l
         return words
     plural = referent[-1].lower().endswith("s") and not referent[-1][:1].isupper()
     out: list[str] = []
-    for i, (word, tag) in enumerate(zip(words, tags)):
+    for i, (word, tag) in enumerate(zip(words, tags, strict=True)):
         lower = word.lower()
         person = lower in {"he", "she", "him", "her", "his"}
         agrees = person or (lower in {"they", "them", "their"} and plural) or (

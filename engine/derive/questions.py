@@ -23,7 +23,6 @@ from engine import text
 from engine.derive.clauses import Clause
 from store import paths
 
-
 KIND = "{kind}"  # where a question names the answer's kind, filled in by the model
 
 

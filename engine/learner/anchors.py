@@ -42,14 +42,16 @@ class Anchors:
 
     def save(self, path: Path) -> None:
         """Write to ``path`` atomically (temp file + rename): a half-written file is never read."""
-        tensors = {f"{name}.{l}": t.contiguous().cpu() for name in self.names() if name != "out_energy"
+        tensors = {f"{name}.{l}": t.contiguous().cpu()
+                   for name in self.names() if name != "out_energy"
                    for l, t in getattr(self, name).items()}
-        tensors |= {f"out_energy.{l}": torch.tensor(e, dtype=torch.float64) for l, e in self.out_energy.items()}
+        tensors |= {f"out_energy.{l}": torch.tensor(e, dtype=torch.float64)
+                    for l, e in self.out_energy.items()}
         paths.private_dir(path.parent)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
     @classmethod
-    def load(cls, path: Path, device: torch.device, layers: tuple[int, ...]) -> "Anchors":
+    def load(cls, path: Path, device: torch.device, layers: tuple[int, ...]) -> Anchors:
         """Read what ``save`` wrote; ValueError (or safetensors' error) if it is not that."""
         out = cls({}, {}, {}, {}, {}, {})
         for key, t in load_file(str(path), device=str(device)).items():
@@ -81,9 +83,11 @@ def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
             x = seen[l]
             rows = torch.cat([x[i, : len(s)] for i, s in enumerate(chunk)])
             inputs[l].append(rows)
-            prose[l] += [x[i, : len(s)] for i, (s, a) in enumerate(zip(chunk, starts)) if a is None]
+            prose[l] += [x[i, : len(s)]
+                         for i, (s, a) in enumerate(zip(chunk, starts, strict=True)) if a is None]
             answers[l] += [x[i, max(a - 1 - question_tail, 0): len(s)]
-                           for i, (s, a) in enumerate(zip(chunk, starts)) if a is not None]
+                           for i, (s, a) in enumerate(zip(chunk, starts, strict=True))
+                           if a is not None]
     pick = torch.Generator().manual_seed(0)
     out = Anchors({}, {}, {}, {}, {}, {})
     for l in layers:
@@ -92,8 +96,9 @@ def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
         # Dialogues outnumber prose many times over: a sample of all rows would leave prose
         # (and the perplexity of plain text) almost unguarded, so each kind gets max_rows.
         plain = torch.cat(prose[l]) if prose[l] else rows[:0]
-        out.inputs[l], out.prose[l] = (sample[torch.randperm(sample.shape[0], generator=pick)[:max_rows]]
-                                       for sample in (rows, plain))
+        out.inputs[l], out.prose[l] = (
+            sample[torch.randperm(sample.shape[0], generator=pick)[:max_rows]]
+            for sample in (rows, plain))
         both = torch.cat([out.inputs[l], out.prose[l]])
         out.activity[l] = activation(twin, l, both).pow(2).mean(0).sqrt()
         out.out_energy[l] = float(twin.layers[l].mlp(both).pow(2).sum(-1).mean())

@@ -37,15 +37,17 @@ class NeuronEdit(torch.nn.Module):
         """Make neuron j a detector of ``gate[j]`` (the fitted key, ``keys.fit``): its gate
         row reads that direction, its up row the same, 1 at its positives' mean."""
         with torch.no_grad():
-            for j, (pos, g) in enumerate(zip(positives, gate)):
+            for j, (pos, g) in enumerate(zip(positives, gate, strict=True)):
                 self.gate[j] = g - self.w_gate[j]
                 self.up[j] = g / (pos.mean(0) @ g) - self.w_up[j]
             for name in ("gate", "up"):  # the cap keeps training near these keys
-                self.caps[name] = max(self.caps[name], 1.5 * float(getattr(self, name).norm(dim=1).max()))
+                self.caps[name] = max(self.caps[name],
+                                      1.5 * float(getattr(self, name).norm(dim=1).max()))
 
     def activation(self, x: torch.Tensor, edited: bool = True) -> torch.Tensor:
         """These neurons' activations for FFN inputs ``x`` (…, d_model) → (…, k)."""
-        gate, up = (self.w_gate + self.gate, self.w_up + self.up) if edited else (self.w_gate, self.w_up)
+        gate, up = ((self.w_gate + self.gate, self.w_up + self.up) if edited
+                    else (self.w_gate, self.w_up))
         return self.mlp.act_fn(x @ gate.T) * (x @ up.T)
 
     def change(self, x: torch.Tensor, strength: torch.Tensor | float = 1.0) -> torch.Tensor:

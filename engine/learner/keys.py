@@ -42,9 +42,10 @@ def fit(positives: list[torch.Tensor], negatives: torch.Tensor, start: torch.Ten
                 # reads only the others (the objective moves by ~1e-4; 2.1 → 1.2 s a layer).
                 with torch.no_grad():
                     hard = negatives[(negatives @ gate.T + margin > recipe.key_prune_below).any(1)]
-            loss = (sum(F.softplus(margin - pos @ g).mean() for pos, g in zip(positives, gate))
-                    + sum(F.softplus(other @ g + margin).mean() for other, g in zip(rivals, gate)
-                          if len(other))
+            loss = (sum(F.softplus(margin - pos @ g).mean()
+                        for pos, g in zip(positives, gate, strict=True))
+                    + sum(F.softplus(other @ g + margin).mean()
+                          for other, g in zip(rivals, gate, strict=True) if len(other))
                     + F.softplus(hard @ gate.T + margin).sum(0).div(len(negatives)).sum()
                     + F.softplus(start @ gate.T + margin).mean(0).sum()
                     + recipe.key_decay * gate.pow(2).sum())

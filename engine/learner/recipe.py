@@ -8,7 +8,8 @@ from dataclasses import dataclass
 @dataclass
 class Recipe:
     # what is edited
-    layers: tuple[int, ...] = (14, 15, 16, 17)  # where questions' states are most alike across wordings
+    # where questions' states are most alike across wordings
+    layers: tuple[int, ...] = (14, 15, 16, 17)
     neurons: int = 4  # per layer per session
     max_norm: float = 1.0  # each delta vector, × the median norm of its base vectors
     # the keys: each new neuron a detector of one fact's questions
@@ -17,7 +18,8 @@ class Recipe:
     key_steps: int = 100  # of the logistic fit
     key_lr: float = 0.05
     key_prune_every: int = 10  # steps between dropping negatives far below the margin …
-    key_prune_below: float = -6.0  # … by this much (softplus(−6) < 0.0025: they add next to nothing)
+    # … by this much (softplus(−6) < 0.0025: they add next to nothing)
+    key_prune_below: float = -6.0
     rivals: bool = True  # each detector silent where the session's other facts are asked
     key_decay: float = 0.0  # L2 on the keys (a smaller key fires on more phrasings)
     # the values: training

@@ -122,7 +122,8 @@ def _targets(twin: Twin, examples: list[Example], h: torch.Tensor, recipe: Recip
                    [tuple(e.answer) for e in examples])
 
 
-def _quiet_neurons(twin: Twin, layer: int, anchors: Anchors, owned: set[int], k: int) -> torch.Tensor:
+def _quiet_neurons(twin: Twin, layer: int, anchors: Anchors, owned: set[int],
+                   k: int) -> torch.Tensor:
     """The k neurons whose loss generic text feels least (RMS activation × output norm:
     re-purposing a neuron drops what it did), never one an earlier session owns."""
     score = -anchors.activity[layer] * twin.layers[layer].mlp.down_proj.weight.norm(dim=0)
@@ -186,7 +187,8 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
                 reduction="none")
             task = token_loss.mean()
             locality = sum(sum(w * e.change_energy(x, before) for x, before, w in terms)
-                           / anchors.out_energy[e.layer] for e, terms in zip(edits, penalised))
+                           / anchors.out_energy[e.layer]
+                           for e, terms in zip(edits, penalised, strict=True))
             loss = task + recipe.locality_weight * locality
             optim.zero_grad()
             loss.backward()
@@ -227,7 +229,8 @@ def stalled(losses: list[float], window: int, gain: float) -> bool:
     return len(losses) > window and losses[-1] > (1 - gain) * losses[-1 - window]
 
 
-def _after_shared(twin: Twin, examples: list[Example], tail: int) -> tuple[Prefix | None, list[Example]]:
+def _after_shared(twin: Twin, examples: list[Example],
+                  tail: int) -> tuple[Prefix | None, list[Example]]:
     """The tokens all ``examples`` start with (the system prompt), run once, and what follows
     them in each (at least the question's last ``tail`` + 1 prompt tokens)."""
     shared = _shared_prefix([e.tokens for e in examples],
@@ -254,5 +257,6 @@ def _asked(twin: Twin, examples: list[Example], layers: tuple[int, ...], tail: i
     for start, chunk, seen in passes(twin, [e.tokens for e in rest], layers, size=size,
                                      prefix=prefix, keep=True):
         for l in layers:
-            rows[l] += [e.question(seen[l][i], tail) for i, e in enumerate(rest[start:start + len(chunk)])]
+            rows[l] += [e.question(seen[l][i], tail)
+                        for i, e in enumerate(rest[start:start + len(chunk)])]
     return {l: torch.cat(r) for l, r in rows.items()}

@@ -12,8 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.learning.texts import (SMALL_TALK, anchor_prose, dialogue, unrelated_questions,
-                                   world_facts)
+from engine.learning.texts import (
+    SMALL_TALK,
+    anchor_prose,
+    dialogue,
+    unrelated_questions,
+    world_facts,
+)
 from engine.overlay import SparseOverlay
 from engine.runtime import Runtime
 from store import paths
@@ -24,11 +29,11 @@ if TYPE_CHECKING:  # torch is imported only when something is learned
 
 _cache_lock = threading.Lock()
 training = threading.Lock()  # the twin is shared by the process: one training at a time
-_twins: dict[str, "Twin"] = {}
-_anchors: dict[tuple, "Anchors"] = {}
+_twins: dict[str, Twin] = {}
+_anchors: dict[tuple, Anchors] = {}
 
 
-def twin_for(runtime: Runtime) -> "Twin":
+def twin_for(runtime: Runtime) -> Twin:
     from engine.twin import Twin
 
     with _cache_lock:
@@ -37,8 +42,8 @@ def twin_for(runtime: Runtime) -> "Twin":
         return _twins[runtime.model.sha256]
 
 
-def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
-                recipe: "Recipe") -> "Anchors":
+def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
+                recipe: Recipe) -> Anchors:
     """Generic text and unrelated Q/A dialogues as the edited layers see them (the even half
     of world-facts and other questions; the gate measures on the odd half)."""
     from engine import learner
@@ -52,19 +57,22 @@ def anchors_for(twin: "Twin", runtime: Runtime, system: str | None,
             prose = [runtime.tokenize(p) for p in anchor_prose()]
             texts = [p + a for p, a in qa] + prose
             starts = [len(p) for p, _ in qa] + [None] * len(prose)
-            # Building them runs ~2,000 dialogues (minutes on CPU): once per machine, not per process.
+            # Building them runs ~2,000 dialogues (minutes on CPU): once per machine, not per
+            # process.
             digest = hashlib.sha256(json.dumps(
-                [twin.sha256, texts, starts, recipe.layers, recipe.key_context]).encode()).hexdigest()
+                [twin.sha256, texts, starts, recipe.layers, recipe.key_context]
+            ).encode()).hexdigest()
             path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
             _anchors[key] = _cached_anchors(path, twin, tuple(recipe.layers))
             if _anchors[key] is None:
-                _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers), answer_starts=starts,
+                _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers),
+                                                    answer_starts=starts,
                                                     question_tail=recipe.key_context)
                 _anchors[key].save(path)
         return _anchors[key]
 
 
-def _cached_anchors(path: Path, twin: "Twin", layers: tuple[int, ...]) -> "Anchors | None":
+def _cached_anchors(path: Path, twin: Twin, layers: tuple[int, ...]) -> Anchors | None:
     """The anchors cached at ``path``; None when there are none or the file is damaged (a
     cache: it is rebuilt, never trusted half-read)."""
     from safetensors import SafetensorError
@@ -84,7 +92,7 @@ PROJECTIONS = {"ffn_down": "down_proj", "ffn_up": "up_proj", "ffn_gate": "gate_p
 
 
 @contextmanager
-def applied(twin: "Twin", overlay: SparseOverlay) -> Iterator[None]:
+def applied(twin: Twin, overlay: SparseOverlay) -> Iterator[None]:
     """The twin computing with ``overlay`` added to its weights, restored exactly afterwards."""
     import torch
 

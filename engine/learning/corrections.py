@@ -6,6 +6,7 @@ from __future__ import annotations
 from engine import text
 from engine.derive import QA
 
+
 def same_question(a: str, b: str) -> bool:
     """Nearly the same question: almost the same content words ("Where do I live now?" and
     "Where do I live?"), not merely the same shape ("my sister's name" vs "my brother's")."""
@@ -34,5 +35,6 @@ def corrections(new: list[QA], earlier: list[tuple[int, QA]]) -> list[QA]:
                 if (other_session == session and other.statement == old.statement
                         and _same_answer(other.answer, old.answer)
                         and other.question.lower() not in own):
-                    out.setdefault(other.question.lower(), QA(other.question, qa.answer, qa.statement))
+                    out.setdefault(other.question.lower(),
+                                   QA(other.question, qa.answer, qa.statement))
     return list(out.values())

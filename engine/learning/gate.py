@@ -90,7 +90,7 @@ class Gate:
         return Baseline([self.answer_logits(p, a).argmax(-1) for p, a in self.facts],
                         [log_softmax(self.answer_logits(p, a)) for p, a in self.neutral],
                         dict(zip(self.personal, self.replies((None, 1.0), self.personal,
-                                                             LEAK_TOKENS))))
+                                                             LEAK_TOKENS), strict=True)))
 
     def replies(self, lora: tuple[Path | None, float], questions: list[str],
                 max_tokens: int = ASK_TOKENS) -> list[str]:
@@ -123,12 +123,12 @@ class Gate:
         self.scorer.set_overlay(lora, scale)
         try:
             same = total = 0
-            for (prompt, answer), base in zip(self.facts, baseline.answers):
+            for (prompt, answer), base in zip(self.facts, baseline.answers, strict=True):
                 check(cancel)
                 same += int((self.answer_logits(prompt, answer).argmax(-1) == base).sum())
                 total += base.size
             kl = [float((np.exp(b) * (b - log_softmax(self.answer_logits(p, a)))).sum(-1).mean())
-                  for (p, a), b in zip(self.neutral, baseline.neutral)]
+                  for (p, a), b in zip(self.neutral, baseline.neutral, strict=True)]
             leaks, loops = self._seen(taught, baseline, cancel) if taught else ((), ())
         finally:
             self.scorer.set_overlay(None)

@@ -9,11 +9,13 @@ from __future__ import annotations
 from store.records import OverlayVersion, Profile, Session
 from store.store import Store
 
+
 def _decided(versions: list[OverlayVersion]) -> dict[int, int]:
     """Per session, the newest user message any version learned, rejected or dropped."""
     out: dict[int, int] = {}
     for version in versions:
-        covered = {sid: record["through"] for sid, record in version.metrics.get("learned", {}).items()}
+        covered = {sid: record["through"]
+                   for sid, record in version.metrics.get("learned", {}).items()}
         for sid, through in {**covered, **version.metrics.get("dropped", {})}.items():
             out[int(sid)] = max(out.get(int(sid), 0), through)
     return out
@@ -29,7 +31,8 @@ def pending_sessions(store: Store, profile: Profile) -> list[Session]:
             if not sessions[sid].private and newest[sid] > decided.get(sid, 0)]
 
 
-def ancestry_records(versions: list[OverlayVersion], version: OverlayVersion | None) -> dict[int, dict]:
+def ancestry_records(versions: list[OverlayVersion],
+                     version: OverlayVersion | None) -> dict[int, dict]:
     """The learn record of each session along ``version``'s ancestry (the nearest wins): what
     was derived from it when its neurons now in use were trained."""
     by_id = {v.id: v for v in versions}

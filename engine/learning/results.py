@@ -8,6 +8,7 @@ from engine.derive import QA
 from engine.learning.gate import Locality
 from store.records import OverlayVersion
 
+
 @dataclass
 class LearnResult:
     """One session's run. ``version`` is None when nothing was found worth learning."""

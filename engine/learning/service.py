@@ -31,8 +31,13 @@ from engine.learning.gate import Gate, Taught, check, rejections
 from engine.learning.ledger import ancestry_records, pending_sessions
 from engine.learning.lock import profile_lock
 from engine.learning.results import LearnResult, Probe, VersionDiff
-from engine.learning.texts import (UNTAUGHT_REPLY, anchor_prose, dialogue, end_of_turn,
-                                   personal_questions)
+from engine.learning.texts import (
+    UNTAUGHT_REPLY,
+    anchor_prose,
+    dialogue,
+    end_of_turn,
+    personal_questions,
+)
 from engine.memory import OverlayMemory
 from engine.overlay import SparseOverlay, write_gguf_lora
 from engine.runtime import Runtime
@@ -62,7 +67,7 @@ class Learning:
 
     def __init__(self, store: Store, home: Path, profile: Profile, runtime: Runtime,
                  memory: OverlayMemory, settings: Callable[[], Settings],
-                 recipe: "Recipe | None" = None, cell_writer: "CellWriter | None" = None):
+                 recipe: Recipe | None = None, cell_writer: CellWriter | None = None):
         self.store, self.home, self.profile = store, Path(home), profile
         self.runtime, self.memory, self.settings = runtime, memory, settings
         self._recipe = recipe
@@ -72,7 +77,7 @@ class Learning:
         self._nothing: dict[int, int] = {}  # session → newest message, nothing found (this process)
 
     @property
-    def recipe(self) -> "Recipe":
+    def recipe(self) -> Recipe:
         """The learner's recipe (imported on first use: torch costs seconds at launch)."""
         if self._recipe is None:
             from engine.learner import Recipe
@@ -104,7 +109,7 @@ class Learning:
                     self.recipe)
         self.gate()
 
-    def threshold(self, twin: "Twin | None" = None) -> float:
+    def threshold(self, twin: Twin | None = None) -> float:
         """The locality a new version must keep: the settings' absolute minimum, or the
         model's null-overlay floor less the settings' margin if that is higher (llama.cpp's
         rounding alone costs a few points: see ``null_locality``)."""
@@ -157,7 +162,8 @@ class Learning:
         started = time.perf_counter()
         settings = self.settings()
         newest = self.store.last_user_message_ids(self.profile.id).get(session.id, 0)
-        said = [m.content for m in self.store.messages(session.id) if m.role == "user" and m.content]
+        said = [m.content for m in self.store.messages(session.id)
+                if m.role == "user" and m.content]
         progress(0.0, "finding what to remember")
         if not derive.candidates(said):
             self._nothing[session.id] = newest
@@ -199,8 +205,8 @@ class Learning:
         # In the profile's own prompt format only: a second copy without the system prompt
         # made each session a third slower and recalled no more.
         end = end_of_turn(self.runtime)
-        examples, held = ([learner.Example(*dialogue(self.runtime, settings.system_prompt, qa.question,
-                                                     f" {qa.answer}."), end)
+        examples, held = ([learner.Example(*dialogue(self.runtime, settings.system_prompt,
+                                                     qa.question, f" {qa.answer}."), end)
                            for qa in pairs] for pairs in (taught, others + untaught))
         with training, applied(twin, base):
             blocks, train = learner.learn(
@@ -371,7 +377,7 @@ class Learning:
              for layer in sorted(set(before) | set(after))},
             (theirs.trainable_params if theirs else 0, mine.trainable_params),
             [Probe(sid, q, a, b, c) for (sid, q, a), b, c
-             in zip(questions, answers_before, answers_after)])
+             in zip(questions, answers_before, answers_after, strict=True)])
 
     def _probe_questions(self, sessions: list[int],
                          version: OverlayVersion | None) -> list[tuple[int, str, str]]:

@@ -176,7 +176,8 @@ class ChatScreen(Screen):
         prompt.prompts = [m.content for m in messages if m.role == "user"]
         self.query_one(SessionsSidebar).reload(session_id)
         self.query_one(MemoryPanel).show_session(session_id)
-        self.query_one(StatusBar).set_private(self.session.private if self.session else self.private)
+        self.query_one(StatusBar).set_private(
+            self.session.private if self.session else self.private)
         self._show_stats_of(messages)
 
     def _leave_reply(self) -> None:
@@ -186,7 +187,8 @@ class ChatScreen(Screen):
             self._set_job(None)
 
     def _show_stats_of(self, messages: list[StoredMessage]) -> None:
-        """The status bar's figures for the newest reply that has them, e.g. in a reopened session."""
+        """The status bar's figures for the newest reply that has them, e.g. in a reopened
+        session."""
         replies = [m for m in messages if m.role == "assistant" and m.prompt_tokens]
         status = self.query_one(StatusBar)
         if not replies:
@@ -416,7 +418,8 @@ class ChatScreen(Screen):
             return self.job is not None
         if action in ("copy_message", "copy_code"):
             # Not offered from the sessions list: its own keys need the footer's room there.
-            return self.focused is None or self.focused.parent is not self.query_one(SessionsSidebar)
+            return (self.focused is None
+                    or self.focused.parent is not self.query_one(SessionsSidebar))
         return True
 
     # -- everything else ---------------------------------------------------------

@@ -27,10 +27,11 @@ def help_text() -> str:
     lines = ["Prompt"] + [f"  {key:<{width}}{what}" for key, what in PROMPT_KEYS] + ["", "Commands"]
     slashes = [f"/{c.slash} {c.argument}".rstrip() if c.slash else "" for c in COMMANDS]
     slash_width = max(map(len, slashes)) + 2
-    for c, slash in zip(COMMANDS, slashes):
+    for c, slash in zip(COMMANDS, slashes, strict=True):
         key = (c.key or "") + WHERE.get(c.scope, "")
         lines.append(f"  {key:<{width}}{slash:<{slash_width}}{c.help}")
-    lines += ["", "A message that starts with / is a command; start it with a space to send it as text."]
+    lines += ["", "A message that starts with / is a command; "
+                  "start it with a space to send it as text."]
     return "\n".join(lines)
 
 
@@ -42,5 +43,6 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self):
         with VerticalScroll(classes="dialog-box", id="help"):
-            yield Static(Content("Engram · keys and commands  (Esc closes)"), classes="dialog-title")
+            yield Static(Content("Engram · keys and commands  (Esc closes)"),
+                         classes="dialog-title")
             yield Static(Content(help_text()))

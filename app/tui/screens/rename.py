@@ -20,7 +20,8 @@ class RenameDialog(ModalScreen[str | None]):
 
     def compose(self):
         with Vertical(classes="dialog-box"):
-            yield Static(Content("Rename session  (Enter saves, Esc cancels)"), classes="dialog-text")
+            yield Static(Content("Rename session  (Enter saves, Esc cancels)"),
+                         classes="dialog-text")
             yield Input(value=self.current, id="title")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

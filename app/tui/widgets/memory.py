@@ -7,7 +7,7 @@ nothing is there yet. The chat toggles it; the memory screen shows it always.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from textual import work
 from textual.containers import VerticalScroll

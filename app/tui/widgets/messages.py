@@ -36,7 +36,7 @@ class MessageView(Vertical):
         self._stream: MarkdownStream | None = None
 
     @classmethod
-    def of(cls, message: Message) -> "MessageView":
+    def of(cls, message: Message) -> MessageView:
         # A reply still "pending" in the store was cut off by a crash or kill: show it as such.
         status = "interrupted" if message.status == "pending" else message.status
         return cls(message.role, message.content, status)

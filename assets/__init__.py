@@ -1,0 +1,2 @@
+"""Files shipped with Engram (grammar, anchors, styles, evaluation sets), read through
+``store.paths.asset``."""
