@@ -26,10 +26,12 @@ from app.memory_text import (
     when,
 )
 from app.terminal import inert
+from engine import overlay as overlay_files
 from engine.engine import Engine
 from engine.errors import EngramError
 from engine.learning import VersionDiff
 from engine.learning.ledger import ancestry_records
+from store.records import OverlayVersion
 
 BAR_WIDTH = 24
 
@@ -95,6 +97,11 @@ def show(engine: Engine, out: TextIO) -> int:
               f"{len(active.sessions)} sessions · {active.trainable_params:,} parameters · "
               f"{active.bytes / 1024:.1f} KiB · {locality(active) or 'no locality score'}",
               file=out)
+        problem = _damage(engine, active)
+        if problem:
+            print(f"problem: {problem} — the chat falls back to the last good version "
+                  "(or the base model) and says so; `engram memory rollback` picks one",
+                  file=out)
         records = ancestry_records(versions, active)
         for sid in active.sessions:
             record = records.get(sid, {"facts": [], "corrections": []})
@@ -106,6 +113,16 @@ def show(engine: Engine, out: TextIO) -> int:
         print(f"pending: {', '.join(f's{s.id}' for s in pending)} (learned in the background "
               "during chat, or now with `engram memory learn`)", file=out)
     return 0
+
+
+def _damage(engine: Engine, version: OverlayVersion) -> str:
+    """Why a version's files cannot be used as they are (checked against their manifest, with
+    no model loaded), or ""."""
+    try:
+        overlay_files.load(engine.home / version.path, version.base_sha256)
+    except (EngramError, OSError) as exc:
+        return str(exc)
+    return ""
 
 
 def versions(engine: Engine, out: TextIO) -> int:

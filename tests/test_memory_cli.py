@@ -124,3 +124,18 @@ def test_learn_says_when_a_long_session_taught_the_cells_read(engram, engine_hom
     assert re.search(r"v\d+: learned the cells' read from 4 exchanges of long sessions", out)
     code, out, _ = engram("memory", "versions")
     assert out.splitlines()[0].startswith("v") and "learned the cells' read" in out.splitlines()[0]
+
+
+def test_show_names_a_damaged_active_version(engram, engine_home):
+    """A bit flipped in the versions' tensors: ``memory show`` says so (from the manifest's
+    checksum, no model loaded) instead of listing the memory as if it were in use."""
+    assert engram("memory", "learn")[0] == 0
+    for tensors in engine_home.rglob("overlay.safetensors"):
+        data = bytearray(tensors.read_bytes())
+        data[-1] ^= 0xFF
+        tensors.write_bytes(bytes(data))
+
+    code, out, _ = engram("memory", "show")
+    assert code == 0
+    problem = next(line for line in out.splitlines() if line.startswith("problem:"))
+    assert "does not match its checksum" in problem and "rollback" in problem

@@ -31,7 +31,7 @@ class Recipe:
     prose_weight: float = 5.0  # extra weight of plain prose's rows (the perplexity of text)
     vocab_top: int = 256  # the answer loss runs over the base model's top tokens at each
     vocab_random: int = 1024  # answer position, the answers, and a fixed random sample
-    phrasings: int = 10  # at most, per fact: the most varied (engine.derive.varied)
+    phrasings: int = 6  # at most, per fact, the most varied (derive.varied): cost grows with them
     # when to stop
     stop_loss: float = 0.05  # answers learned: stop early (see stop_rows)
     spare: int = 1  # phrasings per fact (of 3 or more) that the stop may leave unlearned
