@@ -140,11 +140,13 @@ class Engine:
         applied = self.memory.applied if self.memory else None
         state = self.learn_queue.state() if self.learn_queue else None
         cells_enabled, magnitudes = False, []
+        problems = [self.memory.problem] if self.memory and self.memory.problem else []
         if session_id is not None:
             self._own(session_id)
             if self.states is not None:
                 cells_enabled = self.states.cells(session_id).enabled
                 magnitudes = self.states.magnitudes(session_id)
+                problems += [p for p in [self.states.problems.get(session_id)] if p]
             else:
                 saved = self.store.session_state(session_id)
                 cells_enabled = CELLS_BY_DEFAULT if saved is None or saved.cells_enabled is None \
@@ -155,7 +157,8 @@ class Engine:
                             learning_progress=state.progress if state else None,
                             learning_message=state.message if state else "",
                             learning_paused=self.settings.learning_paused,
-                            cells_enabled=cells_enabled, cell_magnitudes=magnitudes)
+                            cells_enabled=cells_enabled, cell_magnitudes=magnitudes,
+                            problem=" ".join(problems))
 
     def pending_sessions(self) -> list[Session]:
         """Sessions learning would take up now (works without the model)."""

@@ -15,6 +15,7 @@ class MemoryStatus:
     learning_paused: bool = False  # `engram memory pause`: nothing is learned
     cells_enabled: bool = False
     cell_magnitudes: list[float] = field(default_factory=list)  # per layer, this session
+    problem: str = ""  # a damaged or foreign version set aside, a saved state not used
 
     def summary(self) -> str:
         overlay = f"overlay v{self.overlay_version}" if self.overlay_active else "no overlay"

@@ -271,3 +271,25 @@ def test_store_overlay_rows_are_checked_and_atomic(tmp_path, monkeypatch):
     store.set_overlay_status(v1.id, "broken", "checksum")
     assert store.active_overlay(me.id) is None
     assert store.overlay_version(v1.id).reason == "checksum"
+
+
+def test_a_damaged_active_version_is_set_aside_and_the_status_says_so(tmp_path, tiny_model,
+                                                                       make_overlay):
+    """The next process finds the active version's tensors damaged: it runs on the base
+    weights, marks the version broken, and the memory status the UI shows names why."""
+    engine = Engine(home=tmp_path / "home", model=tiny_model, n_ctx=512)
+    engine.load()
+    version = engine.memory.commit(make_overlay(engine.runtime.model.sha256,
+                                                [(1, "ffn_down", 4, 1)]))
+    engine.close()
+    tensors = tmp_path / "home" / version.path / "overlay.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+
+    engine = Engine(home=tmp_path / "home", model=tiny_model, n_ctx=512)
+    engine.load()
+    status = engine.memory_status()
+    engine.close()
+    assert not status.overlay_active
+    assert f"overlay v{version.id} was set aside" in status.problem and "checksum" in status.problem

@@ -376,6 +376,9 @@ async def test_memory_panel_toggles_shows_empty_state_and_follows_changes(engine
         current[0] = replace(current[0], cell_magnitudes=[0.0, 0.0])  # written, no learned read
         await until(pilot, lambda: panel.status == current[0], "the next poll", timeout=5)
         assert "not read yet" in str(panel.query_one("#cells", Static).content)
+        current[0] = replace(current[0], problem="overlay v3 was set aside: damaged")
+        await until(pilot, lambda: panel.status == current[0], "the next poll", timeout=5)
+        assert "⚠ overlay v3 was set aside" in str(panel.query_one("#overlay", Static).content)
         await pilot.press("ctrl+t")
         assert not panel.display
 

@@ -88,6 +88,8 @@ class MemoryPanel(VerticalScroll):
                 is not None else "overlay active"
         else:
             overlay = "no learned memory yet"
+        if status.problem:
+            overlay += f" · ⚠ {visible(status.problem)}"
         self.query_one("#overlay", Static).update(Content(overlay))
         if status.learning:
             learning = visible(status.learning_message) or "learning from your sessions…"
