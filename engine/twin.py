@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -77,7 +78,7 @@ class Twin:
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-        cache = paths.cache() / "twin" / model_file.sha256
+        cache = cls.cache_dir(model_file)
         cached = (cache / "config.json").exists()
         if cached:
             model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32)
@@ -89,6 +90,11 @@ class Twin:
             _write_cache(model, cache)
         model.config._attn_implementation = "sdpa"
         return cls(model.to(device()), model_file.sha256)
+
+    @staticmethod
+    def cache_dir(model_file: ModelFile) -> Path:
+        """Where the dequantised weights are kept (built on the first load on a machine)."""
+        return paths.cache() / "twin" / model_file.sha256
 
     # -- running --------------------------------------------------------------
 

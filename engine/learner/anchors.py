@@ -6,6 +6,7 @@ model, and the key fit reads them as negatives."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -67,7 +68,8 @@ class Anchors:
 @torch.no_grad()
 def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
                 answer_starts: list[int | None] | None = None, max_rows: int = 8192,
-                question_tail: int = 0) -> Anchors:
+                question_tail: int = 0,
+                progress: Callable[[float], None] | None = None) -> Anchors:
     """Run generic text once and keep what the locality term needs (once per model).
 
     ``answer_starts[i]``: where the answer begins in dialogue anchor i (None: plain text);
@@ -78,6 +80,8 @@ def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
     prose = {l: [] for l in layers}  # plain text's rows, sampled on their own: see below
     answers = {l: [] for l in layers}
     for start, chunk, seen in passes(twin, texts, layers):
+        if progress is not None:
+            progress(start / len(texts))
         starts = answer_starts[start:start + len(chunk)]
         for l in layers:
             x = seen[l]

@@ -37,4 +37,7 @@ class Recipe:
     spare: int = 1  # phrasings per fact (of 3 or more) that the stop may leave unlearned
     plateau: int = 10  # steps: stop when the answers' loss fell less than plateau_gain over them
     plateau_gain: float = 0.05
+    # when the gate refuses a session's edit
+    retries: int = 1  # trained again, its leaks as negatives, locality weighing more …
+    retry_locality: float = 4.0  # … by this factor if locality fell below the threshold
     batch: int = 16  # sequences per forward pass outside training

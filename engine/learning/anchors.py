@@ -7,7 +7,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,23 +28,34 @@ if TYPE_CHECKING:  # torch is imported only when something is learned
     from engine.learner import Anchors, Recipe
     from engine.twin import Twin
 
+Progress = Callable[[float, str], None]
 _cache_lock = threading.Lock()
 training = threading.Lock()  # the twin is shared by the process: one training at a time
 _twins: dict[str, Twin] = {}
 _anchors: dict[tuple, Anchors] = {}
 
 
-def twin_for(runtime: Runtime) -> Twin:
+def quiet(fraction: float, message: str) -> None:
+    """A progress callback for callers that do not show progress."""
+
+
+def twin_for(runtime: Runtime, progress: Progress = quiet) -> Twin:
+    """The training model for the chat's model, loaded once per process (its dequantised
+    weights are cached once per machine: the first load says so, it takes a minute)."""
     from engine.twin import Twin
 
     with _cache_lock:
         if runtime.model.sha256 not in _twins:
+            first = not (Twin.cache_dir(runtime.model) / "config.json").exists()
+            progress(0.0, "dequantising the model for training (first time on this machine, "
+                     "about a minute)" if first else "loading the training model")
             _twins[runtime.model.sha256] = Twin.load(runtime.model)
+            progress(1.0, "training model ready")
         return _twins[runtime.model.sha256]
 
 
 def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
-                recipe: Recipe) -> Anchors:
+                recipe: Recipe, progress: Progress = quiet) -> Anchors:
     """Generic text and unrelated Q/A dialogues as the edited layers see them (the even half
     of world-facts and other questions; the gate measures on the odd half)."""
     from engine import learner
@@ -65,9 +77,18 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
             path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
             _anchors[key] = _cached_anchors(path, twin, tuple(recipe.layers))
             if _anchors[key] is None:
+                started = time.monotonic()
+
+                def built(fraction: float) -> None:
+                    left = (time.monotonic() - started) * (1 - fraction) / fraction \
+                        if fraction > 0.02 else None
+                    progress(fraction, "building the anchors (first time on this machine"
+                             + (f", about {left / 60:.0f} min left)" if left else ")"))
+
                 _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers),
                                                     answer_starts=starts,
-                                                    question_tail=recipe.key_context)
+                                                    question_tail=recipe.key_context,
+                                                    progress=built)
                 _anchors[key].save(path)
         return _anchors[key]
 

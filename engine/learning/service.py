@@ -25,7 +25,7 @@ from engine import derive, text
 from engine.consistency import twin_kinds, twin_prefers
 from engine.derive import QA
 from engine.errors import EngramError
-from engine.learning.anchors import anchors_for, applied, training, twin_for
+from engine.learning.anchors import Progress, anchors_for, applied, quiet, training, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.gate import Gate, Taught, check, rejections
 from engine.learning.ledger import ancestry_records, pending_sessions
@@ -51,14 +51,9 @@ if TYPE_CHECKING:  # torch is imported only when something is learned
     from engine.learner import Recipe
     from engine.twin import Twin
 
-Progress = Callable[[float, str], None]
 MAX_PROBES = 12  # questions a diff asks before and after (each costs a short generation)
 CELLS_EVERY = 16  # new user turns in a session before the cells' read learns from it (again)
 LOCK_WAIT_S = 60.0  # how long a foreground command waits for another process's job
-
-
-def quiet(fraction: float, message: str) -> None:
-    """A progress callback for callers that do not show progress."""
 
 
 class Learning:
@@ -169,8 +164,8 @@ class Learning:
             self._nothing[session.id] = newest
             return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
                                time.perf_counter() - started)
-        progress(0.05, "loading the training model")
-        twin = twin_for(self.runtime)
+        twin = twin_for(self.runtime, lambda f, m: progress(0.02 + 0.03 * f, m))
+        progress(0.05, "deriving questions and checking them")
         # The model's part of the derivation reads with the twin on the base weights (no
         # overlay is applied to it here): what earlier sessions taught must not shape what
         # is derived now, and the chat's own llama.cpp context is never touched.
@@ -182,7 +177,8 @@ class Learning:
             self._nothing[session.id] = newest
             return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
                                time.perf_counter() - started, len(candidates), 0)
-        anchors = anchors_for(twin, self.runtime, settings.system_prompt, self.recipe)
+        anchors = anchors_for(twin, self.runtime, settings.system_prompt, self.recipe,
+                              lambda f, m: progress(0.05 + 0.1 * f, m))
         active = self.memory.current() or SparseOverlay(
             [], self.runtime.model.sha256, d_model=twin.config.hidden_size,
             d_ff=twin.config.intermediate_size)
@@ -205,33 +201,51 @@ class Learning:
         # In the profile's own prompt format only: a second copy without the system prompt
         # made each session a third slower and recalled no more.
         end = end_of_turn(self.runtime)
-        examples, held = ([learner.Example(*dialogue(self.runtime, settings.system_prompt,
-                                                     qa.question, f" {qa.answer}."), end)
-                           for qa in pairs] for pairs in (taught, others + untaught))
-        with training, applied(twin, base):
-            blocks, train = learner.learn(
-                twin, examples, anchors, self.recipe, owned=owned, session_id=session.id,
-                progress=lambda f, m: progress(0.15 + 0.7 * f, m), cancel=cancel, earlier=held)
-        candidate = base.merge(replace(base, blocks=blocks))
 
-        progress(0.85, "checking that unrelated answers stay the same")
-        gating = time.perf_counter()
-        first_asked = {}
+        def examples_of(pairs: list[QA]) -> list[learner.Example]:
+            return [learner.Example(*dialogue(self.runtime, settings.system_prompt, qa.question,
+                                              f" {qa.answer}."), end) for qa in pairs]
+
+        first_asked: dict[str, str] = {}
         for qa in found:
             first_asked.setdefault(qa.answer, qa.question)
         taught_now = Taught(
             answers=sorted({qa.answer for qa in found + fixes} | {qa.answer for _, qa in earlier}),
             said=said + sorted({qa.statement for _, qa in earlier}),
             questions=list(first_asked.values()))
-        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
-            lora = write_gguf_lora(candidate, Path(tmp) / "candidate.gguf",
-                                   self.runtime.model.architecture)
-            score = self.gate().measure(lora, candidate.scale, cancel,
-                                        taught_now if settings.gate_replies else None)
+        threshold = self.threshold(twin)
+        recipe, silent, refused = self.recipe, others + untaught, []
+        tries = 1 + recipe.retries
+        for attempt in range(tries):
+            low, high = 0.15 + 0.85 * attempt / tries, 0.15 + 0.85 * (attempt + 1) / tries
+            with training, applied(twin, base):
+                blocks, train = learner.learn(
+                    twin, examples_of(taught), anchors, recipe, owned=owned,
+                    session_id=session.id, cancel=cancel, earlier=examples_of(silent),
+                    progress=lambda f, m, low=low, high=high: progress(
+                        low + 0.8 * (high - low) * f, m))
+            candidate = base.merge(replace(base, blocks=blocks))
+            progress(low + 0.8 * (high - low), "checking that unrelated answers stay the same")
+            gating = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
+                lora = write_gguf_lora(candidate, Path(tmp) / "candidate.gguf",
+                                       self.runtime.model.architecture)
+                score = self.gate().measure(lora, candidate.scale, cancel,
+                                            taught_now if settings.gate_replies else None)
+            reasons = rejections(score, threshold)
+            if not reasons or attempt + 1 == tries:
+                break
+            # Once more, told what went wrong: the questions it leaked into stay silent too,
+            # and unrelated text weighs more.
+            refused.append("; ".join(reasons))
+            silent = silent + [QA(q, UNTAUGHT_REPLY, "") for q, _, _ in score.leaks]
+            if score.locality < threshold:
+                recipe = replace(recipe, locality_weight=recipe.locality_weight
+                                 * recipe.retry_locality)
+            progress(high, f"trying again: {refused[-1]}")
         check(cancel)
         finished = time.perf_counter()
         seconds = finished - started
-        threshold = self.threshold(twin)
         metrics = {
             "event": "learn", "locality": round(score.locality, 4),
             "kl_neutral": round(score.kl_neutral, 5), "threshold": round(threshold, 4),
@@ -241,12 +255,11 @@ class Learning:
                 "through": newest, "seconds": round(seconds, 2), "train": train,
                 "derive_seconds": round(derived - started, 2),
                 "gate_seconds": round(finished - gating, 2),
-                "candidates": len(candidates),
+                "candidates": len(candidates), "refused_tries": refused,
                 "facts": [[qa.question, qa.answer, qa.statement] for qa in found],
                 "corrections": [[qa.question, qa.answer, qa.statement] for qa in fixes],
             }},
         }
-        reasons = rejections(score, threshold)
         if reasons:
             version = self.memory.record_rejected(candidate, "; ".join(reasons), metrics)
         else:
