@@ -20,8 +20,9 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
                         help="where sessions and memory live (default: $ENGRAM_HOME or the user data dir)")
     parser.add_argument("--profile", default="default" if top else argparse.SUPPRESS,
                         metavar="NAME", help="whose memory to use (default: default)")
-    parser.add_argument("--model", default=default, metavar="PATH",
-                        help="a GGUF model file (default: the built-in Gemma 3 270M)")
+    parser.add_argument("--model", default=default, metavar="PATH|NAME",
+                        help="a GGUF model file, or a name `engram models` lists (default: "
+                             "the built-in Gemma 3 270M)")
     parser.add_argument("--ctx", type=int, default=default, metavar="N",
                         help="context window in tokens (default: from settings, 4096)")
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sessions, top=False)
     sessions.add_argument("--search", metavar="TEXT")
     sessions.add_argument("--json", action="store_true")
+
+    models = sub.add_parser("models", help="the GGUF models on this machine (Ollama, LM Studio, "
+                            "Hugging Face, llama.cpp, your model folders)")
+    _common(models, top=False)
+    models.add_argument("--json", action="store_true")
 
     setup = sub.add_parser("setup", help="assemble the built-in model once (done by `make`)")
     _common(setup, top=False)
@@ -154,6 +160,7 @@ def _version_number(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _resolve_model(args)
         return _dispatch(args)
     except (EngramError, StoreError, PermissionError) as exc:
         print(f"engram: {exc}", file=sys.stderr)
@@ -168,7 +175,39 @@ def _engine(args):
     return Engine(home=args.home, profile=args.profile, model=args.model, n_ctx=args.ctx)
 
 
+def _model_folders(args) -> list[str]:
+    from engine.settings import Settings
+    from store import paths
+    from store.store import Store
+
+    store = Store(paths.database(paths.home(args.home)))
+    try:
+        return Settings.from_saved(store.profile(args.profile).settings).model_folders
+    finally:
+        store.close()
+
+
+def _resolve_model(args) -> None:
+    """``--model`` as a path, or as a name ``engram models`` lists: resolved once, here."""
+    if args.model is not None and not Path(args.model).expanduser().exists():
+        from engine.model_catalog import resolve
+
+        args.model = str(resolve(args.model, _model_folders(args)))
+
+
 def _dispatch(args) -> int:
+    if args.command == "models":
+        from engine import model_catalog
+
+        models = model_catalog.listing(_model_folders(args))
+        if args.json:
+            print(json.dumps([vars(m) for m in models], indent=1))
+        elif models:
+            print(model_catalog.report(models))
+        else:
+            print("no GGUF models found (Ollama, LM Studio, Hugging Face and llama.cpp caches, "
+                  "settings' model_folders)", file=sys.stderr)
+        return 0
     if args.command == "setup":
         from engine.model_file import open_model
 
