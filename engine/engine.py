@@ -157,8 +157,9 @@ class Engine:
     def schedule_learning(self, session_id: int | None = None, delay: float | None = None) -> bool:
         """Ask for background learning: after each reply (debounced: the job starts after a
         quiet spell) and with ``delay=0`` when a session ends. False when nothing will be
-        learned: learning paused, a private session, or the model not loaded."""
-        if self.learning is None or self.settings.learning_paused:
+        learned: learning paused, a private session, the model not loaded or not learnable."""
+        if (self.learning is None or self.settings.learning_paused
+                or not self.runtime.model.learnable):
             return False
         if session_id is not None and self.store.session(session_id).private:
             return False
@@ -189,7 +190,7 @@ class Engine:
         is due; returns when each new version is active or rejected."""
         if self.settings.learning_paused:
             raise EngramError("learning is paused: `engram memory resume` turns it back on")
-        self.load()
+        self.load().model.check_learnable()
         self.cancel_learning()
         results = self.learning.run(progress, cancel, session_ids)
         self.learning.learn_cells(progress, cancel)

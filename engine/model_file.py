@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import ModelError
+from engine.errors import LearningUnavailable, ModelError
 from store import paths
 
 GGUF_MAGIC = b"GGUF"
@@ -32,6 +32,13 @@ class ModelFile:
     @property
     def learnable(self) -> bool:
         return self.architecture in LEARNABLE_ARCHITECTURES
+
+    def check_learnable(self) -> None:
+        """Before anything learns: a sentence, not a crash deep in the torch loader."""
+        if not self.learnable:
+            raise LearningUnavailable(
+                f"chat works; learning is not available for {self.architecture} (Engram "
+                f"learns on {', '.join(sorted(LEARNABLE_ARCHITECTURES))} models for now)")
 
 
 def builtin_path() -> Path:

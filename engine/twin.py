@@ -74,6 +74,7 @@ class Twin:
 
     @classmethod
     def load(cls, model_file: ModelFile) -> "Twin":
+        model_file.check_learnable()
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
