@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(models, top=False)
     models.add_argument("--json", action="store_true")
 
+    doctor = sub.add_parser("doctor", help="what Engram runs on here: llama.cpp build and GPU "
+                            "offload, torch device, memory, caches, the model, the store")
+    _common(doctor, top=False)
+    doctor.add_argument("--json", action="store_true")
+
     setup = sub.add_parser("setup", help="assemble the built-in model once (done by `make`)")
     _common(setup, top=False)
 
@@ -207,6 +212,12 @@ def _dispatch(args) -> int:
         else:
             print("no GGUF models found (Ollama, LM Studio, Hugging Face and llama.cpp caches, "
                   "settings' model_folders)", file=sys.stderr)
+        return 0
+    if args.command == "doctor":
+        from engine import doctor
+
+        result = doctor.run(args.home, args.model)
+        print(json.dumps(result, indent=1) if args.json else doctor.report(result))
         return 0
     if args.command == "setup":
         from engine.model_file import open_model

@@ -23,6 +23,9 @@ from engine.model_file import ModelFile
 from store import paths
 
 
+DTYPE = torch.float32  # the twin must compute what llama.cpp serves: no lower precision
+
+
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -81,10 +84,10 @@ class Twin:
         cache = paths.cache() / "twin" / model_file.sha256
         cached = (cache / "config.json").exists()
         if cached:
-            model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=DTYPE)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=torch.float32)
+                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE)
         _attention_scale_as_llama_cpp(model)  # caches written before it was set have 256
         if not cached:
             _write_cache(model, cache)
