@@ -25,8 +25,9 @@ def _common(parser: argparse.ArgumentParser, top: bool) -> None:
     parser.add_argument("--profile", default="default" if top else argparse.SUPPRESS,
                         type=_checked(paths.check_profile_name), metavar="NAME",
                         help="whose memory to use (default: default)")
-    parser.add_argument("--model", default=default, metavar="PATH",
-                        help="a GGUF model file (default: the built-in Gemma 3 270M)")
+    parser.add_argument("--model", default=default, metavar="PATH|NAME",
+                        help="a GGUF model file, or a name `engram models` lists (default: "
+                             "the built-in Gemma 3 270M)")
     parser.add_argument("--ctx", type=_checked(_ctx),
                         default=default, metavar="N",
                         help="context window in tokens (default: from settings, 4096)")
@@ -65,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sessions, top=False)
     sessions.add_argument("--search", metavar="TEXT")
     sessions.add_argument("--json", action="store_true")
+
+    models = sub.add_parser("models", help="the GGUF models on this machine (Ollama, LM Studio, "
+                            "Hugging Face, llama.cpp, your model folders)")
+    _common(models, top=False)
+    models.add_argument("--json", action="store_true")
+
+    doctor = sub.add_parser("doctor", help="what Engram runs on here: llama.cpp build and GPU "
+                            "offload, torch device, memory, caches, the model, the store")
+    _common(doctor, top=False)
+    doctor.add_argument("--json", action="store_true")
 
     setup = sub.add_parser("setup", help="assemble the built-in model once (done by `make`)")
     _common(setup, top=False)
@@ -188,6 +199,7 @@ def _version_number(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _resolve_model(args)
         return _dispatch(args)
     except (EngramError, StoreError, OSError) as exc:  # OSError: the disk said no (full, a file)
         print(f"engram: {exc}", file=sys.stderr)
@@ -202,7 +214,45 @@ def _engine(args):
     return Engine(home=args.home, profile=args.profile, model=args.model, n_ctx=args.ctx)
 
 
+def _model_folders(args) -> list[str]:
+    from engine.settings import Settings
+    from store import paths
+    from store.store import Store
+
+    store = Store(paths.database(paths.home(args.home)))
+    try:
+        return Settings.from_saved(store.profile(args.profile).settings).model_folders
+    finally:
+        store.close()
+
+
+def _resolve_model(args) -> None:
+    """``--model`` as a path, or as a name ``engram models`` lists: resolved once, here."""
+    if args.model is not None and not Path(args.model).expanduser().exists():
+        from engine.model_catalog import resolve
+
+        args.model = str(resolve(args.model, _model_folders(args)))
+
+
 def _dispatch(args) -> int:
+    if args.command == "models":
+        from engine import model_catalog
+
+        models = model_catalog.listing(_model_folders(args))
+        if args.json:
+            print(json.dumps([vars(m) for m in models], indent=1))
+        elif models:
+            print(model_catalog.report(models))
+        else:
+            print("no GGUF models found (Ollama, LM Studio, Hugging Face and llama.cpp caches, "
+                  "settings' model_folders)", file=sys.stderr)
+        return 0
+    if args.command == "doctor":
+        from engine import doctor
+
+        result = doctor.run(args.home, args.model)
+        print(json.dumps(result, indent=1) if args.json else doctor.report(result))
+        return 0
     if args.command == "setup":
         from engine.model_file import open_model
 

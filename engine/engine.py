@@ -167,8 +167,9 @@ class Engine:
     def schedule_learning(self, session_id: int | None = None, delay: float | None = None) -> bool:
         """Ask for background learning: after each reply (debounced: the job starts after a
         quiet spell) and with ``delay=0`` when a session ends. False when nothing will be
-        learned: learning paused, a private session, or the model not loaded."""
-        if self.learning is None or self.settings.learning_paused:
+        learned: learning paused, a private session, the model not loaded or not learnable."""
+        if (self.learning is None or self.settings.learning_paused
+                or not self.runtime.model.learnable):
             return False
         if session_id is not None and self.store.session(session_id).private:
             return False
@@ -200,7 +201,8 @@ class Engine:
         is due; returns when each new version is active or rejected."""
         if self.settings.learning_paused:
             raise EngramError("learning is paused: `engram memory resume` turns it back on")
-        _, _, learning, _ = self.loaded()
+        runtime, _, learning, _ = self.loaded()
+        runtime.model.check_learnable()
         self.cancel_learning()
         results = learning.run(progress, cancel, session_ids)
         learning.learn_cells(progress, cancel)

@@ -11,3 +11,7 @@ class ModelError(EngramError):
 
 class InputTooLong(EngramError):
     """A message cannot fit in the context window even on its own."""
+
+
+class LearningUnavailable(EngramError):
+    """The model's architecture is one the torch twin cannot reproduce: chat only."""

@@ -13,12 +13,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import ModelError
+from engine.errors import LearningUnavailable, ModelError
 from store import paths
 from store.files import atomic_write, make_private
 
 GGUF_MAGIC = b"GGUF"
 BUILTIN_NAME = "gemma3-270m-q4_k_m.gguf"
+# What the torch twin (engine/twin.py) reproduces; other architectures chat but do not learn.
+LEARNABLE_ARCHITECTURES = frozenset({"gemma3"})
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,17 @@ class ModelFile:
     sha256: str
     architecture: str
     name: str
+
+    @property
+    def learnable(self) -> bool:
+        return self.architecture in LEARNABLE_ARCHITECTURES
+
+    def check_learnable(self) -> None:
+        """Before anything learns: a sentence, not a crash deep in the torch loader."""
+        if not self.learnable:
+            raise LearningUnavailable(
+                f"chat works; learning is not available for {self.architecture} (Engram "
+                f"learns on {', '.join(sorted(LEARNABLE_ARCHITECTURES))} models for now)")
 
 
 def builtin_path() -> Path:
@@ -83,25 +96,41 @@ def open_model(path: str | os.PathLike | None) -> ModelFile:
     with model_path.open("rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
             raise ModelError(f"{model_path} is not a GGUF model file (llama.cpp needs .gguf)")
-    architecture, name = _memoised(model_path, "describe", _describe)
-    return ModelFile(model_path, sha256_of(model_path), architecture, name)
+    fields = header(model_path)
+    if fields["type"] == "adapter":
+        raise ModelError(f"{model_path} is a LoRA adapter, not a model")
+    if not fields["architecture"]:
+        raise ModelError(f"{model_path} has no general.architecture: not a model GGUF")
+    return ModelFile(model_path, sha256_of(model_path), fields["architecture"],
+                     fields["name"] or model_path.stem)
 
 
-def _describe(path: Path) -> tuple[str, str]:
-    from gguf import GGUFReader
+def header(path: Path) -> dict:
+    """The GGUF header fields Engram shows and checks (memoised: the reader walks every
+    vocabulary entry, seconds on a 262k-token model; the weights are never read)."""
+    return _memoised(path, "header", _read_header)
+
+
+def _read_header(path: Path) -> dict:
+    from gguf import GGUFReader, LlamaFileType
 
     try:
         reader = GGUFReader(path)
     except Exception as exc:  # the gguf parser raises many kinds on damaged files
         raise ModelError(f"{path} is a damaged GGUF file: {exc}") from exc
-    fields = {}
-    for key in ("general.architecture", "general.name", "general.type"):
+
+    def value(key: str):
         field = reader.fields.get(key)
-        if field is not None:
-            fields[key] = bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-    if fields.get("general.type") == "adapter":
-        raise ModelError(f"{path} is a LoRA adapter, not a model")
-    architecture = fields.get("general.architecture")
-    if not architecture:
-        raise ModelError(f"{path} has no general.architecture: not a model GGUF")
-    return architecture, fields.get("general.name", path.stem)
+        return None if field is None else field.contents()
+
+    architecture = value("general.architecture")
+    file_type = value("general.file_type")
+    try:
+        file_type = LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        pass  # none recorded, or a type newer than this gguf library: shown as it is
+    return {"architecture": architecture, "name": value("general.name"),
+            "type": value("general.type"), "file_type": file_type,
+            "parameters": sum(int(t.n_elements) for t in reader.tensors),
+            "context_length": value(f"{architecture}.context_length"),
+            "chat_template": "tokenizer.chat_template" in reader.fields}

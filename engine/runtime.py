@@ -92,6 +92,13 @@ def default_threads() -> int:
                else os.cpu_count() or 1)
 
 
+def gpu_layers() -> int:
+    """Every layer on the GPU where this llama.cpp build can offload (CUDA, Metal), else none."""
+    import llama_cpp
+
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
 class Runtime:
     """One loaded model. One generation at a time (guarded by a lock)."""
 
@@ -108,7 +115,7 @@ class Runtime:
             self.llm = llama_cpp.Llama(
                 model_path=str(self.model.path), n_ctx=n_ctx, n_threads=self.n_threads,
                 n_threads_batch=self.n_threads,
-                n_gpu_layers=(-1 if self.gpu else 0) if n_gpu_layers is None else n_gpu_layers,
+                n_gpu_layers=gpu_layers() if n_gpu_layers is None else n_gpu_layers,
                 verbose=False,
             )
         except (ValueError, RuntimeError) as exc:

@@ -26,6 +26,7 @@ class Settings:
     locality_threshold: float  # the locality gate refuses overlays below this share …
     locality_margin: float  # … or below the model's null-overlay floor less this (≥ 1: off)
     gate_replies: bool  # the gate also refuses versions that leak or loop
+    model_folders: list[str]  # searched for GGUF files by `engram models`, besides the usual places
 
     @classmethod
     def defaults(cls) -> Settings:
@@ -51,6 +52,8 @@ class Settings:
             raise ValueError("the locality threshold must be between 0 and 1")
         if not 0.0 <= self.locality_margin:
             raise ValueError("the locality margin must not be negative")
+        if not all(isinstance(folder, str) for folder in self.model_folders):
+            raise ValueError("model folders must be paths")
 
     def with_gate(self, threshold: float) -> Settings:
         """A fixed locality threshold instead of the floor-relative one (0: the gate accepts

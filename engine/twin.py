@@ -24,6 +24,9 @@ from store import paths
 from store.files import make_private
 
 
+DTYPE = torch.float32  # the twin must compute what llama.cpp serves: no lower precision
+
+
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -75,16 +78,17 @@ class Twin:
 
     @classmethod
     def load(cls, model_file: ModelFile) -> Twin:
+        model_file.check_learnable()
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
         cache = cls.cache_dir(model_file)
         cached = (cache / "config.json").exists()
         if cached:
-            model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=DTYPE)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=torch.float32)
+                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE)
         _attention_scale_as_llama_cpp(model)  # caches written before it was set have 256
         if not cached:
             _write_cache(model, cache)

@@ -91,6 +91,11 @@ class Store:
                 self.db.execute(f"PRAGMA user_version = {target}")
         self.db.execute("PRAGMA foreign_keys = ON")  # outside a transaction, or it is ignored
 
+    def integrity(self) -> str:
+        """SQLite's own check of every page and index: "ok", or what is damaged."""
+        with self._lock:
+            return "; ".join(row[0] for row in self.db.execute("PRAGMA integrity_check"))
+
     def close(self) -> None:
         with self._lock:
             self.db.conn.close()

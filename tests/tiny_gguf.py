@@ -37,7 +37,9 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
 
 def write_tiny_gemma3(path: Path, seed: int = 0, arch: str = "gemma3",
                       chat_template: str | None = None) -> Path:
-    """``arch`` other than gemma3 makes a file llama.cpp must refuse; ``chat_template`` adds one."""
+    """``arch="llama"`` leaves out Gemma's extra norms: a Llama-shaped model llama.cpp loads
+    and the twin does not learn on. Any other ``arch`` but gemma3 makes a file llama.cpp must
+    refuse. ``chat_template`` adds one."""
     rng = np.random.default_rng(seed)
     tokens, scores, types = vocab()
     w = gguf.GGUFWriter(str(path), arch=arch)
@@ -52,7 +54,8 @@ def write_tiny_gemma3(path: Path, seed: int = 0, arch: str = "gemma3",
     w.add_value_length(HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
-    w.add_sliding_window(64)
+    if arch != "llama":
+        w.add_sliding_window(64)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
@@ -83,14 +86,16 @@ def write_tiny_gemma3(path: Path, seed: int = 0, arch: str = "gemma3",
         t(p + "attn_k.weight", N_KV * HEAD_DIM, N_EMBD)
         t(p + "attn_v.weight", N_KV * HEAD_DIM, N_EMBD)
         t(p + "attn_output.weight", N_EMBD, N_HEAD * HEAD_DIM)
-        norm(p + "attn_q_norm.weight", HEAD_DIM)
-        norm(p + "attn_k_norm.weight", HEAD_DIM)
-        norm(p + "post_attention_norm.weight", N_EMBD)
+        if arch != "llama":  # in this order: the gemma3 file stays byte for byte the same
+            norm(p + "attn_q_norm.weight", HEAD_DIM)
+            norm(p + "attn_k_norm.weight", HEAD_DIM)
+            norm(p + "post_attention_norm.weight", N_EMBD)
         norm(p + "ffn_norm.weight", N_EMBD)
         t(p + "ffn_gate.weight", N_FF, N_EMBD)
         t(p + "ffn_up.weight", N_FF, N_EMBD)
         t(p + "ffn_down.weight", N_EMBD, N_FF)
-        norm(p + "post_ffw_norm.weight", N_EMBD)
+        if arch != "llama":
+            norm(p + "post_ffw_norm.weight", N_EMBD)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from engine.prompt import Turn
-from engine.runtime import Runtime, Sampling
+from engine.runtime import Runtime, Sampling, gpu_layers
 
 PROMPTS = (  # the base model answers each in a few dozen tokens: several, summed, steady the rate
     "Tell me about the history of the bicycle.",
@@ -75,7 +75,7 @@ def run(model: str | None, tokens: int = 128, repetitions: int = 5) -> dict:
     runtime = Runtime(model, n_ctx=2048)
     bare = llama_cpp.Llama(model_path=str(runtime.model.path), n_ctx=2048,
                            n_threads=runtime.n_threads, n_threads_batch=runtime.n_threads,
-                           n_gpu_layers=-1 if runtime.gpu else 0, verbose=False)
+                           n_gpu_layers=gpu_layers(), verbose=False)
     prompts = [(p, runtime.fit([Turn("user", p)], None, tokens).tokens) for p in PROMPTS]
     # Same stop sequences for both so both generate the same greedy text; the two alternate
     # in every repetition so drift in machine load hits both alike.

@@ -1,0 +1,45 @@
+"""A model the twin cannot reproduce still chats; learning says so instead of crashing."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.engine import Engine
+from engine.errors import LearningUnavailable
+from engine.learning.anchors import twin_for
+from engine.runtime import Sampling
+from tests.test_cli import engram
+from tests.tiny_gguf import write_tiny_gemma3
+
+MESSAGE = "chat works; learning is not available for llama"
+
+
+@pytest.fixture(scope="module")
+def llama_model(tmp_path_factory):
+    return write_tiny_gemma3(tmp_path_factory.mktemp("llama") / "llama.gguf", arch="llama")
+
+
+def test_chat_works_and_learning_says_why_not(llama_model, engine_home):
+    engine = Engine(home=engine_home, model=llama_model, n_ctx=256)
+    try:
+        conversation = engine.conversation(engine.new_session())
+        reply = conversation.send("my cat is called Pixel", Sampling.greedy(4))
+        list(reply)
+        assert engine.runtime.model.architecture == "llama"
+        assert reply.stats.completion_tokens > 0
+        assert not engine.schedule_learning(conversation.session.id)
+        with pytest.raises(LearningUnavailable, match=MESSAGE):
+            engine.learn_now()
+        with pytest.raises(LearningUnavailable, match=MESSAGE):
+            twin_for(engine.runtime)
+    finally:
+        engine.close()
+
+
+def test_memory_learn_is_one_line_not_a_traceback(llama_model, engine_home):
+    out = engram("chat", "--plain", "--model", str(llama_model), stdin=b"my cat is Pixel\n",
+                 home=engine_home)
+    assert out.returncode == 0, out.stderr.decode()
+    out = engram("memory", "learn", "--model", str(llama_model), home=engine_home)
+    assert out.returncode == 2 and out.stderr.decode().strip() == f"engram: {MESSAGE} " \
+        "(Engram learns on gemma3 models for now)"
