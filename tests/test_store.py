@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 import sqlite_utils
 
 from store.migrations import LATEST, UPGRADES
-from store.store import Store, StoreError
+from store.store import DamagedDatabase, Store, StoreError
 
 
 def test_fresh_database_is_latest_schema_in_wal_mode(tmp_path):
@@ -136,3 +137,103 @@ def test_upgrade_from_version_4_enforces_foreign_keys_and_cascades(tmp_path):
     assert [v["parent_id"] for v in store.db["overlay_versions"].rows] == [None]
     store.db.execute("DELETE FROM profiles WHERE id = 1")
     assert all(store.db[t].count == 0 for t in tables)
+
+
+# -- damaged databases -------------------------------------------------------------------
+
+
+def _filled(path, sessions=20):
+    """A closed database with sessions and messages over several pages."""
+    store = Store(path)
+    me = store.profile("me")
+    for i in range(sessions):
+        session = store.new_session(me.id, "m", title=f"chat {i}")
+        for j in range(4):
+            store.add_message(session.id, "user", f"message {j} " + "words " * 40)
+    store.close()
+    return path
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2 + 100])
+
+
+def _overwrite_a_page(path):
+    data = bytearray(path.read_bytes())
+    page = 4096 * (len(data) // 4096 // 2)  # a page in the middle: table or index b-tree
+    data[page:page + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _overwrite_a_page], ids=["truncated", "corrupted"])
+def test_a_damaged_database_is_quarantined_not_deleted(tmp_path, damage):
+    path = _filled(tmp_path / "engram.db")
+    damage(path)
+    damaged = path.read_bytes()
+    with pytest.raises(DamagedDatabase, match="moved aside to .*engram.db.damaged-") as caught:
+        Store(path)
+    moved = caught.value.quarantined
+    assert moved.name.startswith("engram.db.damaged-") and moved.parent == tmp_path
+    assert moved.read_bytes() == damaged  # kept as it was
+    assert not path.exists()
+    assert "\n" not in str(caught.value) and "engram memory import" in str(caught.value)
+    fresh = Store(path)  # the next start begins with an empty database
+    assert fresh.sessions(fresh.profile("me").id) == []
+
+
+def test_quarantine_takes_the_wal_and_shm_along(tmp_path):
+    path = _filled(tmp_path / "engram.db")
+    other = sqlite3.connect(path)  # another process, still open: its log stays
+    other.execute("INSERT INTO profiles (name, created_at, settings) VALUES ('x', 't', '{}')")
+    other.commit()
+    assert Path(f"{path}-wal").exists()
+    _truncate(path)
+    try:
+        with pytest.raises(DamagedDatabase) as caught:
+            Store(path)
+    finally:
+        other.close()
+    moved = caught.value.quarantined
+    assert Path(f"{moved}-wal").exists() and Path(f"{moved}-shm").exists()
+    assert not any(Path(f"{path}{s}").exists() for s in ("", "-wal", "-shm"))
+
+
+def test_damage_met_while_reading_is_a_store_error(tmp_path):
+    """quick_check does not look inside text: invalid UTF-8 surfaces on reading."""
+    path = tmp_path / "engram.db"
+    store = Store(path)
+    session = store.new_session(store.profile("me").id, "m")
+    message = store.add_message(session.id, "user", "hello")
+    store.db.execute("UPDATE messages SET content = CAST(X'c328' AS TEXT) WHERE id = ?",
+                     [message.id])
+    with pytest.raises(DamagedDatabase, match="is damaged .*nothing was changed"):
+        store.messages(session.id)
+    assert path.exists()
+
+
+def test_cli_says_one_line_and_names_the_quarantined_file(tmp_path, capsys):
+    from app.cli import main
+
+    _filled(tmp_path / "engram.db")
+    _overwrite_a_page(tmp_path / "engram.db")
+    assert main(["--home", str(tmp_path), "sessions"]) == 2
+    err = capsys.readouterr().err
+    [moved] = tmp_path.glob("engram.db.damaged-*")
+    assert err.count("\n") == 1 and err.startswith("engram: ") and str(moved) in err
+    assert main(["--home", str(tmp_path), "sessions"]) == 0  # then a fresh start
+    assert list(tmp_path.glob("engram.db.damaged-*")) == [moved]
+
+
+@pytest.mark.parametrize("error", [sqlite3.DatabaseError("database disk image is malformed"),
+                                   UnicodeDecodeError("utf-8", b"\xc3(", 0, 1, "invalid")])
+def test_cli_turns_stray_database_errors_into_one_line(monkeypatch, capsys, error):
+    from app import cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_dispatch", fail)
+    assert cli.main(["sessions"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be read" in err
