@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from store import checksums
 from store.migrations import LATEST, UPGRADES
 from store.records import (
     OVERLAY_STATUSES,
@@ -119,6 +121,27 @@ def _restrict(path: Path) -> None:
             os.chmod(p, 0o600)
 
 
+def _shape(conn: sqlite3.Connection) -> dict[str, list[tuple[str, int]]]:
+    """Each table's columns as (name, position in the primary key)."""
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    return {t: [(r[1], r[5]) for r in conn.execute(f'PRAGMA table_info("{t}")')]
+            for t in tables}
+
+
+@functools.cache
+def _expected_shape() -> dict[str, list[tuple[str, int]]]:
+    """The tables' shape as this Engram's migrations make them (on a scratch in-memory db)."""
+    conn = sqlite3.connect(":memory:")
+    checksums.register(conn)
+    db = sqlite_utils.Database(conn)
+    for target in range(1, LATEST + 1):
+        UPGRADES[target](db)
+    shape = _shape(conn)
+    conn.close()
+    return shape
+
+
 class _Guarded:
     """The store's lock, which also turns damage met while reading or writing (SQLite's
     CORRUPT, text that is not UTF-8) into a DamagedDatabase with what to do."""
@@ -149,9 +172,11 @@ class Store:
         conn = None
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            checksums.register(conn)
             self.db = sqlite_utils.Database(conn)
             self._check()
             self._upgrade()
+            self._check_schema()
             self.db.enable_wal()
         except (sqlite3.DatabaseError, UnicodeDecodeError, _Damaged) as exc:
             if conn is not None:
@@ -180,6 +205,15 @@ class Store:
         found = [row[0] for row in self.db.execute("PRAGMA quick_check").fetchall()]
         if found != ["ok"]:
             raise _Damaged("; ".join(found[:3]) + (" …" if len(found) > 3 else ""))
+
+    def _check_schema(self) -> None:
+        """After upgrading: each table has the columns and primary key this Engram's migrations
+        make. A flipped bit in the schema text (which quick_check parses but does not judge)
+        can rename a column or drop a primary key, and every later read would be wrong."""
+        found = _shape(self.db.conn)
+        for table, columns in _expected_shape().items():
+            if found.get(table) != columns:
+                raise _Damaged(f"the schema of table {table!r} is not the one Engram wrote")
 
     def _upgrade(self) -> None:
         version = self.schema_version
@@ -242,6 +276,7 @@ class Store:
                 })
                 self.db.table("messages").insert_all(
                     {**m, "session_id": session_id} for m in s["messages"])
+                self.db.execute(checksums.SEAL + "WHERE session_id = ?", [session_id])
                 if s["cells_enabled"] is not None or s["cells"] is not None:
                     self.db.table("session_states").insert({
                         "session_id": session_id, "cells": s["cells"],
@@ -303,6 +338,7 @@ class Store:
                 "session_id": session_id, "role": role, "content": content,
                 "status": status, "created_at": stamp, **stats,
             })
+            self._seal(row_id)
             self.db.table("sessions").update(session_id, {"updated_at": stamp})
         return self.message(row_id)
 
@@ -311,17 +347,30 @@ class Store:
         with self._lock, self.db.conn:
             self.db.table("messages").update(
                 message_id, {"content": content, "status": status, **stats})
+            self._seal(message_id)
         return self.message(message_id)
+
+    def _seal(self, message_id: int) -> None:
+        """Write a message's checksum (in the caller's transaction), from what SQLite stored."""
+        self.db.execute(checksums.SEAL + "WHERE id = ?", [message_id])
 
     def message(self, message_id: int) -> Message:
         with self._lock:
-            return _message(self.db.table("messages").get(message_id))
+            return self._verified(self.db.table("messages").get(message_id))
 
     def messages(self, session_id: int) -> list[Message]:
         with self._lock:
             rows = self.db.table("messages").rows_where("session_id = ?", [session_id],
                                                         order_by="id")
-            return [_message(r) for r in rows]
+            return [self._verified(r) for r in rows]
+
+    def _verified(self, row: dict) -> Message:
+        """The message of a row whose checksum matches; a DamagedDatabase otherwise."""
+        if not checksums.row_matches(row):
+            raise DamagedDatabase(damaged_message(
+                self.path, f"message {row['id']} of session {row['session_id']} does not match "
+                "its checksum", None))
+        return _message(row)
 
     def last_user_message_ids(self, profile_id: int) -> dict[int, int]:
         """Per session of a profile, the id of its newest user message (sessions without one

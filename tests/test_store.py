@@ -124,7 +124,9 @@ def test_upgrade_from_version_4_enforces_foreign_keys_and_cascades(tmp_path):
 
     store = Store(path)
     assert store.schema_version == LATEST
-    assert {t: list(store.db[t].rows) for t in tables} == before
+    after = {t: list(store.db[t].rows) for t in tables}
+    assert all(m.pop("sha256") for m in after["messages"])  # v6: checksummed
+    assert after == before
     assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
     assert "idx_messages_session_id_id" in store.db["messages"].indexes[0].name
@@ -237,3 +239,67 @@ def test_cli_turns_stray_database_errors_into_one_line(monkeypatch, capsys, erro
     assert cli.main(["sessions"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not be read" in err
+
+
+# -- message checksums (schema 6) --------------------------------------------------------
+
+
+def test_upgrade_from_version_5_checksums_existing_messages(tmp_path):
+    path = tmp_path / "v5.db"
+    db = sqlite_utils.Database(path)
+    for step in range(1, 6):
+        UPGRADES[step](db)
+    db.execute("PRAGMA user_version = 5")
+    db["profiles"].insert({"name": "ada", "created_at": "t"})
+    db["sessions"].insert({"profile_id": 1, "title": "s", "created_at": "t", "updated_at": "t",
+                           "model": "m", "system_prompt": None, "private": 0})
+    db["messages"].insert_all([
+        {"session_id": 1, "role": "user", "content": "héllo ✓", "status": "complete",
+         "created_at": "t"},
+        {"session_id": 1, "role": "assistant", "content": "hi", "status": "partial",
+         "created_at": "t", "model": "m", "prompt_tokens": 3, "completion_tokens": 1,
+         "seconds": 0.25, "tokens_per_s": 4}])
+    db.conn.commit()
+    db.conn.close()
+
+    store = Store(path)
+    assert store.schema_version == LATEST
+    assert all(len(m["sha256"]) == 64 for m in store.db["messages"].rows)
+    assert [m.content for m in store.messages(1)] == ["héllo ✓", "hi"]
+
+
+def test_a_message_changed_behind_the_stores_back_is_refused(tmp_path):
+    store = Store(tmp_path / "e.db")
+    session = store.new_session(store.profile("me").id, "m")
+    store.add_message(session.id, "user", "my cat is Pixel")
+    reply = store.add_message(session.id, "assistant", "", status="pending")
+    # stats of another type than the column's (SQLite converts them): still verified
+    store.finish_message(reply.id, "Nice!", "complete", seconds=1, tokens_per_s=2,
+                         completion_tokens=2)
+    store.add_sessions(session.profile_id, [{
+        "title": "imported", "created_at": "t", "updated_at": "t", "model": "m",
+        "system_prompt": None, "private": False, "cells_enabled": None, "cells": None,
+        "messages": [{"role": "user", "content": "from elsewhere", "status": "complete",
+                      "created_at": "t"}]}])
+    assert len(store.messages(session.id)) == 2
+    assert [m.content for s in store.sessions(session.profile_id)
+            for m in store.messages(s.id)] == ["from elsewhere", "my cat is Pixel", "Nice!"]
+
+    store.db.execute("UPDATE messages SET content = 'my cat is Pixem' WHERE id = 1")  # a flip
+    with pytest.raises(DamagedDatabase, match="message 1 of session 1 does not match"):
+        store.messages(session.id)
+    with pytest.raises(DamagedDatabase):
+        store.message(1)
+    assert store.message(reply.id).content == "Nice!"  # the others still read
+
+
+def test_a_schema_changed_by_damage_is_quarantined(tmp_path):
+    """A flipped bit in the schema text still parses (quick_check passes) but renames a column
+    or drops a primary key: the tables' shape is checked against the migrations'."""
+    path = _filled(tmp_path / "engram.db", sessions=1)
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE messages RENAME COLUMN session_id TO session_ie")
+    conn.close()
+    with pytest.raises(DamagedDatabase, match="schema of table 'messages'") as caught:
+        Store(path)
+    assert caught.value.quarantined.exists() and not path.exists()
