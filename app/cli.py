@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -203,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except (EngramError, StoreError, OSError) as exc:  # OSError: the disk said no (full, a file)
         print(f"engram: {exc}", file=sys.stderr)
+        return 2
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # the store's checks missed it
+        print(f"engram: the database could not be read ({type(exc).__name__}: {exc}); it may "
+              "be damaged: quit Engram, move engram.db aside in the home (the next start "
+              "begins with a new one) and restore with `engram memory import FILE`",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -11,6 +11,8 @@ import re
 
 import sqlite_utils
 
+from store import checksums
+
 
 def _v1_chat(db: sqlite_utils.Database) -> None:
     db.table("profiles").create(
@@ -93,11 +95,20 @@ def _v5_cascades(db: sqlite_utils.Database) -> None:
             db.execute(index)
 
 
+def _v6_message_checksums(db: sqlite_utils.Database) -> None:
+    """A sha256 per message over its fields (store.checksums), verified when a session's
+    messages are read; existing rows get theirs here. Needs checksums.register on the
+    connection (the store does it on opening)."""
+    db.table("messages").add_column("sha256", str)
+    db.execute(checksums.SEAL)
+
+
 UPGRADES = {
     1: _v1_chat,
     2: _v2_privacy_and_settings,
     3: _v3_overlay_versions,
     4: _v4_session_states,
     5: _v5_cascades,
+    6: _v6_message_checksums,
 }
 LATEST = max(UPGRADES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -13,6 +14,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from store import checksums
 from store.migrations import LATEST, UPGRADES
 from store.records import (
     OVERLAY_STATUSES,
@@ -27,6 +29,78 @@ from store.records import (
 
 class StoreError(Exception):
     """The database cannot be used; the message says what to do."""
+
+
+class DamagedDatabase(StoreError):
+    """The database file is damaged. At start-up it has been moved aside (``quarantined``, the
+    new path); found later, while reading, it is left where it is."""
+
+    def __init__(self, message: str, quarantined: Path | None = None):
+        super().__init__(message)
+        self.quarantined = quarantined
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+_CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}  # primary codes; extended ones add a suffix
+
+
+def damage_of(exc: BaseException) -> bool:
+    """Whether an exception from reading the database means the file is damaged (not locked,
+    not full, not a bug): SQLite's CORRUPT/NOTADB, or text that is not UTF-8."""
+    if isinstance(exc, UnicodeDecodeError):
+        return True
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.IntegrityError):
+        return False
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return (any(name == c or name.startswith(c + "_") for c in _CORRUPT)
+            or "malformed" in str(exc) or "Could not decode to UTF-8" in str(exc))
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    """A file that is (or was, before being cut short) an SQLite database: Engram's own, so
+    quarantining it is right; anything else at that path is only refused."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return bool(head) and SQLITE_HEADER.startswith(head)
+
+
+def quarantine(path: Path) -> Path:
+    """Rename a damaged database aside with its -wal and -shm (never delete it): to
+    ``<name>.damaged-<UTC timestamp>`` and that name plus ``-wal``/``-shm``, so SQLite opens
+    the copy with its log. Returns the new path."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while any(Path(f"{target}{s}").exists() for s in ("", "-wal", "-shm")):
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.rename(f"{path}{suffix}", f"{target}{suffix}")
+        except FileNotFoundError:
+            pass
+    return target
+
+
+def damaged_message(path: Path, reason: str, quarantined: Path | None) -> str:
+    """One line: what happened, where the file is, what to do."""
+    reason = " ".join(reason.split())  # quick_check's findings may span lines
+    reason = reason if len(reason) <= 160 else reason[:160] + "…"
+    if quarantined is not None:
+        return (f"the database {path} is damaged ({reason}); it was moved aside to "
+                f"{quarantined} (nothing deleted). Run engram again to start with a new, empty "
+                "database, then restore from an export with `engram memory import FILE`, or "
+                f"try salvaging rows with `sqlite3 {quarantined} .recover`")
+    return (f"the database {path} is damaged ({reason}); nothing was changed. Quit Engram and "
+            f"move {path.name} aside (the next start begins with a new database), then restore "
+            "from an export with `engram memory import FILE`")
+
+
+class _Damaged(Exception):
+    """quick_check's findings, inside the store's constructor."""
 
 
 def now() -> str:
@@ -47,6 +121,44 @@ def _restrict(path: Path) -> None:
             os.chmod(p, 0o600)
 
 
+def _shape(conn: sqlite3.Connection) -> dict[str, list[tuple[str, int]]]:
+    """Each table's columns as (name, position in the primary key)."""
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    return {t: [(r[1], r[5]) for r in conn.execute(f'PRAGMA table_info("{t}")')]
+            for t in tables}
+
+
+@functools.cache
+def _expected_shape() -> dict[str, list[tuple[str, int]]]:
+    """The tables' shape as this Engram's migrations make them (on a scratch in-memory db)."""
+    conn = sqlite3.connect(":memory:")
+    checksums.register(conn)
+    db = sqlite_utils.Database(conn)
+    for target in range(1, LATEST + 1):
+        UPGRADES[target](db)
+    shape = _shape(conn)
+    conn.close()
+    return shape
+
+
+class _Guarded:
+    """The store's lock, which also turns damage met while reading or writing (SQLite's
+    CORRUPT, text that is not UTF-8) into a DamagedDatabase with what to do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+
+    def __exit__(self, kind, exc, tb) -> None:  # None: the exception (if any) goes on
+        self.lock.release()
+        if exc is not None and not isinstance(exc, StoreError) and damage_of(exc):
+            raise DamagedDatabase(damaged_message(self.path, str(exc), None)) from exc
+
+
 class Store:
     """Profiles, sessions and messages of one Engram home.
 
@@ -55,14 +167,24 @@ class Store:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._lock = threading.RLock()
+        self._lock = _Guarded(self.path)
         old_umask = os.umask(0o077)
+        conn = None
         try:
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            checksums.register(conn)
             self.db = sqlite_utils.Database(conn)
+            self._check()
             self._upgrade()
+            self._check_schema()
             self.db.enable_wal()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError, _Damaged) as exc:
+            if conn is not None:
+                conn.close()
+            if (isinstance(exc, _Damaged) or damage_of(exc)) and _looks_like_sqlite(self.path):
+                moved = quarantine(self.path)
+                raise DamagedDatabase(damaged_message(self.path, str(exc), moved),
+                                      moved) from exc
             raise StoreError(
                 f"{self.path} is not a readable Engram database ({exc}). "
                 "Move it aside or choose another home with --home."
@@ -76,6 +198,22 @@ class Store:
     @property
     def schema_version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _check(self) -> None:
+        """``PRAGMA quick_check`` (every page and record well formed; O(size), without
+        integrity_check's index cross-checks): a damaged file is found here, before any use."""
+        found = [row[0] for row in self.db.execute("PRAGMA quick_check").fetchall()]
+        if found != ["ok"]:
+            raise _Damaged("; ".join(found[:3]) + (" …" if len(found) > 3 else ""))
+
+    def _check_schema(self) -> None:
+        """After upgrading: each table has the columns and primary key this Engram's migrations
+        make. A flipped bit in the schema text (which quick_check parses but does not judge)
+        can rename a column or drop a primary key, and every later read would be wrong."""
+        found = _shape(self.db.conn)
+        for table, columns in _expected_shape().items():
+            if found.get(table) != columns:
+                raise _Damaged(f"the schema of table {table!r} is not the one Engram wrote")
 
     def _upgrade(self) -> None:
         version = self.schema_version
@@ -143,6 +281,7 @@ class Store:
                 })
                 self.db.table("messages").insert_all(
                     {**m, "session_id": session_id} for m in s["messages"])
+                self.db.execute(checksums.SEAL + "WHERE session_id = ?", [session_id])
                 if s["cells_enabled"] is not None or s["cells"] is not None:
                     self.db.table("session_states").insert({
                         "session_id": session_id, "cells": s["cells"],
@@ -204,6 +343,7 @@ class Store:
                 "session_id": session_id, "role": role, "content": content,
                 "status": status, "created_at": stamp, **stats,
             })
+            self._seal(row_id)
             self.db.table("sessions").update(session_id, {"updated_at": stamp})
         return self.message(row_id)
 
@@ -212,17 +352,30 @@ class Store:
         with self._lock, self.db.conn:
             self.db.table("messages").update(
                 message_id, {"content": content, "status": status, **stats})
+            self._seal(message_id)
         return self.message(message_id)
+
+    def _seal(self, message_id: int) -> None:
+        """Write a message's checksum (in the caller's transaction), from what SQLite stored."""
+        self.db.execute(checksums.SEAL + "WHERE id = ?", [message_id])
 
     def message(self, message_id: int) -> Message:
         with self._lock:
-            return _message(self.db.table("messages").get(message_id))
+            return self._verified(self.db.table("messages").get(message_id))
 
     def messages(self, session_id: int) -> list[Message]:
         with self._lock:
             rows = self.db.table("messages").rows_where("session_id = ?", [session_id],
                                                         order_by="id")
-            return [_message(r) for r in rows]
+            return [self._verified(r) for r in rows]
+
+    def _verified(self, row: dict) -> Message:
+        """The message of a row whose checksum matches; a DamagedDatabase otherwise."""
+        if not checksums.row_matches(row):
+            raise DamagedDatabase(damaged_message(
+                self.path, f"message {row['id']} of session {row['session_id']} does not match "
+                "its checksum", None))
+        return _message(row)
 
     def last_user_message_ids(self, profile_id: int) -> dict[int, int]:
         """Per session of a profile, the id of its newest user message (sessions without one

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+from pathlib import Path
 
 import pytest
 import sqlite_utils
 
 from store.migrations import LATEST, UPGRADES
-from store.store import Store, StoreError
+from store.store import DamagedDatabase, Store, StoreError
 
 
 def test_fresh_database_is_latest_schema_in_wal_mode(tmp_path):
@@ -123,7 +124,9 @@ def test_upgrade_from_version_4_enforces_foreign_keys_and_cascades(tmp_path):
 
     store = Store(path)
     assert store.schema_version == LATEST
-    assert {t: list(store.db[t].rows) for t in tables} == before
+    after = {t: list(store.db[t].rows) for t in tables}
+    assert all(m.pop("sha256") for m in after["messages"])  # v6: checksummed
+    assert after == before
     assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
     assert "idx_messages_session_id_id" in store.db["messages"].indexes[0].name
@@ -136,3 +139,167 @@ def test_upgrade_from_version_4_enforces_foreign_keys_and_cascades(tmp_path):
     assert [v["parent_id"] for v in store.db["overlay_versions"].rows] == [None]
     store.db.execute("DELETE FROM profiles WHERE id = 1")
     assert all(store.db[t].count == 0 for t in tables)
+
+
+# -- damaged databases -------------------------------------------------------------------
+
+
+def _filled(path, sessions=20):
+    """A closed database with sessions and messages over several pages."""
+    store = Store(path)
+    me = store.profile("me")
+    for i in range(sessions):
+        session = store.new_session(me.id, "m", title=f"chat {i}")
+        for j in range(4):
+            store.add_message(session.id, "user", f"message {j} " + "words " * 40)
+    store.close()
+    return path
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2 + 100])
+
+
+def _overwrite_a_page(path):
+    data = bytearray(path.read_bytes())
+    page = 4096 * (len(data) // 4096 // 2)  # a page in the middle: table or index b-tree
+    data[page:page + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _overwrite_a_page], ids=["truncated", "corrupted"])
+def test_a_damaged_database_is_quarantined_not_deleted(tmp_path, damage):
+    path = _filled(tmp_path / "engram.db")
+    damage(path)
+    damaged = path.read_bytes()
+    with pytest.raises(DamagedDatabase, match="moved aside to .*engram.db.damaged-") as caught:
+        Store(path)
+    moved = caught.value.quarantined
+    assert moved.name.startswith("engram.db.damaged-") and moved.parent == tmp_path
+    assert moved.read_bytes() == damaged  # kept as it was
+    assert not path.exists()
+    assert "\n" not in str(caught.value) and "engram memory import" in str(caught.value)
+    fresh = Store(path)  # the next start begins with an empty database
+    assert fresh.sessions(fresh.profile("me").id) == []
+
+
+def test_quarantine_takes_the_wal_and_shm_along(tmp_path):
+    path = _filled(tmp_path / "engram.db")
+    other = sqlite3.connect(path)  # another process, still open: its log stays
+    other.execute("INSERT INTO profiles (name, created_at, settings) VALUES ('x', 't', '{}')")
+    other.commit()
+    assert Path(f"{path}-wal").exists()
+    _truncate(path)
+    try:
+        with pytest.raises(DamagedDatabase) as caught:
+            Store(path)
+    finally:
+        other.close()
+    moved = caught.value.quarantined
+    assert Path(f"{moved}-wal").exists() and Path(f"{moved}-shm").exists()
+    assert not any(Path(f"{path}{s}").exists() for s in ("", "-wal", "-shm"))
+
+
+def test_damage_met_while_reading_is_a_store_error(tmp_path):
+    """quick_check does not look inside text: invalid UTF-8 surfaces on reading."""
+    path = tmp_path / "engram.db"
+    store = Store(path)
+    session = store.new_session(store.profile("me").id, "m")
+    message = store.add_message(session.id, "user", "hello")
+    store.db.execute("UPDATE messages SET content = CAST(X'c328' AS TEXT) WHERE id = ?",
+                     [message.id])
+    with pytest.raises(DamagedDatabase, match="is damaged .*nothing was changed"):
+        store.messages(session.id)
+    assert path.exists()
+
+
+def test_cli_says_one_line_and_names_the_quarantined_file(tmp_path, capsys):
+    from app.cli import main
+
+    _filled(tmp_path / "engram.db")
+    _overwrite_a_page(tmp_path / "engram.db")
+    assert main(["--home", str(tmp_path), "sessions"]) == 2
+    err = capsys.readouterr().err
+    [moved] = tmp_path.glob("engram.db.damaged-*")
+    assert err.count("\n") == 1 and err.startswith("engram: ") and str(moved) in err
+    assert main(["--home", str(tmp_path), "sessions"]) == 0  # then a fresh start
+    assert list(tmp_path.glob("engram.db.damaged-*")) == [moved]
+
+
+@pytest.mark.parametrize("error", [sqlite3.DatabaseError("database disk image is malformed"),
+                                   UnicodeDecodeError("utf-8", b"\xc3(", 0, 1, "invalid")])
+def test_cli_turns_stray_database_errors_into_one_line(monkeypatch, capsys, error):
+    from app import cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_dispatch", fail)
+    assert cli.main(["sessions"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not be read" in err
+
+
+# -- message checksums (schema 6) --------------------------------------------------------
+
+
+def test_upgrade_from_version_5_checksums_existing_messages(tmp_path):
+    path = tmp_path / "v5.db"
+    db = sqlite_utils.Database(path)
+    for step in range(1, 6):
+        UPGRADES[step](db)
+    db.execute("PRAGMA user_version = 5")
+    db["profiles"].insert({"name": "ada", "created_at": "t"})
+    db["sessions"].insert({"profile_id": 1, "title": "s", "created_at": "t", "updated_at": "t",
+                           "model": "m", "system_prompt": None, "private": 0})
+    db["messages"].insert_all([
+        {"session_id": 1, "role": "user", "content": "héllo ✓", "status": "complete",
+         "created_at": "t"},
+        {"session_id": 1, "role": "assistant", "content": "hi", "status": "partial",
+         "created_at": "t", "model": "m", "prompt_tokens": 3, "completion_tokens": 1,
+         "seconds": 0.25, "tokens_per_s": 4}])
+    db.conn.commit()
+    db.conn.close()
+
+    store = Store(path)
+    assert store.schema_version == LATEST
+    assert all(len(m["sha256"]) == 64 for m in store.db["messages"].rows)
+    assert [m.content for m in store.messages(1)] == ["héllo ✓", "hi"]
+
+
+def test_a_message_changed_behind_the_stores_back_is_refused(tmp_path):
+    store = Store(tmp_path / "e.db")
+    session = store.new_session(store.profile("me").id, "m")
+    store.add_message(session.id, "user", "my cat is Pixel")
+    reply = store.add_message(session.id, "assistant", "", status="pending")
+    # stats of another type than the column's (SQLite converts them): still verified
+    store.finish_message(reply.id, "Nice!", "complete", seconds=1, tokens_per_s=2,
+                         completion_tokens=2)
+    store.add_sessions(session.profile_id, [{
+        "title": "imported", "created_at": "t", "updated_at": "t", "model": "m",
+        "system_prompt": None, "private": False, "cells_enabled": None, "cells": None,
+        "messages": [{"role": "user", "content": "from elsewhere", "status": "complete",
+                      "created_at": "t"}]}])
+    assert len(store.messages(session.id)) == 2
+    assert [m.content for s in store.sessions(session.profile_id)
+            for m in store.messages(s.id)] == ["from elsewhere", "my cat is Pixel", "Nice!"]
+
+    store.db.execute("UPDATE messages SET content = 'my cat is Pixem' WHERE id = 1")  # a flip
+    with pytest.raises(DamagedDatabase, match="message 1 of session 1 does not match"):
+        store.messages(session.id)
+    with pytest.raises(DamagedDatabase):
+        store.message(1)
+    assert store.message(reply.id).content == "Nice!"  # the others still read
+
+
+def test_a_schema_changed_by_damage_is_quarantined(tmp_path):
+    """A flipped bit in the schema text still parses (quick_check passes) but renames a column
+    or drops a primary key: the tables' shape is checked against the migrations'."""
+    path = _filled(tmp_path / "engram.db", sessions=1)
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE messages RENAME COLUMN session_id TO session_ie")
+    conn.close()
+    with pytest.raises(DamagedDatabase, match="schema of table 'messages'") as caught:
+        Store(path)
+    assert caught.value.quarantined.exists() and not path.exists()
