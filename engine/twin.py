@@ -88,7 +88,8 @@ class Twin:
         if not cached:
             _write_cache(model, cache)
         model.config._attn_implementation = "sdpa"
-        return cls(model.to(device()), model_file.sha256)
+        # transformers types PreTrainedModel.to's wrapper as taking the model, not a device
+        return cls(model.to(device()), model_file.sha256)  # type: ignore[arg-type]
 
     # -- running --------------------------------------------------------------
 

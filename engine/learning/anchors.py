@@ -63,12 +63,13 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
                 [twin.sha256, texts, starts, recipe.layers, recipe.key_context]
             ).encode()).hexdigest()
             path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
-            _anchors[key] = _cached_anchors(path, twin, tuple(recipe.layers))
-            if _anchors[key] is None:
-                _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers),
-                                                    answer_starts=starts,
-                                                    question_tail=recipe.key_context)
-                _anchors[key].save(path)
+            anchors = _cached_anchors(path, twin, tuple(recipe.layers))
+            if anchors is None:
+                anchors = learner.anchors_for(twin, texts, tuple(recipe.layers),
+                                              answer_starts=starts,
+                                              question_tail=recipe.key_context)
+                anchors.save(path)
+            _anchors[key] = anchors
         return _anchors[key]
 
 

@@ -216,7 +216,7 @@ class Learning:
 
         progress(0.85, "checking that unrelated answers stay the same")
         gating = time.perf_counter()
-        first_asked = {}
+        first_asked: dict[str, str] = {}
         for qa in found:
             first_asked.setdefault(qa.answer, qa.question)
         taught_now = Taught(
@@ -286,8 +286,10 @@ class Learning:
             base = active or SparseOverlay([], self.runtime.model.sha256,
                                            d_model=twin.config.hidden_size,
                                            d_ff=twin.config.intermediate_size)
+            writer = self.cell_writer
+            assert writer is not None  # the engine gives Learning its sessions' writer
             with training, applied(twin, base):
-                gates = cell_training.train(twin, self.cell_writer,
+                gates = cell_training.train(twin, writer,
                                             cell_conversations.dev_cases() + own, anchor_prose(),
                                             self.cell_recipe, init=base.cell_gates,
                                             progress=progress, cancel=cancel)
@@ -304,7 +306,7 @@ class Learning:
         while version is not None:
             if version.metrics.get("event") == "cells":
                 return version.metrics["cells"]["through"]
-            version = by_id.get(version.parent_id)
+            version = None if version.parent_id is None else by_id.get(version.parent_id)
         return None
 
     # -- control ----------------------------------------------------------------------
