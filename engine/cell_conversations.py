@@ -88,7 +88,7 @@ def session_cases(session_id: int, turns: list[tuple[str, str]]) -> list[Case]:
     exchanges that has more than a window of turns before it, the reply predicted with only
     the last WINDOW_TURNS turns in the window and the rest dropped."""
     world = _world()
-    out = []
+    out: list[Case] = []
     for j in range(len(turns) - 2, WINDOW_TURNS, -1):
         if len(out) == SESSION_PROBES:
             break

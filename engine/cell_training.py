@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from engine.cell_conversations import Case, render
 from engine.cells import CellWriter
 from engine.errors import EngramError
-from engine.twin import Twin
+from engine.twin import Batch, Twin
 
 
 @dataclass
@@ -41,7 +41,7 @@ class GateRecipe:
 class _Batch:
     """Sequences run up to the first cell layer once (no gradient), and what is scored."""
 
-    batch: object  # the twin's Batch
+    batch: Batch
     hidden: torch.Tensor  # input of the first cell layer
     scored: list[int]  # answer tokens scored at the end of each sequence
 
@@ -80,7 +80,7 @@ def train(twin: Twin, writer: CellWriter, cases: list[Case], prose: list[str],
           cancel: threading.Event | None = None) -> np.ndarray:
     """Gates (one per model layer, zero outside the cell layers) fitted on ``cases``."""
     recipe = recipe or GateRecipe()
-    layers = writer.rule.layers
+    layers = writer.rule.resolved_layers
     first = min(layers)
     if not cases or not prose:
         raise EngramError("no conversations or prose to learn the cells' read from")
@@ -125,10 +125,10 @@ def train(twin: Twin, writer: CellWriter, cases: list[Case], prose: list[str],
         shifted = torch.stack([directions[(step + k) % len(directions)]
                                for k in range(len(paragraphs))])
         h = _run(twin, text, first, layers, (gates * mask)[None, :, None] * shifted)
-        kl = sum(F.kl_div(F.log_softmax(twin.logits(row[:n]), -1), before, log_target=True,
-                          reduction="batchmean")
-                 for row, n, before in zip(h, text.batch.lengths, base, strict=True)
-                 ) / len(paragraphs)
+        kls = [F.kl_div(F.log_softmax(twin.logits(row[:n]), -1), before, log_target=True,
+                        reduction="batchmean")
+               for row, n, before in zip(h, text.batch.lengths, base, strict=True)]
+        kl = sum(kls[1:], kls[0]) / len(paragraphs)
         (recipe.kl_weight * kl).backward()
         optimiser.step()
         if progress is not None:

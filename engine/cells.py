@@ -24,12 +24,18 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import EngramError
 from store import paths
 from store.files import read_jsonl
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+    from engine.llama_native import HiddenStates
 
 FORMAT = 1
 _MAGIC = b"ENGCELL1"
@@ -63,8 +69,16 @@ class CellRule:
             raise ValueError(f"the probe layer {probe} must be one of the cell layers {layers}")
         return replace(self, layers=layers, probe_layer=probe)
 
+    @property
+    def resolved_layers(self) -> tuple[int, ...]:
+        """The cell layers of a rule that names them (one from ``resolve``, or built with
+        explicit layers); the default rule names none until it is resolved for a model."""
+        if self.layers is None:
+            raise TypeError("the cell rule's layers are not resolved (call resolve(n_layer))")
+        return self.layers
+
     def key(self) -> str:
-        return json.dumps([FORMAT, list(self.layers)])
+        return json.dumps([FORMAT, list(self.resolved_layers)])
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,8 @@ class Cells:
 
     @classmethod
     def empty(cls, rule: CellRule, n_layer: int, n_embd: int, model_sha256: str) -> Cells:
-        return cls(rule.layers, n_layer, np.zeros((len(rule.layers), n_embd), np.float32),
+        layers = rule.resolved_layers
+        return cls(layers, n_layer, np.zeros((len(layers), n_embd), np.float32),
                    model_sha256=model_sha256, rule_key=rule.key())
 
     def write(self, states: np.ndarray, decay: float) -> None:
@@ -178,10 +193,10 @@ class CellWriter:
     Created on first use (when a turn first leaves a window): sessions that fit cost nothing.
     """
 
-    llm: object  # the runtime's Llama (the capture context shares its weights)
+    llm: Llama  # the runtime's (the capture context shares its weights)
     model_sha256: str
     rule: CellRule = field(default_factory=CellRule)
-    _capture: object = None
+    _capture: HiddenStates | None = None
     _baseline: Baseline | None = None
 
     def fold(self, cells: Cells, turns: list[tuple[str, str]], start: int, end: int) -> None:
@@ -214,7 +229,7 @@ class CellWriter:
         ``Cells.relevance`` compares with the cells); a long paste is judged by its start."""
         tokens = self.llm.tokenize(f"User: {text.strip()}".encode(), add_bos=True, special=False)
         states = self.states(tokens[:QUERY_TOKENS])
-        return states[self.rule.layers.index(self.rule.probe_layer)].mean(axis=0)
+        return states[self.rule.resolved_layers.index(self.rule.probe_layer)].mean(axis=0)
 
     def states(self, tokens: list[int]) -> np.ndarray:
         """(len(layers), n_tokens − 1, n_embd) hidden states; the BOS row is left out (its
@@ -222,13 +237,14 @@ class CellWriter:
         from engine import llama_native
         from engine.runtime import default_threads
 
+        layers = self.rule.resolved_layers
         if self._capture is None:
             # Half the threads: llama.cpp's spinning thread barrier makes small decodes ten
             # times slower when the machine is busy, and capture is rarely worth a whole core.
-            self._capture = llama_native.HiddenStates(self.llm, list(self.rule.layers),
+            self._capture = llama_native.HiddenStates(self.llm, list(layers),
                                                       n_threads=max(1, default_threads() // 2))
         rows = self._capture(tokens)
-        return np.stack([rows[layer][1:] for layer in self.rule.layers])
+        return np.stack([rows[layer][1:] for layer in layers])
 
     def baseline(self) -> Baseline:
         """Computed once per model and rule from the bundled filler dialogue, cached on disk."""

@@ -110,12 +110,13 @@ class Conversation:
         return self._start(self._reply(turns, sampling))
 
     def _reply(self, turns: list[Turn], sampling: Sampling) -> Reply:
-        if self.states is None:
+        states = self.states
+        if states is None:
             return self.runtime.reply(turns, self.session.system_prompt, sampling)
         session_id = self.session.id
         return self.runtime.reply(
-            turns, self.session.system_prompt, sampling, owner=self.states.key(session_id),
-            prepare=lambda prompt: self.states.prepare(session_id, turns, prompt))
+            turns, self.session.system_prompt, sampling, owner=states.key(session_id),
+            prepare=lambda prompt: states.prepare(session_id, turns, prompt))
 
     def save_state(self) -> None:
         """Snapshot the session's KV cache after a reply; a failure only costs a re-read."""

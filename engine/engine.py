@@ -168,7 +168,7 @@ class Engine:
         """Ask for background learning: after each reply (debounced: the job starts after a
         quiet spell) and with ``delay=0`` when a session ends. False when nothing will be
         learned: learning paused, a private session, the model not loaded or not learnable."""
-        if (self.learning is None or self.settings.learning_paused
+        if (self.learning is None or self.runtime is None or self.settings.learning_paused
                 or not self.runtime.model.learnable):
             return False
         if session_id is not None and self.store.session(session_id).private:

@@ -74,9 +74,9 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, st
                NotImplementedError, RuntimeError, OverflowError)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NONE = type(None)
-_INDEX_FIELDS = {"format": (str,), "format_version": (int,), "engram_version": (str,),
-                 "exported_at": (str,), "profile": (str,), "overlay_version": (int,),
-                 "base_sha256": (str,), "members": (dict,)}
+_INDEX_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (str,), "format_version": (int,), "engram_version": (str,), "exported_at": (str,),
+    "profile": (str,), "overlay_version": (int,), "base_sha256": (str,), "members": (dict,)}
 _SESSION_FIELDS = {"id": (int,), "title": (str,), "created_at": (str,), "updated_at": (str,),
                    "model": (str,), "system_prompt": (str, _NONE), "private": (bool,),
                    "cells_enabled": (bool, _NONE), "cells": (str, _NONE),

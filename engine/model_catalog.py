@@ -106,7 +106,7 @@ def report(models: list[Model]) -> str:
               "yes" if m.chat_template else "no", "yes" if m.learnable else "no", m.source)
              for m in models]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
 
 

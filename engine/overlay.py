@@ -154,7 +154,8 @@ class SparseOverlay:
         out = np.zeros(shape, dtype=np.float32)
         for b in self._groups().get((layer, matrix), []):
             if matrix == "ffn_down":
-                np.add.at(out, (slice(None), b.neurons), b.delta)
+                # numpy's stubs take no slice in ufunc.at's indices; numpy does
+                np.add.at(out, (slice(None), b.neurons), b.delta)  # type: ignore[arg-type]
             else:
                 np.add.at(out, b.neurons, b.delta)
         return out

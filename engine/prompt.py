@@ -57,7 +57,8 @@ class ChatTemplate:
     def render(self, system: str | None, turns: list[Turn]) -> str:
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": t.role, "content": t.content} for t in turns]
-        response = self._formatter(messages=messages)
+        # llama-cpp-python types messages as TypedDicts with literal roles
+        response = self._formatter(messages=messages)  # type: ignore[arg-type]
         if response.stop:
             extra = response.stop if isinstance(response.stop, list) else [response.stop]
             self.stop = list(dict.fromkeys(self.stop + extra))

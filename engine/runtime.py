@@ -11,14 +11,18 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from engine.errors import EngramError, ModelError
 from engine.model_file import ModelFile, open_model
 from engine.prompt import ChatTemplate, FittedPrompt, PlainDialogue, PromptFormat, Turn, fit
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import CreateCompletionResponse
 
 
 @dataclass
@@ -176,11 +180,14 @@ class Runtime:
                 prepare(prompt)
             self.kv_owner = owner
             start = time.perf_counter()
-            chunks = self.llm.create_completion(
-                tokens, max_tokens=max_tokens, temperature=sampling.temperature,
-                top_p=sampling.top_p, stop=self.format.stop, stream=True,
-                seed=sampling.seed, repeat_penalty=sampling.repeat_penalty,
-            )
+            # stream=True returns llama-cpp-python's generator of chunks; its annotation is
+            # the union of both modes' results
+            chunks = cast("Generator[CreateCompletionResponse, None, None]",
+                          self.llm.create_completion(
+                              tokens, max_tokens=max_tokens, temperature=sampling.temperature,
+                              top_p=sampling.top_p, stop=self.format.stop, stream=True,
+                              seed=sampling.seed, repeat_penalty=sampling.repeat_penalty,
+                          ))
             text = ""
             try:
                 for chunk in chunks:
@@ -210,6 +217,7 @@ class Runtime:
                 temperature=sampling.temperature, top_p=sampling.top_p,
                 stop=self.format.stop if stop is None else stop, seed=sampling.seed,
             )
+        assert isinstance(out, dict)  # not streamed: one response
         return out["choices"][0]["text"]
 
     def invalidate_cache(self) -> None:

@@ -37,8 +37,10 @@ def expand_contractions(text: str) -> str:
         if short.startswith("'") or short == "n't":
             text = re.sub(rf"(?<=\w){re.escape(short)}\b", long, text, flags=re.IGNORECASE)
         else:
-            text = re.sub(rf"\b{re.escape(short)}\b",
-                          lambda m, long=long: m[0][0] + long[1:], text, flags=re.IGNORECASE)
+            def cased(m: re.Match[str], long: str = long) -> str:
+                return m[0][0] + long[1:]
+
+            text = re.sub(rf"\b{re.escape(short)}\b", cased, text, flags=re.IGNORECASE)
     return text
 
 

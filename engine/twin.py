@@ -23,7 +23,6 @@ from engine.model_file import ModelFile
 from store import paths
 from store.files import make_private
 
-
 DTYPE = torch.float32  # the twin must compute what llama.cpp serves: no lower precision
 
 
@@ -93,7 +92,8 @@ class Twin:
         if not cached:
             _write_cache(model, cache)
         model.config._attn_implementation = "sdpa"
-        return cls(model.to(device()), model_file.sha256)
+        # transformers types PreTrainedModel.to's wrapper as taking the model, not a device
+        return cls(model.to(device()), model_file.sha256)  # type: ignore[arg-type]
 
     @staticmethod
     def cache_dir(model_file: ModelFile) -> Path:

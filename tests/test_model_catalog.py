@@ -12,8 +12,7 @@ import pytest
 from engine.errors import ModelError
 from engine.model_catalog import find, listing, resolve
 from tests.test_cli import engram
-from tests.tiny_gguf import (HEAD_DIM, N_EMBD, N_FF, N_HEAD, N_KV, N_LAYER, vocab,
-                             write_tiny_gemma3)
+from tests.tiny_gguf import HEAD_DIM, N_EMBD, N_FF, N_HEAD, N_KV, N_LAYER, vocab, write_tiny_gemma3
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 

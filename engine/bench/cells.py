@@ -88,7 +88,8 @@ def score(judge: Judge, writer: CellWriter, all_cases: list[Case], all_cells: li
     Each text's read is gated as the runtime gates a user's message: at the rule's τ, and
     along a curve of other thresholds (the NLLs with and without cells are measured once)."""
     rule, baseline = writer.rule, writer.baseline()
-    rows = {"facts": [], "topic": []}  # (full, truncated, cells, relevance) per probe
+    # (full, truncated, cells, relevance) per probe
+    rows: dict[str, list[tuple[float, float, float, float]]] = {"facts": [], "topic": []}
     neutral, generic = [], []  # (off, on, relevance, tokens) per case
     paragraphs = generic_paragraphs()
     for k, (case, cells) in enumerate(zip(all_cases, all_cells, strict=True)):
@@ -113,7 +114,7 @@ def score(judge: Judge, writer: CellWriter, all_cases: list[Case], all_cells: li
         generic.append((off, on, relevance(paragraph), n))
 
     def figures(tau: float) -> dict:
-        out = {}
+        out: dict[str, float] = {}
         for kind, suffix in (("facts", ""), ("topic", "_topic")):
             a, b = (statistics.fmean(r[i] for r in rows[kind]) for i in range(2))
             c = statistics.fmean(r[2] if r[3] > tau else r[1] for r in rows[kind])
@@ -257,7 +258,7 @@ def run(model: str | None = None, facts: Path | None = None, topics: Path | None
                                 verbose=False)
     all_cells = [writer.written(case.dropped) for case in all_cases]
     result = {"model": str(runtime.model.path),
-              "rule": {"layers": list(rule.layers), "probe_layer": rule.probe_layer,
+              "rule": {"layers": list(rule.resolved_layers), "probe_layer": rule.probe_layer,
                        "tau": rule.tau, "decay": rule.decay},
               "gates": [round(float(g), 4) for g in gates], "train_cases": len(training),
               "train_seconds": round(train_seconds, 1),

@@ -59,6 +59,7 @@ def launch_to_first_token(model: str | None) -> float:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, env={**os.environ})
+        assert proc.stdin is not None and proc.stdout is not None  # both are PIPE
         proc.stdin.write(b"Hello!\n")
         proc.stdin.flush()
         first = proc.stdout.read(1)
@@ -81,9 +82,9 @@ def run(model: str | None, tokens: int = 128, repetitions: int = 5) -> dict:
     # in every repetition so drift in machine load hits both alike.
     engram_runs, bare_runs = [], []
     for _ in range(repetitions):
-        ours = [_engram_decode(runtime, text, tokens) for text, _ in prompts]
+        ours_now = [_engram_decode(runtime, text, tokens) for text, _ in prompts]
         theirs = [_bare_decode(bare, ids, tokens, runtime.format.stop) for _, ids in prompts]
-        engram_runs.append(sum(n for n, _ in ours) / sum(t for _, t in ours))
+        engram_runs.append(sum(n for n, _ in ours_now) / sum(t for _, t in ours_now))
         bare_runs.append(sum(n for n, _ in theirs) / sum(t for _, t in theirs))
     bare.close()
     runtime.close()

@@ -79,8 +79,8 @@ def run(model: str | None = None, facts_files: list[str | Path] | str | Path | N
         chosen = [(name, [paths.eval_data(f) for f in files], role)
                   for name, files, role in DEFAULT_SETS]
     else:
-        files = [facts_files] if isinstance(facts_files, (str, Path)) else list(facts_files)
-        chosen = [(Path(f).stem, [Path(f)], "given") for f in files]
+        given = [facts_files] if isinstance(facts_files, (str, Path)) else list(facts_files)
+        chosen = [(Path(f).stem, [Path(f)], "given") for f in given]
     results = {}
     for name, files, role in chosen:
         cases = [case for f in files for case in load_sessions(f)][:sessions]
@@ -301,7 +301,9 @@ def _speed_ratio(engine: Engine, system: str) -> float:
 def _null_overlay(engine: Engine) -> dict:
     """The floor ``locality`` and ``kl_neutral`` are read against: see ``null_locality``."""
     runtime, memory, learning, _ = engine.loaded()
-    return null_locality(learning.gate(), memory.current(), runtime.model.architecture)
+    overlay = memory.current()
+    assert overlay is not None  # measured after a run that learned
+    return null_locality(learning.gate(), overlay, runtime.model.architecture)
 
 
 def _counterfact(engine: Engine, n: int, log: Callable[[str], None]) -> dict:

@@ -34,7 +34,9 @@ def run(engine: Engine) -> dict:
         version = memory.applied
         if version is not None:
             scorer.set_overlay(*memory.lora(version))
-            with applied(twin, memory.current()):
+            overlay = memory.current()
+            assert overlay is not None  # a version is applied
+            with applied(twin, overlay):
                 result["overlay"] = _compare(twin, scorer, texts)
     finally:
         scorer.close()

@@ -52,20 +52,23 @@ def crash_trial(home: Path, model: str | None, seed: int,
     proc = subprocess.Popen(engram_command(home, model, "chat", "--plain"),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
-    acknowledged, streaming = [], threading.Event()
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    assert stdin is not None and stdout is not None and stderr is not None  # all PIPE
+    acknowledged: list[bytes] = []
+    streaming = threading.Event()
 
     def drain() -> None:
-        proc.stdout.read(1)  # the first byte of the first reply (or the end, if it died)
+        stdout.read(1)  # the first byte of the first reply (or the end, if it died)
         streaming.set()
-        proc.stdout.read()
+        stdout.read()
 
     readers = [threading.Thread(target=lambda: acknowledged.extend(
-                   line for line in proc.stderr if b"tok/s" in line), daemon=True),
+                   line for line in stderr if b"tok/s" in line), daemon=True),
                threading.Thread(target=drain, daemon=True)]
     for reader in readers:
         reader.start()
-    proc.stdin.write("".join(t + "\n" for t in texts).encode())
-    proc.stdin.flush()
+    stdin.write("".join(t + "\n" for t in texts).encode())
+    stdin.flush()
     streaming.wait(START_TIMEOUT_S)
     time.sleep(rng.uniform(0, window))
     seen = len(acknowledged)  # counted before the kill: only what the user saw
@@ -79,7 +82,7 @@ def crash_trial(home: Path, model: str | None, seed: int,
             and not found["lost_versions"]}
 
 
-def check_home(home: Path, acknowledged: list[str], versions: dict[int, str]) -> dict:
+def check_home(home: Path, acknowledged: list[str], versions: dict[str, str]) -> dict:
     """What a fresh reader finds: integrity, foreign keys, acknowledged messages present,
     every version seen before still loadable (by its manifest's checksums)."""
     if not paths.database(home).exists():
@@ -205,8 +208,8 @@ def fuzz_overlay(directory: Path, base: str, rng: random.Random, scratch: Path) 
 
 def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0) -> dict:
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="engram-reliability-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="engram-reliability-") as tmp_name:
+        tmp = Path(tmp_name)
         home = tmp / "home"
         before = chat_works(home, model)  # a home with a session, as a user's would be
         trials = [crash_trial(home, model, rng.randrange(2**31)) for _ in range(kills)]
@@ -214,7 +217,7 @@ def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0) -> d
         overlay_dir = tmp / "v1"
         base = sample_overlay(overlay_dir, seed)
         scratch = paths.private_dir(tmp / "scratch")
-        cases = []
+        cases: list[dict] = []
         for i in range(fuzz):
             case_seed = rng.randrange(2**31)
             case_rng = random.Random(case_seed)

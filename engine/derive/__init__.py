@@ -33,9 +33,10 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
     for clause, a in asked:
         question = a.question
         if KIND in question:
-            if not kinds.get(a.answer):
+            kind = kinds.get(a.answer)
+            if not kind:
                 continue
-            question = question.replace(KIND, kinds[a.answer])
+            question = question.replace(KIND, kind)
         qa = QA(question, a.answer, clause.said)
         if grounded(qa):
             found.setdefault(qa.question.lower(), qa)

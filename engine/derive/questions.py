@@ -318,8 +318,9 @@ def questions(clause: Clause) -> list[Asked]:
     out = _appositives(clause)
     negated = any(t == "NEG" for t in clause.tags)
     group = verb_group(clause)
-    vague = bool(group) and all(w.lower() in {"it", "they", "that", "this", "there", "he", "she"}
-                                for w in clause.words[:group[0]])
+    vague = group is not None and all(
+        w.lower() in {"it", "they", "that", "this", "there", "he", "she"}
+        for w in clause.words[:group[0]])
     if not clause.request and not negated:
         out += _named(clause)
     if not clause.request and not negated and not vague:

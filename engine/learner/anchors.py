@@ -76,9 +76,10 @@ def anchors_for(twin: Twin, texts: list[list[int]], layers: tuple[int, ...],
     its answer rows start ``question_tail`` positions before the one that predicts it.
     """
     answer_starts = answer_starts or [None] * len(texts)
-    inputs = {l: [] for l in layers}
-    prose = {l: [] for l in layers}  # plain text's rows, sampled on their own: see below
-    answers = {l: [] for l in layers}
+    inputs: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    # plain text's rows, sampled on their own: see below
+    prose: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    answers: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
     for start, chunk, seen in passes(twin, texts, layers):
         if progress is not None:
             progress(start / len(texts))

@@ -195,6 +195,7 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
             optim.step()
             for e in edits:
                 e.cap()
+            assert isinstance(locality, torch.Tensor)  # a sum over edits, never empty here
             history.append((task.item(), locality.item()))
             progress((step + 1) / recipe.steps, f"step {step + 1}: answer loss {task.item():.3f}")
             kept = stop_rows(token_loss.detach(), targets.rows, targets.taught, recipe.spare)

@@ -75,8 +75,8 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
                 [twin.sha256, texts, starts, recipe.layers, recipe.key_context]
             ).encode()).hexdigest()
             path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
-            _anchors[key] = _cached_anchors(path, twin, tuple(recipe.layers))
-            if _anchors[key] is None:
+            anchors = _cached_anchors(path, twin, tuple(recipe.layers))
+            if anchors is None:
                 started = time.monotonic()
 
                 def built(fraction: float) -> None:
@@ -85,11 +85,12 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
                     progress(fraction, "building the anchors (first time on this machine"
                              + (f", about {left / 60:.0f} min left)" if left else ")"))
 
-                _anchors[key] = learner.anchors_for(twin, texts, tuple(recipe.layers),
-                                                    answer_starts=starts,
-                                                    question_tail=recipe.key_context,
-                                                    progress=built)
-                _anchors[key].save(path)
+                anchors = learner.anchors_for(twin, texts, tuple(recipe.layers),
+                                              answer_starts=starts,
+                                              question_tail=recipe.key_context,
+                                              progress=built)
+                anchors.save(path)
+            _anchors[key] = anchors
         return _anchors[key]
 
 

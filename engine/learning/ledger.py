@@ -40,5 +40,5 @@ def ancestry_records(versions: list[OverlayVersion],
     while version is not None:
         for sid, record in version.metrics.get("learned", {}).items():
             out.setdefault(int(sid), record)
-        version = by_id.get(version.parent_id)
+        version = None if version.parent_id is None else by_id.get(version.parent_id)
     return out

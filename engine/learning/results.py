@@ -34,6 +34,7 @@ class LearnResult:
             return (f"session {self.session_id} not learned: {self.version.reason} "
                     f"(v{self.version.id} rejected)")
         n = len(self.facts)
+        assert self.locality is not None  # every version learned was gated
         return (f"memory updated: v{self.version.id} learned session {self.session_id} "
                 f"({n} fact{'s' * (n != 1)}, locality {self.locality.locality:.3f})")
 

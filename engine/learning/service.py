@@ -218,12 +218,15 @@ class Learning:
         tries = 1 + recipe.retries
         for attempt in range(tries):
             low, high = 0.15 + 0.85 * attempt / tries, 0.15 + 0.85 * (attempt + 1) / tries
+
+            def training_step(f: float, m: str, low: float = low, high: float = high) -> None:
+                progress(low + 0.8 * (high - low) * f, m)
+
             with training, applied(twin, base):
                 blocks, train = learner.learn(
                     twin, examples_of(taught), anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
-                    progress=lambda f, m, low=low, high=high: progress(
-                        low + 0.8 * (high - low) * f, m))
+                    progress=training_step)
             candidate = base.merge(replace(base, blocks=blocks))
             progress(low + 0.8 * (high - low), "checking that unrelated answers stay the same")
             gating = time.perf_counter()
@@ -299,8 +302,10 @@ class Learning:
             base = active or SparseOverlay([], self.runtime.model.sha256,
                                            d_model=twin.config.hidden_size,
                                            d_ff=twin.config.intermediate_size)
+            writer = self.cell_writer
+            assert writer is not None  # the engine gives Learning its sessions' writer
             with training, applied(twin, base):
-                gates = cell_training.train(twin, self.cell_writer,
+                gates = cell_training.train(twin, writer,
                                             cell_conversations.dev_cases() + own, anchor_prose(),
                                             self.cell_recipe, init=base.cell_gates,
                                             progress=progress, cancel=cancel)
@@ -317,7 +322,7 @@ class Learning:
         while version is not None:
             if version.metrics.get("event") == "cells":
                 return version.metrics["cells"]["through"]
-            version = by_id.get(version.parent_id)
+            version = None if version.parent_id is None else by_id.get(version.parent_id)
         return None
 
     # -- control ----------------------------------------------------------------------
