@@ -446,6 +446,23 @@ async def test_settings_are_validated_and_saved(engine):
     reopened.close()
 
 
+async def test_a_message_sent_while_the_model_loads_is_sent_when_it_is_ready(engine,
+                                                                            monkeypatch):
+    loaded, load = threading.Event(), engine.load
+    monkeypatch.setattr(engine, "load", lambda: loaded.wait(10) and load())
+    app = EngramApp(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        app.chat.query_one(PromptInput).load_text("Hello there")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.chat.runtime is None and not views(app)
+        assert app.chat.query_one(PromptInput).text == "Hello there"  # visible until sent
+        loaded.set()
+        await until(pilot, lambda: settled(app), "the held message's reply")
+        assert [v.role for v in views(app)] == ["user", "assistant"]
+        assert app.chat.query_one(PromptInput).text == ""
+
+
 async def test_model_that_fails_to_load_shows_the_error_screen(engine_home, tmp_path):
     not_a_model = tmp_path / "notes.txt"
     not_a_model.write_text("hello")

@@ -132,6 +132,7 @@ class ChatScreen(Screen):
         self.runtime: Runtime | None = None  # set once the model has loaded
         self.job: ReplyJob | None = None  # the reply shown as it streams
         self._jobs: set[ReplyJob] = set()  # every job whose thread may still run
+        self._on_ready: ReplyJob | None = None  # a message sent before the model was loaded
         self._first_session_id = session_id
 
     def compose(self):
@@ -161,6 +162,9 @@ class ChatScreen(Screen):
         self.query_one(PromptInput).placeholder = PLACEHOLDER
         if self.session is not None:
             self._show_stats_of(self.engine.store.messages(self.session.id))
+        job, self._on_ready = self._on_ready, None
+        if job is not None:
+            self._start(job)
 
     # -- sessions ---------------------------------------------------------------
 
@@ -291,7 +295,12 @@ class ChatScreen(Screen):
 
     def _start(self, job: ReplyJob) -> None:
         if self.runtime is None:
-            self.notify("The model is still loading; your message stays in the prompt.")
+            if job.text is None:
+                self.notify("The model is still loading; try again in a moment.")
+                return
+            self._on_ready = job
+            self.notify("The model is still loading: your message is sent as soon as it is "
+                        "ready.")
             return
         if self.job is not None:
             self.notify("A reply is still being written: wait for it, or press Esc to stop it.")
