@@ -12,7 +12,7 @@ import numpy as np
 
 from engine import memory_archive
 from engine.conversation import Conversation
-from engine.errors import EngramError
+from engine.errors import EngramError, OtherProfile
 from engine.learn_queue import LearnQueue
 from engine.learning import Learning, LearnResult, Progress, VersionDiff, quiet
 from engine.learning.ledger import pending_sessions
@@ -99,7 +99,7 @@ class Engine:
         if isinstance(session, int):
             session = self.store.session(session)
         if session.profile_id != self.profile.id:
-            raise PermissionError("that session belongs to another profile")
+            raise OtherProfile("that session belongs to another profile")
         return Conversation(self.store, self.load(), session, on_reply=self.schedule_learning,
                             states=self.states)
 
@@ -124,7 +124,7 @@ class Engine:
 
     def _own(self, session_id: int) -> None:
         if self.store.session(session_id).profile_id != self.profile.id:
-            raise PermissionError("that session belongs to another profile")
+            raise OtherProfile("that session belongs to another profile")
 
     # -- settings -------------------------------------------------------------
 
@@ -238,7 +238,7 @@ class Engine:
         one's change (the memory screen's per-neuron view)."""
         version = self.store.overlay_version(version_id)
         if version.profile_id != self.profile.id:
-            raise PermissionError("that overlay version belongs to another profile")
+            raise OtherProfile("that overlay version belongs to another profile")
         return self.loaded()[1].load(version).neuron_norms()
 
     def export_memory(self, path: str | os.PathLike, fmt: str = "archive") -> Path:

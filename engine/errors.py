@@ -15,3 +15,8 @@ class InputTooLong(EngramError):
 
 class LearningUnavailable(EngramError):
     """The model's architecture is one the torch twin cannot reproduce: chat only."""
+
+
+class OtherProfile(EngramError):
+    """A session or overlay version of another profile was named: each profile's memory and
+    sessions are its own."""

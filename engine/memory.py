@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from engine import overlay as overlay_files
-from engine.errors import EngramError
+from engine.errors import EngramError, OtherProfile
 from engine.overlay import ForeignOverlay, Manifest, OverlayError, SparseOverlay
 from engine.runtime import Runtime
 from store import paths
@@ -132,7 +132,7 @@ class OverlayMemory:
         with self._lock:
             version = self.store.overlay_version(version_id)
             if version.profile_id != self.profile.id:
-                raise OverlayError(f"overlay version {version_id} belongs to another profile")
+                raise OtherProfile(f"overlay version {version_id} belongs to another profile")
             if version.status in UNUSABLE_OVERLAY_STATUSES:
                 raise OverlayError(f"overlay version {version_id} is {version.status} "
                                    f"({version.reason}); it cannot be activated")

@@ -10,6 +10,7 @@ import pytest
 from engine import llama_native
 from engine.cells import Baseline, CellRule, Cells, CellsRefused, CellWriter
 from engine.engine import Engine
+from engine.errors import OtherProfile
 from engine.overlay import SparseOverlay
 from engine.runtime import Runtime, Sampling
 from tests.tiny_gguf import N_EMBD, N_FF, N_LAYER
@@ -275,7 +276,7 @@ def test_cells_stay_with_their_session(engine, tmp_path, tiny_model):
     other = Engine(home=tmp_path / "home", profile="other", model=tiny_model, n_ctx=256)
     for action in (lambda: other.set_cells_enabled(long_id, False),
                    lambda: other.reset_cells(long_id), lambda: other.memory_status(long_id)):
-        with pytest.raises(PermissionError):
+        with pytest.raises(OtherProfile):
             action()
     other.close()
 

@@ -12,6 +12,7 @@ import pytest
 
 from engine import llama_native, session_state
 from engine.engine import Engine
+from engine.errors import OtherProfile
 from engine.runtime import Runtime, Sampling
 from store.store import Store
 from tests.tiny_gguf import write_tiny_gemma3
@@ -222,9 +223,9 @@ def test_profiles_keep_their_states_apart_and_deleting_a_session_deletes_its_fil
     path = _kv_path(alice, session.id)
     assert "/profiles/default/sessions/" in path.as_posix()
     bob = Engine(home=home, profile="bob", model=tiny_model, n_ctx=512)
-    with pytest.raises(PermissionError):
+    with pytest.raises(OtherProfile):
         bob.conversation(session.id)
-    with pytest.raises(PermissionError):
+    with pytest.raises(OtherProfile):
         bob.memory_status(session.id)
     bob.close()
     alice.delete_session(session.id)

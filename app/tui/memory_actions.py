@@ -18,7 +18,7 @@ from engine.errors import EngramError
 from store.store import StoreError
 
 T = TypeVar("T")
-USER_ERRORS = (EngramError, StoreError, PermissionError)
+USER_ERRORS = (EngramError, StoreError)
 
 
 def failure(exc: Exception) -> str:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from engine import derive, text
 from engine.consistency import twin_kinds, twin_prefers
 from engine.derive import QA
-from engine.errors import EngramError
+from engine.errors import EngramError, OtherProfile
 from engine.learning.anchors import Progress, anchors_for, applied, quiet, training, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.gate import Gate, Taught, check, rejections
@@ -145,7 +145,7 @@ class Learning:
     def _learnable(self, session_id: int) -> Session:
         session = self.store.session(session_id)
         if session.profile_id != self.profile.id:
-            raise EngramError(f"session {session_id} belongs to another profile")
+            raise OtherProfile(f"session {session_id} belongs to another profile")
         if session.private:
             raise EngramError(f"session {session_id} is private: it is never learned from")
         return session
@@ -372,7 +372,7 @@ class Learning:
         questions answered by the model before and after."""
         version = self.store.overlay_version(version_id)
         if version.profile_id != self.profile.id:
-            raise EngramError(f"overlay version {version_id} belongs to another profile")
+            raise OtherProfile(f"overlay version {version_id} belongs to another profile")
         parent = self.store.overlay_version(version.parent_id) if version.parent_id else None
         mine = self.memory.load(version)
         theirs = self.memory.load(parent) if parent else None
