@@ -33,6 +33,9 @@ def run(engine: Engine, session_id: int | None, private: bool,
         stdin: BinaryIO, out: TextIO, err: TextIO) -> int:
     interactive = stdin.isatty()
     engine.load()
+    problem = engine.memory_status().problem
+    if problem:
+        print(f"[memory: {inert(problem)}]", file=err)
     session = engine.store.session(session_id) if session_id else engine.new_session(private)
     conversation = engine.conversation(session)
     if interactive:

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import EngramError
 from store import paths
-from store.files import read_jsonl
+from store.files import atomic_write, read_jsonl
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -261,9 +261,13 @@ class CellWriter:
                     for speaker, text in calibration_turns()], axis=1)
                 self._baseline = Baseline(states.mean(axis=1),
                                           np.median(np.linalg.norm(states, axis=2), axis=1))
-                tmp = file.with_suffix(".tmp.npz")
-                np.savez(tmp, mean=self._baseline.mean, norm=self._baseline.norm)
-                os.replace(tmp, file)
+                baseline = self._baseline
+
+                def save(tmp: Path) -> None:
+                    with open(tmp, "wb") as fh:
+                        np.savez(fh, mean=baseline.mean, norm=baseline.norm)
+
+                atomic_write(file, save)
         return self._baseline
 
     def close(self) -> None:

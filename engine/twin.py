@@ -236,7 +236,7 @@ def _attention_scale_as_llama_cpp(model) -> None:
 
 def _write_cache(model, cache) -> None:
     """Save the dequantised model atomically (a crash leaves no half cache)."""
-    tmp = cache.with_name(cache.name + ".tmp")
+    tmp = paths.private_dir(cache.parent) / (cache.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.config.quantization_config = None
     model.hf_quantizer = None  # the weights are plain float32 now; transformers refuses otherwise

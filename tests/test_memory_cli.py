@@ -139,3 +139,18 @@ def test_show_names_a_damaged_active_version(engram, engine_home):
     assert code == 0
     problem = next(line for line in out.splitlines() if line.startswith("problem:"))
     assert "does not match its checksum" in problem and "rollback" in problem
+
+
+def test_the_line_chat_says_when_the_memory_was_set_aside(engram, engine_home, capsys,
+                                                          monkeypatch):
+    """A damaged active version: the plain chat runs on without it and says why on stderr."""
+    import io
+
+    assert engram("memory", "learn")[0] == 0
+    for tensors in engine_home.rglob("overlay.safetensors"):
+        data = bytearray(tensors.read_bytes())
+        data[-1] ^= 0xFF
+        tensors.write_bytes(bytes(data))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"hi\n")))
+    code, _, err = engram("chat", "--plain", "--private")
+    assert code == 0 and "[memory: overlay v" in err and "set aside" in err
