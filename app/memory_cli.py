@@ -30,7 +30,6 @@ from engine import overlay as overlay_files
 from engine.engine import Engine
 from engine.errors import EngramError
 from engine.learning import VersionDiff
-from engine.learning.ledger import ancestry_records
 from store.records import OverlayVersion
 
 BAR_WIDTH = 24
@@ -60,12 +59,12 @@ class ProgressBar:
 
 def learn(engine: Engine, session_ids: list[int] | None, out: TextIO, err: TextIO) -> int:
     bar = ProgressBar(err)
-    before = engine.store.active_overlay(engine.profile.id)
+    before = engine.active_version()
     try:
         results = engine.learn_now(bar, session_ids=session_ids)
     finally:
         bar.done()
-    after = engine.memory.applied
+    after = engine.active_version()
     cells = after is not None and after.metrics.get("event") == "cells" and (
         before is None or after.id != before.id)
     if not results and not cells:
@@ -88,8 +87,7 @@ def show(engine: Engine, out: TextIO) -> int:
             + (f" and ≥ {settings.locality_threshold:g}" if settings.locality_threshold else ""))
     checks = ", no leaks or loops" if settings.gate_replies else ""
     print(f"profile {engine.profile.name} · learning {state} · gate: {gate}{checks}", file=out)
-    versions = engine.store.overlay_versions(engine.profile.id)
-    active = engine.store.active_overlay(engine.profile.id)
+    active = engine.active_version()
     if active is None:
         print("no learned memory is active (the base model answers)", file=out)
     else:
@@ -102,7 +100,7 @@ def show(engine: Engine, out: TextIO) -> int:
             print(f"problem: {problem} — the chat falls back to the last good version "
                   "(or the base model) and says so; `engram memory rollback` picks one",
                   file=out)
-        records = ancestry_records(versions, active)
+        records = engine.learned_facts(active)
         for sid in active.sessions:
             record = records.get(sid, {"facts": [], "corrections": []})
             print(f"  session {sid} {title(engine, sid)}", file=out)
@@ -126,7 +124,7 @@ def _damage(engine: Engine, version: OverlayVersion) -> str:
 
 
 def versions(engine: Engine, out: TextIO) -> int:
-    rows = engine.store.overlay_versions(engine.profile.id)
+    rows = engine.versions()
     if not rows:
         print("no overlay versions yet: chat, then `engram memory learn`", file=out)
     for v in rows:
@@ -169,14 +167,13 @@ def pause(engine: Engine, paused: bool, out: TextIO) -> int:
 
 def diff(engine: Engine, target: str | None, out: TextIO) -> int:
     if target is None:
-        active = engine.store.active_overlay(engine.profile.id)
+        active = engine.active_version()
         if active is None:
             raise EngramError("no learned memory is active: name a version (see "
                               "`engram memory versions`)")
         version_id = active.id
     elif match := re.fullmatch(r"[sS](\d+)", target):
-        engine.load()
-        version_id = engine.learning.version_of_session(int(match[1])).id
+        version_id = engine.version_of_session(int(match[1])).id
     elif match := re.fullmatch(r"[vV]?(\d+)", target):
         version_id = int(match[1])
     else:
@@ -193,7 +190,7 @@ def diff(engine: Engine, target: str | None, out: TextIO) -> int:
 
 def export(engine: Engine, path: str, fmt: str, out: TextIO) -> int:
     written = engine.export_memory(path, fmt)
-    print(exported(written, fmt, engine.store.active_overlay(engine.profile.id)), file=out)
+    print(exported(written, fmt, engine.active_version()), file=out)
     return 0
 
 

@@ -17,7 +17,7 @@ BAR_CELLS = 20
 
 def title(engine: Engine, session_id: int) -> str:
     try:
-        return repr(engine.store.session(session_id).title)
+        return repr(engine.session(session_id).title)
     except StoreError:
         return "(deleted)"
 
@@ -30,15 +30,15 @@ def what(version: OverlayVersion) -> str:
     """What a version did, in a few words."""
     event = version.metrics.get("event")
     if event == "learn":
-        return "learned " + ", ".join(f"s{sid}" for sid in version.metrics["learned"])
+        return "learned " + ", ".join(f"s{sid}" for sid in version.learned)
     if event == "forget":
-        return "forgot " + ", ".join(f"s{sid}" for sid in version.metrics["dropped"])
+        return "forgot " + ", ".join(f"s{sid}" for sid in version.dropped)
     if event == "reset":
         return "reset (empty)"
     if event == "cells":
         return "learned the cells' read"
     if event == "import":
-        return "imported " + (", ".join(f"s{sid}" for sid in version.metrics["learned"])
+        return "imported " + (", ".join(f"s{sid}" for sid in version.learned)
                               or "(empty)")
     return "sessions " + (", ".join(f"s{sid}" for sid in version.sessions) or "none")
 
@@ -76,7 +76,7 @@ def describe(engine: Engine, result: LearnResult) -> str:
         status = (f"learned {len(result.facts)} fact{'s' * (len(result.facts) != 1)}{fixes} → "
                   f"v{result.version.id} (active)")
     else:
-        active = engine.memory.applied
+        active = engine.active_version()
         status = (f"NOT learned: {result.version.reason}; v{result.version.id} kept as "
                   f"rejected, {f'v{active.id}' if active else 'the base model'} stays active")
     return "\n".join([f"{head}: {status}", *lines, measured])
@@ -164,5 +164,5 @@ def imported(version: OverlayVersion) -> str:
     replaces = (f"; it replaces v{version.parent_id}, a rollback goes back"
                 if version.parent_id else "")
     return (f"imported {source['file']}: v{version.id} is active with "
-            f"{len(version.metrics['learned'])} learned sessions; sessions added: "
+            f"{len(version.learned)} learned sessions; sessions added: "
             f"{added}{replaces}")

@@ -36,7 +36,7 @@ def run(engine: Engine, session_id: int | None, private: bool,
     problem = engine.memory_status().problem
     if problem:
         print(f"[memory: {inert(problem)}]", file=err)
-    session = engine.store.session(session_id) if session_id else engine.new_session(private)
+    session = engine.session(session_id) if session_id else engine.new_session(private)
     conversation = engine.conversation(session)
     if interactive:
         print(f"Engram · {engine.runtime.name} on {engine.runtime.device} · session "

@@ -15,7 +15,7 @@ from engine.conversation import Conversation
 from engine.errors import EngramError, OtherProfile
 from engine.learn_queue import LearnQueue
 from engine.learning import Learning, LearnResult, Progress, VersionDiff, quiet
-from engine.learning.ledger import pending_sessions
+from engine.learning.ledger import ancestry_records, pending_sessions
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus
 from engine.model_file import open_model
@@ -23,7 +23,7 @@ from engine.runtime import Runtime
 from engine.session_state import CELLS_BY_DEFAULT, SessionStates, remove_files
 from engine.settings import Settings
 from store import paths
-from store.records import OverlayVersion, Session
+from store.records import Message, OverlayVersion, Session
 from store.store import Store
 
 CLOSE_WAIT_S = 2.0  # how long quitting waits for a learning job to notice it was cancelled
@@ -103,6 +103,22 @@ class Engine:
         return Conversation(self.store, self.load(), session, on_reply=self.schedule_learning,
                             states=self.states)
 
+    def session(self, session_id: int) -> Session:
+        """One of this profile's sessions (another profile's: OtherProfile)."""
+        session = self.store.session(session_id)
+        if session.profile_id != self.profile.id:
+            raise OtherProfile("that session belongs to another profile")
+        return session
+
+    def messages(self, session_id: int) -> list[Message]:
+        """A session's messages, oldest first (each verified against its checksum)."""
+        self._own(session_id)
+        return self.store.messages(session_id)
+
+    def set_system_prompt(self, session_id: int, text: str | None) -> Session:
+        self._own(session_id)
+        return self.store.update_session(session_id, system_prompt=text)
+
     def rename_session(self, session_id: int, title: str) -> Session:
         return self.store.update_session(session_id, title=title.strip() or "Untitled")
 
@@ -123,8 +139,7 @@ class Engine:
         self.loaded()[3].reset_cells(session_id)
 
     def _own(self, session_id: int) -> None:
-        if self.store.session(session_id).profile_id != self.profile.id:
-            raise OtherProfile("that session belongs to another profile")
+        self.session(session_id)
 
     # -- settings -------------------------------------------------------------
 
@@ -159,6 +174,31 @@ class Engine:
                             learning_paused=self.settings.learning_paused,
                             cells_enabled=cells_enabled, cell_magnitudes=magnitudes,
                             problem=" ".join(problems))
+
+    def versions(self) -> list[OverlayVersion]:
+        """This profile's memory versions, newest first."""
+        return self.store.overlay_versions(self.profile.id)
+
+    def version(self, version_id: int) -> OverlayVersion:
+        """One of this profile's memory versions (another profile's: OtherProfile)."""
+        version = self.store.overlay_version(version_id)
+        if version.profile_id != self.profile.id:
+            raise OtherProfile(f"overlay version {version_id} belongs to another profile")
+        return version
+
+    def active_version(self) -> OverlayVersion | None:
+        """The version in use (as recorded: another process may have just changed it)."""
+        return self.store.active_overlay(self.profile.id)
+
+    def version_of_session(self, session_id: int) -> OverlayVersion:
+        """The newest version that learned (or tried to learn) one of this profile's sessions."""
+        self._own(session_id)
+        return self.loaded()[2].version_of_session(session_id)
+
+    def learned_facts(self, version: OverlayVersion) -> dict[int, dict]:
+        """Per session in ``version``, what was derived from it when its neurons were trained
+        (the nearest record along the version's ancestry)."""
+        return ancestry_records(self.versions(), version)
 
     def pending_sessions(self) -> list[Session]:
         """Sessions learning would take up now (works without the model)."""

@@ -7,6 +7,7 @@ released step: add a new one.
 
 from __future__ import annotations
 
+import json
 import re
 
 import sqlite_utils
@@ -103,6 +104,41 @@ def _v6_message_checksums(db: sqlite_utils.Database) -> None:
     db.execute(checksums.SEAL)
 
 
+def _v7_learn_records(db: sqlite_utils.Database) -> None:
+    """What each version decided about each session, as rows: "learned" (with what was
+    derived: facts, timings) or "dropped" (forgotten, reset, not imported), each with the
+    newest user message it covered. They lived inside ``metrics_json``, where every question
+    ("is this session pending?", "which version learned it?") walked all versions' JSON;
+    existing versions' records move here."""
+    db.execute("CREATE TABLE learn_records ("
+               "id INTEGER PRIMARY KEY, "
+               "version_id INTEGER NOT NULL REFERENCES overlay_versions(id) ON DELETE CASCADE, "
+               "session_id INTEGER NOT NULL, "
+               "kind TEXT NOT NULL CHECK (kind IN ('learned', 'dropped')), "
+               "through INTEGER NOT NULL, "
+               "record_json TEXT NOT NULL DEFAULT '{}')")
+    db.execute("CREATE INDEX learn_records_version ON learn_records (version_id)")
+    db.execute("CREATE INDEX learn_records_session ON learn_records (session_id, kind)")
+    for version_id, metrics_json in db.execute(
+            "SELECT id, metrics_json FROM overlay_versions").fetchall():
+        metrics = json.loads(metrics_json)
+        for row in learn_rows(version_id, metrics.pop("learned", {}), metrics.pop("dropped", {})):
+            db.execute("INSERT INTO learn_records (version_id, session_id, kind, through, "
+                       "record_json) VALUES (?, ?, ?, ?, ?)", list(row))
+        db.execute("UPDATE overlay_versions SET metrics_json = ? WHERE id = ?",
+                   [json.dumps(metrics), version_id])
+
+
+def learn_rows(version_id: int, learned: dict, dropped: dict) -> list[tuple]:
+    """``learn_records`` rows from a version's learned records (session → record holding
+    ``through``) and dropped sessions (session → through)."""
+    return ([(version_id, int(sid), "learned", int(record.get("through", 0)),
+              json.dumps({k: v for k, v in record.items() if k != "through"}))
+             for sid, record in learned.items()]
+            + [(version_id, int(sid), "dropped", int(through), "{}")
+               for sid, through in dropped.items()])
+
+
 UPGRADES = {
     1: _v1_chat,
     2: _v2_privacy_and_settings,
@@ -110,5 +146,6 @@ UPGRADES = {
     4: _v4_session_states,
     5: _v5_cascades,
     6: _v6_message_checksums,
+    7: _v7_learn_records,
 }
 LATEST = max(UPGRADES)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,10 @@ class OverlayVersion:
     """One learned overlay version. ``status``: "active" (the one in use, at most one per
     profile), "accepted" (passed the locality gate, not in use), "superseded" (was active),
     "rejected" (refused by the gate; never activated), "broken" (its files failed their checks).
-    ``path`` is relative to the Engram home."""
+    ``path`` is relative to the Engram home. ``learned``: per session it learned (or tried
+    to), the record of it (``through``: the newest user message covered, the facts derived,
+    timings); ``dropped``: per session it set aside unlearned (forgotten, reset), the newest
+    user message then (both from ``learn_records``)."""
 
     id: int
     profile_id: int
@@ -65,6 +68,8 @@ class OverlayVersion:
     reason: str | None
     trainable_params: int
     bytes: int
+    learned: dict[int, dict] = field(default_factory=dict)
+    dropped: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.db import Table
 
-from store import checksums
+from store import checksums, migrations
 from store.migrations import LATEST, UPGRADES
 from store.records import (
     OVERLAY_STATUSES,
@@ -41,6 +41,8 @@ class DamagedDatabase(StoreError):
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
+LEARN_RECORD_INSERT = ("INSERT INTO learn_records (version_id, session_id, kind, through, "
+                       "record_json) VALUES (?, ?, ?, ?, ?)")
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}  # primary codes; extended ones add a suffix
 
 
@@ -444,15 +446,19 @@ class Store:
         the profile's active version, in the same transaction."""
         if status not in OVERLAY_STATUSES:
             raise ValueError(f"status must be one of {OVERLAY_STATUSES}, not {status!r}")
+        metrics = dict(metrics or {})
+        learned, dropped = metrics.pop("learned", {}), metrics.pop("dropped", {})
         with self._lock, self.db.atomic():
             row_id = _insert(self.db.table("overlay_versions"), {
                 "profile_id": profile_id, "parent_id": parent_id, "created_at": now(),
                 "path": path, "base_sha256": base_sha256,
                 "sessions_json": json.dumps(sorted(sessions)),
-                "metrics_json": json.dumps(metrics or {}),
+                "metrics_json": json.dumps(metrics),
                 "status": "accepted" if status == "active" else status, "reason": reason,
                 "trainable_params": trainable_params, "bytes": bytes,
             })
+            for row in migrations.learn_rows(row_id, learned, dropped):
+                self.db.execute(LEARN_RECORD_INSERT, row)
             if status == "active":
                 self._activate(profile_id, row_id)
         return self.overlay_version(row_id)
@@ -460,16 +466,44 @@ class Store:
     def overlay_version(self, version_id: int) -> OverlayVersion:
         with self._lock:
             rows = list(self.db.table("overlay_versions").rows_where("id = ?", [version_id]))
-        if not rows:
-            raise StoreError(f"no overlay version {version_id}")
-        return _overlay_version(rows[0])
+            if not rows:
+                raise StoreError(f"no overlay version {version_id}")
+            return _overlay_version(rows[0], self._learn_records("r.version_id = ?",
+                                                                 [version_id]))
 
     def overlay_versions(self, profile_id: int) -> list[OverlayVersion]:
         """A profile's versions, newest first."""
         with self._lock:
-            rows = self.db.table("overlay_versions").rows_where(
-                "profile_id = ?", [profile_id], order_by="id DESC")
-            return [_overlay_version(r) for r in rows]
+            rows = list(self.db.table("overlay_versions").rows_where(
+                "profile_id = ?", [profile_id], order_by="id DESC"))
+            records = self._learn_records("v.profile_id = ?", [profile_id])
+            return [_overlay_version(r, records) for r in rows]
+
+    def decided_through(self, profile_id: int) -> dict[int, int]:
+        """Per session of a profile, the newest user message that any of its versions learned,
+        tried to learn, or dropped: anything newer is still to be learned."""
+        with self._lock:
+            return dict(self.db.execute(
+                "SELECT r.session_id, max(r.through) FROM learn_records r JOIN overlay_versions v "
+                "ON v.id = r.version_id WHERE v.profile_id = ? GROUP BY r.session_id",
+                [profile_id]).fetchall())
+
+    def versions_learning(self, session_id: int) -> list[int]:
+        """The ids of the versions that learned (or tried to learn) a session, newest first."""
+        with self._lock:
+            return [row[0] for row in self.db.execute(
+                "SELECT version_id FROM learn_records WHERE session_id = ? AND kind = 'learned' "
+                "ORDER BY version_id DESC", [session_id]).fetchall()]
+
+    def _learn_records(self, where: str, params: list) -> dict[int, list[tuple]]:
+        """Per version, its (session, kind, through, record) rows, for ``_overlay_version``."""
+        out: dict[int, list[tuple]] = {}
+        for version_id, *row in self.db.execute(
+                "SELECT r.version_id, r.session_id, r.kind, r.through, r.record_json "
+                "FROM learn_records r JOIN overlay_versions v ON v.id = r.version_id "
+                f"WHERE {where} ORDER BY r.id", params).fetchall():
+            out.setdefault(version_id, []).append(tuple(row))
+        return out
 
     def active_overlay(self, profile_id: int) -> OverlayVersion | None:
         with self._lock:
@@ -508,13 +542,17 @@ class Store:
         self.db.table("profiles").update(profile_id, {"active_overlay_id": version_id})
 
 
-def _overlay_version(row: dict) -> OverlayVersion:
+def _overlay_version(row: dict, records: dict[int, list[tuple]]) -> OverlayVersion:
+    mine = records.get(row["id"], [])
     return OverlayVersion(
         id=row["id"], profile_id=row["profile_id"], parent_id=row["parent_id"],
         created_at=row["created_at"], path=row["path"], base_sha256=row["base_sha256"],
         sessions=json.loads(row["sessions_json"]), metrics=json.loads(row["metrics_json"]),
         status=row["status"], reason=row["reason"], trainable_params=row["trainable_params"],
         bytes=row["bytes"],
+        learned={sid: {**json.loads(record), "through": through}
+                 for sid, kind, through, record in mine if kind == "learned"},
+        dropped={sid: through for sid, kind, through, _ in mine if kind == "dropped"},
     )
 
 

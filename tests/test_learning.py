@@ -110,7 +110,7 @@ def test_the_gate_rejects_and_keeps_the_previous_version_active(engine):
 def test_rejected_versions_and_the_accepted_one_keep_scores_and_facts(engine):
     sid = said(engine, "What is my cat called?|What is the name of my pet?|Pixel")
     [result] = engine.learn_now()
-    record = result.version.metrics["learned"][str(sid)]
+    record = result.version.learned[sid]
     assert record["facts"] == [["What is my cat called?", "Pixel", record["facts"][0][2]],
                                ["What is the name of my pet?", "Pixel", record["facts"][0][2]]]
     assert record["train"]["steps"] >= 1 and record["seconds"] > 0
@@ -161,7 +161,7 @@ def test_corrections_retarget_the_earlier_phrasings(engine):
     [result] = engine.learn_now()
     assert {(qa.question, qa.answer) for qa in result.corrections} == {
         ("Where do I live?", "Bergen"), ("Which town do I live in?", "Bergen")}
-    record = result.version.metrics["learned"][str(new)]
+    record = result.version.learned[new]
     assert [row[:2] for row in record["corrections"]] == [["Where do I live?", "Bergen"],
                                                           ["Which town do I live in?", "Bergen"]]
     assert result.version.sessions == [old, new]

@@ -174,8 +174,8 @@ def test_archive_round_trip_is_bit_exact_in_a_fresh_home(source, archive, tmp_pa
     assert cat.cells == source.store.session_state(ids["cat"]).cells and cat.kv_path is None
     assert cat.cells_enabled is False
     assert fresh.pending_sessions() == []  # imported sessions are not learned again
-    assert theirs.metrics["learned"][str(new[ids["cat"]])]["facts"] == FACTS
-    assert str(new[ids["work"]]) in theirs.metrics["learned"]
+    assert theirs.learned[new[ids["cat"]]]["facts"] == FACTS
+    assert new[ids["work"]] in theirs.learned
     fresh.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
+from store import checksums
 from store.migrations import LATEST, UPGRADES
 from store.store import DamagedDatabase, Store, StoreError
 
@@ -303,3 +305,51 @@ def test_a_schema_changed_by_damage_is_quarantined(tmp_path):
     with pytest.raises(DamagedDatabase, match="schema of table 'messages'") as caught:
         Store(path)
     assert caught.value.quarantined.exists() and not path.exists()
+
+
+# -- learn records (schema 7) --------------------------------------------------------------
+
+
+def test_upgrade_from_version_6_moves_each_versions_decisions_into_learn_records(tmp_path):
+    path = tmp_path / "v6.db"
+    db = sqlite_utils.Database(path)
+    checksums.register(db.conn)
+    for step in range(1, 7):
+        UPGRADES[step](db)
+    db.execute("PRAGMA user_version = 6")
+    db["profiles"].insert({"name": "ada", "created_at": "t"})
+    version = {"profile_id": 1, "created_at": "t", "base_sha256": "0" * 64, "status": "accepted",
+               "trainable_params": 0, "bytes": 0, "sessions_json": "[]"}
+    db["overlay_versions"].insert_all([
+        {**version, "path": "overlays/a", "metrics_json": json.dumps({
+            "event": "learn", "locality": 0.97,
+            "learned": {"3": {"through": 12, "facts": [["Q?", "A", "S."]]}}})},
+        {**version, "path": "overlays/b", "metrics_json": json.dumps({
+            "event": "reset", "dropped": {"3": 15, "4": 9}})}])
+    db.conn.commit()
+    db.conn.close()
+
+    store = Store(path)
+    assert store.schema_version == LATEST
+    new, old = store.overlay_versions(1)
+    assert old.metrics == {"event": "learn", "locality": 0.97}  # nothing twice
+    assert old.learned == {3: {"through": 12, "facts": [["Q?", "A", "S."]]}}
+    assert (new.metrics, new.learned, new.dropped) == ({"event": "reset"}, {}, {3: 15, 4: 9})
+    assert store.decided_through(1) == {3: 15, 4: 9}
+    assert store.versions_learning(3) == [old.id]
+
+
+def test_learn_records_are_written_with_their_version_and_go_with_it(tmp_path):
+    store = Store(tmp_path / "e.db")
+    me, other = store.profile("me").id, store.profile("other").id
+    learned = store.add_overlay_version(me, "overlays/a", "0" * 64, metrics={
+        "event": "learn", "learned": {"1": {"through": 4, "facts": []}}})
+    store.add_overlay_version(me, "overlays/b", "0" * 64, metrics={
+        "event": "forget", "dropped": {"1": 7}})
+    store.add_overlay_version(other, "overlays/c", "0" * 64, metrics={
+        "event": "learn", "learned": {"2": {"through": 30}}})
+    assert learned.learned == {1: {"through": 4, "facts": []}} and learned.metrics == {
+        "event": "learn"}
+    assert store.decided_through(me) == {1: 7} and store.decided_through(other) == {2: 30}
+    store.db.execute("DELETE FROM overlay_versions WHERE profile_id = ?", [me])
+    assert store.decided_through(me) == {} and store.db["learn_records"].count == 1

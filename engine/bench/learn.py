@@ -250,7 +250,7 @@ def _describe(result: LearnResult) -> str:
     pairs = "; ".join(f"{qa.question} → {qa.answer}" for qa in result.facts + result.corrections)
     line = f"{result.summary()} in {result.seconds:.1f} s"
     if result.version is not None:
-        record = result.version.metrics["learned"][str(result.session_id)]
+        record = result.version.learned[result.session_id]
         derive, gate = record["derive_seconds"], record["gate_seconds"]
         line += (f" (derive {derive:.1f} s, train {result.seconds - derive - gate:.1f} s, "
                  f"gate {gate:.1f} s)")

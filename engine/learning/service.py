@@ -92,8 +92,9 @@ class Learning:
 
     def version_of_session(self, session_id: int) -> OverlayVersion:
         """The newest version that learned (or tried to learn) a session."""
-        for version in self.memory.versions():
-            if str(session_id) in version.metrics.get("learned", {}):
+        for version_id in self.store.versions_learning(session_id):
+            version = self.store.overlay_version(version_id)
+            if version.profile_id == self.profile.id:
                 return version
         raise EngramError(f"no version has learned session {session_id}")
 
@@ -379,7 +380,7 @@ class Learning:
         before = theirs.layer_norms() if theirs else {}
         after = mine.layer_norms()
         old = set(theirs.sessions if theirs else [])
-        learned = {int(sid) for sid in version.metrics.get("learned", {})}
+        learned = set(version.learned)
         added = sorted(learned | (set(mine.sessions) - old))
         removed = sorted(old - set(mine.sessions))
         questions = self._probe_questions(added, version) + self._probe_questions(removed, parent)

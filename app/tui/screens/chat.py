@@ -161,7 +161,7 @@ class ChatScreen(Screen):
         self.query_one(StatusBar).model_ready(runtime.name, runtime.device)
         self.query_one(PromptInput).placeholder = PLACEHOLDER
         if self.session is not None:
-            self._show_stats_of(self.engine.store.messages(self.session.id))
+            self._show_stats_of(self.engine.messages(self.session.id))
         job, self._on_ready = self._on_ready, None
         if job is not None:
             self._start(job)
@@ -173,8 +173,8 @@ class ChatScreen(Screen):
         self._leave_reply()
         if self.session is not None and self.session.id != session_id:
             self.engine.schedule_learning(self.session.id, delay=0)
-        self.session = self.engine.store.session(session_id) if session_id is not None else None
-        messages = self.engine.store.messages(session_id) if session_id is not None else []
+        self.session = self.engine.session(session_id) if session_id is not None else None
+        messages = self.engine.messages(session_id) if session_id is not None else []
         await self.query_one(MessageList).show(messages)
         prompt = self.query_one(PromptInput)
         prompt.prompts = [m.content for m in messages if m.role == "user"]
@@ -213,7 +213,7 @@ class ChatScreen(Screen):
 
     def _session_or_notify(self, session_id: int | None) -> Session | None:
         if session_id is not None:
-            return self.engine.store.session(session_id)
+            return self.engine.session(session_id)
         if self.session is None:
             self.notify("This session is not saved yet: send a message first.")
         return self.session
@@ -460,7 +460,7 @@ class ChatScreen(Screen):
             return
         if self.session is None:
             self.session = self.engine.new_session(private=self.private)
-        self.session = self.engine.store.update_session(self.session.id, system_prompt=text)
+        self.session = self.engine.set_system_prompt(self.session.id, text)
         self._reload_sidebar()
         self.notify("System prompt set for this session.")
 
@@ -534,7 +534,7 @@ class ChatScreen(Screen):
         memory_actions.in_background(
             self.app, lambda: engine.export_memory(Path(path).expanduser(), fmt),
             lambda written: memory_text.exported(written, fmt,
-                                                 engine.store.active_overlay(engine.profile.id)))
+                                                 engine.active_version()))
 
     def action_import_memory(self, argument: str | None = None) -> None:
         """``/import PATH``: an archive made by ``/export`` or ``engram memory export``."""

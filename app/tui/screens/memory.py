@@ -62,14 +62,14 @@ class MemoryScreen(Screen):
 
     def reload(self, select: int | None = None) -> None:
         """Read the versions again, keeping the selection (or selecting ``select``)."""
-        versions = self.engine.store.overlay_versions(self.engine.profile.id)
+        versions = self.engine.versions()
         self.query_one(VersionList).show(versions, select)
         if not versions:
             self.query_one(VersionDiffView).show_message(NO_VERSIONS)
 
     def selected(self) -> OverlayVersion | None:
         version_id = self.query_one(VersionList).selected_id
-        return None if version_id is None else self.engine.store.overlay_version(version_id)
+        return None if version_id is None else self.engine.version(version_id)
 
     # -- the selected version's diff ---------------------------------------------------
 
@@ -109,9 +109,9 @@ class MemoryScreen(Screen):
     def _fresh(self, d: VersionDiff) -> VersionDiff:
         """A diff with its versions' status as it is now (a rollback moves the statuses; what
         a version changed, and the answers, stay)."""
-        store = self.engine.store
-        return replace(d, version=store.overlay_version(d.version.id),
-                       parent=d.parent and store.overlay_version(d.parent.id))
+        engine = self.engine
+        return replace(d, version=engine.version(d.version.id),
+                       parent=d.parent and engine.version(d.parent.id))
 
     def _diff_failed(self, version_id: int, reason: str) -> None:
         if self.query_one(VersionList).selected_id == version_id:
@@ -140,7 +140,7 @@ class MemoryScreen(Screen):
 
     def action_forget(self) -> None:
         version = self.selected()
-        learned = [int(sid) for sid in version.metrics.get("learned", {})] if version else []
+        learned = list(version.learned) if version else []
         if not learned:
             self.notify("Select a version that learned a session (“learned s…”): its session is "
                         "the one forgotten.")
