@@ -25,35 +25,51 @@ from app.memory_text import (
     what,
     when,
 )
-from app.terminal import inert
+from app.terminal import duration, inert
 from engine import overlay as overlay_files
 from engine.engine import Engine
 from engine.errors import EngramError
-from engine.learning import VersionDiff
+from engine.learning import Step, VersionDiff
 from store.records import OverlayVersion
 
 BAR_WIDTH = 24
+LINE_WIDTH = 120
 
 
 class ProgressBar:
-    """A one-line bar on a terminal; elsewhere one line per phase (not per training step)."""
+    """On a terminal, a bar for each phase of the job (dequantising the model, building the
+    anchors, deriving, training, gate): a finished phase's bar stays, full, above the next;
+    elsewhere one line per new message (not per training step)."""
 
     def __init__(self, stream: TextIO):
-        self.stream, self.tty, self._phase = stream, stream.isatty(), ""
+        self.stream, self.tty, self._said, self._phase = stream, stream.isatty(), "", ""
+        self._last: Step | None = None
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.tty:
-            filled = int(fraction * BAR_WIDTH)
-            line = f"[{'█' * filled}{' ' * (BAR_WIDTH - filled)}] {fraction:4.0%} {message}"
-            self.stream.write(f"\r{line[:100]:<100}")
-        elif (phase := re.sub(r"[\d.]+", "", message)) != self._phase:
-            self._phase = phase
+            if isinstance(message, Step):
+                if self._last is not None and message.phase != self._phase:
+                    self._draw(self._last.phase, 1.0, "", self._last)  # the finished phase
+                    self.stream.write("\n")
+                self._phase, self._last = message.phase, message
+                left = f"about {duration(message.left_s)} left · " if message.left_s else ""
+                self._draw(message.phase, message.done, left, message)
+            else:
+                self._draw("", fraction, "", message)
+        elif (said := re.sub(r"[\d.]+", "", message)) != self._said:
+            self._said = said
             self.stream.write(f"{fraction:4.0%} {message}\n")
         self.stream.flush()
 
+    def _draw(self, phase: str, done: float, left: str, message: str) -> None:
+        filled = int(done * BAR_WIDTH)
+        line = (f"{phase:<26} " if phase else "") + (
+            f"[{'█' * filled}{' ' * (BAR_WIDTH - filled)}] {done:4.0%} {left}{inert(message)}")
+        self.stream.write(f"\r{line[:LINE_WIDTH]:<{LINE_WIDTH}}")
+
     def done(self) -> None:
         if self.tty:
-            self.stream.write("\r" + " " * 100 + "\r")
+            self.stream.write("\r" + " " * LINE_WIDTH + "\r")
             self.stream.flush()
 
 

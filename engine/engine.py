@@ -14,7 +14,7 @@ from engine import memory_archive
 from engine.conversation import Conversation
 from engine.errors import EngramError, OtherProfile
 from engine.learn_queue import LearnQueue
-from engine.learning import Learning, LearnResult, Progress, VersionDiff, quiet
+from engine.learning import Learning, LearnResult, Progress, Step, VersionDiff, quiet
 from engine.learning.ledger import ancestry_records, pending_sessions
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus
@@ -166,11 +166,16 @@ class Engine:
                 saved = self.store.session_state(session_id)
                 cells_enabled = CELLS_BY_DEFAULT if saved is None or saved.cells_enabled is None \
                     else saved.cells_enabled
+        step = state.message if state and state.running and isinstance(state.message, Step) \
+            else None
         return MemoryStatus(overlay_active=applied is not None,
                             overlay_version=applied.id if applied else None,
                             learning=bool(state and state.running),
                             learning_progress=state.progress if state else None,
                             learning_message=state.message if state else "",
+                            learning_phase=step.phase if step else "",
+                            phase_progress=step.done if step else None,
+                            phase_left_s=step.left_s if step else None,
                             learning_paused=self.settings.learning_paused,
                             cells_enabled=cells_enabled, cell_magnitudes=magnitudes,
                             problem=" ".join(problems))

@@ -12,6 +12,9 @@ class MemoryStatus:
     learning: bool = False  # a training job is running
     learning_progress: float | None = None  # 0..1 while learning
     learning_message: str = ""  # what the job is doing, or how the last one ended
+    learning_phase: str = ""  # the phase a running job is in (engine.learning.progress.PHASES)
+    phase_progress: float | None = None  # 0..1 of that phase
+    phase_left_s: float | None = None  # an estimate of the seconds the phase still needs
     learning_paused: bool = False  # `engram memory pause`: nothing is learned
     cells_enabled: bool = False
     cell_magnitudes: list[float] = field(default_factory=list)  # per layer, this session

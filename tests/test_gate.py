@@ -39,7 +39,22 @@ def test_a_taught_question_answered_in_a_loop_is_a_loop(engine):  # noqa: F811
     scripted(gate, {"What is my cat called?": "Mos Mos Mos Mos Mos", "Where do I live?": "Oslo."})
     taught = Taught(answers=["Mosel", "Oslo"], said=["My cat is Mosel.", "I live in Oslo."],
                     questions=["What is my cat called?", "Where do I live?"])
+    gate.replies = lambda lora, questions, max_tokens: ["My cat is Mosel." for _ in questions]
     _, loops = gate._seen(taught, gate.baseline, None)
+    assert loops == (("What is my cat called?", "Mos Mos Mos Mos Mos"),)
+
+
+def test_a_loop_the_base_model_has_too_is_not_held_against_a_version(engine):  # noqa: F811
+    gate = engine.learning.gate()
+    scripted(gate, {"Who was Jon?": "I'm not sure. I'm not sure. I'm not sure.",
+                    "What is my cat called?": "Mos Mos Mos Mos Mos"})
+    before = {"Who was Jon?": "I'm not sure. I'm not sure. I'm not sure. I'm",
+              "What is my cat called?": "I don't have a cat."}
+    baseline = gate.baseline  # computed before the base model's replies are scripted
+    gate.replies = lambda lora, questions, max_tokens: [before[q] for q in questions]
+    taught = Taught(answers=["Mosel", "a dancer"], said=["My cat is Mosel. Jon was a dancer."],
+                    questions=["Who was Jon?", "What is my cat called?"])
+    _, loops = gate._seen(taught, baseline, None)
     assert loops == (("What is my cat called?", "Mos Mos Mos Mos Mos"),)
 
 

@@ -22,6 +22,7 @@ from engine.engine import Engine
 from engine.errors import EngramError
 from engine.learn_queue import LearnQueue
 from engine.learner import train
+from engine.learning import Step
 from engine.learning.anchors import anchors_for, applied, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.texts import dialogue, end_of_turn
@@ -109,7 +110,15 @@ def test_the_gate_rejects_and_keeps_the_previous_version_active(engine):
 
 def test_rejected_versions_and_the_accepted_one_keep_scores_and_facts(engine):
     sid = said(engine, "What is my cat called?|What is the name of my pet?|Pixel")
-    [result] = engine.learn_now()
+    steps: list[tuple[float, str]] = []
+    [result] = engine.learn_now(lambda fraction, message: steps.append((fraction, message)))
+    # every step names its phase, in the job's order, each phase running 0 → 1 of its own
+    phases = [m.phase for _, m in steps if isinstance(m, Step)]
+    assert len(phases) == len(steps)
+    assert phases[0] == "deriving" and phases[-1] == "gate"
+    assert phases.index("deriving") < phases.index("training") < phases.index("gate")
+    assert all(0 <= m.done <= 1 for _, m in steps) and steps[-1][1].done == 1.0
+    assert [f for f, _ in steps] == sorted(f for f, _ in steps) and steps[-1][0] == 1.0
     record = result.version.learned[sid]
     assert record["facts"] == [["What is my cat called?", "Pixel", record["facts"][0][2]],
                                ["What is the name of my pet?", "Pixel", record["facts"][0][2]]]

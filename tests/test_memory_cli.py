@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+import io
 import re
 
 import pytest
 
+from app import memory_cli
 from app.cli import main
 from engine import cell_conversations, cell_training
 from engine.engine import Engine
-from engine.learning import CELLS_EVERY
+from engine.learning import CELLS_EVERY, Step
 from tests.test_learning import said, small  # noqa: F401  (small is a fixture)
 
 
@@ -154,3 +156,33 @@ def test_the_line_chat_says_when_the_memory_was_set_aside(engram, engine_home, c
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"hi\n")))
     code, _, err = engram("chat", "--plain", "--private")
     assert code == 0 and "[memory: overlay v" in err and "set aside" in err
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_each_learning_phase_gets_a_bar_of_its_own():
+    screen = Terminal()
+    bar = memory_cli.ProgressBar(screen)
+    bar(0.0, Step("finding what to remember", "deriving", 0.0))
+    bar(0.05, Step("12 of 14 derived questions passed the check", "deriving", 1.0))
+    bar(0.3, Step("step 3: answer loss 1.2", "training", 0.25, left_s=150))
+    bar(0.5, Step("step 9: answer loss 0.4", "training", 0.75, left_s=20))
+    bar(0.8, Step("checking that unrelated answers stay the same", "gate", 0.0))
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in screen.getvalue().split("\n")]
+    assert [line.split()[0] for line in lines] == ["deriving", "training", "gate"]
+    assert "100%" in lines[0] and "100%" in lines[1]  # a finished phase's bar stays, full
+    assert lines[2].startswith("gate") and "  0% checking" in lines[2]
+    assert "about 2 min left" in screen.getvalue() and "about 20 s left" in screen.getvalue()
+
+
+def test_off_a_terminal_progress_is_a_line_per_new_message_not_per_step():
+    out = io.StringIO()
+    bar = memory_cli.ProgressBar(out)
+    for step in range(1, 4):
+        bar(step / 10, Step(f"step {step}: answer loss {1 / step:.3f}", "training", step / 3))
+    bar(0.8, Step("checking that unrelated answers stay the same", "gate", 0.0))
+    assert out.getvalue().splitlines() == [" 10% step 1: answer loss 1.000",
+                                           " 80% checking that unrelated answers stay the same"]

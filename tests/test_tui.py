@@ -379,6 +379,14 @@ async def test_memory_panel_toggles_shows_empty_state_and_follows_changes(engine
         current[0] = replace(current[0], problem="overlay v3 was set aside: damaged")
         await until(pilot, lambda: panel.status == current[0], "the next poll", timeout=5)
         assert "⚠ overlay v3 was set aside" in str(panel.query_one("#overlay", Static).content)
+        current[0] = replace(current[0], learning_phase="building the anchors",
+                             phase_progress=0.25, phase_left_s=150,
+                             learning_message="building the anchors (first time)")
+        await until(pilot, lambda: panel.status == current[0], "the next poll", timeout=5)
+        shown = str(panel.query_one("#learning", Static).content)
+        assert shown.startswith("building the anchors 25% · about 2 min left") and (
+            "whole job 50%" in shown)
+        assert panel.query_one(ProgressBar).progress == 0.25  # the phase's own bar
         await pilot.press("ctrl+t")
         assert not panel.display
 

@@ -8,11 +8,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.learning.progress import Phase, Progress, quiet
 from engine.learning.texts import (
     SMALL_TALK,
     anchor_prose,
@@ -28,15 +29,11 @@ if TYPE_CHECKING:  # torch is imported only when something is learned
     from engine.learner import Anchors, Recipe
     from engine.twin import Twin
 
-Progress = Callable[[float, str], None]
 _cache_lock = threading.Lock()
 training = threading.Lock()  # the twin is shared by the process: one training at a time
 _twins: dict[str, Twin] = {}
 _anchors: dict[tuple, Anchors] = {}
 
-
-def quiet(fraction: float, message: str) -> None:
-    """A progress callback for callers that do not show progress."""
 
 
 def twin_for(runtime: Runtime, progress: Progress = quiet) -> Twin:
@@ -47,10 +44,12 @@ def twin_for(runtime: Runtime, progress: Progress = quiet) -> Twin:
     with _cache_lock:
         if runtime.model.sha256 not in _twins:
             first = not (Twin.cache_dir(runtime.model) / "config.json").exists()
-            progress(0.0, "dequantising the model for training (first time on this machine, "
-                     "about a minute)" if first else "loading the training model")
+            phase = Phase(progress, "dequantising the model" if first
+                          else "loading the training model", 0.0, 1.0)
+            phase(0.0, "dequantising the model for training (first time on this machine, "
+                  "about a minute)" if first else "loading the training model")
             _twins[runtime.model.sha256] = Twin.load(runtime.model)
-            progress(1.0, "training model ready")
+            phase(1.0, "training model ready")
         return _twins[runtime.model.sha256]
 
 
@@ -77,13 +76,14 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
             path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
             anchors = _cached_anchors(path, twin, tuple(recipe.layers))
             if anchors is None:
+                phase = Phase(progress, "building the anchors", 0.0, 1.0)
                 started = time.monotonic()
 
                 def built(fraction: float) -> None:
                     left = (time.monotonic() - started) * (1 - fraction) / fraction \
                         if fraction > 0.02 else None
-                    progress(fraction, "building the anchors (first time on this machine"
-                             + (f", about {left / 60:.0f} min left)" if left else ")"))
+                    phase(fraction, "building the anchors (first time on this machine"
+                          + (f", about {left / 60:.0f} min left)" if left else ")"))
 
                 anchors = learner.anchors_for(twin, texts, tuple(recipe.layers),
                                               answer_starts=starts,

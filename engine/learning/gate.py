@@ -40,7 +40,8 @@ class Locality:
     locality: float  # share of answer positions where the argmax is still the base model's
     kl_neutral: float  # mean KL(base ‖ with overlay) over replies to neutral prompts
     leaks: tuple[tuple[str, str, str], ...] = ()  # (untaught question, reply, taught answer)
-    loops: tuple[tuple[str, str], ...] = ()  # (a taught question, its looping reply)
+    # (a taught question, its looping reply) where the base model's reply does not loop
+    loops: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,10 @@ class Gate:
             check(cancel)
             reply, _ = self.reply(question, LOOP_TOKENS)
             loops += [(question, reply)] if replies.loops(reply) else []
+        if loops:  # a loop the base model falls into as well is not this version's doing
+            base = self.replies((None, 1.0), [q for q, _ in loops], LOOP_TOKENS)
+            loops = [loop for loop, before in zip(loops, base, strict=True)
+                     if not replies.loops(before)]
         return tuple(leaks), tuple(loops)
 
     def floor(self, layers: tuple[int, ...], neurons: int, d_model: int, d_ff: int) -> float:

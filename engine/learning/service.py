@@ -25,11 +25,12 @@ from engine import derive, text
 from engine.consistency import twin_kinds, twin_prefers
 from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
-from engine.learning.anchors import Progress, anchors_for, applied, quiet, training, twin_for
+from engine.learning.anchors import anchors_for, applied, training, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.gate import Gate, Taught, check, rejections
 from engine.learning.ledger import ancestry_records, pending_sessions
 from engine.learning.lock import profile_lock
+from engine.learning.progress import Phase, Progress, Step, quiet, scaled
 from engine.learning.results import LearnResult, Probe, VersionDiff
 from engine.learning.texts import (
     UNTAUGHT_REPLY,
@@ -137,10 +138,9 @@ class Learning:
                         else [self._learnable(sid) for sid in session_ids])
             results = []
             for i, session in enumerate(sessions):
-                def step(fraction: float, message: str, i=i, session=session) -> None:
-                    progress((i + fraction) / len(sessions),
-                             f"session {session.id} ({i + 1}/{len(sessions)}): {message}")
-                results.append(self._learn(session, step, cancel))
+                results.append(self._learn(session, scaled(
+                    progress, i / len(sessions), (i + 1) / len(sessions),
+                    f"session {session.id} ({i + 1}/{len(sessions)}): "), cancel))
             return results
 
     def _learnable(self, session_id: int) -> Session:
@@ -160,26 +160,28 @@ class Learning:
         newest = self.store.last_user_message_ids(self.profile.id).get(session.id, 0)
         said = [m.content for m in self.store.messages(session.id)
                 if m.role == "user" and m.content]
-        progress(0.0, "finding what to remember")
+        Phase(progress, "deriving", 0.0, 0.02)(0.0, "finding what to remember")
         if not derive.candidates(said):
             self._nothing[session.id] = newest
             return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
                                time.perf_counter() - started)
-        twin = twin_for(self.runtime, lambda f, m: progress(0.02 + 0.03 * f, m))
-        progress(0.05, "deriving questions and checking them")
+        twin = twin_for(self.runtime, scaled(progress, 0.02, 0.05))
+        deriving = Phase(progress, "deriving", 0.05, 0.08)
+        deriving(0.0, "deriving questions and checking them")
         # The model's part of the derivation reads with the twin on the base weights (no
         # overlay is applied to it here): what earlier sessions taught must not shape what
         # is derived now, and the chat's own llama.cpp context is never touched.
         candidates = derive.candidates(said, twin_kinds(twin, self.runtime))
         found = derive.checked(candidates, twin_prefers(twin, self.runtime, settings.system_prompt))
         derived = time.perf_counter()
+        deriving(1.0, f"{len(found)} of {len(candidates)} derived questions passed the check")
         check(cancel)
         if not found:
             self._nothing[session.id] = newest
             return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
                                time.perf_counter() - started, len(candidates), 0)
         anchors = anchors_for(twin, self.runtime, settings.system_prompt, self.recipe,
-                              lambda f, m: progress(0.05 + 0.1 * f, m))
+                              scaled(progress, 0.08, 0.15))
         active = self.memory.current() or SparseOverlay(
             [], self.runtime.model.sha256, d_model=twin.config.hidden_size,
             d_ff=twin.config.intermediate_size)
@@ -219,17 +221,16 @@ class Learning:
         tries = 1 + recipe.retries
         for attempt in range(tries):
             low, high = 0.15 + 0.85 * attempt / tries, 0.15 + 0.85 * (attempt + 1) / tries
-
-            def training_step(f: float, m: str, low: float = low, high: float = high) -> None:
-                progress(low + 0.8 * (high - low) * f, m)
+            middle = low + 0.8 * (high - low)
+            gating_phase = Phase(progress, "gate", middle, high)
 
             with training, applied(twin, base):
                 blocks, train = learner.learn(
                     twin, examples_of(taught), anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
-                    progress=training_step)
+                    progress=Phase(progress, "training", low, middle))
             candidate = base.merge(replace(base, blocks=blocks))
-            progress(low + 0.8 * (high - low), "checking that unrelated answers stay the same")
+            gating_phase(0.0, "checking that unrelated answers stay the same")
             gating = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
                 lora = write_gguf_lora(candidate, Path(tmp) / "candidate.gguf",
@@ -246,7 +247,7 @@ class Learning:
             if score.locality < threshold:
                 recipe = replace(recipe, locality_weight=recipe.locality_weight
                                  * recipe.retry_locality)
-            progress(high, f"trying again: {refused[-1]}")
+            gating_phase(1.0, f"trying again: {refused[-1]}")
         check(cancel)
         finished = time.perf_counter()
         seconds = finished - started
@@ -268,7 +269,7 @@ class Learning:
             version = self.memory.record_rejected(candidate, "; ".join(reasons), metrics)
         else:
             version = self.memory.commit(candidate, metrics)
-        progress(1.0, "done")
+        progress(1.0, Step("done", "gate", 1.0))
         return LearnResult(session.id, version, found, fixes, score, threshold, seconds,
                            len(candidates), len(found))
 
@@ -309,7 +310,8 @@ class Learning:
                 gates = cell_training.train(twin, writer,
                                             cell_conversations.dev_cases() + own, anchor_prose(),
                                             self.cell_recipe, init=base.cell_gates,
-                                            progress=progress, cancel=cancel)
+                                            progress=Phase(progress, "learning the cells' read",
+                                                           0.0, 1.0), cancel=cancel)
             through = {str(sid): newest[sid] for sid in sessions if sid in newest}
             return self.memory.commit(replace(base, cell_gates=gates), {
                 "event": "cells", "cells": {"through": through, "own_cases": len(own),

@@ -8,7 +8,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
-from app.tui.text import visible
+from app.terminal import inert
 
 
 class ConfirmDialog(ModalScreen[bool]):
@@ -24,7 +24,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self):
         with Vertical(classes="dialog-box"):
-            yield Static(Content(visible(self.question)), classes="dialog-text")
+            yield Static(Content(inert(self.question)), classes="dialog-text")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.yes} (y)", variant="error", id="yes")
                 yield Button("Cancel (n)", id="no")

@@ -8,7 +8,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from app.tui.text import visible
+from app.terminal import inert
 
 EXIT_CODE = 2  # the CLI's code for an error the user can fix
 
@@ -28,7 +28,7 @@ class ModelErrorScreen(Screen):
     def compose(self):
         with Vertical(id="model-error"):
             yield Static(Content("Engram could not load the model"), classes="error-title")
-            yield Static(Content(visible(self.reason)), id="error-reason")
+            yield Static(Content(inert(self.reason)), id="error-reason")
             yield Static(Content(HOW_TO_FIX), id="error-fix")
         yield Footer()
 

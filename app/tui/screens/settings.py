@@ -13,7 +13,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
-from app.tui.text import visible
+from app.terminal import inert
 from engine.settings import Settings
 
 FIELDS = (  # input id, label, Settings field, parse
@@ -40,7 +40,7 @@ class SettingsScreen(ModalScreen[bool]):
     def compose(self):
         settings: Settings = self.engine.settings
         with VerticalScroll(classes="dialog-box", id="settings"):
-            yield Static(Content(f"Settings · profile {visible(self.engine.profile.name)}"),
+            yield Static(Content(f"Settings · profile {inert(self.engine.profile.name)}"),
                          classes="dialog-title")
             yield Label(Content("System prompt for new sessions  (/system changes the open one)"))
             yield TextArea(settings.system_prompt, id="system-prompt", soft_wrap=True)
@@ -71,7 +71,7 @@ class SettingsScreen(ModalScreen[bool]):
             self.engine.save_settings(replace(self.engine.settings, **changes))
         except ValueError as exc:
             error = self.query_one("#settings-error", Static)
-            error.update(Content(f"Not saved: {visible(str(exc))}"))
+            error.update(Content(f"Not saved: {inert(str(exc))}"))
             error.add_class("-shown")
             return
         self.app.notify("Settings saved")

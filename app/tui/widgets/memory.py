@@ -15,7 +15,7 @@ from textual.content import Content
 from textual.message import Message
 from textual.widgets import ProgressBar, Static
 
-from app.tui.text import visible
+from app.terminal import duration, inert
 from engine.memory_status import MemoryStatus
 
 POLL_SECONDS = 1.0
@@ -77,7 +77,7 @@ class MemoryPanel(VerticalScroll):
     def _unavailable(self, reason: str) -> None:
         self.status = None
         self.query_one("#overlay", Static).update(
-            Content(f"memory status unavailable ({visible(reason)})"))
+            Content(f"memory status unavailable ({inert(reason)})"))
 
     def show(self, status: MemoryStatus) -> None:
         if status == self.status:
@@ -89,19 +89,26 @@ class MemoryPanel(VerticalScroll):
         else:
             overlay = "no learned memory yet"
         if status.problem:
-            overlay += f" · ⚠ {visible(status.problem)}"
+            overlay += f" · ⚠ {inert(status.problem)}"
         self.query_one("#overlay", Static).update(Content(overlay))
-        if status.learning:
-            learning = visible(status.learning_message) or "learning from your sessions…"
+        if status.learning and status.learning_phase:
+            left = f" · about {duration(status.phase_left_s)} left" if status.phase_left_s else ""
+            learning = (f"{status.learning_phase} {status.phase_progress or 0:.0%}{left} · "
+                        f"{inert(status.learning_message)} · whole job "
+                        f"{status.learning_progress or 0:.0%}")
+        elif status.learning:
+            learning = inert(status.learning_message) or "learning from your sessions…"
         elif status.learning_paused:
             learning = "paused: nothing is learned (/resume)"
         else:
-            learning = visible(status.learning_message) or "not learning right now"
+            learning = inert(status.learning_message) or "not learning right now"
         self.query_one("#learning", Static).update(Content(learning))
+        # Each phase has a bar of its own (dequantising and the anchors take minutes the first
+        # time, training most of every run); without one, the whole job's.
+        done = status.phase_progress if status.learning_phase else status.learning_progress
         progress = self.query_one(ProgressBar)
         progress.display = status.learning
-        progress.update(total=1.0 if status.learning_progress is not None else None,
-                        progress=status.learning_progress or 0.0)
+        progress.update(total=1.0 if done is not None else None, progress=done or 0.0)
         self.query_one("#cells", Static).update(self._cells(status))
         self.post_message(self.Changed(status))
 

@@ -8,7 +8,7 @@ from textual.content import Content
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
-from app.tui.text import visible
+from app.terminal import inert
 from store.records import Message
 
 EMPTY_HINT = ("Say something. Enter sends, Ctrl+J adds a line, Up recalls earlier prompts, "
@@ -44,9 +44,9 @@ class MessageView(Vertical):
     def compose(self):
         yield Static(Content("You" if self.role == "user" else "Engram"), classes="author")
         if self.role == "assistant":
-            yield Markdown(visible(self.text), classes="body")
+            yield Markdown(inert(self.text), classes="body")
         else:
-            yield Static(Content(visible(self.text)), classes="body")
+            yield Static(Content(inert(self.text)), classes="body")
         yield Static(classes="note")
 
     def on_mount(self) -> None:
@@ -57,7 +57,7 @@ class MessageView(Vertical):
         if detail:
             note = f"{note}: {detail}"
         widget = self.query_one(".note", Static)
-        widget.update(Content(visible(note)))
+        widget.update(Content(inert(note)))
         widget.display = bool(note)
         self.set_class(self.status == "partial", "-stopped")
         self.set_class(self.status in ("error", "interrupted"), "-failed")
@@ -69,7 +69,7 @@ class MessageView(Vertical):
             self.status = "pending"
             self._show_note()
         self.text += piece
-        await self._stream.write(visible(piece))
+        await self._stream.write(inert(piece))
 
     async def finish(self, status: str, text: str, detail: str = "") -> None:
         """End the stream and show ``text``, the reply as stored (trimmed), as history shows it."""
@@ -78,7 +78,7 @@ class MessageView(Vertical):
             self._stream = None
         if text != self.text:
             self.text = text
-            await self.query_one(Markdown).update(visible(text))
+            await self.query_one(Markdown).update(inert(text))
         self.status = status
         self._show_note(detail)
 

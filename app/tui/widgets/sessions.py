@@ -8,8 +8,8 @@ from textual.message import Message
 from textual.widgets import Input, OptionList
 from textual.widgets.option_list import Option
 
+from app.terminal import inert
 from app.tui import commands
-from app.tui.text import visible
 from store.records import Session
 
 TITLE_CELLS = 27  # what fits beside the marker in the sidebar's width (engram.tcss)
@@ -78,7 +78,7 @@ class SessionsSidebar(Vertical):
         marker = "● " if session.id == self.current_id else "  "
         count = f"{session.message_count} message{'s' if session.message_count != 1 else ''}"
         extra = " · private" if session.private else ""
-        title = Content(visible(" ".join(session.title.split()))).truncate(TITLE_CELLS,
+        title = Content(inert(" ".join(session.title.split()))).truncate(TITLE_CELLS,
                                                                              ellipsis=True)
         title = Content(marker) + title
         return Content("\n").join([title, Content.styled(f"  {count}{extra}", "dim")])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from app.tui.text import visible
+from app.terminal import inert
 
 METER_CELLS = 10
 WARN_AT = 0.8
@@ -49,7 +49,7 @@ class StatusBar(Static):
     def _show(self) -> None:
         parts: list[Content] = []
         if self.model:
-            parts.append(Content.styled(visible(self.model), "bold"))
+            parts.append(Content.styled(inert(self.model), "bold"))
             parts.append(Content(self.device))
         if self.activity:
             parts.append(Content.styled(self.activity, "italic"))

@@ -13,7 +13,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from app import memory_text
-from app.tui.text import visible
+from app.terminal import inert
 from engine.learning import VersionDiff
 from store.records import OverlayVersion
 
@@ -36,7 +36,7 @@ class VersionDiffView(VerticalScroll):
             widget.display = shown
 
     def show_message(self, text: str) -> None:
-        self.query_one("#diff-summary", Static).update(Content(visible(text)))
+        self.query_one("#diff-summary", Static).update(Content(inert(text)))
         self._details(False)
 
     def show_version(self, version: OverlayVersion, note: str) -> None:
@@ -63,14 +63,14 @@ class VersionDiffView(VerticalScroll):
                             classes="probe-head")]
             for probe in d.probes:
                 cells += [
-                    Static(Content(visible(f"s{probe.session_id} · {probe.question}  "
+                    Static(Content(inert(f"s{probe.session_id} · {probe.question}  "
                                            f"(expected: {probe.expected})")),
                            classes="probe-question"),
-                    Static(Content(visible(probe.before or "(no answer)")), classes="probe-answer"),
-                    Static(Content(visible(probe.after or "(no answer)")), classes="probe-answer"),
+                    Static(Content(inert(probe.before or "(no answer)")), classes="probe-answer"),
+                    Static(Content(inert(probe.after or "(no answer)")), classes="probe-answer"),
                 ]
             await grid.mount_all(cells)
         self.query_one("#diff-summary", Static).update(
-            Content(visible("\n".join(memory_text.diff_summary(engine, d)))))
+            Content(inert("\n".join(memory_text.diff_summary(engine, d)))))
         self._details(True)
         self.query_one("#probes-heading").display = grid.display = bool(d.probes)

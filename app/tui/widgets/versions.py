@@ -8,7 +8,7 @@ from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
 from app import memory_text
-from app.tui.text import visible
+from app.terminal import inert
 from store.records import OverlayVersion
 
 
@@ -39,4 +39,4 @@ class VersionList(OptionList):
         why = version.reason or memory_text.locality(version)
         detail = "  " + memory_text.what(version) + (f" · {why}" if why else "")
         return Content("\n").join([Content.styled(head, "bold") if active else Content(head),
-                                   Content.styled(visible(detail), "dim")])
+                                   Content.styled(inert(detail), "dim")])
