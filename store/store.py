@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -56,6 +58,31 @@ def damage_of(exc: BaseException) -> bool:
     name = getattr(exc, "sqlite_errorname", None) or ""
     return (any(name == c or name.startswith(c + "_") for c in _CORRUPT)
             or "malformed" in str(exc) or "Could not decode to UTF-8" in str(exc))
+
+
+LOW_SPACE = 1 << 20  # bytes free below which an I/O error is taken for a full disk
+
+
+def storage_problem(path: Path, exc: BaseException) -> str | None:
+    """What is wrong with the place the database lives rather than with the database — a full
+    disk or a home that cannot be written (SQLite reports a full disk met while growing its
+    WAL index as a plain I/O error) — in words for the user; None for anything else."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    code = exc.errno if isinstance(exc, OSError) else None
+    where = path.parent
+    try:
+        low = shutil.disk_usage(where).free < LOW_SPACE
+    except OSError:
+        low = False
+    if code == errno.ENOSPC or name.startswith("SQLITE_FULL") or (
+            name.startswith("SQLITE_IOERR") and low):
+        return (f"no space left on the disk that holds {where}: free some space and try again "
+                "(nothing already saved was changed)")
+    if code in (errno.EROFS, errno.EACCES) or name.startswith("SQLITE_READONLY") or (
+            name.startswith("SQLITE_CANTOPEN") and not os.access(where, os.W_OK)):
+        return (f"{where} cannot be written, so Engram cannot save there: make it writable or "
+                "choose another home with --home")
+    return None
 
 
 def _looks_like_sqlite(path: Path) -> bool:
@@ -157,7 +184,11 @@ class _Guarded:
 
     def __exit__(self, kind, exc, tb) -> None:  # None: the exception (if any) goes on
         self.lock.release()
-        if exc is not None and not isinstance(exc, StoreError) and damage_of(exc):
+        if exc is None or isinstance(exc, StoreError):
+            return
+        if problem := storage_problem(self.path, exc):
+            raise StoreError(problem) from exc
+        if damage_of(exc):
             raise DamagedDatabase(damaged_message(self.path, str(exc), None)) from exc
 
 
@@ -183,6 +214,8 @@ class Store:
         except (sqlite3.DatabaseError, UnicodeDecodeError, _Damaged) as exc:
             if conn is not None:
                 conn.close()
+            if problem := storage_problem(self.path, exc):
+                raise StoreError(problem) from exc
             if (isinstance(exc, _Damaged) or damage_of(exc)) and _looks_like_sqlite(self.path):
                 moved = quarantine(self.path)
                 raise DamagedDatabase(damaged_message(self.path, str(exc), moved),

@@ -12,7 +12,7 @@ import sqlite_utils
 
 from store import checksums
 from store.migrations import LATEST, UPGRADES
-from store.store import DamagedDatabase, Store, StoreError
+from store.store import DamagedDatabase, Store, StoreError, storage_problem
 
 
 def test_fresh_database_is_latest_schema_in_wal_mode(tmp_path):
@@ -353,3 +353,39 @@ def test_learn_records_are_written_with_their_version_and_go_with_it(tmp_path):
     assert store.decided_through(me) == {1: 7} and store.decided_through(other) == {2: 30}
     store.db.execute("DELETE FROM overlay_versions WHERE profile_id = ?", [me])
     assert store.decided_through(me) == {} and store.db["learn_records"].count == 1
+
+
+# -- where the database lives --------------------------------------------------------------
+
+
+def sqlite_error(message: str, name: str) -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError(message)
+    exc.sqlite_errorname = name  # type: ignore[attr-defined]  (what SQLite sets on its own)
+    return exc
+
+
+def test_a_full_disk_is_named_as_such_and_the_database_left_alone(tmp_path, monkeypatch):
+    path = tmp_path / "engram.db"
+    Store(path).close()
+    full = sqlite_error("database or disk is full", "SQLITE_FULL")
+    monkeypatch.setattr(Store, "_check", lambda self: (_ for _ in ()).throw(full))
+    with pytest.raises(StoreError, match="^no space left on the disk that holds") as caught:
+        Store(path)
+    assert not isinstance(caught.value, DamagedDatabase) and path.exists()
+    assert not list(tmp_path.glob("engram.db.damaged-*"))
+
+
+def test_a_write_that_meets_a_full_disk_says_so_and_the_store_stays_readable(tmp_path):
+    store = Store(tmp_path / "engram.db")
+    session = store.new_session(store.profile("me").id, "m")
+    store.add_message(session.id, "user", "kept")
+    with pytest.raises(StoreError, match="^no space left"), store._lock:
+        raise sqlite_error("database or disk is full", "SQLITE_FULL")
+    assert [m.content for m in store.messages(session.id)] == ["kept"]
+
+
+def test_a_home_that_cannot_be_written_is_named_as_such(tmp_path):
+    denied = PermissionError(13, "Permission denied")
+    assert "cannot be written" in storage_problem(tmp_path / "engram.db", denied)
+    io_error = sqlite_error("disk I/O error", "SQLITE_IOERR_SHMSIZE")
+    assert storage_problem(tmp_path / "engram.db", io_error) is None  # space left: not full
