@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="kill points (default 50)")
     reliability.add_argument("--fuzz", type=int, default=200, metavar="N",
                              help="damaged-file cases, half database, half overlay (default 200)")
+    reliability.add_argument("--concurrent", type=int, default=5, metavar="N",
+                             help="runs of two chats at once on one profile (default 5)")
     reliability.add_argument("--seed", type=int, default=0)
 
     memory = sub.add_parser("memory", help="what the model learned: show, learn, diff, undo")
@@ -309,7 +311,7 @@ def _dispatch(args) -> int:
     if args.command == "bench" and args.bench == "reliability":
         from engine.bench import reliability
 
-        result = reliability.run(args.model, args.kills, args.fuzz, args.seed)
+        result = reliability.run(args.model, args.kills, args.fuzz, args.seed, args.concurrent)
         print(json.dumps(result) if args.json else reliability.report(result))
         return 0 if not result["failures"] and result["chat_after_kills"] else 1
     if args.command == "bench" and args.bench == "parity":

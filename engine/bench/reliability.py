@@ -1,5 +1,8 @@
 """Does anything get lost when Engram is killed, or meets a damaged file? A seeded count.
 
+Concurrency trials: two ``engram chat --plain`` on one profile at once, each sending its own
+messages; all must be stored and both processes end cleanly.
+
 Crash trials: a real ``engram chat --plain`` on a fresh-enough home is sent a few messages and
 killed with SIGKILL at a random moment while it streams. A user message counts as
 acknowledged once its reply's stats line came back (the message was committed before the
@@ -123,6 +126,30 @@ def chat_works(home: Path, model: str | None) -> bool:
     return out.returncode == 0 and b"tok/s" in out.stderr
 
 
+# -- concurrency -------------------------------------------------------------------------
+
+
+def concurrent_trial(home: Path, model: str | None, seed: int, processes: int = 2,
+                     messages: int = MESSAGES_PER_TRIAL) -> dict:
+    """``processes`` chats on one profile at once, each sending its own messages: every one of
+    them must be stored, every process must end cleanly, the database whole."""
+    texts = [[f"concurrent {seed} chat {p} message {i}" for i in range(messages)]
+             for p in range(processes)]
+    procs = [subprocess.Popen(engram_command(home, model, "chat", "--plain"),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+             for _ in range(processes)]
+    ended = [p.communicate("".join(t + "\n" for t in mine).encode(), timeout=START_TIMEOUT_S)
+             for p, mine in zip(procs, texts, strict=True)]
+    found = check_home(home, [t for mine in texts for t in mine], _versions(home))
+    errors = [err.decode(errors="replace").strip().splitlines()[-1:] for _, err in ended]
+    clean = all(p.returncode == 0 for p in procs)
+    return {"seed": seed, "processes": processes, "messages": processes * messages,
+            "clean_exits": clean, **found,
+            "survived": clean and found["integrity"] and not found["lost_messages"],
+            "errors": [e for p, e in zip(procs, errors, strict=True) if p.returncode]}
+
+
 # -- fuzz --------------------------------------------------------------------------------
 
 
@@ -206,13 +233,16 @@ def fuzz_overlay(directory: Path, base: str, rng: random.Random, scratch: Path) 
 # -- the run -----------------------------------------------------------------------------
 
 
-def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0) -> dict:
+def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0,
+        concurrent: int = 5) -> dict:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="engram-reliability-") as tmp_name:
         tmp = Path(tmp_name)
         home = tmp / "home"
         before = chat_works(home, model)  # a home with a session, as a user's would be
         trials = [crash_trial(home, model, rng.randrange(2**31)) for _ in range(kills)]
+        together = [concurrent_trial(home, model, rng.randrange(2**31))
+                    for _ in range(concurrent)]
         after = chat_works(home, model)
         overlay_dir = tmp / "v1"
         base = sample_overlay(overlay_dir, seed)
@@ -235,9 +265,11 @@ def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0) -> d
         "fuzz_cases": len(cases),
         "fuzz_refused_cleanly": len(clean),
         "fuzz_silent_changes": len(silent),
-        "lost_messages": sum(t["lost_messages"] for t in trials),
-        "lost_versions": sum(t["lost_versions"] for t in trials),
-        "failures": [t for t in trials if not t["survived"]]
+        "concurrent_trials": len(together),
+        "concurrent_survived": sum(t["survived"] for t in together),
+        "lost_messages": sum(t["lost_messages"] for t in trials + together),
+        "lost_versions": sum(t["lost_versions"] for t in trials + together),
+        "failures": [t for t in trials + together if not t["survived"]]
         + [c for c in cases if c not in clean],
     }
 
@@ -248,6 +280,8 @@ def report(result: dict) -> str:
         f"({result['acknowledged_messages']} acknowledged messages, {result['lost_messages']} "
         f"lost, {result['lost_versions']} versions lost); a chat afterwards "
         f"{'works' if result['chat_after_kills'] else 'FAILS'}",
+        f"concurrency: {result['concurrent_survived']}/{result['concurrent_trials']} runs of two "
+        "chats at once on one profile kept every message and ended cleanly",
         f"fuzz: {result['fuzz_refused_cleanly']}/{result['fuzz_cases']} damaged files refused "
         f"cleanly or read identically, {result['fuzz_silent_changes']} accepted with a silent "
         "change",
