@@ -139,6 +139,21 @@ def learn_rows(version_id: int, learned: dict, dropped: dict) -> list[tuple]:
                for sid, through in dropped.items()])
 
 
+def _v8_row_checksums(db: sqlite_utils.Database) -> None:
+    """A sha256 on every row of the other tables (store.checksums.SEALED_COLUMNS), written by
+    triggers after each insert and update, so no write path can forget it; existing rows get
+    theirs here. Every connection that writes needs checksums.register."""
+    for table in checksums.SEALED_COLUMNS:
+        db.execute(f'ALTER TABLE "{table}" ADD COLUMN sha256 TEXT')
+        seal = checksums.seal_sql(table, "NEW.")
+        db.execute(f'CREATE TRIGGER "{table}_sealed_on_insert" AFTER INSERT ON "{table}" '
+                   f'BEGIN UPDATE "{table}" SET sha256 = {seal} WHERE rowid = NEW.rowid; END')
+        db.execute(f'CREATE TRIGGER "{table}_sealed_on_update" AFTER UPDATE ON "{table}" '
+                   f"WHEN NEW.sha256 IS NOT {seal} "
+                   f'BEGIN UPDATE "{table}" SET sha256 = {seal} WHERE rowid = NEW.rowid; END')
+        db.execute(f'UPDATE "{table}" SET sha256 = {checksums.seal_sql(table)}')
+
+
 UPGRADES = {
     1: _v1_chat,
     2: _v2_privacy_and_settings,
@@ -147,5 +162,6 @@ UPGRADES = {
     5: _v5_cascades,
     6: _v6_message_checksums,
     7: _v7_learn_records,
+    8: _v8_row_checksums,
 }
 LATEST = max(UPGRADES)

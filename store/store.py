@@ -283,7 +283,20 @@ class Store:
                 self.db.table("profiles").insert(
                     {"name": name, "created_at": now(), "settings": "{}"})
                 rows = list(self.db.table("profiles").rows_where("name = ?", [name]))
-            return _profile(rows[0])
+            return _profile(self._checked("profiles", rows[0]))
+
+    def profiles(self) -> list[Profile]:
+        with self._lock:
+            return [_profile(self._checked("profiles", r))
+                    for r in self.db.table("profiles").rows_where(order_by="id")]
+
+    def _checked(self, table: str, row: dict) -> dict:
+        """``row`` if it matches its checksum; a DamagedDatabase otherwise."""
+        if not checksums.sealed(table, row):
+            key = checksums.SEALED_COLUMNS[table][0]
+            raise DamagedDatabase(damaged_message(
+                self.path, f"row {row.get(key)} of {table} does not match its checksum", None))
+        return row
 
     def save_settings(self, profile_id: int, settings: dict) -> None:
         with self._lock, self.db.conn:
@@ -350,7 +363,8 @@ class Store:
         )
         cursor = self.db.execute(sql, params)
         names = [d[0] for d in cursor.description]
-        return [_session(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+        return [_session(self._checked("sessions", dict(zip(names, row, strict=True))))
+                for row in cursor.fetchall()]
 
     def update_session(self, session_id: int, **fields) -> Session:
         """Change title, system_prompt or private of a session."""
@@ -431,7 +445,7 @@ class Store:
     def session_state(self, session_id: int) -> SessionState | None:
         with self._lock:
             rows = list(self.db.table("session_states").rows_where("session_id = ?", [session_id]))
-        return _session_state(rows[0]) if rows else None
+        return _session_state(self._checked("session_states", rows[0])) if rows else None
 
     def save_session_cells(self, session_id: int, enabled: bool, cells: bytes | None) -> None:
         with self._lock, self.db.atomic():
@@ -465,7 +479,9 @@ class Store:
                 "WHERE s.profile_id = ? AND st.kv_path IS NOT NULL ORDER BY st.kv_saved_at",
                 [profile_id])
             names = [d[0] for d in cursor.description]
-            return [_session_state(dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
+            return [_session_state(self._checked("session_states", dict(zip(names, row,
+                                                                              strict=True))))
+                    for row in cursor.fetchall()]
 
     # -- overlay versions -----------------------------------------------------
     # db.atomic(), not db.conn: sqlite-utils commits each insert/update of its own otherwise.
@@ -501,8 +517,8 @@ class Store:
             rows = list(self.db.table("overlay_versions").rows_where("id = ?", [version_id]))
             if not rows:
                 raise StoreError(f"no overlay version {version_id}")
-            return _overlay_version(rows[0], self._learn_records("r.version_id = ?",
-                                                                 [version_id]))
+            return _overlay_version(self._checked("overlay_versions", rows[0]),
+                                    self._learn_records("r.version_id = ?", [version_id]))
 
     def overlay_versions(self, profile_id: int) -> list[OverlayVersion]:
         """A profile's versions, newest first."""
@@ -510,7 +526,8 @@ class Store:
             rows = list(self.db.table("overlay_versions").rows_where(
                 "profile_id = ?", [profile_id], order_by="id DESC"))
             records = self._learn_records("v.profile_id = ?", [profile_id])
-            return [_overlay_version(r, records) for r in rows]
+            return [_overlay_version(self._checked("overlay_versions", r), records)
+                    for r in rows]
 
     def decided_through(self, profile_id: int) -> dict[int, int]:
         """Per session of a profile, the newest user message that any of its versions learned,
@@ -531,11 +548,13 @@ class Store:
     def _learn_records(self, where: str, params: list) -> dict[int, list[tuple]]:
         """Per version, its (session, kind, through, record) rows, for ``_overlay_version``."""
         out: dict[int, list[tuple]] = {}
-        for version_id, *row in self.db.execute(
-                "SELECT r.version_id, r.session_id, r.kind, r.through, r.record_json "
-                "FROM learn_records r JOIN overlay_versions v ON v.id = r.version_id "
-                f"WHERE {where} ORDER BY r.id", params).fetchall():
-            out.setdefault(version_id, []).append(tuple(row))
+        cursor = self.db.execute("SELECT r.* FROM learn_records r JOIN overlay_versions v "
+                                 f"ON v.id = r.version_id WHERE {where} ORDER BY r.id", params)
+        names = [d[0] for d in cursor.description]
+        for values in cursor.fetchall():
+            r = self._checked("learn_records", dict(zip(names, values, strict=True)))
+            out.setdefault(r["version_id"], []).append(
+                (r["session_id"], r["kind"], r["through"], r["record_json"]))
         return out
 
     def active_overlay(self, profile_id: int) -> OverlayVersion | None:

@@ -14,6 +14,7 @@ from engine import llama_native, session_state
 from engine.engine import Engine
 from engine.errors import OtherProfile
 from engine.runtime import Runtime, Sampling
+from store import checksums
 from store.store import Store
 from tests.tiny_gguf import write_tiny_gemma3
 
@@ -144,6 +145,7 @@ def _kv_path(engine, session_id):
 
 def _set_row(engine, session_id, **values):
     db = sqlite3.connect(engine.store.path)
+    checksums.register(db)  # rows that say something else, sealed as if Engram wrote them
     db.execute(f"UPDATE session_states SET {', '.join(f'{k} = ?' for k in values)} "
                "WHERE session_id = ?", [*values.values(), session_id])
     db.commit()

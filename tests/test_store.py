@@ -127,7 +127,7 @@ def test_upgrade_from_version_4_enforces_foreign_keys_and_cascades(tmp_path):
     store = Store(path)
     assert store.schema_version == LATEST
     after = {t: list(store.db[t].rows) for t in tables}
-    assert all(m.pop("sha256") for m in after["messages"])  # v6: checksummed
+    assert all(row.pop("sha256") for rows in after.values() for row in rows)  # v6, v8
     assert after == before
     assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -189,6 +189,7 @@ def test_a_damaged_database_is_quarantined_not_deleted(tmp_path, damage):
 def test_quarantine_takes_the_wal_and_shm_along(tmp_path):
     path = _filled(tmp_path / "engram.db")
     other = sqlite3.connect(path)  # another process, still open: its log stays
+    checksums.register(other)  # Engram's: its writes seal their rows
     other.execute("INSERT INTO profiles (name, created_at, settings) VALUES ('x', 't', '{}')")
     other.commit()
     assert Path(f"{path}-wal").exists()
@@ -389,3 +390,46 @@ def test_a_home_that_cannot_be_written_is_named_as_such(tmp_path):
     assert "cannot be written" in storage_problem(tmp_path / "engram.db", denied)
     io_error = sqlite_error("disk I/O error", "SQLITE_IOERR_SHMSIZE")
     assert storage_problem(tmp_path / "engram.db", io_error) is None  # space left: not full
+
+
+# -- row checksums (schema 8) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table, column, value", [
+    ("profiles", "name", "mallory"), ("sessions", "title", "changed"),
+    ("session_states", "kv_path", "../../elsewhere"), ("overlay_versions", "path", "../x"),
+    ("learn_records", "through", 99)])
+def test_a_row_changed_behind_the_stores_back_is_refused_whatever_its_table(
+        tmp_path, table, column, value):
+    store = Store(tmp_path / "e.db")
+    me = store.profile("me")
+    session = store.new_session(me.id, "m")
+    store.save_session_kv(session.id, "profiles/me/sessions/1.kv", "m", None, 1, 3, 10, "s")
+    store.add_overlay_version(me.id, "overlays/a", "0" * 64, metrics={
+        "learned": {str(session.id): {"through": 1}}})
+    rows = store.db.execute(f"SELECT rowid, sha256 FROM {table}").fetchall()
+    assert rows and all(len(sha) == 64 for _, sha in rows)  # every row was sealed on writing
+    # a flip the pages' checks cannot see: the row's bytes change, its checksum does not
+    store.db.execute("DROP TRIGGER " + f"{table}_sealed_on_update")
+    store.db.execute(f"UPDATE {table} SET {column} = ?", [value])
+    store.db.conn.commit()
+    with pytest.raises(DamagedDatabase, match=f"of {table} does not match its checksum"):
+        store.profiles()
+        store.sessions(me.id)
+        store.session_state(session.id)
+        store.overlay_versions(me.id)
+
+
+def test_writes_through_the_store_keep_rows_sealed(tmp_path):
+    store = Store(tmp_path / "e.db")
+    me = store.profile("me")
+    store.save_settings(me.id, {"n_ctx": 2048})
+    session = store.new_session(me.id, "m")
+    store.update_session(session.id, title="renamed")
+    store.save_session_cells(session.id, True, b"\x00cells")
+    version = store.add_overlay_version(me.id, "overlays/a", "0" * 64, status="active")
+    store.set_overlay_status(version.id, "broken", "damaged")
+    assert store.profiles()[0].settings == {"n_ctx": 2048}
+    assert store.session(session.id).title == "renamed"
+    assert store.session_state(session.id).cells == b"\x00cells"
+    assert store.overlay_versions(me.id)[0].status == "broken"

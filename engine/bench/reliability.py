@@ -168,18 +168,18 @@ SILENT_CHANGE = "accepted with silent change"
 
 def _read_database(path: Path) -> dict[str, list]:
     """Everything a user could be shown, read as Engram reads it (the store's accessors,
-    which verify message checksums): the profiles, each one's sessions, each session's
+    which verify every row's checksum): the profiles, each one's sessions, each session's
     messages and state, each profile's overlay versions."""
     store = Store(path)
     try:
-        profiles = [dict(r) for r in store.db["profiles"].rows]
-        sessions = [s for p in profiles for s in store.sessions(p["id"])]
+        profiles = store.profiles()
+        sessions = [s for p in profiles for s in store.sessions(p.id)]
         return {
             "profiles": profiles,
             "sessions": sessions,
             "messages": [m for s in sessions for m in store.messages(s.id)],
             "session_states": [store.session_state(s.id) for s in sessions],
-            "overlay_versions": [v for p in profiles for v in store.overlay_versions(p["id"])],
+            "overlay_versions": [v for p in profiles for v in store.overlay_versions(p.id)],
         }
     finally:
         store.close()
