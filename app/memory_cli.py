@@ -80,17 +80,14 @@ def learn(engine: Engine, session_ids: list[int] | None, out: TextIO, err: TextI
         results = engine.learn_now(bar, session_ids=session_ids)
     finally:
         bar.done()
-    after = engine.active_version()
-    cells = after is not None and after.metrics.get("event") == "cells" and (
-        before is None or after.id != before.id)
+    cells = engine.cells_learned_since(before)
     if not results and not cells:
         print("nothing to learn: no session has new messages", file=out)
     for result in results:
         print(describe(engine, result), file=out)
     if cells:
-        record = after.metrics["cells"]
-        print(f"v{after.id}: learned the cells' read from {record['own_cases']} exchanges of "
-              f"long sessions and the bundled dev conversations ({record['seconds']:.0f} s)",
+        print(f"v{cells.version.id}: learned the cells' read from {cells.own_cases} exchanges "
+              f"of long sessions and the bundled dev conversations ({cells.seconds:.0f} s)",
               file=out)
     return 0
 

@@ -14,7 +14,7 @@ from engine import memory_archive
 from engine.conversation import Conversation
 from engine.errors import EngramError, OtherProfile
 from engine.learn_queue import LearnQueue
-from engine.learning import Learning, LearnResult, Progress, Step, VersionDiff, quiet
+from engine.learning import CellsLearned, Learning, LearnResult, Progress, Step, VersionDiff, quiet
 from engine.learning.ledger import ancestry_records, pending_sessions
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus
@@ -194,6 +194,13 @@ class Engine:
     def active_version(self) -> OverlayVersion | None:
         """The version in use (as recorded: another process may have just changed it)."""
         return self.store.active_overlay(self.profile.id)
+
+    def cells_learned_since(self, before: OverlayVersion | None) -> CellsLearned | None:
+        """The active version, if it is newer than ``before`` and learned the cells' read."""
+        active = self.active_version()
+        if active is None or (before is not None and active.id == before.id):
+            return None
+        return CellsLearned.of(active)
 
     def version_of_session(self, session_id: int) -> OverlayVersion:
         """The newest version that learned (or tried to learn) one of this profile's sessions."""

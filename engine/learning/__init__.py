@@ -4,8 +4,8 @@ alone, ``ledger`` what was decided about each session, ``corrections`` how a new
 overrides an old one, ``results`` what a run reports, ``progress`` how far a run is."""
 
 from engine.learning.progress import Progress, Step, quiet
-from engine.learning.results import LearnResult, Probe, VersionDiff
+from engine.learning.results import CellsLearned, LearnResult, Probe, VersionDiff
 from engine.learning.service import CELLS_EVERY, Learning
 
-__all__ = ["CELLS_EVERY", "LearnResult", "Learning", "Probe", "Progress", "Step", "VersionDiff",
-           "quiet"]
+__all__ = ["CELLS_EVERY", "CellsLearned", "LearnResult", "Learning", "Probe", "Progress", "Step",
+           "VersionDiff", "quiet"]

@@ -9,6 +9,22 @@ from engine.learning.gate import Locality
 from store.records import OverlayVersion
 
 
+@dataclass(frozen=True)
+class CellsLearned:
+    """A version that learned the cells' read: from how many exchanges, in how long."""
+
+    version: OverlayVersion
+    own_cases: int  # exchanges of the profile's own long sessions
+    seconds: float
+
+    @classmethod
+    def of(cls, version: OverlayVersion | None) -> CellsLearned | None:
+        if version is None or version.metrics.get("event") != "cells":
+            return None
+        record = version.metrics["cells"]
+        return cls(version, int(record["own_cases"]), float(record["seconds"]))
+
+
 @dataclass
 class LearnResult:
     """One session's run. ``version`` is None when nothing was found worth learning."""
