@@ -10,7 +10,7 @@ class Recipe:
     # what is edited
     # where questions' states are most alike across wordings
     layers: tuple[int, ...] = (14, 15, 16, 17)
-    neurons: int = 4  # per layer per session
+    neurons: int = 2  # per layer per session: each one re-purposed costs locality
     max_norm: float = 1.0  # each delta vector, × the median norm of its base vectors
     # the keys: each new neuron a detector of one fact's questions
     key_margin: float = 3.0  # gate pre-activation ≥ +margin on the question, ≤ −margin elsewhere
