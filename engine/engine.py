@@ -203,8 +203,7 @@ class Engine:
         return CellsLearned.of(active)
 
     def version_of_session(self, session_id: int) -> OverlayVersion:
-        """The newest version that learned (or tried to learn) one of this profile's sessions."""
-        self._own(session_id)
+        """The newest version of this profile that learned (or tried to learn) a session."""
         return self.loaded()[2].version_of_session(session_id)
 
     def learned_facts(self, version: OverlayVersion) -> dict[int, dict]:
