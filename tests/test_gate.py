@@ -72,6 +72,28 @@ def test_a_version_that_leaks_is_rejected_with_the_reason_shown(engine, monkeypa
     assert shown.startswith("rejected by the gate: leaks:") and "locality 0.990" in shown
 
 
+def test_a_fact_that_keeps_leaking_is_set_aside_and_the_rest_is_learned(engine, monkeypatch):  # noqa: F811
+    engine.save_settings(engine.settings.with_gate(0.0))
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
+    leak = ("What is my rabbit called?", "Pixel.", "Pixel")
+    tries = []
+
+    def measure(self, lora, scale=1.0, cancel=None, taught=None):
+        tries.append(lora)
+        return Locality(0.99, 0.001, (leak,) if len(tries) < 3 else ())
+
+    monkeypatch.setattr(learning.Gate, "measure", measure)
+    sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
+    [result] = engine.learn_now(session_ids=[sid])
+    assert len(tries) == 3 and result.accepted  # negatives, then without what still leaked
+    assert [qa.answer for qa in result.facts] == ["Oslo"]
+    assert [qa.answer for qa in result.set_aside] == ["Pixel"]
+    record = result.version.learned[sid]
+    assert [row[1] for row in record["set_aside"]] == ["Pixel"]
+    assert len(record["refused_tries"]) == 2
+    assert "Pixel  (set aside: it leaked" in memory_text.describe(engine, result)
+
+
 def test_rejections_say_why_in_words():
     assert rejections(Locality(0.97, 0.01), 0.955) == []
     reasons = rejections(Locality(0.94, 0.01, (("Q1?", "A.", "A"), ("Q2?", "A.", "A")),

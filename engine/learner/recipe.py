@@ -38,6 +38,7 @@ class Recipe:
     plateau: int = 10  # steps: stop when the answers' loss fell less than plateau_gain over them
     plateau_gain: float = 0.05
     # when the gate refuses a session's edit
-    retries: int = 1  # trained again, its leaks as negatives, locality weighing more …
-    retry_locality: float = 4.0  # … by this factor if locality fell below the threshold
+    retries: int = 2  # trained again, its leaks as negatives, locality weighing more …
+    retry_locality: float = 4.0  # … by this factor if locality fell below the threshold;
+    drop_leaking_from: int = 2  # from this try on, the facts whose answer leaked are left out
     batch: int = 16  # sequences per forward pass outside training

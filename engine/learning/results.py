@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.derive import QA
 from engine.learning.gate import Locality
@@ -37,7 +37,8 @@ class LearnResult:
     threshold: float
     seconds: float  # deriving, training and gating
     candidates: int = 0  # pairs derived from what the user said, before the check
-    checked: int = 0  # of those, the ones that passed it (``facts``)
+    checked: int = 0  # of those, the ones that passed it (``facts`` and ``set_aside``)
+    set_aside: list[QA] = field(default_factory=list)  # left out: their answer leaked
 
     @property
     def accepted(self) -> bool:

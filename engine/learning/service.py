@@ -218,6 +218,7 @@ class Learning:
             questions=list(first_asked.values()))
         threshold = self.threshold(twin)
         recipe, silent, refused = self.recipe, others + untaught, []
+        dropped: set[str] = set()  # answers left out because they kept leaking
         tries = 1 + recipe.retries
         for attempt in range(tries):
             low, high = 0.15 + 0.85 * attempt / tries, 0.15 + 0.85 * (attempt + 1) / tries
@@ -247,8 +248,17 @@ class Learning:
             if score.locality < threshold:
                 recipe = replace(recipe, locality_weight=recipe.locality_weight
                                  * recipe.retry_locality)
+            if attempt + 1 >= recipe.drop_leaking_from:
+                # What still leaks after that is left out: the rest of the session is learned.
+                dropped |= {answer.lower() for _, _, answer in score.leaks}
+                taught = [qa for qa in taught if qa.answer.lower() not in dropped]
+                if not taught:
+                    break
             gating_phase(1.0, f"trying again: {refused[-1]}")
         check(cancel)
+        kept = [qa for qa in found if qa.answer.lower() not in dropped]
+        set_aside = [qa for qa in found if qa.answer.lower() in dropped]
+        fixes = [qa for qa in fixes if qa.answer.lower() not in dropped]
         finished = time.perf_counter()
         seconds = finished - started
         metrics = {
@@ -261,7 +271,8 @@ class Learning:
                 "derive_seconds": round(derived - started, 2),
                 "gate_seconds": round(finished - gating, 2),
                 "candidates": len(candidates), "refused_tries": refused,
-                "facts": [[qa.question, qa.answer, qa.statement] for qa in found],
+                "facts": [[qa.question, qa.answer, qa.statement] for qa in kept],
+                "set_aside": [[qa.question, qa.answer, qa.statement] for qa in set_aside],
                 "corrections": [[qa.question, qa.answer, qa.statement] for qa in fixes],
             }},
         }
@@ -270,8 +281,8 @@ class Learning:
         else:
             version = self.memory.commit(candidate, metrics)
         progress(1.0, Step("done", "gate", 1.0))
-        return LearnResult(session.id, version, found, fixes, score, threshold, seconds,
-                           len(candidates), len(found))
+        return LearnResult(session.id, version, kept, fixes, score, threshold, seconds,
+                           len(candidates), len(found), set_aside)
 
     def learn_cells(self, progress: Progress = quiet, cancel: threading.Event | None = None,
                     wait: float = LOCK_WAIT_S) -> OverlayVersion | None:
