@@ -123,10 +123,13 @@ def _v7_learn_records(db: sqlite_utils.Database) -> None:
             "SELECT id, metrics_json FROM overlay_versions").fetchall():
         metrics = json.loads(metrics_json)
         for row in learn_rows(version_id, metrics.pop("learned", {}), metrics.pop("dropped", {})):
-            db.execute("INSERT INTO learn_records (version_id, session_id, kind, through, "
-                       "record_json) VALUES (?, ?, ?, ?, ?)", list(row))
+            db.execute(LEARN_RECORD_INSERT, list(row))
         db.execute("UPDATE overlay_versions SET metrics_json = ? WHERE id = ?",
                    [json.dumps(metrics), version_id])
+
+
+LEARN_RECORD_INSERT = ("INSERT INTO learn_records (version_id, session_id, kind, through, "
+                       "record_json) VALUES (?, ?, ?, ?, ?)")
 
 
 def learn_rows(version_id: int, learned: dict, dropped: dict) -> list[tuple]:

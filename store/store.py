@@ -43,8 +43,6 @@ class DamagedDatabase(StoreError):
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
-LEARN_RECORD_INSERT = ("INSERT INTO learn_records (version_id, session_id, kind, through, "
-                       "record_json) VALUES (?, ?, ?, ?, ?)")
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}  # primary codes; extended ones add a suffix
 
 
@@ -70,12 +68,8 @@ def storage_problem(path: Path, exc: BaseException) -> str | None:
     name = getattr(exc, "sqlite_errorname", None) or ""
     code = exc.errno if isinstance(exc, OSError) else None
     where = path.parent
-    try:
-        low = shutil.disk_usage(where).free < LOW_SPACE
-    except OSError:
-        low = False
     if code == errno.ENOSPC or name.startswith("SQLITE_FULL") or (
-            name.startswith("SQLITE_IOERR") and low):
+            name.startswith("SQLITE_IOERR") and _low_on_space(where)):
         return (f"no space left on the disk that holds {where}: free some space and try again "
                 "(nothing already saved was changed)")
     if code in (errno.EROFS, errno.EACCES) or name.startswith("SQLITE_READONLY") or (
@@ -83,6 +77,13 @@ def storage_problem(path: Path, exc: BaseException) -> str | None:
         return (f"{where} cannot be written, so Engram cannot save there: make it writable or "
                 "choose another home with --home")
     return None
+
+
+def _low_on_space(where: Path) -> bool:
+    try:
+        return shutil.disk_usage(where).free < LOW_SPACE
+    except OSError:
+        return False
 
 
 def _looks_like_sqlite(path: Path) -> bool:
@@ -507,7 +508,7 @@ class Store:
                 "trainable_params": trainable_params, "bytes": bytes,
             })
             for row in migrations.learn_rows(row_id, learned, dropped):
-                self.db.execute(LEARN_RECORD_INSERT, row)
+                self.db.execute(migrations.LEARN_RECORD_INSERT, row)
             if status == "active":
                 self._activate(profile_id, row_id)
         return self.overlay_version(row_id)

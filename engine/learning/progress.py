@@ -39,22 +39,18 @@ def quiet(fraction: float, message: str) -> None:
 
 
 class Phase:
-    """Reports one phase: its own 0..1 mapped onto ``[low, high]`` of the job's bar, the
-    message prefixed with ``label`` (the session being learned), and an estimate of what is
-    left from the pace so far."""
+    """Reports one phase: its own 0..1 mapped onto ``[low, high]`` of the job's bar, with an
+    estimate of what is left from the pace so far."""
 
-    def __init__(self, progress: Progress, phase: str, low: float, high: float,
-                 label: str = ""):
-        self.progress, self.phase, self.low, self.high, self.label = (progress, phase, low,
-                                                                      high, label)
+    def __init__(self, progress: Progress, phase: str, low: float, high: float):
+        self.progress, self.phase, self.low, self.high = progress, phase, low, high
         self.started = time.monotonic()
 
     def __call__(self, done: float, message: str = "") -> None:
         elapsed = time.monotonic() - self.started
         left = elapsed * (1 - done) / done if 0.02 < done < 1 else None
-        text = message or self.phase
         self.progress(self.low + (self.high - self.low) * done,
-                      Step(f"{self.label}{text}", self.phase, done, left))
+                      Step(message or self.phase, self.phase, done, left))
 
 
 def scaled(progress: Progress, low: float, high: float, prefix: str = "") -> Progress:
