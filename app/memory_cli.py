@@ -95,8 +95,9 @@ def learn(engine: Engine, session_ids: list[int] | None, out: TextIO, err: TextI
 def show(engine: Engine, out: TextIO) -> int:
     settings = engine.settings
     state = "paused" if settings.learning_paused else "on"
-    gate = (f"locality ≥ {settings.locality_threshold:g}" if settings.locality_margin >= 1
-            else f"locality ≥ null floor − {settings.locality_margin:g}"
+    gate = ("locality on decided answers "
+            + (f"≥ {settings.locality_threshold:g}" if settings.locality_margin >= 1
+               else f"≥ null floor − {settings.locality_margin:g}")
             + (f" and ≥ {settings.locality_threshold:g}" if settings.locality_threshold else ""))
     checks = ", no leaks or loops" if settings.gate_replies else ""
     print(f"profile {engine.profile.name} · learning {state} · gate: {gate}{checks}", file=out)
@@ -143,7 +144,7 @@ def versions(engine: Engine, out: TextIO) -> int:
     for v in rows:
         why = f"  ({v.reason})" if v.reason else ""
         print(f"v{v.id:<4} {v.created_at[:19].replace('T', ' ')}  {v.status:<10}  "
-              f"{what(v):<24} {locality(v):<16} {v.trainable_params:>9,} params{why}", file=out)
+              f"{what(v):<24} {locality(v):<38} {v.trainable_params:>9,} params{why}", file=out)
     return 0
 
 

@@ -45,7 +45,9 @@ def what(version: OverlayVersion) -> str:
 
 def locality(version: OverlayVersion) -> str:
     score = version.metrics.get("locality")
-    return "" if score is None else f"locality {score:.3f}"
+    decided = version.metrics.get("locality_decided")
+    return ("" if score is None else f"locality {score:.3f}"
+            + ("" if decided is None else f", {decided:.3f} on decided answers"))
 
 
 def gate(version: OverlayVersion) -> str:
@@ -54,7 +56,7 @@ def gate(version: OverlayVersion) -> str:
     metrics = version.metrics
     if "locality" not in metrics:
         return ""
-    measured = (f"locality {metrics['locality']:.3f} (threshold {metrics['threshold']:g}) · "
+    measured = (f"{locality(version)} (threshold {metrics['threshold']:g}) · "
                 f"KL on neutral prompts {metrics['kl_neutral']:.4f}")
     if version.status == "rejected":
         return f"rejected by the gate: {version.reason} · {measured}"
@@ -71,8 +73,9 @@ def describe(engine: Engine, result: LearnResult) -> str:
     lines += [f"  {qa.question} → {qa.answer}  (set aside: it leaked into other questions)"
               for qa in result.set_aside]
     score = result.locality
-    measured = (f"  locality {score.locality:.3f} (threshold {result.threshold:g}) · KL on "
-                f"neutral prompts {score.kl_neutral:.4f} · {result.seconds:.1f} s")
+    measured = (f"  locality {score.locality:.3f}, {score.decided:.3f} on decided answers "
+                f"(threshold {result.threshold:g}) · KL on neutral prompts "
+                f"{score.kl_neutral:.4f} · {result.seconds:.1f} s")
     if result.accepted:
         fixes = f" (+{len(result.corrections)} corrections)" if result.corrections else ""
         status = (f"learned {len(result.facts)} fact{'s' * (len(result.facts) != 1)}{fixes} → "

@@ -5,6 +5,7 @@ model cannot be made to leak or loop on purpose."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from app import memory_text
@@ -22,7 +23,7 @@ def test_a_leak_is_a_taught_answer_to_an_untaught_question_the_base_model_did_no
     gate = engine.learning.gate()
     base = {q: "I don't know." for q in gate.personal}
     base["What's my surname?"] = "Pixel, like my cat."  # the base model says it too
-    baseline = learning.Baseline([], [], base)
+    baseline = learning.Baseline([], [], [], base)
     scripted(gate, {"What is my brother called?": "Pixel.", "What's my surname?": "Pixel.",
                     "What is my rabbit called?": "Pixel.", "What is my cat called?": "Pixel."})
     taught = Taught(answers=["Pixel"], said=["My rabbit is called Pixel."],
@@ -95,12 +96,30 @@ def test_a_fact_that_keeps_leaking_is_set_aside_and_the_rest_is_learned(engine, 
 
 
 def test_rejections_say_why_in_words():
-    assert rejections(Locality(0.97, 0.01), 0.955) == []
-    reasons = rejections(Locality(0.94, 0.01, (("Q1?", "A.", "A"), ("Q2?", "A.", "A")),
-                                  (("Q3?", "B B B B"),)), 0.955)
-    assert reasons[0] == "locality 0.940 < 0.955"
+    assert rejections(Locality(0.90, 0.01, decided=0.97), 0.955) == []
+    reasons = rejections(Locality(0.90, 0.01, (("Q1?", "A.", "A"), ("Q2?", "A.", "A")),
+                                  (("Q3?", "B B B B"),), decided=0.94), 0.955)
+    assert reasons[0] == "locality 0.940 < 0.955 on decided answers"
     assert reasons[1].startswith("leaks: 'Q1?' was answered 'A.'") and "and 1 more" in reasons[1]
     assert reasons[2] == "loops: 'Q3?' → 'B B B B'"
+
+
+def test_only_answers_the_base_model_had_decided_count_against_a_version(engine, monkeypatch):  # noqa: F811
+    """A position where the base model's top two tokens nearly tie flips with any change to
+    the weights; one it had decided flips only when the version changed what it knows."""
+    gate = engine.learning.gate()
+    gate.facts, gate.neutral = [([2, 5], [7, 8])], [([2, 5], [9])]
+    base = np.array([[2.0, 1.9, 0.0], [5.0, 0.0, 0.0]])  # a coin toss, then a decided answer
+    logits = {None: base, "tie": np.array([[1.9, 2.0, 0.0], [5.0, 0.0, 0.0]]),
+              "decided": np.array([[2.0, 1.9, 0.0], [0.0, 5.0, 0.0]])}
+    overlay: dict[str, str | None] = {"now": None}
+    monkeypatch.setattr(gate.scorer, "set_overlay",
+                        lambda lora, scale=1.0: overlay.__setitem__("now", lora))
+    monkeypatch.setattr(gate, "answer_logits", lambda prompt, answer: logits[overlay["now"]])
+    tie, decided = gate.measure("tie"), gate.measure("decided")
+    assert (tie.locality, tie.decided) == (0.5, 1.0)
+    assert (decided.locality, decided.decided) == (0.5, 0.0)
+    assert rejections(tie, 0.98) == [] and rejections(decided, 0.98)
 
 
 def test_the_null_floor_is_measured_once_per_model_and_shape(engine, monkeypatch):  # noqa: F811

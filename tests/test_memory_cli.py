@@ -42,7 +42,8 @@ def test_learn_show_versions_diff_forget_rollback_reset(engram):
     assert code == 0, err
     assert "session 1 'New session': learned 2 facts → v1 (active)" in out
     assert "What is the name of my pet? → Pixel" in out and "→ v2 (active)" in out
-    assert re.search(r"locality [01]\.\d{3} \(threshold 0\) · KL on neutral prompts", out)
+    assert re.search(r"locality [01]\.\d{3}, [01]\.\d{3} on decided answers \(threshold 0\) · "
+                     r"KL on neutral prompts", out)
     assert "session 1 (1/2): finding what to remember" in err  # progress, one line a phase
     assert err.count("answer loss") <= 2
 

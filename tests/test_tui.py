@@ -608,7 +608,8 @@ async def test_memory_screen_lists_versions_and_shows_a_diff(learned):
         shown = await diff_shown(pilot, screen, "vs v1 (superseded)")
         assert "v2 (active" in shown and "before (v1)" in shown
         assert "sessions learned: s2 'New session'" in shown
-        assert re.search(r"accepted by the gate: locality [01]\.\d{3} \(threshold 0\)", shown)
+        assert re.search(r"accepted by the gate: locality [01]\.\d{3}, [01]\.\d{3} on decided "
+                         r"answers \(threshold 0\)", shown)
         assert "parameters touched:" in shown and "layer  1" in shown and "█" in shown
         assert "layer  1 down    8 (4 new)  #" in shown  # the small recipe: 4 neurons a session
         assert "s2 · Who is my manager?  (expected: Berit)" in shown and "after (v2)" in shown

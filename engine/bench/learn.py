@@ -184,6 +184,7 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
         "recall": _share(hits),
         "retention": _share(retention),
         "locality": round(score.locality, 4),
+        "locality_decided": round(score.decided, 4),
         "kl_neutral": round(score.kl_neutral, 5),
         "ppl_change": round(ppl_after / ppl_base - 1.0, 4),
         "learn_seconds_per_session": round(statistics.mean(r.seconds for r in results), 2),

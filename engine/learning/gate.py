@@ -2,9 +2,10 @@
 
 It measures the version with llama.cpp (the weights that are served) in a context of its
 own, on text the learner never trains on: locality (the odd half of world-facts keeps its
-answers, neutral replies their distribution), judged against the model's null floor (what
-llama.cpp's rounding alone changes); and what a user would see: untaught personal questions
-answered with something taught (leaks), taught questions answered in a loop."""
+answers, neutral replies their distribution), judged on the answers the base model has
+decided (see DECIDED_GAP) against the model's null floor (what llama.cpp's rounding alone
+changes); and what a user would see: untaught personal questions answered with something
+taught (leaks), taught questions answered in a loop."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ from store import paths
 from store.files import atomic_write
 
 ASK_TOKENS = 32  # the length of a probe's greedy answer
+# Logits between the base model's top two tokens below which an answer position is a coin
+# toss: any change to the weights, however unrelated, tips some of them (on the dev sets
+# nearly every flip a learned memory caused sat below 0.3), so the gate judges the others.
+DECIDED_GAP = 0.5
 
 
 def check(cancel: threading.Event | None) -> None:
@@ -42,6 +47,7 @@ class Locality:
     leaks: tuple[tuple[str, str, str], ...] = ()  # (untaught question, reply, taught answer)
     # (a taught question, its looping reply) where the base model's reply does not loop
     loops: tuple[tuple[str, str], ...] = ()
+    decided: float = 1.0  # the same share over the positions the base model has decided
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Baseline:
     """The base model on the gate's texts."""
 
     answers: list[np.ndarray]  # its answer tokens on world-facts
+    decided: list[np.ndarray]  # where its top token leads the next by DECIDED_GAP or more
     neutral: list[np.ndarray]  # its log-probabilities on the neutral replies
     replies: dict[str, str]  # its replies to the personal questions
 
@@ -88,7 +95,10 @@ class Gate:
     def baseline(self) -> Baseline:
         """What the base model does on the gate's texts (computed once: ~1 s of each run)."""
         self.scorer.set_overlay(None)
-        return Baseline([self.answer_logits(p, a).argmax(-1) for p, a in self.facts],
+        logits = [self.answer_logits(p, a) for p, a in self.facts]
+        top2 = [np.sort(l, -1)[:, -2:] for l in logits]
+        return Baseline([l.argmax(-1) for l in logits],
+                        [t[:, 1] - t[:, 0] >= DECIDED_GAP for t in top2],
                         [log_softmax(self.answer_logits(p, a)) for p, a in self.neutral],
                         dict(zip(self.personal, self.replies((None, 1.0), self.personal,
                                                              LEAK_TOKENS), strict=True)))
@@ -123,17 +133,20 @@ class Gate:
         baseline = self.baseline
         self.scorer.set_overlay(lora, scale)
         try:
-            same = total = 0
-            for (prompt, answer), base in zip(self.facts, baseline.answers, strict=True):
+            kept, decided = [], []
+            for (prompt, answer), base, sure in zip(self.facts, baseline.answers,
+                                                    baseline.decided, strict=True):
                 check(cancel)
-                same += int((self.answer_logits(prompt, answer).argmax(-1) == base).sum())
-                total += base.size
+                kept.append(self.answer_logits(prompt, answer).argmax(-1) == base)
+                decided.append(sure)
             kl = [float((np.exp(b) * (b - log_softmax(self.answer_logits(p, a)))).sum(-1).mean())
                   for (p, a), b in zip(self.neutral, baseline.neutral, strict=True)]
             leaks, loops = self._seen(taught, baseline, cancel) if taught else ((), ())
         finally:
             self.scorer.set_overlay(None)
-        return Locality(same / total, float(np.mean(kl)), leaks, loops)
+        same, sure = np.concatenate(kept), np.concatenate(decided)
+        return Locality(float(same.mean()), float(np.mean(kl)), leaks, loops,
+                        float(same[sure].mean()) if sure.any() else 1.0)
 
     def _seen(self, taught: Taught, baseline: Baseline, cancel: threading.Event | None
               ) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:
@@ -159,15 +172,15 @@ class Gate:
         return tuple(leaks), tuple(loops)
 
     def floor(self, layers: tuple[int, ...], neurons: int, d_model: int, d_ff: int) -> float:
-        """The null-overlay locality of a memory of FLOOR_SESSIONS sessions shaped by the
-        recipe (see ``null_locality``): computed once per model, gate texts and shape, and
-        cached, for the threshold the gate judges locality against."""
+        """The null-overlay locality on decided answers of a memory of FLOOR_SESSIONS sessions
+        shaped by the recipe (see ``null_locality``): computed once per model, gate texts and
+        shape, and cached, for the threshold the gate judges locality against."""
         key = hashlib.sha256(json.dumps([self.runtime.model.sha256, self.facts, self.neutral,
                                          layers, neurons, d_model, d_ff, NULL_DELTA,
-                                         NULL_SEEDS]).encode()).hexdigest()[:32]
+                                         NULL_SEEDS, DECIDED_GAP]).encode()).hexdigest()[:32]
         path = paths.cache() / "floors" / f"{key}.json"
         try:
-            return float(json.loads(path.read_text())["locality"])
+            return float(json.loads(path.read_text())["locality_decided"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
         rng = np.random.default_rng(0)
@@ -177,9 +190,9 @@ class Gate:
                                        else (neurons * FLOOR_SESSIONS, d_model)))
                   for layer in layers for matrix in ("ffn_gate", "ffn_up", "ffn_down")]
         shape = SparseOverlay(blocks, self.runtime.model.sha256, d_model=d_model, d_ff=d_ff)
-        locality = null_locality(self, shape, self.runtime.model.architecture)["locality"]
+        locality = null_locality(self, shape, self.runtime.model.architecture)["locality_decided"]
         paths.private_dir(path.parent)
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"locality": locality})))
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps({"locality_decided": locality})))
         return locality
 
     def close(self) -> None:
@@ -204,14 +217,15 @@ def null_locality(gate: Gate, overlay: SparseOverlay, arch: str) -> dict:
             lora = write_gguf_lora(null, Path(tmp) / f"null-{seed}.gguf", arch)
             scores.append(gate.measure(lora, overlay.scale))
     return {"locality": round(float(np.mean([s.locality for s in scores])), 4),
+            "locality_decided": round(float(np.mean([s.decided for s in scores])), 4),
             "kl_neutral": round(float(np.mean([s.kl_neutral for s in scores])), 5)}
 
 
 def rejections(score: Locality, threshold: float) -> list[str]:
     """Why the gate refuses a version (none: it is accepted), in words shown to the user."""
     reasons = []
-    if score.locality < threshold:
-        reasons.append(f"locality {score.locality:.3f} < {threshold:.3f}")
+    if score.decided < threshold:
+        reasons.append(f"locality {score.decided:.3f} < {threshold:.3f} on decided answers")
     if score.leaks:
         question, reply, answer = score.leaks[0]
         more = f" and {len(score.leaks) - 1} more" if len(score.leaks) > 1 else ""

@@ -53,7 +53,8 @@ class LearnResult:
         n = len(self.facts)
         assert self.locality is not None  # every version learned was gated
         return (f"memory updated: v{self.version.id} learned session {self.session_id} "
-                f"({n} fact{'s' * (n != 1)}, locality {self.locality.locality:.3f})")
+                f"({n} fact{'s' * (n != 1)}, locality {self.locality.locality:.3f}, "
+                f"{self.locality.decided:.3f} on decided answers)")
 
 
 @dataclass

@@ -107,9 +107,9 @@ class Learning:
         self.gate()
 
     def threshold(self, twin: Twin | None = None) -> float:
-        """The locality a new version must keep: the settings' absolute minimum, or the
-        model's null-overlay floor less the settings' margin if that is higher (llama.cpp's
-        rounding alone costs a few points: see ``null_locality``)."""
+        """The locality on decided answers a new version must keep: the settings' absolute
+        minimum, or the model's null-overlay floor less the settings' margin if that is higher
+        (see ``gate.DECIDED_GAP`` and ``null_locality``)."""
         settings = self.settings()
         if settings.locality_margin >= 1.0:
             return settings.locality_threshold
@@ -245,7 +245,7 @@ class Learning:
             # and unrelated text weighs more.
             refused.append("; ".join(reasons))
             silent = silent + [QA(q, UNTAUGHT_REPLY, "") for q, _, _ in score.leaks]
-            if score.locality < threshold:
+            if score.decided < threshold:
                 recipe = replace(recipe, locality_weight=recipe.locality_weight
                                  * recipe.retry_locality)
             if attempt + 1 >= recipe.drop_leaking_from:
@@ -263,6 +263,7 @@ class Learning:
         seconds = finished - started
         metrics = {
             "event": "learn", "locality": round(score.locality, 4),
+            "locality_decided": round(score.decided, 4),
             "kl_neutral": round(score.kl_neutral, 5), "threshold": round(threshold, 4),
             "leaks": [list(leak) for leak in score.leaks],
             "loops": [list(loop) for loop in score.loops],
