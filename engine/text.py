@@ -129,9 +129,10 @@ def lemma(word: str, cls: str | None = None) -> str:
 
 def content_lemmas(text: str) -> set[str]:
     """Lemmas of the words that say what a text is about: not closed-class words, not
-    light verbs ("What is my brother called?" → {"brother"})."""
+    light verbs ("What is my brother called?" → {"brother"}); a possessive is its noun's
+    ("my cat's name" is about the cat)."""
     light = grammar()["light_verbs"]
-    sentence = words(expand_contractions(text))
+    sentence = [re.sub(r"['’]s?$", "", w) or w for w in words(expand_contractions(text))]
     out = set()
     for word, cls in zip(sentence, tags(sentence), strict=True):
         if cls in {"NOUN", "PROPN", "ADJ", "VERB", "NUM"}:

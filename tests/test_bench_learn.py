@@ -80,4 +80,8 @@ def test_untaught_questions_are_about_nothing_that_was_said():
     asked = ["What is my brother called?", "What is my cat called?", "What is my name?"]
     said = ["My cat Pixel hates snow.", "I drive a red van."]
     assert replies.untaught(asked, said) == ["What is my brother called?", "What is my name?"]
+    # a possessive is about its noun: the cat's name and the mum's birthday were mentioned
+    said = ["My cat's name is Pixel.", "It is my mum’s 70th birthday."]
+    assert replies.untaught(["What is my cat called?", "Who is my mum?", "What is my name?"],
+                            said) == []
     assert replies.mentions("She is 9.", "9") and not replies.mentions("In 1900.", "9")

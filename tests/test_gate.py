@@ -73,20 +73,25 @@ def test_a_version_that_leaks_is_rejected_with_the_reason_shown(engine, monkeypa
     assert shown.startswith("rejected by the gate: leaks:") and "locality 0.990" in shown
 
 
-def test_a_fact_that_keeps_leaking_is_set_aside_and_the_rest_is_learned(engine, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("fault", ["leak", "loop"])
+def test_a_fact_that_keeps_leaking_or_looping_is_set_aside_and_the_rest_is_learned(
+        engine, monkeypatch, fault):  # noqa: F811
     engine.save_settings(engine.settings.with_gate(0.0))
     engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
     leak = ("What is my rabbit called?", "Pixel.", "Pixel")
+    loop = ("What is my cat called?", "Pix Pix Pix Pix")
     tries = []
 
     def measure(self, lora, scale=1.0, cancel=None, taught=None):
         tries.append(lora)
-        return Locality(0.99, 0.001, (leak,) if len(tries) < 3 else ())
+        faulty = len(tries) < 3
+        return Locality(0.99, 0.001, (leak,) if faulty and fault == "leak" else (),
+                        (loop,) if faulty and fault == "loop" else ())
 
     monkeypatch.setattr(learning.Gate, "measure", measure)
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
     [result] = engine.learn_now(session_ids=[sid])
-    assert len(tries) == 3 and result.accepted  # negatives, then without what still leaked
+    assert len(tries) == 3 and result.accepted  # negatives, then without what still failed
     assert [qa.answer for qa in result.facts] == ["Oslo"]
     assert [qa.answer for qa in result.set_aside] == ["Pixel"]
     record = result.version.learned[sid]

@@ -514,6 +514,16 @@ def test_the_stop_leaves_out_only_each_fact_s_worst_phrasing_when_it_has_three_o
     assert learner.stop_rows(loss, rows, facts, spare=0).all()
 
 
+def test_the_stop_waits_for_every_fact_not_for_the_mean_of_all_answers():
+    # Fact A's six examples are learned; fact B's one is not: the mean is low, B is not.
+    facts = [("A",)] * 6 + [("B",)]
+    rows = torch.tensor([i for i in range(7) for _ in range(2)])
+    loss = torch.tensor([0.01] * 12 + [0.2, 0.1])
+    kept = learner.stop_rows(loss, rows, facts, spare=1)
+    assert loss[kept].mean() < 0.05
+    assert learner.worst_fact(loss, rows, facts, kept) == pytest.approx(0.15)
+
+
 def test_training_stops_on_a_plateau_but_not_on_a_slow_steady_fall():
     plateau = [1.0, 0.6, 0.4, 0.3] + [0.29 - 0.001 * i for i in range(12)]
     assert learner.stalled(plateau, window=10, gain=0.05)

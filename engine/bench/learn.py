@@ -226,7 +226,8 @@ def reply_text(runtime: Runtime, system: str, question: str, before: Sequence[Tu
 def _crosstalk(runtime: Runtime, system: str, cases: list[dict], details: TextIO,
                tag: str) -> float:
     """Share of personal questions about nothing the sessions mentioned whose (greedy) reply
-    gives something the user taught (a probe's answer)."""
+    gives something the user taught (a probe's answer) that the question itself does not say
+    ("Who is my mum?" → "My mum is …" only echoes it)."""
     questions = [line.strip() for line in paths.eval_data("untaught-questions.txt").read_text(
         encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
     untaught = replies.untaught(questions, [t for c in cases for t in c["turns"]])
@@ -234,7 +235,8 @@ def _crosstalk(runtime: Runtime, system: str, cases: list[dict], details: TextIO
     leaks = []
     for question in untaught:
         answer, _ = reply_text(runtime, system, question)
-        leaked = sorted(a for a in taught if replies.mentions(answer, a))
+        leaked = sorted(a for a in taught
+                        if replies.mentions(answer, a) and not replies.mentions(question, a))
         leaks.append(bool(leaked))
         print(f"{tag}{'untaught':<12} {'-':<8} {'✗ ' + ', '.join(leaked) if leaked else '✓'} "
               f"{question!r}: {answer!r}", file=details, flush=True)

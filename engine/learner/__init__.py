@@ -11,7 +11,7 @@ from engine.learner.anchors import Anchors, anchors_for
 from engine.learner.edit import NeuronEdit
 from engine.learner.keys import keyed_facts
 from engine.learner.recipe import Recipe
-from engine.learner.train import Example, Progress, learn, stalled, stop_rows
+from engine.learner.train import Example, Progress, learn, stalled, stop_rows, worst_fact
 
 __all__ = ["Anchors", "Example", "NeuronEdit", "Progress", "Recipe", "anchors_for", "keyed_facts",
-           "learn", "stalled", "stop_rows"]
+           "learn", "stalled", "stop_rows", "worst_fact"]

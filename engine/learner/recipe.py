@@ -33,12 +33,12 @@ class Recipe:
     vocab_random: int = 1024  # answer position, the answers, and a fixed random sample
     phrasings: int = 6  # at most, per fact, the most varied (derive.varied): cost grows with them
     # when to stop
-    stop_loss: float = 0.05  # answers learned: stop early (see stop_rows)
+    stop_loss: float = 0.05  # every fact's answers learned: stop early (worst_fact, stop_rows)
     spare: int = 1  # phrasings per fact (of 3 or more) that the stop may leave unlearned
-    plateau: int = 10  # steps: stop when the answers' loss fell less than plateau_gain over them
+    plateau: int = 20  # steps: stop when the answers' loss fell less than plateau_gain over them
     plateau_gain: float = 0.05
     # when the gate refuses a session's edit
     retries: int = 2  # trained again, its leaks as negatives, locality weighing more …
     retry_locality: float = 4.0  # … by this factor if locality fell below the threshold;
-    drop_leaking_from: int = 2  # from this try on, the facts whose answer leaked are left out
+    drop_leaking_from: int = 2  # from this try on, facts whose answer leaked or looped are left out
     batch: int = 16  # sequences per forward pass outside training

@@ -249,8 +249,11 @@ class Learning:
                 recipe = replace(recipe, locality_weight=recipe.locality_weight
                                  * recipe.retry_locality)
             if attempt + 1 >= recipe.drop_leaking_from:
-                # What still leaks after that is left out: the rest of the session is learned.
+                # What still leaks or loops after that is left out: the rest of the session is
+                # learned.
                 dropped |= {answer.lower() for _, _, answer in score.leaks}
+                dropped |= {answer.lower() for answer, question in first_asked.items()
+                            if question in {q for q, _ in score.loops}}
                 taught = [qa for qa in taught if qa.answer.lower() not in dropped]
                 if not taught:
                     break
