@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engine.bench.reliability import chat_works, concurrent_trial, crash_trial
+from engine.bench.aftermath import chat_works
+from engine.bench.reliability import concurrent_trial, crash_trial
 from engine.engine import Engine
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from engine import overlay as overlay_files
+from engine.bench.aftermath import (
+    REPOSITORY,
+    chat_works,
+    check_home,
+    engram_command,
+    versions_on_record,
+)
 from engine.errors import EngramError
 from engine.overlay import NeuronBlock, SparseOverlay
 from store import paths
@@ -41,20 +46,15 @@ KILL_WINDOW_S = 4.0  # the kill falls this long at most after the first reply be
 START_TIMEOUT_S = 300
 
 
-def engram_command(home: Path, model: str | None, *args: str) -> list[str]:
-    return [sys.executable, "-m", "app.cli", "--home", str(home),
-            *(["--model", str(model)] if model else []), *args]
-
-
 def crash_trial(home: Path, model: str | None, seed: int,
                 window: float = KILL_WINDOW_S) -> dict:
     """One chat killed at a seeded moment; what a fresh reader finds afterwards."""
     rng = random.Random(seed)
     texts = [f"trial {seed} message {i}" for i in range(MESSAGES_PER_TRIAL)]
-    versions = _versions(home)
+    versions = versions_on_record(home)
     proc = subprocess.Popen(engram_command(home, model, "chat", "--plain"),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+                            stderr=subprocess.PIPE, cwd=REPOSITORY)
     stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
     assert stdin is not None and stdout is not None and stderr is not None  # all PIPE
     acknowledged: list[bytes] = []
@@ -85,47 +85,6 @@ def crash_trial(home: Path, model: str | None, seed: int,
             and not found["lost_versions"]}
 
 
-def check_home(home: Path, acknowledged: list[str], versions: dict[str, str]) -> dict:
-    """What a fresh reader finds: integrity, foreign keys, acknowledged messages present,
-    every version seen before still loadable (by its manifest's checksums)."""
-    if not paths.database(home).exists():
-        return {"integrity": True, "lost_messages": len(acknowledged), "lost_versions": 0}
-    conn = sqlite3.connect(paths.database(home))
-    try:
-        ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        ok = ok and not conn.execute("PRAGMA foreign_key_check").fetchall()
-        stored = {row[0] for row in
-                  conn.execute("SELECT content FROM messages WHERE role = 'user'")}
-    finally:
-        conn.close()
-    lost_versions = 0
-    for path, base in versions.items():
-        try:
-            overlay_files.load(home / path, base)
-        except EngramError:
-            lost_versions += 1
-    return {"integrity": ok, "lost_messages": sum(t not in stored for t in acknowledged),
-            "lost_versions": lost_versions}
-
-
-def _versions(home: Path) -> dict[str, str]:
-    """The overlay versions on record (relative path → base model hash)."""
-    if not paths.database(home).exists():
-        return {}
-    conn = sqlite3.connect(paths.database(home))
-    try:
-        return dict(conn.execute("SELECT path, base_sha256 FROM overlay_versions"))
-    finally:
-        conn.close()
-
-
-def chat_works(home: Path, model: str | None) -> bool:
-    out = subprocess.run(engram_command(home, model, "chat", "--plain"), input=b"after\n",
-                         capture_output=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[2])
-    return out.returncode == 0 and b"tok/s" in out.stderr
-
-
 # -- concurrency -------------------------------------------------------------------------
 
 
@@ -137,11 +96,11 @@ def concurrent_trial(home: Path, model: str | None, seed: int, processes: int = 
              for p in range(processes)]
     procs = [subprocess.Popen(engram_command(home, model, "chat", "--plain"),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+                              stderr=subprocess.PIPE, cwd=REPOSITORY)
              for _ in range(processes)]
     ended = [p.communicate("".join(t + "\n" for t in mine).encode(), timeout=START_TIMEOUT_S)
              for p, mine in zip(procs, texts, strict=True)]
-    found = check_home(home, [t for mine in texts for t in mine], _versions(home))
+    found = check_home(home, [t for mine in texts for t in mine], versions_on_record(home))
     errors = [err.decode(errors="replace").strip().splitlines()[-1:] for _, err in ended]
     clean = all(p.returncode == 0 for p in procs)
     return {"seed": seed, "processes": processes, "messages": processes * messages,
