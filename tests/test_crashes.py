@@ -4,9 +4,13 @@ the next chat works."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 
-from engine.bench.aftermath import chat_works
+from engine.bench.aftermath import REPOSITORY, chat_works
+from engine.bench.memory_kills import learned_home, profile_state
 from engine.bench.reliability import concurrent_trial, crash_trial
 from engine.engine import Engine
 
@@ -35,3 +39,20 @@ def test_two_chats_at_once_on_one_profile_keep_every_message(tmp_path, tiny_mode
     engine.close()
     assert sorted(stored) == sorted(f"concurrent 0 chat {p} message {i}"
                                     for p in range(2) for i in range(4))
+
+
+def test_import_killed_before_its_version_is_recorded_adds_no_sessions(tmp_path, tiny_model):
+    """The one moment import's two steps used to split: its sessions stored, its version not
+    yet (the process dies as the version is recorded). Now both are one transaction."""
+    prepared, archive = tmp_path / "prepared", tmp_path / "archive.zip"
+    learned_home(prepared, archive, str(tiny_model))
+    before = profile_state(prepared)
+    dies_on_record = ("import os, signal, sys; from engine.memory import OverlayMemory; "
+                      "OverlayMemory._record = lambda *a: os.kill(os.getpid(), signal.SIGKILL); "
+                      "from app.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", dies_on_record, "--home", str(prepared),
+                          "--model", str(tiny_model), "memory", "import", str(archive)],
+                         capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert profile_state(prepared) == before
+    assert chat_works(prepared, str(tiny_model))
