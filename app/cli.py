@@ -134,13 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(parity, top=False)
     parity.add_argument("--json", action="store_true")
 
-    reliability = bench_sub.add_parser("reliability", help="kill a streaming chat at seeded "
-                                       "moments and damage files: is anything lost, is every "
-                                       "damaged file refused cleanly?")
+    reliability = bench_sub.add_parser("reliability", help="kill a streaming chat and the "
+                                       "memory commands at seeded moments and damage files: is "
+                                       "anything lost, is every damaged file refused cleanly?")
     _common(reliability, top=False)
     reliability.add_argument("--json", action="store_true")
     reliability.add_argument("--kills", type=int, default=50, metavar="N",
-                             help="kill points (default 50)")
+                             help="kill points per operation (default 50)")
+    reliability.add_argument("--operations", metavar="OP,OP…",
+                             help="the operations killed, comma-separated: chat (a streaming "
+                                  "reply), rollback, forget, reset, export, import (engram "
+                                  "memory …); default: all")
     reliability.add_argument("--fuzz", type=int, default=200, metavar="N",
                              help="damaged-file cases, half database, half overlay (default 200)")
     reliability.add_argument("--concurrent", type=int, default=5, metavar="N",
@@ -311,7 +315,8 @@ def _dispatch(args) -> int:
     if args.command == "bench" and args.bench == "reliability":
         from engine.bench import reliability
 
-        result = reliability.run(args.model, args.kills, args.fuzz, args.seed, args.concurrent)
+        result = reliability.run(args.model, args.kills, args.fuzz, args.seed, args.concurrent,
+                                 args.operations and args.operations.split(","))
         print(json.dumps(result) if args.json else reliability.report(result))
         return 0 if not result["failures"] and result["chat_after_kills"] else 1
     if args.command == "bench" and args.bench == "parity":

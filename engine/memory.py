@@ -116,6 +116,24 @@ class OverlayMemory:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
 
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """One store transaction around a commit and the store changes it depends on (an
+        import's sessions, which its blocks name): all are stored or none, even if the process
+        dies; after a failure the model runs the version stored as active again."""
+        with self._lock:
+            previous = self.applied
+            try:
+                with self.store.transaction():
+                    yield
+            except BaseException:
+                committed = self.applied
+                if committed is not None and committed is not previous:  # not stored after all
+                    shutil.rmtree(self.home / committed.path, ignore_errors=True)
+                    self._apply(self.home / previous.path if previous else None)
+                    self.applied = previous
+                raise
+
     def record_rejected(self, overlay: SparseOverlay, reason: str, metrics: dict | None = None,
                         sessions: list[int] | None = None) -> OverlayVersion:
         """Keep an overlay the locality gate refused, with the reason; it is never activated."""

@@ -16,9 +16,9 @@ Import trusts nothing in the file: the zip structure, member names and sizes (de
 read), the JSON schemas, every checksum, the base model and the overlay's own checks all pass
 before anything is written. The sessions are then added as new sessions and the overlay is
 committed as a new active version whose parent is the version active before (a rollback goes
-back). Sessions are stored first and removed again if the commit fails, so a refusal or an
-error leaves the store, the files and the running model as they were; only a crash between
-the two steps can leave the imported sessions without their version (then they are pending).
+back). The sessions and the version are stored in one transaction, so a refusal, an error or
+a crash (even kill -9) leaves the store and the running model as they were, or the import
+whole: never the sessions without their version.
 """
 
 from __future__ import annotations
@@ -417,9 +417,9 @@ def apply(archive: Archive, store: Store, profile: Profile,
     as the new active version. Every imported session is recorded as decided by it: those in
     the overlay as learned (with their facts), the others as dropped, so none is learned
     again unless it gets new messages."""
-    new_ids = store.add_sessions(profile.id, archive.sessions)
-    ids = {s["id"]: new for s, new in zip(archive.sessions, new_ids, strict=True)}
-    try:
+    with memory.together():
+        new_ids = store.add_sessions(profile.id, archive.sessions)
+        ids = {s["id"]: new for s, new in zip(archive.sessions, new_ids, strict=True)}
         newest = store.last_user_message_ids(profile.id)
         owned = set(archive.overlay.sessions)
         learned, dropped = {}, {}
@@ -440,7 +440,3 @@ def apply(archive: Archive, store: Store, profile: Profile,
             "exported_at": index["exported_at"],
             "sessions": {str(old): new for old, new in ids.items()}}}
         return memory.commit(overlay, metrics)
-    except BaseException:
-        for new in new_ids:
-            store.delete_session(new)
-        raise

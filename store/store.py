@@ -9,7 +9,8 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -269,6 +270,13 @@ class Store:
         """SQLite's own check of every page and index: "ok", or what is damaged."""
         with self._lock:
             return "; ".join(row[0] for row in self.db.execute("PRAGMA integrity_check"))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Changes made inside are stored together or not at all (the accessors' own
+        transactions nest in it); other threads wait until it ends."""
+        with self._lock, self.db.atomic():
+            yield
 
     def close(self) -> None:
         with self._lock:

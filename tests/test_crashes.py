@@ -1,13 +1,22 @@
-"""kill -9 during a streamed reply, at seeded moments, and two chats at once on one profile, on
-real processes and the tiny model: nothing acknowledged is lost, the database stays whole, and
-the next chat works."""
+"""kill -9 during a streamed reply and during the memory commands, at seeded moments, and two
+chats at once on one profile, on real processes and the tiny model: nothing acknowledged is
+lost, the database stays whole, and the next chat works."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 
-from engine.bench.reliability import chat_works, concurrent_trial, crash_trial
+import pytest
+
+from engine.bench import memory_kills, reliability
+from engine.bench.aftermath import REPOSITORY, chat_works
+from engine.bench.memory_kills import learned_home, profile_state
+from engine.bench.reliability import concurrent_trial, crash_trial
 from engine.engine import Engine
+from engine.errors import EngramError
 
 
 def test_killed_while_streaming_loses_nothing_acknowledged(tmp_path, tiny_model):
@@ -34,3 +43,38 @@ def test_two_chats_at_once_on_one_profile_keep_every_message(tmp_path, tiny_mode
     engine.close()
     assert sorted(stored) == sorted(f"concurrent 0 chat {p} message {i}"
                                     for p in range(2) for i in range(4))
+
+
+def test_import_killed_before_its_version_is_recorded_adds_no_sessions(tmp_path, tiny_model):
+    """The one moment import's two steps used to split: its sessions stored, its version not
+    yet (the process dies as the version is recorded). Now both are one transaction."""
+    prepared, archive = tmp_path / "prepared", tmp_path / "archive.zip"
+    learned_home(prepared, archive, str(tiny_model))
+    before = profile_state(prepared)
+    dies_on_record = ("import os, signal, sys; from engine.memory import OverlayMemory; "
+                      "OverlayMemory._record = lambda *a: os.kill(os.getpid(), signal.SIGKILL); "
+                      "from app.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", dies_on_record, "--home", str(prepared),
+                          "--model", str(tiny_model), "memory", "import", str(archive)],
+                         capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert profile_state(prepared) == before
+    assert chat_works(prepared, str(tiny_model))
+
+
+def test_memory_commands_killed_lose_nothing(tiny_model):
+    trials = memory_kills.run(str(tiny_model), list(memory_kills.OPERATIONS), kills=2, seed=0)
+    assert [t for t in trials if not t["survived"]] == []
+    assert sorted({t["operation"] for t in trials}) == sorted(memory_kills.OPERATIONS)
+    assert sum(t["killed"] for t in trials) >= len(trials) // 2, trials  # most die mid-run
+
+
+def test_the_bench_counts_each_operation_and_refuses_unknown_ones(tiny_model):
+    result = reliability.run(str(tiny_model), kills=1, fuzz=2, concurrent=0,
+                             operations=["chat", "reset"])
+    assert result["crash_by_operation"].keys() == {"chat", "reset"}
+    assert all(c["trials"] == 1 for c in result["crash_by_operation"].values()), result
+    assert result["crash_trials"] == 2 and result["crash_survived"] == 2, result
+    assert result["chat_after_kills"] and not result["failures"], result
+    with pytest.raises(EngramError, match="unknown operation 'rolback': choose from chat, "):
+        reliability.run(str(tiny_model), operations=["rolback"])

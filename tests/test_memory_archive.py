@@ -27,6 +27,7 @@ from engine.memory_archive import INDEX, ArchiveRefused
 from engine.model_file import sha256_of
 from engine.overlay import NeuronBlock, SparseOverlay
 from engine.runtime import Sampling
+from store.store import StoreError
 from tests.tiny_gguf import N_EMBD, N_FF, N_LAYER, vocab, write_tiny_gemma3
 
 PROMPTS = ("the cat was", "User: what is your name?\nAssistant:", "Hello my name is")
@@ -203,6 +204,23 @@ def test_a_failed_commit_removes_the_imported_sessions(archive, target, monkeypa
     with pytest.raises(EngramError, match="refused the adapter"):
         target.import_memory(archive)
     assert state(target) == before
+
+
+def test_an_import_not_stored_in_the_end_leaves_no_trace(archive, target, monkeypatch):
+    """The transaction failing once the version is committed (the disk full at COMMIT): no
+    session, no files, and the model runs the version active before."""
+    before, replies = state(target), greedy(target)
+    commit = target.memory.commit
+
+    def committed_then_failed(*args, **kwargs):
+        commit(*args, **kwargs)
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(target.memory, "commit", committed_then_failed)
+    with pytest.raises(StoreError, match="disk is full"):
+        target.import_memory(archive)
+    assert state(target) == before
+    assert greedy(target) == replies
 
 
 # -- adapters for other runtimes -----------------------------------------------------------

@@ -3,12 +3,18 @@
 Concurrency trials: two ``engram chat --plain`` on one profile at once, each sending its own
 messages; all must be stored and both processes end cleanly.
 
-Crash trials: a real ``engram chat --plain`` on a fresh-enough home is sent a few messages and
-killed with SIGKILL at a random moment while it streams. A user message counts as
-acknowledged once its reply's stats line came back (the message was committed before the
-reply began). After each kill a fresh reader checks ``PRAGMA integrity_check``, the foreign
-keys, every acknowledged message and every overlay version; after the last, a new chat must
-work. Fuzz cases: copies of the database and of an overlay's safetensors, truncated or
+Crash trials, ``kills`` per operation (``--kills N`` counts kill points per operation): each
+operation is killed with SIGKILL at seeded moments. ``chat``: a real ``engram chat --plain`` on
+a fresh-enough home is sent a few messages and killed at a random moment while it streams. A
+user message counts as acknowledged once its reply's stats line came back (the message was
+committed before the reply began). After each kill a fresh reader checks ``PRAGMA
+integrity_check``, the foreign keys, every acknowledged message and every overlay version;
+after the last, a new chat must work. ``rollback``, ``forget``, ``reset``, ``export``,
+``import``: ``engram memory …`` on copies of a home with learned versions, checked the same
+way and more (``memory_kills``). Results are also counted per operation
+(``crash_by_operation``: trials, survived, the seeds of the failures).
+
+Fuzz cases: copies of the database and of an overlay's safetensors, truncated or
 bit-flipped, must be refused with an Engram error or read back identically, never raise
 anything else. A damaged database read back with different rows (a flip inside row data that
 no check saw) is "accepted with silent change": counted apart (``fuzz_silent_changes``) and
@@ -20,9 +26,7 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from engine import overlay as overlay_files
+from engine.bench import memory_kills
+from engine.bench.aftermath import (
+    REPOSITORY,
+    chat_works,
+    check_home,
+    engram_command,
+    versions_on_record,
+)
 from engine.errors import EngramError
 from engine.overlay import NeuronBlock, SparseOverlay
 from store import paths
@@ -39,11 +51,7 @@ from store.store import Store, StoreError
 MESSAGES_PER_TRIAL = 3
 KILL_WINDOW_S = 4.0  # the kill falls this long at most after the first reply began streaming
 START_TIMEOUT_S = 300
-
-
-def engram_command(home: Path, model: str | None, *args: str) -> list[str]:
-    return [sys.executable, "-m", "app.cli", "--home", str(home),
-            *(["--model", str(model)] if model else []), *args]
+OPERATIONS = ("chat", *memory_kills.OPERATIONS)
 
 
 def crash_trial(home: Path, model: str | None, seed: int,
@@ -51,10 +59,10 @@ def crash_trial(home: Path, model: str | None, seed: int,
     """One chat killed at a seeded moment; what a fresh reader finds afterwards."""
     rng = random.Random(seed)
     texts = [f"trial {seed} message {i}" for i in range(MESSAGES_PER_TRIAL)]
-    versions = _versions(home)
+    versions = versions_on_record(home)
     proc = subprocess.Popen(engram_command(home, model, "chat", "--plain"),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+                            stderr=subprocess.PIPE, cwd=REPOSITORY)
     stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
     assert stdin is not None and stdout is not None and stderr is not None  # all PIPE
     acknowledged: list[bytes] = []
@@ -80,50 +88,10 @@ def crash_trial(home: Path, model: str | None, seed: int,
     for reader in readers:
         reader.join(timeout=5)
     found = check_home(home, texts[:seen], versions)
-    return {"seed": seed, "acknowledged": seen, **found,
+    return {"operation": "chat", "seed": seed, "killed": proc.returncode == -signal.SIGKILL,
+            "acknowledged": seen, **found,
             "survived": found["integrity"] and not found["lost_messages"]
             and not found["lost_versions"]}
-
-
-def check_home(home: Path, acknowledged: list[str], versions: dict[str, str]) -> dict:
-    """What a fresh reader finds: integrity, foreign keys, acknowledged messages present,
-    every version seen before still loadable (by its manifest's checksums)."""
-    if not paths.database(home).exists():
-        return {"integrity": True, "lost_messages": len(acknowledged), "lost_versions": 0}
-    conn = sqlite3.connect(paths.database(home))
-    try:
-        ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        ok = ok and not conn.execute("PRAGMA foreign_key_check").fetchall()
-        stored = {row[0] for row in
-                  conn.execute("SELECT content FROM messages WHERE role = 'user'")}
-    finally:
-        conn.close()
-    lost_versions = 0
-    for path, base in versions.items():
-        try:
-            overlay_files.load(home / path, base)
-        except EngramError:
-            lost_versions += 1
-    return {"integrity": ok, "lost_messages": sum(t not in stored for t in acknowledged),
-            "lost_versions": lost_versions}
-
-
-def _versions(home: Path) -> dict[str, str]:
-    """The overlay versions on record (relative path → base model hash)."""
-    if not paths.database(home).exists():
-        return {}
-    conn = sqlite3.connect(paths.database(home))
-    try:
-        return dict(conn.execute("SELECT path, base_sha256 FROM overlay_versions"))
-    finally:
-        conn.close()
-
-
-def chat_works(home: Path, model: str | None) -> bool:
-    out = subprocess.run(engram_command(home, model, "chat", "--plain"), input=b"after\n",
-                         capture_output=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[2])
-    return out.returncode == 0 and b"tok/s" in out.stderr
 
 
 # -- concurrency -------------------------------------------------------------------------
@@ -137,11 +105,11 @@ def concurrent_trial(home: Path, model: str | None, seed: int, processes: int = 
              for p in range(processes)]
     procs = [subprocess.Popen(engram_command(home, model, "chat", "--plain"),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+                              stderr=subprocess.PIPE, cwd=REPOSITORY)
              for _ in range(processes)]
     ended = [p.communicate("".join(t + "\n" for t in mine).encode(), timeout=START_TIMEOUT_S)
              for p, mine in zip(procs, texts, strict=True)]
-    found = check_home(home, [t for mine in texts for t in mine], _versions(home))
+    found = check_home(home, [t for mine in texts for t in mine], versions_on_record(home))
     errors = [err.decode(errors="replace").strip().splitlines()[-1:] for _, err in ended]
     clean = all(p.returncode == 0 for p in procs)
     return {"seed": seed, "processes": processes, "messages": processes * messages,
@@ -234,16 +202,22 @@ def fuzz_overlay(directory: Path, base: str, rng: random.Random, scratch: Path) 
 
 
 def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0,
-        concurrent: int = 5) -> dict:
+        concurrent: int = 5, operations: list[str] | None = None) -> dict:
+    """``kills`` crash trials of each of ``operations`` (default: all of ``OPERATIONS``)."""
+    operations = operations or list(OPERATIONS)
+    if unknown := [op for op in operations if op not in OPERATIONS]:
+        raise EngramError(f"unknown operation {unknown[0]!r}: choose from {', '.join(OPERATIONS)}")
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="engram-reliability-") as tmp_name:
         tmp = Path(tmp_name)
         home = tmp / "home"
         before = chat_works(home, model)  # a home with a session, as a user's would be
-        trials = [crash_trial(home, model, rng.randrange(2**31)) for _ in range(kills)]
+        trials = [crash_trial(home, model, rng.randrange(2**31))
+                  for _ in range(kills if "chat" in operations else 0)]
         together = [concurrent_trial(home, model, rng.randrange(2**31))
                     for _ in range(concurrent)]
         after = chat_works(home, model)
+        trials += memory_kills.run(model, [op for op in operations if op != "chat"], kills, seed)
         overlay_dir = tmp / "v1"
         base = sample_overlay(overlay_dir, seed)
         scratch = paths.private_dir(tmp / "scratch")
@@ -260,8 +234,15 @@ def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0,
     return {
         "crash_trials": len(trials),
         "crash_survived": sum(t["survived"] for t in trials),
+        "crash_by_operation": {op: {
+            "trials": sum(t["operation"] == op for t in trials),
+            "survived": sum(t["operation"] == op and t["survived"] for t in trials),
+            "interrupted": sum(t["operation"] == op and t["killed"] for t in trials),
+            "failures": [t["seed"] for t in trials if t["operation"] == op and not t["survived"]],
+        } for op in operations},
         "acknowledged_messages": sum(t["acknowledged"] for t in trials),
-        "chat_after_kills": before and after,
+        "chat_after_kills": before and after and all(
+            t["chat_works"] for t in trials if t["operation"] != "chat"),
         "fuzz_cases": len(cases),
         "fuzz_refused_cleanly": len(clean),
         "fuzz_silent_changes": len(silent),
@@ -280,6 +261,9 @@ def report(result: dict) -> str:
         f"({result['acknowledged_messages']} acknowledged messages, {result['lost_messages']} "
         f"lost, {result['lost_versions']} versions lost); a chat afterwards "
         f"{'works' if result['chat_after_kills'] else 'FAILS'}",
+        *(f"  {op}: {counts['survived']}/{counts['trials']} survived "
+          f"({counts['interrupted']} killed before it ended)"
+          for op, counts in result["crash_by_operation"].items()),
         f"concurrency: {result['concurrent_survived']}/{result['concurrent_trials']} runs of two "
         "chats at once on one profile kept every message and ended cleanly",
         f"fuzz: {result['fuzz_refused_cleanly']}/{result['fuzz_cases']} damaged files refused "
