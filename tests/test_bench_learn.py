@@ -25,7 +25,8 @@ KEYS = {"recall", "retention", "locality", "kl_neutral", "ppl_change",
         "learn_seconds_per_session", "overlay_bytes", "trainable_params", "tokens_per_s_ratio",
         "null_overlay", "baselines", "recall_sampled", "degenerate", "crosstalk",
         "derived_candidates", "derived_pairs", "derived_checked", "probe_overlap",
-        "recall_trained_phrasing", "recall_paraphrase", "sessions", "rejected"}
+        "recall_trained_phrasing", "recall_paraphrase", "sessions", "rejected",
+        "locality_decided"}
 
 
 def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_model, tmp_path,  # noqa: F811
@@ -50,6 +51,8 @@ def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_m
     assert 0.0 <= result["crosstalk"] <= 1.0 and 0.0 <= result["degenerate"] <= 1.0
     assert set(result["baselines"]) == {"base", "in_context"}
     assert result["trainable_params"] > 0 and result["overlay_bytes"] > 0
+    assert 0.0 <= result["locality_decided"] <= 1.0
+    assert set(result["null_overlay"]) == {"locality", "locality_decided", "kl_neutral"}
 
     lines = details.read_text().splitlines()
     phases = [line.split()[0].split(":")[1] for line in lines]

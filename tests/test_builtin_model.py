@@ -39,6 +39,7 @@ def test_multi_turn_plain_chat_is_saved(builtin_model, engine_home):
     assert session["message_count"] == 4
 
 
+@pytest.mark.timeout(1200)  # a fresh machine first builds the twin and anchors (~4 min)
 def test_a_fact_taught_in_one_session_is_known_in_a_fresh_one(builtin_model, engine_home):
     """The product's promise, through the real commands: teach, learn (weights change), quit,
     and a new session with an empty context answers — no transcript in its prompt."""
