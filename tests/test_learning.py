@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -602,3 +603,11 @@ def test_a_reply_during_a_learning_job_uses_the_active_memory_and_is_labelled_so
         release.set()
         job.join(60)
     assert not job.is_alive() and engine.memory.applied.id != active.id
+
+
+def test_a_model_shallower_than_the_recipe_is_refused_in_one_line(engine):  # noqa: F811
+    engine.learning._recipe = replace(engine.learning.recipe, layers=(14, 15, 16, 17))
+    sid = said(engine, "What is my cat called?|Pixel")
+    with pytest.raises(EngramError, match=r"layers 14–17, and this model has \d+"):
+        engine.learn_now(session_ids=[sid])
+    assert engine.memory.applied is None

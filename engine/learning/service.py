@@ -166,6 +166,10 @@ class Learning:
             return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
                                time.perf_counter() - started)
         twin = twin_for(self.runtime, scaled(progress, 0.02, 0.05))
+        if max(self.recipe.layers) >= twin.n_layer:
+            raise EngramError(f"learning edits layers {min(self.recipe.layers)}–"
+                              f"{max(self.recipe.layers)}, and this model has {twin.n_layer}: "
+                              "chat works, learning needs a deeper model")
         deriving = Phase(progress, "deriving", 0.05, 0.08)
         deriving(0.0, "deriving questions and checking them")
         # The model's part of the derivation reads with the twin on the base weights (no
