@@ -96,7 +96,7 @@ class Gate:
         """What the base model does on the gate's texts (computed once: ~1 s of each run)."""
         self.scorer.set_overlay(None)
         logits = [self.answer_logits(p, a) for p, a in self.facts]
-        top2 = [np.sort(l, -1)[:, -2:] for l in logits]
+        top2 = [np.partition(l, -2, -1)[:, -2:] for l in logits]
         return Baseline([l.argmax(-1) for l in logits],
                         [t[:, 1] - t[:, 0] >= DECIDED_GAP for t in top2],
                         [log_softmax(self.answer_logits(p, a)) for p, a in self.neutral],
@@ -133,18 +133,16 @@ class Gate:
         baseline = self.baseline
         self.scorer.set_overlay(lora, scale)
         try:
-            kept, decided = [], []
-            for (prompt, answer), base, sure in zip(self.facts, baseline.answers,
-                                                    baseline.decided, strict=True):
+            kept = []
+            for (prompt, answer), base in zip(self.facts, baseline.answers, strict=True):
                 check(cancel)
                 kept.append(self.answer_logits(prompt, answer).argmax(-1) == base)
-                decided.append(sure)
             kl = [float((np.exp(b) * (b - log_softmax(self.answer_logits(p, a)))).sum(-1).mean())
                   for (p, a), b in zip(self.neutral, baseline.neutral, strict=True)]
             leaks, loops = self._seen(taught, baseline, cancel) if taught else ((), ())
         finally:
             self.scorer.set_overlay(None)
-        same, sure = np.concatenate(kept), np.concatenate(decided)
+        same, sure = np.concatenate(kept), np.concatenate(baseline.decided)
         return Locality(float(same.mean()), float(np.mean(kl)), leaks, loops,
                         float(same[sure].mean()) if sure.any() else 1.0)
 
