@@ -45,9 +45,12 @@ def what(version: OverlayVersion) -> str:
 
 def locality(version: OverlayVersion) -> str:
     score = version.metrics.get("locality")
-    decided = version.metrics.get("locality_decided")
-    return ("" if score is None else f"locality {score:.3f}"
-            + ("" if decided is None else f", {decided:.3f} on decided answers"))
+    return "" if score is None else locality_words(score, version.metrics.get("locality_decided"))
+
+
+def locality_words(score: float, decided: float | None) -> str:
+    return f"locality {score:.3f}" + ("" if decided is None else
+                                      f", {decided:.3f} on decided answers")
 
 
 def gate(version: OverlayVersion) -> str:
@@ -73,7 +76,7 @@ def describe(engine: Engine, result: LearnResult) -> str:
     lines += [f"  {qa.question} → {qa.answer}  (set aside: it leaked into other questions "
               "or looped)" for qa in result.set_aside]
     score = result.locality
-    measured = (f"  locality {score.locality:.3f}, {score.decided:.3f} on decided answers "
+    measured = (f"  {locality_words(score.locality, score.decided)} "
                 f"(threshold {result.threshold:g}) · KL on neutral prompts "
                 f"{score.kl_neutral:.4f} · {result.seconds:.1f} s")
     if result.accepted:

@@ -256,8 +256,9 @@ class Learning:
                 # What still leaks or loops after that is left out: the rest of the session is
                 # learned.
                 dropped |= {answer.lower() for _, _, answer in score.leaks}
+                looping = {question for question, _ in score.loops}
                 dropped |= {answer.lower() for answer, question in first_asked.items()
-                            if question in {q for q, _ in score.loops}}
+                            if question in looping}
                 taught = [qa for qa in taught if qa.answer.lower() not in dropped]
                 if not taught:
                     break
