@@ -38,6 +38,7 @@ from engine.learning.texts import (
     dialogue,
     end_of_turn,
     personal_questions,
+    token_positions,
 )
 from engine.memory import OverlayMemory
 from engine.overlay import SparseOverlay, write_gguf_lora
@@ -210,8 +211,14 @@ class Learning:
         end = end_of_turn(self.runtime)
 
         def examples_of(pairs: list[QA]) -> list[learner.Example]:
-            return [learner.Example(*dialogue(self.runtime, settings.system_prompt, qa.question,
-                                              f" {qa.answer}."), end) for qa in pairs]
+            examples = []
+            for qa in pairs:
+                prompt, answer = dialogue(self.runtime, settings.system_prompt, qa.question,
+                                          f" {qa.answer}.")
+                about = token_positions(self.runtime, prompt, qa.question, text.about_spans(
+                    qa.question, qa.statement, qa.answer))
+                examples.append(learner.Example(prompt, answer, end, about))
+            return examples
 
         first_asked: dict[str, str] = {}
         for qa in found:
