@@ -6,7 +6,8 @@ with one-hot factors (DESIGN.md, "A sparse overlay is exactly a LoRA"), so llama
 it as an adapter and hot-swaps it without reloading the model.
 
 On disk a version is a directory: ``overlay.safetensors`` (neuron indices and deltas) and
-``manifest.json`` (what it is, what it was learned from, the safetensors file's sha256).
+``manifest.json`` (what it is, what it was learned from, the safetensors file's sha256, and
+since format 2 its own fields' sha256: a flipped digit of the scale was read as another scale).
 A directory is written under a hidden temporary name and renamed into place, so a crash
 leaves either the whole version or nothing.
 """
@@ -29,7 +30,9 @@ from store.files import make_private, open_private
 
 MATRICES = ("ffn_down", "ffn_up", "ffn_gate")
 FORMAT = "engram-overlay"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: written before manifests carried their own checksum
+MANIFEST_SHA256 = "manifest_sha256"
 TENSORS_FILE = "overlay.safetensors"
 MANIFEST_FILE = "manifest.json"
 PARTIAL_PREFIX = ".partial-"
@@ -273,7 +276,20 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps({k: getattr(self, k) for k in self.__dataclass_fields__}, indent=1)
+        return json.dumps(sealed_manifest({k: getattr(self, k)
+                                           for k in self.__dataclass_fields__}), indent=1)
+
+
+def _fields_sha256(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def sealed_manifest(fields: dict) -> dict:
+    """A manifest's fields with their checksum, as the file holds them. The fields are hashed
+    as JSON gives them back (a reader hashes what it parsed, not the text)."""
+    fields = json.loads(json.dumps(fields))
+    fields.pop(MANIFEST_SHA256, None)
+    return {**fields, MANIFEST_SHA256: _fields_sha256(fields)}
 
 
 def _tensor_names(index: int, layer: int, matrix: str) -> tuple[str, str]:
@@ -336,9 +352,12 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
         raw = json.loads((directory / MANIFEST_FILE).read_text())
         if raw.get("format") != FORMAT:
             raise ValueError("not an Engram overlay manifest")
-        if raw.get("format_version") != FORMAT_VERSION:
+        if raw.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(f"format version {raw.get('format_version')} is not "
                              f"{FORMAT_VERSION} (written by another Engram)")
+        claimed = raw.pop(MANIFEST_SHA256, None)
+        if (claimed is not None or raw["format_version"] > 1) and claimed != _fields_sha256(raw):
+            raise ValueError("it does not match its checksum")
         return Manifest(**{k: raw[k] for k in Manifest.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptOverlay(f"overlay {directory} has an unreadable manifest ({exc}); "

@@ -1,12 +1,15 @@
 """The file chores every part of Engram shares: reading JSON lines, writing a file so that a
-crash leaves either the old file or the new one, never half of one, and keeping what Engram
-writes readable by the user only (0600 files, 0700 directories) whatever the umask."""
+crash leaves either the old file or the new one, never half of one, keeping what Engram
+writes readable by the user only (0600 files, 0700 directories) whatever the umask, sealing a
+directory with its files' checksums and moving a damaged file or directory aside."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -67,3 +70,56 @@ def make_private(path: Path) -> Path:
         for below in path.rglob("*"):
             os.chmod(below, 0o700 if below.is_dir() else 0o600)
     return path
+
+
+SEAL_FILE = "sha256sums.json"
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = path.relative_to(directory).as_posix()
+        if name != SEAL_FILE:
+            with open(path, "rb") as fh:
+                out[name] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return out
+
+
+def seal(directory: Path) -> None:
+    """Record the sha256 of every file below ``directory`` in its SEAL_FILE (written last,
+    before the directory is renamed into place), so a reader can tell it whole."""
+    with open_private(directory / SEAL_FILE) as fh:
+        fh.write(json.dumps(_digests(directory), indent=1).encode())
+
+
+def check_seal(directory: Path) -> None:
+    """BadFile unless the files below ``directory`` are exactly those ``seal`` recorded."""
+    try:
+        recorded = json.loads((directory / SEAL_FILE).read_bytes())
+        found = _digests(directory)
+    except (OSError, ValueError) as exc:
+        raise BadFile(f"{directory}: its checksums cannot be read ({exc})") from None
+    if found != recorded:
+        changed = sorted(set(found) ^ set(recorded)
+                         | {n for n in found if found[n] != recorded.get(n)})
+        raise BadFile(f"{directory}: {', '.join(changed[:3]) or SEAL_FILE} does not match "
+                      "its checksum")
+
+
+def quarantine(path: Path, companions: tuple[str, ...] = ()) -> Path:
+    """Rename a damaged file or directory aside, never delete it: to ``<name>.damaged-<UTC
+    timestamp>``, with the files named by ``path`` plus each of ``companions`` (SQLite's
+    ``-wal``, ``-shm``) renamed to the new name plus the same suffix. Returns the new path."""
+    suffixes = ("", *companions)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while any(Path(f"{target}{s}").exists() for s in suffixes):
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    for suffix in suffixes:
+        try:
+            os.rename(f"{path}{suffix}", f"{target}{suffix}")
+        except FileNotFoundError:
+            pass
+    return target

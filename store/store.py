@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.db import Table
 
-from store import checksums, migrations
+from store import checksums, files, migrations
 from store.migrations import LATEST, UPGRADES
 from store.records import (
     OVERLAY_STATUSES,
@@ -99,21 +99,9 @@ def _looks_like_sqlite(path: Path) -> bool:
 
 
 def quarantine(path: Path) -> Path:
-    """Rename a damaged database aside with its -wal and -shm (never delete it): to
-    ``<name>.damaged-<UTC timestamp>`` and that name plus ``-wal``/``-shm``, so SQLite opens
-    the copy with its log. Returns the new path."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.damaged-{stamp}")
-    n = 1
-    while any(Path(f"{target}{s}").exists() for s in ("", "-wal", "-shm")):
-        n += 1
-        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.rename(f"{path}{suffix}", f"{target}{suffix}")
-        except FileNotFoundError:
-            pass
-    return target
+    """Rename a damaged database aside with its -wal and -shm, so SQLite opens the copy with
+    its log (``store.files.quarantine``). Returns the new path."""
+    return files.quarantine(path, ("-wal", "-shm"))
 
 
 def damaged_message(path: Path, reason: str, quarantined: Path | None) -> str:
