@@ -62,6 +62,14 @@ def open_private(path: Path, mode: str = "wb"):
     return os.fdopen(fd, mode)
 
 
+def restrict(path: Path, allowed: int) -> None:
+    """Take away the permission bits of ``path`` outside ``allowed``, and add none: a home the
+    user made read-only stays read-only (Engram then says it cannot save)."""
+    mode = os.stat(path).st_mode & 0o7777
+    if mode & ~allowed:
+        os.chmod(path, mode & allowed)
+
+
 def make_private(path: Path) -> Path:
     """Restrict a file, or a directory and all below it, that a library wrote under the umask."""
     path = Path(path)
