@@ -9,7 +9,7 @@ On disk a version is a directory: ``overlay.safetensors`` (neuron indices and de
 ``manifest.json`` (what it is, what it was learned from, the safetensors file's sha256, and
 since format 2 its own fields' sha256: a flipped digit of the scale was read as another scale).
 A directory is written under a hidden temporary name and renamed into place, so a crash
-leaves either the whole version or nothing.
+leaves either the whole version or nothing (and a temporary that ``engine.leftovers`` tidies).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngramError
-from store.files import make_private, open_private
+from store.files import atomic_write, open_private, temporary
 
 MATRICES = ("ffn_down", "ffn_up", "ffn_gate")
 FORMAT = "engram-overlay"
@@ -35,7 +34,7 @@ READABLE_VERSIONS = (1, 2)  # 1: written before manifests carried their own chec
 MANIFEST_SHA256 = "manifest_sha256"
 TENSORS_FILE = "overlay.safetensors"
 MANIFEST_FILE = "manifest.json"
-PARTIAL_PREFIX = ".partial-"
+PARTIAL_PREFIX = ".partial-"  # an export's temporary, beside it in the user's directory
 
 
 class OverlayError(EngramError):
@@ -228,28 +227,22 @@ def write_gguf_lora(overlay: SparseOverlay, path: str | os.PathLike, arch: str) 
     """
     import gguf
 
-    path = Path(path)
-    tmp = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
-    writer = gguf.GGUFWriter(str(tmp), arch=arch)
-    try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
-        for (layer, matrix), (lora_a, lora_b) in overlay.lora_tensors().items():
-            writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_a", lora_a)
-            writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_b", lora_b)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        make_private(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    def write(tmp: Path) -> None:
+        writer = gguf.GGUFWriter(str(tmp), arch=arch)
+        try:
+            writer.add_type(gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
+            for (layer, matrix), (lora_a, lora_b) in overlay.lora_tensors().items():
+                writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_a", lora_a)
+                writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_b", lora_b)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+
+    return atomic_write(Path(path), write)
 
 
 # -- the on-disk format ----------------------------------------------------------------
@@ -333,7 +326,10 @@ def save(overlay: SparseOverlay, directory: str | os.PathLike, *,
         safetensors_sha256=hashlib.sha256(data).hexdigest(),
     )
     text = manifest.to_json()  # fails here, before any file, if metrics are not JSON
-    tmp = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=directory.parent))
+    tmp = temporary(directory)
+    shutil.rmtree(tmp, ignore_errors=True)  # a process with this pid before, killed mid-write
+    tmp.mkdir()
+    os.chmod(tmp, 0o700)  # whatever the umask: learned facts are private
     try:
         _write(tmp / TENSORS_FILE, data)
         _write(tmp / MANIFEST_FILE, text.encode())

@@ -1,7 +1,7 @@
 """A session's latent state, saved and restored: its cells and a snapshot of llama.cpp's KV cache.
 
 After each reply the context's state (KV cache of every layer) and the token ids it covers
-are written to ``<home>/profiles/<profile>/sessions/<id>.kv`` (temporary file, fsync, rename)
+are written to ``<home>/profiles/<profile>/sessions/<id>.kv`` (``atomic_write``)
 and recorded in the store with what computed them: the model's sha256, the active overlay
 version, the cells' digest and the file format. Opening the session later loads it back, so
 the next reply evaluates only the new message instead of re-reading the whole history.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from engine.errors import EngramError
 from engine.prompt import FittedPrompt, Turn
 from engine.runtime import KvSnapshot, Runtime
 from store import paths
+from store.files import atomic_write, open_private
 from store.records import Profile
 from store.store import Store
 
@@ -135,8 +135,6 @@ class SessionStates:
         self.writer = CellWriter(runtime.llm, runtime.model.sha256, self.rule)
         self.problems: dict[int, str] = {}
         self._cells: dict[int, Cells] = {}
-        for leftover in self.directory.glob("*.tmp"):
-            leftover.unlink(missing_ok=True)  # a save that crashed half-way
 
     def key(self, session_id: int) -> tuple[int, int]:
         """The runtime's ``kv_owner`` for a session (profiles never share one)."""
@@ -152,17 +150,12 @@ class SessionStates:
         overlay_id = self.overlay_id()
         blob, digest = encode(snapshot, self.runtime.model.sha256, overlay_id)
         path = kv_file(self.home, self.profile.name, session_id)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+
+        def write(tmp: Path) -> None:
+            with open_private(tmp) as fh:
                 fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        atomic_write(path, write)
         self.store.save_session_kv(session_id, path.relative_to(self.home).as_posix(),
                                    self.runtime.model.sha256, overlay_id, FORMAT,
                                    len(snapshot.tokens), len(blob), digest)

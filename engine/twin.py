@@ -23,7 +23,7 @@ import torch
 
 from engine.model_file import ModelFile
 from store import paths
-from store.files import BadFile, check_seal, make_private, quarantine, seal
+from store.files import BadFile, check_seal, make_private, quarantine, seal, temporary
 
 DTYPE = torch.float32  # the twin must compute what llama.cpp serves: no lower precision
 
@@ -254,7 +254,7 @@ def read_cache(cache: Path):
 
 def write_cache(model, cache: Path) -> None:
     """Save the dequantised model atomically (a crash leaves no half cache), sealed."""
-    tmp = paths.private_dir(cache.parent) / (cache.name + ".tmp")
+    tmp = temporary(paths.private_dir(cache.parent) / cache.name)
     shutil.rmtree(tmp, ignore_errors=True)
     model.config.quantization_config = None
     model.hf_quantizer = None  # the weights are plain float32 now; transformers refuses otherwise

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,12 +32,40 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def temporary(path: Path) -> Path:
+    """Where a write of ``path`` goes before it is renamed into place: beside it, hidden, with
+    the writer's pid, so ``abandoned`` can tell one whose writer was killed."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.tmp")
+
+
+def abandoned(directory: Path) -> list[Path]:
+    """The temporary files and directories in ``directory`` (named by ``temporary``) whose
+    writer no longer runs: killed before its rename, so nothing refers to them."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if (m := _TEMPORARY.fullmatch(p.name)) and not _running(int(m.group(1))))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def atomic_write(path: Path, write: Callable[[Path], object], mode: int = 0o600) -> Path:
     """Write ``path`` through ``write(tmp)`` into a temporary file beside it, flushed to disk
     and renamed over ``path``; on any failure the temporary file is removed and ``path`` is
     as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary(path)
     try:
         write(tmp)
         os.chmod(tmp, mode)
@@ -114,17 +143,18 @@ def check_seal(directory: Path) -> None:
                       "its checksum")
 
 
-def quarantine(path: Path, companions: tuple[str, ...] = ()) -> Path:
-    """Rename a damaged file or directory aside, never delete it: to ``<name>.damaged-<UTC
-    timestamp>``, with the files named by ``path`` plus each of ``companions`` (SQLite's
-    ``-wal``, ``-shm``) renamed to the new name plus the same suffix. Returns the new path."""
+def quarantine(path: Path, companions: tuple[str, ...] = (), why: str = "damaged") -> Path:
+    """Rename a damaged (or ``why`` else) file or directory aside, never delete it: to
+    ``<name>.<why>-<UTC timestamp>``, with the files named by ``path`` plus each of
+    ``companions`` (SQLite's ``-wal``, ``-shm``) renamed to the new name plus the same suffix.
+    Returns the new path."""
     suffixes = ("", *companions)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
     n = 1
     while any(Path(f"{target}{s}").exists() for s in suffixes):
         n += 1
-        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
     for suffix in suffixes:
         try:
             os.rename(f"{path}{suffix}", f"{target}{suffix}")
