@@ -31,6 +31,9 @@ def read_lines(stream: BinaryIO):
 
 def run(engine: Engine, session_id: int | None, private: bool,
         stdin: BinaryIO, out: TextIO, err: TextIO) -> int:
+    if engine.store.read_only:  # before a line is read: no message is taken and then lost
+        raise EngramError(f"{engine.store.read_only} (reading still works: `engram sessions`, "
+                          "`engram memory show`)")
     interactive = stdin.isatty()
     engine.load()
     problem = engine.memory_status().problem

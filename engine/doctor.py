@@ -1,12 +1,14 @@
 """``engram doctor``: what Engram runs on here (llama.cpp build and offload, torch device,
-memory, caches, the model, the store), so a slow or failing set-up can be told apart from a
-bug without reading code. Nothing is loaded into llama.cpp or torch."""
+memory, caches, the model, the store, what killed writes left behind), so a slow or failing
+set-up can be told apart from a bug without reading code. Nothing is loaded into llama.cpp or
+torch, and nothing is changed."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from engine import leftovers
 from engine.model_file import open_model
 from engine.runtime import gpu_layers
 from store import paths
@@ -21,9 +23,15 @@ def run(home: str | os.PathLike | None, model: str | os.PathLike | None) -> dict
 
     cuda = torch.cuda.is_available()
     model_file = open_model(model)
-    store = Store(paths.database(paths.home(home)))
+    home_dir = paths.home(home)
+    store = Store(paths.database(home_dir))
     try:
         integrity = store.integrity()
+        profiles = store.profiles()
+        temporaries = sorted({str(p) for profile in profiles
+                              for p in leftovers.temporaries(home_dir, profile.name)})
+        unrecorded = [str(p) for profile in profiles
+                      for p in leftovers.unrecorded(store, home_dir, profile)]
     finally:
         store.close()
     cache = paths.cache()
@@ -41,7 +49,10 @@ def run(home: str | os.PathLike | None, model: str | os.PathLike | None) -> dict
                    "entries": {p.name: _size(p) for p in sorted(cache.iterdir())}},
         "model": {"path": str(model_file.path), "architecture": model_file.architecture,
                   "sha256": model_file.sha256, "learnable": model_file.learnable},
-        "store": {"path": str(store.path), "integrity": integrity},
+        "store": {"path": str(store.path), "integrity": integrity,
+                  "read_only": store.read_only},
+        # removed (temporaries) or moved aside (versions) when a profile's memory next opens
+        "leftovers": {"temporary_files": temporaries, "unrecorded_versions": unrecorded},
     }
 
 
@@ -54,6 +65,9 @@ def report(result: dict) -> str:
                 lines += [f"  {name}: {_bytes(size)}" for name, size in value.items()]
             elif key in ("ram_free", "vram_free") and value is not None:
                 lines.append(f"  {key}: {_bytes(value)}")
+            elif section == "leftovers":
+                lines.append(f"  {key}: " + (", ".join(value) + " (tidied at the next start)"
+                                             if value else "none"))
             else:
                 lines.append(f"  {key}: {value}")
     return "\n".join(lines)

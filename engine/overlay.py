@@ -6,9 +6,10 @@ with one-hot factors (DESIGN.md, "A sparse overlay is exactly a LoRA"), so llama
 it as an adapter and hot-swaps it without reloading the model.
 
 On disk a version is a directory: ``overlay.safetensors`` (neuron indices and deltas) and
-``manifest.json`` (what it is, what it was learned from, the safetensors file's sha256).
+``manifest.json`` (what it is, what it was learned from, the safetensors file's sha256, and
+since format 2 its own fields' sha256: a flipped digit of the scale was read as another scale).
 A directory is written under a hidden temporary name and renamed into place, so a crash
-leaves either the whole version or nothing.
+leaves either the whole version or nothing (and a temporary that ``engine.leftovers`` tidies).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,14 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngramError
-from store.files import make_private, open_private
+from store.files import atomic_write, open_private, temporary
 
 MATRICES = ("ffn_down", "ffn_up", "ffn_gate")
 FORMAT = "engram-overlay"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: written before manifests carried their own checksum
+MANIFEST_SHA256 = "manifest_sha256"
 TENSORS_FILE = "overlay.safetensors"
 MANIFEST_FILE = "manifest.json"
-PARTIAL_PREFIX = ".partial-"
+PARTIAL_PREFIX = ".partial-"  # an export's temporary, beside it in the user's directory
 
 
 class OverlayError(EngramError):
@@ -225,28 +227,22 @@ def write_gguf_lora(overlay: SparseOverlay, path: str | os.PathLike, arch: str) 
     """
     import gguf
 
-    path = Path(path)
-    tmp = path.with_name(f"{PARTIAL_PREFIX}{path.name}")
-    writer = gguf.GGUFWriter(str(tmp), arch=arch)
-    try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
-        for (layer, matrix), (lora_a, lora_b) in overlay.lora_tensors().items():
-            writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_a", lora_a)
-            writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_b", lora_b)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        make_private(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    def write(tmp: Path) -> None:
+        writer = gguf.GGUFWriter(str(tmp), arch=arch)
+        try:
+            writer.add_type(gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
+            for (layer, matrix), (lora_a, lora_b) in overlay.lora_tensors().items():
+                writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_a", lora_a)
+                writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_b", lora_b)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+
+    return atomic_write(Path(path), write)
 
 
 # -- the on-disk format ----------------------------------------------------------------
@@ -273,7 +269,20 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps({k: getattr(self, k) for k in self.__dataclass_fields__}, indent=1)
+        return json.dumps(sealed_manifest({k: getattr(self, k)
+                                           for k in self.__dataclass_fields__}), indent=1)
+
+
+def _fields_sha256(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def sealed_manifest(fields: dict) -> dict:
+    """A manifest's fields with their checksum, as the file holds them. The fields are hashed
+    as JSON gives them back (a reader hashes what it parsed, not the text)."""
+    fields = json.loads(json.dumps(fields))
+    fields.pop(MANIFEST_SHA256, None)
+    return {**fields, MANIFEST_SHA256: _fields_sha256(fields)}
 
 
 def _tensor_names(index: int, layer: int, matrix: str) -> tuple[str, str]:
@@ -317,7 +326,10 @@ def save(overlay: SparseOverlay, directory: str | os.PathLike, *,
         safetensors_sha256=hashlib.sha256(data).hexdigest(),
     )
     text = manifest.to_json()  # fails here, before any file, if metrics are not JSON
-    tmp = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=directory.parent))
+    tmp = temporary(directory)
+    shutil.rmtree(tmp, ignore_errors=True)  # a process with this pid before, killed mid-write
+    tmp.mkdir()
+    os.chmod(tmp, 0o700)  # whatever the umask: learned facts are private
     try:
         _write(tmp / TENSORS_FILE, data)
         _write(tmp / MANIFEST_FILE, text.encode())
@@ -336,9 +348,12 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
         raw = json.loads((directory / MANIFEST_FILE).read_text())
         if raw.get("format") != FORMAT:
             raise ValueError("not an Engram overlay manifest")
-        if raw.get("format_version") != FORMAT_VERSION:
+        if raw.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(f"format version {raw.get('format_version')} is not "
                              f"{FORMAT_VERSION} (written by another Engram)")
+        claimed = raw.pop(MANIFEST_SHA256, None)
+        if (claimed is not None or raw["format_version"] > 1) and claimed != _fields_sha256(raw):
+            raise ValueError("it does not match its checksum")
         return Manifest(**{k: raw[k] for k in Manifest.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptOverlay(f"overlay {directory} has an unreadable manifest ({exc}); "

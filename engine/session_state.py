@@ -1,7 +1,7 @@
 """A session's latent state, saved and restored: its cells and a snapshot of llama.cpp's KV cache.
 
 After each reply the context's state (KV cache of every layer) and the token ids it covers
-are written to ``<home>/profiles/<profile>/sessions/<id>.kv`` (temporary file, fsync, rename)
+are written to ``<home>/profiles/<profile>/sessions/<id>.kv`` (``atomic_write``)
 and recorded in the store with what computed them: the model's sha256, the active overlay
 version, the cells' digest and the file format. Opening the session later loads it back, so
 the next reply evaluates only the new message instead of re-reading the whole history.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from engine.errors import EngramError
 from engine.prompt import FittedPrompt, Turn
 from engine.runtime import KvSnapshot, Runtime
 from store import paths
+from store.files import atomic_write, open_private
 from store.records import Profile
 from store.store import Store
 
-FORMAT = 1
+FORMAT = 2
 MAGIC = b"ENGRAMKV"
 KV_BUDGET_BYTES = 1 << 30  # per profile; the least recently saved snapshots go first
 # On: a session that fits its window costs nothing, one that overflows writes its cells, and
@@ -56,7 +56,7 @@ def remove_files(home: Path, profile: str, session_id: int) -> None:
 def encode(snapshot: KvSnapshot, model_sha256: str, overlay_id: int | None) -> tuple[bytes, str]:
     """The file's bytes and the payload's sha256."""
     tokens = struct.pack(f"<{len(snapshot.tokens)}i", *snapshot.tokens)
-    digest = hashlib.sha256(tokens + snapshot.data).hexdigest()
+    digest = _digest(snapshot.cells_digest, tokens + snapshot.data)
     header = json.dumps({
         "format": FORMAT, "model_sha256": model_sha256, "overlay_id": overlay_id,
         "cells_digest": snapshot.cells_digest, "llama_cpp": llama_cpp.__version__,
@@ -75,6 +75,9 @@ def decode(blob: bytes, model_sha256: str, overlay_id: int | None,
         (size,) = struct.unpack("<I", blob[8:12])
         head = json.loads(blob[12: 12 + size])
         n, state_bytes, digest = head["n_tokens"], head["state_bytes"], head["sha256"]
+        cells_digest = head["cells_digest"]
+        if not isinstance(cells_digest, str):
+            raise TypeError("its cells digest is not text")
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise StateRefused(f"the saved state is damaged ({exc})") from None
     if head.get("format") != FORMAT:
@@ -94,12 +97,20 @@ def decode(blob: bytes, model_sha256: str, overlay_id: int | None,
     if len(payload) != 4 * n + state_bytes:
         raise StateRefused(f"the saved state is truncated ({len(payload):,} of "
                            f"{4 * n + state_bytes:,} bytes)")
-    if hashlib.sha256(payload).hexdigest() != digest:
+    if _digest(cells_digest, payload) != digest:
         raise StateRefused("the saved state is damaged (checksum mismatch)")
     if sha256 is not None and digest != sha256:
         raise StateRefused("the saved state is not the one the store recorded")
     tokens = list(struct.unpack(f"<{n}i", payload[: 4 * n]))
-    return KvSnapshot(tokens, bytes(payload[4 * n:]), head["cells_digest"])
+    return KvSnapshot(tokens, bytes(payload[4 * n:]), cells_digest)
+
+
+def _digest(cells_digest: str, payload: bytes | memoryview) -> str:
+    """The sha256 of everything a snapshot carries: the cells it was computed with (format 2:
+    a flipped bit there was not seen by format 1's checksum), its tokens and llama.cpp's state."""
+    h = hashlib.sha256(cells_digest.encode("utf-8", "surrogatepass") + b"\0")
+    h.update(payload)
+    return h.hexdigest()
 
 
 def _version(overlay_id: int | None) -> str:
@@ -124,8 +135,6 @@ class SessionStates:
         self.writer = CellWriter(runtime.llm, runtime.model.sha256, self.rule)
         self.problems: dict[int, str] = {}
         self._cells: dict[int, Cells] = {}
-        for leftover in self.directory.glob("*.tmp"):
-            leftover.unlink(missing_ok=True)  # a save that crashed half-way
 
     def key(self, session_id: int) -> tuple[int, int]:
         """The runtime's ``kv_owner`` for a session (profiles never share one)."""
@@ -141,17 +150,12 @@ class SessionStates:
         overlay_id = self.overlay_id()
         blob, digest = encode(snapshot, self.runtime.model.sha256, overlay_id)
         path = kv_file(self.home, self.profile.name, session_id)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+
+        def write(tmp: Path) -> None:
+            with open_private(tmp) as fh:
                 fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        atomic_write(path, write)
         self.store.save_session_kv(session_id, path.relative_to(self.home).as_posix(),
                                    self.runtime.model.sha256, overlay_id, FORMAT,
                                    len(snapshot.tokens), len(blob), digest)

@@ -1,7 +1,8 @@
 """The torch twin: the GGUF that llama.cpp serves, loaded into torch for learning and checks.
 
 transformers' GGUF loader dequantises the file (~40 s); the result is cached as safetensors
-under the cache dir, keyed by the model's sha256, so later loads take seconds. Token ids
+under the cache dir, keyed by the model's sha256 and sealed with its files' checksums, so later
+loads take seconds; a cache that does not match them is moved aside and rebuilt. Token ids
 always come from llama.cpp's tokenizer, so both engines see the same ids.
 
 The twin can run any slice of layers on cached hidden states: the learner runs the frozen
@@ -10,6 +11,7 @@ prefix once and only the layers above the edited ones at each step.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -21,7 +23,7 @@ import torch
 
 from engine.model_file import ModelFile
 from store import paths
-from store.files import make_private
+from store.files import BadFile, check_seal, make_private, quarantine, seal, temporary
 
 DTYPE = torch.float32  # the twin must compute what llama.cpp serves: no lower precision
 
@@ -82,18 +84,16 @@ class Twin:
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
         cache = cls.cache_dir(model_file)
-        cached = (cache / "config.json").exists()
-        if cached:
-            model = AutoModelForCausalLM.from_pretrained(str(cache), dtype=DTYPE)
-        else:
+        model = read_cache(cache)
+        cached = model is not None
+        if not cached:
             model = AutoModelForCausalLM.from_pretrained(
                 str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE)
         _attention_scale_as_llama_cpp(model)  # caches written before it was set have 256
         if not cached:
-            _write_cache(model, cache)
+            write_cache(model, cache)
         model.config._attn_implementation = "sdpa"
-        # transformers types PreTrainedModel.to's wrapper as taking the model, not a device
-        return cls(model.to(device()), model_file.sha256)  # type: ignore[arg-type]
+        return cls(model.to(device()), model_file.sha256)
 
     @staticmethod
     def cache_dir(model_file: ModelFile) -> Path:
@@ -234,13 +234,32 @@ def _attention_scale_as_llama_cpp(model) -> None:
         layer.self_attn.scaling = config.query_pre_attn_scalar ** -0.5
 
 
-def _write_cache(model, cache) -> None:
-    """Save the dequantised model atomically (a crash leaves no half cache)."""
-    tmp = paths.private_dir(cache.parent) / (cache.name + ".tmp")
+def read_cache(cache: Path):
+    """The dequantised model cached at ``cache``, or None: there is none, or its files do not
+    match the checksums written with them (then it is moved aside, never computed with or
+    deleted, and the caller rebuilds it; a cache from before the checksums is rebuilt too)."""
+    from transformers import AutoModelForCausalLM
+
+    if not cache.exists():
+        return None
+    try:
+        check_seal(cache)
+    except BadFile as exc:
+        moved = quarantine(cache)
+        logging.getLogger(__name__).warning(
+            "the training model's cache was set aside to %s and is rebuilt: %s", moved, exc)
+        return None
+    return AutoModelForCausalLM.from_pretrained(str(cache), dtype=DTYPE)
+
+
+def write_cache(model, cache: Path) -> None:
+    """Save the dequantised model atomically (a crash leaves no half cache), sealed."""
+    tmp = temporary(paths.private_dir(cache.parent) / cache.name)
     shutil.rmtree(tmp, ignore_errors=True)
     model.config.quantization_config = None
     model.hf_quantizer = None  # the weights are plain float32 now; transformers refuses otherwise
     model.save_pretrained(str(tmp), safe_serialization=True)
+    seal(tmp)
     make_private(tmp)
     shutil.rmtree(cache, ignore_errors=True)
     os.replace(tmp, cache)

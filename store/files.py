@@ -1,12 +1,16 @@
 """The file chores every part of Engram shares: reading JSON lines, writing a file so that a
-crash leaves either the old file or the new one, never half of one, and keeping what Engram
-writes readable by the user only (0600 files, 0700 directories) whatever the umask."""
+crash leaves either the old file or the new one, never half of one, keeping what Engram
+writes readable by the user only (0600 files, 0700 directories) whatever the umask, sealing a
+directory with its files' checksums and moving a damaged file or directory aside."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -28,12 +32,40 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def temporary(path: Path) -> Path:
+    """Where a write of ``path`` goes before it is renamed into place: beside it, hidden, with
+    the writer's pid, so ``abandoned`` can tell one whose writer was killed."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.tmp")
+
+
+def abandoned(directory: Path) -> list[Path]:
+    """The temporary files and directories in ``directory`` (named by ``temporary``) whose
+    writer no longer runs: killed before its rename, so nothing refers to them."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if (m := _TEMPORARY.fullmatch(p.name)) and not _running(int(m.group(1))))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def atomic_write(path: Path, write: Callable[[Path], object], mode: int = 0o600) -> Path:
     """Write ``path`` through ``write(tmp)`` into a temporary file beside it, flushed to disk
     and renamed over ``path``; on any failure the temporary file is removed and ``path`` is
     as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary(path)
     try:
         write(tmp)
         os.chmod(tmp, mode)
@@ -59,6 +91,14 @@ def open_private(path: Path, mode: str = "wb"):
     return os.fdopen(fd, mode)
 
 
+def restrict(path: Path, allowed: int) -> None:
+    """Take away the permission bits of ``path`` outside ``allowed``, and add none: a home the
+    user made read-only stays read-only (Engram then says it cannot save)."""
+    mode = os.stat(path).st_mode & 0o7777
+    if mode & ~allowed:
+        os.chmod(path, mode & allowed)
+
+
 def make_private(path: Path) -> Path:
     """Restrict a file, or a directory and all below it, that a library wrote under the umask."""
     path = Path(path)
@@ -67,3 +107,57 @@ def make_private(path: Path) -> Path:
         for below in path.rglob("*"):
             os.chmod(below, 0o700 if below.is_dir() else 0o600)
     return path
+
+
+SEAL_FILE = "sha256sums.json"
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = path.relative_to(directory).as_posix()
+        if name != SEAL_FILE:
+            with open(path, "rb") as fh:
+                out[name] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return out
+
+
+def seal(directory: Path) -> None:
+    """Record the sha256 of every file below ``directory`` in its SEAL_FILE (written last,
+    before the directory is renamed into place), so a reader can tell it whole."""
+    with open_private(directory / SEAL_FILE) as fh:
+        fh.write(json.dumps(_digests(directory), indent=1).encode())
+
+
+def check_seal(directory: Path) -> None:
+    """BadFile unless the files below ``directory`` are exactly those ``seal`` recorded."""
+    try:
+        recorded = json.loads((directory / SEAL_FILE).read_bytes())
+        found = _digests(directory)
+    except (OSError, ValueError) as exc:
+        raise BadFile(f"{directory}: its checksums cannot be read ({exc})") from None
+    if found != recorded:
+        changed = sorted(set(found) ^ set(recorded)
+                         | {n for n in found if found[n] != recorded.get(n)})
+        raise BadFile(f"{directory}: {', '.join(changed[:3]) or SEAL_FILE} does not match "
+                      "its checksum")
+
+
+def quarantine(path: Path, companions: tuple[str, ...] = (), why: str = "damaged") -> Path:
+    """Rename a damaged (or ``why`` else) file or directory aside, never delete it: to
+    ``<name>.<why>-<UTC timestamp>``, with the files named by ``path`` plus each of
+    ``companions`` (SQLite's ``-wal``, ``-shm``) renamed to the new name plus the same suffix.
+    Returns the new path."""
+    suffixes = ("", *companions)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
+    n = 1
+    while any(Path(f"{target}{s}").exists() for s in suffixes):
+        n += 1
+        target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
+    for suffix in suffixes:
+        try:
+            os.rename(f"{path}{suffix}", f"{target}{suffix}")
+        except FileNotFoundError:
+            pass
+    return target

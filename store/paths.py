@@ -14,6 +14,8 @@ from pathlib import Path
 
 import platformdirs
 
+from store.files import restrict
+
 APP_NAME = "engram"
 
 
@@ -28,7 +30,7 @@ class BadProfileName(ValueError):
 def private_dir(path: Path) -> Path:
     """Create ``path`` readable by the user only, and return it. Every level created here is
     0700 (``mkdir(parents=True)`` would leave the parents to the umask); levels that already
-    exist keep their mode, except ``path`` itself."""
+    exist keep their mode, except that ``path`` loses any group and other bits."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotAHome(f"{path} is a file, not a directory: choose another place with --home")
@@ -42,7 +44,7 @@ def private_dir(path: Path) -> Path:
             raise NotAHome(f"{level.parent} is a file, not a directory: choose another place "
                            "with --home") from None
         os.chmod(level, 0o700)
-    os.chmod(path, 0o700)
+    restrict(path, 0o700)
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 from sqlite_utils.db import Table
 
-from store import checksums, migrations
+from store import checksums, files, migrations
 from store.migrations import LATEST, UPGRADES
 from store.records import (
     OVERLAY_STATUSES,
@@ -67,17 +67,24 @@ def storage_problem(path: Path, exc: BaseException) -> str | None:
     disk or a home that cannot be written (SQLite reports a full disk met while growing its
     WAL index as a plain I/O error) — in words for the user; None for anything else."""
     name = getattr(exc, "sqlite_errorname", None) or ""
-    code = exc.errno if isinstance(exc, OSError) else None
     where = path.parent
-    if code == errno.ENOSPC or name.startswith("SQLITE_FULL") or (
-            name.startswith("SQLITE_IOERR") and _low_on_space(where)):
+    if (exc.errno if isinstance(exc, OSError) else None) == errno.ENOSPC or name.startswith(
+            "SQLITE_FULL") or (name.startswith("SQLITE_IOERR") and _low_on_space(where)):
         return (f"no space left on the disk that holds {where}: free some space and try again "
                 "(nothing already saved was changed)")
-    if code in (errno.EROFS, errno.EACCES) or name.startswith("SQLITE_READONLY") or (
-            name.startswith("SQLITE_CANTOPEN") and not os.access(where, os.W_OK)):
-        return (f"{where} cannot be written, so Engram cannot save there: make it writable or "
-                "choose another home with --home")
-    return None
+    return unwritable_message(where) if _unwritable(path, exc) else None
+
+
+def _unwritable(path: Path, exc: BaseException) -> bool:
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return ((exc.errno if isinstance(exc, OSError) else None) in (errno.EROFS, errno.EACCES)
+            or name.startswith("SQLITE_READONLY")
+            or (name.startswith("SQLITE_CANTOPEN") and not os.access(path.parent, os.W_OK)))
+
+
+def unwritable_message(where: Path) -> str:
+    return (f"{where} cannot be written, so Engram cannot save there: make it writable or "
+            "choose another home with --home")
 
 
 def _low_on_space(where: Path) -> bool:
@@ -99,21 +106,9 @@ def _looks_like_sqlite(path: Path) -> bool:
 
 
 def quarantine(path: Path) -> Path:
-    """Rename a damaged database aside with its -wal and -shm (never delete it): to
-    ``<name>.damaged-<UTC timestamp>`` and that name plus ``-wal``/``-shm``, so SQLite opens
-    the copy with its log. Returns the new path."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.damaged-{stamp}")
-    n = 1
-    while any(Path(f"{target}{s}").exists() for s in ("", "-wal", "-shm")):
-        n += 1
-        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.rename(f"{path}{suffix}", f"{target}{suffix}")
-        except FileNotFoundError:
-            pass
-    return target
+    """Rename a damaged database aside with its -wal and -shm, so SQLite opens the copy with
+    its log (``store.files.quarantine``). Returns the new path."""
+    return files.quarantine(path, ("-wal", "-shm"))
 
 
 def damaged_message(path: Path, reason: str, quarantined: Path | None) -> str:
@@ -134,6 +129,10 @@ class _Damaged(Exception):
     """quick_check's findings, inside the store's constructor."""
 
 
+class _Unwritable(StoreError):
+    """The database cannot be written (but can be read), inside the store's constructor."""
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -149,7 +148,7 @@ def _restrict(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         p = Path(f"{path}{suffix}")
         if p.exists():
-            os.chmod(p, 0o600)
+            files.restrict(p, 0o600)
 
 
 def _shape(conn: sqlite3.Connection) -> dict[str, list[tuple[str, int]]]:
@@ -198,25 +197,54 @@ class Store:
     """Profiles, sessions and messages of one Engram home.
 
     One connection shared by every thread (Textual workers write replies), guarded by a lock.
+    A database that cannot be written (a read-only home) is opened for reading: ``read_only``
+    then says why nothing can be saved, and every write raises a StoreError that says so.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = _Guarded(self.path)
+        self.read_only: str | None = None
         old_umask = os.umask(0o077)
+        try:
+            try:
+                self._open(self.path)
+            except _Unwritable as exc:
+                self._open(self._read_only_uri(), read_only=True)
+                self.read_only = str(exc)
+        finally:
+            os.umask(old_umask)
+        if self.read_only is None and not os.access(self.path, os.W_OK):
+            self.read_only = unwritable_message(self.path.parent)
+        if self.read_only is None:
+            _restrict(self.path)
+
+    def _read_only_uri(self) -> str:
+        """The database opened for reading only. In a directory that cannot be written SQLite
+        cannot make the WAL index, so the file is read as immutable: right while no log holds
+        transactions not yet in it (if one does, they must not be missed: the log is read)."""
+        log = Path(f"{self.path}-wal")
+        unfolded = log.exists() and log.stat().st_size > 0
+        return self.path.resolve().as_uri() + ("?mode=ro" if unfolded else "?mode=ro&immutable=1")
+
+    def _open(self, target: Path | str, read_only: bool = False) -> None:
         conn = None
         try:
-            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
+            conn = sqlite3.connect(target, check_same_thread=False, timeout=10, uri=read_only)
             checksums.register(conn)
             self.db = sqlite_utils.Database(conn)
             self._check()
             self._upgrade()
             self._check_schema()
-            self.db.enable_wal()
+            if not read_only:
+                self.db.enable_wal()
         except (sqlite3.DatabaseError, UnicodeDecodeError, _Damaged) as exc:
             if conn is not None:
                 conn.close()
             if problem := storage_problem(self.path, exc):
+                if (not read_only and _unwritable(self.path, exc) and self.path.exists()
+                        and os.access(self.path, os.R_OK)):
+                    raise _Unwritable(problem) from exc
                 raise StoreError(problem) from exc
             if (isinstance(exc, _Damaged) or damage_of(exc)) and _looks_like_sqlite(self.path):
                 moved = quarantine(self.path)
@@ -226,9 +254,6 @@ class Store:
                 f"{self.path} is not a readable Engram database ({exc}). "
                 "Move it aside or choose another home with --home."
             ) from exc
-        finally:
-            os.umask(old_umask)
-        _restrict(self.path)
 
     # -- schema ---------------------------------------------------------------
 

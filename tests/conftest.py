@@ -72,6 +72,17 @@ def merged_model(tiny_model):
     return merge
 
 
+@pytest.fixture(scope="session")
+def dead_pid() -> int:
+    """The pid of a process that has ended: what a killed writer leaves in its temporaries."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 @pytest.fixture
 def engine_home(tmp_path) -> Path:
     home = tmp_path / "home"

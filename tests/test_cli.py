@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
+
+import pytest
 
 from app import __version__
 
 
-def engram(*args: str, stdin: bytes = b"", home=None,
-           timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "app.cli", *args]
-    if home is not None:
-        cmd[3:3] = ["--home", str(home)]
+def engram(*args: str, stdin: bytes = b"", home=None, timeout: float = 120,
+           runner: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    cmd = [*runner, sys.executable, "-m", "app.cli", *(["--home", str(home)] if home else []),
+           *args]
     return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout,
                           env=os.environ.copy())
+
+
+def bound_by_permissions() -> tuple[str, ...]:
+    """A prefix under which permission bits bind, as they do for a user: root ignores them
+    (CAP_DAC_OVERRIDE), so as root the command runs without that capability."""
+    if os.geteuid() != 0:
+        return ()
+    runner = ("setpriv", "--inh-caps=-all",
+              "--bounding-set=-dac_override,-dac_read_search,-fowner")
+    if not shutil.which("setpriv") or subprocess.run([*runner, "true"]).returncode:
+        pytest.skip("root here cannot drop the capability that ignores permission bits")
+    return runner
 
 
 def test_version():
@@ -116,3 +131,61 @@ def test_hostile_text_is_stored_as_typed_and_shown_inertly(tiny_model, engine_ho
     store = Store(engine_home / "engram.db")
     [session] = store.sessions(store.profile("default").id)
     assert store.messages(session.id)[0].content == typed
+
+
+def _set_writable(home, writable: bool) -> None:
+    """``chmod -R u+w`` or ``chmod -R a-w``."""
+    for path in [home, *home.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        path.chmod(mode | 0o200 if writable else mode & ~0o222)
+
+
+def _files(home):
+    return {p: (p.read_bytes() if p.is_file() else None, stat.S_IMODE(p.stat().st_mode))
+            for p in sorted(home.rglob("*"))}
+
+
+def test_a_read_only_home_is_read_and_chat_refuses_in_one_line(tiny_model, engine_home):
+    """``chmod -R a-w`` on a home with a session: listing and ``memory show`` work, a chat
+    refuses before it takes a line, and the home is exactly as it was (Engram used to make it
+    writable again: it set 0700 and 0600 on what it found)."""
+    assert engram("chat", "--plain", "--model", str(tiny_model), stdin=b"kept\n",
+                  home=engine_home).returncode == 0
+    runner = bound_by_permissions()
+    _set_writable(engine_home, False)
+    before = _files(engine_home)
+    try:
+        listed = engram("sessions", "--json", home=engine_home, runner=runner)
+        assert listed.returncode == 0, listed.stderr.decode()
+        assert [s["title"] for s in json.loads(listed.stdout)] == ["kept"]
+        shown = engram("memory", "show", "--model", str(tiny_model), home=engine_home,
+                       runner=runner)
+        assert shown.returncode == 0 and "pending: s1" in shown.stdout.decode(), shown.stderr
+        chat = engram("chat", "--plain", "--model", str(tiny_model), stdin=b"lost?\n",
+                      home=engine_home, runner=runner)
+        [line] = chat.stderr.decode().splitlines()
+        assert chat.returncode == 2 and "cannot be written, so Engram cannot save" in line
+        assert _files(engine_home) == before
+    finally:
+        _set_writable(engine_home, True)
+
+
+def test_a_read_only_home_whose_log_holds_messages_shows_them(engine_home):
+    """Killed before its log was folded into the database: in a read-only home the store
+    reads the log too (an immutable read of the file alone would miss the message)."""
+    writer = ("import os, sys; from store.store import Store; "
+              "store = Store(sys.argv[1]); "
+              "session = store.new_session(store.profile('default').id, 'm', title='in the log'); "
+              "store.add_message(session.id, 'user', 'unfolded'); os._exit(0)")
+    engine_home.mkdir(mode=0o700)
+    subprocess.run([sys.executable, "-c", writer, str(engine_home / "engram.db")], check=True)
+    assert (engine_home / "engram.db-wal").stat().st_size > 0
+    runner = bound_by_permissions()
+    _set_writable(engine_home, False)
+    try:
+        listed = engram("sessions", "--json", home=engine_home, runner=runner)
+        assert listed.returncode == 0, listed.stderr.decode()
+        assert [(s["title"], s["message_count"]) for s in json.loads(listed.stdout)] == [
+            ("in the log", 1)]
+    finally:
+        _set_writable(engine_home, True)

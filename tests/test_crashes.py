@@ -4,6 +4,7 @@ lost, the database stays whole, and the next chat works."""
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from engine.bench.memory_kills import learned_home, profile_state
 from engine.bench.reliability import concurrent_trial, crash_trial
 from engine.engine import Engine
 from engine.errors import EngramError
+from store.store import Store
 
 
 def test_killed_while_streaming_loses_nothing_acknowledged(tmp_path, tiny_model):
@@ -78,3 +80,49 @@ def test_the_bench_counts_each_operation_and_refuses_unknown_ones(tiny_model):
     assert result["chat_after_kills"] and not result["failures"], result
     with pytest.raises(EngramError, match="unknown operation 'rolback': choose from chat, "):
         reliability.run(str(tiny_model), operations=["rolback"])
+
+
+def test_every_kind_of_damaged_file_is_refused_cleanly_or_read_identically(tmp_path):
+    """A small run of the bench's fuzz: the database, an overlay's tensors and manifest, a KV
+    snapshot, the twin's cached weights and the anchors cache, each damaged and read back by
+    the app's own reader. Before their checksums, damaged twin and anchors caches were loaded
+    with changed weights (or raised transformers' own errors)."""
+    database = tmp_path / "engram.db"
+    store = Store(database)
+    session = store.new_session(store.profile("default").id, "tiny")
+    for i in range(3):
+        store.add_message(session.id, "user", f"message {i}")
+        store.add_message(session.id, "assistant", f"reply {i}")
+    store.close()
+    per_kind = 8
+    cases = reliability.fuzz_cases(database, per_kind * len(reliability.FUZZ_KINDS),
+                                   random.Random(0), tmp_path / "fuzz")
+    assert [c for c in cases if not reliability.clean(c)] == []
+    tally = reliability.fuzz_tally(cases)
+    assert list(tally) == list(reliability.FUZZ_KINDS)
+    assert all(t["cases"] == t["refused_cleanly"] == per_kind for t in tally.values()), tally
+    refused = {c["kind"] for c in cases if c["outcome"] == "refused"}
+    assert refused == set(reliability.FUZZ_KINDS)  # the damage was seen, not only read through
+
+
+def test_the_twin_cache_is_read_back_whole_and_a_damaged_one_is_moved_aside(tmp_path):
+    """Sealed with its files' checksums when written: read back with the same weights; one
+    changed byte, or a cache from before the checksums, is moved aside (never deleted) and
+    the caller rebuilds it."""
+    import torch
+
+    from engine import twin
+
+    cache = tmp_path / "twin" / "sha"
+    weights = reliability.sample_twin(cache, seed=0)
+    found = twin.read_cache(cache).state_dict()
+    assert all(torch.equal(found[k], weights[k]) for k in weights)
+    config = cache / "config.json"
+    layers = '"num_hidden_layers": 2'
+    config.write_text(config.read_text().replace(layers, layers[:-1] + "3"))
+    assert twin.read_cache(cache) is None and not cache.exists()
+    [aside] = cache.parent.glob("sha.damaged-*")
+    assert layers[:-1] + "3" in (aside / "config.json").read_text()
+    reliability.sample_twin(cache, seed=0)
+    (cache / "sha256sums.json").unlink()  # written by an Engram before the checksums
+    assert twin.read_cache(cache) is None and len(list(cache.parent.glob("sha.damaged-*"))) == 2

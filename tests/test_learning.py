@@ -428,10 +428,11 @@ def test_states_below_the_edited_layers_are_reused_only_while_nothing_below_chan
     assert all(a is b for a, b in zip(twin.entering(questions, 2, prefix), kept, strict=True))
 
 
-@pytest.mark.parametrize("damage", [b"", b"not safetensors at all", None])
+@pytest.mark.parametrize("damage", [b"", b"not safetensors at all", None, "flip"])
 def test_a_damaged_anchor_cache_is_rebuilt_not_fatal(engine, monkeypatch, damage):
-    """A truncated file, garbage, or the anchors of other layers: learning rebuilds them
-    (and rewrites the cache) rather than failing or computing with half of them."""
+    """A truncated file, garbage, the anchors of other layers, or one bit flipped in a tensor
+    (read as it was before the file carried its checksum): learning moves the file aside and
+    rebuilds it rather than failing or computing with half of them."""
     from engine.learning import anchors as learning
 
     twin, rt, recipe = twin_for(engine.runtime), engine.runtime, learner.Recipe()
@@ -445,12 +446,19 @@ def test_a_damaged_anchor_cache_is_rebuilt_not_fatal(engine, monkeypatch, damage
     if damage is None:  # a valid file of the wrong shape: one layer's tensors missing
         built.inputs.pop(recipe.layers[0])
         save(built, path)
+    elif damage == "flip":
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 0x10
+        path.write_bytes(bytes(data))
     else:
         path.write_bytes(damage)
+    damaged = path.read_bytes()
     monkeypatch.setattr(learning, "_anchors", {})
     rebuilt = anchors_for(twin, rt, system, recipe)
     assert saved == [path, path]
     assert set(rebuilt.inputs) == set(recipe.layers)
+    [aside] = path.parent.glob(f"{path.name}.damaged-*")  # moved aside, never deleted
+    assert aside.read_bytes() == damaged
     monkeypatch.setattr(learning, "_anchors", {})
     monkeypatch.setattr(learner, "anchors_for", lambda *a, **k: pytest.fail("rebuilt twice"))
     again = anchors_for(twin, rt, system, recipe)

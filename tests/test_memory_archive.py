@@ -456,7 +456,8 @@ def test_forged_archives_are_refused_by_the_content_checks(archive, target, tmp_
     forged = rezip(archive, tmp_path / "forged.zip", change)
     with zipfile.ZipFile(forged) as zf:
         tensors = zf.read("overlay/overlay.safetensors")
-        fix = _manifest(lambda m: m.update(safetensors_sha256=hashlib.sha256(tensors).hexdigest()))
+        fix = _manifest(lambda m: m.update(ov.sealed_manifest(
+            m | {"safetensors_sha256": hashlib.sha256(tensors).hexdigest()})))
     fixed = rezip(forged, tmp_path / "fixed.zip", fix)
     with zipfile.ZipFile(fixed) as zf:
         sums = {n: hashlib.sha256(zf.read(n)).hexdigest() for n in zf.namelist() if n != INDEX}

@@ -173,7 +173,7 @@ def test_a_crash_during_commit_keeps_the_previous_version(home, memory, runtime,
 
 
 def test_start_up_sets_damaged_versions_aside_and_uses_the_last_good_one(home, store, runtime,
-                                                                         overlays):
+                                                                         overlays, dead_pid):
     memory = OverlayMemory(store, home, store.profile("me"), runtime)
     v1 = memory.commit(overlays[0])
     with_v1 = last_logits(runtime)
@@ -184,14 +184,15 @@ def test_start_up_sets_damaged_versions_aside_and_uses_the_last_good_one(home, s
     data[-5] ^= 0xFF
     (home / v3.path / "overlay.safetensors").write_bytes(bytes(data))
     (home / v2.path / "overlay.safetensors").write_bytes(b"")
-    (memory.directory / ".partial-crashed").mkdir()  # left by a hard crash mid-commit
+    crashed = memory.directory / f".20250101T000000000000Z-abcdef.{dead_pid}.tmp"
+    crashed.mkdir()  # left by a commit killed before its rename
 
     restarted = OverlayMemory(store, home, store.profile("me"), runtime)
     assert restarted.applied.id == v1.id and store.active_overlay(restarted.profile.id).id == v1.id
     assert [v.status for v in restarted.versions()] == ["broken", "broken", "active"]
     assert f"v{v3.id} was set aside" in restarted.problem and "checksum" in restarted.problem
     assert np.array_equal(last_logits(runtime), with_v1)
-    assert not (memory.directory / ".partial-crashed").exists()
+    assert not crashed.exists()
 
     (home / v1.path / "manifest.json").write_text("{not json")
     again = OverlayMemory(store, home, store.profile("me"), runtime)

@@ -165,7 +165,8 @@ def test_save_and_load_round_trip_with_a_complete_manifest(tmp_path, make_overla
                                                                    "overlay.safetensors"]
     assert stat.S_IMODE((tmp_path / "v1").stat().st_mode) == 0o700  # learned facts are private
     raw = json.loads((tmp_path / "v1" / "manifest.json").read_text())
-    assert raw["format"] == "engram-overlay" and raw["format_version"] == 1
+    assert raw["format"] == "engram-overlay" and raw["format_version"] == 2
+    assert raw == ov.sealed_manifest(raw)  # carries its own checksum
     assert raw["base_sha256"] == BASE and raw["scale"] == 0.75 and raw["parent_version"] == 4
     assert raw["sessions"] == [1, 2] and raw["metrics"] == {"recall": 0.9}
     assert raw["layers"] == [1, 2, 3] and raw["matrices"] == ["ffn_down", "ffn_up", "ffn_gate"]
@@ -211,9 +212,16 @@ def _truncate(path):
 
 
 def _edit_manifest(directory, change):
+    """A manifest that says something else, sealed as if Engram wrote it."""
     raw = json.loads((directory / "manifest.json").read_text())
     change(raw)
-    (directory / "manifest.json").write_text(json.dumps(raw))
+    (directory / "manifest.json").write_text(json.dumps(ov.sealed_manifest(raw)))
+
+
+def _flip_scale(directory):
+    """One bit: the scale 0.75 read as 0.74 (accepted before manifests had a checksum)."""
+    path = directory / "manifest.json"
+    path.write_text(path.read_text().replace('"scale": 0.75', '"scale": 0.74'))
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -223,17 +231,31 @@ def _edit_manifest(directory, change):
     (lambda d: _truncate(d / "manifest.json"), "unreadable manifest"),
     (lambda d: (d / "manifest.json").unlink(), "unreadable manifest"),
     (lambda d: _edit_manifest(d, lambda m: m.update(format_version=99)), "format version 99"),
+    (_flip_scale, "does not match its checksum"),
     (lambda d: _edit_manifest(d, lambda m: m["blocks"][0].update(delta_shape=[N_EMBD, 9])),
      "does not match the manifest"),
     (lambda d: _edit_manifest(d, lambda m: m["blocks"][1].update(layer=7)), "inconsistent"),
 ])
 def test_damaged_overlays_are_refused_with_a_clear_error(tmp_path, make_overlay, damage, message):
-    ov.save(make_overlay(BASE, SPEC), tmp_path / "v1")
+    ov.save(make_overlay(BASE, SPEC, scale=0.75), tmp_path / "v1")
     damage(tmp_path / "v1")
     with pytest.raises(CorruptOverlay, match=message) as caught:
         ov.load(tmp_path / "v1", BASE)
     assert isinstance(caught.value, OverlayError) and isinstance(caught.value, EngramError)
     assert "v1" in str(caught.value)
+
+
+def test_a_manifest_from_before_checksums_still_loads(tmp_path, make_overlay):
+    """Format 1 manifests had no checksum of their own: learned versions stay usable."""
+    ov.save(make_overlay(BASE, SPEC), tmp_path / "v1")
+    path = tmp_path / "v1" / "manifest.json"
+    raw = json.loads(path.read_text())
+    del raw["manifest_sha256"]
+    path.write_text(json.dumps(raw | {"format_version": 1}))
+    assert ov.load(tmp_path / "v1", BASE).sessions == [1, 2]
+    path.write_text(json.dumps(raw))  # format 2 without its checksum: damaged
+    with pytest.raises(CorruptOverlay, match="does not match its checksum"):
+        ov.load(tmp_path / "v1", BASE)
 
 
 def test_foreign_overlay_is_refused(tmp_path, make_overlay):

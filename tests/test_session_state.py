@@ -167,7 +167,11 @@ def _rewrite_header(engine, session_id, **fields):
     (lambda e, s: _rewrite_header(e, s, format=99), "format 99"),
     (lambda e, s: _rewrite_header(e, s, overlay_id=7), "overlay v7"),
     (lambda e, s: _rewrite_header(e, s, llama_cpp="0.0.1"), "bindings 0.0.1"),
-    (lambda e, s: _set_row(e, s, kv_format=2), "format 2"),
+    (lambda e, s: _set_row(e, s, kv_format=session_state.FORMAT + 1),
+     f"format {session_state.FORMAT + 1}"),
+    (lambda e, s: _rewrite_header(e, s, cells_digest="f" * 64), "checksum mismatch"),
+    (lambda e, s: _kv_path(e, s).write_bytes(  # one bit: was a KeyError traceback
+        _kv_path(e, s).read_bytes().replace(b'"cells_digest"', b'"cells_digesu"')), "damaged"),
     (lambda e, s: _kv_path(e, s).write_bytes(_kv_path(e, s).read_bytes()[:-1000]), "truncated"),
     (lambda e, s: _kv_path(e, s).write_bytes(b"nonsense"), "damaged"),
     (lambda e, s: _kv_path(e, s).unlink(), "cannot be read"),
@@ -183,7 +187,7 @@ def test_foreign_or_damaged_state_is_refused_and_the_session_still_opens(
     assert "history re-read" in engine.states.problems[session_id]
     assert evals[0] > 40  # the whole history was read again
     assert engine.store.messages(session_id)[-1].status == "complete"
-    assert engine.store.session_state(session_id).kv_format == 1  # replaced by a good one
+    assert engine.store.session_state(session_id).kv_format == session_state.FORMAT  # replaced
     engine.close()
 
 

@@ -134,6 +134,14 @@ async def test_send_streams_reply_and_commits_it(engine):
         assert "context" in str(app.chat.query_one(StatusBar).content)
 
 
+async def test_a_home_that_cannot_be_saved_to_is_said_at_start(engine):
+    """The store of a read-only home opens for reading (test_cli: a real one) and says why."""
+    engine.store.read_only = "/home/me cannot be written, so Engram cannot save there"
+    async with running(engine) as (app, pilot):
+        await until(pilot, lambda: notices(app), "the notice")
+        assert notices(app) == [f"Nothing can be saved: {engine.store.read_only}"]
+
+
 async def test_escape_stops_reply_and_keeps_partial_text(long_replies):
     engine = long_replies
     async with running(engine) as (app, pilot):

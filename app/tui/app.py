@@ -44,6 +44,9 @@ class EngramApp(App[None]):
     def on_mount(self) -> None:
         self.chat = ChatScreen(self.engine, self._session_id, self._private)
         self.push_screen(self.chat)
+        if self.engine.store.read_only:  # sessions can be read; a message would not be sent
+            self.notify(f"Nothing can be saved: {self.engine.store.read_only}",
+                        severity="warning", timeout=30, markup=False)
         self._load_model()
 
     @work(thread=True, exit_on_error=False)

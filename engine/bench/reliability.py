@@ -14,15 +14,19 @@ after the last, a new chat must work. ``rollback``, ``forget``, ``reset``, ``exp
 way and more (``memory_kills``). Results are also counted per operation
 (``crash_by_operation``: trials, survived, the seeds of the failures).
 
-Fuzz cases: copies of the database and of an overlay's safetensors, truncated or
-bit-flipped, must be refused with an Engram error or read back identically, never raise
-anything else. A damaged database read back with different rows (a flip inside row data that
-no check saw) is "accepted with silent change": counted apart (``fuzz_silent_changes``) and
+Fuzz cases (``--fuzz N`` in all, the kinds in turn, tallied per kind in ``fuzz_by_kind``):
+copies of the database, of an overlay's safetensors and of its manifest, of a session's KV
+snapshot, of the twin's cached weights and of the anchors cache, truncated or bit-flipped, each
+read back through the code the app reads it with. They must be refused with an Engram error
+(the caches: moved aside, to be rebuilt) or read back identically, never raise anything
+else. A damaged database read back with different rows (a flip inside row data that no check
+saw) is "accepted with silent change": counted apart (``fuzz_silent_changes``) and
 listed with the failures, never among the clean refusals.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 import signal
@@ -30,11 +34,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine import overlay as overlay_files
+from engine import session_state
 from engine.bench import memory_kills
 from engine.bench.aftermath import (
     REPOSITORY,
@@ -45,8 +52,12 @@ from engine.bench.aftermath import (
 )
 from engine.errors import EngramError
 from engine.overlay import NeuronBlock, SparseOverlay
+from engine.runtime import KvSnapshot
 from store import paths
 from store.store import Store, StoreError
+
+if TYPE_CHECKING:  # torch is imported only when the fuzz reaches the caches
+    from engine.learner import Anchors
 
 MESSAGES_PER_TRIAL = 3
 KILL_WINDOW_S = 4.0  # the kill falls this long at most after the first reply began streaming
@@ -182,20 +193,195 @@ def sample_overlay(directory: Path, seed: int) -> str:
     return base
 
 
-def fuzz_overlay(directory: Path, base: str, rng: random.Random, scratch: Path) -> str:
+def _judged(read: Callable[[], str]) -> str:
+    """``read()``'s own verdict, ``refused`` if it raised an Engram error, ``failed: …`` if it
+    raised anything else."""
+    try:
+        return read()
+    except (StoreError, EngramError):
+        return "refused"
+    except Exception as exc:  # noqa: BLE001  (the point: nothing else may escape)
+        return f"failed: {type(exc).__name__}: {exc}"
+
+
+def fuzz_overlay(directory: Path, base: str, rng: random.Random, scratch: Path,
+                 member: str = overlay_files.TENSORS_FILE) -> str:
+    """One of a version's files (``member``: its tensors or its manifest) damaged, the version
+    loaded as the app loads it: refused, or read back with the same manifest (which holds the
+    tensors' checksum, so the same manifest means the same overlay)."""
     target = scratch / "overlay"
     shutil.copytree(directory, target)
-    tensors = target / overlay_files.TENSORS_FILE
-    tensors.write_bytes(damage(tensors.read_bytes(), rng))
-    try:
+    (target / member).write_bytes(damage((target / member).read_bytes(), rng))
+
+    def read() -> str:
         overlay_files.load(target, base)
-        return "failed: damaged overlay loaded"
-    except EngramError:
-        return "refused"
-    except Exception as exc:  # noqa: BLE001
-        return f"failed: {type(exc).__name__}: {exc}"
+        same = overlay_files.read_manifest(target) == overlay_files.read_manifest(directory)
+        return "identical" if same else f"failed: damaged {member} loaded"
+
+    try:
+        return _judged(read)
     finally:
         shutil.rmtree(target)
+
+
+KV_MODEL, KV_OVERLAY = "0" * 64, 3
+
+
+def sample_kv(seed: int) -> tuple[KvSnapshot, bytes, str]:
+    """A small KV snapshot, its file's bytes and the payload digest the store records."""
+    rng = np.random.default_rng(seed)
+    snapshot = KvSnapshot(rng.integers(0, 256, 32).tolist(), rng.bytes(1024),
+                          hashlib.sha256(rng.bytes(8)).hexdigest())
+    blob, digest = session_state.encode(snapshot, KV_MODEL, KV_OVERLAY)
+    return snapshot, blob, digest
+
+
+def fuzz_kv(snapshot: KvSnapshot, blob: bytes, digest: str, rng: random.Random) -> str:
+    """A damaged snapshot file decoded as a session's restore decodes it."""
+    def read() -> str:
+        found = session_state.decode(damage(blob, rng), KV_MODEL, KV_OVERLAY, digest)
+        return "identical" if found == snapshot else "failed: damaged KV snapshot accepted"
+
+    return _judged(read)
+
+
+def sample_twin(directory: Path, seed: int) -> dict:
+    """A tiny random Gemma 3 written as the twin's cache is (``twin.write_cache``); returns
+    its weights."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from engine import twin
+
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=1, num_key_value_heads=1, head_dim=8, sliding_window=8))
+    twin.write_cache(model, directory)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def fuzz_twin(directory: Path, weights: dict, rng: random.Random, scratch: Path) -> str:
+    """One file of a copy of the twin's cache damaged, read back as ``Twin.load`` reads it: a
+    damaged cache must be moved aside (to be rebuilt), or read back with the same weights."""
+    import torch
+
+    from engine import twin
+
+    target = scratch / "twin"
+    shutil.copytree(directory, target)
+    victim = rng.choice(sorted(p for p in target.iterdir() if p.is_file()))
+    victim.write_bytes(damage(victim.read_bytes(), rng))
+
+    def read() -> str:
+        model = twin.read_cache(target)
+        if model is None:
+            moved = not target.exists() and any(scratch.glob("twin.damaged-*"))
+            return "refused" if moved else "failed: a damaged twin cache was not moved aside"
+        found = model.state_dict()
+        same = found.keys() == weights.keys() and all(torch.equal(found[k], weights[k])
+                                                       for k in weights)
+        return "identical" if same else f"failed: damaged {victim.name} loaded"
+
+    try:
+        return _judged(read)
+    finally:
+        for leftover in scratch.glob("twin*"):
+            shutil.rmtree(leftover)
+
+
+ANCHOR_LAYERS = (1, 2)
+
+
+def sample_anchors(path: Path, seed: int) -> Anchors:
+    """Small random anchors, saved as learning saves them."""
+    import torch
+
+    from engine.learner import Anchors
+
+    g = torch.Generator().manual_seed(seed)
+    rows = {name: {l: torch.randn(8, 16, generator=g) for l in ANCHOR_LAYERS}
+            for name in ("inputs", "prose", "answers", "start")}
+    anchors = Anchors(**rows, out_energy={l: 1.0 + l for l in ANCHOR_LAYERS},
+                      activity={l: torch.rand(32, generator=g) for l in ANCHOR_LAYERS})
+    anchors.save(path)
+    return anchors
+
+
+def fuzz_anchors(path: Path, anchors: Anchors, rng: random.Random, scratch: Path) -> str:
+    """A damaged copy of the anchors cache read as learning reads it: moved aside (to be
+    rebuilt), or read back with the same tensors."""
+    import torch
+
+    from engine.learning.anchors import cached_anchors
+
+    target = scratch / "anchors.safetensors"
+    target.write_bytes(damage(path.read_bytes(), rng))
+
+    def read() -> str:
+        found = cached_anchors(target, torch.device("cpu"), ANCHOR_LAYERS)
+        if found is None:
+            moved = not target.exists() and any(scratch.glob("anchors.safetensors.damaged-*"))
+            return "refused" if moved else "failed: a damaged anchors cache was not moved aside"
+        same = all(getattr(found, name)[l] == getattr(anchors, name)[l] if name == "out_energy"
+                   else torch.equal(getattr(found, name)[l], getattr(anchors, name)[l])
+                   for name in anchors.names() for l in ANCHOR_LAYERS)
+        return "identical" if same else "failed: damaged anchors loaded"
+
+    try:
+        return _judged(read)
+    finally:
+        for leftover in scratch.glob("anchors.safetensors*"):
+            leftover.unlink()
+
+
+FUZZ_KINDS = ("database", "overlay", "manifest", "kv", "twin", "anchors")
+
+
+def fuzz_cases(database: Path, cases: int, rng: random.Random, tmp: Path,
+               seed: int = 0) -> list[dict]:
+    """``cases`` damaged files, the kinds taken in turn (FUZZ_KINDS), each with its own seed
+    from ``rng``; samples of the small kinds are made here (under ``tmp``) from ``seed``."""
+    kinds = [FUZZ_KINDS[i % len(FUZZ_KINDS)] for i in range(cases)]
+    samples = paths.private_dir(tmp / "samples")
+    scratch = paths.private_dir(tmp / "scratch")
+    base = sample_overlay(samples / "overlay", seed)
+    kv = sample_kv(seed)
+    weights = sample_twin(samples / "twin", seed) if "twin" in kinds else {}
+    anchors_file = samples / "anchors.safetensors"
+    anchors = sample_anchors(anchors_file, seed) if "anchors" in kinds else None
+    out = []
+    for kind in kinds:
+        case_seed = rng.randrange(2**31)
+        case_rng = random.Random(case_seed)
+        if kind == "database":
+            outcome = fuzz_database(database, case_rng, scratch)
+        elif kind in ("overlay", "manifest"):
+            outcome = fuzz_overlay(samples / "overlay", base, case_rng, scratch,
+                                   overlay_files.TENSORS_FILE if kind == "overlay"
+                                   else overlay_files.MANIFEST_FILE)
+        elif kind == "kv":
+            outcome = fuzz_kv(*kv, case_rng)
+        elif kind == "twin":
+            outcome = fuzz_twin(samples / "twin", weights, case_rng, scratch)
+        else:
+            assert anchors is not None  # made above for any run that has anchors cases
+            outcome = fuzz_anchors(anchors_file, anchors, case_rng, scratch)
+        out.append({"kind": kind, "seed": case_seed, "outcome": outcome})
+    return out
+
+
+def clean(case: dict) -> bool:
+    """Refused cleanly, or read back identically."""
+    return case["outcome"] in ("refused", "identical")
+
+
+def fuzz_tally(cases: list[dict]) -> dict:
+    """Per kind: cases, how many were clean, the seeds of the others."""
+    return {kind: {"cases": sum(c["kind"] == kind for c in cases),
+                   "refused_cleanly": sum(c["kind"] == kind and clean(c) for c in cases),
+                   "failures": [c["seed"] for c in cases if c["kind"] == kind and not clean(c)]}
+            for kind in FUZZ_KINDS if any(c["kind"] == kind for c in cases)}
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -218,18 +404,7 @@ def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0,
                     for _ in range(concurrent)]
         after = chat_works(home, model)
         trials += memory_kills.run(model, [op for op in operations if op != "chat"], kills, seed)
-        overlay_dir = tmp / "v1"
-        base = sample_overlay(overlay_dir, seed)
-        scratch = paths.private_dir(tmp / "scratch")
-        cases: list[dict] = []
-        for i in range(fuzz):
-            case_seed = rng.randrange(2**31)
-            case_rng = random.Random(case_seed)
-            kind = "database" if i % 2 == 0 else "overlay"
-            outcome = (fuzz_database(paths.database(home), case_rng, scratch) if kind == "database"
-                       else fuzz_overlay(overlay_dir, base, case_rng, scratch))
-            cases.append({"kind": kind, "seed": case_seed, "outcome": outcome})
-    clean = [c for c in cases if c["outcome"] in ("refused", "identical")]
+        cases = fuzz_cases(paths.database(home), fuzz, rng, tmp, seed)
     silent = [c for c in cases if c["outcome"].startswith(SILENT_CHANGE)]
     return {
         "crash_trials": len(trials),
@@ -244,14 +419,15 @@ def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0,
         "chat_after_kills": before and after and all(
             t["chat_works"] for t in trials if t["operation"] != "chat"),
         "fuzz_cases": len(cases),
-        "fuzz_refused_cleanly": len(clean),
+        "fuzz_refused_cleanly": sum(map(clean, cases)),
         "fuzz_silent_changes": len(silent),
+        "fuzz_by_kind": fuzz_tally(cases),
         "concurrent_trials": len(together),
         "concurrent_survived": sum(t["survived"] for t in together),
         "lost_messages": sum(t["lost_messages"] for t in trials + together),
         "lost_versions": sum(t["lost_versions"] for t in trials + together),
         "failures": [t for t in trials + together if not t["survived"]]
-        + [c for c in cases if c not in clean],
+        + [c for c in cases if not clean(c)],
     }
 
 
@@ -269,6 +445,8 @@ def report(result: dict) -> str:
         f"fuzz: {result['fuzz_refused_cleanly']}/{result['fuzz_cases']} damaged files refused "
         f"cleanly or read identically, {result['fuzz_silent_changes']} accepted with a silent "
         "change",
+        *(f"  {kind}: {counts['refused_cleanly']}/{counts['cases']}"
+          for kind, counts in result["fuzz_by_kind"].items()),
     ]
     lines += [f"  failed: {f}" for f in result["failures"]]
     return "\n".join(lines)

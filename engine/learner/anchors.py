@@ -6,12 +6,14 @@ model, and the key fit reads them as negatives."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from engine.learner.capture import activation, passes
 from engine.twin import Twin
@@ -42,27 +44,44 @@ class Anchors:
         return [f.name for f in fields(cls)]
 
     def save(self, path: Path) -> None:
-        """Write to ``path`` atomically (temp file + rename): a half-written file is never read."""
+        """Write to ``path`` atomically (temp file + rename): a half-written file is never read;
+        with the tensors' sha256 in its metadata: a flipped bit is never read either."""
         tensors = {f"{name}.{l}": t.contiguous().cpu()
                    for name in self.names() if name != "out_energy"
                    for l, t in getattr(self, name).items()}
         tensors |= {f"out_energy.{l}": torch.tensor(e, dtype=torch.float64)
                     for l, e in self.out_energy.items()}
         paths.private_dir(path.parent)
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                                 metadata={"sha256": _sha256(tensors)}))
 
     @classmethod
     def load(cls, path: Path, device: torch.device, layers: tuple[int, ...]) -> Anchors:
         """Read what ``save`` wrote; ValueError (or safetensors' error) if it is not that."""
+        with safe_open(str(path), framework="pt") as fh:
+            recorded = (fh.metadata() or {}).get("sha256")
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        if recorded != _sha256(tensors):
+            raise ValueError(f"{path}: the tensors do not match their checksum")
         out = cls({}, {}, {}, {}, {}, {})
-        for key, t in load_file(str(path), device=str(device)).items():
+        for key, t in tensors.items():
             name, layer = key.rsplit(".", 1)
             if name not in cls.names():
                 raise ValueError(f"{path}: unexpected tensor {key!r}")
-            getattr(out, name)[int(layer)] = float(t) if name == "out_energy" else t
+            getattr(out, name)[int(layer)] = float(t) if name == "out_energy" else t.to(device)
         if any(set(getattr(out, name)) != set(layers) for name in cls.names()):
             raise ValueError(f"{path}: not the anchors of layers {list(layers)}")
         return out
+
+
+def _sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Of the tensors' names, types, shapes and bytes (a cache from before it is rebuilt)."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(f"{key}:{t.dtype}:{list(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from engine.learning.texts import (
 from engine.overlay import SparseOverlay
 from engine.runtime import Runtime
 from store import paths
+from store.files import SEAL_FILE, quarantine
 
 if TYPE_CHECKING:  # torch is imported only when something is learned
     from engine.learner import Anchors, Recipe
@@ -43,7 +44,7 @@ def twin_for(runtime: Runtime, progress: Progress = quiet) -> Twin:
 
     with _cache_lock:
         if runtime.model.sha256 not in _twins:
-            first = not (Twin.cache_dir(runtime.model) / "config.json").exists()
+            first = not (Twin.cache_dir(runtime.model) / SEAL_FILE).exists()
             phase = Phase(progress, "dequantising the model" if first
                           else "loading the training model", 0.0, 1.0)
             phase(0.0, "dequantising the model for training (first time on this machine, "
@@ -74,7 +75,7 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
                 [twin.sha256, texts, starts, recipe.layers, recipe.key_context]
             ).encode()).hexdigest()
             path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
-            anchors = _cached_anchors(path, twin, tuple(recipe.layers))
+            anchors = cached_anchors(path, twin.device, tuple(recipe.layers))
             if anchors is None:
                 phase = Phase(progress, "building the anchors", 0.0, 1.0)
                 started = time.monotonic()
@@ -94,19 +95,23 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
         return _anchors[key]
 
 
-def _cached_anchors(path: Path, twin: Twin, layers: tuple[int, ...]) -> Anchors | None:
+def cached_anchors(path: Path, device, layers: tuple[int, ...]) -> Anchors | None:
     """The anchors cached at ``path``; None when there are none or the file is damaged (a
-    cache: it is rebuilt, never trusted half-read)."""
+    cache: it is moved aside, never deleted, and rebuilt, never trusted half-read)."""
     from safetensors import SafetensorError
 
     from engine import learner
 
     try:
-        return learner.Anchors.load(path, twin.device, layers)
-    except FileNotFoundError:
+        return learner.Anchors.load(path, device, layers)
+    except OSError as e:  # none, or unreadable: not damaged, so not moved aside
+        if not isinstance(e, FileNotFoundError):
+            logging.getLogger(__name__).warning("rebuilding the anchor cache: %s", e)
         return None
-    except (OSError, ValueError, SafetensorError) as e:
-        logging.getLogger(__name__).warning("rebuilding the anchor cache: %s", e)
+    except (ValueError, SafetensorError) as e:
+        moved = quarantine(path)
+        logging.getLogger(__name__).warning(
+            "the anchor cache was set aside to %s and is rebuilt: %s", moved, e)
         return None
 
 
