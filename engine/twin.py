@@ -23,7 +23,15 @@ import torch
 
 from engine.model_file import ModelFile
 from store import paths
-from store.files import BadFile, check_seal, make_private, quarantine, seal, temporary
+from store.files import (
+    BadFile,
+    Outdated,
+    check_seal,
+    make_private,
+    quarantine,
+    seal,
+    temporary,
+)
 
 DTYPE = torch.float32  # the twin must compute what llama.cpp serves: no lower precision
 
@@ -237,13 +245,17 @@ def _attention_scale_as_llama_cpp(model) -> None:
 def read_cache(cache: Path):
     """The dequantised model cached at ``cache``, or None: there is none, or its files do not
     match the checksums written with them (then it is moved aside, never computed with or
-    deleted, and the caller rebuilds it; a cache from before the checksums is rebuilt too)."""
+    deleted, and the caller rebuilds it; a cache from before the checksums is removed and
+    rebuilt)."""
     from transformers import AutoModelForCausalLM
 
     if not cache.exists():
         return None
     try:
         check_seal(cache)
+    except Outdated:
+        shutil.rmtree(cache)
+        return None
     except BadFile as exc:
         moved = quarantine(cache)
         logging.getLogger(__name__).warning(

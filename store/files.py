@@ -18,6 +18,11 @@ class BadFile(ValueError):
     """A file that is not what it should be (its path and line in the message)."""
 
 
+class Outdated(BadFile):
+    """A cache written before caches carried checksums: not damaged, only unverifiable, and
+    holding nothing the model cannot give again, so it is removed and rebuilt, not kept aside."""
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """One JSON object per non-empty line."""
     out = []
@@ -131,6 +136,8 @@ def seal(directory: Path) -> None:
 
 def check_seal(directory: Path) -> None:
     """BadFile unless the files below ``directory`` are exactly those ``seal`` recorded."""
+    if not (directory / SEAL_FILE).exists():
+        raise Outdated(f"{directory}: written before caches carried checksums")
     try:
         recorded = json.loads((directory / SEAL_FILE).read_bytes())
         found = _digests(directory)

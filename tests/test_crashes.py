@@ -107,8 +107,8 @@ def test_every_kind_of_damaged_file_is_refused_cleanly_or_read_identically(tmp_p
 
 def test_the_twin_cache_is_read_back_whole_and_a_damaged_one_is_moved_aside(tmp_path):
     """Sealed with its files' checksums when written: read back with the same weights; one
-    changed byte, or a cache from before the checksums, is moved aside (never deleted) and
-    the caller rebuilds it."""
+    changed byte moves it aside (never deleted) and the caller rebuilds it; a cache from
+    before the checksums is removed and rebuilt (nothing in it was the user's)."""
     import torch
 
     from engine import twin
@@ -125,4 +125,5 @@ def test_the_twin_cache_is_read_back_whole_and_a_damaged_one_is_moved_aside(tmp_
     assert layers[:-1] + "3" in (aside / "config.json").read_text()
     reliability.sample_twin(cache, seed=0)
     (cache / "sha256sums.json").unlink()  # written by an Engram before the checksums
-    assert twin.read_cache(cache) is None and len(list(cache.parent.glob("sha.damaged-*"))) == 2
+    assert twin.read_cache(cache) is None and not cache.exists()
+    assert len(list(cache.parent.glob("sha.damaged-*"))) == 1

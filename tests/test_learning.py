@@ -465,6 +465,26 @@ def test_a_damaged_anchor_cache_is_rebuilt_not_fatal(engine, monkeypatch, damage
     assert torch.equal(again.inputs[recipe.layers[0]], rebuilt.inputs[recipe.layers[0]])
 
 
+def test_an_anchor_cache_from_before_the_checksums_is_removed_and_rebuilt(engine, monkeypatch):
+    """Not damaged, only unverifiable: nothing in it was the user's, so it is not kept aside."""
+    from safetensors.torch import load_file, save_file
+
+    from engine.learning import anchors as learning
+
+    twin, rt, recipe = twin_for(engine.runtime), engine.runtime, learner.Recipe()
+    monkeypatch.setattr(learning, "_anchors", {})
+    saved, save = [], learner.Anchors.save
+    monkeypatch.setattr(learner.Anchors, "save",
+                        lambda self, path: save(self, saved.append(path) or path))
+    anchors_for(twin, rt, "a system prompt cached before the checksums", recipe)
+    path = saved[-1]
+    save_file(load_file(path), path)  # the same tensors, no checksum in the metadata
+    monkeypatch.setattr(learning, "_anchors", {})
+    anchors_for(twin, rt, "a system prompt cached before the checksums", recipe)
+    assert saved == [path, path] and path.exists()
+    assert list(path.parent.glob(f"{path.name}.*")) == []
+
+
 def test_the_gate_measures_nothing_changed_as_perfect(engine):
     score = engine.learning.gate().measure(None)
     assert score.locality == 1.0 and score.kl_neutral == pytest.approx(0.0, abs=1e-6)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from engine.learner.capture import activation, passes
 from engine.twin import Twin
 from store import paths
-from store.files import atomic_write
+from store.files import Outdated, atomic_write
 
 
 @dataclass
@@ -61,6 +61,8 @@ class Anchors:
         with safe_open(str(path), framework="pt") as fh:
             recorded = (fh.metadata() or {}).get("sha256")
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        if recorded is None:
+            raise Outdated(f"{path}: written before caches carried checksums")
         if recorded != _sha256(tensors):
             raise ValueError(f"{path}: the tensors do not match their checksum")
         out = cls({}, {}, {}, {}, {}, {})

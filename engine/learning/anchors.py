@@ -24,7 +24,7 @@ from engine.learning.texts import (
 from engine.overlay import SparseOverlay
 from engine.runtime import Runtime
 from store import paths
-from store.files import SEAL_FILE, quarantine
+from store.files import SEAL_FILE, Outdated, quarantine
 
 if TYPE_CHECKING:  # torch is imported only when something is learned
     from engine.learner import Anchors, Recipe
@@ -97,7 +97,8 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
 
 def cached_anchors(path: Path, device, layers: tuple[int, ...]) -> Anchors | None:
     """The anchors cached at ``path``; None when there are none or the file is damaged (a
-    cache: it is moved aside, never deleted, and rebuilt, never trusted half-read)."""
+    cache: it is moved aside, never deleted, and rebuilt, never trusted half-read) or was
+    written before caches carried checksums (removed and rebuilt)."""
     from safetensors import SafetensorError
 
     from engine import learner
@@ -107,6 +108,9 @@ def cached_anchors(path: Path, device, layers: tuple[int, ...]) -> Anchors | Non
     except OSError as e:  # none, or unreadable: not damaged, so not moved aside
         if not isinstance(e, FileNotFoundError):
             logging.getLogger(__name__).warning("rebuilding the anchor cache: %s", e)
+        return None
+    except Outdated:
+        path.unlink()
         return None
     except (ValueError, SafetensorError) as e:
         moved = quarantine(path)
