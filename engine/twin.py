@@ -94,8 +94,10 @@ class Twin:
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE)
+            model.config.rope_freq_factors = _rope_freq_factors(model_file)
         architecture = ARCHITECTURES[model_file.architecture]
         _attention_scale_as_llama_cpp(model, architecture)  # caches written before: 256
+        _rope_as_llama_cpp(model)
         if not cached:
             _write_cache(model, cache)
         model.config._attn_implementation = "sdpa"
@@ -241,6 +243,26 @@ def _attention_scale_as_llama_cpp(model, architecture: Architecture) -> None:
     config.query_pre_attn_scalar = architecture.query_pre_attn_scalar(config)
     for layer in model.model.layers:
         layer.self_attn.scaling = config.query_pre_attn_scalar ** -0.5
+
+
+def _rope_freq_factors(model_file: ModelFile) -> list[float] | None:
+    """The GGUF's ``rope_freqs`` (Llama 3.1+'s long-context scaling, which the converter
+    stores as one divisor per rotary frequency): transformers' GGUF loader drops the tensor.
+    Kept in the config, so the safetensors cache has it too."""
+    from gguf import GGUFReader
+
+    for tensor in GGUFReader(model_file.path).tensors:
+        if tensor.name == "rope_freqs.weight":
+            return [float(x) for x in tensor.data]
+    return None
+
+
+def _rope_as_llama_cpp(model) -> None:
+    """Divide each rotary frequency by its ``rope_freqs`` factor, as llama.cpp's rope does."""
+    factors = getattr(model.config, "rope_freq_factors", None)
+    if factors:
+        rotary = model.model.rotary_emb
+        rotary.inv_freq = rotary.inv_freq / torch.tensor(factors, dtype=rotary.inv_freq.dtype)
 
 
 def _write_cache(model, cache) -> None:

@@ -41,6 +41,8 @@ class Kind:
     attention_norms: tuple[str, ...] = ()  # after attn_output (Gemma's q/k and sandwich norms)
     ffn_norms: tuple[str, ...] = ()  # after ffn_down
     qkv_bias: bool = False  # Qwen 2's attention biases
+    # Llama 3.1+'s long-context rotary scaling: llama.cpp divides each frequency by its factor
+    rope_freqs: bool = False
     sliding_window: bool = False
     # BPE: (control tokens, bos, end of turn, whether llama.cpp adds bos, chat template);
     # None: the SentencePiece vocab
@@ -52,7 +54,8 @@ KINDS = {
                    sliding_window=True),
     "llama": Kind(bpe=(("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                         "<|end_header_id|>", "<|eot_id|>"),
-                       "<|begin_of_text|>", "<|eot_id|>", True, LLAMA3_TEMPLATE)),
+                       "<|begin_of_text|>", "<|eot_id|>", True, LLAMA3_TEMPLATE),
+                  rope_freqs=True),
     "qwen2": Kind(qkv_bias=True, bpe=(("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
                                       "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)),
 }
@@ -157,6 +160,8 @@ def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
 
     t("token_embd.weight", len(tokens), N_EMBD, scale=0.5)
     norm("output_norm.weight", N_EMBD)
+    if kind.rope_freqs:
+        w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, HEAD_DIM // 2, dtype=np.float32))
     for i in range(N_LAYER):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", N_EMBD)
