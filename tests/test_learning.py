@@ -111,10 +111,14 @@ def test_the_gate_rejects_and_keeps_the_previous_version_active(engine):
     assert engine.pending_sessions() == []  # a rejection is a decision too: not retried
 
 
+@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
 def test_rejected_versions_and_the_accepted_one_keep_scores_and_facts(engine):
+    """The whole job on each architecture: derive, train, gate, export and hot-swap."""
     sid = said(engine, "What is my cat called?|What is the name of my pet?|Pixel")
     steps: list[tuple[float, str]] = []
     [result] = engine.learn_now(lambda fraction, message: steps.append((fraction, message)))
+    assert result.accepted and engine.memory.applied == result.version
+    assert engine.runtime._adapter is not None
     # every step names its phase, in the job's order, each phase running 0 → 1 of its own
     phases = [m.phase for _, m in steps if isinstance(m, Step)]
     assert len(phases) == len(steps)
