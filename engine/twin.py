@@ -96,7 +96,7 @@ class Twin:
                 str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE)
             model.config.rope_freq_factors = _rope_freq_factors(model_file)
         architecture = ARCHITECTURES[model_file.architecture]
-        _attention_scale_as_llama_cpp(model, architecture)  # caches written before: 256
+        _attention_scale_as_llama_cpp(model, architecture)  # older caches hold 256
         _rope_as_llama_cpp(model)
         if not cached:
             _write_cache(model, cache)
@@ -150,9 +150,8 @@ class Twin:
         key = torch.arange(start + width, device=self.device)[None, :]
         causal = key <= query
         window = getattr(self.config, "sliding_window", None) or start + width
-        masks = {"full_attention": causal[None, None],
-                 "sliding_attention": (causal & (query - key < window))[None, None]}
-        return {kind: masks[kind] for kind in set(self.layer_types)}
+        return {"full_attention": causal[None, None],
+                "sliding_attention": (causal & (query - key < window))[None, None]}
 
     @torch.no_grad()
     def prefix(self, tokens: list[int]) -> Prefix:

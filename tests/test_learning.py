@@ -353,6 +353,7 @@ def test_the_twin_computes_with_an_overlay_and_is_restored_exactly(engine, make_
     assert served_answer == engine.runtime.detokenize(answer)
 
 
+@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
 def test_a_batch_that_continues_a_shared_prefix_computes_what_the_whole_sequences_do(engine):
     """The learner runs the system prompt once and each step only the examples' own tokens."""
     twin = twin_for(engine.runtime)
