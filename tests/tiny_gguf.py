@@ -35,6 +35,18 @@ CHATML_TEMPLATE = (
 
 
 @dataclass(frozen=True)
+class Bpe:
+    """A byte-level BPE vocab (``gpt2`` tokenizer model) and the chat format that goes with it."""
+
+    pre: str  # tokenizer.ggml.pre: llama.cpp's pre-tokenizer regex of the real models
+    controls: tuple[str, ...]
+    bos: str
+    end_of_turn: str  # the eos of the instruction-tuned models
+    add_bos: bool
+    template: str
+
+
+@dataclass(frozen=True)
 class Kind:
     """What a tiny model of one architecture holds beyond the Llama layer."""
 
@@ -44,23 +56,21 @@ class Kind:
     # Llama 3.1+'s long-context rotary scaling: llama.cpp divides each frequency by its factor
     rope_freqs: bool = False
     sliding_window: bool = False
-    # BPE: (control tokens, bos, end of turn, whether llama.cpp adds bos, chat template);
-    # None: the SentencePiece vocab
-    bpe: tuple[tuple[str, ...], str, str, bool, str] | None = None
+    bpe: Bpe | None = None  # None: the SentencePiece vocab
 
 
 KINDS = {
     "gemma3": Kind(("attn_q_norm", "attn_k_norm", "post_attention_norm"), ("post_ffw_norm",),
                    sliding_window=True),
-    "llama": Kind(bpe=(("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                        "<|end_header_id|>", "<|eot_id|>"),
-                       "<|begin_of_text|>", "<|eot_id|>", True, LLAMA3_TEMPLATE),
-                  rope_freqs=True),
-    "qwen2": Kind(qkv_bias=True, bpe=(("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-                                      "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)),
+    "llama": Kind(rope_freqs=True, bpe=Bpe(
+        "llama-bpe", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                      "<|end_header_id|>", "<|eot_id|>"),
+        "<|begin_of_text|>", "<|eot_id|>", True, LLAMA3_TEMPLATE)),
+    "qwen2": Kind(qkv_bias=True, bpe=Bpe(
+        "qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)),
 }
 ARCHITECTURES = tuple(KINDS)  # every architecture a tiny model is written for
-PRE_TOKENIZERS = {"llama": "llama-bpe", "qwen2": "qwen2"}  # tokenizer.ggml.pre of the real ones
 
 
 def vocab() -> tuple[list[str], list[float], list[int]]:
@@ -86,7 +96,7 @@ def byte_level(data: bytes) -> str:
     return "".join(chr(b) if b in printable else extra[b] for b in data)
 
 
-def bpe_vocab(specials: tuple[str, ...]) -> tuple[list[str], list[str], list[int]]:
+def bpe_vocab(controls: tuple[str, ...]) -> tuple[list[str], list[str], list[int]]:
     """Every byte, each word with and without a leading space built up one character at a time
     by merges (a merge's result must be a token), then the control tokens."""
     tokens = [byte_level(bytes([b])) for b in range(256)]
@@ -96,8 +106,8 @@ def bpe_vocab(specials: tuple[str, ...]) -> tuple[list[str], list[str], list[int
             if word[:end] not in tokens:
                 merges.append(f"{word[:end - 1]} {word[end - 1]}")
                 tokens.append(word[:end])
-    types = [gguf.TokenType.NORMAL] * len(tokens) + [gguf.TokenType.CONTROL] * len(specials)
-    return tokens + list(specials), merges, [int(t) for t in types]
+    types = [gguf.TokenType.NORMAL] * len(tokens) + [gguf.TokenType.CONTROL] * len(controls)
+    return tokens + list(controls), merges, [int(t) for t in types]
 
 
 def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
@@ -137,17 +147,16 @@ def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
         w.add_pad_token_id(0)
         w.add_add_bos_token(True)
     else:
-        specials, bos, eot, add_bos, template = kind.bpe
-        tokens, merges, types = bpe_vocab(specials)
+        tokens, merges, types = bpe_vocab(kind.bpe.controls)
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(PRE_TOKENIZERS[layers_like or arch])
+        w.add_tokenizer_pre(kind.bpe.pre)
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
-        w.add_bos_token_id(tokens.index(bos))
-        w.add_eos_token_id(tokens.index(eot))
-        w.add_add_bos_token(add_bos)
-        chat_template = chat_template or template
+        w.add_bos_token_id(tokens.index(kind.bpe.bos))
+        w.add_eos_token_id(tokens.index(kind.bpe.end_of_turn))
+        w.add_add_bos_token(kind.bpe.add_bos)
+        chat_template = chat_template or kind.bpe.template
     w.add_add_eos_token(False)
     if chat_template:
         w.add_chat_template(chat_template)
