@@ -28,11 +28,11 @@ def twin_prefers(twin: Twin, runtime: Runtime, system: str | None) -> Prefers:
 
     @torch.no_grad()
     def prefers(items: list[tuple[str, str, list[str]]]) -> list[set[int]]:
-        read = _first_token_logprobs(twin, [runtime.tokenize(runtime.format.render(system, [
-            Turn("user", statement), Turn("assistant", ACK), Turn("user", question)]))
+        read = _first_token_logprobs(twin, [runtime.prompt(system, [
+            Turn("user", statement), Turn("assistant", ACK), Turn("user", question)])
             for statement, question, _ in items])
-        blind = _first_token_logprobs(twin, [runtime.tokenize(runtime.format.render(
-            system, [Turn("user", question)])) for _, question, _ in items])
+        blind = _first_token_logprobs(twin, [runtime.prompt(system, [Turn("user", question)])
+                                             for _, question, _ in items])
         out = []
         for (_, _, answers), with_it, without in zip(items, read, blind, strict=True):
             firsts = [runtime.tokenize(f" {answer}", add_bos=False)[0] for answer in answers]

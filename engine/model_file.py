@@ -13,14 +13,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.architectures import LEARNABLE_ARCHITECTURES
 from engine.errors import LearningUnavailable, ModelError
 from store import paths
 from store.files import atomic_write, make_private, temporary
 
 GGUF_MAGIC = b"GGUF"
 BUILTIN_NAME = "gemma3-270m-q4_k_m.gguf"
-# What the torch twin (engine/twin.py) reproduces; other architectures chat but do not learn.
-LEARNABLE_ARCHITECTURES = frozenset({"gemma3"})
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ class Turn:
 class PromptFormat(Protocol):
     stop: list[str]
     end_of_turn: str  # the text that closes an assistant's turn
+    special: bool  # whether a rendered prompt's control-token text is parsed as those tokens
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         """The prompt text, ending where the assistant's reply begins."""
@@ -33,6 +34,7 @@ class PlainDialogue:
 
     stop = ["\nUser:", "\nAssistant:", "\nUSER:", "\n\n\n"]
     end_of_turn = "\nUser:"  # what follows a finished reply
+    special = False
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         lines = [system.strip() + "\n"] if system else []
@@ -44,13 +46,18 @@ class PlainDialogue:
 
 
 class ChatTemplate:
-    """The GGUF's own Jinja chat template (``tokenizer.chat_template``)."""
+    """The GGUF's own Jinja chat template (``tokenizer.chat_template``). Its turn markers
+    (``<|im_start|>``) are control tokens, so its prompts are tokenised with ``special``, as
+    llama.cpp's own chat does: a user who types one gets it."""
+
+    special = True
 
     def __init__(self, template: str, bos_token: str, eos_token: str):
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self._formatter = Jinja2ChatFormatter(template=template, bos_token=bos_token,
                                               eos_token=eos_token)
+        self._bos = bos_token
         self.stop = [eos_token] if eos_token else []
         self.end_of_turn = eos_token
 
@@ -62,7 +69,8 @@ class ChatTemplate:
         if response.stop:
             extra = response.stop if isinstance(response.stop, list) else [response.stop]
             self.stop = list(dict.fromkeys(self.stop + extra))
-        return response.prompt
+        # The tokenizer adds the model's bos itself (Llama 3's template writes it too).
+        return response.prompt.removeprefix(self._bos) if self._bos else response.prompt
 
 
 @dataclass(frozen=True)

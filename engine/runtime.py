@@ -151,9 +151,18 @@ class Runtime:
     def detokenize(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens).decode("utf-8", "replace")
 
+    def prompt_tokens(self, text: str) -> list[int]:
+        """A prompt rendered in ``format`` as token ids (its control tokens parsed where it
+        writes any: a chat template's)."""
+        return self.tokenize(text, special=self.format.special)
+
+    def prompt(self, system: str | None, turns: list[Turn]) -> list[int]:
+        """The dialogue in the model's prompt format, ending where the reply begins."""
+        return self.prompt_tokens(self.format.render(system, turns))
+
     def fit(self, turns: list[Turn], system: str | None, max_tokens: int) -> FittedPrompt:
         budget = self.n_ctx - min(max_tokens, self.n_ctx // 2)
-        return fit(self.format, system, turns, self.tokenize, budget)
+        return fit(self.format, system, turns, self.prompt_tokens, budget)
 
     def reply(self, turns: list[Turn], system: str | None = None,
               sampling: Sampling | None = None, owner: object = None,
@@ -303,6 +312,6 @@ def _prompt_format(llm) -> PromptFormat:
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         return PlainDialogue()
-    bos, eos = (llm.detokenize([t]).decode("utf-8", "replace") if t >= 0 else ""
+    bos, eos = (llm.detokenize([t], special=True).decode("utf-8", "replace") if t >= 0 else ""
                 for t in (llm.token_bos(), llm.token_eos()))
     return ChatTemplate(template, bos, eos)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from engine.architectures import ARCHITECTURES, Architecture
 from engine.model_file import ModelFile
 from store import paths
 from store.files import (
@@ -73,12 +74,17 @@ class Prefix:
 
 
 class Twin:
-    def __init__(self, model, sha256: str):
+    def __init__(self, model, sha256: str, architecture: Architecture):
         self.model = model.eval().requires_grad_(False)
         self.sha256 = sha256
+        self.architecture = architecture
         self.config = model.config
         self.layers = model.model.layers
         self.n_layer = len(self.layers)
+        # Each layer's attention kind; configs without (Llama, Mistral) attend to everything,
+        # as llama.cpp's llama does, whatever window transformers' Mistral defaults to.
+        self.layer_types: list[str] = (getattr(self.config, "layer_types", None)
+                                       or ["full_attention"] * self.n_layer)
         self.device = next(model.parameters()).device
         self.edited: set[int] = set()  # layers whose weights carry a delta just now: edited_by
         self._entering: dict[tuple, torch.Tensor] = {}  # see entering
@@ -97,11 +103,14 @@ class Twin:
         if not cached:
             model = AutoModelForCausalLM.from_pretrained(
                 str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE)
-        _attention_scale_as_llama_cpp(model)  # caches written before it was set have 256
+            model.config.rope_freq_factors = _rope_freq_factors(model_file)
+        architecture = ARCHITECTURES[model_file.architecture]
+        _attention_scale_as_llama_cpp(model, architecture)  # older caches hold 256
+        _rope_as_llama_cpp(model)
         if not cached:
             write_cache(model, cache)
         model.config._attn_implementation = "sdpa"
-        return cls(model.to(device()), model_file.sha256)
+        return cls(model.to(device()), model_file.sha256, architecture)
 
     @staticmethod
     def cache_dir(model_file: ModelFile) -> Path:
@@ -125,9 +134,11 @@ class Twin:
         embeds = self.model.model.embed_tokens(ids)
         masks = (self._masks(embeds, attention, position_ids) if prefix is None
                  else self._continuation_masks(start, width))
-        rotary = self.model.model.rotary_emb
-        position_embeddings = {t: rotary(embeds, position_ids, t)
-                               for t in set(self.config.layer_types)}
+        rotary, kinds = self.model.model.rotary_emb, set(self.layer_types)
+        if self.architecture.rope_per_layer_type:
+            position_embeddings = {t: rotary(embeds, position_ids, t) for t in kinds}
+        else:
+            position_embeddings = dict.fromkeys(kinds, rotary(embeds, position_ids))
         return Batch(ids, lengths, masks, position_ids, position_embeddings, prefix)
 
     def _masks(self, embeds: torch.Tensor, attention: torch.Tensor,
@@ -136,8 +147,9 @@ class Twin:
 
         kwargs = dict(config=self.config, inputs_embeds=embeds, attention_mask=attention,
                       cache=None, position_ids=position_ids)
-        return {"full_attention": create_causal_mask(**kwargs),
-                "sliding_attention": create_sliding_window_causal_mask(**kwargs)}
+        makers = {"full_attention": create_causal_mask,
+                  "sliding_attention": create_sliding_window_causal_mask}
+        return {kind: makers[kind](**kwargs) for kind in set(self.layer_types)}
 
     def _continuation_masks(self, start: int, width: int) -> dict:
         """Each token sees the whole prefix and its own sequence up to itself (right padding
@@ -145,7 +157,7 @@ class Twin:
         query = torch.arange(start, start + width, device=self.device)[:, None]
         key = torch.arange(start + width, device=self.device)[None, :]
         causal = key <= query
-        window = self.config.sliding_window or start + width
+        window = getattr(self.config, "sliding_window", None) or start + width
         return {"full_attention": causal[None, None],
                 "sliding_attention": (causal & (query - key < window))[None, None]}
 
@@ -206,7 +218,7 @@ class Twin:
             end: int | None = None) -> torch.Tensor:
         """Hidden states after layers [start, end) given the input ``h`` of layer ``start``."""
         for i in range(start, self.n_layer if end is None else end):
-            kind = self.config.layer_types[i]
+            kind = self.layer_types[i]
             h = self.layers[i](h, attention_mask=batch.masks[kind],
                                position_embeddings=batch.position_embeddings[kind],
                                position_ids=batch.position_ids, cache=batch.prefix)
@@ -228,18 +240,36 @@ class Twin:
         return [self.logits(h[i, :n]) for i, n in enumerate(batch.lengths)]
 
 
-def _attention_scale_as_llama_cpp(model) -> None:
-    """Scale attention as llama.cpp does for Gemma 3: by 1/√head_dim, or 1/√(d_model/heads)
-    for the 62-layer 27B (``llama-model.cpp``). transformers scales by
-    1/√query_pre_attn_scalar, which its GGUF loader leaves at the default 256: the same on the
-    other released sizes (head_dim 256), not on the 27B or any other head size."""
-    config = model.config
-    if config.model_type not in ("gemma3", "gemma3_text"):
+def _attention_scale_as_llama_cpp(model, architecture: Architecture) -> None:
+    """Where transformers' GGUF loader leaves another attention scale than llama.cpp's
+    (``Architecture.query_pre_attn_scalar``), set llama.cpp's, in the config too: the
+    safetensors cache keeps it."""
+    if architecture.query_pre_attn_scalar is None:
         return
-    config.query_pre_attn_scalar = (config.hidden_size // config.num_attention_heads
-                                    if config.num_hidden_layers == 62 else config.head_dim)
+    config = model.config
+    config.query_pre_attn_scalar = architecture.query_pre_attn_scalar(config)
     for layer in model.model.layers:
         layer.self_attn.scaling = config.query_pre_attn_scalar ** -0.5
+
+
+def _rope_freq_factors(model_file: ModelFile) -> list[float] | None:
+    """The GGUF's ``rope_freqs`` (Llama 3.1+'s long-context scaling, which the converter
+    stores as one divisor per rotary frequency): transformers' GGUF loader drops the tensor.
+    Kept in the config, so the safetensors cache has it too."""
+    from gguf import GGUFReader
+
+    for tensor in GGUFReader(model_file.path).tensors:
+        if tensor.name == "rope_freqs.weight":
+            return [float(x) for x in tensor.data]
+    return None
+
+
+def _rope_as_llama_cpp(model) -> None:
+    """Divide each rotary frequency by its ``rope_freqs`` factor, as llama.cpp's rope does."""
+    factors = getattr(model.config, "rope_freq_factors", None)
+    if factors:
+        rotary = model.model.rotary_emb
+        rotary.inv_freq = rotary.inv_freq / torch.tensor(factors, dtype=rotary.inv_freq.dtype)
 
 
 def read_cache(cache: Path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engine.overlay import NeuronBlock, SparseOverlay
-from tests.tiny_gguf import N_EMBD, N_FF, write_tiny_gemma3
+from tests.tiny_gguf import N_EMBD, N_FF, write_tiny_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,8 +28,11 @@ def isolated_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    return write_tiny_gemma3(tmp_path_factory.mktemp("model") / "tiny.gguf")
+def tiny_model(request, tmp_path_factory) -> Path:
+    """A tiny Gemma 3; a test parametrised with ``indirect=["tiny_model"]`` over
+    ``ARCHITECTURES`` gets one of each learnable architecture."""
+    arch = getattr(request, "param", "gemma3")
+    return write_tiny_model(tmp_path_factory.mktemp(arch) / "tiny.gguf", arch)
 
 
 @pytest.fixture

@@ -28,8 +28,10 @@ from engine.learning.anchors import anchors_for, applied, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.texts import dialogue, end_of_turn, token_positions
 from engine.overlay import SparseOverlay
+from engine.prompt import Turn
 from engine.runtime import Sampling
 from engine.scoring import Scorer, log_softmax
+from tests.tiny_gguf import ARCHITECTURES
 
 
 def qa_turns(turns: list[str], kind_of=None) -> list[QA]:
@@ -109,10 +111,14 @@ def test_the_gate_rejects_and_keeps_the_previous_version_active(engine):
     assert engine.pending_sessions() == []  # a rejection is a decision too: not retried
 
 
+@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
 def test_rejected_versions_and_the_accepted_one_keep_scores_and_facts(engine):
+    """The whole job on each architecture: derive, train, gate, export and hot-swap."""
     sid = said(engine, "What is my cat called?|What is the name of my pet?|Pixel")
     steps: list[tuple[float, str]] = []
     [result] = engine.learn_now(lambda fraction, message: steps.append((fraction, message)))
+    assert result.accepted and engine.memory.applied == result.version
+    assert engine.runtime._adapter is not None
     # every step names its phase, in the job's order, each phase running 0 → 1 of its own
     phases = [m.phase for _, m in steps if isinstance(m, Step)]
     assert len(phases) == len(steps)
@@ -309,27 +315,45 @@ def test_a_failing_job_reports_and_the_queue_goes_on():
         queue.close()
 
 
+def greedy_in_twin(twin, tokens: list[int], n: int, eos: int) -> list[int]:
+    """Up to ``n`` tokens, as ``Scorer.greedy`` decodes (stopping before the eos)."""
+    out = list(tokens)
+    while len(out) < len(tokens) + n:
+        out.append(int(twin.full_logits([out])[0][-1].argmax()))
+        if out[-1] == eos:
+            return out[len(tokens):-1]
+    return out[len(tokens):]
+
+
+@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
 def test_the_twin_computes_with_an_overlay_and_is_restored_exactly(engine, make_overlay):
     twin = twin_for(engine.runtime)
-    tokens = engine.runtime.tokenize("the cat had a name")
+    tokens = engine.runtime.prompt(None, [Turn("user", "the cat had a name")])
     before = twin.full_logits([tokens])[0]
     overlay = make_overlay(engine.runtime.model.sha256,
-                           [(1, "ffn_down", 4, 1), (2, "ffn_up", 3, 1)])
+                           [(1, "ffn_down", 4, 1), (2, "ffn_up", 3, 1), (3, "ffn_down", 64, 1)],
+                           magnitude=2.0)
     with applied(twin, overlay):
         changed = twin.full_logits([tokens])[0]
+        answer = greedy_in_twin(twin, tokens, 8, engine.runtime.llm.token_eos())
     assert not torch.equal(before, changed)
     assert torch.equal(before, twin.full_logits([tokens])[0])
 
-    # What the twin computes with the overlay is what llama.cpp computes with its LoRA.
+    # What the twin computes with the overlay is what llama.cpp computes with its LoRA,
+    # down to the greedy answer (a random Gemma 3 only echoes its last token, overlay or not).
     engine.memory.commit(overlay)
     gate = engine.learning.gate()
     lora = engine.memory.lora(engine.memory.applied)
     gate.scorer.set_overlay(*lora)
     served = gate.scorer.logits(tokens)
+    served_answer = gate.scorer.greedy(tokens, 8, [])[0]
     gate.scorer.set_overlay(None)
+    print(f"{engine.runtime.model.architecture}: with the overlay {served_answer!r}")
     assert (served.argmax(-1) == changed.numpy().argmax(-1)).mean() == 1.0
+    assert served_answer == engine.runtime.detokenize(answer)
 
 
+@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
 def test_a_batch_that_continues_a_shared_prefix_computes_what_the_whole_sequences_do(engine):
     """The learner runs the system prompt once and each step only the examples' own tokens."""
     twin = twin_for(engine.runtime)
@@ -589,13 +613,14 @@ def test_training_stops_on_a_plateau_but_not_on_a_slow_steady_fall():
     assert not any(learner.stalled(steady[:n], window=10, gain=0.05) for n in range(1, 31))
 
 
+@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
 def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(engine):
     """What the learner is for, on the tiny model: the answer's loss falls, in the twin and
-    in llama.cpp once the version is the active LoRA. (The random model's logits sit ~30
-    nats from the answer and its "generic text" is noise, so the locality term is off here
-    and the answer is not expected to come out whole; this large an edit of a random model
-    is where the two engines' rounding differs most, so llama.cpp's fall is checked on its
-    own.)"""
+    in llama.cpp once the version is the active LoRA, and the greedy answer changes the same
+    way in both. (The random model's logits sit ~30 nats from the answer and its "generic
+    text" is noise, so the locality term is off here and the answer is not expected to come
+    out whole; this large an edit of a random model is where the two engines' rounding
+    differs most, so llama.cpp's fall is checked on its own.)"""
     rt = engine.load()
     twin = twin_for(rt)
     recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=80, lr=0.5, locality_weight=0.0)
@@ -612,16 +637,23 @@ def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(eng
         return -float(np.mean(logp[np.arange(len(rows)), example.answer]))
 
     before, before_llama = answer_loss(), llama_cpp_loss()
+    base_answer = scorer.greedy(example.prompt, 4, [])[0]
     blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
     overlay = SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)
     with applied(twin, overlay):
         after = answer_loss()
+        twin_answer = rt.detokenize(greedy_in_twin(twin, example.prompt, 4, rt.llm.token_eos()))
     version = engine.memory.commit(overlay)
     scorer.set_overlay(*engine.memory.lora(version))
     after_llama = llama_cpp_loss()
+    served_answer = scorer.greedy(example.prompt, 4, [])[0]
+    print(f"{rt.model.architecture}: loss {before:.2f} -> {after:.2f} (twin), "
+          f"{before_llama:.2f} -> {after_llama:.2f} (llama.cpp); greedy {base_answer!r} -> "
+          f"{twin_answer!r} (twin), {served_answer!r} (llama.cpp)")
     scorer.close()
     assert after < 0.6 * before, (before, after, metrics)
     assert after_llama < 0.8 * before_llama, (before_llama, after_llama)
+    assert twin_answer == served_answer != base_answer
 
 
 def test_a_reply_during_a_learning_job_uses_the_active_memory_and_is_labelled_so(

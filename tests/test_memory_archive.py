@@ -28,7 +28,7 @@ from engine.model_file import sha256_of
 from engine.overlay import NeuronBlock, SparseOverlay
 from engine.runtime import Sampling
 from store.store import StoreError
-from tests.tiny_gguf import N_EMBD, N_FF, N_LAYER, vocab, write_tiny_gemma3
+from tests.tiny_gguf import N_EMBD, N_FF, N_LAYER, vocab, write_tiny_model
 
 PROMPTS = ("the cat was", "User: what is your name?\nAssistant:", "Hello my name is")
 FACTS = [["What is my cat called?", "Pixel", "My cat is Pixel."]]
@@ -399,7 +399,7 @@ def test_refused_archives_change_nothing(archive, target, tmp_path, case):
 
 
 def test_an_archive_from_another_base_model_is_refused(tmp_path, target, make_overlay):
-    other = engine_at(tmp_path / "other", write_tiny_gemma3(tmp_path / "other.gguf", seed=7))
+    other = engine_at(tmp_path / "other", write_tiny_model(tmp_path / "other.gguf", seed=7))
     fill(other, make_overlay)
     path = other.export_memory(tmp_path / "other.zip")
     other.close()

@@ -17,7 +17,7 @@ from engine.runtime import Runtime
 from store import paths
 from store.migrations import LATEST, UPGRADES
 from store.store import Store, StoreError
-from tests.tiny_gguf import write_tiny_gemma3
+from tests.tiny_gguf import write_tiny_model
 
 SPEC = [(1, "ffn_down", 8, 1), (2, "ffn_up", 6, 1), (2, "ffn_down", 4, 2)]
 TOKENS = [2] + list(range(300, 330))
@@ -203,7 +203,7 @@ def test_start_up_sets_damaged_versions_aside_and_uses_the_last_good_one(home, s
 def test_start_up_on_another_base_model_runs_without_the_overlay(tmp_path, home, store, runtime,
                                                                  overlays):
     v1 = OverlayMemory(store, home, store.profile("me"), runtime).commit(overlays[0])
-    other = Runtime(write_tiny_gemma3(tmp_path / "other.gguf", seed=7), n_ctx=64, n_threads=1)
+    other = Runtime(write_tiny_model(tmp_path / "other.gguf", seed=7), n_ctx=64, n_threads=1)
     try:
         memory = OverlayMemory(store, home, store.profile("me"), other)
         assert memory.applied is None and "another base model" in memory.problem

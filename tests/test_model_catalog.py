@@ -12,7 +12,7 @@ import pytest
 from engine.errors import ModelError
 from engine.model_catalog import find, listing, resolve
 from tests.test_cli import engram
-from tests.tiny_gguf import HEAD_DIM, N_EMBD, N_FF, N_HEAD, N_KV, N_LAYER, vocab, write_tiny_gemma3
+from tests.tiny_gguf import HEAD_DIM, N_EMBD, N_FF, N_HEAD, N_KV, N_LAYER, vocab, write_tiny_model
 
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
@@ -27,7 +27,7 @@ def machine(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setenv("LLAMA_CACHE", str(tmp_path / "llama-cache"))
 
     ollama = home / ".ollama" / "models"
-    blob = write_tiny_gemma3(tmp_path / "ollama.gguf", chat_template=TEMPLATE)
+    blob = write_tiny_model(tmp_path / "ollama.gguf", chat_template=TEMPLATE)
     digest = hashlib.sha256(blob.read_bytes()).hexdigest()
     (ollama / "blobs").mkdir(parents=True)
     shutil.move(blob, ollama / "blobs" / f"sha256-{digest}")

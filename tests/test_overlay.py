@@ -13,8 +13,9 @@ import pytest
 from engine import llama_native
 from engine import overlay as ov
 from engine.errors import EngramError
+from engine.model_file import open_model
 from engine.overlay import CorruptOverlay, ForeignOverlay, NeuronBlock, OverlayError, SparseOverlay
-from tests.tiny_gguf import N_EMBD, N_FF
+from tests.tiny_gguf import ARCHITECTURES, N_EMBD, N_FF
 
 BASE = "b" * 64
 # Mixed r on every matrix kind, two blocks sharing layer 1's ffn_down.
@@ -119,18 +120,20 @@ def _logits(model, adapter_path=None, scale=1.0):
     return llm, adapter, np.array(llm.scores[:len(TOKENS)])
 
 
+@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_applied_lora_matches_a_dense_merged_model(tmp_path, tiny_model, make_overlay,
                                                     merged_model, scale):
     """The overlay in llama.cpp (base + s·B·A at run time) vs W + s·ΔW baked into a copy."""
     overlay = make_overlay(BASE, SPEC, scale=scale)
-    adapter_path = ov.write_gguf_lora(overlay, tmp_path / "lora.gguf", "gemma3")
+    arch = open_model(tiny_model).architecture
+    adapter_path = ov.write_gguf_lora(overlay, tmp_path / "lora.gguf", arch)
     llm, adapter, with_lora = _logits(tiny_model, adapter_path, overlay.scale)
     _, _, merged = _logits(merged_model(overlay, tmp_path / "merged.gguf"))
     _, _, base = _logits(tiny_model)
 
     diff = np.abs(with_lora - merged).max()
-    print(f"scale {scale}: max |logit diff| lora vs merged {diff:.2e}, "
+    print(f"{arch} scale {scale}: max |logit diff| lora vs merged {diff:.2e}, "
           f"lora vs base {np.abs(with_lora - base).max():.2f}")
     assert diff < 1e-4 * np.abs(merged).max()  # float32 rounding only
     assert np.abs(with_lora - base).max() > 1

@@ -9,7 +9,7 @@ from engine.errors import InputTooLong, ModelError
 from engine.prompt import ChatTemplate, PlainDialogue, Turn
 from engine.runtime import Runtime, Sampling
 from store.store import Store
-from tests.tiny_gguf import write_tiny_gemma3
+from tests.tiny_gguf import write_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +48,34 @@ def test_cancel_stops_at_the_next_token(runtime):
 
 def test_plain_dialogue_for_base_models_and_template_when_present(tmp_path, runtime):
     assert isinstance(runtime.format, PlainDialogue)
-    path = write_tiny_gemma3(tmp_path / "chat.gguf", chat_template=(
+    path = write_tiny_model(tmp_path / "chat.gguf", chat_template=(
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"))
     rt = Runtime(path, n_ctx=256)
     assert isinstance(rt.format, ChatTemplate)
     assert (rt.format.render("sys", [Turn("user", "hi")])
             == "<|system|>sys\n<|user|>hi\n<|assistant|>")
     rt.close()
+
+
+@pytest.mark.parametrize("tiny_model", ["llama", "qwen2"], indirect=True)
+def test_a_chat_template_s_turn_markers_are_control_tokens(tiny_model):
+    """Llama 3's and Qwen 2's turn markers are single control tokens, the bos comes once
+    (Llama 3's template writes it and the tokenizer adds it), and a reply stops at the
+    end-of-turn token rather than at once (an empty stop string matched everything)."""
+    rt = Runtime(tiny_model, n_ctx=256, n_threads=1)
+    try:
+        tokens = rt.prompt("sys", [Turn("user", "hi")])
+        eot = rt.llm.token_eos()
+        head = rt.tokenize("")  # [bos] where the model adds one
+        assert tokens[:len(head)] == head and tokens.count(rt.llm.token_bos()) == len(head)
+        assert tokens.count(eot) == 2  # closing the system's and the user's turns
+        assert rt.tokenize(rt.format.end_of_turn, add_bos=False, special=True) == [eot]
+        assert rt.format.stop == [rt.format.end_of_turn] and rt.format.end_of_turn
+        reply = rt.reply([Turn("user", "hi")], None, Sampling.greedy(4))
+        list(reply)
+        assert reply.stats.completion_tokens > 0
+    finally:
+        rt.close()
 
 
 def test_old_turns_dropped_are_reported(runtime):
@@ -76,7 +97,8 @@ def test_huge_message_is_refused_before_generation(runtime):
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing.gguf", "not found"),
     (lambda p: (p / "t.txt").write_text("hello") and p / "t.txt", "not a GGUF"),
-    (lambda p: write_tiny_gemma3(p / "alien.gguf", arch="nosucharch"), "could not load"),
+    (lambda p: write_tiny_model(p / "alien.gguf", arch="nosucharch", layers_like="gemma3"),
+     "could not load"),
 ])
 def test_bad_model_files_get_a_clear_error(tmp_path, make, message):
     with pytest.raises(ModelError, match=message):

@@ -16,7 +16,7 @@ from engine.errors import OtherProfile
 from engine.runtime import Runtime, Sampling
 from store import checksums
 from store.store import Store
-from tests.tiny_gguf import write_tiny_gemma3
+from tests.tiny_gguf import write_tiny_model
 
 HISTORY = [f"the cat {i} was in the town and had a long day of water" for i in range(4)]
 
@@ -196,7 +196,7 @@ def test_a_snapshot_from_another_model_file_is_refused(tmp_path, tiny_model):
     session = engine.new_session()
     _reply(engine.conversation(session), HISTORY[0])
     engine.close()
-    other = _engine(tmp_path / "home", write_tiny_gemma3(tmp_path / "other.gguf", seed=1))
+    other = _engine(tmp_path / "home", write_tiny_model(tmp_path / "other.gguf", seed=1))
     assert _reply(other.conversation(session.id), "hello")
     assert "another model" in other.states.problems[session.id]
     other.close()

@@ -7,25 +7,29 @@ import pytest
 from engine.engine import Engine
 from engine.errors import LearningUnavailable
 from engine.learning.anchors import twin_for
+from engine.model_file import LEARNABLE_ARCHITECTURES
 from engine.runtime import Sampling
 from tests.test_cli import engram
-from tests.tiny_gguf import write_tiny_gemma3
+from tests.tiny_gguf import write_tiny_model
 
-MESSAGE = "chat works; learning is not available for llama"
+MESSAGE = "chat works; learning is not available for exaone"
 
 
 @pytest.fixture(scope="module")
-def llama_model(tmp_path_factory):
-    return write_tiny_gemma3(tmp_path_factory.mktemp("llama") / "llama.gguf", arch="llama")
+def exaone_model(tmp_path_factory):
+    """EXAONE 3: Llama's layers under another name, which llama.cpp serves and Engram does not
+    learn on."""
+    return write_tiny_model(tmp_path_factory.mktemp("exaone") / "exaone.gguf", arch="exaone",
+                            layers_like="llama")
 
 
-def test_chat_works_and_learning_says_why_not(llama_model, engine_home):
-    engine = Engine(home=engine_home, model=llama_model, n_ctx=256)
+def test_chat_works_and_learning_says_why_not(exaone_model, engine_home):
+    engine = Engine(home=engine_home, model=exaone_model, n_ctx=256)
     try:
         conversation = engine.conversation(engine.new_session())
         reply = conversation.send("my cat is called Pixel", Sampling.greedy(4))
         list(reply)
-        assert engine.runtime.model.architecture == "llama"
+        assert engine.runtime.model.architecture == "exaone"
         assert reply.stats.completion_tokens > 0
         assert not engine.schedule_learning(conversation.session.id)
         with pytest.raises(LearningUnavailable, match=MESSAGE):
@@ -36,10 +40,10 @@ def test_chat_works_and_learning_says_why_not(llama_model, engine_home):
         engine.close()
 
 
-def test_memory_learn_is_one_line_not_a_traceback(llama_model, engine_home):
-    out = engram("chat", "--plain", "--model", str(llama_model), stdin=b"my cat is Pixel\n",
+def test_memory_learn_is_one_line_not_a_traceback(exaone_model, engine_home):
+    out = engram("chat", "--plain", "--model", str(exaone_model), stdin=b"my cat is Pixel\n",
                  home=engine_home)
     assert out.returncode == 0, out.stderr.decode()
-    out = engram("memory", "learn", "--model", str(llama_model), home=engine_home)
+    out = engram("memory", "learn", "--model", str(exaone_model), home=engine_home)
     assert out.returncode == 2 and out.stderr.decode().strip() == f"engram: {MESSAGE} " \
-        "(Engram learns on gemma3 models for now)"
+        f"(Engram learns on {', '.join(sorted(LEARNABLE_ARCHITECTURES))} models for now)"

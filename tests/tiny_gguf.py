@@ -1,11 +1,15 @@
-"""Write a tiny random-weight Gemma 3 GGUF (with a small SentencePiece-style vocab) for fast tests.
+"""Write tiny random-weight GGUFs (float32, a small vocab of the architecture's kind) for tests.
 
-Same architecture and tensor names as the built-in model, so llama.cpp, the torch twin
-and the overlay code paths are all exercised, in milliseconds instead of seconds.
+Each architecture gets its real tensor names, metadata keys and tokenizer model, so llama.cpp,
+the torch twin and the overlay code paths are all exercised, in milliseconds instead of
+seconds: Gemma 3 with a SentencePiece-style vocab like the built-in model's, Llama 3 and
+Qwen 2 with a byte-level BPE vocab (``gpt2`` tokenizer model, merges and all) and their
+instruction-tuned chat templates.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -18,6 +22,55 @@ WORDS = ("the a of and to in is you that it he was for on are as with his they I
          "her would make like him into time has look two more write go see number no way could "
          "people my than first water been call who oil its now find long down day did get come "
          "made may part name cat live town Hello hello User Assistant hi").split()
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@dataclass(frozen=True)
+class Bpe:
+    """A byte-level BPE vocab (``gpt2`` tokenizer model) and the chat format that goes with it."""
+
+    pre: str  # tokenizer.ggml.pre: llama.cpp's pre-tokenizer regex of the real models
+    controls: tuple[str, ...]
+    bos: str
+    end_of_turn: str  # the eos of the instruction-tuned models
+    add_bos: bool
+    template: str
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a tiny model of one architecture holds beyond the Llama layer."""
+
+    attention_norms: tuple[str, ...] = ()  # after attn_output (Gemma's q/k and sandwich norms)
+    ffn_norms: tuple[str, ...] = ()  # after ffn_down
+    qkv_bias: bool = False  # Qwen 2's attention biases
+    # Llama 3.1+'s long-context rotary scaling: llama.cpp divides each frequency by its factor
+    rope_freqs: bool = False
+    sliding_window: bool = False
+    bpe: Bpe | None = None  # None: the SentencePiece vocab
+
+
+KINDS = {
+    "gemma3": Kind(("attn_q_norm", "attn_k_norm", "post_attention_norm"), ("post_ffw_norm",),
+                   sliding_window=True),
+    "llama": Kind(rope_freqs=True, bpe=Bpe(
+        "llama-bpe", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                      "<|end_header_id|>", "<|eot_id|>"),
+        "<|begin_of_text|>", "<|eot_id|>", True, LLAMA3_TEMPLATE)),
+    "qwen2": Kind(qkv_bias=True, bpe=Bpe(
+        "qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)),
+}
+ARCHITECTURES = tuple(KINDS)  # every architecture a tiny model is written for
 
 
 def vocab() -> tuple[list[str], list[float], list[int]]:
@@ -35,15 +88,37 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_gemma3(path: Path, seed: int = 0, arch: str = "gemma3",
-                      chat_template: str | None = None) -> Path:
-    """``arch="llama"`` leaves out Gemma's extra norms: a Llama-shaped model llama.cpp loads
-    and the twin does not learn on. Any other ``arch`` but gemma3 makes a file llama.cpp must
-    refuse. ``chat_template`` adds one."""
+def byte_level(data: bytes) -> str:
+    """GPT-2's byte-to-character map, which byte-level BPE vocabularies are written in: bytes
+    that print stand for themselves, the others for characters from U+0100 on (space: Ġ)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = {b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in printable)}
+    return "".join(chr(b) if b in printable else extra[b] for b in data)
+
+
+def bpe_vocab(controls: tuple[str, ...]) -> tuple[list[str], list[str], list[int]]:
+    """Every byte, each word with and without a leading space built up one character at a time
+    by merges (a merge's result must be a token), then the control tokens."""
+    tokens = [byte_level(bytes([b])) for b in range(256)]
+    merges: list[str] = []
+    for word in [byte_level(f" {w}".encode()) for w in WORDS] + WORDS:
+        for end in range(2, len(word) + 1):
+            if word[:end] not in tokens:
+                merges.append(f"{word[:end - 1]} {word[end - 1]}")
+                tokens.append(word[:end])
+    types = [gguf.TokenType.NORMAL] * len(tokens) + [gguf.TokenType.CONTROL] * len(controls)
+    return tokens + list(controls), merges, [int(t) for t in types]
+
+
+def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
+                     chat_template: str | None = None, layers_like: str | None = None) -> Path:
+    """A tiny ``arch`` model. ``layers_like`` names the architecture whose tensors and vocab
+    it holds when ``arch`` is not in ``KINDS`` (one Engram does not learn on, or one llama.cpp
+    does not know). ``chat_template`` replaces (or, on Gemma, adds) one."""
+    kind = KINDS[layers_like or arch]
     rng = np.random.default_rng(seed)
-    tokens, scores, types = vocab()
     w = gguf.GGUFWriter(str(path), arch=arch)
-    w.add_name("tiny-gemma3-test")
+    w.add_name(f"tiny-{arch}-test")
     w.add_context_length(512)
     w.add_embedding_length(N_EMBD)
     w.add_block_count(N_LAYER)
@@ -54,19 +129,34 @@ def write_tiny_gemma3(path: Path, seed: int = 0, arch: str = "gemma3",
     w.add_value_length(HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
-    if arch != "llama":
+    if kind.sliding_window:
         w.add_sliding_window(64)
+    else:
+        w.add_rope_dimension_count(HEAD_DIM)  # transformers reads Llama's head_dim from it
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(2)
-    w.add_eos_token_id(1)
-    w.add_unk_token_id(3)
-    w.add_pad_token_id(0)
-    w.add_add_bos_token(True)
+    if kind.bpe is None:
+        tokens, scores, types = vocab()
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(2)
+        w.add_eos_token_id(1)
+        w.add_unk_token_id(3)
+        w.add_pad_token_id(0)
+        w.add_add_bos_token(True)
+    else:
+        tokens, merges, types = bpe_vocab(kind.bpe.controls)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(kind.bpe.pre)
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(tokens.index(kind.bpe.bos))
+        w.add_eos_token_id(tokens.index(kind.bpe.end_of_turn))
+        w.add_add_bos_token(kind.bpe.add_bos)
+        chat_template = chat_template or kind.bpe.template
     w.add_add_eos_token(False)
     if chat_template:
         w.add_chat_template(chat_template)
@@ -79,23 +169,25 @@ def write_tiny_gemma3(path: Path, seed: int = 0, arch: str = "gemma3",
 
     t("token_embd.weight", len(tokens), N_EMBD, scale=0.5)
     norm("output_norm.weight", N_EMBD)
+    if kind.rope_freqs:
+        w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, HEAD_DIM // 2, dtype=np.float32))
     for i in range(N_LAYER):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", N_EMBD)
-        t(p + "attn_q.weight", N_HEAD * HEAD_DIM, N_EMBD)
-        t(p + "attn_k.weight", N_KV * HEAD_DIM, N_EMBD)
-        t(p + "attn_v.weight", N_KV * HEAD_DIM, N_EMBD)
+        for name, rows in (("attn_q", N_HEAD), ("attn_k", N_KV), ("attn_v", N_KV)):
+            t(p + name + ".weight", rows * HEAD_DIM, N_EMBD)
+            if kind.qkv_bias:
+                t(p + name + ".bias", rows * HEAD_DIM)
         t(p + "attn_output.weight", N_EMBD, N_HEAD * HEAD_DIM)
-        if arch != "llama":  # in this order: the gemma3 file stays byte for byte the same
-            norm(p + "attn_q_norm.weight", HEAD_DIM)
-            norm(p + "attn_k_norm.weight", HEAD_DIM)
-            norm(p + "post_attention_norm.weight", N_EMBD)
+        for name in kind.attention_norms:
+            norm(p + name + ".weight", HEAD_DIM if name in ("attn_q_norm", "attn_k_norm")
+                 else N_EMBD)
         norm(p + "ffn_norm.weight", N_EMBD)
         t(p + "ffn_gate.weight", N_FF, N_EMBD)
         t(p + "ffn_up.weight", N_FF, N_EMBD)
         t(p + "ffn_down.weight", N_EMBD, N_FF)
-        if arch != "llama":
-            norm(p + "post_ffw_norm.weight", N_EMBD)
+        for name in kind.ffn_norms:
+            norm(p + name + ".weight", N_EMBD)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -121,8 +121,7 @@ class Gate:
     def reply(self, question: str, max_tokens: int) -> tuple[str, bool]:
         """The greedy reply to ``question`` in a fresh context with the overlay now set, and
         whether it ran to ``max_tokens``."""
-        prompt = self.runtime.tokenize(self.runtime.format.render(
-            self.system, [Turn("user", question)]))
+        prompt = self.runtime.prompt(self.system, [Turn("user", question)])
         text_, limited = self.scorer.greedy(prompt, max_tokens, self.runtime.format.stop)
         return text_.strip(), limited
 

@@ -1,0 +1,40 @@
+"""The GGUF architectures Engram learns on, and what each needs so that the torch twin computes
+what llama.cpp serves.
+
+transformers' GGUF loader already maps each architecture's tensor names, undoes llama.cpp's
+q/k row order for Llama and Gemma's norm offset; what it leaves different from llama.cpp is
+written here as data, read by ``engine/twin.py``. Every learnable architecture has SwiGLU/GeGLU
+FFNs with ``ffn_gate``/``ffn_up``/``ffn_down``, which is what the overlay edits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def _gemma3_query_scalar(config) -> int:
+    """llama.cpp scales Gemma 3's attention by 1/√head_dim, or 1/√(d_model/heads) for the
+    62-layer 27B (``llama-model.cpp``). transformers scales by 1/√query_pre_attn_scalar, which
+    its GGUF loader leaves at the default 256: the same on the released sizes with head_dim
+    256 except the 27B, and on no other head size."""
+    if config.num_hidden_layers == 62:
+        return config.hidden_size // config.num_attention_heads
+    return config.head_dim
+
+
+@dataclass(frozen=True)
+class Architecture:
+    # Gemma 3's rotary embedding keeps a table per attention kind (local and global bases)
+    # and takes the kind as an argument; the others have one table for every layer.
+    rope_per_layer_type: bool = False
+    # The attention scale is 1/√(this of the config) in llama.cpp; None: transformers agrees.
+    query_pre_attn_scalar: Callable[[object], int] | None = None
+
+
+ARCHITECTURES = {
+    "gemma3": Architecture(rope_per_layer_type=True, query_pre_attn_scalar=_gemma3_query_scalar),
+    "llama": Architecture(),  # Llama 2/3.x, Mistral (llama.cpp calls them all llama)
+    "qwen2": Architecture(),
+}
+LEARNABLE_ARCHITECTURES = frozenset(ARCHITECTURES)
