@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import derive, text
+from engine import derive
 from engine.derive import QA
 from engine.derive.clauses import clauses, sentences
 from engine.derive.questions import questions
@@ -134,15 +134,3 @@ def test_varied_keeps_the_least_alike_phrasings_of_each_answer():
     kept = [qa.question for qa in derive.varied(pairs, 2)]
     assert kept == ["What do I play?", "Which instrument is mine?"]
     assert derive.varied(pairs, 5) == pairs
-
-
-@pytest.mark.parametrize(("question", "statement", "answer", "about"), [
-    ("What's my cat's name?", "My cat is called Mosel.", "Mosel", ["cat"]),
-    ("How many rotors does my drone have?", "My drone has four rotors.", "four",
-     ["rotors", "drone"]),
-    ("Where do I live?", "I live in Leeds.", "Leeds", ["live"]),
-    ("What is my name?", "My cat is called Mosel.", "Mosel", []),
-])
-def test_a_question_names_what_it_is_about_with_the_statement_s_content_words(
-        question, statement, answer, about):
-    assert [question[a:b] for a, b in text.about_spans(question, statement, answer)] == about

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import derive, learner, runtime, text
+from engine import derive, learner, runtime
 from engine.derive import QA
 from engine.engine import Engine
 from engine.errors import EngramError
@@ -26,7 +26,7 @@ from engine.learner import train
 from engine.learning import Step
 from engine.learning.anchors import anchors_for, applied, twin_for
 from engine.learning.corrections import corrections, same_question
-from engine.learning.texts import dialogue, end_of_turn, token_positions
+from engine.learning.texts import dialogue, end_of_turn
 from engine.overlay import SparseOverlay
 from engine.prompt import Turn
 from engine.runtime import Sampling
@@ -543,33 +543,6 @@ def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_af
         assert (asked > 0).any(dim=0).all()  # every neuron fires on its question
         assert (x[0] @ keys.T < -1).all()
         assert ((example.ending(x) @ keys.T).max(dim=0).values < asked.max(dim=0).values).all()
-
-
-def test_keyed_neurons_also_fire_where_the_question_names_what_it_is_about(engine):
-    """A question worded otherwise that names the same thing must find the fact: its detector
-    keys on the subject's token as well as on where the question ends."""
-    rt = engine.load()
-    twin = twin_for(rt)
-    recipe = learner.Recipe(layers=(1, 2), neurons=2, steps=3)
-    question = "What is my cat called?"
-    prompt, answer = dialogue(rt, None, question, " Hello.")
-    about = token_positions(rt, prompt, question,
-                            text.about_spans(question, "My cat is called Hello.", "Hello"))
-    assert [rt.detokenize([prompt[p]]).strip() for p in about] == ["cat"]
-    example = learner.Example(prompt, answer, end_of_turn(rt), about)
-    blocks, _ = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
-    seen = {}
-    hooks = [twin.layers[l].mlp.register_forward_pre_hook(
-        lambda m, a, l=l: seen.__setitem__(l, a[0][0])) for l in recipe.layers]
-    with torch.no_grad():
-        twin.full_logits([example.tokens])
-    for hook in hooks:
-        hook.remove()
-    for block in blocks:
-        if block.matrix == "ffn_gate":
-            keys = (twin.layers[block.layer].mlp.gate_proj.weight[
-                torch.from_numpy(block.neurons).long()] + torch.from_numpy(block.delta))
-            assert (example.subject(seen[block.layer]) @ keys.T > 0).all()
 
 
 @pytest.mark.parametrize("facts", [1, 3, 4, 6, 16])

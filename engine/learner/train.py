@@ -36,13 +36,11 @@ Progress = Callable[[float, str], None]
 class Example:
     """One training sequence: a prompt, the answer tokens the model must produce, and the
     tokens that end its turn (trained too, but there the new neurons must be silent again,
-    or the answer runs on). ``about``: the prompt positions where the question names what it
-    asks about ("cat" in "What is my cat called?")."""
+    or the answer runs on)."""
 
     prompt: list[int]
     answer: list[int]
     end: list[int] = field(default_factory=list)
-    about: list[int] = field(default_factory=list)
 
     @property
     def tokens(self) -> list[int]:
@@ -52,12 +50,6 @@ class Example:
         """The rows of ``x`` where the question ends (its last ``tail`` + 1 prompt positions)
         and the answer is being written: where a detector of it must fire."""
         return x[len(self.prompt) - 1 - tail: len(self.prompt) + len(self.answer) - 1]
-
-    def subject(self, x: torch.Tensor) -> torch.Tensor:
-        """The rows of ``x`` where the question names what it is about: a detector of the
-        fact fires there too (ROME keys on the subject's last token), so a question worded
-        otherwise that names the same thing still finds it."""
-        return x[torch.tensor(self.about, dtype=torch.long, device=x.device)]
 
     def ending(self, x: torch.Tensor) -> torch.Tensor:
         """The rows of ``x`` (this sequence's FFN inputs) that predict the end tokens."""
@@ -148,21 +140,16 @@ def _keyed_edit(twin: Twin, layer: int, depth: int, examples: list[Example], see
     edit = NeuronEdit(twin, layer, _quiet_neurons(twin, layer, anchors, owned.get(layer, set()),
                                                   recipe.neurons), recipe.max_norm)
     facts = sorted(set(taught))
-    asked = [torch.cat([e.question(seen[i], recipe.key_context)
-                        for i, e in enumerate(examples) if taught[i] == fact])
-             for fact in facts]
-    named = [torch.cat([e.subject(seen[i]) for i, e in enumerate(examples) if taught[i] == fact])
-             for fact in facts]
+    positives = [torch.cat([e.question(seen[i], recipe.key_context)
+                            for i, e in enumerate(examples) if taught[i] == fact])
+                 for fact in facts]
     endings = [e.ending(seen[i]) for i, e in enumerate(examples)]
     keyed = keys.keyed_facts(len(facts), depth, recipe.neurons)
-    # Rivals are the other facts' questions where they end, never where they name their
-    # subject: facts about one thing ("my drone": its name, its rotors) share it.
-    rivals = ([torch.cat([asked[g] for g in range(len(facts)) if g != f] or [asked[f][:0]])
+    rivals = ([torch.cat([positives[g] for g in range(len(facts)) if g != f] or [positives[f][:0]])
                for f in keyed] if recipe.rivals else None)
-    mine = [torch.cat([asked[f], named[f]]) for f in keyed]
+    mine = [positives[f] for f in keyed]
     negatives = torch.cat([anchors.inputs[layer], anchors.prose[layer], unrelated, *endings])
-    edit.key(keys.fit(mine, negatives, anchors.start[layer], recipe, rivals),
-             [asked[f] for f in keyed])
+    edit.key(keys.fit(mine, negatives, anchors.start[layer], recipe, rivals), mine)
     return edit
 
 
@@ -266,8 +253,7 @@ def _after_shared(twin: Twin, examples: list[Example],
     shared = _shared_prefix([e.tokens for e in examples],
                             min((len(e.prompt) for e in examples), default=0) - 1 - tail)
     prefix = twin.prefix(examples[0].tokens[:shared]) if shared else None
-    return prefix, [Example(e.prompt[shared:], e.answer, e.end,
-                            [p - shared for p in e.about if p >= shared]) for e in examples]
+    return prefix, [Example(e.prompt[shared:], e.answer, e.end) for e in examples]
 
 
 def _shared_prefix(sequences: list[list[int]], limit: int) -> int:

@@ -38,7 +38,6 @@ from engine.learning.texts import (
     dialogue,
     end_of_turn,
     personal_questions,
-    token_positions,
 )
 from engine.memory import OverlayMemory
 from engine.overlay import SparseOverlay, write_gguf_lora
@@ -211,14 +210,8 @@ class Learning:
         end = end_of_turn(self.runtime)
 
         def examples_of(pairs: list[QA]) -> list[learner.Example]:
-            examples = []
-            for qa in pairs:
-                prompt, answer = dialogue(self.runtime, settings.system_prompt, qa.question,
-                                          f" {qa.answer}.")
-                about = token_positions(self.runtime, prompt, qa.question, text.about_spans(
-                    qa.question, qa.statement, qa.answer))
-                examples.append(learner.Example(prompt, answer, end, about))
-            return examples
+            return [learner.Example(*dialogue(self.runtime, settings.system_prompt, qa.question,
+                                              f" {qa.answer}."), end) for qa in pairs]
 
         first_asked: dict[str, str] = {}
         for qa in found:

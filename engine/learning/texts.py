@@ -85,21 +85,6 @@ def dialogue(runtime: Runtime, system: str | None, question: str,
     return prompt, runtime.tokenize(answer, add_bos=False)
 
 
-def token_positions(runtime: Runtime, prompt: list[int], part: str,
-                    spans: list[tuple[int, int]]) -> list[int]:
-    """The positions in ``prompt`` of the tokens that end each character span of ``part``,
-    the last place the prompt's text holds it (a question, after the system prompt)."""
-    ends, length = [], 0
-    for token in prompt:
-        length += len(runtime.detokenize([token]))
-        ends.append(length)
-    at = "".join(runtime.detokenize([t]) for t in prompt).rfind(part)
-    if at < 0:
-        return []
-    return sorted({next(i for i, end in enumerate(ends) if end >= at + stop)
-                   for _, stop in spans})
-
-
 def end_of_turn(runtime: Runtime) -> list[int]:
     """The tokens that close an assistant's turn in the app's prompt format."""
     return runtime.tokenize(runtime.format.end_of_turn, add_bos=False, special=True)
