@@ -59,10 +59,11 @@ class Anchors:
     def load(cls, path: Path, device: torch.device, layers: tuple[int, ...]) -> Anchors:
         """Read what ``save`` wrote; ValueError (or safetensors' error) if it is not that."""
         with safe_open(str(path), framework="pt") as fh:
-            recorded = (fh.metadata() or {}).get("sha256")
+            metadata = fh.metadata()
             tensors = {key: fh.get_tensor(key) for key in fh.keys()}
-        if recorded is None:
+        if metadata is None:  # no metadata at all: written before the checksum
             raise Outdated(f"{path}: written before caches carried checksums")
+        recorded = metadata.get("sha256")
         if recorded != _sha256(tensors):
             raise ValueError(f"{path}: the tensors do not match their checksum")
         out = cls({}, {}, {}, {}, {}, {})
