@@ -17,6 +17,11 @@ class LearningUnavailable(EngramError):
     """The model's architecture is one the torch twin cannot reproduce: chat only."""
 
 
+class NotEnoughMemory(EngramError):
+    """The training copy of the model would not fit in free memory: refused before loading
+    (an out-of-memory kill would take the chat with it)."""
+
+
 class OtherProfile(EngramError):
     """A session or overlay version of another profile was named: each profile's memory and
     sessions are its own."""

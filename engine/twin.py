@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from engine.architectures import ARCHITECTURES, Architecture
-from engine.model_file import ModelFile
+from engine.errors import NotEnoughMemory
+from engine.model_file import ModelFile, header
 from store import paths
 from store.files import (
     BadFile,
@@ -39,6 +40,30 @@ DTYPE = torch.float32  # the twin must compute what llama.cpp serves: no lower p
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+HEADROOM = 1 << 30  # bytes beside the weights: anchors, activations, the optimiser's state
+
+
+def check_memory(model_file: ModelFile, cached: bool) -> None:
+    """NotEnoughMemory, with the figures, when the twin's float32 weights (twice over while a
+    GGUF is dequantised, once from the cache) and some headroom exceed the free memory, and
+    on a GPU when the weights do not fit in its free memory."""
+    import psutil
+
+    weights = 4 * header(model_file.path)["parameters"]
+    need = weights * (1 if cached else 2) + HEADROOM
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise NotEnoughMemory(
+            f"learning needs about {need / 1e9:.1f} GB of free memory for {model_file.name}'s "
+            f"training copy (float32) and {available / 1e9:.1f} GB is free: chat works; close "
+            "other programs or learn with a smaller model")
+    if device().type == "cuda" and weights + HEADROOM > torch.cuda.mem_get_info()[0]:
+        raise NotEnoughMemory(
+            f"learning needs about {(weights + HEADROOM) / 1e9:.1f} GB of free GPU memory for "
+            f"{model_file.name}'s training copy and {torch.cuda.mem_get_info()[0] / 1e9:.1f} GB "
+            "is free: chat works; free the GPU or learn with a smaller model")
 
 
 @dataclass
@@ -98,6 +123,7 @@ class Twin:
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
         cache = cls.cache_dir(model_file)
+        check_memory(model_file, cached=cache.exists())
         model = read_cache(cache)
         cached = model is not None
         if not cached:

@@ -20,7 +20,7 @@ import torch
 from engine import derive, learner, runtime
 from engine.derive import QA
 from engine.engine import Engine
-from engine.errors import EngramError
+from engine.errors import EngramError, NotEnoughMemory
 from engine.learn_queue import LearnQueue
 from engine.learner import train
 from engine.learning import Step
@@ -668,6 +668,25 @@ def test_a_reply_during_a_learning_job_uses_the_active_memory_and_is_labelled_so
         release.set()
         job.join(60)
     assert not job.is_alive() and engine.memory.applied.id != active.id
+
+
+def test_learning_that_would_not_fit_in_memory_is_refused_with_the_figures(engine, monkeypatch):
+    """Refused before the training copy is loaded (an out-of-memory kill would take the chat
+    with it): the figures in one line, nothing lost, the chat still works."""
+    import types
+
+    import psutil
+
+    from engine.learning import anchors as learning
+
+    monkeypatch.setattr(learning, "_twins", {})  # not loaded in this process yet
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10**8))
+    sid = said(engine, "My cat is called Pixel.")
+    with pytest.raises(NotEnoughMemory,
+                       match=r"needs about 1\.1 GB of free memory .* and 0\.1 GB is free"):
+        engine.learn_now(session_ids=[sid])
+    assert engine.memory.applied is None
+    assert [m.content for m in engine.store.messages(sid)] == ["My cat is called Pixel."]
 
 
 def test_a_model_shallower_than_the_recipe_is_refused_in_one_line(engine):  # noqa: F811
