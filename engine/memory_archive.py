@@ -49,6 +49,7 @@ from engine.memory import OverlayMemory
 from engine.model_file import ModelFile
 from engine.overlay import OverlayError, SparseOverlay
 from engine.runtime import Runtime
+from store.files import atomic_write, open_private
 from store.records import OverlayVersion, Profile
 from store.store import Store
 
@@ -162,19 +163,14 @@ def _write_archive(path: Path, directory: Path, version: OverlayVersion, overlay
         "base_sha256": overlay.base_sha256,
         "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=overlay_files.PARTIAL_PREFIX, dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-                zf.writestr(INDEX, json.dumps(index, indent=1))
-                for name, data in members.items():
-                    zf.writestr(name, data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(tmp: Path) -> None:
+        with open_private(tmp) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(INDEX, json.dumps(index, indent=1))
+            for name, data in members.items():
+                zf.writestr(name, data)
+
+    atomic_write(path, write)
 
 
 def _write_peft(path: Path, overlay: SparseOverlay, model: ModelFile) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngramError
+from store import paths
 from store.files import atomic_write, open_private, temporary
 
 MATRICES = ("ffn_down", "ffn_up", "ffn_gate")
@@ -328,8 +329,7 @@ def save(overlay: SparseOverlay, directory: str | os.PathLike, *,
     text = manifest.to_json()  # fails here, before any file, if metrics are not JSON
     tmp = temporary(directory)
     shutil.rmtree(tmp, ignore_errors=True)  # a process with this pid before, killed mid-write
-    tmp.mkdir()
-    os.chmod(tmp, 0o700)  # whatever the umask: learned facts are private
+    paths.private_dir(tmp)  # whatever the umask: learned facts are private
     try:
         _write(tmp / TENSORS_FILE, data)
         _write(tmp / MANIFEST_FILE, text.encode())

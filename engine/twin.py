@@ -59,11 +59,14 @@ def check_memory(model_file: ModelFile, cached: bool) -> None:
             f"learning needs about {need / 1e9:.1f} GB of free memory for {model_file.name}'s "
             f"training copy (float32) and {available / 1e9:.1f} GB is free: chat works; close "
             "other programs or learn with a smaller model")
-    if device().type == "cuda" and weights + HEADROOM > torch.cuda.mem_get_info()[0]:
+    if device().type != "cuda":
+        return
+    free_gpu = torch.cuda.mem_get_info()[0]
+    if weights + HEADROOM > free_gpu:
         raise NotEnoughMemory(
             f"learning needs about {(weights + HEADROOM) / 1e9:.1f} GB of free GPU memory for "
-            f"{model_file.name}'s training copy and {torch.cuda.mem_get_info()[0] / 1e9:.1f} GB "
-            "is free: chat works; free the GPU or learn with a smaller model")
+            f"{model_file.name}'s training copy and {free_gpu / 1e9:.1f} GB is free: chat "
+            "works; free the GPU or learn with a smaller model")
 
 
 @dataclass
