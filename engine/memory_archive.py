@@ -47,9 +47,9 @@ from engine.learning.anchors import PROJECTIONS
 from engine.learning.ledger import ancestry_records
 from engine.memory import OverlayMemory
 from engine.model_file import ModelFile
-from engine.overlay import OverlayError, SparseOverlay
+from engine.overlay import ForeignOverlay, OverlayError, SparseOverlay
 from engine.runtime import Runtime
-from store.files import atomic_write, open_private
+from store.files import BadFile, atomic_write, open_private, typed_fields
 from store.records import OverlayVersion, Profile
 from store.store import Store
 
@@ -313,14 +313,13 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 
 def _fields(value: object, schema: dict[str, tuple[type, ...]], what: str) -> dict:
-    """``value`` as a JSON object with exactly these fields of these types (bool is no int)."""
+    """``value`` as a JSON object with exactly these fields of these types."""
     if not isinstance(value, dict) or set(value) != set(schema):
         raise ArchiveRefused(f"{what} does not have the fields {', '.join(schema)}")
-    for key, types in schema.items():
-        if not isinstance(value[key], types) or (isinstance(value[key], bool)
-                                                  and bool not in types):
-            raise ArchiveRefused(f"{what}: {key} has the wrong type")
-    return value
+    try:
+        return typed_fields(value, schema, what)
+    except BadFile as exc:
+        raise ArchiveRefused(str(exc)) from None
 
 
 def _json(data: bytes, what: str) -> object:
@@ -360,6 +359,9 @@ def _overlay(data: dict[str, bytes], runtime: Runtime) -> SparseOverlay:
             (Path(tmp) / file).write_bytes(data[name])
         try:
             overlay = overlay_files.load(tmp, runtime.model.sha256)
+        except ForeignOverlay:  # its message names the temporary folder, gone by now
+            raise ArchiveRefused(f"the overlay's manifest names another base model than "
+                                 f"{INDEX}") from None
         except OverlayError as exc:
             raise ArchiveRefused(f"the overlay does not load ({exc.__cause__ or exc})") from None
     llm = runtime.llm

@@ -1,4 +1,5 @@
-"""The file chores every part of Engram shares: reading JSON lines, writing a file so that a
+"""The file chores every part of Engram shares: reading JSON lines, checking the types of what
+a JSON file holds, writing a file so that a
 crash leaves either the old file or the new one, never half of one, keeping what Engram
 writes readable by the user only (0600 files, 0700 directories) whatever the umask, sealing a
 directory with its files' checksums and moving a damaged file or directory aside."""
@@ -35,6 +36,21 @@ def read_jsonl(path: Path) -> list[dict]:
             except ValueError as exc:
                 raise BadFile(f"{path}:{number}: not JSON ({exc})") from None
     return out
+
+
+def typed_fields(value: object, types: dict[str, tuple[type, ...]], what: str) -> dict:
+    """``value`` as a JSON object holding each of these fields with one of its types (a bool is
+    no int: JSON tells them apart); BadFile names the first that is not. A file that lies about
+    a field's type must not be read as another value (``{}`` iterated as no blocks at all)."""
+    if not isinstance(value, dict):
+        raise BadFile(f"{what} is not a JSON object")
+    for key, allowed in types.items():
+        if key not in value:
+            raise BadFile(f"{what} has no {key}")
+        if not isinstance(value[key], allowed) or (isinstance(value[key], bool)
+                                                    and bool not in allowed):
+            raise BadFile(f"{what}: {key} has the wrong type")
+    return value
 
 
 def temporary(path: Path) -> Path:
