@@ -82,11 +82,13 @@ def test_the_bench_counts_each_operation_and_refuses_unknown_ones(tiny_model):
         reliability.run(str(tiny_model), operations=["rolback"])
 
 
-def test_every_kind_of_damaged_file_is_refused_cleanly_or_read_identically(tmp_path):
+def test_every_kind_of_damaged_file_is_refused_cleanly_or_read_identically(tmp_path, tiny_model):
     """A small run of the bench's fuzz: the database, an overlay's tensors and manifest, a KV
-    snapshot, the twin's cached weights and the anchors cache, each damaged and read back by
-    the app's own reader. Before their checksums, damaged twin and anchors caches were loaded
-    with changed weights (or raised transformers' own errors)."""
+    snapshot, the twin's cached weights, the anchors cache and an export (damaged or lying),
+    each read back by the app's own reader. Before their checksums, damaged twin and anchors
+    caches were loaded with changed weights (or raised transformers' own errors); before the
+    manifest's types were checked, an archive whose resealed manifest gave ``blocks`` as ``{}``
+    imported no memory at all, and a number for its base model raised a TypeError."""
     database = tmp_path / "engram.db"
     store = Store(database)
     session = store.new_session(store.profile("default").id, "tiny")
@@ -95,8 +97,9 @@ def test_every_kind_of_damaged_file_is_refused_cleanly_or_read_identically(tmp_p
         store.add_message(session.id, "assistant", f"reply {i}")
     store.close()
     per_kind = 8
-    cases = reliability.fuzz_cases(database, per_kind * len(reliability.FUZZ_KINDS),
-                                   random.Random(0), tmp_path / "fuzz")
+    cases = reliability.fuzz_cases(database, str(tiny_model),
+                                   per_kind * len(reliability.FUZZ_KINDS), random.Random(0),
+                                   tmp_path / "fuzz")
     assert [c for c in cases if not reliability.clean(c)] == []
     tally = reliability.fuzz_tally(cases)
     assert list(tally) == list(reliability.FUZZ_KINDS)
