@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -184,3 +185,29 @@ def quarantine(path: Path, companions: tuple[str, ...] = (), why: str = "damaged
         except FileNotFoundError:
             pass
     return target
+
+
+_QUARANTINED = re.compile(r"(?P<name>.+)\.(?P<why>[a-z]+)-(?P<when>\d{8}T\d{6}Z)(?:-\d+)?")
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A file or directory ``quarantine`` moved aside, read back from its name."""
+
+    path: Path  # where it is now
+    original: Path  # where it was (a rebuilt one may be there again)
+    why: str  # "damaged", "unrecorded"
+    when: datetime  # UTC
+
+
+def quarantined(directory: Path) -> list[Quarantined]:
+    """What ``quarantine`` moved aside in ``directory``, oldest first (a database's ``-wal``
+    and ``-shm`` go with it, not on their own)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        if m := _QUARANTINED.fullmatch(path.name):
+            when = datetime.strptime(m["when"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            found.append(Quarantined(path, path.with_name(m["name"]), m["why"], when))
+    return sorted(found, key=lambda q: (q.when, q.path.name))

@@ -72,6 +72,16 @@ def cache() -> Path:
     return private_dir(path)
 
 
+def twin_cache() -> Path:
+    """The training copies of models (dequantised, one folder per model's sha256)."""
+    return cache() / "twin"
+
+
+def anchors_cache() -> Path:
+    """The anchors learning keeps unchanged, one file per model and recipe."""
+    return cache() / "anchors"
+
+
 def database(home_dir: Path) -> Path:
     """The SQLite database of one home."""
     return home_dir / "engram.db"
