@@ -35,7 +35,6 @@ READABLE_VERSIONS = (1, 2)  # 1: written before manifests carried their own chec
 MANIFEST_SHA256 = "manifest_sha256"
 TENSORS_FILE = "overlay.safetensors"
 MANIFEST_FILE = "manifest.json"
-PARTIAL_PREFIX = ".partial-"  # an export's temporary, beside it in the user's directory
 
 
 class OverlayError(EngramError):

@@ -68,11 +68,17 @@ def abandoned(directory: Path) -> list[Path]:
     writer no longer runs: killed before its rename, so nothing refers to them."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if (m := _TEMPORARY.fullmatch(p.name)) and not _running(int(m.group(1))))
+    return sorted(p for p in directory.iterdir() if is_abandoned(p))
 
 
-def _running(pid: int) -> bool:
+def is_abandoned(path: Path) -> bool:
+    """Whether ``path`` is named as ``temporary`` names one and its writer no longer runs."""
+    m = _TEMPORARY.fullmatch(path.name)
+    return m is not None and not running(int(m.group(1)))
+
+
+def running(pid: int) -> bool:
+    """Whether a process ``pid`` runs (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -102,6 +102,12 @@ def learning_lock(home_dir: Path, profile: str) -> Path:
     return profile_dir(home_dir, profile) / "learning.lock"
 
 
+def exports_in_flight(home_dir: Path, profile: str) -> Path:
+    """A note per export being written, naming its temporary (beside the export, outside the
+    home), so that one an export killed midway left can be found again."""
+    return private_dir(profile_dir(home_dir, profile) / "exports")
+
+
 def session_states(home_dir: Path, profile: str) -> Path:
     """Saved per-session latent state (cells, KV snapshots) of one profile."""
     return private_dir(profile_dir(home_dir, profile) / "sessions")

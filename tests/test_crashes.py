@@ -4,6 +4,7 @@ lost, the database stays whole, and the next chat works."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from engine.bench import memory_kills, reliability
-from engine.bench.aftermath import REPOSITORY, chat_works
+from engine.bench.aftermath import REPOSITORY, chat_works, engram_command
 from engine.bench.memory_kills import learned_home, profile_state
 from engine.bench.reliability import concurrent_trial, crash_trial
 from engine.engine import Engine
@@ -62,6 +63,53 @@ def test_import_killed_before_its_version_is_recorded_adds_no_sessions(tmp_path,
     assert out.returncode == -signal.SIGKILL, out.stderr
     assert profile_state(prepared) == before
     assert chat_works(prepared, str(tiny_model))
+
+
+DIES_AFTER_ONE_WRITE = """
+import os, signal, sys, zipfile
+from engine import overlay
+
+def dying(write):
+    def written_then_killed(*args, **kwargs):
+        write(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return written_then_killed
+
+zipfile.ZipFile.writestr = dying(zipfile.ZipFile.writestr)
+overlay._write = dying(overlay._write)
+from app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["archive", "peft"])
+def test_an_export_killed_midway_leaves_its_temporary_only_until_the_next_start(
+        tmp_path, tiny_model, fmt):
+    """Killed after its first member (a zip's) or file (a PEFT folder's): the temporary beside
+    the target is listed by doctor and removed by the next command that opens the memory, here
+    the next export, wherever it was: the home noted it while it was written."""
+    home, out = tmp_path / "home", tmp_path / "exports"
+    learned_home(home, tmp_path / "archive.zip", str(tiny_model))
+    out.mkdir()
+    engram = [sys.executable, "-c", DIES_AFTER_ONE_WRITE, "--home", str(home),
+              "--model", str(tiny_model)]
+    killed = subprocess.run([*engram, "memory", "export", str(out / "first"), "--format", fmt],
+                            capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [left] = out.iterdir()
+    assert left.name.startswith(".first.") and left.name.endswith(".tmp")  # no "first"
+
+    doctor = subprocess.run(engram_command(home, str(tiny_model), "doctor", "--json"),
+                            capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert str(left) in json.loads(doctor.stdout)["leftovers"]["temporary_files"]
+    assert left.exists()  # the doctor changes nothing
+
+    again = subprocess.run(engram_command(home, str(tiny_model), "memory", "export",
+                                          str(out / "second"), "--format", fmt),
+                           capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in out.iterdir()] == ["second"]
+    assert list((home / "profiles" / "default" / "exports").iterdir()) == []
 
 
 def test_memory_commands_killed_lose_nothing(tiny_model):

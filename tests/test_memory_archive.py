@@ -145,7 +145,7 @@ def test_archive_round_trip_is_bit_exact_in_a_fresh_home(source, archive, tmp_pa
         "engram-export", 1, "0.1.0")
     assert index["base_sha256"] == source.runtime.model.sha256
     assert set(index["members"]) == {n for n in zf.namelist() if n != INDEX}
-    assert not list(tmp_path.glob(".partial-*"))
+    assert not list(tmp_path.glob(".*"))  # no temporary left beside it
 
     fresh = engine_at(tmp_path / "fresh", tiny_model)
     version = fresh.import_memory(archive)
