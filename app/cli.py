@@ -145,10 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="the operations killed, comma-separated: chat (a streaming "
                                   "reply), rollback, forget, reset, export, import (engram "
                                   "memory …); default: all")
-    reliability.add_argument("--fuzz", type=int, default=1200, metavar="N",
+    reliability.add_argument("--fuzz", type=int, default=1400, metavar="N",
                              help="damaged-file cases in all, taken in turn: the database, an "
                                   "overlay's tensors and manifest, a KV snapshot, the twin and "
-                                  "anchors caches (default 1200)")
+                                  "anchors caches, an export (damaged or lying) imported "
+                                  "(default 1400: 200 each)")
     reliability.add_argument("--concurrent", type=int, default=5, metavar="N",
                              help="runs of two chats at once on one profile (default 5)")
     reliability.add_argument("--seed", type=int, default=0)

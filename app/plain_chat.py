@@ -10,7 +10,7 @@ from typing import BinaryIO, TextIO
 
 from app.terminal import inert
 from engine.engine import Engine
-from engine.errors import EngramError, InputTooLong
+from engine.errors import ChatTemplateRefused, EngramError, InputTooLong
 
 
 class StdinNotText(EngramError):
@@ -56,7 +56,7 @@ def run(engine: Engine, session_id: int | None, private: bool,
             continue
         try:
             reply = conversation.send(text, engine.settings.sampling())
-        except InputTooLong as exc:
+        except (InputTooLong, ChatTemplateRefused) as exc:  # the message was not kept either
             print(f"[not sent: {exc}]", file=err)
             continue
         if reply.stats.dropped_turns:

@@ -1,14 +1,14 @@
 """``engram doctor``: what Engram runs on here (llama.cpp build and offload, torch device,
-memory, caches, the model, the store, what killed writes left behind), so a slow or failing
-set-up can be told apart from a bug without reading code. Nothing is loaded into llama.cpp or
-torch, and nothing is changed."""
+memory, caches, the model, the store, what killed writes left behind, what was set aside as
+damaged and what was done instead), so a slow or failing set-up can be told apart from a bug
+without reading code. Nothing is loaded into llama.cpp or torch, and nothing is changed."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from engine import leftovers
+from engine import leftovers, set_aside
 from engine.model_file import open_model
 from engine.runtime import gpu_layers
 from store import paths
@@ -32,6 +32,7 @@ def run(home: str | os.PathLike | None, model: str | os.PathLike | None) -> dict
                               for p in leftovers.temporaries(home_dir, profile.name)})
         unrecorded = [str(p) for profile in profiles
                       for p in leftovers.unrecorded(store, home_dir, profile)]
+        aside = set_aside.found(home_dir, store, profiles)
     finally:
         store.close()
     cache = paths.cache()
@@ -53,6 +54,7 @@ def run(home: str | os.PathLike | None, model: str | os.PathLike | None) -> dict
                   "read_only": store.read_only},
         # removed (temporaries) or moved aside (versions) when a profile's memory next opens
         "leftovers": {"temporary_files": temporaries, "unrecorded_versions": unrecorded},
+        "set_aside": {"items": [vars(item) for item in aside]},
     }
 
 
@@ -65,6 +67,9 @@ def report(result: dict) -> str:
                 lines += [f"  {name}: {_bytes(size)}" for name, size in value.items()]
             elif key in ("ram_free", "vram_free") and value is not None:
                 lines.append(f"  {key}: {_bytes(value)}")
+            elif section == "set_aside":
+                lines += [f"  {set_aside.SetAside(**item).line()}" for item in value] \
+                    or ["  nothing"]
             elif section == "leftovers":
                 lines.append(f"  {key}: " + (", ".join(value) + " (tidied at the next start)"
                                              if value else "none"))

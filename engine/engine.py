@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import memory_archive
+from engine import memory_archive, set_aside
 from engine.conversation import Conversation
 from engine.errors import EngramError, OtherProfile
 from engine.learn_queue import LearnQueue
@@ -179,6 +179,11 @@ class Engine:
                             learning_paused=self.settings.learning_paused,
                             cells_enabled=cells_enabled, cell_magnitudes=magnitudes,
                             problem=" ".join(problems))
+
+    def what_was_set_aside(self) -> list[set_aside.SetAside]:
+        """What was set aside as damaged, and what was done instead: in the home, of this
+        profile, in the cache."""
+        return set_aside.found(self.home, self.store, [self.profile])
 
     def versions(self) -> list[OverlayVersion]:
         """This profile's memory versions, newest first."""

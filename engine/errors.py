@@ -9,6 +9,11 @@ class ModelError(EngramError):
     """The model file is missing, not a GGUF, or not loadable by llama.cpp."""
 
 
+class ChatTemplateRefused(ModelError):
+    """The GGUF's chat template does not parse, fails on a dialogue, or reached for Python
+    internals that its sandbox denied: nothing it asked for ran."""
+
+
 class InputTooLong(EngramError):
     """A message cannot fit in the context window even on its own."""
 

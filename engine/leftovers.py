@@ -3,22 +3,37 @@
 Every write goes to a hidden temporary beside its target, named with the writer's pid
 (``store.files.temporary``), and is renamed into place whole. One killed before the rename
 leaves that temporary, which nothing refers to: once its writer no longer runs, it is removed.
-A commit killed after renaming a version folder into place but before recording it leaves a
-folder the database does not know: it is moved aside (``<name>.unrecorded-<stamp>``), never
-deleted, and only while this process holds the profile's learning lock, so never the folder
-of a commit still running in another process. ``engram doctor`` lists both; opening a
-profile's memory tidies them.
+An export's temporary lies beside the export, in a directory of the user's that Engram never
+searches: while it is written a note in the home names it (``exporting``), so it is found
+all the same. A commit killed after renaming a version folder into place but before recording
+it leaves a folder the database does not know: it is moved aside (``<name>.unrecorded-<stamp>``),
+never deleted, and only while this process holds the profile's learning lock, so never the
+folder of a commit still running in another process. ``engram doctor`` lists them all;
+opening a profile's memory tidies them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import EngramError
 from store import paths
-from store.files import abandoned, quarantine
+from store.files import (
+    abandoned,
+    atomic_write,
+    is_abandoned,
+    open_private,
+    quarantine,
+    running,
+    temporary,
+)
 from store.records import Profile
 from store.store import Store
 
@@ -29,9 +44,48 @@ def temporaries(home: Path, profile: str) -> list[Path]:
     overlays = paths.overlays(home, profile)
     cache = paths.cache()
     places = [overlays, *(p for p in overlays.iterdir() if p.is_dir()),
-              paths.session_states(home, profile),
+              paths.session_states(home, profile), paths.exports_in_flight(home, profile),
               cache, *(p for p in cache.iterdir() if p.is_dir())]
-    return [found for place in places for found in abandoned(place)]
+    return [found for place in places for found in abandoned(place)] + [
+        left for _, left in _killed_exports(home, profile) if left is not None]
+
+
+@contextmanager
+def exporting(home: Path, profile: str, target: Path) -> Iterator[None]:
+    """Note in the home, while an export to ``target`` is written, the temporary it is
+    written through (beside it, as ``store.files.temporary`` names it)."""
+    tmp = temporary(target.absolute())  # found again from any working directory
+    digest = hashlib.sha256(str(tmp).encode()).hexdigest()[:16]
+    note = paths.exports_in_flight(home, profile) / f"{os.getpid()}-{digest}.json"
+
+    def write(path: Path) -> None:
+        with open_private(path) as fh:
+            fh.write(json.dumps({"temporary": str(tmp)}).encode())
+
+    atomic_write(note, write)
+    try:
+        yield
+    finally:
+        note.unlink(missing_ok=True)
+
+
+def _killed_exports(home: Path, profile: str) -> list[tuple[Path, Path | None]]:
+    """The notes of exports whose process no longer runs, each with the temporary it left
+    (None: none, or the note names no temporary of a writer gone: nothing else is touched)."""
+    found: list[tuple[Path, Path | None]] = []
+    for note in sorted(paths.exports_in_flight(home, profile).glob("*.json")):
+        pid = note.name.partition("-")[0]
+        if not pid.isdigit() or running(int(pid)):
+            continue
+        try:
+            left: Path | None = Path(json.loads(note.read_bytes())["temporary"])
+        except (OSError, ValueError, KeyError, TypeError):
+            left = None
+        if left is not None and not (is_abandoned(left) and (left.is_file() or left.is_dir())
+                                     and not left.is_symlink()):
+            left = None
+        found.append((note, left))
+    return found
 
 
 def unrecorded(store: Store, home: Path, profile: Profile) -> list[Path]:
@@ -52,6 +106,8 @@ def tidy(store: Store, home: Path, profile: Profile) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    for note, _ in _killed_exports(home, profile.name):
+        note.unlink(missing_ok=True)
     if folders := unrecorded(store, home, profile):
         try:
             with profile_lock(home, profile.name, wait=0):

@@ -23,6 +23,7 @@ whole: never the sessions without their version.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -40,16 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import llama_native
+from engine import leftovers, llama_native
 from engine import overlay as overlay_files
 from engine.errors import EngramError
 from engine.learning.anchors import PROJECTIONS
 from engine.learning.ledger import ancestry_records
 from engine.memory import OverlayMemory
 from engine.model_file import ModelFile
-from engine.overlay import OverlayError, SparseOverlay
+from engine.overlay import ForeignOverlay, OverlayError, SparseOverlay
 from engine.runtime import Runtime
-from store.files import atomic_write, open_private
+from store import paths
+from store.files import BadFile, atomic_write, open_private, temporary, typed_fields
 from store.records import OverlayVersion, Profile
 from store.store import Store
 
@@ -114,14 +116,20 @@ def export(path: str | os.PathLike, fmt: str, store: Store, home: Path, profile:
         raise EngramError("no learned memory is active: there is nothing to export")
     directory = Path(home) / version.path
     overlay = overlay_files.load(directory, model.sha256)
-    if fmt == "archive":
-        _write_archive(path, directory, version, overlay, store, profile)
-    elif not overlay.blocks:
+    if fmt != "archive" and not overlay.blocks:
         raise EngramError(f"v{version.id} is empty (a reset): there is no adapter to export")
-    elif fmt == "gguf":
-        overlay_files.write_gguf_lora(_baked(overlay), path, model.architecture)
-    else:
-        _write_peft(path, _baked(overlay), model)
+    if store.read_only:  # nothing can be noted or tidied there; the export still works
+        noted: contextlib.AbstractContextManager = contextlib.nullcontext()
+    else:  # what an export killed before left is removed, and this one's would be
+        leftovers.tidy(store, Path(home), profile)
+        noted = leftovers.exporting(Path(home), profile.name, path)
+    with noted:
+        if fmt == "archive":
+            _write_archive(path, directory, version, overlay, store, profile)
+        elif fmt == "gguf":
+            overlay_files.write_gguf_lora(_baked(overlay), path, model.architecture)
+        else:
+            _write_peft(path, _baked(overlay), model)
     return path
 
 
@@ -201,7 +209,8 @@ def _write_peft(path: Path, overlay: SparseOverlay, model: ModelFile) -> None:
         "layers_pattern": None,
     }
     weights = save(tensors, metadata={"format": "pt", "engram_base_sha256": overlay.base_sha256})
-    tmp = Path(tempfile.mkdtemp(prefix=overlay_files.PARTIAL_PREFIX, dir=path.parent))
+    tmp = temporary(path)
+    paths.private_dir(tmp)
     try:
         overlay_files._write(tmp / PEFT_WEIGHTS, weights)
         overlay_files._write(tmp / PEFT_CONFIG, json.dumps(config, indent=1).encode())
@@ -313,14 +322,13 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 
 def _fields(value: object, schema: dict[str, tuple[type, ...]], what: str) -> dict:
-    """``value`` as a JSON object with exactly these fields of these types (bool is no int)."""
+    """``value`` as a JSON object with exactly these fields of these types."""
     if not isinstance(value, dict) or set(value) != set(schema):
         raise ArchiveRefused(f"{what} does not have the fields {', '.join(schema)}")
-    for key, types in schema.items():
-        if not isinstance(value[key], types) or (isinstance(value[key], bool)
-                                                  and bool not in types):
-            raise ArchiveRefused(f"{what}: {key} has the wrong type")
-    return value
+    try:
+        return typed_fields(value, schema, what)
+    except BadFile as exc:
+        raise ArchiveRefused(str(exc)) from None
 
 
 def _json(data: bytes, what: str) -> object:
@@ -360,6 +368,9 @@ def _overlay(data: dict[str, bytes], runtime: Runtime) -> SparseOverlay:
             (Path(tmp) / file).write_bytes(data[name])
         try:
             overlay = overlay_files.load(tmp, runtime.model.sha256)
+        except ForeignOverlay:  # its message names the temporary folder, gone by now
+            raise ArchiveRefused(f"the overlay's manifest names another base model than "
+                                 f"{INDEX}") from None
         except OverlayError as exc:
             raise ArchiveRefused(f"the overlay does not load ({exc.__cause__ or exc})") from None
     llm = runtime.llm

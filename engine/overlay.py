@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.errors import EngramError
 from store import paths
-from store.files import atomic_write, open_private, temporary
+from store.files import atomic_write, open_private, temporary, typed_fields
 
 MATRICES = ("ffn_down", "ffn_up", "ffn_gate")
 FORMAT = "engram-overlay"
@@ -35,7 +35,6 @@ READABLE_VERSIONS = (1, 2)  # 1: written before manifests carried their own chec
 MANIFEST_SHA256 = "manifest_sha256"
 TENSORS_FILE = "overlay.safetensors"
 MANIFEST_FILE = "manifest.json"
-PARTIAL_PREFIX = ".partial-"  # an export's temporary, beside it in the user's directory
 
 
 class OverlayError(EngramError):
@@ -274,6 +273,18 @@ class Manifest:
                                            for k in self.__dataclass_fields__}), indent=1)
 
 
+_NUMBER, _NONE = (float, int), type(None)
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "base_sha256": (str,), "scale": _NUMBER, "d_model": (int,), "d_ff": (int,),
+    "created_at": (str,), "parent_version": (int, _NONE), "sessions": (list,),
+    "metrics": (dict,), "layers": (list,), "matrices": (list,), "blocks": (list,),
+    "trainable_params": (int,), "safetensors_sha256": (str,), "format": (str,),
+    "format_version": (int,)}
+_BLOCK_TYPES: dict[str, tuple[type, ...]] = {
+    "layer": (int,), "matrix": (str,), "session_id": (int, _NONE), "neurons": (list,),
+    "delta_shape": (list,)}
+
+
 def _fields_sha256(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -354,6 +365,9 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
         claimed = raw.pop(MANIFEST_SHA256, None)
         if (claimed is not None or raw["format_version"] > 1) and claimed != _fields_sha256(raw):
             raise ValueError("it does not match its checksum")
+        typed_fields(raw, _MANIFEST_TYPES, "the manifest")
+        for i, entry in enumerate(raw["blocks"]):
+            typed_fields(entry, _BLOCK_TYPES, f"block {i}")
         return Manifest(**{k: raw[k] for k in Manifest.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptOverlay(f"overlay {directory} has an unreadable manifest ({exc}); "
@@ -381,15 +395,18 @@ def load(directory: str | os.PathLike, expect_base_sha256: str) -> SparseOverlay
                              "its checksum; roll back to another version")
     try:
         tensors = from_bytes(data)
-        blocks = []
+        blocks, named = [], {CELL_GATES}
         for i, entry in enumerate(manifest.blocks):
             neurons_name, delta_name = _tensor_names(i, entry["layer"], entry["matrix"])
+            named |= {neurons_name, delta_name}
             block = NeuronBlock(entry["layer"], entry["matrix"], tensors[neurons_name],
                                 tensors[delta_name], entry["session_id"])
             if (block.neurons.tolist() != entry["neurons"]
                     or list(block.delta.shape) != entry["delta_shape"]):
                 raise ValueError(f"block {i} does not match the manifest")
             blocks.append(block)
+        if unnamed := sorted(set(tensors) - named):
+            raise ValueError(f"the manifest names no block for {unnamed[0]}")
         return SparseOverlay(blocks, manifest.base_sha256, manifest.scale,
                              d_model=manifest.d_model, d_ff=manifest.d_ff,
                              cell_gates=tensors.get(CELL_GATES))

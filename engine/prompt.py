@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.errors import InputTooLong
+from engine.errors import ChatTemplateRefused, InputTooLong
 
 
 @dataclass(frozen=True)
@@ -48,29 +48,56 @@ class PlainDialogue:
 class ChatTemplate:
     """The GGUF's own Jinja chat template (``tokenizer.chat_template``). Its turn markers
     (``<|im_start|>``) are control tokens, so its prompts are tokenised with ``special``, as
-    llama.cpp's own chat does: a user who types one gets it."""
+    llama.cpp's own chat does: a user who types one gets it.
+
+    The template is code from the model file. llama-cpp-python renders it in Jinja's
+    immutable sandbox, which denies Python internals (``__class__``, ``__globals__``); a
+    template that cannot format a one-message dialogue is refused with its model rather
+    than swapped for another format: the model would then answer prompts in a shape it was
+    never trained on, and learn from them, with nothing to say why its replies got worse."""
 
     special = True
 
-    def __init__(self, template: str, bos_token: str, eos_token: str):
+    def __init__(self, template: str, bos_token: str, eos_token: str, source: str):
+        import jinja2
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self._formatter = Jinja2ChatFormatter(template=template, bos_token=bos_token,
-                                              eos_token=eos_token)
+        self._source = source
+        try:
+            self._formatter = Jinja2ChatFormatter(template=template, bos_token=bos_token,
+                                                  eos_token=eos_token)
+        except jinja2.TemplateError as exc:
+            raise template_refused(source, exc) from exc
         self._bos = bos_token
         self.stop = [eos_token] if eos_token else []
         self.end_of_turn = eos_token
+        self.render(None, [Turn("user", "hello")])
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": t.role, "content": t.content} for t in turns]
-        # llama-cpp-python types messages as TypedDicts with literal roles
-        response = self._formatter(messages=messages)  # type: ignore[arg-type]
+        try:
+            # llama-cpp-python types messages as TypedDicts with literal roles
+            response = self._formatter(messages=messages)  # type: ignore[arg-type]
+        except Exception as exc:  # the template's own code failed, whatever it raised
+            raise template_refused(self._source, exc) from exc
         if response.stop:
             extra = response.stop if isinstance(response.stop, list) else [response.stop]
             self.stop = list(dict.fromkeys(self.stop + extra))
         # The tokenizer adds the model's bos itself (Llama 3's template writes it too).
         return response.prompt.removeprefix(self._bos) if self._bos else response.prompt
+
+
+def template_refused(source: str, exc: Exception) -> ChatTemplateRefused:
+    """The one-line error for a template that failed. Its message may be the template's own
+    text (``raise_exception``), so it is quoted with escapes, never shown raw."""
+    from jinja2.exceptions import SecurityError
+
+    reason = "it reached outside its sandbox" if isinstance(exc, SecurityError) \
+        else type(exc).__name__
+    return ChatTemplateRefused(
+        f"the chat template in {source} was refused, {reason}: {str(exc)[:200]!r}; nothing "
+        "it asked for ran. Use another GGUF of this model")
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,17 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from engine.errors import EngramError, ModelError
+from engine.errors import ChatTemplateRefused, EngramError, ModelError
 from engine.model_file import ModelFile, open_model
-from engine.prompt import ChatTemplate, FittedPrompt, PlainDialogue, PromptFormat, Turn, fit
+from engine.prompt import (
+    ChatTemplate,
+    FittedPrompt,
+    PlainDialogue,
+    PromptFormat,
+    Turn,
+    fit,
+    template_refused,
+)
 
 if TYPE_CHECKING:
     from llama_cpp.llama_types import CreateCompletionResponse
@@ -108,6 +116,7 @@ class Runtime:
 
     def __init__(self, model: str | os.PathLike | None = None, n_ctx: int = 4096,
                  n_threads: int | None = None, n_gpu_layers: int | None = None):
+        import jinja2
         import llama_cpp
 
         from engine import llama_native  # noqa: F401  (installs the quiet log callback)
@@ -122,6 +131,8 @@ class Runtime:
                 n_gpu_layers=gpu_layers() if n_gpu_layers is None else n_gpu_layers,
                 verbose=False,
             )
+        except jinja2.TemplateError as exc:  # llama-cpp-python compiles the file's templates
+            raise template_refused(self.model.path.name, exc) from exc
         except (ValueError, RuntimeError) as exc:
             raise ModelError(
                 f"llama.cpp could not load {self.model.path} (architecture "
@@ -129,7 +140,11 @@ class Runtime:
                 "build does not support that architecture"
             ) from exc
         self.n_ctx = self.llm.n_ctx()
-        self.format: PromptFormat = _prompt_format(self.llm)
+        try:
+            self.format: PromptFormat = _prompt_format(self.llm, self.model.path.name)
+        except ChatTemplateRefused:
+            self.llm.close()
+            raise
         self._lock = threading.RLock()  # re-entrant: a reply's ``prepare`` calls back in
         self._adapter = None  # the active LoRA adapter (llama.cpp handle), if any
         self.kv_owner: object = None  # whose dialogue the context holds (see ``reply``)
@@ -308,10 +323,10 @@ class Runtime:
             self.llm.close()
 
 
-def _prompt_format(llm) -> PromptFormat:
+def _prompt_format(llm, source: str) -> PromptFormat:
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         return PlainDialogue()
     bos, eos = (llm.detokenize([t], special=True).decode("utf-8", "replace") if t >= 0 else ""
                 for t in (llm.token_bos(), llm.token_eos()))
-    return ChatTemplate(template, bos, eos)
+    return ChatTemplate(template, bos, eos, source)

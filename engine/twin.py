@@ -144,7 +144,7 @@ class Twin:
     @staticmethod
     def cache_dir(model_file: ModelFile) -> Path:
         """Where the dequantised weights are kept (built on the first load on a machine)."""
-        return paths.cache() / "twin" / model_file.sha256
+        return paths.twin_cache() / model_file.sha256
 
     # -- running --------------------------------------------------------------
 

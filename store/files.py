@@ -1,4 +1,5 @@
-"""The file chores every part of Engram shares: reading JSON lines, writing a file so that a
+"""The file chores every part of Engram shares: reading JSON lines, checking the types of what
+a JSON file holds, writing a file so that a
 crash leaves either the old file or the new one, never half of one, keeping what Engram
 writes readable by the user only (0600 files, 0700 directories) whatever the umask, sealing a
 directory with its files' checksums and moving a damaged file or directory aside."""
@@ -10,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +39,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def typed_fields(value: object, types: dict[str, tuple[type, ...]], what: str) -> dict:
+    """``value`` as a JSON object holding each of these fields with one of its types (a bool is
+    no int: JSON tells them apart); BadFile names the first that is not. A file that lies about
+    a field's type must not be read as another value (``{}`` iterated as no blocks at all)."""
+    if not isinstance(value, dict):
+        raise BadFile(f"{what} is not a JSON object")
+    for key, allowed in types.items():
+        if key not in value:
+            raise BadFile(f"{what} has no {key}")
+        if not isinstance(value[key], allowed) or (isinstance(value[key], bool)
+                                                    and bool not in allowed):
+            raise BadFile(f"{what}: {key} has the wrong type")
+    return value
+
+
 def temporary(path: Path) -> Path:
     """Where a write of ``path`` goes before it is renamed into place: beside it, hidden, with
     the writer's pid, so ``abandoned`` can tell one whose writer was killed."""
@@ -51,11 +68,17 @@ def abandoned(directory: Path) -> list[Path]:
     writer no longer runs: killed before its rename, so nothing refers to them."""
     if not directory.is_dir():
         return []
-    return sorted(p for p in directory.iterdir()
-                  if (m := _TEMPORARY.fullmatch(p.name)) and not _running(int(m.group(1))))
+    return sorted(p for p in directory.iterdir() if is_abandoned(p))
 
 
-def _running(pid: int) -> bool:
+def is_abandoned(path: Path) -> bool:
+    """Whether ``path`` is named as ``temporary`` names one and its writer no longer runs."""
+    m = _TEMPORARY.fullmatch(path.name)
+    return m is not None and not running(int(m.group(1)))
+
+
+def running(pid: int) -> bool:
+    """Whether a process ``pid`` runs (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -168,3 +191,29 @@ def quarantine(path: Path, companions: tuple[str, ...] = (), why: str = "damaged
         except FileNotFoundError:
             pass
     return target
+
+
+_QUARANTINED = re.compile(r"(?P<name>.+)\.(?P<why>[a-z]+)-(?P<when>\d{8}T\d{6}Z)(?:-\d+)?")
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A file or directory ``quarantine`` moved aside, read back from its name."""
+
+    path: Path  # where it is now
+    original: Path  # where it was (a rebuilt one may be there again)
+    why: str  # "damaged", "unrecorded"
+    when: datetime  # UTC
+
+
+def quarantined(directory: Path) -> list[Quarantined]:
+    """What ``quarantine`` moved aside in ``directory``, oldest first (a database's ``-wal``
+    and ``-shm`` go with it, not on their own)."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        if m := _QUARANTINED.fullmatch(path.name):
+            when = datetime.strptime(m["when"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            found.append(Quarantined(path, path.with_name(m["name"]), m["why"], when))
+    return sorted(found, key=lambda q: (q.when, q.path.name))

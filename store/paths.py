@@ -72,6 +72,16 @@ def cache() -> Path:
     return private_dir(path)
 
 
+def twin_cache() -> Path:
+    """The training copies of models (dequantised, one folder per model's sha256)."""
+    return cache() / "twin"
+
+
+def anchors_cache() -> Path:
+    """The anchors learning keeps unchanged, one file per model and recipe."""
+    return cache() / "anchors"
+
+
 def database(home_dir: Path) -> Path:
     """The SQLite database of one home."""
     return home_dir / "engram.db"
@@ -90,6 +100,12 @@ def overlays(home_dir: Path, profile: str) -> Path:
 def learning_lock(home_dir: Path, profile: str) -> Path:
     """Held while a process changes a profile's memory, so two processes never learn at once."""
     return profile_dir(home_dir, profile) / "learning.lock"
+
+
+def exports_in_flight(home_dir: Path, profile: str) -> Path:
+    """A note per export being written, naming its temporary (beside the export, outside the
+    home), so that one an export killed midway left can be found again."""
+    return private_dir(profile_dir(home_dir, profile) / "exports")
 
 
 def session_states(home_dir: Path, profile: str) -> Path:

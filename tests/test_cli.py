@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from app import __version__
+from tests.tiny_gguf import write_tiny_model
 
 
 def engram(*args: str, stdin: bytes = b"", home=None, timeout: float = 120,
@@ -115,6 +116,32 @@ def test_context_size_out_of_range_is_refused(engine_home):
         err = out.stderr.decode()
         assert out.returncode == 2 and "--ctx" in err and "Traceback" not in err, err
     assert not engine_home.exists()
+
+
+def test_a_model_whose_chat_template_escapes_is_refused_in_one_line(tmp_path, engine_home):
+    marker = tmp_path / "PWNED"
+    model = write_tiny_model(tmp_path / "hostile.gguf", chat_template=(
+        f"{{{{ cycler.__init__.__globals__.os.popen('touch {marker}').read() }}}}"))
+    out = engram("chat", "--plain", "--model", str(model), stdin=b"hello\n", home=engine_home)
+    err = out.stderr.decode()
+    assert out.returncode == 2 and err.count("\n") == 1 and "outside its sandbox" in err, err
+    assert not marker.exists()
+
+
+def test_a_message_the_chat_template_refuses_is_not_sent_and_chat_goes_on(tmp_path,
+                                                                          engine_home):
+    """A template may refuse one dialogue (real ones refuse a system turn or roles out of
+    order): that message is not kept, and the chat goes on."""
+    model = write_tiny_model(tmp_path / "strict.gguf", chat_template=(
+        "{% for m in messages %}{% if 'secret' in m['content'] %}"
+        "{{ raise_exception('no secrets') }}{% endif %}"
+        "<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>"))
+    out = engram("chat", "--plain", "--model", str(model), stdin=b"hello\nsecret\nthe cat\n",
+                 home=engine_home)
+    err = out.stderr.decode()
+    assert out.returncode == 0 and "[not sent: the chat template in strict.gguf" in err, err
+    [session] = json.loads(engram("sessions", "--json", home=engine_home).stdout)
+    assert session["message_count"] == 4  # "hello", "the cat" and their replies
 
 
 def test_hostile_text_is_stored_as_typed_and_shown_inertly(tiny_model, engine_home):

@@ -4,6 +4,7 @@ lost, the database stays whole, and the next chat works."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from dataclasses import replace
 import pytest
 
 from engine.bench import memory_kills, reliability
-from engine.bench.aftermath import REPOSITORY, chat_works
+from engine.bench.aftermath import REPOSITORY, chat_works, engram_command
 from engine.bench.memory_kills import learned_home, profile_state
 from engine.bench.reliability import concurrent_trial, crash_trial
 from engine.engine import Engine
@@ -64,6 +65,53 @@ def test_import_killed_before_its_version_is_recorded_adds_no_sessions(tmp_path,
     assert chat_works(prepared, str(tiny_model))
 
 
+DIES_AFTER_ONE_WRITE = """
+import os, signal, sys, zipfile
+from engine import overlay
+
+def dying(write):
+    def written_then_killed(*args, **kwargs):
+        write(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return written_then_killed
+
+zipfile.ZipFile.writestr = dying(zipfile.ZipFile.writestr)
+overlay._write = dying(overlay._write)
+from app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["archive", "peft"])
+def test_an_export_killed_midway_leaves_its_temporary_only_until_the_next_start(
+        tmp_path, tiny_model, fmt):
+    """Killed after its first member (a zip's) or file (a PEFT folder's): the temporary beside
+    the target is listed by doctor and removed by the next command that opens the memory, here
+    the next export, wherever it was: the home noted it while it was written."""
+    home, out = tmp_path / "home", tmp_path / "exports"
+    learned_home(home, tmp_path / "archive.zip", str(tiny_model))
+    out.mkdir()
+    engram = [sys.executable, "-c", DIES_AFTER_ONE_WRITE, "--home", str(home),
+              "--model", str(tiny_model)]
+    killed = subprocess.run([*engram, "memory", "export", str(out / "first"), "--format", fmt],
+                            capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [left] = out.iterdir()
+    assert left.name.startswith(".first.") and left.name.endswith(".tmp")  # no "first"
+
+    doctor = subprocess.run(engram_command(home, str(tiny_model), "doctor", "--json"),
+                            capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert str(left) in json.loads(doctor.stdout)["leftovers"]["temporary_files"]
+    assert left.exists()  # the doctor changes nothing
+
+    again = subprocess.run(engram_command(home, str(tiny_model), "memory", "export",
+                                          str(out / "second"), "--format", fmt),
+                           capture_output=True, cwd=REPOSITORY, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in out.iterdir()] == ["second"]
+    assert list((home / "profiles" / "default" / "exports").iterdir()) == []
+
+
 def test_memory_commands_killed_lose_nothing(tiny_model):
     trials = memory_kills.run(str(tiny_model), list(memory_kills.OPERATIONS), kills=2, seed=0)
     assert [t for t in trials if not t["survived"]] == []
@@ -82,11 +130,13 @@ def test_the_bench_counts_each_operation_and_refuses_unknown_ones(tiny_model):
         reliability.run(str(tiny_model), operations=["rolback"])
 
 
-def test_every_kind_of_damaged_file_is_refused_cleanly_or_read_identically(tmp_path):
+def test_every_kind_of_damaged_file_is_refused_cleanly_or_read_identically(tmp_path, tiny_model):
     """A small run of the bench's fuzz: the database, an overlay's tensors and manifest, a KV
-    snapshot, the twin's cached weights and the anchors cache, each damaged and read back by
-    the app's own reader. Before their checksums, damaged twin and anchors caches were loaded
-    with changed weights (or raised transformers' own errors)."""
+    snapshot, the twin's cached weights, the anchors cache and an export (damaged or lying),
+    each read back by the app's own reader. Before their checksums, damaged twin and anchors
+    caches were loaded with changed weights (or raised transformers' own errors); before the
+    manifest's types were checked, an archive whose resealed manifest gave ``blocks`` as ``{}``
+    imported no memory at all, and a number for its base model raised a TypeError."""
     database = tmp_path / "engram.db"
     store = Store(database)
     session = store.new_session(store.profile("default").id, "tiny")
@@ -95,8 +145,9 @@ def test_every_kind_of_damaged_file_is_refused_cleanly_or_read_identically(tmp_p
         store.add_message(session.id, "assistant", f"reply {i}")
     store.close()
     per_kind = 8
-    cases = reliability.fuzz_cases(database, per_kind * len(reliability.FUZZ_KINDS),
-                                   random.Random(0), tmp_path / "fuzz")
+    cases = reliability.fuzz_cases(database, str(tiny_model),
+                                   per_kind * len(reliability.FUZZ_KINDS), random.Random(0),
+                                   tmp_path / "fuzz")
     assert [c for c in cases if not reliability.clean(c)] == []
     tally = reliability.fuzz_tally(cases)
     assert list(tally) == list(reliability.FUZZ_KINDS)

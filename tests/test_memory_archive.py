@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import stat
 import struct
@@ -20,6 +21,7 @@ from safetensors.numpy import load_file
 from app.cli import main
 from engine import overlay as ov
 from engine import runtime
+from engine.bench import archive_lies
 from engine.cells import CellRule, Cells
 from engine.engine import Engine
 from engine.errors import EngramError
@@ -143,7 +145,7 @@ def test_archive_round_trip_is_bit_exact_in_a_fresh_home(source, archive, tmp_pa
         "engram-export", 1, "0.1.0")
     assert index["base_sha256"] == source.runtime.model.sha256
     assert set(index["members"]) == {n for n in zf.namelist() if n != INDEX}
-    assert not list(tmp_path.glob(".partial-*"))
+    assert not list(tmp_path.glob(".*"))  # no temporary left beside it
 
     fresh = engine_at(tmp_path / "fresh", tiny_model)
     version = fresh.import_memory(archive)
@@ -498,6 +500,32 @@ def test_fuzzed_archives_import_identically_or_are_refused(archive, target, tmp_
         imported += 1
     print(f"fuzz: {imported} imported identically, {refused} refused")
     assert refused > 150
+
+
+@pytest.mark.parametrize("lie", sorted(archive_lies.LIES))
+def test_an_archive_that_lies_is_refused_in_one_line_and_changes_nothing(archive, target,
+                                                                          tmp_path, source, lie):
+    """Each lie of the bench's archive fuzz, told three ways (checksums recomputed where the lie
+    needs them to reach the checks behind). Only a bomb may import: its stream read no further
+    than the size it declares, which must then be the member's own."""
+    outcomes = set()
+    for seed in range(3):
+        told = tmp_path / f"told-{seed}.zip"
+        told.write_bytes(archive_lies.LIES[lie](archive_lies.taken_apart(archive),
+                                                random.Random(seed)))
+        before = state(target)
+        try:
+            target.import_memory(told)
+        except ArchiveRefused as exc:
+            assert "\n" not in str(exc) and state(target) == before
+            outcomes.add("refused")
+            continue
+        assert lie == "bomb"
+        expected, got = source.memory.current(), target.memory.current()
+        assert all(np.array_equal(a.delta, b.delta) for a, b in zip(expected.blocks, got.blocks,
+                                                                     strict=True))
+        outcomes.add("imported")
+    assert "refused" in outcomes
 
 
 # -- the command line ------------------------------------------------------------------------

@@ -238,6 +238,13 @@ def _flip_scale(directory):
     (lambda d: _edit_manifest(d, lambda m: m["blocks"][0].update(delta_shape=[N_EMBD, 9])),
      "does not match the manifest"),
     (lambda d: _edit_manifest(d, lambda m: m["blocks"][1].update(layer=7)), "inconsistent"),
+    # Sealed lies about types: {} was read as no blocks, a number as the base raised TypeError.
+    (lambda d: _edit_manifest(d, lambda m: m.update(blocks={})), "blocks has the wrong type"),
+    (lambda d: _edit_manifest(d, lambda m: m.update(base_sha256=7)), "base_sha256 has the wrong"),
+    (lambda d: _edit_manifest(d, lambda m: m.update(scale=True)), "scale has the wrong type"),
+    (lambda d: _edit_manifest(d, lambda m: m["blocks"][0].update(session_id="1")),
+     "block 0: session_id has the wrong type"),
+    (lambda d: _edit_manifest(d, lambda m: m["blocks"].pop()), "names no block for blk."),
 ])
 def test_damaged_overlays_are_refused_with_a_clear_error(tmp_path, make_overlay, damage, message):
     ov.save(make_overlay(BASE, SPEC, scale=0.75), tmp_path / "v1")

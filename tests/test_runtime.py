@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.conversation import Conversation
-from engine.errors import InputTooLong, ModelError
+from engine.errors import ChatTemplateRefused, InputTooLong, ModelError
 from engine.prompt import ChatTemplate, PlainDialogue, Turn
 from engine.runtime import Runtime, Sampling
 from store.store import Store
@@ -103,6 +103,48 @@ def test_huge_message_is_refused_before_generation(runtime):
 def test_bad_model_files_get_a_clear_error(tmp_path, make, message):
     with pytest.raises(ModelError, match=message):
         Runtime(make(tmp_path), n_ctx=128)
+
+
+ESCAPES = [  # each would create MARKER if the template ran outside Jinja's sandbox
+    "{{ cycler.__init__.__globals__.os.popen('touch MARKER').read() }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__()[0].__init__.__globals__['__builtins__']"
+    "['__import__']('os').system('touch MARKER') }}",
+    "{{ joiner.__init__.__globals__['os'].system('touch MARKER') }}",
+    "{{ self._TemplateReference__context.cycler.__init__.__globals__.os.popen("
+    "'touch MARKER').read() }}",
+    "{{ messages.__class__.__base__.__subclasses__() }}",
+    "{% set x = namespace() %}{{ x.__init__.__globals__.os.system('touch MARKER') }}",
+]
+
+
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_a_chat_template_that_reaches_outside_its_sandbox_is_refused_and_runs_nothing(
+        tmp_path, monkeypatch, escape):
+    """The model is refused at load with one line that names the file, rather than chatted
+    with in another format (see ``ChatTemplate``); the sandbox denied every step out (as a
+    SecurityError, or an undefined attribute where the object hides it)."""
+    marker = tmp_path / "PWNED"
+    monkeypatch.chdir(tmp_path)
+    path = write_tiny_model(tmp_path / "hostile.gguf", chat_template=(
+        "{% for m in messages %}" + escape.replace("MARKER", str(marker))
+        + "{{ m['content'] }}{% endfor %}"))
+    with pytest.raises(ChatTemplateRefused, match="hostile.gguf was refused") as refused:
+        Runtime(path, n_ctx=128, n_threads=1)
+    assert "\n" not in str(refused.value)
+    assert not marker.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["hostile.gguf"]
+
+
+@pytest.mark.parametrize("template, reason", [
+    ("{% for m in messages %}{{ m['content'] }", "TemplateSyntaxError"),
+    ("{{ raise_exception('\x1b[2Jno chat here') }}", "ValueError"),
+    ("{{ messages[0]['content'] / 0 }}", "TypeError"),
+])
+def test_a_broken_chat_template_is_a_clear_error_with_its_text_escaped(tmp_path, template,
+                                                                       reason):
+    path = write_tiny_model(tmp_path / "broken.gguf", chat_template=template)
+    with pytest.raises(ChatTemplateRefused, match=reason) as refused:
+        Runtime(path, n_ctx=128, n_threads=1)
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_user_message_is_committed_before_generation_and_reply_after(tmp_path, runtime):

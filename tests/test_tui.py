@@ -678,6 +678,24 @@ async def test_memory_screen_pauses_learning_and_switches_cells(engine):
                     "the cells reset")
 
 
+async def test_memory_screen_says_in_one_line_what_was_set_aside(engine, monkeypatch,
+                                                                   tmp_path):
+    from tests.test_doctor import set_aside_anchors
+
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))  # this test's own
+    async with running(engine) as (app, pilot):
+        screen = await open_memory(app, pilot)
+        assert not screen.query_one("#set-aside").display
+        await pilot.press("escape")
+        set_aside_anchors()
+        screen = await open_memory(app, pilot)
+        notice = screen.query_one("#set-aside", Static)
+        shown = str(notice.content)
+        assert notice.display and "\n" not in shown
+        assert "the anchors cache (rebuilt when learning next runs)" in shown
+        assert "`engram doctor` lists where, when and why" in shown
+
+
 async def test_memory_slash_commands_ask_first_and_report_errors_as_notices(engine):
     async with running(engine) as (app, pilot):
         prompt = app.chat.query_one(PromptInput)

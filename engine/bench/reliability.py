@@ -19,13 +19,17 @@ copies of the database, of an overlay's safetensors and of its manifest, of a se
 snapshot, of the twin's cached weights and of the anchors cache, truncated or bit-flipped, each
 read back through the code the app reads it with. They must be refused with an Engram error
 (the caches: moved aside, to be rebuilt) or read back identically, never raise anything
-else. A damaged database read back with different rows (a flip inside row data that no check
-saw) is "accepted with silent change": counted apart (``fuzz_silent_changes``) and
-listed with the failures, never among the clean refusals.
+else. ``archive``: an export, damaged so or made to lie (``archive_lies``), imported into a
+home as ``engram memory import`` imports it: refused in one line with the home unchanged, or
+imported with the same sessions and overlay as the export holds. A damaged database read
+back with different rows (a flip inside row data that no check saw) is "accepted with
+silent change": counted apart (``fuzz_silent_changes``) and listed with the failures, never
+among the clean refusals.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import shutil
@@ -40,9 +44,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine import memory_archive, session_state
 from engine import overlay as overlay_files
-from engine import session_state
-from engine.bench import memory_kills
+from engine.bench import archive_lies, memory_kills
 from engine.bench.aftermath import (
     REPOSITORY,
     chat_works,
@@ -50,7 +54,9 @@ from engine.bench.aftermath import (
     engram_command,
     versions_on_record,
 )
+from engine.engine import Engine
 from engine.errors import EngramError
+from engine.memory_archive import Archive
 from engine.overlay import NeuronBlock, SparseOverlay
 from engine.runtime import KvSnapshot
 from store import paths
@@ -335,13 +341,78 @@ def fuzz_anchors(path: Path, anchors: Anchors, rng: random.Random, scratch: Path
             leftover.unlink()
 
 
-FUZZ_KINDS = ("database", "overlay", "manifest", "kv", "twin", "anchors")
+def sample_archive(samples: Path, model: str | None) -> tuple[Path, Engine]:
+    """An export of a home with learned versions (``memory_kills.learned_home``) and another
+    home, loaded, to import it into."""
+    archive = samples / "memory.zip"
+    memory_kills.learned_home(samples / "exported", archive, model)
+    target = Engine(samples / "importing", model=model, n_ctx=256)
+    target.load()
+    return archive, target
 
 
-def fuzz_cases(database: Path, cases: int, rng: random.Random, tmp: Path,
+def _home(engine: Engine) -> tuple:
+    """Everything an import may change: its files (by content, the database aside), the
+    profile's versions, the active one and its sessions with their messages."""
+    store, profile = engine.store, engine.profile.id
+    files = sorted((str(p.relative_to(engine.home)), hashlib.sha256(p.read_bytes()).digest())
+                   for p in engine.home.rglob("*")
+                   if p.is_file() and not p.name.startswith(paths.database(engine.home).name))
+    return (files, store.overlay_versions(profile), store.active_overlay(profile),
+            [(s, store.messages(s.id)) for s in store.sessions(profile)])
+
+
+def _imports_the_same(a: Archive, b: Archive) -> bool:
+    """Whether two archives that passed the checks import the same sessions and overlay."""
+    def overlay(o: SparseOverlay) -> tuple:
+        gates = None if o.cell_gates is None else np.asarray(o.cell_gates).tobytes()
+        return (o.base_sha256, o.scale, o.d_model, o.d_ff, gates,
+                [(b.layer, b.matrix, b.session_id, b.neurons.tobytes(), b.delta.shape,
+                  b.delta.tobytes()) for b in o.blocks])
+
+    informative = {k: v for k, v in a.index.items() if k != "members"}
+    return (a.sessions == b.sessions and overlay(a.overlay) == overlay(b.overlay)
+            and informative == {k: v for k, v in b.index.items() if k != "members"})
+
+
+def fuzz_archive(archive: Path, original: Archive, target: Engine, rng: random.Random,
+                 scratch: Path) -> str:
+    """An export damaged (half the cases) or made to tell a lie, imported into ``target``:
+    refused in one line with the home unchanged, or imported as the export would be."""
+    path = scratch / "memory.zip"
+    if rng.random() < 0.5:
+        lie, data = "damaged", damage(archive.read_bytes(), rng)
+    else:
+        lie, data = archive_lies.told(archive, rng)
+    path.write_bytes(data)
+    before = _home(target)
+
+    def read() -> str:
+        try:
+            target.import_memory(path)
+        except (StoreError, EngramError) as exc:
+            if "\n" in str(exc):
+                return f"failed: a {lie} archive was refused in more than one line: {exc}"
+            if _home(target) != before:
+                return f"failed: a {lie} archive was refused but changed the home"
+            raise
+        same = _imports_the_same(memory_archive.read(path, target.load()), original)
+        return "identical" if same else f"failed: a {lie} archive was imported"
+
+    try:
+        return _judged(read)
+    finally:
+        path.unlink()
+
+
+FUZZ_KINDS = ("database", "overlay", "manifest", "kv", "twin", "anchors", "archive")
+
+
+def fuzz_cases(database: Path, model: str | None, cases: int, rng: random.Random, tmp: Path,
                seed: int = 0) -> list[dict]:
     """``cases`` damaged files, the kinds taken in turn (FUZZ_KINDS), each with its own seed
-    from ``rng``; samples of the small kinds are made here (under ``tmp``) from ``seed``."""
+    from ``rng``; samples of the small kinds are made here (under ``tmp``) from ``seed``, the
+    archive's on ``model``."""
     kinds = [FUZZ_KINDS[i % len(FUZZ_KINDS)] for i in range(cases)]
     samples = paths.private_dir(tmp / "samples")
     scratch = paths.private_dir(tmp / "scratch")
@@ -351,23 +422,30 @@ def fuzz_cases(database: Path, cases: int, rng: random.Random, tmp: Path,
     anchors_file = samples / "anchors.safetensors"
     anchors = sample_anchors(anchors_file, seed) if "anchors" in kinds else None
     out = []
-    for kind in kinds:
-        case_seed = rng.randrange(2**31)
-        case_rng = random.Random(case_seed)
-        if kind == "database":
-            outcome = fuzz_database(database, case_rng, scratch)
-        elif kind in ("overlay", "manifest"):
-            outcome = fuzz_overlay(samples / "overlay", base, case_rng, scratch,
-                                   overlay_files.TENSORS_FILE if kind == "overlay"
-                                   else overlay_files.MANIFEST_FILE)
-        elif kind == "kv":
-            outcome = fuzz_kv(*kv, case_rng)
-        elif kind == "twin":
-            outcome = fuzz_twin(samples / "twin", weights, case_rng, scratch)
-        else:
-            assert anchors is not None  # made above for any run that has anchors cases
-            outcome = fuzz_anchors(anchors_file, anchors, case_rng, scratch)
-        out.append({"kind": kind, "seed": case_seed, "outcome": outcome})
+    with contextlib.ExitStack() as stack:
+        if "archive" in kinds:
+            archive, target = sample_archive(samples, model)
+            stack.callback(target.close)
+            original = memory_archive.read(archive, target.load())
+        for kind in kinds:
+            case_seed = rng.randrange(2**31)
+            case_rng = random.Random(case_seed)
+            if kind == "database":
+                outcome = fuzz_database(database, case_rng, scratch)
+            elif kind in ("overlay", "manifest"):
+                outcome = fuzz_overlay(samples / "overlay", base, case_rng, scratch,
+                                       overlay_files.TENSORS_FILE if kind == "overlay"
+                                       else overlay_files.MANIFEST_FILE)
+            elif kind == "kv":
+                outcome = fuzz_kv(*kv, case_rng)
+            elif kind == "twin":
+                outcome = fuzz_twin(samples / "twin", weights, case_rng, scratch)
+            elif kind == "anchors":
+                assert anchors is not None  # made above for any run that has anchors cases
+                outcome = fuzz_anchors(anchors_file, anchors, case_rng, scratch)
+            else:
+                outcome = fuzz_archive(archive, original, target, case_rng, scratch)
+            out.append({"kind": kind, "seed": case_seed, "outcome": outcome})
     return out
 
 
@@ -404,7 +482,7 @@ def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0,
                     for _ in range(concurrent)]
         after = chat_works(home, model)
         trials += memory_kills.run(model, [op for op in operations if op != "chat"], kills, seed)
-        cases = fuzz_cases(paths.database(home), fuzz, rng, tmp, seed)
+        cases = fuzz_cases(paths.database(home), model, fuzz, rng, tmp, seed)
     silent = [c for c in cases if c["outcome"].startswith(SILENT_CHANGE)]
     return {
         "crash_trials": len(trials),

@@ -74,7 +74,7 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
             digest = hashlib.sha256(json.dumps(
                 [twin.sha256, texts, starts, recipe.layers, recipe.key_context]
             ).encode()).hexdigest()
-            path = paths.cache() / "anchors" / f"{digest[:32]}.safetensors"
+            path = paths.anchors_cache() / f"{digest[:32]}.safetensors"
             anchors = cached_anchors(path, twin.device, tuple(recipe.layers))
             if anchors is None:
                 phase = Phase(progress, "building the anchors", 0.0, 1.0)

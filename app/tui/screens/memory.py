@@ -1,5 +1,6 @@
 """The memory screen: the overlay's version timeline, what the selected version changed, and
-the controls (roll back, forget, reset, pause learning, this session's cells).
+the controls (roll back, forget, reset, pause learning, this session's cells); above them, a
+line when something was set aside as damaged.
 
 The status panel beside the timeline polls the engine; when a learning run ends or another
 process changes the active version, the timeline is read again.
@@ -22,6 +23,7 @@ from app.tui import commands, memory_actions
 from app.tui.widgets.memory import MemoryPanel
 from app.tui.widgets.version_diff import VersionDiffView
 from app.tui.widgets.versions import VersionList
+from engine import set_aside
 from engine.learning import VersionDiff
 from store.records import OverlayVersion
 
@@ -48,6 +50,7 @@ class MemoryScreen(Screen):
         self._diff_timer = None
 
     def compose(self):
+        yield Static(id="set-aside")
         with Horizontal(id="memory-body"):
             with Vertical(id="memory-side"):
                 yield Static(Content("Memory versions"), classes="panel-title")
@@ -61,7 +64,11 @@ class MemoryScreen(Screen):
         self.reload(self._select)
 
     def reload(self, select: int | None = None) -> None:
-        """Read the versions again, keeping the selection (or selecting ``select``)."""
+        """Read the versions again, keeping the selection (or selecting ``select``), and what
+        was set aside as damaged."""
+        notice = set_aside.notice(self.engine.what_was_set_aside())
+        self.query_one("#set-aside", Static).update(Content(notice))
+        self.query_one("#set-aside").display = bool(notice)
         versions = self.engine.versions()
         self.query_one(VersionList).show(versions, select)
         if not versions:
