@@ -1,4 +1,7 @@
-"""The one interface the UI (TUI and CLI) talks to: store, model, sessions, settings, memory."""
+"""The one interface the UI (TUI and CLI) talks to: store, model, sessions, settings, memory.
+
+A profile's memory is per base model (by the model file's sha256): each model runs with its
+own versions, and learning on one never changes another's."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from engine.learning import CellsLearned, Learning, LearnResult, Progress, Step,
 from engine.learning.ledger import ancestry_records, pending_sessions
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus
-from engine.model_file import open_model
+from engine.model_file import ModelFile, open_model
 from engine.runtime import Runtime
 from engine.session_state import CELLS_BY_DEFAULT, SessionStates, remove_files
 from engine.settings import Settings
@@ -62,6 +65,10 @@ class Engine:
                                      cell_writer=self.states.writer)
             self.runtime, self.memory = runtime, memory
         return self.runtime
+
+    def model_file(self) -> ModelFile:
+        """The model served (or to be served: opened without loading it)."""
+        return self.runtime.model if self.runtime else open_model(self.model_path)
 
     def loaded(self) -> tuple[Runtime, OverlayMemory, Learning, SessionStates]:
         """The model and what is built on it, loading it first."""
@@ -181,8 +188,8 @@ class Engine:
                             problem=" ".join(problems))
 
     def versions(self) -> list[OverlayVersion]:
-        """This profile's memory versions, newest first."""
-        return self.store.overlay_versions(self.profile.id)
+        """This profile's memory versions for the model, newest first."""
+        return self.store.overlay_versions(self.profile.id, self.model_file().sha256)
 
     def version(self, version_id: int) -> OverlayVersion:
         """One of this profile's memory versions (another profile's: OtherProfile)."""
@@ -192,8 +199,9 @@ class Engine:
         return version
 
     def active_version(self) -> OverlayVersion | None:
-        """The version in use (as recorded: another process may have just changed it)."""
-        return self.store.active_overlay(self.profile.id)
+        """The model's version in use (as recorded: another process may have just changed
+        it)."""
+        return self.store.active_overlay(self.profile.id, self.model_file().sha256)
 
     def cells_learned_since(self, before: OverlayVersion | None) -> CellsLearned | None:
         """The active version, if it is newer than ``before`` and learned the cells' read."""
@@ -296,8 +304,8 @@ class Engine:
         """Write the active memory to ``path`` (which must not exist): ``archive`` (overlay,
         sessions, cells; ``import_memory`` reads it), or the overlay alone as a ``gguf``
         (llama.cpp, Ollama) or ``peft`` LoRA adapter. Works without loading the model."""
-        model = self.runtime.model if self.runtime else open_model(self.model_path)
-        return memory_archive.export(path, fmt, self.store, self.home, self.profile, model)
+        return memory_archive.export(path, fmt, self.store, self.home, self.profile,
+                                     self.model_file())
 
     def import_memory(self, path: str | os.PathLike) -> OverlayVersion:
         """Check an archive completely, then add its sessions and make its overlay a new active
