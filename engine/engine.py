@@ -1,4 +1,7 @@
-"""The one interface the UI (TUI and CLI) talks to: store, model, sessions, settings, memory."""
+"""The one interface the UI (TUI and CLI) talks to: store, model, sessions, settings, memory.
+
+A profile's memory is per base model (by the model file's sha256): switching models serves
+the other model's own versions, and learning never crosses from one model to the other."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from engine.learning import CellsLearned, Learning, LearnResult, Progress, Step,
 from engine.learning.ledger import ancestry_records, pending_sessions
 from engine.memory import OverlayMemory
 from engine.memory_status import MemoryStatus
-from engine.model_file import open_model
+from engine.model_file import ModelFile, open_model
 from engine.runtime import Runtime
 from engine.session_state import CELLS_BY_DEFAULT, SessionStates, remove_files
 from engine.settings import Settings
@@ -48,20 +51,58 @@ class Engine:
         # Called on the learning thread with each background run's results (the app's notice).
         self.on_learned: Callable[[list[LearnResult]], object] | None = None
         self.states: SessionStates | None = None  # with the model: cells and saved KV caches
+        # Guards learn_queue; while the model is replaced no job is asked for (it would start
+        # on one model's objects and end on the other's): the sessions stay pending.
+        self._queue_lock = threading.Lock()
+        self._replacing_model = False
 
     def load(self) -> Runtime:
         if self.runtime is None:
-            runtime = Runtime(self.model_path, n_ctx=self.n_ctx)
-            memory = OverlayMemory(self.store, self.home, self.profile, runtime)
-            self.states = SessionStates(
-                self.store, self.home, self.profile, runtime,
-                overlay_id=lambda: memory.applied.id if memory.applied else None,
-                gates=lambda: memory.cell_gates)
-            self.learning = Learning(self.store, self.home, self.profile, runtime,
-                                     memory, lambda: self.settings,
-                                     cell_writer=self.states.writer)
-            self.runtime, self.memory = runtime, memory
+            self._serve(Runtime(self.model_path, n_ctx=self.n_ctx))
+        assert self.runtime is not None  # _serve set it
         return self.runtime
+
+    def _serve(self, runtime: Runtime) -> None:
+        """Build the memory, session states and learning on ``runtime`` and use them all."""
+        memory = OverlayMemory(self.store, self.home, self.profile, runtime)
+        states = SessionStates(self.store, self.home, self.profile, runtime,
+                               overlay_id=lambda: memory.applied.id if memory.applied else None,
+                               gates=lambda: memory.cell_gates)
+        learning = Learning(self.store, self.home, self.profile, runtime, memory,
+                            lambda: self.settings, cell_writer=states.writer)
+        self.runtime, self.memory, self.states, self.learning = runtime, memory, states, learning
+
+    def switch_model(self, model: str | os.PathLike | None) -> Runtime:
+        """Serve another model (None: the built-in one) with its own memory. Slow: call it from
+        a worker. The old model serves until the new one has loaded; if it cannot load
+        (ModelError), nothing changes. Learning is stopped, and its thread ended, before the
+        new model's memory is opened: a job for the old model is dropped (its sessions stay
+        pending) and never reaches the new one."""
+        old_runtime, old_states, old_learning = self.runtime, self.states, self.learning
+        runtime = Runtime(model, n_ctx=self.n_ctx)
+        with self._queue_lock:
+            queue, self.learn_queue, self._replacing_model = self.learn_queue, None, True
+        try:
+            if queue is not None:
+                queue.close()  # waits for a job still in a phase it cannot leave
+            self._serve(runtime)
+            self.model_path = model
+        except BaseException:
+            runtime.close()
+            raise
+        finally:
+            with self._queue_lock:
+                self._replacing_model = False
+        if old_runtime is not None:
+            assert old_states is not None and old_learning is not None  # served together
+            old_learning.close()
+            old_states.close()  # its capture context before the model it shares
+            old_runtime.close()
+        return runtime
+
+    def model_file(self) -> ModelFile:
+        """The model served (or to be served: opened without loading it)."""
+        return self.runtime.model if self.runtime else open_model(self.model_path)
 
     def loaded(self) -> tuple[Runtime, OverlayMemory, Learning, SessionStates]:
         """The model and what is built on it, loading it first."""
@@ -186,8 +227,8 @@ class Engine:
         return set_aside.found(self.home, self.store, [self.profile])
 
     def versions(self) -> list[OverlayVersion]:
-        """This profile's memory versions, newest first."""
-        return self.store.overlay_versions(self.profile.id)
+        """This profile's memory versions for the model, newest first."""
+        return self.store.overlay_versions(self.profile.id, self.model_file().sha256)
 
     def version(self, version_id: int) -> OverlayVersion:
         """One of this profile's memory versions (another profile's: OtherProfile)."""
@@ -197,8 +238,9 @@ class Engine:
         return version
 
     def active_version(self) -> OverlayVersion | None:
-        """The version in use (as recorded: another process may have just changed it)."""
-        return self.store.active_overlay(self.profile.id)
+        """The model's version in use (as recorded: another process may have just changed
+        it)."""
+        return self.store.active_overlay(self.profile.id, self.model_file().sha256)
 
     def cells_learned_since(self, before: OverlayVersion | None) -> CellsLearned | None:
         """The active version, if it is newer than ``before`` and learned the cells' read."""
@@ -223,15 +265,19 @@ class Engine:
     def schedule_learning(self, session_id: int | None = None, delay: float | None = None) -> bool:
         """Ask for background learning: after each reply (debounced: the job starts after a
         quiet spell) and with ``delay=0`` when a session ends. False when nothing will be
-        learned: learning paused, a private session, the model not loaded or not learnable."""
+        learned: learning paused, a private session, the model not loaded or not learnable,
+        or being replaced."""
         if (self.learning is None or self.runtime is None or self.settings.learning_paused
                 or not self.runtime.model.learnable):
             return False
         if session_id is not None and self.store.session(session_id).private:
             return False
-        if self.learn_queue is None:
-            self.learn_queue = LearnQueue(self._learn_in_background)
-        self.learn_queue.schedule(delay)
+        with self._queue_lock:
+            if self._replacing_model:
+                return False
+            if self.learn_queue is None:
+                self.learn_queue = LearnQueue(self._learn_in_background)
+            self.learn_queue.schedule(delay)
         return True
 
     def _learn_in_background(self, progress: Progress, cancel: threading.Event) -> str:
@@ -301,8 +347,8 @@ class Engine:
         """Write the active memory to ``path`` (which must not exist): ``archive`` (overlay,
         sessions, cells; ``import_memory`` reads it), or the overlay alone as a ``gguf``
         (llama.cpp, Ollama) or ``peft`` LoRA adapter. Works without loading the model."""
-        model = self.runtime.model if self.runtime else open_model(self.model_path)
-        return memory_archive.export(path, fmt, self.store, self.home, self.profile, model)
+        return memory_archive.export(path, fmt, self.store, self.home, self.profile,
+                                     self.model_file())
 
     def import_memory(self, path: str | os.PathLike) -> OverlayVersion:
         """Check an archive completely, then add its sessions and make its overlay a new active

@@ -36,13 +36,16 @@ GGUF_FILE = "lora.gguf"  # the llama.cpp export, cached next to the version's ow
 class OverlayMemory:
     """The overlay versions of one profile, applied to one running model.
 
-    Construction applies the profile's active version. A damaged one is marked broken and
-    the newest good ancestor is used instead; a foreign one (learned on another base model)
-    is left as it is and the model runs on base weights. Either way ``problem`` says so.
+    Construction applies the profile's active version for this model (each base model, by
+    its sha256, has its own versions and its own active one). A damaged one is marked broken
+    and the newest good ancestor is used instead; one whose files turn out foreign (learned on
+    another base model) is left as it is and the model runs on base weights. Either way
+    ``problem`` says so.
     """
 
     def __init__(self, store: Store, home: Path, profile: Profile, runtime: Runtime):
         self.store, self.home, self.profile, self.runtime = store, Path(home), profile, runtime
+        self.base_sha256 = runtime.model.sha256
         self.directory = paths.overlays(self.home, profile.name)
         self.applied: OverlayVersion | None = None  # what the runtime computes with
         # the applied version's learned read of the cells (None: none)
@@ -54,7 +57,7 @@ class OverlayMemory:
         self._start()
 
     def _start(self) -> None:
-        version = self.store.active_overlay(self.profile.id)
+        version = self.store.active_overlay(self.profile.id, self.base_sha256)
         problems, broken = [], False
         while version is not None:
             try:
@@ -70,18 +73,19 @@ class OverlayMemory:
         if version is None:
             self._apply(None)
         if broken:
-            self.store.set_active_overlay(self.profile.id, version.id if version else None)
+            self.store.set_active_overlay(self.profile.id, self.base_sha256,
+                                          version.id if version else None)
         self.applied, self.problem = version, " ".join(problems)
 
     # -- reading -------------------------------------------------------------------
 
     def versions(self) -> list[OverlayVersion]:
-        """All versions of the profile, newest first."""
-        return self.store.overlay_versions(self.profile.id)
+        """The profile's versions for this model, newest first."""
+        return self.store.overlay_versions(self.profile.id, self.base_sha256)
 
     def load(self, version: OverlayVersion) -> SparseOverlay:
         """A version's overlay, checked (for the learner to build on)."""
-        return overlay_files.load(self.home / version.path, self.runtime.model.sha256)
+        return overlay_files.load(self.home / version.path, self.base_sha256)
 
     def current(self) -> SparseOverlay | None:
         """The overlay the model runs with now (None: base weights)."""
@@ -157,7 +161,7 @@ class OverlayMemory:
                                    f"({version.reason}); it cannot be activated")
 
             def record() -> OverlayVersion:
-                self.store.set_active_overlay(self.profile.id, version_id)
+                self.store.set_active_overlay(self.profile.id, self.base_sha256, version_id)
                 return self.store.overlay_version(version_id)
 
             return self._switch(self.home / version.path, record)
@@ -165,7 +169,8 @@ class OverlayMemory:
     def deactivate(self) -> None:
         """Run on the base weights (exactly: llama.cpp then computes bit-identical logits)."""
         with self._lock:
-            self._switch(None, lambda: self.store.set_active_overlay(self.profile.id, None))
+            self._switch(None, lambda: self.store.set_active_overlay(self.profile.id,
+                                                                     self.base_sha256, None))
 
     def rollback(self, version_id: int | None = None) -> OverlayVersion | None:
         """Go back to ``version_id``, or by default to the active version's last good parent
@@ -219,12 +224,12 @@ class OverlayMemory:
             self.runtime.set_overlay(None)
             self.cell_gates = None
             return
-        overlay = overlay_files.load(directory, self.runtime.model.sha256)
+        overlay = overlay_files.load(directory, self.base_sha256)
         self.runtime.set_overlay(*self._lora(directory, overlay))
         self.cell_gates = overlay.cell_gates
 
     def _lora(self, directory: Path, overlay: SparseOverlay | None = None) -> tuple[Path, float]:
-        overlay = overlay or overlay_files.load(directory, self.runtime.model.sha256)
+        overlay = overlay or overlay_files.load(directory, self.base_sha256)
         gguf = directory / GGUF_FILE
         if not gguf.exists():
             overlay_files.write_gguf_lora(overlay, gguf, self.runtime.model.architecture)

@@ -101,9 +101,9 @@ class ArchiveRefused(EngramError):
 
 def export(path: str | os.PathLike, fmt: str, store: Store, home: Path, profile: Profile,
            model: ModelFile) -> Path:
-    """Write the profile's active memory to ``path`` (which must not exist yet) in ``fmt``,
-    whole or not at all. The active version must belong to ``model`` (the adapters are for
-    its architecture; the archive records its sha256)."""
+    """Write the profile's active memory for ``model`` to ``path`` (which must not exist yet)
+    in ``fmt``, whole or not at all (the adapters are for its architecture; the archive
+    records its sha256)."""
     if fmt not in FORMATS:
         raise EngramError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")
     path = Path(path).expanduser()
@@ -111,7 +111,7 @@ def export(path: str | os.PathLike, fmt: str, store: Store, home: Path, profile:
         raise EngramError(f"{path} already exists: choose another name or remove it first")
     if not path.parent.is_dir():
         raise EngramError(f"{path.parent} is not a directory")
-    version = store.active_overlay(profile.id)
+    version = store.active_overlay(profile.id, model.sha256)
     if version is None:
         raise EngramError("no learned memory is active: there is nothing to export")
     directory = Path(home) / version.path
@@ -143,7 +143,7 @@ def _baked(overlay: SparseOverlay) -> SparseOverlay:
 
 def _write_archive(path: Path, directory: Path, version: OverlayVersion, overlay: SparseOverlay,
                    store: Store, profile: Profile) -> None:
-    records = ancestry_records(store.overlay_versions(profile.id), version)
+    records = ancestry_records(store.overlay_versions(profile.id, version.base_sha256), version)
     members: dict[str, bytes] = {name: (directory / file).read_bytes()
                                  for name, file in OVERLAY_MEMBERS.items()}
     sessions = []

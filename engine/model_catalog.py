@@ -70,19 +70,21 @@ def find(folders: Iterable[str | os.PathLike] = ()) -> list[Found]:
 def listing(folders: Iterable[str | os.PathLike] = ()) -> list[Model]:
     """``find``'s models with their header facts; files that are not chat models (adapters,
     vision projectors, damaged files) are left out."""
-    out = []
-    for found in find(folders):
-        try:
-            fields = header(found.path)
-        except (ModelError, OSError):
-            continue
-        if not fields["architecture"] or fields["type"] in NOT_CHAT_MODELS:
-            continue
-        out.append(Model(found.name, found.source, str(found.path), fields["architecture"],
-                         fields["parameters"], fields["file_type"], found.path.stat().st_size,
-                         fields["context_length"], fields["chat_template"],
-                         fields["architecture"] in LEARNABLE_ARCHITECTURES))
-    return out
+    return [model for found in find(folders) if (model := describe(found)) is not None]
+
+
+def describe(found: Found) -> Model | None:
+    """A found file with its header facts; None if it is not a chat model."""
+    try:
+        fields = header(found.path)
+    except (ModelError, OSError):
+        return None
+    if not fields["architecture"] or fields["type"] in NOT_CHAT_MODELS:
+        return None
+    return Model(found.name, found.source, str(found.path), fields["architecture"],
+                 fields["parameters"], fields["file_type"], found.path.stat().st_size,
+                 fields["context_length"], fields["chat_template"],
+                 fields["architecture"] in LEARNABLE_ARCHITECTURES)
 
 
 def resolve(model: str, folders: Iterable[str | os.PathLike] = ()) -> Path:
@@ -98,13 +100,18 @@ def resolve(model: str, folders: Iterable[str | os.PathLike] = ()) -> Path:
                      "models found on this machine")
 
 
+COLUMNS = ("NAME", "ARCH", "PARAMS", "QUANT", "SIZE", "CONTEXT", "TEMPLATE", "LEARNS", "SOURCE")
+
+
+def cells(m: Model) -> tuple[str, ...]:
+    """A model's row under COLUMNS, in ``engram models`` and the TUI's model picker alike."""
+    return (m.name, m.architecture, _count(m.parameters), m.quantisation or "?",
+            f"{m.size / 2**30:.2f} GB", str(m.context_length or "?"),
+            "yes" if m.chat_template else "no", "yes" if m.learnable else "no", m.source)
+
+
 def report(models: list[Model]) -> str:
-    rows = [("NAME", "ARCH", "PARAMS", "QUANT", "SIZE", "CONTEXT", "TEMPLATE", "LEARNS",
-             "SOURCE")]
-    rows += [(m.name, m.architecture, _count(m.parameters), m.quantisation or "?",
-              f"{m.size / 2**30:.2f} GB", str(m.context_length or "?"),
-              "yes" if m.chat_template else "no", "yes" if m.learnable else "no", m.source)
-             for m in models]
+    rows = [COLUMNS, *map(cells, models)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)

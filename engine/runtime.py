@@ -311,16 +311,19 @@ class Runtime:
             self.invalidate_cache()
 
     def close(self) -> None:
+        """Free the model, after a reply in progress (a stopped one ends at its next token):
+        llama.cpp must not free what a generation still reads."""
         from engine import llama_native
 
-        # An adapter must be freed before its model: llama.cpp crashes the other way round.
-        if self._adapter:
+        with self._lock:
+            # An adapter must be freed before its model: llama.cpp crashes the other way round.
+            if self._adapter:
+                with contextlib.suppress(Exception):
+                    llama_native.lora_set(self.llm, [], [])
+                llama_native.lora_free(self._adapter)
+                self._adapter = None
             with contextlib.suppress(Exception):
-                llama_native.lora_set(self.llm, [], [])
-            llama_native.lora_free(self._adapter)
-            self._adapter = None
-        with contextlib.suppress(Exception):
-            self.llm.close()
+                self.llm.close()
 
 
 def _prompt_format(llm, source: str) -> PromptFormat:

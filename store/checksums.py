@@ -50,10 +50,11 @@ def row_matches(row: dict) -> bool:
     return row.get("sha256") == message_sha256(*(row[f] for f in MESSAGE_FIELDS))
 
 
-# The other tables' rows, sealed by triggers (schema 8) over these columns, in this order.
+# The other tables' rows, sealed by triggers (schema 8) over these columns, in this order
+# (the profiles' since schema 9, which dropped their active_overlay_id).
 ROW_FUNCTION = "engram_row_sha256"
 SEALED_COLUMNS = {
-    "profiles": ("id", "name", "created_at", "settings", "active_overlay_id"),
+    "profiles": ("id", "name", "created_at", "settings"),
     "sessions": ("id", "profile_id", "title", "created_at", "updated_at", "model",
                  "system_prompt", "private"),
     "session_states": ("session_id", "cells_enabled", "cells", "kv_path", "kv_model_sha256",

@@ -148,13 +148,35 @@ def _v8_row_checksums(db: sqlite_utils.Database) -> None:
     theirs here. Every connection that writes needs checksums.register."""
     for table in checksums.SEALED_COLUMNS:
         db.execute(f'ALTER TABLE "{table}" ADD COLUMN sha256 TEXT')
-        seal = checksums.seal_sql(table, "NEW.")
-        db.execute(f'CREATE TRIGGER "{table}_sealed_on_insert" AFTER INSERT ON "{table}" '
-                   f'BEGIN UPDATE "{table}" SET sha256 = {seal} WHERE rowid = NEW.rowid; END')
-        db.execute(f'CREATE TRIGGER "{table}_sealed_on_update" AFTER UPDATE ON "{table}" '
-                   f"WHEN NEW.sha256 IS NOT {seal} "
-                   f'BEGIN UPDATE "{table}" SET sha256 = {seal} WHERE rowid = NEW.rowid; END')
-        db.execute(f'UPDATE "{table}" SET sha256 = {checksums.seal_sql(table)}')
+        _seal(db, table)
+
+
+def _seal(db: sqlite_utils.Database, table: str) -> None:
+    """A table's sealing triggers, over its SEALED_COLUMNS, and its rows sealed."""
+    seal = checksums.seal_sql(table, "NEW.")
+    db.execute(f'CREATE TRIGGER "{table}_sealed_on_insert" AFTER INSERT ON "{table}" '
+               f'BEGIN UPDATE "{table}" SET sha256 = {seal} WHERE rowid = NEW.rowid; END')
+    db.execute(f'CREATE TRIGGER "{table}_sealed_on_update" AFTER UPDATE ON "{table}" '
+               f"WHEN NEW.sha256 IS NOT {seal} "
+               f'BEGIN UPDATE "{table}" SET sha256 = {seal} WHERE rowid = NEW.rowid; END')
+    db.execute(f'UPDATE "{table}" SET sha256 = {checksums.seal_sql(table)}')
+
+
+def _v9_active_version_per_model(db: sqlite_utils.Database) -> None:
+    """An active version per base model, not per profile: a profile that switches models keeps
+    each one's memory. "active" is the version's status, at most one per profile and base
+    model (a unique index); the profile's ``active_overlay_id``, which could name only one,
+    goes (its sealing triggers with it, made again without it). A version marked active that
+    the column did not name, which no Engram wrote, is superseded."""
+    db.execute("UPDATE overlay_versions SET status = 'superseded' WHERE status = 'active' AND "
+               "id NOT IN (SELECT active_overlay_id FROM profiles "
+               "WHERE active_overlay_id IS NOT NULL)")
+    for trigger in ("profiles_sealed_on_insert", "profiles_sealed_on_update"):
+        db.execute(f'DROP TRIGGER IF EXISTS "{trigger}"')
+    db.execute("ALTER TABLE profiles DROP COLUMN active_overlay_id")
+    _seal(db, "profiles")
+    db.execute("CREATE UNIQUE INDEX overlay_versions_active ON overlay_versions "
+               "(profile_id, base_sha256) WHERE status = 'active'")
 
 
 UPGRADES = {
@@ -166,5 +188,6 @@ UPGRADES = {
     6: _v6_message_checksums,
     7: _v7_learn_records,
     8: _v8_row_checksums,
+    9: _v9_active_version_per_model,
 }
 LATEST = max(UPGRADES)

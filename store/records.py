@@ -49,12 +49,12 @@ UNUSABLE_OVERLAY_STATUSES = ("rejected", "broken")  # never activated
 @dataclass(frozen=True)
 class OverlayVersion:
     """One learned overlay version. ``status``: "active" (the one in use, at most one per
-    profile), "accepted" (passed the locality gate, not in use), "superseded" (was active),
-    "rejected" (refused by the gate; never activated), "broken" (its files failed their checks).
-    ``path`` is relative to the Engram home. ``learned``: per session it learned (or tried
-    to), the record of it (``through``: the newest user message covered, the facts derived,
-    timings); ``dropped``: per session it set aside unlearned (forgotten, reset), the newest
-    user message then (both from ``learn_records``)."""
+    profile and base model), "accepted" (passed the locality gate, not in use), "superseded"
+    (was active), "rejected" (refused by the gate; never activated), "broken" (its files
+    failed their checks). ``path`` is relative to the Engram home. ``learned``: per session
+    it learned (or tried to), the record of it (``through``: the newest user message covered,
+    the facts derived, timings); ``dropped``: per session it set aside unlearned (forgotten,
+    reset), the newest user message then (both from ``learn_records``)."""
 
     id: int
     profile_id: int

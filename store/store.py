@@ -526,7 +526,7 @@ class Store:
                             reason: str | None = None, trainable_params: int = 0,
                             bytes: int = 0) -> OverlayVersion:
         """Record a version whose files are already in place. Status "active" also makes it
-        the profile's active version, in the same transaction."""
+        the active version of its base model, in the same transaction."""
         if status not in OVERLAY_STATUSES:
             raise ValueError(f"status must be one of {OVERLAY_STATUSES}, not {status!r}")
         metrics = dict(metrics or {})
@@ -543,7 +543,7 @@ class Store:
             for row in migrations.learn_rows(row_id, learned, dropped):
                 self.db.execute(migrations.LEARN_RECORD_INSERT, row)
             if status == "active":
-                self._activate(profile_id, row_id)
+                self._activate(profile_id, base_sha256, row_id)
         return self.overlay_version(row_id)
 
     def overlay_version(self, version_id: int) -> OverlayVersion:
@@ -554,12 +554,18 @@ class Store:
             return _overlay_version(self._checked("overlay_versions", rows[0]),
                                     self._learn_records("r.version_id = ?", [version_id]))
 
-    def overlay_versions(self, profile_id: int) -> list[OverlayVersion]:
-        """A profile's versions, newest first."""
+    def overlay_versions(self, profile_id: int,
+                         base_sha256: str | None = None) -> list[OverlayVersion]:
+        """A profile's versions learned on one base model (None: on any), newest first."""
+        where = "v.profile_id = ?"
+        params: list[int | str] = [profile_id]
+        if base_sha256 is not None:
+            where += " AND v.base_sha256 = ?"
+            params.append(base_sha256)
         with self._lock:
-            rows = list(self.db.table("overlay_versions").rows_where(
-                "profile_id = ?", [profile_id], order_by="id DESC"))
-            records = self._learn_records("v.profile_id = ?", [profile_id])
+            rows = list(self.db.query(f"SELECT v.* FROM overlay_versions v WHERE {where} "
+                                      "ORDER BY v.id DESC", params))
+            records = self._learn_records(where, params)
             return [_overlay_version(self._checked("overlay_versions", r), records)
                     for r in rows]
 
@@ -591,41 +597,44 @@ class Store:
                 (r["session_id"], r["kind"], r["through"], r["record_json"]))
         return out
 
-    def active_overlay(self, profile_id: int) -> OverlayVersion | None:
+    def active_overlay(self, profile_id: int, base_sha256: str) -> OverlayVersion | None:
+        """The version a base model runs with in this profile (None: its base weights)."""
         with self._lock:
-            active_id = self.db.table("profiles").get(profile_id)["active_overlay_id"]
-            return None if active_id is None else self.overlay_version(active_id)
+            row = self.db.execute("SELECT id FROM overlay_versions WHERE profile_id = ? AND "
+                                  "base_sha256 = ? AND status = 'active'",
+                                  [profile_id, base_sha256]).fetchone()
+            return None if row is None else self.overlay_version(row[0])
 
-    def set_active_overlay(self, profile_id: int, version_id: int | None) -> None:
-        """Make a version the active one (None: none); the one it replaces becomes superseded."""
+    def set_active_overlay(self, profile_id: int, base_sha256: str,
+                           version_id: int | None) -> None:
+        """Make a version the active one of its base model (None: none); the one it replaces
+        becomes superseded. Other base models' active versions stay."""
         with self._lock, self.db.atomic():
-            self._activate(profile_id, version_id)
+            self._activate(profile_id, base_sha256, version_id)
 
     def set_overlay_status(self, version_id: int, status: str, reason: str | None) -> None:
         """Mark a version rejected, broken, accepted…; one that was active stops being so."""
         if status == "active" or status not in OVERLAY_STATUSES:
             raise ValueError(f"cannot set status {status!r} here (activate: set_active_overlay)")
         with self._lock, self.db.atomic():
-            version = self.overlay_version(version_id)
+            self.overlay_version(version_id)  # StoreError for a version that is not there
             self.db.table("overlay_versions").update(
                 version_id, {"status": status, "reason": reason})
-            self.db.execute("UPDATE profiles SET active_overlay_id = NULL "
-                            "WHERE id = ? AND active_overlay_id = ?",
-                            [version.profile_id, version_id])
 
-    def _activate(self, profile_id: int, version_id: int | None) -> None:
+    def _activate(self, profile_id: int, base_sha256: str, version_id: int | None) -> None:
         if version_id is not None:
             version = self.overlay_version(version_id)
             if version.profile_id != profile_id:
                 raise StoreError(f"overlay version {version_id} belongs to another profile")
+            if version.base_sha256 != base_sha256:
+                raise StoreError(f"overlay version {version_id} was learned on another model")
             if version.status in UNUSABLE_OVERLAY_STATUSES:
                 raise StoreError(f"overlay version {version_id} is {version.status} "
                                  f"({version.reason}); it cannot be activated")
-        self.db.execute("UPDATE overlay_versions SET status = 'superseded' "
-                        "WHERE profile_id = ? AND status = 'active'", [profile_id])
+        self.db.execute("UPDATE overlay_versions SET status = 'superseded' WHERE profile_id = ? "
+                        "AND base_sha256 = ? AND status = 'active'", [profile_id, base_sha256])
         if version_id is not None:
             self.db.table("overlay_versions").update(version_id, {"status": "active"})
-        self.db.table("profiles").update(profile_id, {"active_overlay_id": version_id})
 
 
 def _overlay_version(row: dict, records: dict[int, list[tuple]]) -> OverlayVersion:

@@ -107,7 +107,7 @@ def test_the_gate_rejects_and_keeps_the_previous_version_active(engine):
         assert not rejected.accepted and rejected.version.status == "rejected"
         assert "< 1.01" in rejected.version.reason
     assert engine.memory.applied.id == ok.version.id
-    assert engine.store.active_overlay(engine.profile.id).id == ok.version.id
+    assert engine.active_version().id == ok.version.id
     assert engine.pending_sessions() == []  # a rejection is a decision too: not retried
 
 

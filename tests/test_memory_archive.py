@@ -124,7 +124,7 @@ def state(engine: Engine) -> tuple:
     database, compared by rows, nor the learning lock's file)."""
     home = engine.home
     return (engine.store.overlay_versions(engine.profile.id),
-            engine.store.active_overlay(engine.profile.id), engine.memory.applied,
+            engine.active_version(), engine.memory.applied,
             [(s, engine.store.messages(s.id)) for s in engine.sessions()],
             sorted(str(p.relative_to(home)) for p in home.rglob("*")
                    if not p.name.startswith("engram.db") and p.name != "learning.lock"))

@@ -53,6 +53,11 @@ def overlays(runtime, make_overlay):
     return [make_overlay(runtime.model.sha256, SPEC, seed=seed) for seed in range(3)]
 
 
+def active(memory: OverlayMemory):
+    """The version the store records as active for the memory's model."""
+    return memory.store.active_overlay(memory.profile.id, memory.base_sha256)
+
+
 def last_logits(runtime) -> np.ndarray:
     runtime.invalidate_cache()
     runtime.llm.eval(TOKENS)
@@ -71,7 +76,7 @@ def test_commit_records_and_hot_swaps_the_new_version(tmp_path, home, store, mem
     assert v1.bytes == sum((directory / f).stat().st_size
                            for f in ("overlay.safetensors", "manifest.json"))
     assert (directory / "lora.gguf").exists()
-    assert memory.applied == v1 and store.active_overlay(memory.profile.id) == v1
+    assert memory.applied == v1 and active(memory) == v1
 
     merged = llama_cpp.Llama(str(merged_model(overlays[0], tmp_path / "m.gguf")), n_ctx=128,
                              n_threads=1, verbose=False)
@@ -106,7 +111,7 @@ def test_rollback_deactivate_and_reactivate(memory, runtime, overlays):
     assert memory.activate(v2.id).status == "active"
     assert memory.rollback(v1.id).id == v1.id
     memory.deactivate()
-    assert memory.store.active_overlay(memory.profile.id) is None
+    assert active(memory) is None
     assert np.array_equal(last_logits(runtime), base)
 
 
@@ -130,8 +135,8 @@ def test_rejected_versions_are_kept_but_never_activated(home, memory, overlays):
     with pytest.raises(OverlayError, match="rejected"):
         memory.activate(rejected.id)
     with pytest.raises(StoreError, match="cannot be activated"):
-        memory.store.set_active_overlay(memory.profile.id, rejected.id)
-    assert memory.store.active_overlay(memory.profile.id).id == v1.id
+        memory.store.set_active_overlay(memory.profile.id, memory.base_sha256, rejected.id)
+    assert active(memory).id == v1.id
 
 
 def _half_write(path, data):
@@ -166,7 +171,7 @@ def test_a_crash_during_commit_keeps_the_previous_version(home, memory, runtime,
 
     assert sorted(p.name for p in memory.directory.iterdir()) == before  # nothing half-made
     assert [v.id for v in memory.store.overlay_versions(memory.profile.id)] == [v1.id]
-    assert memory.store.active_overlay(memory.profile.id).status == "active"
+    assert active(memory).status == "active"
     assert memory.applied.id == v1.id
     assert np.array_equal(last_logits(runtime), with_v1)
     assert ov.load(home / v1.path, runtime.model.sha256).trainable_params > 0
@@ -188,7 +193,7 @@ def test_start_up_sets_damaged_versions_aside_and_uses_the_last_good_one(home, s
     crashed.mkdir()  # left by a commit killed before its rename
 
     restarted = OverlayMemory(store, home, store.profile("me"), runtime)
-    assert restarted.applied.id == v1.id and store.active_overlay(restarted.profile.id).id == v1.id
+    assert restarted.applied.id == v1.id and active(restarted).id == v1.id
     assert [v.status for v in restarted.versions()] == ["broken", "broken", "active"]
     assert f"v{v3.id} was set aside" in restarted.problem and "checksum" in restarted.problem
     assert np.array_equal(last_logits(runtime), with_v1)
@@ -196,21 +201,29 @@ def test_start_up_sets_damaged_versions_aside_and_uses_the_last_good_one(home, s
 
     (home / v1.path / "manifest.json").write_text("{not json")
     again = OverlayMemory(store, home, store.profile("me"), runtime)
-    assert again.applied is None and store.active_overlay(again.profile.id) is None
+    assert again.applied is None and active(again) is None
     assert "unreadable manifest" in again.problem
 
 
-def test_start_up_on_another_base_model_runs_without_the_overlay(tmp_path, home, store, runtime,
-                                                                 overlays):
+def test_each_base_model_has_its_own_versions_and_active_one(tmp_path, home, store, runtime,
+                                                             overlays, make_overlay):
+    """A profile that switches models keeps each one's memory: another model starts on its
+    base weights without a word, and its versions never replace the first model's."""
     v1 = OverlayMemory(store, home, store.profile("me"), runtime).commit(overlays[0])
     other = Runtime(write_tiny_model(tmp_path / "other.gguf", seed=7), n_ctx=64, n_threads=1)
     try:
         memory = OverlayMemory(store, home, store.profile("me"), other)
-        assert memory.applied is None and "another base model" in memory.problem
-        assert store.active_overlay(memory.profile.id).id == v1.id  # kept for its own model
-        assert store.overlay_version(v1.id).status == "active"
+        assert (memory.applied, memory.problem, memory.versions()) == (None, "", [])
+        theirs = memory.commit(make_overlay(other.model.sha256, SPEC))
+        assert memory.versions() == [theirs] and active(memory) == theirs
+        with pytest.raises(ov.ForeignOverlay):
+            memory.activate(v1.id)
+        assert active(memory) == theirs
     finally:
         other.close()
+    assert store.overlay_version(v1.id).status == "active"  # still, for its own model
+    mine = OverlayMemory(store, home, store.profile("me"), runtime)
+    assert mine.applied == store.overlay_version(v1.id) and mine.versions() == [mine.applied]
 
 
 def test_engine_restores_the_active_overlay_and_reports_it(home, tiny_model, make_overlay):
@@ -249,10 +262,11 @@ def test_store_upgrade_from_v2_keeps_data_and_adds_overlay_versions(tmp_path):
     assert profile.settings == {"n_ctx": 2048}
     [session] = store.sessions(profile.id)
     assert session.private and [m.content for m in store.messages(session.id)] == ["hi from v2"]
-    assert store.overlay_versions(profile.id) == [] and store.active_overlay(profile.id) is None
+    assert store.overlay_versions(profile.id) == []
+    assert store.active_overlay(profile.id, "f" * 64) is None
     v = store.add_overlay_version(profile.id, "profiles/ada/overlays/x", "f" * 64,
                                   sessions=[session.id], status="active")
-    assert store.active_overlay(profile.id) == v and v.sessions == [session.id]
+    assert store.active_overlay(profile.id, "f" * 64) == v and v.sessions == [session.id]
     store.close()
 
 
@@ -263,14 +277,14 @@ def test_store_overlay_rows_are_checked_and_atomic(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="status"):
         store.add_overlay_version(me.id, "b", "f" * 64, status="pending")
     with pytest.raises(StoreError, match="another profile"):
-        store.set_active_overlay(other.id, v1.id)
+        store.set_active_overlay(other.id, "f" * 64, v1.id)
     monkeypatch.setattr(store, "_activate", _raising(OSError("disk I/O error")))
     with pytest.raises(OSError):
         store.add_overlay_version(me.id, "b", "f" * 64, parent_id=v1.id, status="active")
     monkeypatch.undo()
     assert [v.id for v in store.overlay_versions(me.id)] == [v1.id]  # the insert rolled back
     store.set_overlay_status(v1.id, "broken", "checksum")
-    assert store.active_overlay(me.id) is None
+    assert store.active_overlay(me.id, "f" * 64) is None
     assert store.overlay_version(v1.id).reason == "checksum"
 
 

@@ -128,6 +128,7 @@ def test_upgrade_from_version_4_enforces_foreign_keys_and_cascades(tmp_path):
     assert store.schema_version == LATEST
     after = {t: list(store.db[t].rows) for t in tables}
     assert all(row.pop("sha256") for rows in after.values() for row in rows)  # v6, v8
+    assert all(row.pop("active_overlay_id") is None for row in before["profiles"])  # v9
     assert after == before
     assert store.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert store.db.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -354,6 +355,51 @@ def test_learn_records_are_written_with_their_version_and_go_with_it(tmp_path):
     assert store.decided_through(me) == {1: 7} and store.decided_through(other) == {2: 30}
     store.db.execute("DELETE FROM overlay_versions WHERE profile_id = ?", [me])
     assert store.decided_through(me) == {} and store.db["learn_records"].count == 1
+
+
+# -- the active version per base model (schema 9) ----------------------------------------------
+
+
+def test_upgrade_from_version_8_keeps_the_profiles_active_version_for_its_model(tmp_path):
+    path = tmp_path / "v8.db"
+    db = sqlite_utils.Database(path)
+    checksums.register(db.conn)
+    for step in range(1, 9):
+        UPGRADES[step](db)
+    db.execute("PRAGMA user_version = 8")
+    db["profiles"].insert({"name": "ada", "created_at": "t"})
+    version = {"profile_id": 1, "created_at": "t", "base_sha256": "a" * 64, "path": "p",
+               "sessions_json": "[]", "metrics_json": "{}", "trainable_params": 0, "bytes": 0}
+    db["overlay_versions"].insert_all([{**version, "status": "active"},  # not the pointer's
+                                       {**version, "status": "active"}])
+    db.execute("UPDATE profiles SET active_overlay_id = 2")
+    db.conn.commit()
+    db.conn.close()
+
+    store = Store(path)
+    assert store.schema_version == LATEST
+    assert [p.name for p in store.profiles()] == ["ada"]  # resealed without the column
+    assert store.active_overlay(1, "a" * 64).id == 2
+    assert store.overlay_version(1).status == "superseded"
+    with pytest.raises(sqlite3.IntegrityError):  # one active version per profile and model
+        store.db.execute("UPDATE overlay_versions SET status = 'active' WHERE id = 1")
+
+
+def test_each_base_model_has_its_own_active_version(tmp_path):
+    store = Store(tmp_path / "e.db")
+    me = store.profile("me").id
+    a1 = store.add_overlay_version(me, "overlays/a1", "a" * 64, status="active")
+    b1 = store.add_overlay_version(me, "overlays/b1", "b" * 64, status="active")
+    a2 = store.add_overlay_version(me, "overlays/a2", "a" * 64, parent_id=a1.id,
+                                   status="active")
+    assert store.active_overlay(me, "a" * 64) == a2 and store.active_overlay(me, "b" * 64) == b1
+    assert store.overlay_version(a1.id).status == "superseded"
+    assert [v.id for v in store.overlay_versions(me, "b" * 64)] == [b1.id]
+    assert [v.id for v in store.overlay_versions(me)] == [a2.id, b1.id, a1.id]
+    with pytest.raises(StoreError, match="another model"):
+        store.set_active_overlay(me, "b" * 64, a1.id)
+    store.set_active_overlay(me, "a" * 64, None)
+    assert store.active_overlay(me, "a" * 64) is None and store.active_overlay(me, "b" * 64) == b1
 
 
 # -- where the database lives --------------------------------------------------------------

@@ -24,6 +24,7 @@ from app.tui.screens.confirm import ConfirmDialog
 from app.tui.screens.help import HelpScreen
 from app.tui.screens.memory import MemoryScreen
 from app.tui.screens.model_error import ModelErrorScreen
+from app.tui.screens.model_picker import ModelPicker
 from app.tui.screens.rename import RenameDialog
 from app.tui.screens.settings import SettingsScreen
 from app.tui.widgets.memory import MemoryPanel
@@ -419,7 +420,8 @@ async def test_slash_commands(engine):
         assert isinstance(app.screen, MemoryScreen)
         await pilot.press("escape")
         await slash("/model")
-        assert any("--model PATH" in n for n in notices(app))
+        assert isinstance(app.screen, ModelPicker)
+        await pilot.press("escape")
         await slash("/regen")
         assert "Nothing to regenerate yet." in notices(app)
         await slash("/system Answer in French.")
@@ -571,7 +573,7 @@ async def test_replies_and_leaving_a_session_schedule_learning(learning, monkeyp
         await pilot.press("ctrl+n")  # leaving the session learns it at once
         await until(pilot, lambda: memory_notices(app), "the notice", timeout=60)
         assert "learned 1 fact → v1 (active)" in memory_notices(app)[0]
-        assert engine.store.active_overlay(engine.profile.id).sessions == [1]
+        assert engine.active_version().sessions == [1]
 
 
 async def test_a_rejected_run_says_why(learning):
@@ -583,7 +585,7 @@ async def test_a_rejected_run_says_why(learning):
         [notice] = memory_notices(app)
         assert "NOT learned: locality" in notice and "< 1.5" in notice
         assert "v1 kept as rejected, the base model stays active" in notice
-        assert engine.store.active_overlay(engine.profile.id) is None
+        assert engine.active_version() is None
 
 
 async def open_memory(app, pilot) -> MemoryScreen:
@@ -600,7 +602,7 @@ async def diff_shown(pilot, screen, contains: str) -> str:
 
 
 def active_version(engine):
-    return engine.store.active_overlay(engine.profile.id)
+    return engine.active_version()
 
 
 async def test_memory_screen_lists_versions_and_shows_a_diff(learned):
@@ -820,8 +822,9 @@ def test_snapshot_memory_screen(snapshot_engine, snap_compare, monkeypatch):
 
     def learned(session: int, locality: float, status: str, reason: str | None = None):
         return engine.store.add_overlay_version(
-            engine.profile.id, f"overlays/fake-{session}", "0" * 64, parent_id=1 if session == 2
-            else None, sessions=[1, session], status=status, reason=reason,
+            engine.profile.id, f"overlays/fake-{session}", engine.runtime.model.sha256,
+            parent_id=1 if session == 2 else None, sessions=[1, session], status=status,
+            reason=reason,
             trainable_params=2560 * session, metrics={
                 "event": "learn", "locality": locality, "threshold": 0.95, "kl_neutral": 0.0021,
                 "learned": {str(session): {"facts": [], "corrections": []}}})

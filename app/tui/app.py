@@ -1,8 +1,8 @@
 """The Engram app: the chat screen, with the model loading behind it on a worker thread.
 
 If the model cannot load, the chat gives way to a screen that says why and what to do. Once
-it has loaded, sessions left unlearned are scheduled for background learning, and each
-learning run ends in a notice of what it learned and whether the locality gate let it in.
+it has loaded, the chat schedules the sessions left unlearned for background learning, and
+each learning run ends in a notice of what it learned and whether the locality gate let it in.
 """
 
 from __future__ import annotations
@@ -61,8 +61,6 @@ class EngramApp(App[None]):
         # (the engine joins it on close, after the UI has gone).
         self.engine.on_learned = lambda results: self.post_message(LearningFinished(results))
         self.call_from_thread(self.chat.model_ready, runtime)
-        if self.engine.pending_sessions():  # left unlearned last time; else the first reply
-            self.engine.schedule_learning()  # starts the debounce, not the loading
 
     def on_learning_finished(self, event: LearningFinished) -> None:
         for result in event.results:

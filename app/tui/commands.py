@@ -36,8 +36,8 @@ COMMANDS: tuple[Command, ...] = (
             "escape", "Stop"),
     Command("system_prompt", "Set system prompt", "Change this session's system prompt",
             "f4", "System", slash="system", argument="<text>"),
-    Command("model", "Show model", "Which model is loaded, and how to change it",
-            "f3", "Model", slash="model"),
+    Command("model", "Switch model", "Choose another model on this machine; it loads in the "
+            "background, with its own memory", "f3", "Model", slash="model"),
     Command("toggle_memory", "Toggle memory panel", "Show or hide what the model has learned",
             "ctrl+t", "Panel", slash="panel"),
     Command("memory", "Memory versions", "What each memory version learned and changed; "

@@ -120,16 +120,18 @@ def profile_state(home: Path) -> tuple[int, int | None]:
     """(sessions, active version) of the default profile, as a fresh reader finds them."""
     with closing(sqlite3.connect(paths.database(home))) as conn:
         sessions = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
-        active = conn.execute("SELECT active_overlay_id FROM profiles "
-                              "WHERE name = 'default'").fetchone()[0]
-    return sessions, active
+        row = conn.execute("SELECT v.id FROM overlay_versions v JOIN profiles p "
+                           "ON p.id = v.profile_id WHERE p.name = 'default' "
+                           "AND v.status = 'active'").fetchone()
+    return sessions, row and row[0]
 
 
 def active_event(home: Path) -> str | None:
     """What made the active version (``learn``, ``import``, …)."""
     with closing(sqlite3.connect(paths.database(home))) as conn:
         row = conn.execute("SELECT v.metrics_json FROM overlay_versions v JOIN profiles p "
-                           "ON p.active_overlay_id = v.id WHERE p.name = 'default'").fetchone()
+                           "ON p.id = v.profile_id WHERE p.name = 'default' "
+                           "AND v.status = 'active'").fetchone()
     return json.loads(row[0]).get("event") if row else None
 
 

@@ -430,7 +430,7 @@ class Learning:
 
     def _sync(self) -> None:
         """Follow a change another process made to the active version."""
-        stored = self.store.active_overlay(self.profile.id)
+        stored = self.store.active_overlay(self.profile.id, self.runtime.model.sha256)
         if (stored and stored.id) != (self.memory.applied and self.memory.applied.id):
             if stored is None:
                 self.memory.deactivate()

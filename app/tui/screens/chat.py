@@ -7,6 +7,10 @@ has walked away from (by switching session) are not shown, though the job's text
 
 Each reply asks the engine for background learning (``Engine.conversation`` does, debounced);
 leaving a session asks for it at once, so a finished session is learned without waiting.
+
+Another model (F3) loads on a worker thread, as the first one does: meanwhile a message is
+held, and sent once the model is ready. The new model starts a new session: a session's saved
+KV cache and cells belong to the model it was held with, and its replies are that model's.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from app import memory_text
+from app.terminal import inert
 from app.tui import commands, memory_actions
 from app.tui.screens.confirm import ConfirmDialog
 from app.tui.screens.help import HelpScreen
 from app.tui.screens.memory import MemoryScreen
+from app.tui.screens.model_picker import Choice, ModelPicker
 from app.tui.screens.rename import RenameDialog
 from app.tui.screens.settings import SettingsScreen
 from app.tui.widgets.memory import MemoryPanel
@@ -119,6 +125,20 @@ class ReplyEnded(Message):
         self.error = ""
 
 
+class ModelSwitched(Message):
+    def __init__(self, runtime: Runtime):
+        super().__init__()
+        self.runtime = runtime
+
+
+class ModelRefused(Message):
+    """The chosen model did not load; the one before still serves."""
+
+    def __init__(self, choice: Choice, reason: str):
+        super().__init__()
+        self.choice, self.reason = choice, reason
+
+
 class ChatScreen(Screen):
     COMMAND_SCOPES = ("chat", "sessions")
     BINDINGS = commands.bindings("chat")
@@ -132,7 +152,7 @@ class ChatScreen(Screen):
         self.runtime: Runtime | None = None  # set once the model has loaded
         self.job: ReplyJob | None = None  # the reply shown as it streams
         self._jobs: set[ReplyJob] = set()  # every job whose thread may still run
-        self._on_ready: ReplyJob | None = None  # a message sent before the model was loaded
+        self._on_ready: str | None = None  # a message sent while the model was loading
         self._first_session_id = session_id
 
     def compose(self):
@@ -162,9 +182,11 @@ class ChatScreen(Screen):
         self.query_one(PromptInput).placeholder = PLACEHOLDER
         if self.session is not None:
             self._show_stats_of(self.engine.messages(self.session.id))
-        job, self._on_ready = self._on_ready, None
-        if job is not None:
-            self._start(job)
+        text, self._on_ready = self._on_ready, None
+        if text is not None:
+            self._start(ReplyJob(self.session, text))
+        if self.engine.pending_sessions():  # left unlearned last time, or by a model replaced
+            self.engine.schedule_learning()  # starts the debounce; else the first reply does
 
     # -- sessions ---------------------------------------------------------------
 
@@ -298,7 +320,7 @@ class ChatScreen(Screen):
             if job.text is None:
                 self.notify("The model is still loading; try again in a moment.")
                 return
-            self._on_ready = job
+            self._on_ready = job.text
             self.notify("The model is still loading: your message is sent as soon as it is "
                         "ready.")
             return
@@ -466,12 +488,47 @@ class ChatScreen(Screen):
 
     def action_model(self) -> None:
         if self.runtime is None:
-            self.notify("The model is still loading.")
+            self.notify("The model is still loading; try again once it is ready.")
             return
-        self.notify(f"Model: {self.runtime.name} on {self.runtime.device}\n"
-                    f"File: {self.runtime.model.path}\n"
-                    "To use another model, restart Engram with --model PATH (a GGUF file).",
-                    timeout=10, markup=False)
+        self.app.push_screen(ModelPicker(self.engine.settings.model_folders,
+                                         self.runtime.model.path), self._switch_to)
+
+    def _switch_to(self, choice: Choice | None) -> None:
+        if choice is None or self.runtime is None:
+            return
+        if choice.path is not None and choice.path.resolve() == self.runtime.model.path.resolve():
+            self.notify(f"{choice.name} is the model in use.", markup=False)
+            return
+        if self.job is not None:
+            self.notify("A reply is being written: stop it (Esc) or let it finish, then choose "
+                        "the model again.", severity="warning")
+            return
+        self.runtime = None  # until the new one is ready: a message is held, memory waits
+        self.query_one(StatusBar).set_activity(f"loading {inert(choice.name)}…")
+        self.query_one(PromptInput).placeholder = LOADING_PLACEHOLDER
+        self._load(choice)
+
+    @work(thread=True, exit_on_error=False, group="model")
+    def _load(self, choice: Choice) -> None:
+        try:
+            runtime = self.engine.switch_model(choice.path)
+        except Exception as exc:  # shown in one line; the old model serves on
+            self.post_message(ModelRefused(choice, memory_actions.failure(exc)))
+            return
+        self.post_message(ModelSwitched(runtime))
+
+    async def on_model_switched(self, event: ModelSwitched) -> None:
+        await self.open_session(None)
+        self.model_ready(event.runtime)
+        self.notify(f"Now chatting with {event.runtime.name}, with its own memory, in a new "
+                    "session (the earlier ones are in the list).", markup=False)
+
+    def on_model_refused(self, event: ModelRefused) -> None:
+        assert self.engine.runtime is not None  # the model before, still loaded
+        self.model_ready(self.engine.runtime)
+        self.notify(f"{event.choice.name} could not be loaded: {event.reason}",
+                    title="Still on the model before", severity="error", timeout=15,
+                    markup=False)
 
     def action_toggle_memory(self) -> None:
         self.query_one(MemoryPanel).toggle()
