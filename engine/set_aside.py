@@ -47,12 +47,14 @@ def found(home: Path, store: Store, profiles: list[Profile]) -> list[SetAside]:
     items += [_moved(q, "the anchors cache", _rebuilt(q))
               for q in quarantined(paths.anchors_cache())]
     for profile in profiles:
-        active = store.active_overlay(profile.id)
-        now = f"v{active.id}" if active else "the base model"
-        items += [SetAside(f"overlay v{v.id} of profile {profile.name}", str(home / v.path), "",
-                           v.reason or "its files failed their checks",
-                           f"kept, marked broken; the profile runs on {now}")
-                  for v in store.overlay_versions(profile.id) if v.status == "broken"]
+        for v in store.overlay_versions(profile.id):
+            if v.status == "broken":
+                active = store.active_overlay(profile.id, v.base_sha256)
+                now = f"v{active.id}" if active else "the base model"
+                items.append(SetAside(f"overlay v{v.id} of profile {profile.name}",
+                                      str(home / v.path), "",
+                                      v.reason or "its files failed their checks",
+                                      f"kept, marked broken; its model runs on {now}"))
     return items
 
 

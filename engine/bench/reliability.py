@@ -358,7 +358,7 @@ def _home(engine: Engine) -> tuple:
     files = sorted((str(p.relative_to(engine.home)), hashlib.sha256(p.read_bytes()).digest())
                    for p in engine.home.rglob("*")
                    if p.is_file() and not p.name.startswith(paths.database(engine.home).name))
-    return (files, store.overlay_versions(profile), store.active_overlay(profile),
+    return (files, store.overlay_versions(profile), engine.active_version(),
             [(s, store.messages(s.id)) for s in store.sessions(profile)])
 
 
