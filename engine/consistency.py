@@ -1,13 +1,16 @@
 """What the derivation asks the model, computed on the torch twin so that it never touches
 the chat's llama.cpp context: which answer it prefers reading a statement (the consistency
-half of the check every pair passes, ``engine.derive.check``) and what kind of thing an
-answer is (for "Which city …" questions)."""
+half of the check every pair passes, ``engine.derive.check``), what kind of thing an
+answer is (for "Which city …" questions) and which words it places near a word (what a
+taught question is contrasted with, ``engine.derive.contrast``)."""
 
 from __future__ import annotations
 
 import torch
 
+from engine import text
 from engine.derive import KindOf, Prefers
+from engine.derive.contrast import Neighbours
 from engine.prompt import Turn
 from engine.runtime import Runtime
 from engine.twin import Twin
@@ -16,6 +19,7 @@ from store import paths
 ACK = "Noted."  # the assistant's turn between the statement and the question
 BATCH = 16
 KIND_CONFIDENCE = 0.75  # a kind's share among the kind words, below which an answer gets none
+SHORTEST_WORD = 3  # letters: shorter vocabulary pieces are mostly fragments, not words
 
 
 def twin_prefers(twin: Twin, runtime: Runtime, system: str | None) -> Prefers:
@@ -80,3 +84,43 @@ def twin_kinds(twin: Twin, runtime: Runtime) -> KindOf:
         return out
 
     return kind_of
+
+
+def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:
+    """``neighbours`` for the contrasts: the ``count`` lower-case words of the vocabulary
+    whose input embeddings are nearest a word's (cosine; a word of several pieces is their
+    mean), one per lemma, the word's own lemma excepted. The model's own sense of what is
+    alike: "cat" → dog, pet, horse; "thesis" → dissertation, essay, homework."""
+    ids, table = _word_table(twin, runtime)
+
+    @torch.no_grad()
+    def neighbours(word: str) -> list[str]:
+        pieces = [t for t in runtime.tokenize(f" {word.lower()}", add_bos=False)
+                  if runtime.detokenize([t]).strip()]  # a tokenizer's own leading space
+        rows = twin.model.model.embed_tokens.weight[pieces].float()
+        near = table @ torch.nn.functional.normalize(rows, dim=-1).mean(0)
+        own, out = text.lemma(word, "NOUN"), dict[str, str]()
+        for i in near.topk(min(len(ids), 8 * count)).indices.tolist():
+            other = runtime.detokenize([ids[i]]).strip()
+            base = text.lemma(other, "NOUN")
+            if not (base.startswith(own) or own.startswith(base)):
+                out.setdefault(base, other)
+            if len(out) == count:
+                break
+        return list(out.values())
+
+    return neighbours
+
+
+def _word_table(twin: Twin, runtime: Runtime) -> tuple[list[int], torch.Tensor]:
+    """The vocabulary's whole lower-case words (a leading space, letters only) and their
+    normalised input embeddings."""
+    vocab = twin.model.model.embed_tokens.weight
+    ids = [i for i in range(vocab.shape[0]) if _is_word(runtime.detokenize([i]))]
+    return ids, torch.nn.functional.normalize(vocab[ids].float(), dim=-1)
+
+
+def _is_word(piece: str) -> bool:
+    word = piece[1:]
+    return (piece[:1] == " " and len(word) >= SHORTEST_WORD and word.isascii()
+            and word.isalpha() and word.islower())

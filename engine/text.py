@@ -13,6 +13,7 @@ from lemminflect import getAllLemmas
 
 from store import paths
 
+CONTENT_CLASSES = frozenset({"NOUN", "PROPN", "ADJ", "VERB", "NUM"})
 WORD = re.compile(r"(?:[A-Za-z]\.){2,}|\d+(?:[.,:/]\d+)*\w*|[\w][\w'’&-]*|&")
 
 
@@ -131,15 +132,34 @@ def content_lemmas(text: str) -> set[str]:
     """Lemmas of the words that say what a text is about: not closed-class words, not
     light verbs ("What is my brother called?" → {"brother"}); a possessive is its noun's
     ("my cat's name" is about the cat)."""
-    light = grammar()["light_verbs"]
-    sentence = [re.sub(r"['’]s?$", "", w) or w for w in words(expand_contractions(text))]
-    out = set()
-    for word, cls in zip(sentence, tags(sentence), strict=True):
-        if cls in {"NOUN", "PROPN", "ADJ", "VERB", "NUM"}:
-            base = lemma(word, cls)
-            if not (cls == "VERB" and base in light):
-                out.add(base)
-    return out
+    sentence = _without_possessives(words(expand_contractions(text)))
+    return {base for word, cls in zip(sentence, tags(sentence), strict=True)
+            if (base := _content_lemma(word, cls))}
+
+
+def about_spans(question: str, statement: str, answer: str,
+                classes: frozenset[str] = CONTENT_CLASSES) -> list[tuple[int, int]]:
+    """Where ``question`` names what it asks about: the character spans of its content words
+    (of ``classes``) that the statement it was derived from also uses, the answer's excepted
+    ("What's my cat's name?" from "My cat is called Mosel" → "cat")."""
+    wanted = content_lemmas(statement) - content_lemmas(answer)
+    found = list(WORD.finditer(question))
+    sentence = _without_possessives([m[0] for m in found])
+    return [(m.start(), m.start() + len(word))
+            for m, word, cls in zip(found, sentence, tags(sentence), strict=True)
+            if cls in classes and _content_lemma(word, cls) in wanted]
+
+
+def _without_possessives(sentence: list[str]) -> list[str]:
+    return [re.sub(r"['’]s?$", "", w) or w for w in sentence]
+
+
+def _content_lemma(word: str, cls: str) -> str | None:
+    """The word's lemma if it is a content word (a light verb is not), else None."""
+    if cls not in CONTENT_CLASSES:
+        return None
+    base = lemma(word, cls)
+    return None if cls == "VERB" and base in grammar()["light_verbs"] else base
 
 
 def question_key(question: str) -> frozenset[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import derive
+from engine import derive, text
 from engine.derive import QA
 from engine.derive.clauses import clauses, sentences
 from engine.derive.questions import questions
@@ -134,3 +134,22 @@ def test_varied_keeps_the_least_alike_phrasings_of_each_answer():
     kept = [qa.question for qa in derive.varied(pairs, 2)]
     assert kept == ["What do I play?", "Which instrument is mine?"]
     assert derive.varied(pairs, 5) == pairs
+
+
+def test_a_contrast_asks_the_same_question_about_each_near_thing_the_user_did_not_mention():
+    qa = QA("What are my cats called?", "Pixel and Mo", "My cats are called Pixel and Mo.")
+
+    def neighbours(word):  # the "model": what it places near each noun
+        return {"cats": ["dogs", "kitten", "horse"]}.get(word, [])
+
+    said = text.content_lemmas("My cats are called Pixel and Mo. I also have a kitten.")
+    assert derive.contrasts(qa, neighbours, said) == ["What are my dogs called?",
+                                                      "What are my horses called?"]
+    assert derive.contrasts(QA("Where do I live?", "Leeds", "I live in Leeds."),
+                            lambda word: ["stay"], set()) == []  # only nouns are swapped
+
+
+def test_a_contrast_keeps_the_word_s_capitals():
+    qa = QA("Cat food is what?", "fish", "Cat food is fish.")
+    assert derive.contrasts(qa, lambda word: ["dog"] if word == "Cat" else [], set()) == [
+        "Dog food is what?"]

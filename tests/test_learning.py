@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from engine import derive, learner, runtime
+from engine.consistency import twin_neighbours
 from engine.derive import QA
 from engine.engine import Engine
 from engine.errors import EngramError, NotEnoughMemory
@@ -543,6 +544,26 @@ def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_af
         assert (asked > 0).any(dim=0).all()  # every neuron fires on its question
         assert (x[0] @ keys.T < -1).all()
         assert ((example.ending(x) @ keys.T).max(dim=0).values < asked.max(dim=0).values).all()
+
+
+def test_a_word_s_neighbours_are_the_vocabulary_s_words_nearest_it_in_the_model_s_embeddings(
+        engine):
+    rt = engine.load()
+    twin = twin_for(rt)
+    table = twin.model.model.embed_tokens.weight
+    words = {rt.detokenize([t]).strip(): t for t in range(table.shape[0])
+             if rt.detokenize([t]) in {f" {w}" for w in ("cat", "time", "day", "oil")}}
+    other = next(w for w in words if w != "cat")
+    kept = table[words[other]].clone()
+    try:
+        table[words[other]] = 2 * table[words["cat"]] + 1e-3 * torch.randn_like(kept)
+        near = twin_neighbours(twin, rt, 3)
+        assert near("cat")[0] == other  # by cosine, not length
+        assert "cat" not in near("cat") and len(near("cat")) == 3
+        assert near("cats")[0] == other  # a word's own lemma is never its neighbour
+        assert all(w.isalpha() and w.islower() for w in near(other))
+    finally:
+        table[words[other]] = kept
 
 
 @pytest.mark.parametrize("facts", [1, 3, 4, 6, 16])

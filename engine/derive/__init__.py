@@ -13,9 +13,11 @@ from collections.abc import Callable
 from engine import text
 from engine.derive.check import QA, Prefers, consistent, grounded
 from engine.derive.clauses import clauses
+from engine.derive.contrast import Neighbours, contrasts
 from engine.derive.questions import KIND, questions
 
-__all__ = ["QA", "KindOf", "Prefers", "candidates", "checked", "varied"]
+__all__ = ["QA", "KindOf", "Neighbours", "Prefers", "candidates", "checked", "contrasts",
+           "varied"]
 
 
 # answers → the kind of each ("Leeds" → "city"), or None where the model knows none

@@ -31,6 +31,8 @@ class Recipe:
     prose_weight: float = 5.0  # extra weight of plain prose's rows (the perplexity of text)
     vocab_top: int = 256  # the answer loss runs over the base model's top tokens at each
     vocab_random: int = 1024  # answer position, the answers, and a fixed random sample
+    contrasts: int = 3  # per noun a question names, its nearest words put in its place: every
+    # detector is fitted silent on those questions (derive.contrasts)
     phrasings: int = 6  # at most, per fact, the most varied (derive.varied): cost grows with them
     # when to stop
     stop_loss: float = 0.05  # every fact's answers learned: stop early (worst_fact, stop_rows)

@@ -71,11 +71,14 @@ class Targets:
 def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
           owned: dict[int, set[int]] | None = None, session_id: int | None = None,
           progress: Progress | None = None, cancel: threading.Event | None = None,
-          earlier: list[Example] | None = None) -> tuple[list[NeuronBlock], dict]:
+          earlier: list[Example] | None = None,
+          contrasts: list[Example] | None = None) -> tuple[list[NeuronBlock], dict]:
     """Train k neurons per layer for these examples; returns the blocks and training metrics.
 
     ``earlier``: other sessions' questions and answers — the new neurons must stay silent
-    on them too, or a later session's memory answers an earlier one's question."""
+    on them too, or a later session's memory answers an earlier one's question.
+    ``contrasts``: the same questions about other things (``derive.contrasts``): every
+    detector is fitted silent there as on a rival fact's questions."""
     progress = progress or (lambda f, m: None)
     started = time.perf_counter()
     first = min(recipe.layers)
@@ -90,9 +93,10 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
             h = twin.run(h_frozen, batch, first)
         targets = _targets(twin, examples, h, recipe)
         held = _asked(twin, earlier or [], recipe.layers, recipe.key_context, recipe.batch)
+        unlike = _asked(twin, contrasts or [], recipe.layers, recipe.key_context, recipe.batch)
         unrelated = {l: torch.cat([anchors.answers[l], held[l]]) for l in recipe.layers}
     edits = [_keyed_edit(twin, layer, depth, examples, seen[layer], targets.taught, anchors,
-                         unrelated[layer], owned or {}, recipe)
+                         unrelated[layer], unlike[layer], owned or {}, recipe)
              for depth, layer in enumerate(recipe.layers)]
     history, stopped = _train(twin, edits, h_frozen, batch, targets, anchors, unrelated, recipe,
                               progress, cancel)
@@ -134,7 +138,7 @@ def _quiet_neurons(twin: Twin, layer: int, anchors: Anchors, owned: set[int],
 
 def _keyed_edit(twin: Twin, layer: int, depth: int, examples: list[Example], seen: torch.Tensor,
                 taught: list[tuple[int, ...]], anchors: Anchors, unrelated: torch.Tensor,
-                owned: dict[int, set[int]], recipe: Recipe) -> NeuronEdit:
+                unlike: torch.Tensor, owned: dict[int, set[int]], recipe: Recipe) -> NeuronEdit:
     """Quiet neurons of ``layer``, each keyed as the detector of one fact (its phrasings
     together) and silent on everything else, values still zero."""
     edit = NeuronEdit(twin, layer, _quiet_neurons(twin, layer, anchors, owned.get(layer, set()),
@@ -145,7 +149,7 @@ def _keyed_edit(twin: Twin, layer: int, depth: int, examples: list[Example], see
                  for fact in facts]
     endings = [e.ending(seen[i]) for i, e in enumerate(examples)]
     keyed = keys.keyed_facts(len(facts), depth, recipe.neurons)
-    rivals = ([torch.cat([positives[g] for g in range(len(facts)) if g != f] or [positives[f][:0]])
+    rivals = ([torch.cat([positives[g] for g in range(len(facts)) if g != f] + [unlike])
                for f in keyed] if recipe.rivals else None)
     mine = [positives[f] for f in keyed]
     negatives = torch.cat([anchors.inputs[layer], anchors.prose[layer], unrelated, *endings])

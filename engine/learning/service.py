@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import derive, text
-from engine.consistency import twin_kinds, twin_prefers
+from engine.consistency import twin_kinds, twin_neighbours, twin_prefers
 from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
 from engine.learning.anchors import anchors_for, applied, training, twin_for
@@ -205,6 +205,11 @@ class Learning:
         said_about = set().union(*(text.content_lemmas(s) for s in said))
         untaught = [QA(q, UNTAUGHT_REPLY, "") for q in personal_questions()
                     if not text.content_lemmas(q) & said_about]
+        # The same questions about things the model places near what they name: no detector
+        # may fire there, or "What is my dog called?" is answered with the cat's name.
+        neighbours = twin_neighbours(twin, self.runtime, self.recipe.contrasts)
+        unlike = [QA(q, UNTAUGHT_REPLY, "") for q in dict.fromkeys(
+            q for qa in taught for q in derive.contrasts(qa, neighbours, said_about))]
         # In the profile's own prompt format only: a second copy without the system prompt
         # made each session a third slower and recalled no more.
         end = end_of_turn(self.runtime)
@@ -233,6 +238,7 @@ class Learning:
                 blocks, train = learner.learn(
                     twin, examples_of(taught), anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
+                    contrasts=examples_of(unlike),
                     progress=Phase(progress, "training", low, middle))
             candidate = base.merge(replace(base, blocks=blocks))
             gating_phase(0.0, "checking that unrelated answers stay the same")
