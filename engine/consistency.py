@@ -6,6 +6,9 @@ taught question is contrasted with, ``engine.derive.contrast``)."""
 
 from __future__ import annotations
 
+import difflib
+import os
+
 import torch
 
 from engine import text
@@ -20,6 +23,8 @@ ACK = "Noted."  # the assistant's turn between the statement and the question
 BATCH = 16
 KIND_CONFIDENCE = 0.75  # a kind's share among the kind words, below which an answer gets none
 SHORTEST_WORD = 3  # letters: shorter vocabulary pieces are mostly fragments, not words
+STEM = 4  # letters two forms of one word share at the start
+SPELLED_ALIKE = 0.75  # difflib ratio from which two words are spellings of one
 
 
 def twin_prefers(twin: Twin, runtime: Runtime, system: str | None) -> Prefers:
@@ -89,8 +94,8 @@ def twin_kinds(twin: Twin, runtime: Runtime) -> KindOf:
 def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:
     """``neighbours`` for the contrasts: the ``count`` lower-case words of the vocabulary
     whose input embeddings are nearest a word's (cosine; a word of several pieces is their
-    mean), one per lemma, the word's own lemma excepted. The model's own sense of what is
-    alike: "cat" → dog, pet, horse; "thesis" → dissertation, essay, homework."""
+    mean), one per lemma, other forms and spellings of the word excepted. The model's own
+    sense of what is alike: "cat" → dog, pet, horse; "thesis" → dissertation, essay."""
     ids, table = _word_table(twin, runtime)
 
     @torch.no_grad()
@@ -103,7 +108,7 @@ def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:
         for i in near.topk(min(len(ids), 8 * count)).indices.tolist():
             other = runtime.detokenize([ids[i]]).strip()
             base = text.lemma(other, "NOUN")
-            if not (base.startswith(own) or own.startswith(base)):
+            if not _forms_of_one_word(own, base):
                 out.setdefault(base, other)
             if len(out) == count:
                 break
@@ -118,6 +123,15 @@ def _word_table(twin: Twin, runtime: Runtime) -> tuple[list[int], torch.Tensor]:
     vocab = twin.model.model.embed_tokens.weight
     ids = [i for i in range(vocab.shape[0]) if _is_word(runtime.detokenize([i]))]
     return ids, torch.nn.functional.normalize(vocab[ids].float(), dim=-1)
+
+
+def _forms_of_one_word(a: str, b: str) -> bool:
+    """Forms or spellings of one word ("course"/"courses", "colour"/"color", "name"/"nome"):
+    the same thing to a user, so never a contrast. One stem (a shared start of four letters,
+    or all of the shorter) or a near-identical spelling (difflib's ratio)."""
+    stem = len(os.path.commonprefix([a, b]))
+    return (stem >= min(STEM, len(a), len(b))
+            or difflib.SequenceMatcher(None, a, b).ratio() >= SPELLED_ALIKE)
 
 
 def _is_word(piece: str) -> bool:
