@@ -751,11 +751,14 @@ async def test_export_and_import_memory(learned, tmp_path):
 
 
 @pytest.fixture
-def snapshot_engine(engine, monkeypatch):
-    """Saved history rather than live replies, and no GPU, so every run draws the same."""
+def snapshot_engine(engine, monkeypatch, tmp_path):
+    """Saved history rather than live replies, no GPU, and a cache of its own (caches that
+    earlier tests damaged and set aside would show on the Memory screen), so every run draws
+    the same."""
     import llama_cpp
 
     monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path / "cache"))
     older = engine.new_session()
     engine.rename_session(older.id, "What is a GGUF file?")
     engine.store.add_message(older.id, "user", "What is a GGUF file?")
