@@ -21,11 +21,19 @@ def test_fresh_database_is_latest_schema_in_wal_mode(tmp_path):
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def database_at(path, version: int) -> sqlite_utils.Database:
+    """A database as Engram at schema ``version`` left it (the upgrades up to it, in turn)."""
+    db = sqlite_utils.Database(path)
+    checksums.register(db.conn)
+    for step in range(1, version + 1):
+        UPGRADES[step](db)
+    db.execute(f"PRAGMA user_version = {version}")
+    return db
+
+
 def test_upgrade_from_version_1_keeps_data(tmp_path):
     path = tmp_path / "old.db"
-    db = sqlite_utils.Database(path)
-    UPGRADES[1](db)
-    db.execute("PRAGMA user_version = 1")
+    db = database_at(path, 1)
     db["profiles"].insert({"name": "ada", "created_at": "2026-01-01"})
     db["sessions"].insert({"profile_id": 1, "title": "old chat", "created_at": "t",
                            "updated_at": "t", "model": "m", "system_prompt": None})
@@ -103,10 +111,7 @@ def test_settings_are_saved_per_profile(tmp_path):
 
 def test_upgrade_from_version_4_enforces_foreign_keys_and_cascades(tmp_path):
     path = tmp_path / "v4.db"
-    db = sqlite_utils.Database(path)
-    for step in range(1, 5):
-        UPGRADES[step](db)
-    db.execute("PRAGMA user_version = 4")
+    db = database_at(path, 4)
     db["profiles"].insert({"name": "ada", "created_at": "t"})
     for sid in (1, 2):
         db["sessions"].insert({"profile_id": 1, "title": f"s{sid}", "created_at": "t",
@@ -250,10 +255,7 @@ def test_cli_turns_stray_database_errors_into_one_line(monkeypatch, capsys, erro
 
 def test_upgrade_from_version_5_checksums_existing_messages(tmp_path):
     path = tmp_path / "v5.db"
-    db = sqlite_utils.Database(path)
-    for step in range(1, 6):
-        UPGRADES[step](db)
-    db.execute("PRAGMA user_version = 5")
+    db = database_at(path, 5)
     db["profiles"].insert({"name": "ada", "created_at": "t"})
     db["sessions"].insert({"profile_id": 1, "title": "s", "created_at": "t", "updated_at": "t",
                            "model": "m", "system_prompt": None, "private": 0})
@@ -314,11 +316,7 @@ def test_a_schema_changed_by_damage_is_quarantined(tmp_path):
 
 def test_upgrade_from_version_6_moves_each_versions_decisions_into_learn_records(tmp_path):
     path = tmp_path / "v6.db"
-    db = sqlite_utils.Database(path)
-    checksums.register(db.conn)
-    for step in range(1, 7):
-        UPGRADES[step](db)
-    db.execute("PRAGMA user_version = 6")
+    db = database_at(path, 6)
     db["profiles"].insert({"name": "ada", "created_at": "t"})
     version = {"profile_id": 1, "created_at": "t", "base_sha256": "0" * 64, "status": "accepted",
                "trainable_params": 0, "bytes": 0, "sessions_json": "[]"}
@@ -362,11 +360,7 @@ def test_learn_records_are_written_with_their_version_and_go_with_it(tmp_path):
 
 def test_upgrade_from_version_8_keeps_the_profiles_active_version_for_its_model(tmp_path):
     path = tmp_path / "v8.db"
-    db = sqlite_utils.Database(path)
-    checksums.register(db.conn)
-    for step in range(1, 9):
-        UPGRADES[step](db)
-    db.execute("PRAGMA user_version = 8")
+    db = database_at(path, 8)
     db["profiles"].insert({"name": "ada", "created_at": "t"})
     version = {"profile_id": 1, "created_at": "t", "base_sha256": "a" * 64, "path": "p",
                "sessions_json": "[]", "metrics_json": "{}", "trainable_params": 0, "bytes": 0}
