@@ -96,7 +96,7 @@ def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:
     whose input embeddings are nearest a word's (cosine; a word of several pieces is their
     mean), one per lemma, other forms and spellings of the word excepted. The model's own
     sense of what is alike: "cat" → dog, pet, horse; "thesis" → dissertation, essay."""
-    ids, table = _word_table(twin, runtime)
+    words, table = _word_table(twin, runtime)
 
     @torch.no_grad()
     def neighbours(word: str) -> list[str]:
@@ -105,8 +105,8 @@ def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:
         rows = twin.model.model.embed_tokens.weight[pieces].float()
         near = table @ torch.nn.functional.normalize(rows, dim=-1).mean(0)
         own, out = text.lemma(word, "NOUN"), dict[str, str]()
-        for i in near.topk(min(len(ids), 8 * count)).indices.tolist():
-            other = runtime.detokenize([ids[i]]).strip()
+        for i in near.topk(min(len(words), 8 * count)).indices.tolist():
+            other = words[i]
             base = text.lemma(other, "NOUN")
             if not _forms_of_one_word(own, base):
                 out.setdefault(base, other)
@@ -117,12 +117,14 @@ def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:
     return neighbours
 
 
-def _word_table(twin: Twin, runtime: Runtime) -> tuple[list[int], torch.Tensor]:
+def _word_table(twin: Twin, runtime: Runtime) -> tuple[list[str], torch.Tensor]:
     """The vocabulary's whole lower-case words (a leading space, letters only) and their
-    normalised input embeddings."""
+    normalised input embeddings (the vocabulary is read once per job, not per neighbour)."""
     vocab = twin.model.model.embed_tokens.weight
-    ids = [i for i in range(vocab.shape[0]) if _is_word(runtime.detokenize([i]))]
-    return ids, torch.nn.functional.normalize(vocab[ids].float(), dim=-1)
+    pieces = {i: runtime.detokenize([i]) for i in range(vocab.shape[0])}
+    ids = [i for i, piece in pieces.items() if _is_word(piece)]
+    return ([pieces[i][1:] for i in ids],
+            torch.nn.functional.normalize(vocab[ids].float(), dim=-1))
 
 
 def _forms_of_one_word(a: str, b: str) -> bool:
