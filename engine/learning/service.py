@@ -226,6 +226,7 @@ class Learning:
             said=said + sorted({qa.statement for _, qa in earlier}),
             questions=list(first_asked.values()))
         threshold = self.threshold(twin)
+        contrasted = examples_of(unlike)  # the same on every try
         recipe, silent, refused = self.recipe, others + untaught, []
         dropped: set[str] = set()  # answers left out because they kept leaking
         tries = 1 + recipe.retries
@@ -238,7 +239,7 @@ class Learning:
                 blocks, train = learner.learn(
                     twin, examples_of(taught), anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
-                    contrasts=examples_of(unlike),
+                    contrasts=contrasted,
                     progress=Phase(progress, "training", low, middle))
             candidate = base.merge(replace(base, blocks=blocks))
             gating_phase(0.0, "checking that unrelated answers stay the same")
