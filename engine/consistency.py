@@ -118,13 +118,23 @@ def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:
 
 
 def _word_table(twin: Twin, runtime: Runtime) -> tuple[list[str], torch.Tensor]:
-    """The vocabulary's whole lower-case words (a leading space, letters only) and their
-    normalised input embeddings (the vocabulary is read once per job, not per neighbour)."""
-    vocab = twin.model.model.embed_tokens.weight
-    pieces = {i: runtime.detokenize([i]) for i in range(vocab.shape[0])}
-    ids = [i for i, piece in pieces.items() if _is_word(piece)]
-    return ([pieces[i][1:] for i in ids],
-            torch.nn.functional.normalize(vocab[ids].float(), dim=-1))
+    """The vocabulary's whole lower-case words and their normalised input embeddings."""
+    ids, words = _vocabulary_words(runtime, twin.model.model.embed_tokens.weight.shape[0])
+    return words, torch.nn.functional.normalize(
+        twin.model.model.embed_tokens.weight[ids].float(), dim=-1)
+
+
+_words: dict[str, tuple[list[int], list[str]]] = {}
+
+
+def _vocabulary_words(runtime: Runtime, size: int) -> tuple[list[int], list[str]]:
+    """The ids and text of the vocabulary's whole lower-case words (a leading space, letters
+    only): read once per model and process (decoding all its tokens took a second a job)."""
+    if runtime.model.sha256 not in _words:
+        pieces = {i: runtime.detokenize([i]) for i in range(size)}
+        ids = [i for i, piece in pieces.items() if _is_word(piece)]
+        _words[runtime.model.sha256] = ids, [pieces[i][1:] for i in ids]
+    return _words[runtime.model.sha256]
 
 
 def _forms_of_one_word(a: str, b: str) -> bool:

@@ -32,6 +32,7 @@ from engine.overlay import SparseOverlay
 from engine.prompt import Turn
 from engine.runtime import Sampling
 from engine.scoring import Scorer, log_softmax
+from engine.twin import Recording
 from tests.tiny_gguf import ARCHITECTURES
 
 
@@ -716,3 +717,24 @@ def test_a_model_shallower_than_the_recipe_is_refused_in_one_line(engine):  # no
     with pytest.raises(EngramError, match=r"layers 14–17, and this model has \d+"):
         engine.learn_now(session_ids=[sid])
     assert engine.memory.applied is None
+
+
+@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
+def test_a_batch_of_tails_computes_what_the_whole_sequences_do_there(engine):
+    """The learner's steps run only each example's tail, attending to its head as one run of
+    the whole examples recorded it: the same states as the whole run, at every tail position
+    (one sequence longer than the sliding window)."""
+    twin = twin_for(engine.runtime)
+    sequences = [engine.runtime.tokenize(f"the cat had a name {tail}")
+                 for tail in ("Pixel", "and a very long tail " * 12, "")]
+    assert len(sequences[1]) > 64  # beyond the tiny gemma3's sliding window
+    shared = train._shared_prefix(sequences, limit=3)
+    rest = [s[shared:] for s in sequences]
+    recording = Recording(twin.prefix(sequences[0][:shared]))
+    with torch.no_grad():
+        whole = twin.run(twin.embed(batch := twin.batch(rest, recording)), batch)
+        cuts = [len(s) - 2 for s in rest]
+        tails = twin.tails(rest, cuts, recording)
+        h = twin.run(twin.embed(tails), tails)
+    for i, (n, cut) in enumerate(zip(batch.lengths, cuts, strict=True)):
+        assert torch.allclose(h[i, : n - cut], whole[i, cut:n], atol=1e-4)

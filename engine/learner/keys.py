@@ -37,11 +37,11 @@ def fit(positives: list[torch.Tensor], negatives: torch.Tensor, start: torch.Ten
         optim = torch.optim.Adam([gate], lr=recipe.key_lr)
         hard = negatives
         for step in range(recipe.key_steps):
-            if step and step % recipe.key_prune_every == 0:
+            if step and step % recipe.prune_every == 0:
                 # Tens of thousands of negatives, most soon far below the margin: each pass
                 # reads only the others (the objective moves by ~1e-4; 2.1 → 1.2 s a layer).
                 with torch.no_grad():
-                    hard = negatives[(negatives @ gate.T + margin > recipe.key_prune_below).any(1)]
+                    hard = negatives[(negatives @ gate.T + margin > recipe.prune_below).any(1)]
             loss = (sum(F.softplus(margin - pos @ g).mean()
                         for pos, g in zip(positives, gate, strict=True))
                     + sum(F.softplus(other @ g + margin).mean()

@@ -17,9 +17,10 @@ class Recipe:
     key_context: int = 3  # positions before the answer that also count as the question
     key_steps: int = 100  # of the logistic fit
     key_lr: float = 0.05
-    key_prune_every: int = 10  # steps between dropping negatives far below the margin …
-    # … by this much (softplus(−6) < 0.0025: they add next to nothing)
-    key_prune_below: float = -6.0
+    # steps between setting aside rows (the keys' negatives, the locality term's inputs) that
+    # are far below the margin / below firing …
+    prune_every: int = 10
+    prune_below: float = -6.0  # … by this much (softplus(−6) < 0.0025, GELU(−6) ≈ −6e-9)
     rivals: bool = True  # each detector silent where the session's other facts are asked
     key_decay: float = 0.0  # L2 on the keys (a smaller key fires on more phrasings)
     # the values: training

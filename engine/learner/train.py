@@ -4,8 +4,9 @@ The signal is question/answer pairs about what the user said, asked in the app's
 dialogue format; the loss is on the answer tokens and the end of the turn only (FT-M).
 
 Cost: the frozen prefix (layers below the first edited one) runs once, and so does the
-system prompt every example starts with; each step runs only the layers above it on the
-examples' own tokens, and the output head only at answer positions over a sampled
+system prompt every example starts with; each step runs only the layers above it, on the
+examples' tails (the question's last tokens, the answer, the turn's end) attending to their
+heads as one full run left them, and the output head only at answer positions over a sampled
 vocabulary. The frozen layers' states of each session's examples are kept
 (``Twin.entering``): every later run asks them again as earlier questions.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +26,10 @@ from engine.learner import keys
 from engine.learner.anchors import Anchors
 from engine.learner.capture import ffn_added, ffn_inputs, passes
 from engine.learner.edit import NeuronEdit
+from engine.learner.locality import Locality
 from engine.learner.recipe import Recipe
 from engine.overlay import NeuronBlock
-from engine.twin import Batch, Prefix, Twin
+from engine.twin import Batch, Prefix, Recording, Twin
 
 Progress = Callable[[float, str], None]
 
@@ -85,12 +87,13 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     # The system prompt every example starts with runs once (the new neurons are trained
     # silent on generic text, which includes it): from here on the examples are what follows.
     prefix, examples = _after_shared(twin, examples, recipe.key_context)
-    batch = twin.batch([e.tokens for e in examples], prefix)
+    sequences = [e.tokens for e in examples]
+    recording = Recording(prefix)
     with torch.no_grad():
-        h_frozen = pad_sequence(twin.entering([e.tokens for e in examples], first, prefix),
-                                batch_first=True)
+        entering = twin.entering(sequences, first, prefix)
         with ffn_inputs(twin, recipe.layers) as seen:
-            h = twin.run(h_frozen, batch, first)
+            h = twin.run(pad_sequence(entering, batch_first=True),
+                         twin.batch(sequences, recording), first)
         targets = _targets(twin, examples, h, recipe)
         held = _asked(twin, earlier or [], recipe.layers, recipe.key_context, recipe.batch)
         unlike = _asked(twin, contrasts or [], recipe.layers, recipe.key_context, recipe.batch)
@@ -98,7 +101,13 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     edits = [_keyed_edit(twin, layer, depth, examples, seen[layer], targets.taught, anchors,
                          unrelated[layer], unlike[layer], owned or {}, recipe)
              for depth, layer in enumerate(recipe.layers)]
-    history, stopped = _train(twin, edits, h_frozen, batch, targets, anchors, unrelated, recipe,
+    # Each step runs only the examples' tails (from where their questions end), attending to
+    # their heads as the full run above left them: the edit's keys fire in the tails.
+    cuts = [len(e.prompt) - 1 - recipe.key_context for e in examples]
+    tails = twin.tails(sequences, cuts, recording)
+    h_tails = pad_sequence([x[c:] for x, c in zip(entering, cuts, strict=True)], batch_first=True)
+    in_tails = replace(targets, cols=targets.cols - torch.tensor(cuts)[targets.rows])
+    history, stopped = _train(twin, edits, h_tails, tails, in_tails, anchors, unrelated, recipe,
                               progress, cancel)
     metrics = {"steps": len(history), "stopped": stopped, "answer_loss": round(history[-1][0], 4),
                "locality_penalty": round(history[-1][1], 5),
@@ -161,15 +170,15 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
            targets: Targets, anchors: Anchors, unrelated: dict[int, torch.Tensor],
            recipe: Recipe, progress: Progress, cancel: threading.Event | None
            ) -> tuple[list[tuple[float, float]], str]:
-    """The loop: answer loss + locality (the edit's energy on generic text, exact at each
-    edited layer from the anchors' cached FFN inputs, relative to the layer's own output),
-    every delta capped. Returns the (answer loss, locality) history and why it stopped."""
+    """The loop: answer loss + locality (``Locality``: the edit's energy on generic text at
+    each edited layer, from the anchors' cached FFN inputs), every delta capped. Returns the
+    (answer loss, locality) history and why it stopped."""
     first = min(recipe.layers)
-    with torch.no_grad():  # per edit: (fixed inputs, their unedited activation, weight)
-        penalised = [[(x, e.activation(x, False), w) for x, w in (
-            (anchors.inputs[e.layer], 1.0), (anchors.prose[e.layer], recipe.prose_weight),
-            (unrelated[e.layer], recipe.answer_weight),
-            (anchors.start[e.layer], recipe.answer_weight))] for e in edits]
+    localities = [Locality(e, [(anchors.inputs[e.layer], 1.0),
+                               (anchors.prose[e.layer], recipe.prose_weight),
+                               (unrelated[e.layer], recipe.answer_weight),
+                               (anchors.start[e.layer], recipe.answer_weight)],
+                           anchors.out_energy[e.layer], recipe.prune_below) for e in edits]
     optim = torch.optim.Adam([p for e in edits for p in e.parameters()], lr=recipe.lr)
     # Each step, each example's new neurons fire at a random share of their strength, as
     # weakly as match_floor: a question worded otherwise matches a key only partly, and the
@@ -190,9 +199,10 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
                 twin.logits(h[targets.rows, targets.cols], vocab=targets.vocab), targets.tokens,
                 reduction="none")
             task = token_loss.mean()
-            locality = sum(sum(w * e.change_energy(x, before) for x, before, w in terms)
-                           / anchors.out_energy[e.layer]
-                           for e, terms in zip(edits, penalised, strict=True))
+            if step % recipe.prune_every == 0:
+                for term in localities:
+                    term.prune()
+            locality = sum(term() for term in localities)
             loss = task + recipe.locality_weight * locality
             optim.zero_grad()
             loss.backward()
