@@ -1,7 +1,8 @@
 """The one interface the UI (TUI and CLI) talks to: store, model, sessions, settings, memory.
 
 A profile's memory is per base model (by the model file's sha256): switching models serves
-the other model's own versions, and learning never crosses from one model to the other."""
+the other model's own versions, and learning never crosses from one model to the other: each
+model learns the profile's sessions for itself (``learning.ledger``)."""
 
 from __future__ import annotations
 
@@ -250,7 +251,8 @@ class Engine:
         return CellsLearned.of(active)
 
     def version_of_session(self, session_id: int) -> OverlayVersion:
-        """The newest version of this profile that learned (or tried to learn) a session."""
+        """The newest version of this profile and model that learned (or tried to learn) a
+        session."""
         return self.loaded()[2].version_of_session(session_id)
 
     def learned_facts(self, version: OverlayVersion) -> dict[int, dict]:
@@ -259,8 +261,8 @@ class Engine:
         return ancestry_records(self.versions(), version)
 
     def pending_sessions(self) -> list[Session]:
-        """Sessions learning would take up now (works without the model)."""
-        return pending_sessions(self.store, self.profile)
+        """Sessions learning would take up now for the model (works without loading it)."""
+        return pending_sessions(self.store, self.profile, self.model_file().sha256)
 
     def schedule_learning(self, session_id: int | None = None, delay: float | None = None) -> bool:
         """Ask for background learning: after each reply (debounced: the job starts after a

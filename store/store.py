@@ -569,14 +569,19 @@ class Store:
             return [_overlay_version(self._checked("overlay_versions", r), records)
                     for r in rows]
 
-    def decided_through(self, profile_id: int) -> dict[int, int]:
-        """Per session of a profile, the newest user message that any of its versions learned,
-        tried to learn, or dropped: anything newer is still to be learned."""
+    def decided_through(self, profile_id: int, base_sha256: str) -> dict[int, int]:
+        """Per session of a profile, the newest user message that one of its versions on this
+        base model learned, tried to learn, or dropped, or that any of its versions forgot:
+        anything newer is still for this model to learn. Each model keeps its own memory, so
+        what another model learned (or reset) does not count; a forgotten session is
+        forgotten for every model, so no model learns what the user asked to have forgotten
+        (a forget is the version whose ``event`` is "forget")."""
         with self._lock:
             return dict(self.db.execute(
                 "SELECT r.session_id, max(r.through) FROM learn_records r JOIN overlay_versions v "
-                "ON v.id = r.version_id WHERE v.profile_id = ? GROUP BY r.session_id",
-                [profile_id]).fetchall())
+                "ON v.id = r.version_id WHERE v.profile_id = ? AND (v.base_sha256 = ? OR "
+                "(r.kind = 'dropped' AND json_extract(v.metrics_json, '$.event') = 'forget')) "
+                "GROUP BY r.session_id", [profile_id, base_sha256]).fetchall())
 
     def versions_learning(self, session_id: int) -> list[int]:
         """The ids of the versions that learned (or tried to learn) a session, newest first."""

@@ -99,7 +99,7 @@ def test_pause_and_resume(engram):
     (("rollback",), "nothing to roll back"),
     (("rollback", "42"), "no overlay version 42"),
     (("diff",), "no learned memory is active"),
-    (("diff", "s5"), "no version has learned session 5"),
+    (("diff", "s5"), "no version of this model has learned session 5"),
     (("diff", "x7"), "neither a version"),
     (("learn", "--session", "99"), "no session 99"),
     (("reset", "--yes"), "nothing to reset"),

@@ -1,6 +1,7 @@
 """Switching models in the TUI (F3, /model) under Pilot, on two tiny models of different
 architectures in a folder the profile adds: the list, the switch, each model's own memory, a
-model that fails to load, and a learning job that must not cross from one model to the other.
+model that fails to load, a learning job that must not cross from one model to the other, and
+the way on from the error screen shown when the configured model does not load.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from dataclasses import replace
 
 import pytest
 from textual.widgets import DataTable, Static
+from textual.widgets._footer import FooterKey
 
+from app.tui.app import EngramApp
 from app.tui.screens.memory import MemoryScreen
+from app.tui.screens.model_error import ModelErrorScreen
 from app.tui.screens.model_picker import CURRENT, ModelPicker
 from app.tui.widgets.memory import MemoryPanel
 from app.tui.widgets.prompt import PromptInput
@@ -20,7 +24,7 @@ from app.tui.widgets.versions import VersionList
 from engine.engine import Engine
 from tests.test_learning import said, small  # noqa: F401  (small: a fixture)
 from tests.test_memory_versions import SPEC
-from tests.test_tui import one_thread, running, say, settled, until, views  # noqa: F401
+from tests.test_tui import SIZE, one_thread, running, say, settled, until, views  # noqa: F401
 from tests.tiny_gguf import write_tiny_model
 
 GEMMA, LLAMA = "tiny-gemma3-test", "tiny-llama-test"  # the models' general.name
@@ -46,6 +50,22 @@ def engine(engine_home, folder):
     engine.save_settings(replace(engine.settings, max_tokens=24, model_folders=[str(folder)]))
     yield engine
     engine.close()
+
+
+def damaged(folder) -> str:
+    """A model in ``folder`` whose header reads but which llama.cpp will not load (a tensor is
+    missing); its name."""
+    healthy = (folder / "b-llama.gguf").read_bytes()
+    (folder / "c-damaged.gguf").write_bytes(
+        healthy.replace(b"output_norm.weight", b"output_norm.wxight"))
+    return "c-damaged"
+
+
+def one_error(app) -> str:
+    """The one error notice shown, checked to be one line."""
+    [error] = [n.message for n in app._notifications if n.severity == "error"]
+    assert "\n" not in error
+    return error
 
 
 def rows(table: DataTable) -> list[list[str]]:
@@ -146,19 +166,15 @@ async def test_a_message_sent_while_the_other_model_loads_goes_to_it(engine, mon
 
 
 async def test_a_model_that_fails_to_load_leaves_the_old_one_serving(engine, folder):
-    healthy = (folder / "b-llama.gguf").read_bytes()
-    (folder / "c-damaged.gguf").write_bytes(  # its header reads; llama.cpp misses a tensor
-        healthy.replace(b"output_norm.weight", b"output_norm.wxight"))
+    name = damaged(folder)
     async with running(engine) as (app, pilot):
         await say(app, pilot, "hello")
         session, runtime = app.chat.session, app.chat.runtime
         table = await open_picker(app, pilot)
-        assert rows(table)[2][1] == "c-damaged"
+        assert rows(table)[2][1] == name
         await choose(app, pilot, "down", "down")
         await until(pilot, lambda: app.chat.runtime is not None, "the switch to end")
-        [error] = [n for n in app._notifications if n.severity == "error"]
-        assert error.message.startswith("c-damaged could not be loaded: llama.cpp could not "
-                                        "load") and "\n" not in error.message
+        assert one_error(app).startswith(f"{name} could not be loaded: llama.cpp could not load")
         assert app.chat.runtime is runtime and engine.runtime is runtime
         assert GEMMA in status_text(app) and "loading" not in status_text(app)
         assert app.chat.session == session
@@ -181,6 +197,49 @@ async def test_escape_or_the_model_in_use_changes_nothing_and_slash_model_opens_
         await choose(app, pilot)  # Enter on the marked row
         assert "a-gemma is the model in use." in [n.message for n in app._notifications]
         assert app.chat.runtime is runtime and engine.runtime is runtime
+
+
+async def test_the_error_screen_chooses_another_model_and_the_chat_goes_on(
+        engine_home, folder, monkeypatch):
+    """The configured model is gone: F3 on the error screen opens the picker (no model marked
+    in use); the choice loads in the background; one that will not load either is one line
+    and the screen stays; one that loads serves the chat."""
+    name = damaged(folder)
+    engine = Engine(home=engine_home, model=folder / "moved-away.gguf")
+    engine.save_settings(replace(engine.settings, max_tokens=24, model_folders=[str(folder)]))
+    ready, switch = threading.Event(), engine.switch_model
+    monkeypatch.setattr(engine, "switch_model", lambda model: ready.wait(10) and switch(model))
+    app = EngramApp(engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ModelErrorScreen), "the error screen")
+        error = app.screen
+        assert "press F3 to choose another model" in str(
+            error.query_one("#error-fix", Static).content)
+        await until(pilot, lambda: ("f3", "Choose a model") in [
+            (k.key, k.description) for k in error.query(FooterKey)], "F3 in the footer")
+
+        table = await open_picker(app, pilot)
+        assert [r[:2] for r in rows(table)] == [["", "a-gemma"], ["", "b-llama"], ["", name],
+                                                ["", "built-in"]]
+        await choose(app, pilot, "down", "down")
+        loading = error.query_one("#error-loading", Static)
+        await until(pilot, lambda: str(loading.content) == f"loading {name}…", "the loading line")
+        await pilot.press("f3")  # the screen answers while the model loads
+        await until(pilot, lambda: f"{name} is loading; wait for it, or quit." in [
+            n.message for n in app._notifications], "the notice that it is loading")
+        assert app.screen is error
+        ready.set()
+        await until(pilot, lambda: error.chosen is None, "the load to fail")
+        assert one_error(app).startswith(f"{name} could not be loaded: llama.cpp could not load")
+        assert app.screen is error and engine.runtime is None and str(loading.content) == ""
+
+        await open_picker(app, pilot)
+        await choose(app, pilot)  # the Gemma, first in the list
+        await until(pilot, lambda: serving(app, GEMMA), "the Gemma to serve")
+        assert app.screen is app.chat and GEMMA in status_text(app)
+        await say(app, pilot, "hello")
+        assert engine.store.messages(app.chat.session.id)[-1].model == GEMMA
+    engine.close()
 
 
 def test_a_learning_job_for_the_old_model_is_dropped_not_activated_into_the_new_one(

@@ -335,7 +335,7 @@ def test_upgrade_from_version_6_moves_each_versions_decisions_into_learn_records
     assert old.metrics == {"event": "learn", "locality": 0.97}  # nothing twice
     assert old.learned == {3: {"through": 12, "facts": [["Q?", "A", "S."]]}}
     assert (new.metrics, new.learned, new.dropped) == ({"event": "reset"}, {}, {3: 15, 4: 9})
-    assert store.decided_through(1) == {3: 15, 4: 9}
+    assert store.decided_through(1, "0" * 64) == {3: 15, 4: 9}
     assert store.versions_learning(3) == [old.id]
 
 
@@ -350,9 +350,29 @@ def test_learn_records_are_written_with_their_version_and_go_with_it(tmp_path):
         "event": "learn", "learned": {"2": {"through": 30}}})
     assert learned.learned == {1: {"through": 4, "facts": []}} and learned.metrics == {
         "event": "learn"}
-    assert store.decided_through(me) == {1: 7} and store.decided_through(other) == {2: 30}
+    base = "0" * 64
+    assert store.decided_through(me, base) == {1: 7}
+    assert store.decided_through(other, base) == {2: 30}
     store.db.execute("DELETE FROM overlay_versions WHERE profile_id = ?", [me])
-    assert store.decided_through(me) == {} and store.db["learn_records"].count == 1
+    assert store.decided_through(me, base) == {} and store.db["learn_records"].count == 1
+
+
+def test_decisions_are_per_base_model_but_a_forget_is_for_every_model(tmp_path):
+    store = Store(tmp_path / "e.db")
+    me = store.profile("me").id
+    a, b = "a" * 64, "b" * 64
+    store.add_overlay_version(me, "overlays/a1", a, metrics={
+        "event": "learn", "learned": {"1": {"through": 4}, "2": {"through": 6}}})
+    store.add_overlay_version(me, "overlays/a2", a, metrics={
+        "event": "reset", "dropped": {"1": 5, "2": 6, "3": 8}})
+    store.add_overlay_version(me, "overlays/b1", b, metrics={
+        "event": "learn", "learned": {"3": {"through": 8}}})
+    assert store.decided_through(me, a) == {1: 5, 2: 6, 3: 8}
+    assert store.decided_through(me, b) == {3: 8}  # A's learning and reset are A's own
+    store.add_overlay_version(me, "overlays/a3", a, metrics={
+        "event": "forget", "dropped": {"2": 7}})
+    assert store.decided_through(me, b) == {2: 7, 3: 8}  # forgotten for B too
+    assert store.decided_through(me, "c" * 64) == {2: 7}
 
 
 # -- the active version per base model (schema 9) ----------------------------------------------

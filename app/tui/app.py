@@ -1,7 +1,8 @@
 """The Engram app: the chat screen, with the model loading behind it on a worker thread.
 
-If the model cannot load, the chat gives way to a screen that says why and what to do. Once
-it has loaded, the chat schedules the sessions left unlearned for background learning, and
+If the model cannot load, a screen over the chat says why and what to do, and lets the user
+choose another model; once one serves, the chat goes on with it in a new session. Once a
+model has loaded, the chat schedules the sessions left unlearned for background learning, and
 each learning run ends in a notice of what it learned and whether the locality gate let it in.
 """
 
@@ -16,8 +17,10 @@ from app import memory_text
 from app.tui.commands import EngramCommands
 from app.tui.screens.chat import ChatScreen
 from app.tui.screens.model_error import ModelErrorScreen
+from app.tui.screens.model_picker import ModelSwitched
 from engine.errors import ModelError
 from engine.learning import LearnResult
+from engine.runtime import Runtime
 from store import paths
 
 
@@ -47,6 +50,9 @@ class EngramApp(App[None]):
         if self.engine.store.read_only:  # sessions can be read; a message would not be sent
             self.notify(f"Nothing can be saved: {self.engine.store.read_only}",
                         severity="warning", timeout=30, markup=False)
+        # post_message, not call_from_thread: the learning thread must never wait on the UI
+        # (the engine joins it on close, after the UI has gone).
+        self.engine.on_learned = lambda results: self.post_message(LearningFinished(results))
         self._load_model()
 
     @work(thread=True, exit_on_error=False)
@@ -55,12 +61,15 @@ class EngramApp(App[None]):
             runtime = self.engine.load()
         except Exception as exc:  # any failure gets the error screen, never a traceback
             reason = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
-            self.call_from_thread(self.switch_screen, ModelErrorScreen(reason))
+            self.call_from_thread(self.push_screen, ModelErrorScreen(self.engine, reason),
+                                  self._chosen_model_serves)
             return
-        # post_message, not call_from_thread: the learning thread must never wait on the UI
-        # (the engine joins it on close, after the UI has gone).
-        self.engine.on_learned = lambda results: self.post_message(LearningFinished(results))
         self.call_from_thread(self.chat.model_ready, runtime)
+
+    def _chosen_model_serves(self, runtime: Runtime | None) -> None:
+        """The error screen's model has loaded: the chat takes it as one chosen with F3."""
+        assert runtime is not None  # the screen is dismissed only with a model that serves
+        self.chat.post_message(ModelSwitched(runtime))
 
     def on_learning_finished(self, event: LearningFinished) -> None:
         for result in event.results:

@@ -2,7 +2,11 @@
 
 Recorded with each version (the store's ``learn_records``) as the newest user message each
 decision covered; a session is pending only when it has a newer one. So a rollback or a
-rejection is not silently undone by learning the same text again."""
+rejection is not silently undone by learning the same text again.
+
+Decisions are per base model, as memory is: a session one model learned is still pending for
+another, which has no memory of it. Forgetting is the exception: a session forgotten under one
+model is decided for every model (``Store.decided_through``)."""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from store.records import OverlayVersion, Profile, Session
 from store.store import Store
 
 
-def pending_sessions(store: Store, profile: Profile) -> list[Session]:
-    """Sessions (oldest first) with a user message newer than anything decided about them;
-    private sessions never."""
-    decided = store.decided_through(profile.id)
+def pending_sessions(store: Store, profile: Profile, base_sha256: str) -> list[Session]:
+    """Sessions (oldest first) with a user message newer than anything decided about them for
+    the base model of that sha256; private sessions never."""
+    decided = store.decided_through(profile.id, base_sha256)
     sessions = {s.id: s for s in store.sessions(profile.id)}
     newest = store.last_user_message_ids(profile.id)
     return [sessions[sid] for sid in sorted(newest)

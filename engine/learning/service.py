@@ -84,20 +84,23 @@ class Learning:
     # -- reading ----------------------------------------------------------------------
 
     def pending(self) -> list[Session]:
+        """The sessions this model has still to learn (see ``ledger.pending_sessions``)."""
         newest = self.store.last_user_message_ids(self.profile.id)
-        return [s for s in pending_sessions(self.store, self.profile)
+        return [s for s in pending_sessions(self.store, self.profile, self.memory.base_sha256)
                 if newest[s.id] > self._nothing.get(s.id, 0)]
 
     def records(self, version: OverlayVersion | None) -> dict[int, dict]:
         return ancestry_records(self.memory.versions(), version)
 
     def version_of_session(self, session_id: int) -> OverlayVersion:
-        """The newest version that learned (or tried to learn) a session."""
+        """The newest version of this model that learned (or tried to learn) a session (another
+        model's could not be loaded on this one)."""
         for version_id in self.store.versions_learning(session_id):
             version = self.store.overlay_version(version_id)
-            if version.profile_id == self.profile.id:
+            if (version.profile_id, version.base_sha256) == (self.profile.id,
+                                                             self.memory.base_sha256):
                 return version
-        raise EngramError(f"no version has learned session {session_id}")
+        raise EngramError(f"no version of this model has learned session {session_id}")
 
     def prepare(self) -> None:
         """Load the training model, its anchors and the gate now (slow, once per process),
@@ -359,7 +362,8 @@ class Learning:
 
     def forget(self, session_id: int) -> OverlayVersion:
         """A new active version without one session's neurons (they are its own: nothing is
-        retrained). The session is not learned again unless it gets new messages."""
+        retrained). The session is not learned again, by this model or any other (forgetting
+        is for every model), unless it gets new messages."""
         with profile_lock(self.home, self.profile.name, LOCK_WAIT_S):
             self._sync()
             active = self.memory.current()

@@ -29,10 +29,11 @@ from textual.widgets import Footer
 from app import memory_text
 from app.terminal import inert
 from app.tui import commands, memory_actions
+from app.tui.screens import model_picker
 from app.tui.screens.confirm import ConfirmDialog
 from app.tui.screens.help import HelpScreen
 from app.tui.screens.memory import MemoryScreen
-from app.tui.screens.model_picker import Choice, ModelPicker
+from app.tui.screens.model_picker import Choice, ModelPicker, ModelRefused, ModelSwitched
 from app.tui.screens.rename import RenameDialog
 from app.tui.screens.settings import SettingsScreen
 from app.tui.widgets.memory import MemoryPanel
@@ -123,20 +124,6 @@ class ReplyEnded(Message):
         self.message: StoredMessage | None = None
         self.stats: ReplyStats | None = None
         self.error = ""
-
-
-class ModelSwitched(Message):
-    def __init__(self, runtime: Runtime):
-        super().__init__()
-        self.runtime = runtime
-
-
-class ModelRefused(Message):
-    """The chosen model did not load; the one before still serves."""
-
-    def __init__(self, choice: Choice, reason: str):
-        super().__init__()
-        self.choice, self.reason = choice, reason
 
 
 class ChatScreen(Screen):
@@ -506,16 +493,7 @@ class ChatScreen(Screen):
         self.runtime = None  # until the new one is ready: a message is held, memory waits
         self.query_one(StatusBar).set_activity(f"loading {inert(choice.name)}…")
         self.query_one(PromptInput).placeholder = LOADING_PLACEHOLDER
-        self._load(choice)
-
-    @work(thread=True, exit_on_error=False, group="model")
-    def _load(self, choice: Choice) -> None:
-        try:
-            runtime = self.engine.switch_model(choice.path)
-        except Exception as exc:  # shown in one line; the old model serves on
-            self.post_message(ModelRefused(choice, memory_actions.failure(exc)))
-            return
-        self.post_message(ModelSwitched(runtime))
+        model_picker.load(self, self.engine, choice)
 
     async def on_model_switched(self, event: ModelSwitched) -> None:
         await self.open_session(None)

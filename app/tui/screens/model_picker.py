@@ -2,7 +2,8 @@
 them, plus the built-in model; the one in use is marked. Enter chooses, Esc closes.
 
 Finding the models reads each file's GGUF header (seconds for a large vocabulary the first
-time, memoised after), so the list is filled from a worker thread.
+time, memoised after), so the list is filled from a worker thread; the chosen one loads on
+another (``load``), for the chat and for the error screen shown when the model would not load.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from textual import work
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
-from textual.screen import ModalScreen
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Static
 
 from app.terminal import inert
+from app.tui.memory_actions import failure
 from engine import model_catalog
+from engine.engine import Engine
 from engine.model_catalog import Found, Model
+from engine.runtime import Runtime
 
 CURRENT = "●"
 HINT = ("Each model keeps its own learned memory. Choosing one loads it in the background "
@@ -32,13 +37,48 @@ class Choice:
     path: Path | None  # None: the built-in model, assembled from its package when chosen
 
 
+class ModelSwitched(Message):
+    """The chosen model has loaded and serves now."""
+
+    def __init__(self, runtime: Runtime):
+        super().__init__()
+        self.runtime = runtime
+
+
+class ModelRefused(Message):
+    """The chosen model did not load; what served before (if anything) still does."""
+
+    def __init__(self, choice: Choice, reason: str):
+        super().__init__()
+        self.choice, self.reason = choice, reason
+
+
+def load(screen: Screen, engine: Engine, choice: Choice) -> None:
+    """Serve ``choice`` (the engine's ``switch_model``) on a worker thread: loading takes
+    seconds to minutes. ``screen`` is then posted ModelSwitched, or ModelRefused with the
+    reason in one line."""
+
+    def run() -> None:
+        try:
+            runtime = engine.switch_model(choice.path)
+        except Exception as exc:  # shown by the screen in one line, never a traceback
+            screen.post_message(ModelRefused(choice, failure(exc)))
+            return
+        screen.post_message(ModelSwitched(runtime))
+
+    screen.run_worker(run, thread=True, group="model", exit_on_error=False)
+
+
 class ModelPicker(ModalScreen[Choice | None]):
+    """``current``: the model in use, marked and listed even when found nowhere else (None:
+    none is in use, as when the model would not load)."""
+
     BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
 
-    def __init__(self, folders: list[str], current: Path):
+    def __init__(self, folders: list[str], current: Path | None):
         super().__init__(classes="dialog")
         self.folders = folders
-        self.current = current.resolve()
+        self.current = current.resolve() if current is not None else None
         self.choices: list[Choice] = []
 
     def compose(self):
@@ -57,13 +97,14 @@ class ModelPicker(ModalScreen[Choice | None]):
     @work(thread=True, exit_on_error=False)
     def _find(self) -> None:
         models = model_catalog.listing(self.folders)
-        if not any(self._is_current(m) for m in models):  # a --model path outside those places
+        if self.current is not None and not any(self._is_current(m) for m in models):
+            # a --model path outside those places
             found = model_catalog.describe(Found(self.current.stem, "--model", self.current))
             models = ([found] if found else []) + models
         self.app.call_from_thread(self._show, models)
 
     def _is_current(self, model: Model) -> bool:
-        return Path(model.path).resolve() == self.current
+        return self.current is not None and Path(model.path).resolve() == self.current
 
     def _show(self, models: list[Model]) -> None:
         table = self.query_one(DataTable)
