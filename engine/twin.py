@@ -78,7 +78,7 @@ class Batch:
     masks: dict
     position_ids: torch.Tensor
     position_embeddings: dict
-    prefix: Prefix | Recording | Heads | None = None  # what the sequences continue
+    prefix: Prefix | None = None  # a shared prefix every sequence continues
 
 
 class Prefix:
@@ -99,33 +99,6 @@ class Prefix:
         batch = key.shape[0]
         return (torch.cat([k.expand(batch, -1, -1, -1), key], 2),
                 torch.cat([v.expand(batch, -1, -1, -1), value], 2))
-
-
-class Recording:
-    """The keys and values per layer of a run (after ``prefix``'s, if any): the heads that a
-    batch of the same sequences' tails attends to (``Twin.tails``)."""
-
-    def __init__(self, prefix: Prefix | None):
-        self.prefix, self.length = prefix, prefix.length if prefix else 0
-        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, **kwargs):
-        if self.prefix is not None:
-            key, value = self.prefix.update(key, value, layer_idx)
-        self.kv[layer_idx] = key.detach(), value.detach()
-        return key, value
-
-
-class Heads:
-    """Recorded keys and values that a batch of tails attends to in place of its heads (the
-    masks say which columns are each tail's own head)."""
-
-    def __init__(self, kv: dict[int, tuple[torch.Tensor, torch.Tensor]]):
-        self.kv = kv
-
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, **kwargs):
-        k, v = self.kv[layer_idx]
-        return torch.cat([k, key], 2), torch.cat([v, value], 2)
 
 
 class Twin:
@@ -175,8 +148,7 @@ class Twin:
 
     # -- running --------------------------------------------------------------
 
-    def batch(self, sequences: list[list[int]],
-              prefix: Prefix | Recording | None = None) -> Batch:
+    def batch(self, sequences: list[list[int]], prefix: Prefix | None = None) -> Batch:
         """``sequences`` as one batch; with ``prefix``, they are what follows it (whose keys
         and values ``prefix`` holds, from a ``run`` of it as a batch of its own)."""
         lengths = [len(s) for s in sequences]
@@ -191,45 +163,12 @@ class Twin:
         embeds = self.model.model.embed_tokens(ids)
         masks = (self._masks(embeds, attention, position_ids) if prefix is None
                  else self._continuation_masks(start, width))
-        return Batch(ids, lengths, masks, position_ids, self._rotary(embeds, position_ids),
-                     prefix)
-
-    def tails(self, sequences: list[list[int]], cuts: list[int], recording: Recording) -> Batch:
-        """Each sequence from its cut on, continuing its head as ``recording`` (a run of the
-        whole ``sequences`` in one batch) holds it: the same positions, masks and rotary as
-        the whole, so a run of the tails computes what the whole did there while the heads'
-        states stay as recorded. The learner's steps run only the tails: where its keys fire
-        (the question's end, the answer) and what the loss reads."""
-        tails = [s[c:] for s, c in zip(sequences, cuts, strict=True)]
-        lengths = [len(t) for t in tails]
-        width = max(lengths)
-        ids = torch.zeros((len(tails), width), dtype=torch.long)
-        for i, tail in enumerate(tails):
-            ids[i, : len(tail)] = torch.tensor(tail)
-        ids = ids.to(self.device)
-        starts = recording.length + torch.tensor(cuts, device=self.device)
-        steps = torch.arange(width, device=self.device)
-        position_ids = starts[:, None] + steps[None, :]
-        columns = next(iter(recording.kv.values()))[0].shape[2]
-        head = torch.arange(columns, device=self.device)[None, None, :]
-        own_head = (head < starts[:, None, None]).expand(len(tails), width, columns)
-        causal = (steps[None, :] <= steps[:, None]).expand(len(tails), width, width)
-        window = getattr(self.config, "sliding_window", None) or columns + width
-        in_window = torch.cat([position_ids[:, :, None] - head < window,
-                               (steps[:, None] - steps[None, :] < window).expand_as(causal)], -1)
-        full = torch.cat([own_head, causal], -1)
-        masks = {"full_attention": full[:, None],
-                 "sliding_attention": (full & in_window)[:, None]}
-        embeds = self.model.model.embed_tokens(ids)
-        return Batch(ids, lengths, masks, position_ids, self._rotary(embeds, position_ids),
-                     Heads(recording.kv))
-
-    def _rotary(self, embeds: torch.Tensor, position_ids: torch.Tensor) -> dict:
-        """Each attention kind's rotary cosines and sines at ``position_ids``."""
         rotary, kinds = self.model.model.rotary_emb, set(self.layer_types)
         if self.architecture.rope_per_layer_type:
-            return {t: rotary(embeds, position_ids, t) for t in kinds}
-        return dict.fromkeys(kinds, rotary(embeds, position_ids))
+            position_embeddings = {t: rotary(embeds, position_ids, t) for t in kinds}
+        else:
+            position_embeddings = dict.fromkeys(kinds, rotary(embeds, position_ids))
+        return Batch(ids, lengths, masks, position_ids, position_embeddings, prefix)
 
     def _masks(self, embeds: torch.Tensor, attention: torch.Tensor,
                position_ids: torch.Tensor) -> dict:

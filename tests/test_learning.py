@@ -24,6 +24,7 @@ from engine.engine import Engine
 from engine.errors import EngramError, NotEnoughMemory
 from engine.learn_queue import LearnQueue
 from engine.learner import train
+from engine.learner.locality import Locality
 from engine.learning import Step
 from engine.learning.anchors import anchors_for, applied, twin_for
 from engine.learning.corrections import corrections, same_question
@@ -32,7 +33,6 @@ from engine.overlay import SparseOverlay
 from engine.prompt import Turn
 from engine.runtime import Sampling
 from engine.scoring import Scorer, log_softmax
-from engine.twin import Recording
 from tests.tiny_gguf import ARCHITECTURES
 
 
@@ -386,6 +386,35 @@ def test_the_locality_term_is_the_energy_of_the_edit_s_change(engine):
     assert energy > 0
 
 
+def test_the_locality_term_sets_aside_rows_far_below_firing_and_keeps_its_value(engine):
+    """Rows where no new neuron's gate reaches ``below`` are computed once, not each step:
+    the term keeps its value and its gradient, and computes only the other rows."""
+    twin = twin_for(engine.runtime)
+    edit = learner.NeuronEdit(twin, 1, torch.tensor([0, 3]), max_norm=1.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in edit.parameters():
+            p.normal_(std=0.1)
+    x = torch.randn(400, twin.config.hidden_size)
+    with torch.no_grad():
+        below = float((x @ (edit.w_gate + edit.gate).T).max(-1).values.median())  # half aside
+    sets = [(x[:300], 1.0), (x[300:], 5.0)]
+    whole, pruned = Locality(edit, sets, 2.0, below), Locality(edit, sets, 2.0, below)
+    pruned.prune()
+    assert 0 < sum(len(r.live) for r in pruned.rows) < 400
+    expected = sum(w * edit.change_energy(xs, edit.activation(xs, False)) for xs, w in sets) / 2
+    for term in (whole, pruned):
+        assert torch.allclose(term(), expected, rtol=1e-5)
+    grads = []
+    for term in (whole, pruned):
+        edit.zero_grad()
+        term().backward()
+        grads.append(edit.up.grad.clone())
+    # the rows set aside are below firing only by this test's ``below``: their gradient is
+    # small, not zero, so the pruned one differs from the whole one but not by much
+    assert torch.allclose(grads[0], grads[1], atol=0.2 * float(grads[0].abs().max()))
+
+
 def test_prose_keeps_its_rows_in_the_locality_term_however_many_dialogues_there_are(engine):
     """Thousands of unrelated questions must not crowd plain text out of the sampled rows
     (when they did, the perplexity of prose rose 47 % while locality on questions held)."""
@@ -717,24 +746,3 @@ def test_a_model_shallower_than_the_recipe_is_refused_in_one_line(engine):  # no
     with pytest.raises(EngramError, match=r"layers 14–17, and this model has \d+"):
         engine.learn_now(session_ids=[sid])
     assert engine.memory.applied is None
-
-
-@pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
-def test_a_batch_of_tails_computes_what_the_whole_sequences_do_there(engine):
-    """The learner's steps run only each example's tail, attending to its head as one run of
-    the whole examples recorded it: the same states as the whole run, at every tail position
-    (one sequence longer than the sliding window)."""
-    twin = twin_for(engine.runtime)
-    sequences = [engine.runtime.tokenize(f"the cat had a name {tail}")
-                 for tail in ("Pixel", "and a very long tail " * 12, "")]
-    assert len(sequences[1]) > 64  # beyond the tiny gemma3's sliding window
-    shared = train._shared_prefix(sequences, limit=3)
-    rest = [s[shared:] for s in sequences]
-    recording = Recording(twin.prefix(sequences[0][:shared]))
-    with torch.no_grad():
-        whole = twin.run(twin.embed(batch := twin.batch(rest, recording)), batch)
-        cuts = [len(s) - 2 for s in rest]
-        tails = twin.tails(rest, cuts, recording)
-        h = twin.run(twin.embed(tails), tails)
-    for i, (n, cut) in enumerate(zip(batch.lengths, cuts, strict=True)):
-        assert torch.allclose(h[i, : n - cut], whole[i, cut:n], atol=1e-4)

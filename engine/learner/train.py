@@ -4,9 +4,8 @@ The signal is question/answer pairs about what the user said, asked in the app's
 dialogue format; the loss is on the answer tokens and the end of the turn only (FT-M).
 
 Cost: the frozen prefix (layers below the first edited one) runs once, and so does the
-system prompt every example starts with; each step runs only the layers above it, on the
-examples' tails (the question's last tokens, the answer, the turn's end) attending to their
-heads as one full run left them, and the output head only at answer positions over a sampled
+system prompt every example starts with; each step runs only the layers above it on the
+examples' own tokens, and the output head only at answer positions over a sampled
 vocabulary. The frozen layers' states of each session's examples are kept
 (``Twin.entering``): every later run asks them again as earlier questions.
 """
@@ -16,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ from engine.learner.edit import NeuronEdit
 from engine.learner.locality import Locality
 from engine.learner.recipe import Recipe
 from engine.overlay import NeuronBlock
-from engine.twin import Batch, Prefix, Recording, Twin
+from engine.twin import Batch, Prefix, Twin
 
 Progress = Callable[[float, str], None]
 
@@ -87,13 +86,12 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     # The system prompt every example starts with runs once (the new neurons are trained
     # silent on generic text, which includes it): from here on the examples are what follows.
     prefix, examples = _after_shared(twin, examples, recipe.key_context)
-    sequences = [e.tokens for e in examples]
-    recording = Recording(prefix)
+    batch = twin.batch([e.tokens for e in examples], prefix)
     with torch.no_grad():
-        entering = twin.entering(sequences, first, prefix)
+        h_frozen = pad_sequence(twin.entering([e.tokens for e in examples], first, prefix),
+                                batch_first=True)
         with ffn_inputs(twin, recipe.layers) as seen:
-            h = twin.run(pad_sequence(entering, batch_first=True),
-                         twin.batch(sequences, recording), first)
+            h = twin.run(h_frozen, batch, first)
         targets = _targets(twin, examples, h, recipe)
         held = _asked(twin, earlier or [], recipe.layers, recipe.key_context, recipe.batch)
         unlike = _asked(twin, contrasts or [], recipe.layers, recipe.key_context, recipe.batch)
@@ -101,13 +99,7 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     edits = [_keyed_edit(twin, layer, depth, examples, seen[layer], targets.taught, anchors,
                          unrelated[layer], unlike[layer], owned or {}, recipe)
              for depth, layer in enumerate(recipe.layers)]
-    # Each step runs only the examples' tails (from where their questions end), attending to
-    # their heads as the full run above left them: the edit's keys fire in the tails.
-    cuts = [len(e.prompt) - 1 - recipe.key_context for e in examples]
-    tails = twin.tails(sequences, cuts, recording)
-    h_tails = pad_sequence([x[c:] for x, c in zip(entering, cuts, strict=True)], batch_first=True)
-    in_tails = replace(targets, cols=targets.cols - torch.tensor(cuts)[targets.rows])
-    history, stopped = _train(twin, edits, h_tails, tails, in_tails, anchors, unrelated, recipe,
+    history, stopped = _train(twin, edits, h_frozen, batch, targets, anchors, unrelated, recipe,
                               progress, cancel)
     metrics = {"steps": len(history), "stopped": stopped, "answer_loss": round(history[-1][0], 4),
                "locality_penalty": round(history[-1][1], 5),
