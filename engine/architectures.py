@@ -30,11 +30,16 @@ class Architecture:
     rope_per_layer_type: bool = False
     # The attention scale is 1/√(this of the config) in llama.cpp; None: transformers agrees.
     query_pre_attn_scalar: Callable[[object], int] | None = None
+    # GGUF metadata (keys after the architecture's prefix) that transformers' GGUF loader
+    # leaves at its config's default, and the config field each one sets.
+    config_from_gguf: tuple[tuple[str, str], ...] = ()
 
 
 ARCHITECTURES = {
     "gemma3": Architecture(rope_per_layer_type=True, query_pre_attn_scalar=_gemma3_query_scalar),
     "llama": Architecture(),  # Llama 2/3.x, Mistral (llama.cpp calls them all llama)
     "qwen2": Architecture(),
+    # Qwen 3's head size is not d_model/heads on most sizes; the loader assumes 128
+    "qwen3": Architecture(config_from_gguf=(("attention.key_length", "head_dim"),)),
 }
 LEARNABLE_ARCHITECTURES = frozenset(ARCHITECTURES)

@@ -129,11 +129,11 @@ class Twin:
         check_memory(model_file, cached=cache.exists())
         model = read_cache(cache)
         cached = model is not None
+        architecture = ARCHITECTURES[model_file.architecture]
         if not cached:
             model = AutoModelForCausalLM.from_pretrained(
-                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE)
-            model.config.rope_freq_factors = _rope_freq_factors(model_file)
-        architecture = ARCHITECTURES[model_file.architecture]
+                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE,
+                config=_config(model_file, architecture))
         _attention_scale_as_llama_cpp(model, architecture)  # older caches hold 256
         _rope_as_llama_cpp(model)
         if not cached:
@@ -281,16 +281,23 @@ def _attention_scale_as_llama_cpp(model, architecture: Architecture) -> None:
         layer.self_attn.scaling = config.query_pre_attn_scalar ** -0.5
 
 
-def _rope_freq_factors(model_file: ModelFile) -> list[float] | None:
-    """The GGUF's ``rope_freqs`` (Llama 3.1+'s long-context scaling, which the converter
-    stores as one divisor per rotary frequency): transformers' GGUF loader drops the tensor.
-    Kept in the config, so the safetensors cache has it too."""
+def _config(model_file: ModelFile, architecture: Architecture):
+    """transformers' config of the GGUF, with what its loader drops: the architecture's
+    ``config_from_gguf`` fields and ``rope_freqs`` (Llama 3.1+'s long-context scaling, which
+    the converter stores as one divisor per rotary frequency, as ``rope_freq_factors``).
+    The safetensors cache keeps them."""
     from gguf import GGUFReader
+    from transformers import AutoConfig
 
-    for tensor in GGUFReader(model_file.path).tensors:
-        if tensor.name == "rope_freqs.weight":
-            return [float(x) for x in tensor.data]
-    return None
+    config = AutoConfig.from_pretrained(str(model_file.path.parent),
+                                        gguf_file=model_file.path.name)
+    reader = GGUFReader(model_file.path)
+    for key, field in architecture.config_from_gguf:
+        setattr(config, field, reader.fields[f"{model_file.architecture}.{key}"].contents())
+    config.rope_freq_factors = next((
+        [float(x) for x in tensor.data] for tensor in reader.tensors
+        if tensor.name == "rope_freqs.weight"), None)
+    return config
 
 
 def _rope_as_llama_cpp(model) -> None:

@@ -3,7 +3,7 @@
 Each architecture gets its real tensor names, metadata keys and tokenizer model, so llama.cpp,
 the torch twin and the overlay code paths are all exercised, in milliseconds instead of
 seconds: Gemma 3 with a SentencePiece-style vocab like the built-in model's, Llama 3 and
-Qwen 2 with a byte-level BPE vocab (``gpt2`` tokenizer model, merges and all) and their
+Qwen 2 and 3 with a byte-level BPE vocab (``gpt2`` tokenizer model, merges and all) and their
 instruction-tuned chat templates.
 """
 
@@ -59,6 +59,9 @@ class Kind:
     bpe: Bpe | None = None  # None: the SentencePiece vocab
 
 
+QWEN_BPE = Bpe("qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+               "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)
+
 KINDS = {
     "gemma3": Kind(("attn_q_norm", "attn_k_norm", "post_attention_norm"), ("post_ffw_norm",),
                    sliding_window=True),
@@ -66,9 +69,8 @@ KINDS = {
         "llama-bpe", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                       "<|end_header_id|>", "<|eot_id|>"),
         "<|begin_of_text|>", "<|eot_id|>", True, LLAMA3_TEMPLATE)),
-    "qwen2": Kind(qkv_bias=True, bpe=Bpe(
-        "qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-        "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)),
+    "qwen2": Kind(qkv_bias=True, bpe=QWEN_BPE),
+    "qwen3": Kind(("attn_q_norm", "attn_k_norm"), bpe=QWEN_BPE),
 }
 ARCHITECTURES = tuple(KINDS)  # every architecture a tiny model is written for
 
