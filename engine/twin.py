@@ -138,7 +138,7 @@ class Twin:
         _rope_as_llama_cpp(model)
         if not cached:
             write_cache(model, cache)
-        model.config._attn_implementation = "sdpa"
+        model.config._attn_implementation = architecture.attention
         return cls(model.to(device()), model_file.sha256, architecture)
 
     @staticmethod
@@ -168,7 +168,17 @@ class Twin:
             position_embeddings = {t: rotary(embeds, position_ids, t) for t in kinds}
         else:
             position_embeddings = dict.fromkeys(kinds, rotary(embeds, position_ids))
-        return Batch(ids, lengths, masks, position_ids, position_embeddings, prefix)
+        return Batch(ids, lengths, self._attention_form(masks), position_ids,
+                     position_embeddings, prefix)
+
+    def _attention_form(self, masks: dict) -> dict:
+        """``masks`` as the attention function takes them: sdpa a boolean mask, eager one it
+        adds to the scores (0 where a token may attend, the dtype's minimum elsewhere)."""
+        if self.config._attn_implementation != "eager":
+            return masks
+        return {kind: torch.where(mask, 0.0, torch.finfo(DTYPE).min).to(DTYPE)
+                if mask is not None and mask.dtype == torch.bool else mask
+                for kind, mask in masks.items()}
 
     def _masks(self, embeds: torch.Tensor, attention: torch.Tensor,
                position_ids: torch.Tensor) -> dict:
@@ -259,7 +269,10 @@ class Twin:
         the head to some token ids: the full 262k-row head is the costliest part of a step."""
         h = self.model.model.norm(h)
         weight = self.model.lm_head.weight if vocab is None else self.model.lm_head.weight[vocab]
-        return h @ weight.T
+        logits = h @ weight.T
+        if cap := getattr(self.config, "final_logit_softcapping", None):  # Gemma 2
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     @torch.no_grad()
     def full_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -283,7 +296,8 @@ def _attention_scale_as_llama_cpp(model, architecture: Architecture) -> None:
 
 def _config(model_file: ModelFile, architecture: Architecture):
     """transformers' config of the GGUF, with what its loader drops: the architecture's
-    ``config_from_gguf`` fields and ``rope_freqs`` (Llama 3.1+'s long-context scaling, which
+    ``config_from_gguf`` fields where the GGUF has them (llama.cpp's defaults are
+    transformers' otherwise) and ``rope_freqs`` (Llama 3.1+'s long-context scaling, which
     the converter stores as one divisor per rotary frequency, as ``rope_freq_factors``).
     The safetensors cache keeps them."""
     from gguf import GGUFReader
@@ -293,7 +307,8 @@ def _config(model_file: ModelFile, architecture: Architecture):
                                         gguf_file=model_file.path.name)
     reader = GGUFReader(model_file.path)
     for key, field in architecture.config_from_gguf:
-        setattr(config, field, reader.fields[f"{model_file.architecture}.{key}"].contents())
+        if (value := reader.fields.get(f"{model_file.architecture}.{key}")) is not None:
+            setattr(config, field, value.contents())
     config.rope_freq_factors = next((
         [float(x) for x in tensor.data] for tensor in reader.tensors
         if tensor.name == "rope_freqs.weight"), None)

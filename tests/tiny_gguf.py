@@ -2,7 +2,7 @@
 
 Each architecture gets its real tensor names, metadata keys and tokenizer model, so llama.cpp,
 the torch twin and the overlay code paths are all exercised, in milliseconds instead of
-seconds: Gemma 3 with a SentencePiece-style vocab like the built-in model's, Llama 3 and
+seconds: Gemma 2 and 3 with a SentencePiece-style vocab like the built-in model's, Llama 3 and
 Qwen 2 and 3 with a byte-level BPE vocab (``gpt2`` tokenizer model, merges and all) and their
 instruction-tuned chat templates.
 """
@@ -56,6 +56,9 @@ class Kind:
     # Llama 3.1+'s long-context rotary scaling: llama.cpp divides each frequency by its factor
     rope_freqs: bool = False
     sliding_window: bool = False
+    # Gemma 2's attention and final logit soft caps: low, so that the tiny model's small
+    # scores reach them, and not transformers' defaults, so that the twin must read them
+    softcapping: tuple[float, float] | None = None
     bpe: Bpe | None = None  # None: the SentencePiece vocab
 
 
@@ -63,6 +66,8 @@ QWEN_BPE = Bpe("qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
                "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)
 
 KINDS = {
+    "gemma2": Kind(("post_attention_norm",), ("post_ffw_norm",), sliding_window=True,
+                   softcapping=(2.0, 15.0)),
     "gemma3": Kind(("attn_q_norm", "attn_k_norm", "post_attention_norm"), ("post_ffw_norm",),
                    sliding_window=True),
     "llama": Kind(rope_freqs=True, bpe=Bpe(
@@ -135,6 +140,9 @@ def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
         w.add_sliding_window(64)
     else:
         w.add_rope_dimension_count(HEAD_DIM)  # transformers reads Llama's head_dim from it
+    if kind.softcapping:
+        w.add_attn_logit_softcapping(kind.softcapping[0])
+        w.add_final_logit_softcapping(kind.softcapping[1])
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     if kind.bpe is None:
         tokens, scores, types = vocab()
