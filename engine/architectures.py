@@ -38,6 +38,10 @@ class Architecture:
     # transformers' attention function: sdpa, or eager where sdpa cannot compute it (Gemma 2
     # soft-caps the attention scores)
     attention: str = "sdpa"
+    # The GGUF's ffn_up holds the gate's rows then the up rows, and there is no ffn_gate
+    # (Phi 3; transformers' gate_up_proj). The twin splits it into gate_proj and up_proj, the
+    # projections the learner edits; the overlay's LoRA addresses the fused tensor.
+    gate_up_fused: bool = False
 
 
 ARCHITECTURES = {
@@ -49,8 +53,16 @@ ARCHITECTURES = {
     "gemma3": Architecture(rope_per_layer_type=True,
                            query_pre_attn_scalar=_gemma_query_scalar(62)),
     "llama": Architecture(),  # Llama 2/3.x, Mistral (llama.cpp calls them all llama)
+    # Phi 3: fused qkv (transformers splits it as llama.cpp does) and fused gate and up
+    "phi3": Architecture(gate_up_fused=True),
     "qwen2": Architecture(),
     # Qwen 3's head size is not d_model/heads on most sizes; the loader assumes 128
     "qwen3": Architecture(config_from_gguf=(("attention.key_length", "head_dim"),)),
 }
 LEARNABLE_ARCHITECTURES = frozenset(ARCHITECTURES)
+
+
+def gate_up_fused(architecture: str) -> bool:
+    """Whether ``architecture``'s GGUF holds the FFN's gate and up in one ``ffn_up``."""
+    known = ARCHITECTURES.get(architecture)
+    return known is not None and known.gate_up_fused

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from engine.architectures import ARCHITECTURES, Architecture
-from engine.errors import NotEnoughMemory
+from engine.errors import LearningUnavailable, NotEnoughMemory
 from engine.model_file import ModelFile, header
 from store import paths
 from store.files import (
@@ -138,6 +138,8 @@ class Twin:
         _rope_as_llama_cpp(model)
         if not cached:
             write_cache(model, cache)
+        if architecture.gate_up_fused:
+            _split_gate_up(model)  # after the cache, which keeps transformers' own layout
         model.config._attn_implementation = architecture.attention
         return cls(model.to(device()), model_file.sha256, architecture)
 
@@ -294,6 +296,31 @@ def _attention_scale_as_llama_cpp(model, architecture: Architecture) -> None:
         layer.self_attn.scaling = config.query_pre_attn_scalar ** -0.5
 
 
+class _SplitFfn(torch.nn.Module):
+    """A fused gate_up_proj FFN (Phi 3's) with its gate and up as two projections: the same
+    function, under the names the learner and ``Twin.edited_by`` edit."""
+
+    def __init__(self, fused):
+        super().__init__()
+        gate, up = fused.gate_up_proj.weight.detach().chunk(2)
+        self.gate_proj, self.up_proj = (_linear(w.clone()) for w in (gate, up))
+        self.down_proj, self.act_fn = fused.down_proj, fused.activation_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _linear(weight: torch.Tensor) -> torch.nn.Linear:
+    out = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    out.weight = torch.nn.Parameter(weight, requires_grad=False)
+    return out
+
+
+def _split_gate_up(model) -> None:
+    for layer in model.model.layers:
+        layer.mlp = _SplitFfn(layer.mlp)
+
+
 def _config(model_file: ModelFile, architecture: Architecture):
     """transformers' config of the GGUF, with what its loader drops: the architecture's
     ``config_from_gguf`` fields where the GGUF has them (llama.cpp's defaults are
@@ -306,6 +333,11 @@ def _config(model_file: ModelFile, architecture: Architecture):
     config = AutoConfig.from_pretrained(str(model_file.path.parent),
                                         gguf_file=model_file.path.name)
     reader = GGUFReader(model_file.path)
+    if any(tensor.name.startswith("rope_factors_") for tensor in reader.tensors):
+        raise LearningUnavailable(
+            f"chat works; learning is not available for {model_file.name}: the training copy "
+            "does not yet apply its long-context rotary factors (rope_factors_long/short, as "
+            "in Phi 3 128k and Phi 3.5), so it would not compute what chat serves")
     for key, field in architecture.config_from_gguf:
         if (value := reader.fields.get(f"{model_file.architecture}.{key}")) is not None:
             setattr(config, field, value.contents())
