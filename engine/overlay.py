@@ -221,7 +221,7 @@ class SparseOverlay:
                 out[layer, matrix] = (one_hot, np.concatenate([b.delta for b in blocks], axis=1))
                 continue
             pair = (np.concatenate([b.delta for b in blocks]), np.ascontiguousarray(one_hot.T))
-            if (layer, matrix) in out:  # the fused gate's pair: stack this one after it
+            if (layer, matrix) in out:  # the fused tensor's other half: stack along r
                 pair = (np.concatenate([out[layer, matrix][0], pair[0]]),
                         np.concatenate([out[layer, matrix][1], pair[1]], axis=1))
             out[layer, matrix] = pair
