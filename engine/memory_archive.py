@@ -43,6 +43,7 @@ import numpy as np
 
 from engine import leftovers, llama_native
 from engine import overlay as overlay_files
+from engine.architectures import gate_up_fused
 from engine.errors import EngramError
 from engine.learning.anchors import PROJECTIONS
 from engine.learning.ledger import ancestry_records
@@ -192,8 +193,10 @@ def _write_peft(path: Path, overlay: SparseOverlay, model: ModelFile) -> None:
     from safetensors.numpy import save
 
     tensors, ranks = {}, {}
-    for (layer, matrix), (lora_a, lora_b) in overlay.lora_tensors().items():
-        module = f"layers.{layer}.mlp.{PROJECTIONS[matrix]}"
+    fused = gate_up_fused(model.architecture)
+    for (layer, matrix), (lora_a, lora_b) in overlay.lora_tensors(fused).items():
+        projection = "gate_up_proj" if fused and matrix == "ffn_up" else PROJECTIONS[matrix]
+        module = f"layers.{layer}.mlp.{projection}"
         tensors[f"base_model.model.model.{module}.lora_A.weight"] = lora_a
         tensors[f"base_model.model.model.{module}.lora_B.weight"] = lora_b
         ranks[module] = lora_a.shape[0]

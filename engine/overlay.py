@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.architectures import gate_up_fused
 from engine.errors import EngramError
 from store import paths
 from store.files import atomic_write, open_private, temporary, typed_fields
@@ -197,28 +198,39 @@ class SparseOverlay:
 
     # -- as a LoRA --------------------------------------------------------------
 
-    def lora_tensors(self) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+    def lora_tensors(self, gate_up_fused: bool = False
+                     ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
         """Per (layer, matrix): (lora_a, lora_b) with lora_b @ lora_a == dense_delta exactly.
 
         down: lora_a = Eₛᵀ (r × d_ff) one-hot, lora_b = the columns (d_model × r);
         up/gate: lora_a = the rows (r × d_model), lora_b = Eₛ (d_ff × r).
-        Blocks on the same matrix are stacked along r.
+        Blocks on the same matrix are stacked along r. ``gate_up_fused``: the model's
+        ``ffn_up`` holds the gate's rows then the up rows (Phi 3), so gate and up blocks are
+        one ``ffn_up`` pair whose one-hots address row j (gate) or d_ff + j (up) of it.
         """
         out = {}
         for (layer, matrix), blocks in self._groups().items():
             neurons = np.concatenate([b.neurons for b in blocks])
-            one_hot = np.zeros((neurons.size, self.d_ff), dtype=np.float32)
+            rows = self.d_ff
+            if gate_up_fused and matrix != "ffn_down":
+                rows, neurons = 2 * self.d_ff, neurons + (self.d_ff if matrix == "ffn_up" else 0)
+                matrix = "ffn_up"
+            one_hot = np.zeros((neurons.size, rows), dtype=np.float32)
             one_hot[np.arange(neurons.size), neurons] = 1.0
             if matrix == "ffn_down":
                 out[layer, matrix] = (one_hot, np.concatenate([b.delta for b in blocks], axis=1))
-            else:
-                out[layer, matrix] = (np.concatenate([b.delta for b in blocks]),
-                                      np.ascontiguousarray(one_hot.T))
+                continue
+            pair = (np.concatenate([b.delta for b in blocks]), np.ascontiguousarray(one_hot.T))
+            if (layer, matrix) in out:  # the fused tensor's other half: stack along r
+                pair = (np.concatenate([out[layer, matrix][0], pair[0]]),
+                        np.concatenate([out[layer, matrix][1], pair[1]], axis=1))
+            out[layer, matrix] = pair
         return out
 
 
 def write_gguf_lora(overlay: SparseOverlay, path: str | os.PathLike, arch: str) -> Path:
-    """Export as a GGUF LoRA adapter llama.cpp loads (atomically: temp file, then rename).
+    """Export as a GGUF LoRA adapter llama.cpp loads (atomically: temp file, then rename),
+    addressing ``arch``'s FFN tensors as its GGUF lays them out.
 
     llama.cpp scales each pair by ``adapter_scale * alpha / r`` with r read per tensor, but
     skips the ``alpha / r`` factor when alpha is 0 (``llama_adapter_lora_weight::get_scale``).
@@ -233,7 +245,8 @@ def write_gguf_lora(overlay: SparseOverlay, path: str | os.PathLike, arch: str) 
             writer.add_type(gguf.GGUFType.ADAPTER)
             writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
             writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
-            for (layer, matrix), (lora_a, lora_b) in overlay.lora_tensors().items():
+            fused = gate_up_fused(arch)
+            for (layer, matrix), (lora_a, lora_b) in overlay.lora_tensors(fused).items():
                 writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_a", lora_a)
                 writer.add_tensor(f"blk.{layer}.{matrix}.weight.lora_b", lora_b)
             writer.write_header_to_file()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from engine.architectures import ARCHITECTURES, Architecture
-from engine.errors import NotEnoughMemory
+from engine.errors import LearningUnavailable, NotEnoughMemory
 from engine.model_file import ModelFile, header
 from store import paths
 from store.files import (
@@ -129,16 +129,18 @@ class Twin:
         check_memory(model_file, cached=cache.exists())
         model = read_cache(cache)
         cached = model is not None
+        architecture = ARCHITECTURES[model_file.architecture]
         if not cached:
             model = AutoModelForCausalLM.from_pretrained(
-                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE)
-            model.config.rope_freq_factors = _rope_freq_factors(model_file)
-        architecture = ARCHITECTURES[model_file.architecture]
+                str(model_file.path.parent), gguf_file=model_file.path.name, dtype=DTYPE,
+                config=_config(model_file, architecture))
         _attention_scale_as_llama_cpp(model, architecture)  # older caches hold 256
         _rope_as_llama_cpp(model)
         if not cached:
             write_cache(model, cache)
-        model.config._attn_implementation = "sdpa"
+        if architecture.gate_up_fused:
+            _split_gate_up(model)  # after the cache, which keeps transformers' own layout
+        model.config._attn_implementation = architecture.attention
         return cls(model.to(device()), model_file.sha256, architecture)
 
     @staticmethod
@@ -168,7 +170,17 @@ class Twin:
             position_embeddings = {t: rotary(embeds, position_ids, t) for t in kinds}
         else:
             position_embeddings = dict.fromkeys(kinds, rotary(embeds, position_ids))
-        return Batch(ids, lengths, masks, position_ids, position_embeddings, prefix)
+        return Batch(ids, lengths, self._attention_form(masks), position_ids,
+                     position_embeddings, prefix)
+
+    def _attention_form(self, masks: dict) -> dict:
+        """``masks`` as the attention function takes them: sdpa a boolean mask, eager one it
+        adds to the scores (0 where a token may attend, the dtype's minimum elsewhere)."""
+        if self.config._attn_implementation != "eager":
+            return masks
+        return {kind: torch.where(mask, 0.0, torch.finfo(DTYPE).min).to(DTYPE)
+                if mask is not None and mask.dtype == torch.bool else mask
+                for kind, mask in masks.items()}
 
     def _masks(self, embeds: torch.Tensor, attention: torch.Tensor,
                position_ids: torch.Tensor) -> dict:
@@ -259,7 +271,10 @@ class Twin:
         the head to some token ids: the full 262k-row head is the costliest part of a step."""
         h = self.model.model.norm(h)
         weight = self.model.lm_head.weight if vocab is None else self.model.lm_head.weight[vocab]
-        return h @ weight.T
+        logits = h @ weight.T
+        if cap := getattr(self.config, "final_logit_softcapping", None):  # Gemma 2
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     @torch.no_grad()
     def full_logits(self, sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -281,16 +296,55 @@ def _attention_scale_as_llama_cpp(model, architecture: Architecture) -> None:
         layer.self_attn.scaling = config.query_pre_attn_scalar ** -0.5
 
 
-def _rope_freq_factors(model_file: ModelFile) -> list[float] | None:
-    """The GGUF's ``rope_freqs`` (Llama 3.1+'s long-context scaling, which the converter
-    stores as one divisor per rotary frequency): transformers' GGUF loader drops the tensor.
-    Kept in the config, so the safetensors cache has it too."""
-    from gguf import GGUFReader
+class _SplitFfn(torch.nn.Module):
+    """A fused gate_up_proj FFN (Phi 3's) with its gate and up as two projections: the same
+    function, under the names the learner and ``Twin.edited_by`` edit."""
 
-    for tensor in GGUFReader(model_file.path).tensors:
-        if tensor.name == "rope_freqs.weight":
-            return [float(x) for x in tensor.data]
-    return None
+    def __init__(self, fused):
+        super().__init__()
+        gate, up = fused.gate_up_proj.weight.detach().chunk(2)
+        self.gate_proj, self.up_proj = (_linear(w.clone()) for w in (gate, up))
+        self.down_proj, self.act_fn = fused.down_proj, fused.activation_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _linear(weight: torch.Tensor) -> torch.nn.Linear:
+    out = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    out.weight = torch.nn.Parameter(weight, requires_grad=False)
+    return out
+
+
+def _split_gate_up(model) -> None:
+    for layer in model.model.layers:
+        layer.mlp = _SplitFfn(layer.mlp)
+
+
+def _config(model_file: ModelFile, architecture: Architecture):
+    """transformers' config of the GGUF, with what its loader drops: the architecture's
+    ``config_from_gguf`` fields where the GGUF has them (llama.cpp's defaults are
+    transformers' otherwise) and ``rope_freqs`` (Llama 3.1+'s long-context scaling, which
+    the converter stores as one divisor per rotary frequency, as ``rope_freq_factors``).
+    The safetensors cache keeps them."""
+    from gguf import GGUFReader
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_file.path.parent),
+                                        gguf_file=model_file.path.name)
+    reader = GGUFReader(model_file.path)
+    if any(tensor.name.startswith("rope_factors_") for tensor in reader.tensors):
+        raise LearningUnavailable(
+            f"chat works; learning is not available for {model_file.name}: the training copy "
+            "does not yet apply its long-context rotary factors (rope_factors_long/short, as "
+            "in Phi 3 128k and Phi 3.5), so it would not compute what chat serves")
+    for key, field in architecture.config_from_gguf:
+        if (value := reader.fields.get(f"{model_file.architecture}.{key}")) is not None:
+            setattr(config, field, value.contents())
+    config.rope_freq_factors = next((
+        [float(x) for x in tensor.data] for tensor in reader.tensors
+        if tensor.name == "rope_freqs.weight"), None)
+    return config
 
 
 def _rope_as_llama_cpp(model) -> None:

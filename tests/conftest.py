@@ -66,8 +66,11 @@ def merged_model(tiny_model):
         for tensor in reader.tensors:
             parts = tensor.name.split(".")
             if parts[0] == "blk" and parts[2] in ("ffn_down", "ffn_up", "ffn_gate"):
-                tensor.data[...] += np.float32(overlay.scale) * overlay.dense_delta(
-                    int(parts[1]), parts[2])
+                layer, matrix = int(parts[1]), parts[2]
+                delta = overlay.dense_delta(layer, matrix)
+                if tensor.data.shape[0] == 2 * N_FF:  # Phi 3's ffn_up: the gate's rows first
+                    delta = np.concatenate([overlay.dense_delta(layer, "ffn_gate"), delta])
+                tensor.data[...] += np.float32(overlay.scale) * delta
         reader.data.flush()
         del reader
         return path

@@ -681,8 +681,10 @@ def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(eng
     assert after < 0.6 * before, (before, after, metrics)
     assert after_llama < 0.8 * before_llama, (before_llama, after_llama)
     assert twin_answer == served_answer
-    if rt.model.architecture != "gemma3":  # the random tiny Gemma 3 repeats its prompt's
-        assert served_answer != base_answer  # last token whatever its FFNs add
+    # A random tiny Gemma (2 or 3) repeats its prompt's last token whatever its FFNs add: its
+    # √d-scaled embedding, read back by the tied head, outweighs them.
+    if not rt.model.architecture.startswith("gemma"):
+        assert served_answer != base_answer
 
 
 def test_a_reply_during_a_learning_job_uses_the_active_memory_and_is_labelled_so(

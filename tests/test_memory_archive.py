@@ -294,6 +294,23 @@ def test_peft_export_is_exactly_the_dense_delta(tmp_path, tiny_model, make_overl
         assert np.array_equal(b @ a, np.float32(overlay.scale) * overlay.dense_delta(layer, matrix))
 
 
+@pytest.mark.parametrize("tiny_model", ["phi3"], indirect=True)
+def test_peft_export_of_a_fused_gate_and_up_targets_gate_up_proj(tmp_path, tiny_model,
+                                                                 make_overlay):
+    engine = engine_at(tmp_path / "home", tiny_model)
+    fill(engine, make_overlay, [(2, "ffn_up", 6, "cat"), (2, "ffn_gate", 3, None)], scale=0.5)
+    path = engine.export_memory(tmp_path / "peft", "peft")
+    overlay = engine.memory.current()
+    engine.close()
+    config = json.loads((path / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["layers.2.mlp.gate_up_proj"] and config["r"] == 9
+    tensors = load_file(path / "adapter_model.safetensors")
+    a = tensors["base_model.model.model.layers.2.mlp.gate_up_proj.lora_A.weight"]
+    b = tensors["base_model.model.model.layers.2.mlp.gate_up_proj.lora_B.weight"]
+    assert np.array_equal(b @ a, np.float32(overlay.scale) * np.concatenate(
+        [overlay.dense_delta(2, "ffn_gate"), overlay.dense_delta(2, "ffn_up")]))
+
+
 def test_adapters_need_a_non_empty_active_version(source, tmp_path):
     source.reset_memory()
     with pytest.raises(EngramError, match="empty"):

@@ -24,6 +24,23 @@ SPEC = [(1, "ffn_down", 8, 1), (1, "ffn_down", 3, 2), (2, "ffn_up", 16, 2),
 TOKENS = [2] + list(range(300, 340))
 
 
+def test_a_fused_gate_and_up_is_one_lora_pair_addressing_both_halves(make_overlay):
+    """Phi 3's ffn_up holds the gate's rows, then the up rows: neuron j's gate is row j and
+    its up row d_ff + j, so one pair carries both, gate first, exactly."""
+    overlay = make_overlay(BASE, [(2, "ffn_up", 6, 1), (2, "ffn_gate", 3, 1),
+                                  (2, "ffn_up", 2, None), (3, "ffn_gate", 4, None),
+                                  (1, "ffn_down", 5, 1)])
+    tensors = overlay.lora_tensors(gate_up_fused=True)
+    assert sorted(tensors) == [(1, "ffn_down"), (2, "ffn_up"), (3, "ffn_up")]
+    for layer in (2, 3):
+        lora_a, lora_b = tensors[layer, "ffn_up"]
+        assert lora_b.shape == (2 * N_FF, lora_a.shape[0])
+        assert np.array_equal(lora_b @ lora_a, np.concatenate(
+            [overlay.dense_delta(layer, "ffn_gate"), overlay.dense_delta(layer, "ffn_up")]))
+    assert tensors[2, "ffn_up"][0].shape[0] == 11
+    assert np.array_equal(tensors[1, "ffn_down"][0], overlay.lora_tensors()[1, "ffn_down"][0])
+
+
 def test_lora_factors_reproduce_the_dense_delta_bit_for_bit(make_overlay):
     overlay = make_overlay(BASE, SPEC)
     shared = overlay.blocks[0].neurons[:2]  # a neuron two blocks both change: they add

@@ -57,9 +57,9 @@ def test_plain_dialogue_for_base_models_and_template_when_present(tmp_path, runt
     rt.close()
 
 
-@pytest.mark.parametrize("tiny_model", ["llama", "qwen2"], indirect=True)
+@pytest.mark.parametrize("tiny_model", ["llama", "phi3", "qwen2"], indirect=True)
 def test_a_chat_template_s_turn_markers_are_control_tokens(tiny_model):
-    """Llama 3's and Qwen 2's turn markers are single control tokens, the bos comes once
+    """Llama 3's, Phi 3's and Qwen 2's turn markers are single control tokens, the bos comes once
     (Llama 3's template writes it and the tokenizer adds it), and a reply stops at the
     end-of-turn token rather than at once (an empty stop string matched everything)."""
     rt = Runtime(tiny_model, n_ctx=256, n_threads=1)

@@ -7,8 +7,9 @@ import pytest
 from engine.engine import Engine
 from engine.errors import LearningUnavailable
 from engine.learning.anchors import twin_for
-from engine.model_file import LEARNABLE_ARCHITECTURES
+from engine.model_file import LEARNABLE_ARCHITECTURES, open_model
 from engine.runtime import Sampling
+from engine.twin import Twin
 from tests.test_cli import engram
 from tests.tiny_gguf import write_tiny_model
 
@@ -47,3 +48,10 @@ def test_memory_learn_is_one_line_not_a_traceback(exaone_model, engine_home):
     out = engram("memory", "learn", "--model", str(exaone_model), home=engine_home)
     assert out.returncode == 2 and out.stderr.decode().strip() == f"engram: {MESSAGE} " \
         f"(Engram learns on {', '.join(sorted(LEARNABLE_ARCHITECTURES))} models for now)"
+
+
+def test_long_context_rotary_factors_the_twin_lacks_make_learning_say_why_not(tmp_path):
+    """Phi 3 128k / 3.5: llama.cpp's long/short rotary factors, which the twin does not apply."""
+    model = write_tiny_model(tmp_path / "phi3-128k.gguf", "phi3", rope_factors=True)
+    with pytest.raises(LearningUnavailable, match="long-context rotary factors"):
+        Twin.load(open_model(model))

@@ -2,9 +2,10 @@
 
 Each architecture gets its real tensor names, metadata keys and tokenizer model, so llama.cpp,
 the torch twin and the overlay code paths are all exercised, in milliseconds instead of
-seconds: Gemma 3 with a SentencePiece-style vocab like the built-in model's, Llama 3 and
-Qwen 2 with a byte-level BPE vocab (``gpt2`` tokenizer model, merges and all) and their
-instruction-tuned chat templates.
+seconds: Gemma 2 and 3 with a SentencePiece-style vocab like the built-in model's, Phi 3 with
+one and its chat's control tokens, Llama 3 and Qwen 2 and 3 with a byte-level BPE vocab
+(``gpt2`` tokenizer model, merges and all); all but Gemma with their instruction-tuned chat
+templates.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ CHATML_TEMPLATE = (
     "message['content'] + '<|im_end|>\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + "
+    "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}"
+    "{% else %}{{ eos_token }}{% endif %}")
+
 
 @dataclass(frozen=True)
 class Bpe:
@@ -47,6 +53,16 @@ class Bpe:
 
 
 @dataclass(frozen=True)
+class SpmChat:
+    """The control tokens a SentencePiece vocab adds for its chat format, and the format."""
+
+    controls: tuple[str, ...]
+    bos: str
+    end_of_turn: str
+    template: str
+
+
+@dataclass(frozen=True)
 class Kind:
     """What a tiny model of one architecture holds beyond the Llama layer."""
 
@@ -56,27 +72,42 @@ class Kind:
     # Llama 3.1+'s long-context rotary scaling: llama.cpp divides each frequency by its factor
     rope_freqs: bool = False
     sliding_window: bool = False
+    # Gemma 2's attention and final logit soft caps: low, so that the tiny model's small
+    # scores reach them, and not transformers' defaults, so that the twin must read them
+    softcapping: tuple[float, float] | None = None
+    # Phi 3's fused tensors: attn_qkv (q, k, v rows stacked) and ffn_up holding the gate's
+    # rows then the up rows; and its own output head (the others tie it to the embedding)
+    fused: bool = False
+    spm_chat: SpmChat | None = None  # the SentencePiece vocab's chat format, if any
     bpe: Bpe | None = None  # None: the SentencePiece vocab
 
 
+QWEN_BPE = Bpe("qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+               "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)
+
 KINDS = {
+    "gemma2": Kind(("post_attention_norm",), ("post_ffw_norm",), sliding_window=True,
+                   softcapping=(2.0, 15.0)),
     "gemma3": Kind(("attn_q_norm", "attn_k_norm", "post_attention_norm"), ("post_ffw_norm",),
                    sliding_window=True),
     "llama": Kind(rope_freqs=True, bpe=Bpe(
         "llama-bpe", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                       "<|end_header_id|>", "<|eot_id|>"),
         "<|begin_of_text|>", "<|eot_id|>", True, LLAMA3_TEMPLATE)),
-    "qwen2": Kind(qkv_bias=True, bpe=Bpe(
-        "qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-        "<|endoftext|>", "<|im_end|>", False, CHATML_TEMPLATE)),
+    # llama.cpp looks up Llama 2's <s> and </s> in any vocab of a model named like Phi 3
+    "phi3": Kind(fused=True, spm_chat=SpmChat(
+        ("<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"),
+        "<s>", "<|end|>", PHI3_TEMPLATE)),
+    "qwen2": Kind(qkv_bias=True, bpe=QWEN_BPE),
+    "qwen3": Kind(("attn_q_norm", "attn_k_norm"), bpe=QWEN_BPE),
 }
 ARCHITECTURES = tuple(KINDS)  # every architecture a tiny model is written for
 
 
-def vocab() -> tuple[list[str], list[float], list[int]]:
-    tokens = ["<pad>", "<eos>", "<bos>", "<unk>"]
+def vocab(controls: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", *controls]
     types = [gguf.TokenType.CONTROL, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL,
-             gguf.TokenType.UNKNOWN]
+             gguf.TokenType.UNKNOWN, *[gguf.TokenType.CONTROL] * len(controls)]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
     types += [gguf.TokenType.BYTE] * 256
     pieces = ["▁"] + [chr(c) for c in range(33, 127)] + ["▁" + w for w in WORDS] + WORDS
@@ -84,7 +115,7 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
     tokens += pieces
     types += [gguf.TokenType.NORMAL] * len(pieces)
     # Longer pieces score higher so the SPM merger prefers whole words.
-    scores = [0.0] * 260 + [float(len(p)) for p in pieces]
+    scores = [0.0] * (260 + len(controls)) + [float(len(p)) for p in pieces]
     return tokens, scores, [int(t) for t in types]
 
 
@@ -111,10 +142,12 @@ def bpe_vocab(controls: tuple[str, ...]) -> tuple[list[str], list[str], list[int
 
 
 def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
-                     chat_template: str | None = None, layers_like: str | None = None) -> Path:
+                     chat_template: str | None = None, layers_like: str | None = None,
+                     rope_factors: bool = False) -> Path:
     """A tiny ``arch`` model. ``layers_like`` names the architecture whose tensors and vocab
     it holds when ``arch`` is not in ``KINDS`` (one Engram does not learn on, or one llama.cpp
-    does not know). ``chat_template`` replaces (or, on Gemma, adds) one."""
+    does not know). ``chat_template`` replaces (or, on Gemma, adds) one. ``rope_factors``:
+    Phi 3 128k's long-context rotary factors, long and short."""
     kind = KINDS[layers_like or arch]
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch=arch)
@@ -133,19 +166,24 @@ def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
         w.add_sliding_window(64)
     else:
         w.add_rope_dimension_count(HEAD_DIM)  # transformers reads Llama's head_dim from it
+    if kind.softcapping:
+        w.add_attn_logit_softcapping(kind.softcapping[0])
+        w.add_final_logit_softcapping(kind.softcapping[1])
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     if kind.bpe is None:
-        tokens, scores, types = vocab()
+        chat = kind.spm_chat
+        tokens, scores, types = vocab(chat.controls if chat else ())
         w.add_tokenizer_model("llama")
         w.add_tokenizer_pre("default")
         w.add_token_list(tokens)
         w.add_token_scores(scores)
         w.add_token_types(types)
-        w.add_bos_token_id(2)
-        w.add_eos_token_id(1)
+        w.add_bos_token_id(tokens.index(chat.bos) if chat else 2)
+        w.add_eos_token_id(tokens.index(chat.end_of_turn) if chat else 1)
         w.add_unk_token_id(3)
         w.add_pad_token_id(0)
         w.add_add_bos_token(True)
+        chat_template = chat_template or (chat.template if chat else None)
     else:
         tokens, merges, types = bpe_vocab(kind.bpe.controls)
         w.add_tokenizer_model("gpt2")
@@ -169,13 +207,20 @@ def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
 
     t("token_embd.weight", len(tokens), N_EMBD, scale=0.5)
     norm("output_norm.weight", N_EMBD)
+    if kind.fused:
+        t("output.weight", len(tokens), N_EMBD, scale=0.5)
     if kind.rope_freqs:
         w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, HEAD_DIM // 2, dtype=np.float32))
+    for name in ("rope_factors_long", "rope_factors_short") if rope_factors else ():
+        w.add_tensor(f"{name}.weight", np.linspace(1.0, 4.0, HEAD_DIM // 2, dtype=np.float32))
     for i in range(N_LAYER):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", N_EMBD)
+        if kind.fused:
+            t(p + "attn_qkv.weight", (N_HEAD + 2 * N_KV) * HEAD_DIM, N_EMBD)
         for name, rows in (("attn_q", N_HEAD), ("attn_k", N_KV), ("attn_v", N_KV)):
-            t(p + name + ".weight", rows * HEAD_DIM, N_EMBD)
+            if not kind.fused:
+                t(p + name + ".weight", rows * HEAD_DIM, N_EMBD)
             if kind.qkv_bias:
                 t(p + name + ".bias", rows * HEAD_DIM)
         t(p + "attn_output.weight", N_EMBD, N_HEAD * HEAD_DIM)
@@ -183,8 +228,11 @@ def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
             norm(p + name + ".weight", HEAD_DIM if name in ("attn_q_norm", "attn_k_norm")
                  else N_EMBD)
         norm(p + "ffn_norm.weight", N_EMBD)
-        t(p + "ffn_gate.weight", N_FF, N_EMBD)
-        t(p + "ffn_up.weight", N_FF, N_EMBD)
+        if kind.fused:
+            t(p + "ffn_up.weight", 2 * N_FF, N_EMBD)
+        else:
+            t(p + "ffn_gate.weight", N_FF, N_EMBD)
+            t(p + "ffn_up.weight", N_FF, N_EMBD)
         t(p + "ffn_down.weight", N_EMBD, N_FF)
         for name in kind.ffn_norms:
             norm(p + name + ".weight", N_EMBD)
