@@ -191,7 +191,7 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
                 twin.logits(h[targets.rows, targets.cols], vocab=targets.vocab), targets.tokens,
                 reduction="none")
             task = token_loss.mean()
-            if step % recipe.prune_every == 0:
+            if step and step % recipe.prune_every == 0:
                 for term in localities:
                     term.prune()
             locality = sum(term() for term in localities)
