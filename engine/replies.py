@@ -24,8 +24,8 @@ def mentions(reply: str, answer: str) -> bool:
 def loops(reply: str) -> bool:
     """A word or phrase repeated LOOP_REPEATS times in a row ("Mos Mos Mos", "I have a lot of
     weeds. I have a lot of weeds. …"), or a token that is one short piece over and over
-    ("2020202020…")."""
-    tokens = re.findall(r"\w+|[^\w\s]", reply.lower())
+    ("2020202020…"). A run of punctuation is one token: an ellipsis ("...") is not a loop."""
+    tokens = re.findall(r"\w+|[^\w\s]+", reply.lower())
     for size in range(1, PHRASE_WORDS + 1):
         for start in range(len(tokens) - size * LOOP_REPEATS + 1):
             phrase = tokens[start:start + size]

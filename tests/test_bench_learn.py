@@ -76,6 +76,8 @@ def test_a_loop_is_a_word_or_phrase_three_times_running():
     assert replies.loops("I have a lot of weeds. I have a lot of weeds. I have a lot of weeds.")
     assert replies.loops("2020202020202020")
     assert not replies.loops("Pixel. She hates the snow, the snow, and the cold.")
+    assert not replies.loops("white. grey, white, blue...")
+    assert replies.loops("blue... blue... blue...")
     assert replies.degenerate("Pixel.", ran_to_limit=True)
 
 
