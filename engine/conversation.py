@@ -1,7 +1,9 @@
 """One session's dialogue: history from the store, replies from the runtime, every message
 committed.
 
-The user's message is committed before generation starts. The reply is committed as
+Each reply is computed with the memory version stored as active, even one another process
+(``engram memory learn``) made active while the chat ran. The user's message is committed
+before generation starts. The reply is committed as
 ``pending`` at once, its text flushed while it streams, and finally marked ``complete``,
 ``partial`` (stopped) or ``error`` (crashed): a reply is never silently lost.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+from engine.memory import OverlayMemory
 from engine.prompt import Turn
 from engine.runtime import Reply, Runtime, Sampling
 from engine.session_state import SessionStates
@@ -73,12 +76,13 @@ class Conversation:
 
     def __init__(self, store: Store, runtime: Runtime, session: Session,
                  on_reply: Callable[[int], object] | None = None,
-                 states: SessionStates | None = None):
+                 states: SessionStates | None = None, memory: OverlayMemory | None = None):
         self.store = store
         self.runtime = runtime
         self.session = session
         self.on_reply = on_reply
         self.states = states  # the session's cells and saved KV cache (None: neither)
+        self.memory = memory  # the profile's versions, followed before each reply (None: no)
 
     def messages(self) -> list[Message]:
         return self.store.messages(self.session.id)
@@ -110,6 +114,8 @@ class Conversation:
         return self._start(self._reply(turns, sampling))
 
     def _reply(self, turns: list[Turn], sampling: Sampling) -> Reply:
+        if self.memory is not None:
+            self.memory.follow()  # if it cannot, the version before serves and the panel says why
         states = self.states
         if states is None:
             return self.runtime.reply(turns, self.session.system_prompt, sampling)

@@ -143,7 +143,7 @@ class Engine:
         if session.profile_id != self.profile.id:
             raise OtherProfile("that session belongs to another profile")
         return Conversation(self.store, self.load(), session, on_reply=self.schedule_learning,
-                            states=self.states)
+                            states=self.states, memory=self.memory)
 
     def session(self, session_id: int) -> Session:
         """One of this profile's sessions (another profile's: OtherProfile)."""

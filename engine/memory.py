@@ -1,4 +1,5 @@
-"""A profile's overlay versions: commit, activate (hot swap into llama.cpp), roll back.
+"""A profile's overlay versions: commit, activate (hot swap into llama.cpp), roll back, and
+follow what another process made active.
 
 Files are written first (atomically), then the running model is switched, then the store
 records it in one transaction; if recording fails the model is switched back and the files
@@ -171,6 +172,21 @@ class OverlayMemory:
         with self._lock:
             self._switch(None, lambda: self.store.set_active_overlay(self.profile.id,
                                                                      self.base_sha256, None))
+
+    def follow(self) -> bool:
+        """Run the version stored as active when another process changed it (a ``memory
+        learn`` beside a chat): the store is read, never written. False when that version
+        cannot be applied: the model keeps the one it runs, and ``problem`` says why."""
+        with self._lock:
+            stored = self.store.active_overlay(self.profile.id, self.base_sha256)
+            if (stored and stored.id) != (self.applied and self.applied.id):
+                try:
+                    self._switch(self.home / stored.path if stored else None, lambda: stored)
+                except (EngramError, OSError) as exc:
+                    assert stored is not None  # the base weights always apply
+                    self.problem = f"overlay v{stored.id} is not in use: {exc}"
+                    return False
+            return True
 
     def rollback(self, version_id: int | None = None) -> OverlayVersion | None:
         """Go back to ``version_id``, or by default to the active version's last good parent

@@ -113,10 +113,50 @@ def test_an_export_killed_midway_leaves_its_temporary_only_until_the_next_start(
 
 
 def test_memory_commands_killed_lose_nothing(tiny_model):
-    trials = memory_kills.run(str(tiny_model), list(memory_kills.OPERATIONS), kills=2, seed=0)
+    operations = [op for op in memory_kills.OPERATIONS if op != "learn"]  # learn: below
+    trials = memory_kills.run(str(tiny_model), operations, kills=2, seed=0)
     assert [t for t in trials if not t["survived"]] == []
-    assert sorted({t["operation"] for t in trials}) == sorted(memory_kills.OPERATIONS)
+    assert sorted({t["operation"] for t in trials}) == sorted(operations)
     assert sum(t["killed"] for t in trials) >= len(trials) // 2, trials  # most die mid-run
+
+
+SMALL_LEARNER = """
+import functools, sys
+from engine import derive, learner, runtime
+from engine.learning import anchors, texts
+from engine.learning.service import Learning
+
+learner.Recipe = functools.partial(learner.Recipe, layers=(1, 2), neurons=4, steps=3,
+                                   key_steps=5, phrasings=1, contrasts=0, retries=0)
+derive.checked = lambda pairs, prefers: pairs
+anchors.unrelated_questions = lambda: texts.unrelated_questions()[:50]
+Learning.threshold = lambda self, twin=None: 0.0
+runtime.default_threads = lambda: 1
+from app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def small_learner(home, model, *args: str) -> list[str]:
+    """``engram`` learning as the tiny model allows, quickly: two of its four layers, a few
+    steps, anchors from a few dialogues (not 2,000: built in seconds), every derived pair kept
+    (the random model's own check keeps arbitrary ones), the gate open."""
+    return [sys.executable, "-c", SMALL_LEARNER, "--home", str(home), "--model", str(model),
+            *args]
+
+
+def test_a_learning_job_killed_midway_leaves_its_session_pending_or_learned_whole(
+        tmp_path, tiny_model):
+    """``engram memory learn`` killed at seeded moments of its run (most while it holds the
+    profile's learning lock): besides what every memory command must keep, the session is
+    still pending with nothing recorded, or one whole version learned it; the next ``memory
+    learn`` is not kept waiting by the dead job's lock, and learns what is left."""
+    with memory_kills.prepared_home(tmp_path, str(tiny_model), small_learner) as prepared:
+        work = memory_kills.work_seconds(prepared, "learn", tmp_path / "timing")  # one: ~20 s
+        trials = [memory_kills.trial(prepared, "learn", work, tmp_path / f"kill-{seed}", seed)
+                  for seed in (0, 3)]  # at 84% and 24% of the clean run's work
+    assert [t for t in trials if not t["survived"]] == []
+    assert any(t["killed"] for t in trials), trials
 
 
 def test_the_bench_counts_each_operation_and_refuses_unknown_ones(tiny_model):

@@ -115,6 +115,26 @@ def test_rollback_deactivate_and_reactivate(memory, runtime, overlays):
     assert np.array_equal(last_logits(runtime), base)
 
 
+def test_a_version_another_process_made_active_is_followed_and_a_damaged_one_said(
+        home, store, memory, runtime, overlays):
+    """Another process's change reaches this one only through the store: ``follow`` runs what
+    is recorded there, writing nothing; a version whose files fail their checks is not run,
+    the one before serves, and ``problem`` says so."""
+    v1 = memory.commit(overlays[0])
+    with_v1 = last_logits(runtime)
+    v2 = memory.commit(overlays[1])
+    store.set_active_overlay(memory.profile.id, memory.base_sha256, v1.id)  # "memory rollback"
+    assert memory.follow() and memory.applied == active(memory)
+    assert np.array_equal(last_logits(runtime), with_v1)
+
+    tensors = home / v2.path / ov.TENSORS_FILE
+    tensors.write_bytes(tensors.read_bytes()[:-8])
+    store.set_active_overlay(memory.profile.id, memory.base_sha256, v2.id)
+    assert not memory.follow() and memory.applied.id == v1.id
+    assert memory.problem.startswith(f"overlay v{v2.id} is not in use: ")
+    assert np.array_equal(last_logits(runtime), with_v1) and active(memory).id == v2.id
+
+
 def test_forgetting_a_session_is_a_new_version(memory, overlays):
     memory.commit(overlays[0])
     before = memory.current()

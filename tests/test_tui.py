@@ -7,9 +7,12 @@ gives the stop and responsiveness tests a reply that is reliably still running.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import re
+import signal
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -35,10 +38,12 @@ from app.tui.widgets.status import StatusBar
 from app.tui.widgets.version_diff import VersionDiffView
 from app.tui.widgets.versions import VersionList
 from engine import engine as engine_module
+from engine.bench.aftermath import REPOSITORY
 from engine.engine import Engine
 from engine.learn_queue import LearnQueue
 from engine.learning import Probe, VersionDiff
 from engine.memory_status import MemoryStatus
+from tests.test_crashes import small_learner
 from tests.test_learning import gate_threshold, said, small  # noqa: F401  (small: a fixture)
 
 SIZE = (120, 40)
@@ -586,6 +591,57 @@ async def test_a_rejected_run_says_why(learning):
         assert "NOT learned: locality" in notice and "< 1.5" in notice
         assert "v1 kept as rejected, the base model stays active" in notice
         assert engine.active_version() is None
+
+
+async def test_memory_learn_beside_the_tui_keeps_every_message_and_is_followed(
+        engine, tiny_model, monkeypatch):
+    """``engram memory learn`` (a real process) and the TUI on one profile. While the process
+    holds the learning lock (stopped there, to be sure), the TUI's own learning job skips and
+    the panel says why; the chat goes on. Once the process has made its version active, the
+    TUI's next reply is computed with it and the panel shows it. No message is lost."""
+    said(engine, "My dog is called Rex.")  # pending: what the process learns
+    learn = subprocess.Popen(small_learner(engine.home, tiny_model, "memory", "learn"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPOSITORY)
+    try:
+        assert learn.stderr is not None  # a PIPE
+        for line in learn.stderr:  # its first step is taken holding the lock
+            if b"finding what to remember" in line:
+                break
+        learn.send_signal(signal.SIGSTOP)
+        async with running(engine) as (app, pilot):
+            applied_at_reply = []  # the version the model ran each reply with
+            reply = engine.runtime.reply
+            monkeypatch.setattr(engine.runtime, "reply", lambda *args, **kwargs: (
+                applied_at_reply.append(engine.memory.applied and engine.memory.applied.id),
+                reply(*args, **kwargs))[1])
+            await pilot.press("ctrl+t")
+            panel = app.chat.query_one(MemoryPanel)
+            engine.schedule_learning(delay=0)
+            await until(pilot, lambda: panel.status is not None and panel.status.learning_message
+                        == "learning stopped: another Engram process is changing this "
+                        "profile's memory; try again when it is done", "the skipped job")
+            await say(app, pilot, "Who is my manager?")
+
+            learn.send_signal(signal.SIGCONT)
+            out, err = await asyncio.to_thread(learn.communicate, timeout=120)
+            assert learn.returncode == 0, err.decode()
+            version = engine.active_version()
+            assert b"learned" in out and version is not None and version.sessions == [1]
+            assert engine.memory.applied is None  # not followed until the next reply
+            await say(app, pilot, "Where do I live?")
+            assert applied_at_reply == [None, version.id]
+            await until(pilot, lambda: panel.status.overlay_version == version.id, "the panel")
+            shown = str(panel.query_one("#overlay", Static).content)
+            assert shown.startswith(f"overlay v{version.id} active")
+            assert f"the model now runs v{version.id}" in shown  # the session's state re-read
+    finally:
+        if learn.poll() is None:
+            learn.send_signal(signal.SIGCONT)
+            learn.kill()
+            learn.wait()
+    assert [[m.content for m in engine.messages(s.id) if m.role == "user"]
+            for s in sorted(engine.sessions(), key=lambda s: s.id)] == [
+        ["My dog is called Rex."], ["Who is my manager?", "Where do I live?"]]
 
 
 async def open_memory(app, pilot) -> MemoryScreen:

@@ -1,10 +1,12 @@
-"""``engram memory rollback|forget|reset|export|import`` killed with SIGKILL at seeded moments:
-is anything lost, is the profile still whole?
+"""``engram memory learn|rollback|forget|reset|export|import`` killed with SIGKILL at seeded
+moments: is anything lost, is the profile still whole?
 
 A home with learned versions is made once per run: three sessions, each owning a few neurons
-of a version of its own, recorded as ``memory learn`` records them. Nothing is trained (what is
-checked is how the commands change the files and the store, not what was learned), so any
-model will do, the tiny test one included. An archive of that home is exported to import.
+of a version of its own, recorded as ``memory learn`` records them, and a fourth left pending.
+Nothing is trained for them (what is checked is how the commands change the files and the
+store, not what was learned), so any model will do, the tiny test one included; only ``learn``
+trains, the pending session, so it needs a model learning can edit (a test runs it on the tiny
+one with a smaller recipe: ``run``'s ``engram``). An archive of that home is exported to import.
 
 Each trial copies the home, starts one command on the copy and, once it has opened the store
 (the imports done), kills it within the time a clean run of the command took from there to
@@ -13,7 +15,8 @@ home; a kill that comes after the end is counted as not interrupting. A fresh re
 checks the copy as after a killed chat (``aftermath.check_home``; the versions checked are
 those of the home before and any recorded since) and a new chat must work on it. Besides: an
 export leaves nothing at its target or an archive that imports; an import leaves the profile
-as it was or fully imported.
+as it was or fully imported; a learning job leaves the session pending or decided by one whole
+new version, and the next ``memory learn`` runs (the killed job's lock is no one's).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import subprocess
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,17 +47,21 @@ from engine.bench.aftermath import (
 )
 from engine.engine import Engine
 from engine.errors import EngramError
+from engine.learning.ledger import pending_sessions
 from engine.overlay import NeuronBlock, SparseOverlay
 from engine.runtime import Runtime
 from store import paths
+from store.records import OverlayVersion
+from store.store import Store
 
 FACTS = [("What is my cat called?", "Pixel", "My cat is Pixel."),
          ("Who is my manager?", "Berit", "Berit is my manager."),
          ("Where do I live?", "Tromsø", "I live in Tromsø.")]
+PENDING = "My dog is called Rex."  # said after the last version: what ``learn`` learns
 NEURONS = 2  # per session, in layer LAYER's ffn_down
 LAYER = 1
 EXPORT_FILE = "memory.zip"
-CLEAN_RUN_TIMEOUT_S = 300
+CLEAN_RUN_TIMEOUT_S = 1800  # a learning job on the built-in model takes minutes on a busy CPU
 CLEAN_RUNS = 2  # timed, the shortest counts: on a busy machine one may take several times longer
 POLL_S = 0.005
 
@@ -67,9 +74,12 @@ class Prepared:
     archive: Path  # exported from ``home``: what ``import`` imports
     archive_sessions: int
     forget: int  # the session ``forget`` forgets (learned into the active version)
+    pending: int  # the session ``learn`` learns
     said: list[str]  # every user message in ``home``
     profile: tuple[int, int | None]  # (sessions, active version) of ``home``
     runtime: Runtime  # reads an export left behind
+    model: str | None
+    engram: Callable[..., list[str]]  # (home, model, *args) -> the command line of ``engram``
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,32 @@ def import_whole(prepared: Prepared, folder: Path) -> str:
             f"version {active} (before: {prepared.profile[1]})")
 
 
+def learn_whole(prepared: Prepared, folder: Path) -> str:
+    """The pending session still pending and no version recorded since, or one whole new
+    version learned from it (active, or rejected by the gate); then the next ``memory learn``
+    runs, not kept waiting by the killed job's lock, and leaves nothing pending."""
+    home = folder / "home"
+    new, pending = learned_since(prepared, home)
+    if not new and pending != [prepared.pending]:
+        return f"no version recorded, yet pending: {pending}"
+    if new and (len(new) > 1 or new[0].status not in ("active", "rejected")
+                or list(new[0].learned) != [prepared.pending] or pending):
+        return (f"half learned: versions {[(v.id, v.status) for v in new]} recorded, "
+                f"pending: {pending}")
+    try:
+        out = subprocess.run(prepared.engram(home, prepared.model, "memory", "learn"),
+                             capture_output=True, timeout=CLEAN_RUN_TIMEOUT_S, cwd=REPOSITORY)
+    except subprocess.TimeoutExpired:  # killed by run: kept waiting (a lock?) or hung
+        return f"the next memory learn did not end within {CLEAN_RUN_TIMEOUT_S} s"
+    if out.returncode:
+        return f"the next memory learn fails: {last_line(out.stderr)}"
+    if pending := learned_since(prepared, home)[1]:
+        return f"the next memory learn left sessions pending: {pending}"
+    return ""
+
+
 OPERATIONS = {
+    "learn": Operation(lambda p, folder: ["memory", "learn"], learn_whole),
     "rollback": Operation(lambda p, folder: ["memory", "rollback"]),
     "forget": Operation(lambda p, folder: ["memory", "forget", str(p.forget)]),
     "reset": Operation(lambda p, folder: ["memory", "reset", "--yes"]),
@@ -126,6 +161,16 @@ def profile_state(home: Path) -> tuple[int, int | None]:
     return sessions, row and row[0]
 
 
+def learned_since(prepared: Prepared, home: Path) -> tuple[list[OverlayVersion], list[int]]:
+    """The versions recorded in ``home`` since it was prepared, and the sessions pending for
+    the model, as a fresh process finds them."""
+    with closing(Store(paths.database(home))) as store:
+        profile = store.profile("default")
+        since = prepared.profile[1] or 0
+        return ([v for v in store.overlay_versions(profile.id) if v.id > since],
+                [s.id for s in pending_sessions(store, profile, prepared.runtime.model.sha256)])
+
+
 def active_event(home: Path) -> str | None:
     """What made the active version (``learn``, ``import``, …)."""
     with closing(sqlite3.connect(paths.database(home))) as conn:
@@ -135,9 +180,10 @@ def active_event(home: Path) -> str | None:
     return json.loads(row[0]).get("event") if row else None
 
 
-def learned_home(home: Path, archive: Path, model: str | None) -> list[int]:
-    """Three sessions, each learned into a version of its own (random, small neurons), and an
-    archive of the last; returns the sessions' ids."""
+def learned_home(home: Path, archive: Path, model: str | None) -> tuple[list[int], int]:
+    """Three sessions, each learned into a version of its own (random, small neurons), an
+    archive of the last, then a session left pending; returns the learned sessions' ids and
+    the pending one's."""
     engine = Engine(home, model=model)
     try:
         runtime, memory, _, _ = engine.loaded()
@@ -160,16 +206,18 @@ def learned_home(home: Path, archive: Path, model: str | None) -> list[int]:
                     "corrections": []}}})
             ids.append(session.id)
         engine.export_memory(archive)
-        return ids
+        pending = engine.new_session()
+        store.add_message(pending.id, "user", PENDING)
+        return ids, pending.id
     finally:
         engine.close()
 
 
-def started(home: Path, model: str | None, args: list[str]) -> tuple[subprocess.Popen, float]:
+def started(prepared: Prepared, home: Path, args: list[str]) -> tuple[subprocess.Popen, float]:
     """A command on ``home`` once it has opened the store (its write-ahead log appears: the
     imports are done), with that moment."""
-    proc = subprocess.Popen(engram_command(home, model, *args), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, cwd=REPOSITORY)
+    proc = subprocess.Popen(prepared.engram(home, prepared.model, *args),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPOSITORY)
     log = paths.database(home).with_name(paths.database(home).name + "-wal")
     while not log.exists() and proc.poll() is None:
         time.sleep(POLL_S)
@@ -180,33 +228,38 @@ def last_line(err: bytes) -> str:
     return (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
 
 
-def work_seconds(prepared: Prepared, name: str, folder: Path, model: str | None) -> float:
+def work_seconds(prepared: Prepared, name: str, folder: Path) -> float:
     """How long a command runs on a copy of the prepared home once it has opened the store,
     when nothing kills it (it must succeed)."""
     shutil.copytree(prepared.home, folder / "home")
     args = OPERATIONS[name].args(prepared, folder)
-    proc, opened = started(folder / "home", model, args)
-    _, err = proc.communicate(timeout=CLEAN_RUN_TIMEOUT_S)
+    proc, opened = started(prepared, folder / "home", args)
+    try:
+        _, err = proc.communicate(timeout=CLEAN_RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise EngramError(f"engram {' '.join(args)} did not end within {CLEAN_RUN_TIMEOUT_S} s "
+                          "on the bench's home") from None
     if proc.returncode:
         raise EngramError(f"engram {' '.join(args)} fails on the bench's home: {last_line(err)}")
     return time.perf_counter() - opened
 
 
-def trial(prepared: Prepared, name: str, work: float, folder: Path, model: str | None,
-          seed: int) -> dict:
+def trial(prepared: Prepared, name: str, work: float, folder: Path, seed: int) -> dict:
     """One command killed at a seeded moment of its work on a copy of the prepared home."""
     operation = OPERATIONS[name]
     home = folder / "home"
     shutil.copytree(prepared.home, home)
     versions = versions_on_record(home)
-    proc, _ = started(home, model, operation.args(prepared, folder))
+    proc, _ = started(prepared, home, operation.args(prepared, folder))
     time.sleep(random.Random(seed).uniform(0, work))
     proc.kill()
     _, err = proc.communicate()
     ended = "" if proc.returncode in (0, -signal.SIGKILL) else last_line(err)
     found = check_home(home, prepared.said, {**versions, **versions_on_record(home)})
     problem = operation.check(prepared, folder)
-    works = chat_works(home, model)
+    works = chat_works(home, prepared.model)
     return {"operation": name, "seed": seed, "killed": proc.returncode == -signal.SIGKILL,
             "acknowledged": len(prepared.said), **found, "error": ended, "problem": problem,
             "chat_works": works,
@@ -214,24 +267,33 @@ def trial(prepared: Prepared, name: str, work: float, folder: Path, model: str |
             and not found["lost_versions"] and not ended and not problem and works}
 
 
-def run(model: str | None, names: list[str], kills: int, seed: int) -> list[dict]:
+@contextmanager
+def prepared_home(folder: Path, model: str | None,
+                  engram: Callable[..., list[str]] = engram_command) -> Iterator[Prepared]:
+    """The home every trial copies (made under ``folder``), run with ``engram``."""
+    home, archive = folder / "prepared", folder / "archive.zip"
+    ids, pending = learned_home(home, archive, model)
+    with zipfile.ZipFile(archive) as zf:
+        archive_sessions = len(json.loads(zf.read(memory_archive.SESSIONS))["sessions"])
+    with closing(Runtime(model, n_ctx=256)) as runtime:
+        yield Prepared(home, archive, archive_sessions, ids[1], pending,
+                       [said for _, _, said in FACTS] + [PENDING], profile_state(home), runtime,
+                       model, engram)
+
+
+def run(model: str | None, names: list[str], kills: int, seed: int,
+        engram: Callable[..., list[str]] = engram_command) -> list[dict]:
     """``kills`` trials of each named operation, on copies of one prepared home."""
     with tempfile.TemporaryDirectory(prefix="engram-memory-kills-") as tmp_name:
         tmp = Path(tmp_name)
-        home, archive = tmp / "prepared", tmp / "archive.zip"
-        ids = learned_home(home, archive, model)
-        with zipfile.ZipFile(archive) as zf:
-            archive_sessions = len(json.loads(zf.read(memory_archive.SESSIONS))["sessions"])
-        with closing(Runtime(model, n_ctx=256)) as runtime:
-            prepared = Prepared(home, archive, archive_sessions, ids[1],
-                                [said for _, _, said in FACTS], profile_state(home), runtime)
+        with prepared_home(tmp, model, engram) as prepared:
             trials = []
             for name in names:
-                work = min(work_seconds(prepared, name, tmp / f"timing-{name}-{i}", model)
+                work = min(work_seconds(prepared, name, tmp / f"timing-{name}-{i}")
                            for i in range(CLEAN_RUNS))
                 rng = random.Random(f"{seed}-{name}")
                 for i in range(kills):
-                    trials.append(trial(prepared, name, work,
-                                        tmp / f"{name}-{i}", model, rng.randrange(2**31)))
+                    trials.append(trial(prepared, name, work, tmp / f"{name}-{i}",
+                                        rng.randrange(2**31)))
                     shutil.rmtree(tmp / f"{name}-{i}")
     return trials

@@ -9,10 +9,10 @@ a fresh-enough home is sent a few messages and killed at a random moment while i
 user message counts as acknowledged once its reply's stats line came back (the message was
 committed before the reply began). After each kill a fresh reader checks ``PRAGMA
 integrity_check``, the foreign keys, every acknowledged message and every overlay version;
-after the last, a new chat must work. ``rollback``, ``forget``, ``reset``, ``export``,
-``import``: ``engram memory …`` on copies of a home with learned versions, checked the same
-way and more (``memory_kills``). Results are also counted per operation
-(``crash_by_operation``: trials, survived, the seeds of the failures).
+after the last, a new chat must work. ``learn``, ``rollback``, ``forget``, ``reset``,
+``export``, ``import``: ``engram memory …`` on copies of a home with learned versions and a
+session pending, checked the same way and more (``memory_kills``). Results are also counted
+per operation (``crash_by_operation``: trials, survived, the seeds of the failures).
 
 Fuzz cases (``--fuzz N`` in all, the kinds in turn, tallied per kind in ``fuzz_by_kind``):
 copies of the database, of an overlay's safetensors and of its manifest, of a session's KV

@@ -440,13 +440,9 @@ class Learning:
     # -- internals ----------------------------------------------------------------------
 
     def _sync(self) -> None:
-        """Follow a change another process made to the active version."""
-        stored = self.store.active_overlay(self.profile.id, self.runtime.model.sha256)
-        if (stored and stored.id) != (self.memory.applied and self.memory.applied.id):
-            if stored is None:
-                self.memory.deactivate()
-            else:
-                self.memory.activate(stored.id)
+        """Build on the version stored as active (another process may have changed it)."""
+        if not self.memory.follow():
+            raise EngramError(self.memory.problem)
 
     def close(self) -> None:
         if self._gate is not None:
