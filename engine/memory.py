@@ -52,6 +52,7 @@ class OverlayMemory:
         # the applied version's learned read of the cells (None: none)
         self.cell_gates: np.ndarray | None = None
         self.problem = ""
+        self._refused: int | None = None  # the stored version ``follow`` could not apply
         self._lock = threading.RLock()
         if not store.read_only:  # what a killed commit or save left (nothing, if read-only)
             leftovers.tidy(store, self.home, profile)
@@ -179,12 +180,15 @@ class OverlayMemory:
         cannot be applied: the model keeps the one it runs, and ``problem`` says why."""
         with self._lock:
             stored = self.store.active_overlay(self.profile.id, self.base_sha256)
+            if stored and stored.id == self._refused:
+                return False  # its files were checked once: not read again before every reply
             if (stored and stored.id) != (self.applied and self.applied.id):
                 try:
                     self._switch(self.home / stored.path if stored else None, lambda: stored)
                 except (EngramError, OSError) as exc:
                     assert stored is not None  # the base weights always apply
                     self.problem = f"overlay v{stored.id} is not in use: {exc}"
+                    self._refused = stored.id
                     return False
             return True
 
