@@ -255,8 +255,10 @@ def _describe(result: LearnResult) -> str:
     if result.version is not None:
         record = result.version.learned[result.session_id]
         derive, gate = record["derive_seconds"], record["gate_seconds"]
-        line += (f" (derive {derive:.1f} s, train {result.seconds - derive - gate:.1f} s, "
-                 f"gate {gate:.1f} s)")
+        train = record["train"]
+        line += (f" (derive {derive:.1f} s, train {result.seconds - derive - gate:.1f} s: "
+                 f"{train['steps']} steps, {train['stopped']}, answer loss "
+                 f"{train['answer_loss']}, gate {gate:.1f} s)")
     return f"{line} [{pairs}]"
 
 
