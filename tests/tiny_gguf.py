@@ -143,18 +143,19 @@ def bpe_vocab(controls: tuple[str, ...]) -> tuple[list[str], list[str], list[int
 
 def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
                      chat_template: str | None = None, layers_like: str | None = None,
-                     rope_factors: bool = False) -> Path:
+                     rope_factors: bool = False, n_layer: int = N_LAYER) -> Path:
     """A tiny ``arch`` model. ``layers_like`` names the architecture whose tensors and vocab
     it holds when ``arch`` is not in ``KINDS`` (one Engram does not learn on, or one llama.cpp
     does not know). ``chat_template`` replaces (or, on Gemma, adds) one. ``rope_factors``:
-    Phi 3 128k's long-context rotary factors, long and short."""
+    Phi 3 128k's long-context rotary factors, long and short. ``n_layer``: other depths, for
+    what depends on it (the layers learning edits)."""
     kind = KINDS[layers_like or arch]
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch=arch)
     w.add_name(f"tiny-{arch}-test")
     w.add_context_length(512)
     w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
+    w.add_block_count(n_layer)
     w.add_feed_forward_length(N_FF)
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_KV)
@@ -213,7 +214,7 @@ def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
         w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, HEAD_DIM // 2, dtype=np.float32))
     for name in ("rope_factors_long", "rope_factors_short") if rope_factors else ():
         w.add_tensor(f"{name}.weight", np.linspace(1.0, 4.0, HEAD_DIM // 2, dtype=np.float32))
-    for i in range(N_LAYER):
+    for i in range(n_layer):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", N_EMBD)
         if kind.fused:
