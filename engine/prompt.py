@@ -2,16 +2,19 @@
 
 A GGUF that carries a chat template is formatted with it. Base models without one
 (the built-in Gemma 3 270M is a base model) get a plain ``User:`` / ``Assistant:``
-dialogue, which they continue far better than their own turn tokens.
+dialogue, which they continue far better than their own turn tokens. A reasoning model's
+reply may start with its thinking (Qwen 3's ``<think>…</think>``): the answer is what follows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from engine.errors import ChatTemplateRefused, InputTooLong
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # a reasoning model's working (Qwen 3)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,37 @@ def template_refused(source: str, exc: Exception) -> ChatTemplateRefused:
     return ChatTemplateRefused(
         f"the chat template in {source} was refused, {reason}: {str(exc)[:200]!r}; nothing "
         "it asked for ran. Use another GGUF of this model")
+
+
+def answer(reply: str) -> str:
+    """A finished reply without the thinking block it starts with, if any: the model's
+    working, not its answer (one never closed is all the reply said, and is kept)."""
+    found = _answer_so_far(reply)
+    return reply if found is None else found
+
+
+def without_thinking(pieces: Iterable[str]) -> Iterator[str]:
+    """A streamed reply's pieces as ``answer`` reads the whole: held back while the reply is
+    in a leading thinking block, or may still open one."""
+    raw = shown = ""
+    for piece in pieces:
+        raw += piece
+        found = _answer_so_far(raw)
+        if found is not None and len(found) > len(shown):
+            yield found[len(shown):]
+            shown = found
+    if _answer_so_far(raw) is None:
+        yield raw
+
+
+def _answer_so_far(reply: str) -> str | None:
+    """The answer a reply has given so far; None while it is in a leading thinking block or
+    may still open one. An answer only ever grows as the reply does."""
+    start = reply.lstrip()
+    if start.startswith(THINK_OPEN):
+        _, closed, after = start.partition(THINK_CLOSE)
+        return after.lstrip() if closed else None
+    return None if THINK_OPEN.startswith(start) else reply
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from engine.prompt import (
     Turn,
     fit,
     template_refused,
+    without_thinking,
 )
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ class ReplyStats:
 
 @dataclass
 class Reply:
-    """A reply being generated. Iterate for text pieces; ``stats`` is final after iteration."""
+    """A reply being generated. Iterate for text pieces (the answer: not the thinking block a
+    reasoning model may start with, see ``prompt.answer``); ``stats`` is final after
+    iteration and counts every token generated."""
 
     _pieces: Iterator[str]
     stats: ReplyStats
@@ -84,7 +87,7 @@ class Reply:
         self._cancel.set()
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
+        for piece in without_thinking(self._pieces):
             self.text += piece
             yield piece
 

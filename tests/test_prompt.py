@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import InputTooLong
-from engine.prompt import PlainDialogue, Turn, fit
+from engine.prompt import PlainDialogue, Turn, answer, fit, without_thinking
 
 
 def words(text: str) -> list[int]:
@@ -43,3 +43,20 @@ def test_fit_drops_oldest_turns_and_says_how_many():
 def test_a_message_that_cannot_fit_is_refused():
     with pytest.raises(InputTooLong, match="context window"):
         fit(PlainDialogue(), None, [Turn("user", "x " * 500)], words, budget=100)
+
+
+@pytest.mark.parametrize("reply, shown", [
+    ("<think>\n\n</think>\n\nPixel.", "Pixel."),
+    ("\n<think>\nThe user asks about the cat.\n</think>\n\nIt is Pixel.", "It is Pixel."),
+    (" Pixel, not <think>this</think>", " Pixel, not <think>this</think>"),  # leading only
+    ("<b>Pixel</b>", "<b>Pixel</b>"),
+    ("<think>\nStill thinking when it was stopped", "<think>\nStill thinking when it was stopped"),
+    ("", ""),
+])
+def test_a_reply_is_shown_and_kept_without_its_thinking_block(reply, shown):
+    """The same whether the reply is read whole or streamed, in any pieces."""
+    assert answer(reply) == shown
+    for size in (1, 2, 3, 7, len(reply) or 1):
+        assert "".join(without_thinking(reply[i:i + size]
+                                        for i in range(0, len(reply), size))) == shown
+
