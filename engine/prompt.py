@@ -31,6 +31,10 @@ class PromptFormat(Protocol):
     def render(self, system: str | None, turns: list[Turn]) -> str:
         """The prompt text, ending where the assistant's reply begins."""
 
+    def answering(self, system: str | None, turns: list[Turn]) -> str:
+        """The prompt text as the format writes a finished assistant turn, ending where its
+        answer begins: what the model has seen before an answer (a reply may think first)."""
+
 
 class PlainDialogue:
     """``User: …`` / ``Assistant: …`` lines; stops when the model starts the user's next line."""
@@ -46,6 +50,9 @@ class PlainDialogue:
             lines.append(f"{speaker}: {turn.content.strip()}")
         lines.append("Assistant:")
         return "\n".join(lines)
+
+    def answering(self, system: str | None, turns: list[Turn]) -> str:
+        return self.render(system, turns)
 
 
 class ChatTemplate:
@@ -89,6 +96,14 @@ class ChatTemplate:
             self.stop = list(dict.fromkeys(self.stop + extra))
         # The tokenizer adds the model's bos itself (Llama 3's template writes it too).
         return response.prompt.removeprefix(self._bos) if self._bos else response.prompt
+
+    def answering(self, system: str | None, turns: list[Turn]) -> str:
+        """Qwen 3's template writes an empty thinking block before a final answer given
+        without thinking, where its generation prompt leaves the model to open one. A space
+        the template puts before the answer is dropped: the answer's tokens carry their own."""
+        mark = "\uE000answer\uE000"  # private-use characters: no template writes them
+        head, found, _ = self.render(system, turns + [Turn("assistant", mark)]).partition(mark)
+        return head.rstrip(" ") if found else self.render(system, turns)
 
 
 def template_refused(source: str, exc: Exception) -> ChatTemplateRefused:

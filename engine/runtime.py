@@ -178,6 +178,11 @@ class Runtime:
         """The dialogue in the model's prompt format, ending where the reply begins."""
         return self.prompt_tokens(self.format.render(system, turns))
 
+    def answering(self, system: str | None, turns: list[Turn]) -> list[int]:
+        """The dialogue up to where the assistant's answer begins, as the format writes a
+        finished turn: where the learner reads and trains answers (``PromptFormat.answering``)."""
+        return self.prompt_tokens(self.format.answering(system, turns))
+
     def fit(self, turns: list[Turn], system: str | None, max_tokens: int) -> FittedPrompt:
         budget = self.n_ctx - min(max_tokens, self.n_ctx // 2)
         return fit(self.format, system, turns, self.prompt_tokens, budget)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import InputTooLong
-from engine.prompt import PlainDialogue, Turn, answer, fit, without_thinking
+from engine.prompt import ChatTemplate, PlainDialogue, Turn, answer, fit, without_thinking
+from tests.tiny_gguf import CHATML_TEMPLATE, QWEN3_TEMPLATE
 
 
 def words(text: str) -> list[int]:
@@ -60,3 +61,16 @@ def test_a_reply_is_shown_and_kept_without_its_thinking_block(reply, shown):
         assert "".join(without_thinking(reply[i:i + size]
                                         for i in range(0, len(reply), size))) == shown
 
+
+def test_an_answer_is_learned_where_the_template_puts_it():
+    """Qwen 3 writes an empty thinking block before an answer given without thinking; where
+    a template writes nothing there, the answer follows the generation prompt."""
+    turns = [Turn("user", "What is my cat called?")]
+    qwen3 = ChatTemplate(QWEN3_TEMPLATE, "", "<|im_end|>", "qwen3")
+    assert qwen3.render(None, turns).endswith("<|im_start|>assistant\n")
+    assert qwen3.answering(None, turns) == qwen3.render(None, turns) + "<think>\n\n</think>\n\n"
+    chatml = ChatTemplate(CHATML_TEMPLATE, "", "<|im_end|>", "chatml")
+    spaced = ChatTemplate("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                          "{% endfor %}[assistant]", "", "", "spaced")
+    for fmt in (chatml, spaced, PlainDialogue()):
+        assert fmt.answering("Be kind.", turns) == fmt.render("Be kind.", turns)
