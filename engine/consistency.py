@@ -37,10 +37,10 @@ def twin_prefers(twin: Twin, runtime: Runtime, system: str | None) -> Prefers:
 
     @torch.no_grad()
     def prefers(items: list[tuple[str, str, list[str]]]) -> list[set[int]]:
-        read = _first_token_logprobs(twin, [runtime.prompt(system, [
+        read = _first_token_logprobs(twin, [runtime.answering(system, [
             Turn("user", statement), Turn("assistant", ACK), Turn("user", question)])
             for statement, question, _ in items])
-        blind = _first_token_logprobs(twin, [runtime.prompt(system, [Turn("user", question)])
+        blind = _first_token_logprobs(twin, [runtime.answering(system, [Turn("user", question)])
                                              for _, question, _ in items])
         out = []
         for (_, _, answers), with_it, without in zip(items, read, blind, strict=True):

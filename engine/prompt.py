@@ -2,16 +2,19 @@
 
 A GGUF that carries a chat template is formatted with it. Base models without one
 (the built-in Gemma 3 270M is a base model) get a plain ``User:`` / ``Assistant:``
-dialogue, which they continue far better than their own turn tokens.
+dialogue, which they continue far better than their own turn tokens. A reasoning model's
+reply may start with its thinking (Qwen 3's ``<think>…</think>``): the answer is what follows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from engine.errors import ChatTemplateRefused, InputTooLong
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # a reasoning model's working (Qwen 3)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,10 @@ class PromptFormat(Protocol):
     def render(self, system: str | None, turns: list[Turn]) -> str:
         """The prompt text, ending where the assistant's reply begins."""
 
+    def answering(self, system: str | None, turns: list[Turn]) -> str:
+        """The prompt text as the format writes a finished assistant turn, ending where its
+        answer begins: what the model has seen before an answer (a reply may think first)."""
+
 
 class PlainDialogue:
     """``User: …`` / ``Assistant: …`` lines; stops when the model starts the user's next line."""
@@ -43,6 +50,9 @@ class PlainDialogue:
             lines.append(f"{speaker}: {turn.content.strip()}")
         lines.append("Assistant:")
         return "\n".join(lines)
+
+    def answering(self, system: str | None, turns: list[Turn]) -> str:
+        return self.render(system, turns)
 
 
 class ChatTemplate:
@@ -87,6 +97,14 @@ class ChatTemplate:
         # The tokenizer adds the model's bos itself (Llama 3's template writes it too).
         return response.prompt.removeprefix(self._bos) if self._bos else response.prompt
 
+    def answering(self, system: str | None, turns: list[Turn]) -> str:
+        """Qwen 3's template writes an empty thinking block before a final answer given
+        without thinking, where its generation prompt leaves the model to open one. A space
+        the template puts before the answer is dropped: the answer's tokens carry their own."""
+        mark = "\uE000answer\uE000"  # private-use characters: no template writes them
+        head, found, _ = self.render(system, turns + [Turn("assistant", mark)]).partition(mark)
+        return head.rstrip(" ") if found else self.render(system, turns)
+
 
 def template_refused(source: str, exc: Exception) -> ChatTemplateRefused:
     """The one-line error for a template that failed. Its message may be the template's own
@@ -98,6 +116,37 @@ def template_refused(source: str, exc: Exception) -> ChatTemplateRefused:
     return ChatTemplateRefused(
         f"the chat template in {source} was refused, {reason}: {str(exc)[:200]!r}; nothing "
         "it asked for ran. Use another GGUF of this model")
+
+
+def answer(reply: str) -> str:
+    """A finished reply without the thinking block it starts with, if any: the model's
+    working, not its answer (one never closed is all the reply said, and is kept)."""
+    found = _answer_so_far(reply)
+    return reply if found is None else found
+
+
+def without_thinking(pieces: Iterable[str]) -> Iterator[str]:
+    """A streamed reply's pieces as ``answer`` reads the whole: held back while the reply is
+    in a leading thinking block, or may still open one."""
+    raw = shown = ""
+    for piece in pieces:
+        raw += piece
+        found = _answer_so_far(raw)
+        if found is not None and len(found) > len(shown):
+            yield found[len(shown):]
+            shown = found
+    if _answer_so_far(raw) is None:
+        yield raw
+
+
+def _answer_so_far(reply: str) -> str | None:
+    """The answer a reply has given so far; None while it is in a leading thinking block or
+    may still open one. An answer only ever grows as the reply does."""
+    start = reply.lstrip()
+    if start.startswith(THINK_OPEN):
+        _, closed, after = start.partition(THINK_CLOSE)
+        return after.lstrip() if closed else None
+    return None if THINK_OPEN.startswith(start) else reply
 
 
 @dataclass(frozen=True)

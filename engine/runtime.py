@@ -27,6 +27,7 @@ from engine.prompt import (
     Turn,
     fit,
     template_refused,
+    without_thinking,
 )
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ class ReplyStats:
 
 @dataclass
 class Reply:
-    """A reply being generated. Iterate for text pieces; ``stats`` is final after iteration."""
+    """A reply being generated. Iterate for text pieces (the answer: not the thinking block a
+    reasoning model may start with, see ``prompt.answer``); ``stats`` is final after
+    iteration and counts every token generated."""
 
     _pieces: Iterator[str]
     stats: ReplyStats
@@ -84,7 +87,7 @@ class Reply:
         self._cancel.set()
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
+        for piece in without_thinking(self._pieces):
             self.text += piece
             yield piece
 
@@ -174,6 +177,11 @@ class Runtime:
     def prompt(self, system: str | None, turns: list[Turn]) -> list[int]:
         """The dialogue in the model's prompt format, ending where the reply begins."""
         return self.prompt_tokens(self.format.render(system, turns))
+
+    def answering(self, system: str | None, turns: list[Turn]) -> list[int]:
+        """The dialogue up to where the assistant's answer begins, as the format writes a
+        finished turn: where the learner reads and trains answers (``PromptFormat.answering``)."""
+        return self.prompt_tokens(self.format.answering(system, turns))
 
     def fit(self, turns: list[Turn], system: str | None, max_tokens: int) -> FittedPrompt:
         budget = self.n_ctx - min(max_tokens, self.n_ctx // 2)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import InputTooLong
-from engine.prompt import PlainDialogue, Turn, fit
+from engine.prompt import ChatTemplate, PlainDialogue, Turn, answer, fit, without_thinking
+from tests.tiny_gguf import CHATML_TEMPLATE, QWEN3_TEMPLATE
 
 
 def words(text: str) -> list[int]:
@@ -43,3 +44,33 @@ def test_fit_drops_oldest_turns_and_says_how_many():
 def test_a_message_that_cannot_fit_is_refused():
     with pytest.raises(InputTooLong, match="context window"):
         fit(PlainDialogue(), None, [Turn("user", "x " * 500)], words, budget=100)
+
+
+@pytest.mark.parametrize("reply, shown", [
+    ("<think>\n\n</think>\n\nPixel.", "Pixel."),
+    ("\n<think>\nThe user asks about the cat.\n</think>\n\nIt is Pixel.", "It is Pixel."),
+    (" Pixel, not <think>this</think>", " Pixel, not <think>this</think>"),  # leading only
+    ("<b>Pixel</b>", "<b>Pixel</b>"),
+    ("<think>\nStill thinking when it was stopped", "<think>\nStill thinking when it was stopped"),
+    ("", ""),
+])
+def test_a_reply_is_shown_and_kept_without_its_thinking_block(reply, shown):
+    """The same whether the reply is read whole or streamed, in any pieces."""
+    assert answer(reply) == shown
+    for size in (1, 2, 3, 7, len(reply) or 1):
+        assert "".join(without_thinking(reply[i:i + size]
+                                        for i in range(0, len(reply), size))) == shown
+
+
+def test_an_answer_is_learned_where_the_template_puts_it():
+    """Qwen 3 writes an empty thinking block before an answer given without thinking; where
+    a template writes nothing there, the answer follows the generation prompt."""
+    turns = [Turn("user", "What is my cat called?")]
+    qwen3 = ChatTemplate(QWEN3_TEMPLATE, "", "<|im_end|>", "qwen3")
+    assert qwen3.render(None, turns).endswith("<|im_start|>assistant\n")
+    assert qwen3.answering(None, turns) == qwen3.render(None, turns) + "<think>\n\n</think>\n\n"
+    chatml = ChatTemplate(CHATML_TEMPLATE, "", "<|im_end|>", "chatml")
+    spaced = ChatTemplate("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                          "{% endfor %}[assistant]", "", "", "spaced")
+    for fmt in (chatml, spaced, PlainDialogue()):
+        assert fmt.answering("Be kind.", turns) == fmt.render("Be kind.", turns)

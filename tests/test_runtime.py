@@ -6,6 +6,7 @@ import pytest
 
 from engine.conversation import Conversation
 from engine.errors import ChatTemplateRefused, InputTooLong, ModelError
+from engine.learning.texts import dialogue
 from engine.prompt import ChatTemplate, PlainDialogue, Turn
 from engine.runtime import Runtime, Sampling
 from store.store import Store
@@ -181,3 +182,30 @@ def test_stopped_and_crashed_replies_keep_their_text(tmp_path, runtime, monkeypa
         list(reply)
     last = store.messages(conversation.session.id)[-1]
     assert (last.status, last.content) == ("error", "half a")
+
+
+def test_a_reply_s_thinking_block_is_neither_shown_nor_stored(tmp_path, runtime, monkeypatch):
+    """Qwen 3 may think before it answers; what the user reads, and the next prompt carries,
+    is the answer (the tokens it thought are still counted)."""
+    store = Store(tmp_path / "e.db")
+    conversation = Conversation(store, runtime, store.new_session(store.profile("p").id, "tiny"))
+    said = ["<think>", "\nThe cat", " is Pixel.\n", "</think>", "\n\n", "Pixel", "."]
+    monkeypatch.setattr(runtime.llm, "create_completion", lambda *a, **k: (
+        {"choices": [{"text": piece}]} for piece in said))
+    reply = conversation.send("What is my cat called?", Sampling.greedy(10))
+    assert "".join(reply) == reply.text == "Pixel."
+    assert reply.stats.completion_tokens == len(runtime.tokenize("".join(said), add_bos=False))
+    assert conversation.turns()[-1] == Turn("assistant", "Pixel.")
+
+
+@pytest.mark.parametrize("tiny_model", ["qwen3"], indirect=True)
+def test_qwen3_learns_answers_after_the_empty_thinking_block_its_template_writes(tiny_model):
+    rt = Runtime(tiny_model, n_ctx=256, n_threads=1)
+    try:
+        prompt, answer = dialogue(rt, "sys", "What is my cat called?", " Pixel.")
+        # detokenized without its turn markers (control tokens)
+        assert rt.detokenize(prompt).endswith("user\nWhat is my cat called?\nassistant\n"
+                                              "<think>\n\n</think>\n\n")
+        assert rt.detokenize(answer) == " Pixel."
+    finally:
+        rt.close()

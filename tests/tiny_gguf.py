@@ -5,12 +5,12 @@ the torch twin and the overlay code paths are all exercised, in milliseconds ins
 seconds: Gemma 2 and 3 with a SentencePiece-style vocab like the built-in model's, Phi 3 with
 one and its chat's control tokens, Llama 3 and Qwen 2 and 3 with a byte-level BPE vocab
 (``gpt2`` tokenizer model, merges and all); all but Gemma with their instruction-tuned chat
-templates.
+templates (Qwen 3's with its thinking blocks).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
@@ -32,6 +32,19 @@ LLAMA3_TEMPLATE = (
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
     "message['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Qwen 3's, cut to what a chat without tools meets: an assistant turn after the last user
+# turn opens with its thinking block (an empty one where it did no thinking), earlier ones are
+# their answers alone, and the generation prompt leaves the model to think or not
+QWEN3_TEMPLATE = (
+    "{% set ns = namespace(last_user=-1) %}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}"
+    "{% endfor %}{% for message in messages %}{% if message['role'] == 'assistant' %}"
+    "{% set answer = message['content'].split('</think>')[-1].lstrip('\n') %}"
+    "{{ '<|im_start|>assistant\n' }}{% if loop.index0 > ns.last_user %}"
+    "{{ '<think>\n\n</think>\n\n' }}{% endif %}{{ answer + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 PHI3_TEMPLATE = (
@@ -99,7 +112,8 @@ KINDS = {
         ("<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"),
         "<s>", "<|end|>", PHI3_TEMPLATE)),
     "qwen2": Kind(qkv_bias=True, bpe=QWEN_BPE),
-    "qwen3": Kind(("attn_q_norm", "attn_k_norm"), bpe=QWEN_BPE),
+    "qwen3": Kind(("attn_q_norm", "attn_k_norm"), bpe=replace(QWEN_BPE,
+                                                               template=QWEN3_TEMPLATE)),
 }
 ARCHITECTURES = tuple(KINDS)  # every architecture a tiny model is written for
 
@@ -143,18 +157,19 @@ def bpe_vocab(controls: tuple[str, ...]) -> tuple[list[str], list[str], list[int
 
 def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
                      chat_template: str | None = None, layers_like: str | None = None,
-                     rope_factors: bool = False) -> Path:
+                     rope_factors: bool = False, n_layer: int = N_LAYER) -> Path:
     """A tiny ``arch`` model. ``layers_like`` names the architecture whose tensors and vocab
     it holds when ``arch`` is not in ``KINDS`` (one Engram does not learn on, or one llama.cpp
     does not know). ``chat_template`` replaces (or, on Gemma, adds) one. ``rope_factors``:
-    Phi 3 128k's long-context rotary factors, long and short."""
+    Phi 3 128k's long-context rotary factors, long and short. ``n_layer``: other depths, for
+    what depends on it (the layers learning edits)."""
     kind = KINDS[layers_like or arch]
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), arch=arch)
     w.add_name(f"tiny-{arch}-test")
     w.add_context_length(512)
     w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
+    w.add_block_count(n_layer)
     w.add_feed_forward_length(N_FF)
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_KV)
@@ -213,7 +228,7 @@ def write_tiny_model(path: Path, arch: str = "gemma3", seed: int = 0,
         w.add_tensor("rope_freqs.weight", np.linspace(1.0, 8.0, HEAD_DIM // 2, dtype=np.float32))
     for name in ("rope_factors_long", "rope_factors_short") if rope_factors else ():
         w.add_tensor(f"{name}.weight", np.linspace(1.0, 4.0, HEAD_DIM // 2, dtype=np.float32))
-    for i in range(N_LAYER):
+    for i in range(n_layer):
         p = f"blk.{i}."
         norm(p + "attn_norm.weight", N_EMBD)
         if kind.fused:

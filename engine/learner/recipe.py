@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.errors import EngramError
+
 
 @dataclass
 class Recipe:
-    # what is edited
-    # where questions' states are most alike across wordings
-    layers: tuple[int, ...] = (14, 15, 16, 17)
+    # what is edited: `edited` consecutive layers from `depth` of the way through the model,
+    # where questions' states are most alike across wordings (layers 14–17 of the built-in
+    # model's 18); `layers` names them instead (see layers_for)
+    layers: tuple[int, ...] | None = None
+    depth: float = 14 / 18
+    edited: int = 4
     neurons: int = 2  # per layer per session: each one re-purposed costs locality
     max_norm: float = 1.0  # each delta vector, × the median norm of its base vectors
     # the keys: each new neuron a detector of one fact's questions
@@ -45,3 +50,18 @@ class Recipe:
     retry_locality: float = 4.0  # … by this factor if locality fell below the threshold;
     drop_leaking_from: int = 2  # from this try on, facts whose answer leaked or looped are left out
     batch: int = 16  # sequences per forward pass outside training
+
+    def layers_for(self, n_layer: int) -> tuple[int, ...]:
+        """The layers edited on a model of ``n_layer`` layers: the named ones, or ``edited``
+        from ``depth`` on, moved down as far as the top needs. By depth, not by number: layer
+        14 is near the top of the built-in model and under a third of the way up a 48-layer
+        one. A model too shallow for them is refused here, before any work is done for it."""
+        if self.layers is None and n_layer >= self.edited:
+            start = min(round(self.depth * n_layer), n_layer - self.edited)
+            return tuple(range(start, start + self.edited))
+        if self.layers is not None and max(self.layers) < n_layer:
+            return self.layers
+        edits = (f"{self.edited} layers" if self.layers is None
+                 else f"layers {min(self.layers)}–{max(self.layers)}")
+        raise EngramError(f"learning edits {edits}, and this model has {n_layer}: chat works, "
+                          "learning needs a deeper model")

@@ -82,7 +82,8 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     detector is fitted silent there as on a rival fact's questions."""
     progress = progress or (lambda f, m: None)
     started = time.perf_counter()
-    first = min(recipe.layers)
+    layers = recipe.layers_for(twin.n_layer)
+    first = min(layers)
     # The system prompt every example starts with runs once (the new neurons are trained
     # silent on generic text, which includes it): from here on the examples are what follows.
     prefix, examples = _after_shared(twin, examples, recipe.key_context)
@@ -90,15 +91,15 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     with torch.no_grad():
         h_frozen = pad_sequence(twin.entering([e.tokens for e in examples], first, prefix),
                                 batch_first=True)
-        with ffn_inputs(twin, recipe.layers) as seen:
+        with ffn_inputs(twin, layers) as seen:
             h = twin.run(h_frozen, batch, first)
         targets = _targets(twin, examples, h, recipe)
-        held = _asked(twin, earlier or [], recipe.layers, recipe.key_context, recipe.batch)
-        unlike = _asked(twin, contrasts or [], recipe.layers, recipe.key_context, recipe.batch)
-        unrelated = {l: torch.cat([anchors.answers[l], held[l]]) for l in recipe.layers}
+        held = _asked(twin, earlier or [], layers, recipe.key_context, recipe.batch)
+        unlike = _asked(twin, contrasts or [], layers, recipe.key_context, recipe.batch)
+        unrelated = {l: torch.cat([anchors.answers[l], held[l]]) for l in layers}
     edits = [_keyed_edit(twin, layer, depth, examples, seen[layer], targets.taught, anchors,
                          unrelated[layer], unlike[layer], owned or {}, recipe)
-             for depth, layer in enumerate(recipe.layers)]
+             for depth, layer in enumerate(layers)]
     history, stopped = _train(twin, edits, h_frozen, batch, targets, anchors, unrelated, recipe,
                               progress, cancel)
     metrics = {"steps": len(history), "stopped": stopped, "answer_loss": round(history[-1][0], 4),
@@ -165,7 +166,7 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
     """The loop: answer loss + locality (``Locality``: the edit's energy on generic text at
     each edited layer, from the anchors' cached FFN inputs), every delta capped. Returns the
     (answer loss, locality) history and why it stopped."""
-    first = min(recipe.layers)
+    first = min(e.layer for e in edits)
     localities = [Locality(e, [(anchors.inputs[e.layer], 1.0),
                                (anchors.prose[e.layer], recipe.prose_weight),
                                (unrelated[e.layer], recipe.answer_weight),

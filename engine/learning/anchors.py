@@ -60,7 +60,8 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
     of world-facts and other questions; the gate measures on the odd half)."""
     from engine import learner
 
-    key = (twin.sha256, system, tuple(recipe.layers), recipe.key_context)
+    layers = recipe.layers_for(twin.n_layer)
+    key = (twin.sha256, system, layers, recipe.key_context)
     with _cache_lock:
         if key not in _anchors:
             qa = [dialogue(runtime, system, q, f" {a}") for q, a in SMALL_TALK] + [
@@ -72,10 +73,10 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
             # Building them runs ~2,000 dialogues (minutes on CPU): once per machine, not per
             # process.
             digest = hashlib.sha256(json.dumps(
-                [twin.sha256, texts, starts, recipe.layers, recipe.key_context]
+                [twin.sha256, texts, starts, layers, recipe.key_context]
             ).encode()).hexdigest()
             path = paths.anchors_cache() / f"{digest[:32]}.safetensors"
-            anchors = cached_anchors(path, twin.device, tuple(recipe.layers))
+            anchors = cached_anchors(path, twin.device, layers)
             if anchors is None:
                 phase = Phase(progress, "building the anchors", 0.0, 1.0)
                 started = time.monotonic()
@@ -86,7 +87,7 @@ def anchors_for(twin: Twin, runtime: Runtime, system: str | None,
                     phase(fraction, "building the anchors (first time on this machine"
                           + (f", about {left / 60:.0f} min left)" if left else ")"))
 
-                anchors = learner.anchors_for(twin, texts, tuple(recipe.layers),
+                anchors = learner.anchors_for(twin, texts, layers,
                                               answer_starts=starts,
                                               question_tail=recipe.key_context,
                                               progress=built)

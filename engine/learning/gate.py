@@ -22,7 +22,7 @@ import numpy as np
 from engine import replies, text
 from engine.learning.texts import NEUTRAL, dialogue, gate_questions, world_facts
 from engine.overlay import NeuronBlock, SparseOverlay, write_gguf_lora
-from engine.prompt import Turn
+from engine.prompt import Turn, answer
 from engine.runtime import Runtime
 from engine.scoring import Scorer, log_softmax
 from store import paths
@@ -123,7 +123,7 @@ class Gate:
         whether it ran to ``max_tokens``."""
         prompt = self.runtime.prompt(self.system, [Turn("user", question)])
         text_, limited = self.scorer.greedy(prompt, max_tokens, self.runtime.format.stop)
-        return text_.strip(), limited
+        return answer(text_).strip(), limited
 
     def measure(self, lora: Path | None, scale: float = 1.0,
                 cancel: threading.Event | None = None, taught: Taught | None = None) -> Locality:

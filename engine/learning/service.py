@@ -117,7 +117,7 @@ class Learning:
         if settings.locality_margin >= 1.0:
             return settings.locality_threshold
         twin = twin or twin_for(self.runtime)
-        floor = self.gate().floor(tuple(self.recipe.layers), self.recipe.neurons,
+        floor = self.gate().floor(self.recipe.layers_for(twin.n_layer), self.recipe.neurons,
                                   twin.config.hidden_size, twin.config.intermediate_size)
         return max(settings.locality_threshold, floor - settings.locality_margin)
 
@@ -169,10 +169,7 @@ class Learning:
             return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
                                time.perf_counter() - started)
         twin = twin_for(self.runtime, scaled(progress, 0.02, 0.05))
-        if max(self.recipe.layers) >= twin.n_layer:
-            raise EngramError(f"learning edits layers {min(self.recipe.layers)}–"
-                              f"{max(self.recipe.layers)}, and this model has {twin.n_layer}: "
-                              "chat works, learning needs a deeper model")
+        self.recipe.layers_for(twin.n_layer)  # a model too shallow is refused before deriving
         deriving = Phase(progress, "deriving", 0.05, 0.08)
         deriving(0.0, "deriving questions and checking them")
         # The model's part of the derivation reads with the twin on the base weights (no

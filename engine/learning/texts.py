@@ -80,8 +80,9 @@ def generic_text() -> list[str]:
 
 def dialogue(runtime: Runtime, system: str | None, question: str,
              answer: str) -> tuple[list[int], list[int]]:
-    """A question in the app's own prompt format, and the tokens of an answer to it."""
-    prompt = runtime.prompt(system, [Turn("user", question)])
+    """A question in the app's own prompt format, up to where an answer begins, and the
+    tokens of an answer to it."""
+    prompt = runtime.answering(system, [Turn("user", question)])
     return prompt, runtime.tokenize(answer, add_bos=False)
 
 
