@@ -191,6 +191,9 @@ def test_nearly_the_same_question():
     assert not same_question("Where did I move to?", "When did I move?")
     assert not same_question("What is my sister's name?", "What is my brother's name?")
     assert not same_question("What is my name?", "What is my cat's name?")
+    # nothing but a question word in common says nothing about what is asked
+    assert not same_question("What am I?", "What do I need?")
+    assert not same_question("What did we go with?", "What am I?")
     # not a new name for me
     assert not same_question("What's my name?", "What is my manager's name?")
     earlier = [(1, QA("What is my cat called?", "Pixel", "cat")),
