@@ -164,9 +164,15 @@ def _content_lemma(word: str, cls: str) -> str | None:
 
 def question_key(question: str) -> frozenset[str]:
     """What a question asks: its content lemmas and its question words ("Where do I live
-    now?" → {where, live}; "When did I move?" → {when, move})."""
+    now?" → {where, live}; "When did I move?" → {when, move}). Nothing for a question with
+    no content word ("What am I?", "What did we go with?": light verbs say nothing): keyed
+    {what}, the two were one question, and a new answer to the first was trained onto every
+    phrasing of the second."""
+    content = content_lemmas(question)
+    if not content:
+        return frozenset()
     asked = {w.lower() for w in words(question) if w.lower() in grammar()["question_words"]}
-    return frozenset(content_lemmas(question) | asked)
+    return frozenset(content | asked)
 
 
 def normalise(text: str) -> str:

@@ -9,13 +9,9 @@ from engine.derive import QA
 
 def same_question(a: str, b: str) -> bool:
     """Nearly the same question: almost the same content words ("Where do I live now?" and
-    "Where do I live?"), not merely the same shape ("my sister's name" vs "my brother's").
-    A question with no content word ("What am I?", "What did we go with?": light verbs say
-    nothing) is the same as no other: taken as one, "What am I? → nurse" retaught every
-    phrasing of "What did we go with? → Biscuit" to answer "nurse"."""
-    ca, cb = text.content_lemmas(a), text.content_lemmas(b)
-    ka, kb = text.question_key(a), text.question_key(b)
-    return bool(ca and cb) and len(ka & kb) / len(ka | kb) >= 0.75
+    "Where do I live?"), not merely the same shape ("my sister's name" vs "my brother's")."""
+    ca, cb = text.question_key(a), text.question_key(b)
+    return bool(ca and cb) and len(ca & cb) / len(ca | cb) >= 0.75
 
 
 def _same_answer(a: str, b: str) -> bool:
