@@ -127,14 +127,16 @@ def answer(reply: str) -> str:
 
 def without_thinking(pieces: Iterable[str]) -> Iterator[str]:
     """A streamed reply's pieces as ``answer`` reads the whole: held back while the reply is
-    in a leading thinking block, or may still open one."""
-    raw = shown = ""
+    in a leading thinking block, or may still open one. Once the answer has begun, the rest
+    passes straight through (it is every reply's path, thinking or not)."""
+    pieces = iter(pieces)
+    raw = ""
     for piece in pieces:
         raw += piece
-        found = _answer_so_far(raw)
-        if found is not None and len(found) > len(shown):
-            yield found[len(shown):]
-            shown = found
+        if found := _answer_so_far(raw):
+            yield found
+            yield from pieces
+            return
     if _answer_so_far(raw) is None:
         yield raw
 
