@@ -1,9 +1,10 @@
 """From what the user said to the question/answer pairs the learner trains on.
 
-``clauses`` reads the turns, ``questions`` asks each clause's facts back, ``check`` keeps a
-pair only if it is grounded in the statement and the model reading the statement agrees.
-Nothing here is tuned to particular sentences: the grammar is English's closed word classes
-and the templates in ``assets/grammar/``.
+``clauses`` reads the turns, ``questions`` asks each clause's facts back, ``written`` has an
+instruction-tuned model write pairs of its own, ``check`` keeps a pair only if it is grounded
+in the statement and the model reading the statement agrees. Nothing here is tuned to
+particular sentences: the grammar is English's closed word classes and the templates in
+``assets/grammar/``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from engine.derive.check import QA, Prefers, consistent, grounded
 from engine.derive.clauses import clauses
 from engine.derive.contrast import Neighbours, contrasts
 from engine.derive.questions import KIND, questions
+from engine.derive.written import Write, written
 
-__all__ = ["QA", "KindOf", "Neighbours", "Prefers", "candidates", "checked", "contrasts",
-           "varied"]
+__all__ = ["QA", "KindOf", "Neighbours", "Prefers", "Write", "candidates", "checked",
+           "contrasts", "joined", "varied", "written"]
 
 
 # answers → the kind of each ("Leeds" → "city"), or None where the model knows none
@@ -43,6 +45,18 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
         if grounded(qa):
             found.setdefault(qa.question.lower(), qa)
     return list(found.values())
+
+
+def joined(pairs: list[QA], written: list[QA]) -> list[QA]:
+    """The grammar's pairs, then the model's own that are grounded and ask a question none
+    before them asks: the grammar's pair of a question wins, as the first statement does."""
+    asked = {qa.question.lower() for qa in pairs}
+    out = list(pairs)
+    for qa in written:
+        if grounded(qa) and qa.question.lower() not in asked:
+            asked.add(qa.question.lower())
+            out.append(qa)
+    return out
 
 
 def checked(pairs: list[QA], prefers: Prefers) -> list[QA]:
