@@ -1,8 +1,9 @@
-"""What the derivation asks the model, computed on the torch twin so that it never touches
-the chat's llama.cpp context: which answer it prefers reading a statement (the consistency
-half of the check every pair passes, ``engine.derive.check``), what kind of thing an
-answer is (for "Which city …" questions) and which words it places near a word (what a
-taught question is contrasted with, ``engine.derive.contrast``)."""
+"""What the derivation asks the model, computed on the torch twin or in a llama.cpp context of
+its own, so that it never touches the chat's: which answer it prefers reading a statement
+(the consistency half of the check every pair passes, ``engine.derive.check``), what kind of
+thing an answer is (for "Which city …" questions), which words it places near a word (what a
+taught question is contrasted with, ``engine.derive.contrast``), and, from an
+instruction-tuned model, the pairs it writes itself (``engine.derive.written``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import os
 import torch
 
 from engine import text
-from engine.derive import KindOf, Prefers
+from engine.derive import KindOf, Prefers, Write
 from engine.derive.contrast import Neighbours
 from engine.prompt import Turn
 from engine.runtime import Runtime
+from engine.scoring import Scorer
 from engine.twin import Twin
 from store import paths
 
@@ -25,6 +27,7 @@ KIND_CONFIDENCE = 0.75  # a kind's share among the kind words, below which an an
 SHORTEST_WORD = 3  # letters: shorter vocabulary pieces are mostly fragments, not words
 STEM = 4  # letters two forms of one word share at the start
 SPELLED_ALIKE = 0.75  # difflib ratio from which two words are spellings of one
+WRITE_TOKENS = 160  # the model's reply with its questions: five short pairs fit
 
 
 def twin_prefers(twin: Twin, runtime: Runtime, system: str | None) -> Prefers:
@@ -50,6 +53,22 @@ def twin_prefers(twin: Twin, runtime: Runtime, system: str | None) -> Prefers:
         return out
 
     return prefers
+
+
+def llama_writes(runtime: Runtime, scorer: Scorer) -> Write:
+    """``write`` for the pairs the model writes itself: its greedy reply, in ``scorer``'s
+    llama.cpp context (the gate's, on the base weights: what earlier sessions taught must
+    not shape what is derived now). The prompt ends where the answer begins, after the empty
+    thinking block Qwen 3's template writes there, so the tokens go to the pairs. An
+    instruction that leaves no room for them in that context gets no reply."""
+
+    def write(instruction: str) -> str:
+        tokens = runtime.answering(None, [Turn("user", instruction)])
+        if len(tokens) + WRITE_TOKENS > scorer.llm.n_ctx():
+            return ""
+        return scorer.greedy(tokens, WRITE_TOKENS, runtime.format.stop)[0]
+
+    return write
 
 
 def _first_token_logprobs(twin: Twin, prompts: list[list[int]]) -> list[torch.Tensor]:

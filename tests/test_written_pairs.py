@@ -1,17 +1,30 @@
 """The pairs an instruction-tuned model writes itself (``engine/derive/written.py``): its reply
 read whatever it holds, each pair grounded in a sentence the user said and checked beside the
-grammar's. The reading is tested on written replies, the model stood in for by a function as
-``prefers`` is in ``test_derive.py``."""
+grammar's; on the tiny models, a model with no chat template is never asked, one with a
+template is asked in a context of its own. The tiny models' replies are noise: what is
+asserted of them is what noise gives (nothing accepted, nothing broken), and the reading
+itself is tested on written replies, the model stood in for by a function as ``prefers`` is
+in ``test_derive.py``."""
 
 from __future__ import annotations
+
+import functools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import derive
+from engine import derive, learner, runtime
+from engine.consistency import llama_writes
 from engine.derive import QA
-from engine.derive.written import LABELLED, parse
+from engine.derive.written import LABELLED, instruction, parse
+from engine.engine import Engine
+from engine.learning import service
+from engine.prompt import Turn
+from engine.runtime import Runtime, Sampling
+from engine.scoring import Scorer
+from tests.tiny_gguf import write_tiny_model
 
 SAID = "My cat is called Pixel. I moved to Leeds in March."
 
@@ -92,3 +105,79 @@ def test_a_written_pair_passes_the_same_consistency_check_as_the_grammar_s():
                 for _, question, answers in items]
 
     assert derive.checked(derive.joined(grammar, written), prefers) == grammar + written[:1]
+
+
+# -- on the tiny models -------------------------------------------------------------------
+
+@pytest.fixture
+def quick(monkeypatch):
+    """The real derivation with a two-layer, three-step recipe, one thread per llama.cpp
+    context, and a record of every instruction the served model is asked and its reply
+    (through the real writer)."""
+    monkeypatch.setattr(learner, "Recipe", functools.partial(
+        learner.Recipe, layers=(1, 2), neurons=4, steps=3))
+    monkeypatch.setattr(runtime, "default_threads", lambda: 1)
+    asked: list[tuple[str, str]] = []
+
+    def recording(served, scorer):
+        write = llama_writes(served, scorer)
+
+        def recorded(instruction):
+            asked.append((instruction, write(instruction)))
+            return asked[-1][1]
+
+        return recorded
+
+    monkeypatch.setattr(service, "llama_writes", recording)
+    return asked
+
+
+def learned_twice(engine: Engine, *turns: str) -> tuple[list, list]:
+    """The records of one session learned with the model's pairs on, then off."""
+    session = engine.new_session()
+    for turn in turns:
+        engine.store.add_message(session.id, "user", turn)
+    records = []
+    for on in (True, False):
+        engine.save_settings(replace(engine.settings, model_pairs=on))
+        [result] = engine.learn_now(session_ids=[session.id])
+        records.append(result.version.learned[session.id])
+    return records
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_the_model_s_pairs_on_a_tiny_model(quick, arch, engine_home, tmp_path):
+    """A base model (no chat template) is never asked: the pairs are the grammar's alone. The
+    tiny instruction-format model is asked about each turn; its replies are noise, so none of
+    what it writes is learned, and learning goes on as without it."""
+    engine = Engine(home=engine_home, model=write_tiny_model(tmp_path / "m.gguf", arch),
+                    n_ctx=512)
+    engine.load()
+    try:
+        engine.save_settings(engine.settings.with_gate(0.0))
+        on, off = learned_twice(engine, SAID, "My sister Nadia plays the oboe.")
+    finally:
+        engine.close()
+    assert len(quick) == (2 if arch == "llama" else 0)  # once per turn, with the setting on
+    assert all(said in instruction for (instruction, _), said in zip(
+        quick, [SAID, "My sister Nadia plays the oboe."], strict=False))
+    assert on["model_pairs"] == sum(len(parse(reply)) for _, reply in quick)
+    assert on["model_pairs_checked"] == off["model_pairs"] == off["model_pairs_checked"] == 0
+    assert on["facts"] == off["facts"] and on["candidates"] == off["candidates"] > 0
+
+
+def test_the_model_writes_in_a_context_of_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "default_threads", lambda: 1)
+    path = write_tiny_model(tmp_path / "llama.gguf", "llama")
+    served = Runtime(path, n_ctx=256)
+    scorer = Scorer(path, n_ctx=256)
+    try:
+        "".join(served.reply([Turn("user", "hello")], None, Sampling.greedy(4), owner="chat"))
+        held = served.snapshot("chat")
+        write = llama_writes(served, scorer)
+        assert isinstance(write(instruction(SAID)), str)
+        assert served.snapshot("chat") == held  # the chat's context holds what it held
+        assert write("hello " * 200) == ""  # no room left for a reply: none is written
+    finally:
+        scorer.close()
+        served.close()

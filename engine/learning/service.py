@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import derive, text
-from engine.consistency import twin_kinds, twin_neighbours, twin_prefers
+from engine.consistency import llama_writes, twin_kinds, twin_neighbours, twin_prefers
 from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
 from engine.learning.anchors import anchors_for, applied, training, twin_for
@@ -41,6 +41,7 @@ from engine.learning.texts import (
 )
 from engine.memory import OverlayMemory
 from engine.overlay import SparseOverlay, write_gguf_lora
+from engine.prompt import ChatTemplate
 from engine.runtime import Runtime
 from engine.settings import Settings
 from store.records import OverlayVersion, Profile, Session
@@ -164,10 +165,11 @@ class Learning:
         said = [m.content for m in self.store.messages(session.id)
                 if m.role == "user" and m.content]
         Phase(progress, "deriving", 0.0, 0.02)(0.0, "finding what to remember")
-        if not derive.candidates(said):
+        written = self._written(said, settings, cancel)
+        if not derive.joined(derive.candidates(said), written):
             self._nothing[session.id] = newest
             return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
-                               time.perf_counter() - started)
+                               time.perf_counter() - started, written=len(written))
         twin = twin_for(self.runtime, scaled(progress, 0.02, 0.05))
         self.recipe.layers_for(twin.n_layer)  # a model too shallow is refused before deriving
         deriving = Phase(progress, "deriving", 0.05, 0.08)
@@ -175,15 +177,19 @@ class Learning:
         # The model's part of the derivation reads with the twin on the base weights (no
         # overlay is applied to it here): what earlier sessions taught must not shape what
         # is derived now, and the chat's own llama.cpp context is never touched.
-        candidates = derive.candidates(said, twin_kinds(twin, self.runtime))
+        grammar = derive.candidates(said, twin_kinds(twin, self.runtime))
+        candidates = derive.joined(grammar, written)
         found = derive.checked(candidates, twin_prefers(twin, self.runtime, settings.system_prompt))
+        own = set(candidates[len(grammar):])  # the model's pairs that joined the grammar's
+        written_checked = sum(qa in own for qa in found)
         derived = time.perf_counter()
         deriving(1.0, f"{len(found)} of {len(candidates)} derived questions passed the check")
         check(cancel)
         if not found:
             self._nothing[session.id] = newest
             return LearnResult(session.id, None, [], [], None, settings.locality_threshold,
-                               time.perf_counter() - started, len(candidates), 0)
+                               time.perf_counter() - started, len(candidates), 0,
+                               written=len(written))
         anchors = anchors_for(twin, self.runtime, settings.system_prompt, self.recipe,
                               scaled(progress, 0.08, 0.15))
         active = self.memory.current() or SparseOverlay(
@@ -286,7 +292,8 @@ class Learning:
                 "through": newest, "seconds": round(seconds, 2), "train": train,
                 "derive_seconds": round(derived - started, 2),
                 "gate_seconds": round(finished - gating, 2),
-                "candidates": len(candidates), "refused_tries": refused,
+                "candidates": len(candidates), "model_pairs": len(written),
+                "model_pairs_checked": written_checked, "refused_tries": refused,
                 "facts": [[qa.question, qa.answer, qa.statement] for qa in kept],
                 "set_aside": [[qa.question, qa.answer, qa.statement] for qa in set_aside],
                 "corrections": [[qa.question, qa.answer, qa.statement] for qa in fixes],
@@ -298,7 +305,24 @@ class Learning:
             version = self.memory.commit(candidate, metrics)
         progress(1.0, Step("done", "gate", 1.0))
         return LearnResult(session.id, version, kept, fixes, score, threshold, seconds,
-                           len(candidates), len(found), set_aside)
+                           len(candidates), len(found), set_aside, len(written),
+                           written_checked)
+
+    def _written(self, said: list[str], settings: Settings,
+                 cancel: threading.Event | None) -> list[QA]:
+        """The pairs the served model writes itself about what the user said
+        (``derive.written``), where it has a chat template: an instruction-tuned model
+        follows the instruction, a base model would only continue its text. Written in the
+        gate's llama.cpp context, never the chat's."""
+        if not settings.model_pairs or not isinstance(self.runtime.format, ChatTemplate):
+            return []
+        write = llama_writes(self.runtime, self.gate().scorer)
+
+        def cancellable(instruction: str) -> str:
+            check(cancel)
+            return write(instruction)
+
+        return derive.written(said, cancellable)
 
     def learn_cells(self, progress: Progress = quiet, cancel: threading.Event | None = None,
                     wait: float = LOCK_WAIT_S) -> OverlayVersion | None:
