@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--threshold", type=float, metavar="T",
                        help="locality gate threshold for this run (default: the configured "
                             "one; 0 accepts every run, to measure the recipe alone)")
+    learn.add_argument("--no-model-pairs", dest="model_pairs", action="store_false",
+                       help="the served model writes no question/answer pairs of its own, to "
+                            "measure what they add (a model without a chat template never does)")
 
     locomo = bench_sub.add_parser("locomo", help="LoCoMo conversations learned session by "
                                   "session, then their single-hop questions (F1, contains) for "
@@ -295,7 +298,7 @@ def _dispatch(args) -> int:
         details = open(args.details, "w") if args.details else contextlib.nullcontext(sys.stderr)
         with details as stream:
             result = learn.run(args.model, args.facts, args.sessions, args.counterfact,
-                               args.threshold, stream)
+                               args.threshold, stream, model_pairs=args.model_pairs)
         print(json.dumps(result) if args.json else learn.report(result))
         return 0
     if args.command == "bench" and args.bench == "locomo":

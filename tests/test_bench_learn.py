@@ -26,7 +26,7 @@ KEYS = {"recall", "retention", "locality", "kl_neutral", "ppl_change",
         "null_overlay", "baselines", "recall_sampled", "degenerate", "crosstalk",
         "derived_candidates", "derived_pairs", "derived_checked", "probe_overlap",
         "recall_trained_phrasing", "recall_paraphrase", "sessions", "rejected",
-        "locality_decided"}
+        "locality_decided", "model_pairs", "model_pairs_checked"}
 
 
 def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_model, tmp_path,  # noqa: F811
@@ -46,6 +46,7 @@ def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_m
     assert result["sessions"] == 1  # --sessions 1 (and the topic record is never a session)
     # Session t-01 said three questions; one of its two probes was asked in a derived phrasing.
     assert result["derived_pairs"] == result["derived_checked"] == 3
+    assert result["model_pairs"] == result["model_pairs_checked"] == 0  # no chat template
     assert result["probe_overlap"] == 0.5
     assert result["recall"] == (result["recall_trained_phrasing"] + result["recall_paraphrase"]) / 2
     assert 0.0 <= result["crosstalk"] <= 1.0 and 0.0 <= result["degenerate"] <= 1.0
@@ -90,3 +91,14 @@ def test_untaught_questions_are_about_nothing_that_was_said():
     assert replies.untaught(["What is my cat called?", "Who is my mum?", "What is my name?"],
                             said) == []
     assert replies.mentions("She is 9.", "9") and not replies.mentions("In 1900.", "9")
+
+
+def test_a_run_can_leave_out_the_pairs_the_model_writes_itself(tiny_model, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(learn, "run", lambda *args, **kw: seen.append(kw["model_pairs"]) or {})
+    for flags in ([], ["--no-model-pairs"]):
+        assert main(["bench", "learn", "--model", str(tiny_model), "--json", *flags]) == 0
+    assert seen == [True, False]
+    for on in (True, False):
+        with learn.fresh_engine(str(tiny_model), None, on) as engine:
+            assert engine.settings.model_pairs is on

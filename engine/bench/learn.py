@@ -67,12 +67,14 @@ def _share(hits: list[bool]) -> float:
 
 def run(model: str | None = None, facts_files: list[str | Path] | str | Path | None = None,
         sessions: int | None = None, counterfact: int = 100, threshold: float | None = None,
-        details: TextIO = sys.stderr, log: Callable[[str], None] | None = None) -> dict:
+        details: TextIO = sys.stderr, log: Callable[[str], None] | None = None,
+        model_pairs: bool = True) -> dict:
     """The benchmark's numbers; per-probe lines go to ``details``. Each set of sessions is
     learned by a user of its own; without ``facts_files`` the bundled dev, natural (dev) and
     test sets. The top-level keys are the last set's (the test set by default: issue 4's
     keys as they were), ``sets`` has every set's. ``threshold`` replaces the locality
-    gate's (0: every run is accepted, to see what the recipe alone does)."""
+    gate's (0: every run is accepted, to see what the recipe alone does). ``model_pairs``
+    False: the served model writes no pairs of its own (to measure what they add)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     chosen: list[tuple[str, list[Path], str]]
     if facts_files is None:
@@ -85,10 +87,11 @@ def run(model: str | None = None, facts_files: list[str | Path] | str | Path | N
     for name, files, role in chosen:
         cases = [case for f in files for case in load_sessions(f)][:sessions]
         log(f"— {name}: {len(cases)} sessions from {', '.join(Path(f).name for f in files)}")
-        results[name] = _set(model, cases, threshold, details, log, f"{name}:") | {"role": role}
+        with fresh_engine(model, threshold, model_pairs) as engine:
+            results[name] = _run(engine, cases, details, log, f"{name}:") | {"role": role}
     cf = None
     if counterfact:
-        with fresh_engine(model, threshold) as engine:
+        with fresh_engine(model, threshold, model_pairs) as engine:
             engine.load()
             cf = _counterfact(engine, counterfact, log)
     last = results[chosen[-1][0]]
@@ -96,22 +99,17 @@ def run(model: str | None = None, facts_files: list[str | Path] | str | Path | N
 
 
 @contextmanager
-def fresh_engine(model: str | None, threshold: float | None) -> Iterator[Engine]:
+def fresh_engine(model: str | None, threshold: float | None,
+                 model_pairs: bool = True) -> Iterator[Engine]:
     """A fresh user in a temporary home, learning only when the benchmark says so."""
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as home:
         engine = Engine(home=home, model=model)
         try:
             gated = engine.settings if threshold is None else engine.settings.with_gate(threshold)
-            engine.save_settings(replace(gated, learning_paused=True))
+            engine.save_settings(replace(gated, learning_paused=True, model_pairs=model_pairs))
             yield engine
         finally:
             engine.close()
-
-
-def _set(model: str | None, cases: list[dict], threshold: float | None, details: TextIO,
-         log: Callable[[str], None], tag: str) -> dict:
-    with fresh_engine(model, threshold) as engine:
-        return _run(engine, cases, details, log, tag)
 
 
 @dataclass
@@ -198,6 +196,8 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
         "derived_candidates": sum(r.candidates for r in results),
         "derived_pairs": len(pairs),
         "derived_checked": sum(r.checked for r in results),
+        "model_pairs": sum(r.written for r in results),
+        "model_pairs_checked": sum(r.written_checked for r in results),
         "probe_overlap": _share(trained_phrasing),
         "recall_trained_phrasing": _share(
             [h for h, t in zip(hits, trained_phrasing, strict=True) if t]),
@@ -345,8 +345,8 @@ def _counterfact(engine: Engine, n: int, log: Callable[[str], None]) -> dict:
 REPORTED = ("recall", "recall_sampled", "recall_trained_phrasing", "recall_paraphrase",
             "retention", "degenerate", "crosstalk", "locality", "kl_neutral", "ppl_change",
             "learn_seconds_per_session", "derived_candidates", "derived_pairs",
-            "derived_checked", "probe_overlap", "rejected", "overlay_bytes",
-            "trainable_params", "tokens_per_s_ratio")
+            "derived_checked", "model_pairs", "model_pairs_checked", "probe_overlap", "rejected",
+            "overlay_bytes", "trainable_params", "tokens_per_s_ratio")
 
 
 def _met(key: str, value: float, numbers: dict) -> bool | None:
