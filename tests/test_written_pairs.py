@@ -132,13 +132,13 @@ def quick(monkeypatch):
     return asked
 
 
-def learned_twice(engine: Engine, *turns: str) -> tuple[list, list]:
-    """The records of one session learned with the model's pairs on, then off."""
+def learned(engine: Engine, *turns: str) -> list[dict]:
+    """The records of one session learned with the model's pairs on, on again, then off."""
     session = engine.new_session()
     for turn in turns:
         engine.store.add_message(session.id, "user", turn)
     records = []
-    for on in (True, False):
+    for on in (True, True, False):
         engine.save_settings(replace(engine.settings, model_pairs=on))
         [result] = engine.learn_now(session_ids=[session.id])
         records.append(result.version.learned[session.id])
@@ -148,17 +148,18 @@ def learned_twice(engine: Engine, *turns: str) -> tuple[list, list]:
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])
 def test_the_model_s_pairs_on_a_tiny_model(quick, arch, engine_home, tmp_path):
     """A base model (no chat template) is never asked: the pairs are the grammar's alone. The
-    tiny instruction-format model is asked about each turn; its replies are noise, so none of
-    what it writes is learned, and learning goes on as without it."""
+    tiny instruction-format model is asked about each turn, once in a process; its replies
+    are noise, so none of what it writes is learned, and learning goes on as without it."""
     engine = Engine(home=engine_home, model=write_tiny_model(tmp_path / "m.gguf", arch),
                     n_ctx=512)
     engine.load()
     try:
         engine.save_settings(engine.settings.with_gate(0.0))
-        on, off = learned_twice(engine, SAID, "My sister Nadia plays the oboe.")
+        on, again, off = learned(engine, SAID, "My sister Nadia plays the oboe.")
     finally:
         engine.close()
     assert len(quick) == (2 if arch == "llama" else 0)  # once per turn, with the setting on
+    assert (again["model_pairs"], again["facts"]) == (on["model_pairs"], on["facts"])
     assert all(said in instruction for (instruction, _), said in zip(
         quick, [SAID, "My sister Nadia plays the oboe."], strict=False))
     assert on["model_pairs"] == sum(len(parse(reply)) for _, reply in quick)
@@ -170,14 +171,14 @@ def test_the_model_writes_in_a_context_of_its_own(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "default_threads", lambda: 1)
     path = write_tiny_model(tmp_path / "llama.gguf", "llama")
     served = Runtime(path, n_ctx=256)
-    scorer = Scorer(path, n_ctx=256)
+    scorer = Scorer(path, n_ctx=1024)  # the gate's
     try:
         "".join(served.reply([Turn("user", "hello")], None, Sampling.greedy(4), owner="chat"))
         held = served.snapshot("chat")
         write = llama_writes(served, scorer)
-        assert isinstance(write(instruction(SAID)), str)
+        assert write(instruction(SAID))  # noise, but written
         assert served.snapshot("chat") == held  # the chat's context holds what it held
-        assert write("hello " * 200) == ""  # no room left for a reply: none is written
+        assert write("hello " * 1000) == ""  # no room left for a reply: none is written
     finally:
         scorer.close()
         served.close()

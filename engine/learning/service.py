@@ -72,6 +72,9 @@ class Learning:
         self.cell_writer = cell_writer  # the sessions' own (cells learned as sessions write them)
         self.cell_recipe: GateRecipe | None = None  # the cells' read's recipe (None: default)
         self._nothing: dict[int, int] = {}  # session → newest message, nothing found (this process)
+        # instruction → the served model's reply (this process): a session that grows is
+        # derived again whole, and a greedy reply on the base weights is the same each time
+        self._written_replies: dict[str, str] = {}
 
     @property
     def recipe(self) -> Recipe:
@@ -318,11 +321,13 @@ class Learning:
             return []
         write = llama_writes(self.runtime, self.gate().scorer)
 
-        def cancellable(instruction: str) -> str:
-            check(cancel)
-            return write(instruction)
+        def once(instruction: str) -> str:
+            if instruction not in self._written_replies:
+                check(cancel)
+                self._written_replies[instruction] = write(instruction)
+            return self._written_replies[instruction]
 
-        return derive.written(said, cancellable)
+        return derive.written(said, once)
 
     def learn_cells(self, progress: Progress = quiet, cancel: threading.Event | None = None,
                     wait: float = LOCK_WAIT_S) -> OverlayVersion | None:
