@@ -84,6 +84,15 @@ def test_each_turn_is_asked_once_and_a_pair_s_statement_is_the_sentence_that_gro
     assert derive.joined([], pairs) == pairs[:1]  # grounding drops the others
 
 
+def test_a_question_put_to_the_user_is_not_kept():
+    def write(prompt):  # the "model", forgetting who will ask
+        return ("Q: Where did you move to?\nA: Leeds\nQ: When did I move to Leeds?\nA: March\n"
+                "Q: Which town is yours now?\nA: Leeds")
+
+    assert derive.written([SAID], write) == [
+        QA("When did I move to Leeds?", "March", "I moved to Leeds in March.")]
+
+
 def test_a_written_pair_joins_the_grammar_s_unless_it_asks_the_same_question():
     grammar = derive.candidates([SAID])
     mine = QA("Where did I move to?", "Leeds", "I moved to Leeds in March.")

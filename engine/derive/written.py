@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from engine import text
 from engine.derive.check import QA, grounded
 from engine.derive.clauses import sentences
 from engine.prompt import answer
@@ -73,11 +74,19 @@ def _clean(piece: str) -> str:
 def written(turns: list[str], write: Write) -> list[QA]:
     """Every pair the model writes about each of the user's turns (asked one turn at a
     time), with the sentence of that turn that grounds its answer as its statement, or none
-    (``""``) where no sentence does: such a pair fails the check like any other."""
+    (``""``) where no sentence does: such a pair fails the check like any other. A question
+    in the second person ("What is your cat called?") is the model asking the user, not the
+    user asking it later: it is not kept."""
     out = []
     for turn in turns:
         said = sentences(turn)
         for question, reply in parse(write(instruction(turn))):
+            if _to_the_user(question):
+                continue
             out.append(next((qa for qa in (QA(question, reply, s) for s in said) if grounded(qa)),
                             QA(question, reply, "")))
     return out
+
+
+def _to_the_user(question: str) -> bool:
+    return any(w.lower() in text.grammar()["second_person"] for w in text.words(question))
