@@ -103,6 +103,13 @@ def test_kind_questions_are_asked_with_the_model_s_kind_or_not_at_all():
     assert not any(qa.question.startswith("Which") for qa in pairs if qa.answer == "oboe")
 
 
+def test_a_kind_question_keeps_its_preposition_once():
+    pairs = derive.candidates(["We're flying from Oporto."],
+                              lambda answers: ["city"] * len(answers))
+    assert "Which city are we flying from?" in {qa.question for qa in pairs}
+    assert not any("from from" in qa.question for qa in pairs)
+
+
 @pytest.mark.parametrize("question, answer, statement, kept", [
     ("What do I play?", "oboe", "I play the oboe.", True),
     ("What is my dog called?", "Rex", "I play the oboe.", False),  # not said

@@ -222,6 +222,8 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
             # "Which city do we live in?", "… are we flying from?": the preposition back
             prep = next((words[i] for i in (start, start - 1) if g <= i < len(words)
                          and tags[i] == "PREP"), None) if wh == "where" else None
+            if prep and core and core[-1].lower() == prep.lower():
+                prep = None  # kept already: "… are we flying from?", never "from from"
             out.append(_sentence(["which", KIND] + front + subject + verbs + core
                                  + ([prep] if prep else [])))
     return out
