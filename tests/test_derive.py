@@ -103,6 +103,12 @@ def test_kind_questions_are_asked_with_the_model_s_kind_or_not_at_all():
     assert not any(qa.question.startswith("Which") for qa in pairs if qa.answer == "oboe")
 
 
+def test_a_where_question_keeps_the_infinitive_it_needs():
+    questions = set(asked("My sister wants to shoot the cherry blossoms in Kyoto."))
+    assert "Where does my sister want to shoot the cherry blossoms?" in questions
+    assert "Where does my sister want?" not in questions
+
+
 def test_a_kind_question_keeps_its_preposition_once():
     pairs = derive.candidates(["We're flying from Oporto."],
                               lambda answers: ["city"] * len(answers))

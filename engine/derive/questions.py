@@ -231,8 +231,13 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
 
 def _without_phrases(words: list[str], tags: tuple[str, ...]) -> list[str]:
     """Words up to their first prepositional phrase ("my first half marathon in Gothenburg"
-    → "my first half marathon"; "in a terraced house" → nothing)."""
-    cut = next((i for i, tag in enumerate(tags) if tag == "PREP"), len(words))
+    → "my first half marathon"; "in a terraced house" → nothing). An infinitive's "to" opens
+    none: "wants to shoot the blossoms in Kyoto" keeps "to shoot the blossoms" (cut there,
+    "Where does she want?" asked nothing)."""
+    cut = next((i for i, tag in enumerate(tags) if tag == "PREP"
+                and not (i < len(words) and words[i].lower() == "to"
+                         and tags[i + 1:i + 2] == ("VERB",))),
+               len(words))
     return words[:cut]
 
 
