@@ -1,5 +1,5 @@
-"""kill -9 during a streamed reply and during the memory commands, at seeded moments, and two
-chats at once on one profile, on real processes and the tiny model: nothing acknowledged is
+"""kill -9 during a streamed reply, a KV save and the memory commands, at seeded moments, and
+two chats at once on one profile, on real processes and the tiny model: nothing acknowledged is
 lost, the database stays whole, and the next chat works."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from engine.bench import memory_kills, reliability
+from engine.bench import memory_kills, reliability, state_kills
 from engine.bench.aftermath import REPOSITORY, chat_works, engram_command
 from engine.bench.memory_kills import learned_home, profile_state
 from engine.bench.reliability import concurrent_trial, crash_trial
@@ -118,6 +118,22 @@ def test_memory_commands_killed_lose_nothing(tiny_model):
     assert [t for t in trials if not t["survived"]] == []
     assert sorted({t["operation"] for t in trials}) == sorted(operations)
     assert sum(t["killed"] for t in trials) >= len(trials) // 2, trials  # most die mid-run
+
+
+def test_a_chat_killed_while_saving_its_kv_state_keeps_a_whole_snapshot_or_refuses_it(
+        tmp_path, tiny_model):
+    """Killed inside the save of a seeded reply: with part of the snapshot written (9 %, 30 %,
+    57 % of it), renamed into place but not recorded, recorded. Every message and reply
+    before it is kept; the snapshot on record is whole or refused; the half-written temporary
+    is refused by the decoder and, put where the snapshot belongs, the continued session says
+    it re-read the history, replies, and saves a whole snapshot again."""
+    prepared = state_kills.prepare(tmp_path / "prepared", str(tiny_model))
+    trials = [state_kills.trial(prepared, tmp_path / f"kill-{seed}", seed)
+              for seed in (0, 1, 2, 4, 5)]
+    assert [t for t in trials if not t["survived"]] == []
+    assert all(t["killed"] for t in trials), trials
+    assert {t["point"] for t in trials} == set(state_kills.KILL_POINTS)
+    assert [t["half_written_placed"] for t in trials] == [False, True, True, True, False]
 
 
 SMALL_LEARNER = """
