@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     reliability.add_argument("--operations", metavar="OP,OP…",
                              help="the operations killed, comma-separated: chat (a streaming "
                                   "reply), learn, rollback, forget, reset, export, import "
-                                  "(engram memory …); default: all")
+                                  "(engram memory …), kv-save (a session's KV state saved "
+                                  "after a reply); default: all")
     reliability.add_argument("--fuzz", type=int, default=1400, metavar="N",
                              help="damaged-file cases in all, taken in turn: the database, an "
                                   "overlay's tensors and manifest, a KV snapshot, the twin and "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import BinaryIO, TextIO
 
 from app.terminal import inert
+from engine.conversation import Conversation
 from engine.engine import Engine
 from engine.errors import ChatTemplateRefused, EngramError, InputTooLong
 
@@ -29,6 +30,12 @@ def read_lines(stream: BinaryIO):
             ) from None
 
 
+def states_note(conversation: Conversation) -> str:
+    """Why the session's saved state was not used (its history re-read), or ""."""
+    states = conversation.states
+    return states.problems.get(conversation.session.id, "") if states is not None else ""
+
+
 def run(engine: Engine, session_id: int | None, private: bool,
         stdin: BinaryIO, out: TextIO, err: TextIO) -> int:
     if engine.store.read_only:  # before a line is read: no message is taken and then lost
@@ -45,6 +52,7 @@ def run(engine: Engine, session_id: int | None, private: bool,
         print(f"Engram · {engine.runtime.name} on {engine.runtime.device} · session "
               f"{session.id} · Ctrl+C stops a reply, Ctrl+D quits", file=err)
     lines = read_lines(stdin)
+    shown = ""
     while True:
         if interactive:
             print("you> ", end="", file=err, flush=True)
@@ -72,6 +80,9 @@ def run(engine: Engine, session_id: int | None, private: bool,
             print("\n[stopped]", file=err)
         out.write("\n")
         out.flush()
+        if (note := states_note(conversation)) and note != shown:  # the saved state refused
+            print(f"[{inert(note)}]", file=err)
+            shown = note
         s = reply.stats
         print(f"[{s.prompt_tokens} prompt + {s.completion_tokens} generated tokens · "
               f"{s.tokens_per_s:.1f} tok/s · context {s.context_used:.0%} of {s.n_ctx}]", file=err)

@@ -1,5 +1,5 @@
-"""kill -9 during a streamed reply and during the memory commands, at seeded moments, and two
-chats at once on one profile, on real processes and the tiny model: nothing acknowledged is
+"""kill -9 during a streamed reply, a KV save and the memory commands, at seeded moments, and
+two chats at once on one profile, on real processes and the tiny model: nothing acknowledged is
 lost, the database stays whole, and the next chat works."""
 
 from __future__ import annotations
@@ -9,17 +9,30 @@ import random
 import signal
 import subprocess
 import sys
+import threading
+import time
+from contextlib import closing
 from dataclasses import replace
 
 import pytest
 
-from engine.bench import memory_kills, reliability
-from engine.bench.aftermath import REPOSITORY, chat_works, engram_command
+from engine.bench import memory_kills, reliability, state_kills
+from engine.bench.aftermath import (
+    REPOSITORY,
+    chat_works,
+    check_home,
+    engram_command,
+    versions_on_record,
+)
 from engine.bench.memory_kills import learned_home, profile_state
 from engine.bench.reliability import concurrent_trial, crash_trial
 from engine.engine import Engine
 from engine.errors import EngramError
+from engine.learning.lock import profile_lock
+from engine.learning.service import LOCK_WAIT_S
 from store.store import Store
+
+WAITING = "waiting for it"
 
 
 def test_killed_while_streaming_loses_nothing_acknowledged(tmp_path, tiny_model):
@@ -120,6 +133,22 @@ def test_memory_commands_killed_lose_nothing(tiny_model):
     assert sum(t["killed"] for t in trials) >= len(trials) // 2, trials  # most die mid-run
 
 
+def test_a_chat_killed_while_saving_its_kv_state_keeps_a_whole_snapshot_or_refuses_it(
+        tmp_path, tiny_model):
+    """Killed inside the save of a seeded reply: with part of the snapshot written (9 %, 30 %,
+    57 % of it), renamed into place but not recorded, recorded. Every message and reply
+    before it is kept; the snapshot on record is whole or refused; the half-written temporary
+    is refused by the decoder and, put where the snapshot belongs, the continued session says
+    it re-read the history, replies, and saves a whole snapshot again."""
+    prepared = state_kills.prepare(tmp_path / "prepared", str(tiny_model))
+    trials = [state_kills.trial(prepared, tmp_path / f"kill-{seed}", seed)
+              for seed in (0, 1, 2, 4, 5)]
+    assert [t for t in trials if not t["survived"]] == []
+    assert all(t["killed"] for t in trials), trials
+    assert {t["point"] for t in trials} == set(state_kills.KILL_POINTS)
+    assert [t["half_written_placed"] for t in trials] == [False, True, True, True, False]
+
+
 SMALL_LEARNER = """
 import functools, sys
 from engine import derive, learner, runtime
@@ -157,6 +186,82 @@ def test_a_learning_job_killed_midway_leaves_its_session_pending_or_learned_whol
                   for seed in (0, 3)]  # at 84% and 24% of the clean run's work
     assert [t for t in trials if not t["survived"]] == []
     assert any(t["killed"] for t in trials), trials
+
+
+def stderr_lines(proc: subprocess.Popen) -> list[str]:
+    """The process's stderr lines as they come, read by a thread."""
+    lines: list[str] = []
+    assert proc.stderr is not None
+    stream = proc.stderr
+    threading.Thread(target=lambda: lines.extend(
+        raw.decode(errors="replace").rstrip("\n") for raw in stream), daemon=True).start()
+    return lines
+
+
+def test_memory_learn_told_another_job_runs_waits_says_so_once_and_then_learns(
+        tmp_path, tiny_model):
+    """Another process holds the profile's learning lock (through the same API): a foreground
+    ``engram memory learn`` says in one line that it waits, records nothing while it does,
+    and learns the pending session once the lock is released."""
+    home = tmp_path / "home"
+    _, pending = learned_home(home, tmp_path / "archive.zip", str(tiny_model))
+    before, versions = profile_state(home), versions_on_record(home)
+    with profile_lock(home, "default", wait=0):
+        learn = subprocess.Popen(small_learner(home, tiny_model, "memory", "learn"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPOSITORY)
+        lines = stderr_lines(learn)
+        deadline = time.monotonic() + 120
+        while not any(WAITING in line for line in lines) and time.monotonic() < deadline:
+            assert learn.poll() is None, lines
+            time.sleep(0.1)
+        time.sleep(2)  # ten tries of the lock later, it still waits and has written nothing
+        assert learn.poll() is None, lines
+        assert profile_state(home) == before and versions_on_record(home) == versions
+    out, _ = learn.communicate(timeout=600)
+    assert learn.returncode == 0, lines
+    assert [line for line in lines if WAITING in line] == [
+        f"  0% another Engram process is changing this profile's memory: {WAITING} "
+        f"(up to {LOCK_WAIT_S:.0f} s)"]
+    assert f"session {pending}" in out.decode(), out
+    assert len(versions_on_record(home)) == len(versions) + 1  # one version decided it
+    with closing(Engine(home, model=tiny_model)) as engine:
+        assert engine.pending_sessions() == []
+
+
+GIVES_UP_SOON = """
+import functools, sys
+from engine.learning.service import Learning
+
+Learning.run = functools.partialmethod(Learning.run, wait=float(sys.argv.pop(1)))
+from app.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_memory_learn_whose_wait_runs_out_says_so_in_one_line_and_changes_nothing(
+        tmp_path, tiny_model):
+    """The lock never released within the wait (cut to 2 s for the test): one line says it
+    waits, one line (the last, no traceback) that it gave up; the exit status is 2 and every
+    message, version and pending session is as it was."""
+    home = tmp_path / "home"
+    _, pending = learned_home(home, tmp_path / "archive.zip", str(tiny_model))
+    before, versions = profile_state(home), versions_on_record(home)
+    with profile_lock(home, "default", wait=0):
+        out = subprocess.run([sys.executable, "-c", GIVES_UP_SOON, "2", "--home", str(home),
+                              "--model", str(tiny_model), "memory", "learn"],
+                             capture_output=True, cwd=REPOSITORY, timeout=300)
+    lines = out.stderr.decode().strip().splitlines()
+    assert out.returncode == 2, lines  # as for every error a user can cause
+    assert sum(WAITING in line for line in lines) == 1, lines
+    assert lines[-1] == ("engram: another Engram process is changing this profile's memory "
+                         "(still, after 2 s); try again when it is done")
+    assert "Traceback" not in out.stderr.decode()
+    assert profile_state(home) == before and versions_on_record(home) == versions
+    said = [said for _, _, said in memory_kills.FACTS] + [memory_kills.PENDING]
+    found = check_home(home, said, versions)
+    assert found == {"integrity": True, "lost_messages": 0, "lost_versions": 0}, found
+    with closing(Engine(home, model=tiny_model)) as engine:
+        assert [s.id for s in engine.pending_sessions()] == [pending]
 
 
 def test_the_bench_counts_each_operation_and_refuses_unknown_ones(tiny_model):

@@ -11,8 +11,10 @@ committed before the reply began). After each kill a fresh reader checks ``PRAGM
 integrity_check``, the foreign keys, every acknowledged message and every overlay version;
 after the last, a new chat must work. ``learn``, ``rollback``, ``forget``, ``reset``,
 ``export``, ``import``: ``engram memory …`` on copies of a home with learned versions and a
-session pending, checked the same way and more (``memory_kills``). Results are also counted
-per operation (``crash_by_operation``: trials, survived, the seeds of the failures).
+session pending, checked the same way and more (``memory_kills``). ``kv-save``: a chat that
+dies at a seeded point of saving its session's KV state; the snapshot it leaves must be whole
+or refused, and the session continue (``state_kills``). Results are also counted per operation
+(``crash_by_operation``: trials, survived, the seeds of the failures).
 
 Fuzz cases (``--fuzz N`` in all, the kinds in turn, tallied per kind in ``fuzz_by_kind``):
 copies of the database, of an overlay's safetensors and of its manifest, of a session's KV
@@ -46,7 +48,7 @@ import numpy as np
 
 from engine import memory_archive, session_state
 from engine import overlay as overlay_files
-from engine.bench import archive_lies, memory_kills
+from engine.bench import archive_lies, memory_kills, state_kills
 from engine.bench.aftermath import (
     REPOSITORY,
     chat_works,
@@ -68,7 +70,7 @@ if TYPE_CHECKING:  # torch is imported only when the fuzz reaches the caches
 MESSAGES_PER_TRIAL = 3
 KILL_WINDOW_S = 4.0  # the kill falls this long at most after the first reply began streaming
 START_TIMEOUT_S = 300
-OPERATIONS = ("chat", *memory_kills.OPERATIONS)
+OPERATIONS = ("chat", *memory_kills.OPERATIONS, state_kills.OPERATION)
 
 
 def crash_trial(home: Path, model: str | None, seed: int,
@@ -481,7 +483,10 @@ def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0,
         together = [concurrent_trial(home, model, rng.randrange(2**31))
                     for _ in range(concurrent)]
         after = chat_works(home, model)
-        trials += memory_kills.run(model, [op for op in operations if op != "chat"], kills, seed)
+        trials += memory_kills.run(model, [op for op in operations
+                                           if op in memory_kills.OPERATIONS], kills, seed)
+        if state_kills.OPERATION in operations:
+            trials += state_kills.run(model, kills, seed)
         cases = fuzz_cases(paths.database(home), model, fuzz, rng, tmp, seed)
     silent = [c for c in cases if c["outcome"].startswith(SILENT_CHANGE)]
     return {

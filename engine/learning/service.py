@@ -139,7 +139,7 @@ class Learning:
     def run(self, progress: Progress = quiet, cancel: threading.Event | None = None,
             session_ids: list[int] | None = None, wait: float = LOCK_WAIT_S) -> list[LearnResult]:
         """Learn the pending sessions (or these, even if learned before), one version each."""
-        with profile_lock(self.home, self.profile.name, wait):
+        with profile_lock(self.home, self.profile.name, wait, lambda line: progress(0.0, line)):
             self._sync()
             sessions = (self.pending() if session_ids is None
                         else [self._learnable(sid) for sid in session_ids])
@@ -337,7 +337,7 @@ class Learning:
         with the same neurons. None: nothing to do. Short sessions never need cells."""
         from engine import cell_conversations, cell_training
 
-        with profile_lock(self.home, self.profile.name, wait):
+        with profile_lock(self.home, self.profile.name, wait, lambda line: progress(0.0, line)):
             self._sync()
             active = self.memory.current()
             learned = (self._cells_record(self.memory.applied) if active is not None
