@@ -20,6 +20,11 @@ def engram_command(home: Path, model: str | None, *args: str) -> list[str]:
             *(["--model", str(model)] if model else []), *args]
 
 
+def last_line(err: bytes) -> str:
+    """What a process that failed said last: the one line an Engram error is."""
+    return (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+
+
 def check_home(home: Path, acknowledged: list[str], versions: dict[str, str]) -> dict:
     """What a fresh reader finds: integrity, foreign keys, acknowledged messages present,
     every version seen before still loadable (by its manifest's checksums)."""

@@ -43,6 +43,7 @@ from engine.bench.aftermath import (
     chat_works,
     check_home,
     engram_command,
+    last_line,
     versions_on_record,
 )
 from engine.engine import Engine
@@ -222,10 +223,6 @@ def started(prepared: Prepared, home: Path, args: list[str]) -> tuple[subprocess
     while not log.exists() and proc.poll() is None:
         time.sleep(POLL_S)
     return proc, time.perf_counter()
-
-
-def last_line(err: bytes) -> str:
-    return (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
 
 
 def work_seconds(prepared: Prepared, name: str, folder: Path) -> float:

@@ -31,8 +31,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine import session_state
-from engine.bench.aftermath import REPOSITORY, check_home, versions_on_record
+from engine.bench.aftermath import REPOSITORY, check_home, last_line, versions_on_record
 from engine.engine import Engine
+from engine.errors import EngramError
 from engine.session_state import StateRefused
 from store import paths
 from store.store import Store
@@ -133,8 +134,8 @@ def prepare(home: Path, model: str | None) -> Prepared:
     said = ["My cat is called Pixel.", "She is three years old."]
     out = chat(home, model, session, said)
     if out.returncode or snapshot(home, session) is None:
-        raise RuntimeError(f"the chat that prepares the kv-save trials failed: "
-                           f"{out.stderr.decode(errors='replace').strip()[-500:]}")
+        raise EngramError(f"the chat that prepares the kv-save trials failed: "
+                          f"{last_line(out.stderr)}")
     return Prepared(home, session, said, model)
 
 
@@ -211,8 +212,7 @@ def trial(prepared: Prepared, folder: Path, seed: int) -> dict:
     out = chat(home, prepared.model, prepared.session, texts,
                ["-c", DIES_IN_SAVE, point, str(share), str(dying_save)])
     killed = out.returncode == -signal.SIGKILL
-    ended = "" if out.returncode in (0, -signal.SIGKILL) else \
-        (out.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+    ended = "" if out.returncode in (0, -signal.SIGKILL) else last_line(out.stderr)
     committed = texts[:dying_save + 1] if killed else texts  # the save follows its reply
     found = check_home(home, prepared.said + committed, versions)
     problem, placed = replies_complete(home, prepared.session, prepared.said + committed), False
