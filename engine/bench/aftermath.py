@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from engine import overlay as overlay_files
@@ -15,8 +16,11 @@ from store import paths
 REPOSITORY = Path(__file__).resolve().parents[2]  # where ``python -m app.cli`` runs
 
 
-def engram_command(home: Path, model: str | None, *args: str) -> list[str]:
-    return [sys.executable, "-m", "app.cli", "--home", str(home),
+def engram_command(home: Path, model: str | None, *args: str,
+                   runner: Sequence[str] = ("-m", "app.cli")) -> list[str]:
+    """``engram --home HOME [--model MODEL] ARGS``, run as ``python RUNNER …`` (a wrapper
+    script with ``-c`` where a trial makes the process die on purpose)."""
+    return [sys.executable, *runner, "--home", str(home),
             *(["--model", str(model)] if model else []), *args]
 
 

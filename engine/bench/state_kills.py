@@ -24,14 +24,19 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine import session_state
-from engine.bench.aftermath import REPOSITORY, check_home, last_line, versions_on_record
+from engine.bench.aftermath import (
+    REPOSITORY,
+    check_home,
+    engram_command,
+    last_line,
+    versions_on_record,
+)
 from engine.engine import Engine
 from engine.errors import EngramError
 from engine.session_state import StateRefused
@@ -110,15 +115,11 @@ class Prepared:
     model: str | None
 
 
-def arguments(home: Path, model: str | None, *args: str) -> list[str]:
-    return ["--home", str(home), *(["--model", str(model)] if model else []), *args]
-
-
 def chat(home: Path, model: str | None, session: int, texts: list[str],
          wrapper: list[str] | None = None) -> subprocess.CompletedProcess:
     """``engram chat --plain --session`` sent ``texts`` (under ``wrapper``: the dying one)."""
-    command = [sys.executable, *(wrapper or ["-m", "app.cli"]),
-               *arguments(home, model, "chat", "--plain", "--session", str(session))]
+    command = engram_command(home, model, "chat", "--plain", "--session", str(session),
+                             runner=wrapper or ("-m", "app.cli"))
     return subprocess.run(command, input="".join(t + "\n" for t in texts).encode(),
                           capture_output=True, timeout=TIMEOUT_S, cwd=REPOSITORY)
 
