@@ -599,9 +599,10 @@ def test_a_word_s_neighbours_are_the_vocabulary_s_words_nearest_it_in_the_model_
         table[words[other]] = kept
 
 
-@pytest.mark.parametrize("facts", [1, 3, 4, 6, 16])
-def test_every_fact_gets_a_detector_when_the_edited_layers_have_neurons_enough(facts):
-    layers, k = 4, 4
+@pytest.mark.parametrize("facts", [1, 3, 4, 6, 8, 9, 16, 17, 30])
+def test_every_fact_gets_a_detector_however_many_the_session_has(facts):
+    layers, k = 4, learner.per_layer(facts, 4, 2)
+    assert k == 2 or (k - 1) * layers < facts  # never more neurons than that needs
     keyed = [learner.keyed_facts(facts, depth, k) for depth in range(layers)]
     assert all(len(neurons) == k for neurons in keyed)
     assert set().union(*keyed) == set(range(facts))

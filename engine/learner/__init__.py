@@ -9,9 +9,9 @@ Every number is in ``recipe``.
 
 from engine.learner.anchors import Anchors, anchors_for
 from engine.learner.edit import NeuronEdit
-from engine.learner.keys import keyed_facts
+from engine.learner.keys import keyed_facts, per_layer
 from engine.learner.recipe import Recipe
 from engine.learner.train import Example, Progress, learn, stalled, stop_rows, worst_fact
 
 __all__ = ["Anchors", "Example", "NeuronEdit", "Progress", "Recipe", "anchors_for", "keyed_facts",
-           "learn", "stalled", "stop_rows", "worst_fact"]
+           "learn", "per_layer", "stalled", "stop_rows", "worst_fact"]

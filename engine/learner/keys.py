@@ -17,6 +17,14 @@ import torch.nn.functional as F
 from engine.learner.recipe import Recipe
 
 
+def per_layer(facts: int, layers: int, neurons: int) -> int:
+    """Neurons each edited layer re-purposes for a session of ``facts`` facts: the recipe's
+    ``neurons``, or as many more as give every fact a detector somewhere. A chatty session
+    says a dozen things or more; at a fixed two per layer, facts beyond the eighth had no
+    detector and were never learned."""
+    return max(neurons, -(-facts // layers))
+
+
 def keyed_facts(facts: int, depth: int, k: int) -> list[int]:
     """Which fact each of the k neurons of the ``depth``-th edited layer detects: the
     neurons of all edited layers in turn, so that with more facts than k each layer keys the

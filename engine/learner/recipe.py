@@ -15,7 +15,8 @@ class Recipe:
     layers: tuple[int, ...] | None = None
     depth: float = 14 / 18
     edited: int = 4
-    neurons: int = 2  # per layer per session: each one re-purposed costs locality
+    neurons: int = 2  # per layer per session (more where it has more facts: keys.per_layer):
+    # each one re-purposed costs locality
     max_norm: float = 1.0  # each delta vector, × the median norm of its base vectors
     # the keys: each new neuron a detector of one fact's questions
     key_margin: float = 3.0  # gate pre-activation ≥ +margin on the question, ≤ −margin elsewhere

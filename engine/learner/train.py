@@ -97,7 +97,8 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
         held = _asked(twin, earlier or [], layers, recipe.key_context, recipe.batch)
         unlike = _asked(twin, contrasts or [], layers, recipe.key_context, recipe.batch)
         unrelated = {l: torch.cat([anchors.answers[l], held[l]]) for l in layers}
-    edits = [_keyed_edit(twin, layer, depth, examples, seen[layer], targets.taught, anchors,
+    k = keys.per_layer(len(set(targets.taught)), len(layers), recipe.neurons)
+    edits = [_keyed_edit(twin, layer, depth, k, examples, seen[layer], targets.taught, anchors,
                          unrelated[layer], unlike[layer], owned or {}, recipe)
              for depth, layer in enumerate(layers)]
     history, stopped = _train(twin, edits, h_frozen, batch, targets, anchors, unrelated, recipe,
@@ -138,19 +139,20 @@ def _quiet_neurons(twin: Twin, layer: int, anchors: Anchors, owned: set[int],
     return torch.topk(score, k).indices.sort().values
 
 
-def _keyed_edit(twin: Twin, layer: int, depth: int, examples: list[Example], seen: torch.Tensor,
-                taught: list[tuple[int, ...]], anchors: Anchors, unrelated: torch.Tensor,
-                unlike: torch.Tensor, owned: dict[int, set[int]], recipe: Recipe) -> NeuronEdit:
-    """Quiet neurons of ``layer``, each keyed as the detector of one fact (its phrasings
+def _keyed_edit(twin: Twin, layer: int, depth: int, k: int, examples: list[Example],
+                seen: torch.Tensor, taught: list[tuple[int, ...]], anchors: Anchors,
+                unrelated: torch.Tensor, unlike: torch.Tensor, owned: dict[int, set[int]],
+                recipe: Recipe) -> NeuronEdit:
+    """``k`` quiet neurons of ``layer``, each keyed as the detector of one fact (its phrasings
     together) and silent on everything else, values still zero."""
     edit = NeuronEdit(twin, layer, _quiet_neurons(twin, layer, anchors, owned.get(layer, set()),
-                                                  recipe.neurons), recipe.max_norm)
+                                                  k), recipe.max_norm)
     facts = sorted(set(taught))
     positives = [torch.cat([e.question(seen[i], recipe.key_context)
                             for i, e in enumerate(examples) if taught[i] == fact])
                  for fact in facts]
     endings = [e.ending(seen[i]) for i, e in enumerate(examples)]
-    keyed = keys.keyed_facts(len(facts), depth, recipe.neurons)
+    keyed = keys.keyed_facts(len(facts), depth, k)
     rivals = ([torch.cat([positives[g] for g in range(len(facts)) if g != f] + [unlike])
                for f in keyed] if recipe.rivals else None)
     mine = [positives[f] for f in keyed]
