@@ -323,7 +323,8 @@ def _dispatch(args) -> int:
         from engine.bench import reliability
 
         result = reliability.run(args.model, args.kills, args.fuzz, args.seed, args.concurrent,
-                                 args.operations and args.operations.split(","))
+                                 args.operations and args.operations.split(","),
+                                 log=lambda line: print(line, file=sys.stderr, flush=True))
         print(json.dumps(result) if args.json else reliability.report(result))
         return 0 if not result["failures"] and result["chat_after_kills"] else 1
     if args.command == "bench" and args.bench == "parity":

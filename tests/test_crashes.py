@@ -265,9 +265,14 @@ def test_memory_learn_whose_wait_runs_out_says_so_in_one_line_and_changes_nothin
 
 
 def test_the_bench_counts_each_operation_and_refuses_unknown_ones(tiny_model):
+    heard: list[str] = []
     result = reliability.run(str(tiny_model), kills=1, fuzz=2, concurrent=0,
-                             operations=["chat", "reset"])
+                             operations=["chat", "reset"], log=heard.append)
     assert result["crash_by_operation"].keys() == {"chat", "reset"}
+    # each operation's tally is told as it ends: an hour's run is not silent until the end
+    assert [line.split(" (")[0] for line in heard] == [
+        "chat: 1/1 survived", "two chats at once: 0/0 survived", "reset: 1/1 survived",
+        "fuzz: 2/2 refused cleanly or read identically"], heard
     assert all(c["trials"] == 1 for c in result["crash_by_operation"].values()), result
     assert result["crash_trials"] == 2 and result["crash_survived"] == 2, result
     assert result["chat_after_kills"] and not result["failures"], result

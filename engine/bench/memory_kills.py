@@ -279,8 +279,10 @@ def prepared_home(folder: Path, model: str | None,
 
 
 def run(model: str | None, names: list[str], kills: int, seed: int,
-        engram: Callable[..., list[str]] = engram_command) -> list[dict]:
-    """``kills`` trials of each named operation, on copies of one prepared home."""
+        engram: Callable[..., list[str]] = engram_command,
+        done: Callable[[str, list[dict]], object] = lambda name, trials: None) -> list[dict]:
+    """``kills`` trials of each named operation, on copies of one prepared home; ``done``
+    hears each operation's trials as it ends."""
     with tempfile.TemporaryDirectory(prefix="engram-memory-kills-") as tmp_name:
         tmp = Path(tmp_name)
         with prepared_home(tmp, model, engram) as prepared:
@@ -289,8 +291,11 @@ def run(model: str | None, names: list[str], kills: int, seed: int,
                 work = min(work_seconds(prepared, name, tmp / f"timing-{name}-{i}")
                            for i in range(CLEAN_RUNS))
                 rng = random.Random(f"{seed}-{name}")
+                mine = []
                 for i in range(kills):
-                    trials.append(trial(prepared, name, work, tmp / f"{name}-{i}",
-                                        rng.randrange(2**31)))
+                    mine.append(trial(prepared, name, work, tmp / f"{name}-{i}",
+                                      rng.randrange(2**31)))
                     shutil.rmtree(tmp / f"{name}-{i}")
+                done(name, mine)
+                trials += mine
     return trials

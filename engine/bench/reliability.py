@@ -468,26 +468,38 @@ def fuzz_tally(cases: list[dict]) -> dict:
 
 
 def run(model: str | None, kills: int = 50, fuzz: int = 100, seed: int = 0,
-        concurrent: int = 5, operations: list[str] | None = None) -> dict:
-    """``kills`` crash trials of each of ``operations`` (default: all of ``OPERATIONS``)."""
+        concurrent: int = 5, operations: list[str] | None = None,
+        log: Callable[[str], None] = lambda line: None) -> dict:
+    """``kills`` crash trials of each of ``operations`` (default: all of ``OPERATIONS``);
+    ``log`` hears each operation's tally as it ends (a benchmark-size run takes an hour)."""
     operations = operations or list(OPERATIONS)
     if unknown := [op for op in operations if op not in OPERATIONS]:
         raise EngramError(f"unknown operation {unknown[0]!r}: choose from {', '.join(OPERATIONS)}")
     rng = random.Random(seed)
+    started = time.monotonic()
+
+    def tally(what: str, trials: list[dict]) -> list[dict]:
+        log(f"{what}: {sum(t['survived'] for t in trials)}/{len(trials)} survived "
+            f"({time.monotonic() - started:.0f} s in)")
+        return trials
+
     with tempfile.TemporaryDirectory(prefix="engram-reliability-") as tmp_name:
         tmp = Path(tmp_name)
         home = tmp / "home"
         before = chat_works(home, model)  # a home with a session, as a user's would be
-        trials = [crash_trial(home, model, rng.randrange(2**31))
-                  for _ in range(kills if "chat" in operations else 0)]
-        together = [concurrent_trial(home, model, rng.randrange(2**31))
-                    for _ in range(concurrent)]
+        trials = tally("chat", [crash_trial(home, model, rng.randrange(2**31))
+                                for _ in range(kills if "chat" in operations else 0)])
+        together = tally("two chats at once", [concurrent_trial(home, model, rng.randrange(2**31))
+                                               for _ in range(concurrent)])
         after = chat_works(home, model)
         trials += memory_kills.run(model, [op for op in operations
-                                           if op in memory_kills.OPERATIONS], kills, seed)
+                                           if op in memory_kills.OPERATIONS], kills, seed,
+                                   done=tally)
         if state_kills.OPERATION in operations:
-            trials += state_kills.run(model, kills, seed)
+            trials += tally(state_kills.OPERATION, state_kills.run(model, kills, seed))
         cases = fuzz_cases(paths.database(home), model, fuzz, rng, tmp, seed)
+        log(f"fuzz: {sum(map(clean, cases))}/{len(cases)} refused cleanly or read identically "
+            f"({time.monotonic() - started:.0f} s in)")
     silent = [c for c in cases if c["outcome"].startswith(SILENT_CHANGE)]
     return {
         "crash_trials": len(trials),
