@@ -171,8 +171,19 @@ def question_key(question: str) -> frozenset[str]:
     content = content_lemmas(question)
     if not content:
         return frozenset()
-    asked = {w.lower() for w in words(question) if w.lower() in grammar()["question_words"]}
-    return frozenset(content | asked)
+    said = [w.lower() for w in words(question)]
+    asked = {w for w in said if w in grammar()["question_words"]}
+    return frozenset(content | asked | _slot_preposition(said))
+
+
+def _slot_preposition(said: list[str]) -> set[str]:
+    """The preposition whose object a question asks for, stranded at its end or before its
+    question word ("What do I need a name for?", "I need a name for what?"): part of what
+    is asked. Without it those two were "What is my name?" ({what, name}), and a user's own
+    name was trained onto the kitten they needed one for."""
+    prepositions, question_words = grammar()["prepositions"], grammar()["question_words"]
+    return {w for w, after in zip(said, [*said[1:], ""], strict=True)
+            if w in prepositions and (not after or after in question_words)}
 
 
 def normalise(text: str) -> str:

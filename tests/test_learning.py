@@ -196,6 +196,8 @@ def test_nearly_the_same_question():
     assert not same_question("What did we go with?", "What am I?")
     # not a new name for me
     assert not same_question("What's my name?", "What is my manager's name?")
+    assert not same_question("I need a name for what?", "What is my name?")
+    assert same_question("What do I need a name for?", "I need a name for what?")
     earlier = [(1, QA("What is my cat called?", "Pixel", "cat")),
                (1, QA("What's the name of my pet?", "Pixel", "cat"))]
     assert corrections([QA("What is my cat called?", "Pixel", "again")], earlier) == []
