@@ -87,7 +87,7 @@ def train(twin: Twin, writer: CellWriter, cases: list[Case], prose: list[str],
     baseline = writer.baseline()
 
     def tokenize(text: str, bos: bool) -> list[int]:
-        return writer.llm.tokenize(text.encode(), add_bos=bos, special=False)
+        return writer.runtime.llm.tokenize(text.encode(), add_bos=bos, special=False)
 
     examples, directions = [], []
     for case in cases:

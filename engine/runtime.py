@@ -185,10 +185,11 @@ class Runtime:
         return self.prompt_tokens(self.format.answering(system, turns))
 
     def turn_spans(self, turns: list[Turn]) -> tuple[list[int], list[tuple[int, int]]]:
-        """The dialogue's tokens as the chat's prompt begins with them when more turns follow
-        (BOS first where the model has one), and each turn's [start, end) among them
-        (``prompt.turn_texts``). Each turn is tokenised on its own: a turn's tokens do not
-        depend on the turns around it."""
+        """The dialogue's tokens when more turns follow (BOS first where the model has one),
+        and each turn's [start, end) among them (``prompt.turn_texts``). Each turn is
+        tokenised on its own, so its tokens do not depend on the turns around it; they are
+        the chat's prompt's own where no token spans two turns (a chat template's turns meet
+        at control tokens, the built-in model's at a line break no token joins to a word)."""
 
         def tokenize(text: str) -> list[int]:
             return self.tokenize(text, add_bos=False, special=self.format.special)

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from engine import cell_conversations, runtime
-from engine.cell_conversations import session_cases
+from engine.cell_conversations import Probe, session_cases
 from engine.cell_training import GateRecipe, train
 from engine.cells import CellRule, CellWriter
 from engine.engine import Engine
@@ -18,13 +18,15 @@ from engine.learning import CELLS_EVERY
 from engine.learning.anchors import twin_for
 from engine.learning.texts import anchor_prose
 from engine.overlay import CELL_GATES, TENSORS_FILE
+from engine.prompt import Turn
 from tests.tiny_gguf import N_LAYER
 
 
-def _exchanges(n: int, start: int = 0) -> list[tuple[str, str]]:
+def _exchanges(n: int, start: int = 0) -> list[Turn]:
     turns = []
     for i in range(start, start + n):
-        turns += [("User", f"the cat {i} was in the town"), ("Assistant", f"and the town {i}")]
+        turns += [Turn("user", f"the cat {i} was in the town"),
+                  Turn("assistant", f"and the town {i}")]
     return turns
 
 
@@ -35,14 +37,14 @@ def test_session_cases_predict_each_late_reply_with_the_early_turns_dropped():
     assert len(cases) == 4  # the latest four
     latest = cases[0]
     assert latest.kept == turns[12:16] and latest.dropped == turns[:12]
-    assert latest.probes[0].question == turns[16][1] and latest.probes[0].answer == turns[17][1]
+    assert latest.probes[0] == Probe(turns[16].content, turns[17].content)
     assert session_cases(7, _exchanges(2)) == []
 
 
 def test_training_lowers_its_loss_and_touches_only_the_cell_layers(tiny_model, monkeypatch):
     monkeypatch.setattr(runtime, "default_threads", lambda: 1)
     rt = runtime.Runtime(tiny_model, n_ctx=256)
-    writer = CellWriter(rt.llm, rt.model.sha256, CellRule().resolve(N_LAYER))
+    writer = CellWriter(rt, CellRule())
     losses = []
     gates = train(twin_for(rt), writer, cell_conversations.dev_cases()[:3], anchor_prose(),
                   GateRecipe(steps=8, lr=0.2), progress=lambda _, message: losses.append(
@@ -66,10 +68,10 @@ def engine(tiny_model, tmp_path, monkeypatch):
     e.close()
 
 
-def _session(engine: Engine, turns: list[tuple[str, str]], session_id: int | None = None) -> int:
+def _session(engine: Engine, turns: list[Turn], session_id: int | None = None) -> int:
     session_id = session_id or engine.new_session().id
-    for speaker, text in turns:
-        engine.store.add_message(session_id, speaker.lower(), text)
+    for turn in turns:
+        engine.store.add_message(session_id, turn.role, turn.content)
     return session_id
 
 

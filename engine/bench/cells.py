@@ -28,6 +28,7 @@ from engine import llama_native
 from engine.cell_conversations import Case, Probe, cases, dev_cases, render
 from engine.cell_training import GateRecipe
 from engine.cells import CellRule, Cells, CellWriter
+from engine.prompt import Turn
 from store import paths
 
 
@@ -172,7 +173,7 @@ def generation_ratio(runtime, vector: np.ndarray, tokens: int = 48, repetitions:
 RESUME_QUESTION = "Thanks. To sum up, what did we talk about first?"
 
 
-def _history(tokenize, target: int) -> list[tuple[str, str]]:
+def _history(tokenize, target: int) -> list[Turn]:
     """User/assistant pairs from the bench's conversations, about ``target`` tokens long."""
     turns = []
     for case in cases():
@@ -210,8 +211,8 @@ def resume(model: str | None, history_tokens: int = 2000, max_tokens: int = 32) 
         engine = Engine(home=homes[0], model=model, n_ctx=4096)
         runtime = engine.load()
         session = engine.new_session()
-        for speaker, text in _history(runtime.tokenize, history_tokens):
-            engine.store.add_message(session.id, speaker.lower(), text)
+        for turn in _history(runtime.tokenize, history_tokens):
+            engine.store.add_message(session.id, turn.role, turn.content)
         conversation = engine.conversation(session)
         list(conversation.send("Thanks, that is all for now.", Sampling.greedy(max_tokens)))
         for home in homes[1:]:
@@ -244,8 +245,8 @@ def run(model: str | None = None, facts: Path | None = None, topics: Path | None
 
     runtime = Runtime(model, n_ctx=1024)
     n_layer = llama_native.n_layer(runtime.llm)
-    rule = (rule or CellRule()).resolve(n_layer)
-    writer = CellWriter(runtime.llm, runtime.model.sha256, rule)
+    writer = CellWriter(runtime, rule or CellRule())
+    rule = writer.rule
     training = dev_cases(train)
     all_cases = cases(facts, topics)
     started = time.perf_counter()
