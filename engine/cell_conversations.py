@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import EngramError
-from engine.prompt import PlainDialogue, Turn
+from engine.prompt import Turn
 from store import paths
 from store.files import read_jsonl
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
 
 FILLER_PER_CASE = 4  # filler exchanges in the window after a file's dropped turns
 WINDOW_TURNS = 4  # turns in the window before a session's predicted exchange
@@ -104,6 +108,10 @@ def session_cases(session_id: int, turns: list[Turn]) -> list[Case]:
     return out
 
 
-def render(turns: list[Turn]) -> str:
-    """The runtime's plain dialogue format (the built-in base model has no chat template)."""
-    return PlainDialogue().transcript(None, turns)
+def asked(runtime: Runtime, turns: list[Turn], probe: Probe) -> tuple[list[int], list[int]]:
+    """A probe's question after ``turns``, up to where its answer begins, and the answer's
+    tokens: in the model's prompt format, as the learner asks (``learning.texts.dialogue``),
+    without a system prompt (cells are written without one)."""
+    from engine.learning.texts import dialogue  # the package loads the learner (torch)
+
+    return dialogue(runtime, None, probe.question, f" {probe.answer}", turns)
