@@ -89,21 +89,21 @@ def _padded(records: list[tuple[dict, str]]) -> list[Case]:
 
 
 def session_cases(session_id: int, turns: list[Turn]) -> list[Case]:
-    """From a session's turns: for each of its latest user → assistant
-    exchanges that has more than a window of turns before it, the reply predicted with only
-    the last WINDOW_TURNS turns in the window and the rest dropped."""
+    """From a session's turns: for each of its latest user → assistant exchanges that has
+    more than a window of turns before it, the reply predicted with only the last
+    WINDOW_TURNS turns in the window and the rest dropped."""
     world = _world()
     out: list[Case] = []
     for j in range(len(turns) - 2, WINDOW_TURNS, -1):
         if len(out) == SESSION_PROBES:
             break
-        asked, answered = turns[j], turns[j + 1]
-        if asked.role != "user" or answered.role != "assistant" or not answered.content.strip():
+        question, reply = turns[j], turns[j + 1]
+        if question.role != "user" or reply.role != "assistant" or not reply.content.strip():
             continue
         neutral = world[(session_id + j) % len(world)]
         out.append(Case(f"session-{session_id}-{j}", "session", turns[: j - WINDOW_TURNS],
                         turns[j - WINDOW_TURNS: j],
-                        [Probe(asked.content, answered.content.strip())],
+                        [Probe(question.content, reply.content.strip())],
                         Probe(neutral["question"], neutral["answer"])))
     return out
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.errors import ChatTemplateRefused, EngramError
-from engine.prompt import Turn
+from engine.prompt import ChatTemplate, Turn
 from store import paths
 from store.files import atomic_write, read_jsonl
 
@@ -212,7 +212,6 @@ class CellWriter:
 
     def __post_init__(self) -> None:
         from engine import llama_native
-        from engine.prompt import ChatTemplate
 
         self.rule = self.rule.resolve(llama_native.n_layer(self.runtime.llm),
                                       isinstance(self.runtime.format, ChatTemplate))
