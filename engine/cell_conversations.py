@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import EngramError
+from engine.prompt import Turn
 from store import paths
 from store.files import read_jsonl
+
+if TYPE_CHECKING:
+    from engine.runtime import Runtime
 
 FILLER_PER_CASE = 4  # filler exchanges in the window after a file's dropped turns
 WINDOW_TURNS = 4  # turns in the window before a session's predicted exchange
@@ -34,8 +39,8 @@ class Probe:
 class Case:
     id: str
     kind: str  # "facts" | "topic" | "session"
-    dropped: list[tuple[str, str]]  # (speaker, text): the turns out of the window
-    kept: list[tuple[str, str]]  # the turns still in it
+    dropped: list[Turn]  # the turns out of the window
+    kept: list[Turn]  # the turns still in it
     probes: list[Probe]
     neutral: Probe  # a general-knowledge question asked after the same window
 
@@ -66,14 +71,14 @@ def dev_cases(facts: Path | None = None) -> list[Case]:
 
 
 def _padded(records: list[tuple[dict, str]]) -> list[Case]:
-    filler = [(("User", f["turns"][0]), ("Assistant", f["turns"][1]))
+    filler = [(Turn("user", f["turns"][0]), Turn("assistant", f["turns"][1]))
               for f in _jsonl(paths.eval_data("filler-turns.jsonl"))]
     world = _world()
     out = []
     for i, (record, kind) in enumerate(records):
         dropped = []
         for j, text in enumerate(record["turns"]):
-            dropped += [("User", text), ("Assistant", ACKS[(i + j) % len(ACKS)])]
+            dropped += [Turn("user", text), Turn("assistant", ACKS[(i + j) % len(ACKS)])]
         kept = [turn for k in range(FILLER_PER_CASE)
                 for turn in filler[(i * FILLER_PER_CASE + k) % len(filler)]]
         probes = [Probe(p["q"], p["a"]) for p in record["probes"]]
@@ -83,25 +88,30 @@ def _padded(records: list[tuple[dict, str]]) -> list[Case]:
     return out
 
 
-def session_cases(session_id: int, turns: list[tuple[str, str]]) -> list[Case]:
-    """From a session's (speaker, text) turns: for each of its latest user → assistant
-    exchanges that has more than a window of turns before it, the reply predicted with only
-    the last WINDOW_TURNS turns in the window and the rest dropped."""
+def session_cases(session_id: int, turns: list[Turn]) -> list[Case]:
+    """From a session's turns: for each of its latest user → assistant exchanges that has
+    more than a window of turns before it, the reply predicted with only the last
+    WINDOW_TURNS turns in the window and the rest dropped."""
     world = _world()
     out: list[Case] = []
     for j in range(len(turns) - 2, WINDOW_TURNS, -1):
         if len(out) == SESSION_PROBES:
             break
-        (asker, question), (replier, answer) = turns[j], turns[j + 1]
-        if asker != "User" or replier != "Assistant" or not answer.strip():
+        question, reply = turns[j], turns[j + 1]
+        if question.role != "user" or reply.role != "assistant" or not reply.content.strip():
             continue
         neutral = world[(session_id + j) % len(world)]
         out.append(Case(f"session-{session_id}-{j}", "session", turns[: j - WINDOW_TURNS],
-                        turns[j - WINDOW_TURNS: j], [Probe(question, answer.strip())],
+                        turns[j - WINDOW_TURNS: j],
+                        [Probe(question.content, reply.content.strip())],
                         Probe(neutral["question"], neutral["answer"])))
     return out
 
 
-def render(turns: list[tuple[str, str]]) -> str:
-    """The runtime's plain dialogue format (the built-in base model has no chat template)."""
-    return "\n".join(f"{speaker}: {text}" for speaker, text in turns)
+def asked(runtime: Runtime, turns: list[Turn], probe: Probe) -> tuple[list[int], list[int]]:
+    """A probe's question after ``turns``, up to where its answer begins, and the answer's
+    tokens: in the model's prompt format, as the learner asks (``learning.texts.dialogue``),
+    without a system prompt (cells are written without one)."""
+    from engine.learning.texts import dialogue  # the package loads the learner (torch)
+
+    return dialogue(runtime, None, probe.question, f" {probe.answer}", turns)

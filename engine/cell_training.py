@@ -2,8 +2,9 @@
 
 Each training conversation has early turns out of the window. Its cells are written by
 llama.cpp exactly as a session writes them; the twin then reads the window and the probe's
-question with ``gate_l · direction_l`` added to each cell layer's output (what llama.cpp's
-control vector does) and scores the expected answer. The loss is that answer's NLL plus the
+question (in the model's prompt format, as the chat holds them) with ``gate_l ·
+direction_l`` added to each cell layer's output (what llama.cpp's control vector does) and
+scores the expected answer. The loss is that answer's NLL plus the
 KL divergence the read causes on everyday prose (next-token distributions with a training
 conversation's cells vs without): a constant vector shifts every position, and recall must
 not be bought by pushing unrelated text off course. A penalty on unrelated *answers* instead
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.cell_conversations import Case, render
+from engine.cell_conversations import Case, asked
 from engine.cells import CellWriter
 from engine.errors import EngramError
 from engine.twin import Batch, Twin
@@ -86,22 +87,15 @@ def train(twin: Twin, writer: CellWriter, cases: list[Case], prose: list[str],
         raise EngramError("no conversations or prose to learn the cells' read from")
     baseline = writer.baseline()
 
-    def tokenize(text: str, bos: bool) -> list[int]:
-        return writer.llm.tokenize(text.encode(), add_bos=bos, special=False)
-
     examples, directions = [], []
     for case in cases:
         cells = writer.written(case.dropped)
-        window = tokenize(render(case.kept), True)
-        sequences, scored = [], []
-        for probe in case.probes:
-            answer = tokenize(f" {probe.answer}", False)
-            sequences.append(window + tokenize(f"\nUser: {probe.question}\nAssistant:", False)
-                             + answer)
-            scored.append(len(answer))
-        examples.append(_prepare(twin, sequences, scored, first))
+        questions = [asked(writer.runtime, case.kept, probe) for probe in case.probes]
+        examples.append(_prepare(twin, [prompt + answer for prompt, answer in questions],
+                                 [len(answer) for _, answer in questions], first))
         directions.append(torch.from_numpy(cells.directions(baseline)).to(twin.device))
-    paragraphs = [tokenize(text, True)[: recipe.prose_tokens] for text in prose[: recipe.prose]]
+    paragraphs = [writer.runtime.tokenize(text)[: recipe.prose_tokens]
+                  for text in prose[: recipe.prose]]
     text = _prepare(twin, paragraphs, [], first)
     with torch.no_grad():
         base = [F.log_softmax(twin.logits(row[:n]), -1) for row, n in

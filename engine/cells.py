@@ -15,6 +15,10 @@ raw mean of any text is mostly that shared component). The gates g are learned
 A constant vector shifts every position, so an ungated read that helps facts pushes unrelated
 text off course; the turn gate keeps it to the turns that ask back. One fixed-size vector per
 layer, so a step costs the same with 1 or 100 past turns.
+
+Turns are read as the model's prompt format writes them (``Runtime.turn_spans``): the plain
+dialogue for a base model, its own chat template for an instruction-tuned one, whose hidden
+states on its chat's turns are the ones a read must match.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.errors import EngramError
+from engine.errors import ChatTemplateRefused, EngramError
+from engine.prompt import ChatTemplate, Turn
 from store import paths
 from store.files import atomic_write, read_jsonl
 
 if TYPE_CHECKING:
-    from llama_cpp import Llama
-
     from engine.llama_native import HiddenStates
+    from engine.runtime import Runtime
 
 FORMAT = 1
 _MAGIC = b"ENGCELL1"
@@ -56,9 +60,11 @@ class CellRule:
     probe_layer: int = -3  # where a turn is compared with the cells (-3 is layer 15 of 18)
     tau: float = 0.25  # read only for turns whose cosine with the cells is above this
     decay: float = 0.8  # per turn folded in
+    chat_template: bool = False  # turns are written in the model's chat template
 
-    def resolve(self, n_layer: int) -> CellRule:
-        """The same rule with absolute layer numbers for a model of ``n_layer`` layers."""
+    def resolve(self, n_layer: int, chat_template: bool = False) -> CellRule:
+        """The same rule with absolute layer numbers for a model of ``n_layer`` layers, and
+        its prompt format."""
         layers = self.layers or range(1, n_layer - 1)
         layers = tuple(sorted({layer + n_layer if layer < 0 else layer for layer in layers}))
         probe = self.probe_layer + n_layer if self.probe_layer < 0 else self.probe_layer
@@ -67,7 +73,7 @@ class CellRule:
                              "vector starts at layer 1; the last layer keeps only output rows)")
         if probe not in layers:
             raise ValueError(f"the probe layer {probe} must be one of the cell layers {layers}")
-        return replace(self, layers=layers, probe_layer=probe)
+        return replace(self, layers=layers, probe_layer=probe, chat_template=chat_template)
 
     @property
     def resolved_layers(self) -> tuple[int, ...]:
@@ -78,7 +84,12 @@ class CellRule:
         return self.layers
 
     def key(self) -> str:
-        return json.dumps([FORMAT, list(self.resolved_layers)])
+        """What cells are stored with (and the baseline cached by): cells another rule wrote
+        are not read. A chat template's key is its own: before cells followed the model's
+        prompt format its turns were written in the plain dialogue, and those cells are
+        refused. The plain dialogue's is unchanged, as are its tokens."""
+        key = [FORMAT, list(self.resolved_layers)]
+        return json.dumps(key + ["chat template"] if self.chat_template else key)
 
 
 @dataclass(frozen=True)
@@ -189,51 +200,53 @@ class Cells:
 @dataclass
 class CellWriter:
     """Hidden states of turns for one model: the capture context and the model's baseline.
+    ``rule`` is resolved for the model (its layers, its prompt format).
 
     Created on first use (when a turn first leaves a window): sessions that fit cost nothing.
     """
 
-    llm: Llama  # the runtime's (the capture context shares its weights)
-    model_sha256: str
+    runtime: Runtime  # the chat's (the capture context shares its weights)
     rule: CellRule = field(default_factory=CellRule)
     _capture: HiddenStates | None = None
     _baseline: Baseline | None = None
 
-    def fold(self, cells: Cells, turns: list[tuple[str, str]], start: int, end: int) -> None:
-        """Write ``turns[start:end]`` (speaker, text) into ``cells``, one turn at a time. They
-        are read in one pass after up to CONTEXT_TURNS earlier turns: a turn's hidden states
-        carry what it means in its conversation (read alone, "Yes, that one" means nothing)."""
-        tokens, spans = [self.llm.token_bos()], []
-        for i in range(max(0, start - CONTEXT_TURNS), end):
-            speaker, text = turns[i]
-            line = self.llm.tokenize(f"{'' if len(tokens) == 1 else chr(10)}{speaker}: "
-                                     f"{text.strip()}".encode(), add_bos=False, special=False)
-            if i >= start:
-                spans.append((len(tokens) - 1, len(tokens) - 1 + len(line)))
-            tokens += line
-        states = self.states(tokens)
-        for first, last in spans:
-            cells.write(states[:, first:last], self.rule.decay)
-
-    def written(self, turns: list[tuple[str, str]]) -> Cells:
-        """The cells a session holds once ``turns`` (speaker, text) have left its window."""
+    def __post_init__(self) -> None:
         from engine import llama_native
 
-        cells = Cells.empty(self.rule, llama_native.n_layer(self.llm), self.llm.n_embd(),
-                            self.model_sha256)
+        self.rule = self.rule.resolve(llama_native.n_layer(self.runtime.llm),
+                                      isinstance(self.runtime.format, ChatTemplate))
+
+    def fold(self, cells: Cells, turns: list[Turn], start: int, end: int) -> None:
+        """Write ``turns[start:end]`` into ``cells``, one turn at a time. They are read in one
+        pass after up to CONTEXT_TURNS earlier turns: a turn's hidden states carry what it
+        means in its conversation (read alone, "Yes, that one" means nothing)."""
+        first = max(0, start - CONTEXT_TURNS)
+        tokens, spans = self.runtime.turn_spans(turns[first:end])
+        states = self.states(tokens)
+        for span in spans[start - first:]:
+            cells.write(_rows(states, span), self.rule.decay)
+
+    def written(self, turns: list[Turn]) -> Cells:
+        """The cells a session holds once ``turns`` have left its window."""
+        from engine import llama_native
+
+        llm = self.runtime.llm
+        cells = Cells.empty(self.rule, llama_native.n_layer(llm), llm.n_embd(),
+                            self.runtime.model.sha256)
         self.fold(cells, turns, 0, len(turns))
         return cells
 
     def query(self, text: str) -> np.ndarray:
         """The mean probe-layer hidden state of a user's message read on its own (what
         ``Cells.relevance`` compares with the cells); a long paste is judged by its start."""
-        tokens = self.llm.tokenize(f"User: {text.strip()}".encode(), add_bos=True, special=False)
+        tokens, _ = self.runtime.turn_spans([Turn("user", text)])
         states = self.states(tokens[:QUERY_TOKENS])
         return states[self.rule.resolved_layers.index(self.rule.probe_layer)].mean(axis=0)
 
     def states(self, tokens: list[int]) -> np.ndarray:
-        """(len(layers), n_tokens − 1, n_embd) hidden states; the BOS row is left out (its
-        norm is hundreds of times a word's)."""
+        """(len(layers), n_tokens − 1, n_embd) hidden states; the first token's row is left
+        out (a BOS, or a model's first token where it has none: the position every later one
+        attends to, its norm hundreds of times a word's)."""
         from engine import llama_native
         from engine.runtime import default_threads
 
@@ -241,7 +254,7 @@ class CellWriter:
         if self._capture is None:
             # Half the threads: llama.cpp's spinning thread barrier makes small decodes ten
             # times slower when the machine is busy, and capture is rarely worth a whole core.
-            self._capture = llama_native.HiddenStates(self.llm, list(layers),
+            self._capture = llama_native.HiddenStates(self.runtime.llm, list(layers),
                                                       n_threads=max(1, default_threads() // 2))
         rows = self._capture(tokens)
         return np.stack([rows[layer][1:] for layer in layers])
@@ -251,14 +264,14 @@ class CellWriter:
         if self._baseline is None:
             cache = paths.private_dir(paths.cache() / "cells")
             rule = hashlib.sha256(self.rule.key().encode()).hexdigest()[:12]
-            file = cache / f"{self.model_sha256[:16]}-{rule}.npz"
+            file = cache / f"{self.runtime.model.sha256[:16]}-{rule}.npz"
             if file.exists():
                 saved = np.load(file)
                 self._baseline = Baseline(saved["mean"], saved["norm"])
             else:
-                states = np.concatenate([self.states(self.llm.tokenize(
-                    f"{speaker}: {text}".encode(), add_bos=True))
-                    for speaker, text in calibration_turns()], axis=1)
+                turns = calibration_turns()
+                states = np.concatenate([self._alone(turns, i) for i in range(len(turns))],
+                                        axis=1)
                 self._baseline = Baseline(states.mean(axis=1),
                                           np.median(np.linalg.norm(states, axis=2), axis=1))
                 baseline = self._baseline
@@ -270,16 +283,31 @@ class CellWriter:
                 atomic_write(file, save)
         return self._baseline
 
+    def _alone(self, turns: list[Turn], i: int) -> np.ndarray:
+        """Turn i's hidden states read on its own; after the turn before it where the format
+        will not open a dialogue with it (a template that has the user speak first)."""
+        try:
+            tokens, spans = self.runtime.turn_spans(turns[i: i + 1])
+        except ChatTemplateRefused:
+            tokens, spans = self.runtime.turn_spans(turns[max(i - 1, 0): i + 1])
+        return _rows(self.states(tokens), spans[-1])
+
     def close(self) -> None:
         if self._capture is not None:
             self._capture.close()
             self._capture = None
 
 
-def calibration_turns() -> list[tuple[str, str]]:
+def _rows(states: np.ndarray, span: tuple[int, int]) -> np.ndarray:
+    """The rows of ``states`` (``CellWriter.states``) of the tokens in ``span``."""
+    start, end = span
+    return states[:, max(start, 1) - 1: end - 1]
+
+
+def calibration_turns() -> list[Turn]:
     """Generic dialogue (the bench's filler turns): what an ordinary turn looks like inside."""
     turns = []
     for record in read_jsonl(paths.eval_data("filler-turns.jsonl")):
         user, assistant = record["turns"]
-        turns += [("User", user), ("Assistant", assistant)]
+        turns += [Turn("user", user), Turn("assistant", assistant)]
     return turns

@@ -8,11 +8,15 @@ reply may start with its thinking (Qwen 3's ``<think>…</think>``): the answer 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.errors import ChatTemplateRefused, InputTooLong
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # a reasoning model's working (Qwen 3)
 
@@ -31,6 +35,9 @@ class PromptFormat(Protocol):
     def render(self, system: str | None, turns: list[Turn]) -> str:
         """The prompt text, ending where the assistant's reply begins."""
 
+    def transcript(self, system: str | None, turns: list[Turn]) -> str:
+        """The dialogue as a finished one, without the cue for a reply."""
+
     def answering(self, system: str | None, turns: list[Turn]) -> str:
         """The prompt text as the format writes a finished assistant turn, ending where its
         answer begins: what the model has seen before an answer (a reply may think first)."""
@@ -44,11 +51,14 @@ class PlainDialogue:
     special = False
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
+        head = self.transcript(system, turns)
+        return f"{head}\nAssistant:" if head else "Assistant:"
+
+    def transcript(self, system: str | None, turns: list[Turn]) -> str:
         lines = [system.strip() + "\n"] if system else []
         for turn in turns:
             speaker = "User" if turn.role == "user" else "Assistant"
             lines.append(f"{speaker}: {turn.content.strip()}")
-        lines.append("Assistant:")
         return "\n".join(lines)
 
     def answering(self, system: str | None, turns: list[Turn]) -> str:
@@ -74,8 +84,9 @@ class ChatTemplate:
 
         self._source = source
         try:
-            self._formatter = Jinja2ChatFormatter(template=template, bos_token=bos_token,
-                                                  eos_token=eos_token)
+            self._formatter, self._finished = (
+                Jinja2ChatFormatter(template=template, bos_token=bos_token, eos_token=eos_token,
+                                    add_generation_prompt=cue) for cue in (True, False))
         except jinja2.TemplateError as exc:
             raise template_refused(source, exc) from exc
         self._bos = bos_token
@@ -84,11 +95,18 @@ class ChatTemplate:
         self.render(None, [Turn("user", "hello")])
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
+        return self._apply(self._formatter, system, turns)
+
+    def transcript(self, system: str | None, turns: list[Turn]) -> str:
+        return self._apply(self._finished, system, turns)
+
+    def _apply(self, formatter: Jinja2ChatFormatter, system: str | None,
+               turns: list[Turn]) -> str:
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": t.role, "content": t.content} for t in turns]
         try:
             # llama-cpp-python types messages as TypedDicts with literal roles
-            response = self._formatter(messages=messages)  # type: ignore[arg-type]
+            response = formatter(messages=messages)  # type: ignore[arg-type]
         except Exception as exc:  # the template's own code failed, whatever it raised
             raise template_refused(self._source, exc) from exc
         if response.stop:
@@ -149,6 +167,40 @@ def _answer_so_far(reply: str) -> str | None:
         _, closed, after = start.partition(THINK_CLOSE)
         return after.lstrip() if closed else None
     return None if THINK_OPEN.startswith(start) else reply
+
+
+def turn_texts(fmt: PromptFormat, turns: list[Turn],
+               tokenize: Callable[[str], list[int]]) -> list[str]:
+    """Each turn's text as ``fmt`` writes it when the dialogue goes on after ``turns``: joined,
+    they begin the prompt of ``turns`` and any later ones (system prompt none, contents
+    stripped, as the store keeps them). A turn runs from its header through what closes it:
+    what the format writes after a dialogue's last turn, as far as it writes that before the
+    next turn too (Phi 3 ends a dialogue with an end-of-text, Qwen 3 opens a final answer with
+    an empty thinking block), cut at a token boundary. The first turn carries what the format
+    writes before any (a default system prompt).
+
+    Found from the dialogue with marks for contents (private-use characters: no template
+    writes them), so a content that looks like a role or a marker cannot move a boundary."""
+    if not turns:
+        return []
+    marks = [f"\uE000{i}\uE000" for i in range(len(turns) + 1)]
+    marked = [Turn(turn.role, marks[i]) for i, turn in enumerate(turns)]
+    after = Turn("assistant" if turns[-1].role == "user" else "user", marks[-1])
+    going_on = fmt.transcript(None, marked + [after])
+    if not all(mark in going_on for mark in marks):
+        raise ChatTemplateRefused("the chat template leaves a turn out of the dialogue")
+    starts = [going_on.index(mark) for mark in marks]
+    header, texts = going_on[: starts[0]], []
+    for k, turn in enumerate(turns):
+        between = going_on[starts[k] + len(marks[k]): starts[k + 1]]
+        ended = fmt.transcript(None, marked[: k + 1]).partition(marks[k])[2]
+        closing = len(os.path.commonprefix([between, ended]))
+        while closing and (tokenize(between[:closing]) + tokenize(between[closing:])
+                           != tokenize(between)):
+            closing -= 1
+        texts.append(header + turn.content.strip() + between[:closing])
+        header = between[closing:]
+    return texts
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from engine.prompt import (
     Turn,
     fit,
     template_refused,
+    turn_texts,
     without_thinking,
 )
 
@@ -182,6 +183,23 @@ class Runtime:
         """The dialogue up to where the assistant's answer begins, as the format writes a
         finished turn: where the learner reads and trains answers (``PromptFormat.answering``)."""
         return self.prompt_tokens(self.format.answering(system, turns))
+
+    def turn_spans(self, turns: list[Turn]) -> tuple[list[int], list[tuple[int, int]]]:
+        """The dialogue's tokens when more turns follow (BOS first where the model has one),
+        and each turn's [start, end) among them (``prompt.turn_texts``). Each turn is
+        tokenised on its own, so its tokens do not depend on the turns around it; they are
+        the chat's prompt's own where no token spans two turns (a chat template's turns meet
+        at control tokens, the built-in model's at a line break no token joins to a word)."""
+
+        def tokenize(text: str) -> list[int]:
+            return self.tokenize(text, add_bos=False, special=self.format.special)
+
+        tokens, spans = self.tokenize(""), []
+        for text in turn_texts(self.format, turns, tokenize):
+            piece = tokenize(text)
+            spans.append((len(tokens), len(tokens) + len(piece)))
+            tokens += piece
+        return tokens, spans
 
     def fit(self, turns: list[Turn], system: str | None, max_tokens: int) -> FittedPrompt:
         budget = self.n_ctx - min(max_tokens, self.n_ctx // 2)

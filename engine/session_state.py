@@ -130,9 +130,9 @@ class SessionStates:
         self.store, self.home, self.profile, self.runtime = store, Path(home), profile, runtime
         self.overlay_id, self.gates = overlay_id, gates
         self.n_layer = llama_native.n_layer(runtime.llm)
-        self.rule = (rule or CellRule()).resolve(self.n_layer)
+        self.writer = CellWriter(runtime, rule or CellRule())
+        self.rule = self.writer.rule
         self.directory = paths.session_states(self.home, profile.name)
-        self.writer = CellWriter(runtime.llm, runtime.model.sha256, self.rule)
         self.problems: dict[int, str] = {}
         self._cells: dict[int, Cells] = {}
 
@@ -243,8 +243,7 @@ class SessionStates:
         context holds something else."""
         cells = self.cells(session_id)
         if cells.enabled and prompt.dropped_turns > cells.folded:
-            lines = [("User" if t.role == "user" else "Assistant", t.content) for t in turns]
-            self.writer.fold(cells, lines, cells.folded, prompt.dropped_turns)
+            self.writer.fold(cells, turns, cells.folded, prompt.dropped_turns)
             self._save_cells(session_id)
         self.runtime.set_cells(self._read(cells, turns, prompt))
         if self.runtime.kv_owner != self.key(session_id):

@@ -8,12 +8,21 @@ import numpy as np
 import pytest
 
 from engine import llama_native
-from engine.cells import Baseline, CellRule, Cells, CellsRefused, CellWriter
+from engine.cells import (
+    QUERY_TOKENS,
+    Baseline,
+    CellRule,
+    Cells,
+    CellsRefused,
+    CellWriter,
+    calibration_turns,
+)
 from engine.engine import Engine
 from engine.errors import OtherProfile
 from engine.overlay import SparseOverlay
+from engine.prompt import Turn
 from engine.runtime import Runtime, Sampling
-from tests.tiny_gguf import N_EMBD, N_FF, N_LAYER
+from tests.tiny_gguf import N_EMBD, N_FF, N_LAYER, write_tiny_model
 
 RULE = CellRule(layers=(1, 2), probe_layer=1, decay=0.5)
 
@@ -95,8 +104,8 @@ def test_cells_round_trip_through_bytes_and_refuse_what_they_cannot_use():
 
 def test_turns_are_written_one_by_one_after_their_context(tiny_model):
     runtime = Runtime(tiny_model, n_ctx=256)
-    writer = CellWriter(runtime.llm, "sha", RULE)
-    turns = [("User", f"the cat {i} was in the town") for i in range(8)]
+    writer = CellWriter(runtime, RULE)
+    turns = [Turn("user", f"the cat {i} was in the town") for i in range(8)]
     together, first, apart, alone = _cells(), _cells(), _cells(), _cells()
     writer.fold(together, turns, 0, 6)
     writer.fold(first, turns, 0, 3)
@@ -108,6 +117,145 @@ def test_turns_are_written_one_by_one_after_their_context(tiny_model):
     assert not np.allclose(alone.sums, apart.sums - RULE.decay ** 3 * first.sums, rtol=1e-2)
     writer.close()
     runtime.close()
+
+
+# -- in the model's prompt format ----------------------------------------------------------
+
+
+def _reading(writer: CellWriter, monkeypatch) -> list[list[int]]:
+    """Record what ``writer`` reads; each token's "hidden state" is its position (the rows a
+    turn is written from are then known by value)."""
+    read: list[list[int]] = []
+
+    def states(tokens: list[int]) -> np.ndarray:
+        read.append(tokens)
+        rows = np.arange(1, len(tokens), dtype=np.float32)
+        return np.broadcast_to(rows[None, :, None], (2, len(rows), N_EMBD)).copy()
+
+    monkeypatch.setattr(writer, "states", states)
+    return read
+
+
+def _written_rows(monkeypatch) -> list[list[int]]:
+    """The token positions of each turn written into any cells from now on."""
+    rows: list[list[int]] = []
+    write = Cells.write
+    monkeypatch.setattr(Cells, "write", lambda self, states, decay: (
+        rows.append(states[0, :, 0].astype(int).tolist()), write(self, states, decay)))
+    return rows
+
+
+TURNS = [Turn("user" if i % 2 == 0 else "assistant",
+              f"  the cat {i} was in the town.\nIt was {i}! " if i % 3 else f"hello {i}")
+         for i in range(10)]
+
+
+def test_a_plain_dialogue_model_s_cells_read_the_tokens_they_always_have(runtime, monkeypatch,
+                                                                         tmp_path):
+    """Without a chat template (the built-in model), what the cells read is what they read
+    before they followed the model's prompt format, token for token: cells saved by then,
+    their baselines cached and the figures measured on them stay valid."""
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path))  # no made-up baseline in the shared one
+    llm = runtime.llm
+    writer = CellWriter(runtime, RULE)
+    read, rows = _reading(writer, monkeypatch), _written_rows(monkeypatch)
+
+    def tokens(text: str, bos: bool = False) -> list[int]:
+        return llm.tokenize(text.encode(), add_bos=bos, special=False)
+
+    writer.fold(_cells(), TURNS, 6, 9)  # read after turns 2 to 5, as they always were:
+    before, spans = [llm.token_bos()], []
+    for i in range(2, 9):
+        speaker = "User" if TURNS[i].role == "user" else "Assistant"
+        line = tokens(f"{'' if i == 2 else chr(10)}{speaker}: {TURNS[i].content.strip()}")
+        if i >= 6:
+            spans.append(list(range(len(before), len(before) + len(line))))
+        before += line
+    assert read == [before] and rows == spans
+
+    long = "the cat was in the town " * 80
+    writer.query(f" {long} ")
+    assert read[-1] == tokens(f"User: {long.strip()}", bos=True)[:QUERY_TOKENS] != tokens(
+        f"User: {long.strip()}", bos=True)
+
+    read.clear()
+    writer.baseline()
+    assert read == [tokens(f"{'User' if turn.role == 'user' else 'Assistant'}: {turn.content}",
+                           bos=True) for turn in calibration_turns()]
+    assert CellRule(layers=(1, 2), probe_layer=1).key() == "[1, [1, 2]]"  # as saved
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A tiny Llama 3: its chat template, and a bos."""
+    rt = Runtime(write_tiny_model(tmp_path_factory.mktemp("llama") / "llama.gguf", "llama"),
+                 n_ctx=256, n_threads=1)
+    yield rt
+    rt.close()
+
+
+def test_a_chat_template_s_turns_are_written_as_the_chat_s_prompt_holds_them(llama,
+                                                                             monkeypatch):
+    writer = CellWriter(llama, RULE)
+    read, rows = _reading(writer, monkeypatch), _written_rows(monkeypatch)
+    turns = [Turn(t.role, t.content.strip()) for t in TURNS]  # as the store keeps them
+    writer.fold(_cells(), turns, 6, 9)
+    [tokens] = read
+    assert llama.prompt(None, turns[2:])[:len(tokens)] == tokens  # the chat's, from turn 2
+
+    def text(positions: list[int]) -> str:
+        return llama.llm.detokenize([tokens[p] for p in positions], special=True).decode()
+
+    assert [text(positions) for positions in rows] == [
+        f"<|start_header_id|>{t.role}<|end_header_id|>\n\n{t.content}<|eot_id|>"
+        for t in turns[6:9]]
+    assert rows[0][0] > 1 and rows[-1][-1] == len(tokens) - 1  # after the context, to the end
+
+    writer.query(" What is my cat called? ")
+    assert llama.llm.detokenize(read[-1], special=True).decode() == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is my cat called?"
+        "<|eot_id|>")
+
+
+def test_cells_a_template_model_saved_in_the_plain_dialogue_are_refused(llama, runtime):
+    """Before cells followed the model's prompt format they were written in the plain
+    dialogue whatever the model: a chat template model's are another rule's; a plain
+    dialogue model's still read."""
+    template, plain = CellWriter(llama, RULE).rule, CellWriter(runtime, RULE).rule
+    assert template.chat_template and not plain.chat_template
+    saved = Cells.empty(RULE.resolve(N_LAYER), N_LAYER, N_EMBD, "sha")  # as cells were saved
+    saved.write(_states(1.0), RULE.decay)
+    assert Cells.from_bytes(saved.to_bytes(), "sha", plain).count == 1.0
+    with pytest.raises(CellsRefused, match="another cell rule"):
+        Cells.from_bytes(saved.to_bytes(), "sha", template)
+    assert template.key() != plain.key()  # and the baselines are cached apart
+
+
+# Gemma's: a dialogue must alternate, the user first
+ALTERNATING = (
+    "{{ bos_token }}{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+    "{% endif %}{{ '<start_of_turn>' + m['role'] + '\n' + m['content'] + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>assistant\n' }}{% endif %}")
+
+
+def test_a_template_that_has_the_user_speak_first_still_gets_its_baseline(tmp_path, monkeypatch):
+    """An assistant's calibration turn is read after its user's turn there, not alone."""
+    monkeypatch.setenv("ENGRAM_CACHE", str(tmp_path))
+    rt = Runtime(write_tiny_model(tmp_path / "gemma-it.gguf", chat_template=ALTERNATING),
+                 n_ctx=256, n_threads=1)
+    writer = CellWriter(rt, RULE)
+    read = _reading(writer, monkeypatch)
+    baseline = writer.baseline()
+    turns, positions = calibration_turns(), []
+    for i in range(0, len(turns), 2):
+        alone, _ = rt.turn_spans(turns[i: i + 1])
+        after, spans = rt.turn_spans(turns[i: i + 2])
+        assert read[i: i + 2] == [alone, after]  # the assistant's turn after the user's
+        positions += list(range(1, len(alone))) + list(range(*spans[1]))  # and only its own
+    assert len(read) == len(turns)
+    np.testing.assert_allclose(baseline.mean, np.mean(positions), rtol=1e-5)
+    rt.close()
 
 
 def test_rule_layers_default_to_all_the_control_vector_reaches_and_must_be_usable():

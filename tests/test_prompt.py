@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from engine.errors import InputTooLong
-from engine.prompt import ChatTemplate, PlainDialogue, Turn, answer, fit, without_thinking
-from tests.tiny_gguf import CHATML_TEMPLATE, QWEN3_TEMPLATE
+from engine.prompt import (
+    ChatTemplate,
+    PlainDialogue,
+    Turn,
+    answer,
+    fit,
+    turn_texts,
+    without_thinking,
+)
+from tests.tiny_gguf import CHATML_TEMPLATE, LLAMA3_TEMPLATE, PHI3_TEMPLATE, QWEN3_TEMPLATE
 
 
 def words(text: str) -> list[int]:
@@ -17,6 +27,43 @@ def test_plain_dialogue_ends_on_assistant_cue():
     text = PlainDialogue().render("Be kind.", [Turn("user", "hi"), Turn("assistant", "hello"),
                                                Turn("user", "name?")])
     assert text == "Be kind.\n\nUser: hi\nAssistant: hello\nUser: name?\nAssistant:"
+
+
+def markers(text: str) -> list[str]:
+    """A tokenizer for these tests: a chat template's markers are a token each, as control
+    tokens are, and so is a lone ``<``."""
+    return re.findall(r"<\|[a-z_]+\|>|[^<]+|<", text)
+
+
+DIALOGUE = [Turn("user", "my cat is called assistant"), Turn("assistant", "<|im_end|>"),
+            Turn("user", "name?")]
+
+
+def test_the_plain_dialogue_s_turns_are_its_lines():
+    texts = turn_texts(PlainDialogue(), DIALOGUE, markers)
+    assert texts == ["User: my cat is called assistant", "\nAssistant: <|im_end|>",
+                     "\nUser: name?"]
+    assert "".join(texts) + "\nAssistant:" == PlainDialogue().render(None, DIALOGUE)
+    assert turn_texts(PlainDialogue(), [], markers) == []
+
+
+@pytest.mark.parametrize("template, eos, turn", [
+    (CHATML_TEMPLATE, "<|im_end|>", "<|im_start|>{role}\n{content}<|im_end|>\n"),
+    # an assistant's last answer opens with an empty thinking block, not one that goes on
+    (QWEN3_TEMPLATE, "<|im_end|>", "<|im_start|>{role}\n{content}<|im_end|>\n"),
+    # a dialogue ends with an end-of-text, which shares "<|" with the next turn's marker
+    (PHI3_TEMPLATE, "<|end|>", "<|{role}|>\n{content}<|end|>\n"),
+    (LLAMA3_TEMPLATE, "<|eot_id|>",
+     "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>"),
+], ids=["chatml", "qwen3", "phi3", "llama3"])
+def test_a_chat_template_s_turn_runs_from_its_header_to_what_closes_it(template, eos, turn):
+    """Whatever a turn says (a role's name, a marker), wherever it is (last or not)."""
+    fmt = ChatTemplate(template, "<|begin_of_text|>", eos, "test")
+    for turns in (DIALOGUE, DIALOGUE[:2], DIALOGUE[:1]):
+        texts = turn_texts(fmt, turns, markers)
+        assert texts == [turn.format(role=t.role, content=t.content) for t in turns]
+        later = [Turn("assistant", "Pixel"), Turn("user", "and?")][turns[-1].role == "assistant":]
+        assert fmt.render(None, turns + later).startswith("".join(texts))
 
 
 def test_fit_keeps_everything_when_it_fits():

@@ -79,6 +79,32 @@ def test_a_chat_template_s_turn_markers_are_control_tokens(tiny_model):
         rt.close()
 
 
+TURN = {"llama": "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>",
+        "qwen2": "<|im_start|>{role}\n{content}<|im_end|>\n",
+        "qwen3": "<|im_start|>{role}\n{content}<|im_end|>\n"}
+
+
+@pytest.mark.parametrize("tiny_model", list(TURN), indirect=True)
+def test_a_dialogue_s_turns_are_spans_of_the_chat_s_own_prompt(tiny_model, request):
+    """Each turn's tokens are the template's text for it, and together they begin the
+    prompt the chat writes for the same turns and later ones."""
+    rt = Runtime(tiny_model, n_ctx=256, n_threads=1)
+    try:
+        turns = [Turn("user", "My cat is called Pixel."), Turn("assistant", "Hello!"),
+                 Turn("user", "What is my cat called?")]
+        tokens, spans = rt.turn_spans(turns)
+        later = [Turn("assistant", "Pixel."), Turn("user", "And?")]
+        assert rt.prompt(None, turns + later)[:len(tokens)] == tokens
+        assert [start for start, _ in spans] == [len(rt.tokenize(""))] + [
+            end for _, end in spans[:-1]] and spans[-1][1] == len(tokens)
+        turn = TURN[request.node.callspec.params["tiny_model"]]
+        assert [rt.llm.detokenize(tokens[start:end], special=True).decode()
+                for start, end in spans] == [turn.format(role=t.role, content=t.content)
+                                             for t in turns]
+    finally:
+        rt.close()
+
+
 def test_old_turns_dropped_are_reported(runtime):
     turns = []
     for i in range(30):

@@ -19,28 +19,30 @@ Then session state: resuming a ~2,000-token session from the store vs re-reading
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from pathlib import Path
 
 import numpy as np
 
 from engine import llama_native
-from engine.cell_conversations import Case, Probe, cases, dev_cases, render
+from engine.cell_conversations import Case, Probe, asked, cases, dev_cases
 from engine.cell_training import GateRecipe
 from engine.cells import CellRule, Cells, CellWriter
+from engine.prompt import Turn
+from engine.runtime import Runtime
 from store import paths
 
 
 class Judge:
-    """Answer NLLs from llama.cpp (a second context on the model): each case's context is
-    evaluated once and each probe appended to it; the output head is computed only where an
-    answer token is predicted (on a 262k vocabulary it costs more than the rest)."""
+    """Answer NLLs from llama.cpp (a second context on the model), the questions asked in the
+    model's prompt format as the read is trained (``cell_conversations.asked``): each case's
+    dialogue is evaluated once and each probe appended to it; the output head is computed
+    only where an answer token is predicted (on a 262k vocabulary it costs more than the
+    rest). ``runtime`` formats and tokenises (the same model)."""
 
-    def __init__(self, llm):
-        self.llm = llm
-
-    def tokens(self, text: str, bos: bool = False) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=bos, special=False)
+    def __init__(self, llm, runtime: Runtime):
+        self.llm, self.runtime = llm, runtime
 
     def set_cells(self, vectors: np.ndarray | None) -> None:
         llama_native.cvec_set(self.llm, vectors)
@@ -56,21 +58,19 @@ class Judge:
         logits = llama_native.decode_at(self.llm, tokens, start, positions)
         return -float(log_softmax(logits)[np.arange(len(targets)), targets].sum())
 
-    def answers(self, context: str, probes: list[Probe]) -> list[float]:
-        """Summed NLL of each probe's answer after ``context`` + the question."""
-        prefix = self.tokens(context, bos=True)
+    def answers(self, turns: list[Turn], probes: list[Probe]) -> list[float]:
+        """Summed NLL of each probe's answer after ``turns`` + the question."""
+        questions = [asked(self.runtime, turns, probe) for probe in probes]
+        shared = list(os.path.commonprefix([self.runtime.turn_spans(turns)[0]]
+                                           + [prompt for prompt, _ in questions]))
         llama_native.forget_after(self.llm, 0)
-        llama_native.decode_at(self.llm, prefix, 0, [])
-        out = []
-        for probe in probes:
-            answer = self.tokens(f" {probe.answer}")
-            question = self.tokens(f"\nUser: {probe.question}\nAssistant:")
-            out.append(self._nll(question + answer, len(prefix), answer))
-        return out
+        llama_native.decode_at(self.llm, shared, 0, [])
+        return [self._nll(prompt[len(shared):] + answer, len(shared), answer)
+                for prompt, answer in questions]
 
     def text_nll(self, text: str) -> tuple[float, int]:
         """Summed NLL of a text and its token count (for perplexity)."""
-        tokens = self.tokens(text, bos=True)
+        tokens = self.runtime.tokenize(text)
         return self._nll(tokens, 0, tokens[1:]), len(tokens) - 1
 
 
@@ -99,18 +99,18 @@ def score(judge: Judge, writer: CellWriter, all_cases: list[Case], all_cells: li
             return cells.relevance(writer.query(text), rule, baseline) if read else -math.inf
 
         judge.set_cells(None)
-        full = judge.answers(render(case.dropped + case.kept), case.probes)
-        *truncated, neutral_off = judge.answers(render(case.kept), case.probes + [case.neutral])
+        full = judge.answers(case.dropped + case.kept, case.probes)
+        *truncated, neutral_off = judge.answers(case.kept, case.probes + [case.neutral])
         paragraph = paragraphs[k % len(paragraphs)]
         off, n = judge.text_nll(paragraph)
         judge.set_cells(vector)
-        *with_cells, neutral_on = judge.answers(render(case.kept), case.probes + [case.neutral])
+        *with_cells, neutral_on = judge.answers(case.kept, case.probes + [case.neutral])
         on, _ = judge.text_nll(paragraph)
         judge.set_cells(None)
         rows[case.kind] += [(a, b, c, relevance(p.question)) for a, b, c, p
                             in zip(full, truncated, with_cells, case.probes, strict=True)]
         neutral.append((neutral_off, neutral_on, relevance(case.neutral.question),
-                        len(judge.tokens(f" {case.neutral.answer}"))))
+                        len(asked(judge.runtime, case.kept, case.neutral)[1])))
         generic.append((off, on, relevance(paragraph), n))
 
     def figures(tau: float) -> dict:
@@ -172,12 +172,12 @@ def generation_ratio(runtime, vector: np.ndarray, tokens: int = 48, repetitions:
 RESUME_QUESTION = "Thanks. To sum up, what did we talk about first?"
 
 
-def _history(tokenize, target: int) -> list[tuple[str, str]]:
+def _history(runtime: Runtime, target: int) -> list[Turn]:
     """User/assistant pairs from the bench's conversations, about ``target`` tokens long."""
     turns = []
     for case in cases():
         turns += case.dropped + case.kept
-        if len(tokenize(render(turns))) >= target:
+        if len(runtime.turn_spans(turns)[0]) >= target:
             break
     return turns
 
@@ -210,8 +210,8 @@ def resume(model: str | None, history_tokens: int = 2000, max_tokens: int = 32) 
         engine = Engine(home=homes[0], model=model, n_ctx=4096)
         runtime = engine.load()
         session = engine.new_session()
-        for speaker, text in _history(runtime.tokenize, history_tokens):
-            engine.store.add_message(session.id, speaker.lower(), text)
+        for turn in _history(runtime, history_tokens):
+            engine.store.add_message(session.id, turn.role, turn.content)
         conversation = engine.conversation(session)
         list(conversation.send("Thanks, that is all for now.", Sampling.greedy(max_tokens)))
         for home in homes[1:]:
@@ -239,20 +239,19 @@ def run(model: str | None = None, facts: Path | None = None, topics: Path | None
 
     from engine import cell_training
     from engine.learning.texts import anchor_prose
-    from engine.runtime import Runtime
     from engine.twin import Twin
 
     runtime = Runtime(model, n_ctx=1024)
     n_layer = llama_native.n_layer(runtime.llm)
-    rule = (rule or CellRule()).resolve(n_layer)
-    writer = CellWriter(runtime.llm, runtime.model.sha256, rule)
+    writer = CellWriter(runtime, rule or CellRule())
+    rule = writer.rule
     training = dev_cases(train)
     all_cases = cases(facts, topics)
     started = time.perf_counter()
     gates = cell_training.train(Twin.load(runtime.model), writer, training, anchor_prose(), recipe)
     train_seconds = time.perf_counter() - started
-    longest = max(len(runtime.tokenize(text)) for text in
-                  [render(c.dropped + c.kept) for c in all_cases] + generic_paragraphs())
+    longest = max([len(runtime.turn_spans(c.dropped + c.kept)[0]) for c in all_cases]
+                  + [len(runtime.tokenize(text)) for text in generic_paragraphs()])
     judge_llm = llama_cpp.Llama(model_path=str(runtime.model.path), n_ctx=longest + 256,
                                 n_threads=runtime.n_threads, n_threads_batch=runtime.n_threads,
                                 verbose=False)
@@ -264,7 +263,7 @@ def run(model: str | None = None, facts: Path | None = None, topics: Path | None
               "train_seconds": round(train_seconds, 1),
               "cases": {kind: sum(c.kind == kind for c in all_cases)
                         for kind in ("facts", "topic")}}
-    result |= score(Judge(judge_llm), writer, all_cases, all_cells, gates)
+    result |= score(Judge(judge_llm, runtime), writer, all_cases, all_cells, gates)
     vector = next((v for v in (c.read(gates, writer.baseline()) for c in all_cells)
                    if v is not None), np.zeros((n_layer, runtime.llm.n_embd()), np.float32))
     result["tokens_per_s_ratio"] = round(

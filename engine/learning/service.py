@@ -41,7 +41,7 @@ from engine.learning.texts import (
 )
 from engine.memory import OverlayMemory
 from engine.overlay import SparseOverlay, write_gguf_lora
-from engine.prompt import ChatTemplate
+from engine.prompt import ChatTemplate, Turn
 from engine.runtime import Runtime
 from engine.settings import Settings
 from store.records import OverlayVersion, Profile, Session
@@ -348,11 +348,12 @@ class Learning:
             for sid in sessions:
                 if newest.get(sid, 0) <= learned.get(str(sid), 0):
                     continue  # nothing new: its messages are not read
-                messages = [m for m in self.store.messages(sid) if m.content]
+                messages = [m for m in self.store.messages(sid)  # the turns the chat reads
+                            if m.role in ("user", "assistant") and m.content]
                 if sum(m.role == "user" and m.id > learned.get(str(sid), 0)
                        for m in messages) >= CELLS_EVERY:
-                    own += cell_conversations.session_cases(sid, [
-                        ("User" if m.role == "user" else "Assistant", m.content) for m in messages])
+                    own += cell_conversations.session_cases(
+                        sid, [Turn(m.role, m.content) for m in messages])
             if not own:
                 return None
             started = time.perf_counter()

@@ -4,6 +4,7 @@ Every file lives under ``assets/``; none is read from anywhere else."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from engine.prompt import Turn
@@ -78,11 +79,11 @@ def generic_text() -> list[str]:
     return _paragraphs(paths.eval_data("generic-text.txt"))
 
 
-def dialogue(runtime: Runtime, system: str | None, question: str,
-             answer: str) -> tuple[list[int], list[int]]:
-    """A question in the app's own prompt format, up to where an answer begins, and the
-    tokens of an answer to it."""
-    prompt = runtime.answering(system, [Turn("user", question)])
+def dialogue(runtime: Runtime, system: str | None, question: str, answer: str,
+             earlier: Sequence[Turn] = ()) -> tuple[list[int], list[int]]:
+    """A question in the app's own prompt format (after ``earlier`` turns), up to where an
+    answer begins, and the tokens of an answer to it."""
+    prompt = runtime.answering(system, [*earlier, Turn("user", question)])
     return prompt, runtime.tokenize(answer, add_bos=False)
 
 
