@@ -3,7 +3,8 @@
 A GGUF that carries a chat template is formatted with it. Base models without one
 (the built-in Gemma 3 270M is a base model) get a plain ``User:`` / ``Assistant:``
 dialogue, which they continue far better than their own turn tokens. A reasoning model's
-reply may start with its thinking (Qwen 3's ``<think>…</think>``): the answer is what follows.
+reply may start with its thinking (Qwen 3's ``<think>…</think>``): the answer is what follows;
+unless it may think (a profile's ``thinking``), its template is asked for no thinking at all.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import ChatTemplateRefused, InputTooLong
 
@@ -74,11 +75,18 @@ class ChatTemplate:
     immutable sandbox, which denies Python internals (``__class__``, ``__globals__``); a
     template that cannot format a one-message dialogue is refused with its model rather
     than swapped for another format: the model would then answer prompts in a shape it was
-    never trained on, and learn from them, with nothing to say why its replies got worse."""
+    never trained on, and learn from them, with nothing to say why its replies got worse.
+
+    Without ``thinking`` every render tells the template ``enable_thinking=False``: Qwen 3's
+    template (and those after it) then ends the generation prompt with the empty thinking
+    block it writes before an answer given without thinking, so the model answers at once,
+    after the very text the learner trains answers after (``answering``). A template that does
+    not read the variable renders the same either way; with ``thinking``, it is not passed."""
 
     special = True
 
-    def __init__(self, template: str, bos_token: str, eos_token: str, source: str):
+    def __init__(self, template: str, bos_token: str, eos_token: str, source: str,
+                 thinking: bool = True):
         import jinja2
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -90,6 +98,8 @@ class ChatTemplate:
         except jinja2.TemplateError as exc:
             raise template_refused(source, exc) from exc
         self._bos = bos_token
+        # what every render tells the template, besides the dialogue
+        self._variables: dict[str, Any] = {} if thinking else {"enable_thinking": False}
         self.stop = [eos_token] if eos_token else []
         self.end_of_turn = eos_token
         self.render(None, [Turn("user", "hello")])
@@ -106,7 +116,8 @@ class ChatTemplate:
         messages += [{"role": t.role, "content": t.content} for t in turns]
         try:
             # llama-cpp-python types messages as TypedDicts with literal roles
-            response = formatter(messages=messages)  # type: ignore[arg-type]
+            response = formatter(messages=messages,  # type: ignore[arg-type]
+                                 **self._variables)
         except Exception as exc:  # the template's own code failed, whatever it raised
             raise template_refused(self._source, exc) from exc
         if response.stop:

@@ -110,14 +110,31 @@ def test_a_reply_is_shown_and_kept_without_its_thinking_block(reply, shown):
 
 
 def test_an_answer_is_learned_where_the_template_puts_it():
-    """Qwen 3 writes an empty thinking block before an answer given without thinking; where
-    a template writes nothing there, the answer follows the generation prompt."""
+    """Qwen 3 writes an empty thinking block before an answer given without thinking, where it
+    prompts one told not to think; where a template writes nothing there, the answer follows
+    the generation prompt."""
     turns = [Turn("user", "What is my cat called?")]
     qwen3 = ChatTemplate(QWEN3_TEMPLATE, "", "<|im_end|>", "qwen3")
     assert qwen3.render(None, turns).endswith("<|im_start|>assistant\n")
     assert qwen3.answering(None, turns) == qwen3.render(None, turns) + "<think>\n\n</think>\n\n"
+    direct = ChatTemplate(QWEN3_TEMPLATE, "", "<|im_end|>", "qwen3", thinking=False)
+    assert direct.render(None, turns) == direct.answering(None, turns) \
+        == qwen3.answering(None, turns)
     chatml = ChatTemplate(CHATML_TEMPLATE, "", "<|im_end|>", "chatml")
     spaced = ChatTemplate("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
                           "{% endfor %}[assistant]", "", "", "spaced")
     for fmt in (chatml, spaced, PlainDialogue()):
         assert fmt.answering("Be kind.", turns) == fmt.render("Be kind.", turns)
+
+
+@pytest.mark.parametrize("template, eos", [
+    (CHATML_TEMPLATE, "<|im_end|>"), (PHI3_TEMPLATE, "<|end|>"), (LLAMA3_TEMPLATE, "<|eot_id|>"),
+], ids=["chatml", "phi3", "llama3"])
+def test_a_template_that_does_not_read_enable_thinking_is_unaffected_by_it(template, eos):
+    turns = [Turn("user", "My cat is called Pixel."), Turn("assistant", "Hello!"),
+             Turn("user", "What is my cat called?")]
+    may_think, direct = (ChatTemplate(template, "", eos, "test", thinking=thinking)
+                         for thinking in (True, False))
+    for write in ("render", "transcript", "answering"):
+        assert getattr(direct, write)("Be kind.", turns) \
+            == getattr(may_think, write)("Be kind.", turns)

@@ -35,7 +35,8 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # Qwen 3's, cut to what a chat without tools meets: an assistant turn after the last user
 # turn opens with its thinking block (an empty one where it did no thinking), earlier ones are
-# their answers alone, and the generation prompt leaves the model to think or not
+# their answers alone, and the generation prompt leaves the model to think or not, unless told
+# ``enable_thinking=False``: then it ends with the empty thinking block
 QWEN3_TEMPLATE = (
     "{% set ns = namespace(last_user=-1) %}{% for message in messages %}"
     "{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}"
@@ -45,7 +46,9 @@ QWEN3_TEMPLATE = (
     "{{ '<think>\n\n</think>\n\n' }}{% endif %}{{ answer + '<|im_end|>\n' }}"
     "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}")
 
 PHI3_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + "
