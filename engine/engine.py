@@ -59,9 +59,13 @@ class Engine:
 
     def load(self) -> Runtime:
         if self.runtime is None:
-            self._serve(Runtime(self.model_path, n_ctx=self.n_ctx))
+            self._serve(self._runtime(self.model_path))
         assert self.runtime is not None  # _serve set it
         return self.runtime
+
+    def _runtime(self, model: str | os.PathLike | None) -> Runtime:
+        """``model`` loaded as this profile chats: its context window, thinking or not."""
+        return Runtime(model, n_ctx=self.n_ctx, thinking=self.settings.thinking)
 
     def _serve(self, runtime: Runtime) -> None:
         """Build the memory, session states and learning on ``runtime`` and use them all."""
@@ -80,7 +84,7 @@ class Engine:
         new model's memory is opened: a job for the old model is dropped (its sessions stay
         pending) and never reaches the new one."""
         old_runtime, old_states, old_learning = self.runtime, self.states, self.learning
-        runtime = Runtime(model, n_ctx=self.n_ctx)
+        runtime = self._runtime(model)
         with self._queue_lock:
             queue, self.learn_queue, self._replacing_model = self.learn_queue, None, True
         try:

@@ -116,10 +116,13 @@ def gpu_layers() -> int:
 
 
 class Runtime:
-    """One loaded model. One generation at a time (guarded by a lock)."""
+    """One loaded model. One generation at a time (guarded by a lock). ``thinking``: whether
+    a reasoning model may think before it answers (``prompt.ChatTemplate``); off, as a
+    profile's default is."""
 
     def __init__(self, model: str | os.PathLike | None = None, n_ctx: int = 4096,
-                 n_threads: int | None = None, n_gpu_layers: int | None = None):
+                 n_threads: int | None = None, n_gpu_layers: int | None = None,
+                 thinking: bool = False):
         import jinja2
         import llama_cpp
 
@@ -145,7 +148,8 @@ class Runtime:
             ) from exc
         self.n_ctx = self.llm.n_ctx()
         try:
-            self.format: PromptFormat = _prompt_format(self.llm, self.model.path.name)
+            self.format: PromptFormat = _prompt_format(self.llm, self.model.path.name,
+                                                       thinking)
         except ChatTemplateRefused:
             self.llm.close()
             raise
@@ -352,10 +356,10 @@ class Runtime:
                 self.llm.close()
 
 
-def _prompt_format(llm, source: str) -> PromptFormat:
+def _prompt_format(llm, source: str, thinking: bool) -> PromptFormat:
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         return PlainDialogue()
     bos, eos = (llm.detokenize([t], special=True).decode("utf-8", "replace") if t >= 0 else ""
                 for t in (llm.token_bos(), llm.token_eos()))
-    return ChatTemplate(template, bos, eos, source)
+    return ChatTemplate(template, bos, eos, source, thinking)

@@ -27,6 +27,7 @@ class Settings:
     locality_margin: float  # … or below the model's null-overlay floor less this (≥ 1: off)
     gate_replies: bool  # the gate also refuses versions that leak or loop
     model_pairs: bool  # a model with a chat template writes question/answer pairs too
+    thinking: bool  # a reasoning model may think before it answers (read when a model loads)
     model_folders: list[str]  # searched for GGUF files by `engram models`, besides the usual places
 
     @classmethod

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from engine.conversation import Conversation
+from engine.engine import Engine
 from engine.errors import ChatTemplateRefused, InputTooLong, ModelError
 from engine.learning.texts import dialogue
 from engine.prompt import ChatTemplate, PlainDialogue, Turn
@@ -235,3 +238,28 @@ def test_qwen3_learns_answers_after_the_empty_thinking_block_its_template_writes
         assert rt.detokenize(answer) == " Pixel."
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize("tiny_model", ["qwen3"], indirect=True)
+def test_qwen3_is_prompted_where_it_learns_answers_unless_the_profile_lets_it_think(
+        tiny_model, engine_home):
+    """Thinking off (a profile's default), the chat's prompt ends with the empty thinking block,
+    exactly where the learner's training examples put the answer; on, it leaves the model to
+    think. The learner's examples are the same either way."""
+    turns = [Turn("user", "My cat is called Pixel."), Turn("assistant", "Hello!"),
+             Turn("user", "What is my cat called?")]
+    served, learned = {}, {}
+    for thinking in (False, True):
+        engine = Engine(home=engine_home, model=tiny_model, n_ctx=256)
+        try:
+            if thinking:
+                engine.save_settings(replace(engine.settings, thinking=True))
+            rt = engine.load()
+            served[thinking] = rt.prompt("sys", turns)
+            learned[thinking] = dialogue(rt, "sys", turns[-1].content, " Pixel.", turns[:-1])[0]
+            text = rt.llm.detokenize(served[thinking], special=True).decode()
+        finally:
+            engine.close()
+        assert text.endswith("<|im_start|>assistant\n" + ("" if thinking else
+                                                          "<think>\n\n</think>\n\n"))
+    assert served[False] == learned[False] == learned[True] != served[True]
