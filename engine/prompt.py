@@ -3,8 +3,10 @@
 A GGUF that carries a chat template is formatted with it. Base models without one
 (the built-in Gemma 3 270M is a base model) get a plain ``User:`` / ``Assistant:``
 dialogue, which they continue far better than their own turn tokens. A reasoning model's
-reply may start with its thinking (Qwen 3's ``<think>…</think>``): the answer is what follows;
-unless it may think (a profile's ``thinking``), its template is asked for no thinking at all.
+reply may start with its thinking (Qwen 3's ``<think>…</think>``), or start inside it where the
+template's generation prompt opens the block (Qwen 3 Thinking's, DeepSeek-R1's): the answer is
+what follows; unless it may think (a profile's ``thinking``), its template is asked for no
+thinking at all.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class PromptFormat(Protocol):
     stop: list[str]
     end_of_turn: str  # the text that closes an assistant's turn
     special: bool  # whether a rendered prompt's control-token text is parsed as those tokens
+    # what the generation prompt has already begun a reply with: THINK_OPEN where it opens
+    # the thinking block (the reply then starts inside it and closes it first), else ""
+    reply_prefix: str
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         """The prompt text, ending where the assistant's reply begins."""
@@ -50,6 +55,7 @@ class PlainDialogue:
     stop = ["\nUser:", "\nAssistant:", "\nUSER:", "\n\n\n"]
     end_of_turn = "\nUser:"  # what follows a finished reply
     special = False
+    reply_prefix = ""
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         head = self.transcript(system, turns)
@@ -81,7 +87,12 @@ class ChatTemplate:
     template (and those after it) then ends the generation prompt with the empty thinking
     block it writes before an answer given without thinking, so the model answers at once,
     after the very text the learner trains answers after (``answering``). A template that does
-    not read the variable renders the same either way; with ``thinking``, it is not passed."""
+    not read the variable renders the same either way; with ``thinking``, it is not passed.
+
+    A template whose generation prompt opens the thinking block itself (Qwen 3 Thinking's and
+    DeepSeek-R1's end with ``<think>\n``, whatever they are told) has ``reply_prefix``: its
+    replies are read as starting with that ``<think>``. Told not to think, Qwen 3's writes the
+    empty block there instead, which is closed: its replies start with the answer."""
 
     special = True
 
@@ -102,7 +113,8 @@ class ChatTemplate:
         self._variables: dict[str, Any] = {} if thinking else {"enable_thinking": False}
         self.stop = [eos_token] if eos_token else []
         self.end_of_turn = eos_token
-        self.render(None, [Turn("user", "hello")])
+        cue = self.render(None, [Turn("user", "hello")]).rstrip()
+        self.reply_prefix = THINK_OPEN if cue.endswith(THINK_OPEN) else ""
 
     def render(self, system: str | None, turns: list[Turn]) -> str:
         return self._apply(self._formatter, system, turns)
@@ -147,19 +159,21 @@ def template_refused(source: str, exc: Exception) -> ChatTemplateRefused:
         "it asked for ran. Use another GGUF of this model")
 
 
-def answer(reply: str) -> str:
+def answer(reply: str, prefix: str = "") -> str:
     """A finished reply without the thinking block it starts with, if any: the model's
-    working, not its answer (one never closed is all the reply said, and is kept)."""
-    found = _answer_so_far(reply)
+    working, not its answer. ``prefix``: the format's ``reply_prefix``, the start the prompt
+    gave the reply (a block it opened). A block never closed is all the reply said, and the
+    reply is kept as the model wrote it."""
+    found = _answer_so_far(prefix + reply)
     return reply if found is None else found
 
 
-def without_thinking(pieces: Iterable[str]) -> Iterator[str]:
+def without_thinking(pieces: Iterable[str], prefix: str = "") -> Iterator[str]:
     """A streamed reply's pieces as ``answer`` reads the whole: held back while the reply is
     in a leading thinking block, or may still open one. Once the answer has begun, the rest
     passes straight through (it is every reply's path, thinking or not)."""
     pieces = iter(pieces)
-    raw = ""
+    raw = prefix
     for piece in pieces:
         raw += piece
         if found := _answer_so_far(raw):
@@ -167,7 +181,7 @@ def without_thinking(pieces: Iterable[str]) -> Iterator[str]:
             yield from pieces
             return
     if _answer_so_far(raw) is None:
-        yield raw
+        yield raw[len(prefix):]
 
 
 def _answer_so_far(reply: str) -> str | None:

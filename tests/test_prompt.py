@@ -16,7 +16,22 @@ from engine.prompt import (
     turn_texts,
     without_thinking,
 )
-from tests.tiny_gguf import CHATML_TEMPLATE, LLAMA3_TEMPLATE, PHI3_TEMPLATE, QWEN3_TEMPLATE
+from tests.tiny_gguf import (
+    CHATML_TEMPLATE,
+    LLAMA3_TEMPLATE,
+    PHI3_TEMPLATE,
+    QWEN3_TEMPLATE,
+    QWEN3_THINKING_TEMPLATE,
+)
+
+# DeepSeek-R1's (distills'), cut to a chat without tools: the system prompt first, an answer
+# kept without its thinking, and a generation prompt that opens the thinking block
+R1_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+    "{% else %}{{ '<｜Assistant｜>' + m['content'].split('</think>')[-1] + "
+    "'<｜end▁of▁sentence｜>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\n' }}{% endif %}")
 
 
 def words(text: str) -> list[int]:
@@ -93,20 +108,58 @@ def test_a_message_that_cannot_fit_is_refused():
         fit(PlainDialogue(), None, [Turn("user", "x " * 500)], words, budget=100)
 
 
-@pytest.mark.parametrize("reply, shown", [
-    ("<think>\n\n</think>\n\nPixel.", "Pixel."),
-    ("\n<think>\nThe user asks about the cat.\n</think>\n\nIt is Pixel.", "It is Pixel."),
-    (" Pixel, not <think>this</think>", " Pixel, not <think>this</think>"),  # leading only
-    ("<b>Pixel</b>", "<b>Pixel</b>"),
-    ("<think>\nStill thinking when it was stopped", "<think>\nStill thinking when it was stopped"),
-    ("", ""),
+@pytest.mark.parametrize("prefix, reply, shown", [
+    ("", "<think>\n\n</think>\n\nPixel.", "Pixel."),
+    ("", "\n<think>\nThe user asks about the cat.\n</think>\n\nIt is Pixel.", "It is Pixel."),
+    ("", " Pixel, not <think>this</think>", " Pixel, not <think>this</think>"),  # leading only
+    ("", "<b>Pixel</b>", "<b>Pixel</b>"),
+    ("", "<think>\nStill thinking when it was stopped",
+     "<think>\nStill thinking when it was stopped"),
+    ("", "", ""),
+    # after a prompt that opened the block: the reply starts inside it
+    ("<think>", "\nThe user asks about the cat.\n</think>\n\nIt is Pixel.", "It is Pixel."),
+    ("<think>", "</think>Pixel, not <think>this</think>", "Pixel, not <think>this</think>"),
+    ("<think>", "\n\n</think>\n\n", ""),  # closed at the very end: no answer
+    ("<think>", "The cat is Pixel.</think>", ""),
+    ("<think>", "\nStill thinking when it was stopped", "\nStill thinking when it was stopped"),
+    ("<think>", "Pixel.", "Pixel."),  # never closed: kept as the model wrote it
+    ("<think>", "", ""),
 ])
-def test_a_reply_is_shown_and_kept_without_its_thinking_block(reply, shown):
+def test_a_reply_is_shown_and_kept_without_its_thinking_block(prefix, reply, shown):
     """The same whether the reply is read whole or streamed, in any pieces."""
-    assert answer(reply) == shown
+    assert answer(reply, prefix) == shown
     for size in (1, 2, 3, 7, len(reply) or 1):
-        assert "".join(without_thinking(reply[i:i + size]
-                                        for i in range(0, len(reply), size))) == shown
+        assert "".join(without_thinking((reply[i:i + size]
+                                         for i in range(0, len(reply), size)), prefix)) == shown
+
+
+@pytest.mark.parametrize("template, eos", [
+    (QWEN3_THINKING_TEMPLATE, "<|im_end|>"), (R1_TEMPLATE, "<｜end▁of▁sentence｜>"),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}[assistant]<think>", ""),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}[assistant]<think> \n\n", ""),
+], ids=["qwen3-thinking", "deepseek-r1", "no-newline", "whitespace"])
+def test_a_template_that_opens_the_thinking_block_starts_its_replies_inside_it(template, eos):
+    """Whatever it is told (it does not read ``enable_thinking``). What the learner trains and
+    the model writes its pairs after (``answering``) is where an answer begins, outside it."""
+    turns = [Turn("user", "What is my cat called?")]
+    for thinking in (True, False):
+        fmt = ChatTemplate(template, "", eos, "test", thinking=thinking)
+        assert fmt.reply_prefix == "<think>"
+        assert not fmt.answering("Be kind.", turns).rstrip().endswith("<think>")
+
+
+@pytest.mark.parametrize("template, eos", [
+    (CHATML_TEMPLATE, "<|im_end|>"), (QWEN3_TEMPLATE, "<|im_end|>"), (PHI3_TEMPLATE, "<|end|>"),
+    (LLAMA3_TEMPLATE, "<|eot_id|>"),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}[assistant]<think></think>", ""),
+    ("{% for m in messages %}{{ m['content'] }}{% endfor %}<think>[assistant]", ""),
+], ids=["chatml", "qwen3", "phi3", "llama3", "closed", "before-the-cue"])
+def test_a_template_that_does_not_open_the_block_starts_its_replies_outside(template, eos):
+    """Qwen 3's, told not to think, ends its prompt with the empty block, which is closed;
+    let think, it leaves the model to open one itself (``answer`` reads that)."""
+    for thinking in (True, False):
+        assert ChatTemplate(template, "", eos, "test", thinking=thinking).reply_prefix == ""
+    assert PlainDialogue().reply_prefix == ""
 
 
 def test_an_answer_is_learned_where_the_template_puts_it():

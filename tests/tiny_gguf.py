@@ -37,7 +37,7 @@ CHATML_TEMPLATE = (
 # turn opens with its thinking block (an empty one where it did no thinking), earlier ones are
 # their answers alone, and the generation prompt leaves the model to think or not, unless told
 # ``enable_thinking=False``: then it ends with the empty thinking block
-QWEN3_TEMPLATE = (
+QWEN3_TURNS = (
     "{% set ns = namespace(last_user=-1) %}{% for message in messages %}"
     "{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}"
     "{% endfor %}{% for message in messages %}{% if message['role'] == 'assistant' %}"
@@ -45,10 +45,15 @@ QWEN3_TEMPLATE = (
     "{{ '<|im_start|>assistant\n' }}{% if loop.index0 > ns.last_user %}"
     "{{ '<think>\n\n</think>\n\n' }}{% endif %}{{ answer + '<|im_end|>\n' }}"
     "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "'<|im_end|>\n' }}{% endif %}{% endfor %}")
+QWEN3_TEMPLATE = QWEN3_TURNS + (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% if enable_thinking is defined and enable_thinking is false %}"
     "{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}")
+# Qwen 3 Thinking's (2507): the same turns, and a generation prompt that opens the thinking
+# block whatever it is told, so that a reply starts inside it
+QWEN3_THINKING_TEMPLATE = QWEN3_TURNS + (
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}")
 
 PHI3_TEMPLATE = (
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + "
