@@ -71,11 +71,12 @@ class ReplyStats:
 @dataclass
 class Reply:
     """A reply being generated. Iterate for text pieces (the answer: not the thinking block a
-    reasoning model may start with, see ``prompt.answer``); ``stats`` is final after
-    iteration and counts every token generated."""
+    reasoning model may start with, or start inside after a prompt that opened it: see
+    ``prompt.answer``); ``stats`` is final after iteration and counts every token generated."""
 
     _pieces: Iterator[str]
     stats: ReplyStats
+    prefix: str = ""  # the start its prompt gave it (``PromptFormat.reply_prefix``)
     text: str = ""
     _cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -88,7 +89,7 @@ class Reply:
         self._cancel.set()
 
     def __iter__(self) -> Iterator[str]:
-        for piece in without_thinking(self._pieces):
+        for piece in without_thinking(self._pieces, self.prefix):
             self.text += piece
             yield piece
 
@@ -221,7 +222,7 @@ class Runtime:
         prompt = self.fit(turns, system, sampling.max_tokens)
         stats = ReplyStats(prompt_tokens=len(prompt.tokens), n_ctx=self.n_ctx,
                            dropped_turns=prompt.dropped_turns)
-        reply = Reply(iter(()), stats)
+        reply = Reply(iter(()), stats, self.format.reply_prefix)
         reply._pieces = self._stream(prompt, sampling, reply, owner, prepare)
         return reply
 

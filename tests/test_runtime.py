@@ -13,7 +13,7 @@ from engine.learning.texts import dialogue
 from engine.prompt import ChatTemplate, PlainDialogue, Turn
 from engine.runtime import Runtime, Sampling
 from store.store import Store
-from tests.tiny_gguf import write_tiny_model
+from tests.tiny_gguf import QWEN3_THINKING_TEMPLATE, write_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +225,46 @@ def test_a_reply_s_thinking_block_is_neither_shown_nor_stored(tmp_path, runtime,
     assert "".join(reply) == reply.text == "Pixel."
     assert reply.stats.completion_tokens == len(runtime.tokenize("".join(said), add_bos=False))
     assert conversation.turns()[-1] == Turn("assistant", "Pixel.")
+
+
+@pytest.fixture(scope="module")
+def opens_thinking(tmp_path_factory):
+    """A tiny Qwen 3 with Qwen 3 Thinking's template: its generation prompt opens the
+    thinking block, so a reply starts inside it."""
+    path = write_tiny_model(tmp_path_factory.mktemp("thinking") / "tiny.gguf", "qwen3",
+                            chat_template=QWEN3_THINKING_TEMPLATE)
+    rt = Runtime(path, n_ctx=256, n_threads=1)
+    yield rt
+    rt.close()
+
+
+def test_a_reply_inside_the_thinking_block_its_prompt_opened_shows_only_its_answer(
+        tmp_path, opens_thinking, monkeypatch):
+    rt = opens_thinking
+    prompt = rt.llm.detokenize(rt.prompt(None, [Turn("user", "hi")]), special=True).decode()
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+    store = Store(tmp_path / "e.db")
+    conversation = Conversation(store, rt, store.new_session(store.profile("p").id, "tiny"))
+    said = ["\nThe cat", " is Pixel.\n", "</", "think>", "\n\n", "Pixel", "."]
+    monkeypatch.setattr(rt.llm, "create_completion", lambda *a, **k: (
+        {"choices": [{"text": piece}]} for piece in said))
+    reply = conversation.send("What is my cat called?", Sampling.greedy(10))
+    assert "".join(reply) == reply.text == "Pixel."
+    assert conversation.turns()[-1] == Turn("assistant", "Pixel.")
+
+
+def test_a_reply_that_never_closes_the_block_its_prompt_opened_is_kept_whole(opens_thinking):
+    """Nothing the model said is lost: the random model never closes it (penalised for
+    repeats, it says more than line breaks)."""
+    rt, turns = opens_thinking, [Turn("user", "What is my cat called?")]
+    sampling = replace(Sampling.greedy(12), repeat_penalty=2.0)
+    out = rt.llm.create_completion(rt.prompt(None, turns), max_tokens=12, temperature=0.0,
+                                   top_p=1.0, repeat_penalty=2.0, stop=rt.format.stop)
+    assert isinstance(out, dict)
+    said = out["choices"][0]["text"]
+    assert said.strip() and "</think>" not in said
+    reply = rt.reply(turns, None, sampling)
+    assert "".join(reply) == reply.text == said
 
 
 @pytest.mark.parametrize("tiny_model", ["qwen3"], indirect=True)
