@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 
 from app import memory_text
+from engine import runtime
 from engine.learning import gate as learning
 from engine.learning.gate import Locality, Taught, rejections
+from engine.prompt import Turn
+from engine.runtime import Runtime
 from tests.test_learning import engine, said, small  # noqa: F401  (fixtures)
+from tests.tiny_gguf import QWEN3_THINKING_TEMPLATE, write_tiny_model
 
 
 def scripted(gate, replies: dict[str, str]) -> None:
@@ -98,6 +102,31 @@ def test_a_fact_that_keeps_leaking_or_looping_is_set_aside_and_the_rest_is_learn
     assert [row[1] for row in record["set_aside"]] == ["Pixel"]
     assert len(record["refused_tries"]) == 2
     assert "Pixel  (set aside: it leaked" in memory_text.describe(engine, result)
+
+
+def test_a_reply_inside_the_thinking_block_its_prompt_opened_is_read_for_its_answer(
+        tmp_path, monkeypatch):
+    """Qwen 3 Thinking's generation prompt opens the thinking block: the gate reads a reply
+    as the chat shows it, what follows the block's close, or the whole reply where it never
+    closes (it ran out of tokens). The replies are scripted: the random model's are line
+    breaks."""
+    monkeypatch.setattr(runtime, "default_threads", lambda: 1)
+    served = Runtime(write_tiny_model(tmp_path / "thinking.gguf", "qwen3",
+                                      chat_template=QWEN3_THINKING_TEMPLATE), n_ctx=256)
+    gate = learning.Gate(served, None)
+    question, thought = "What is my cat called?", "\nThe user asks what the cat is called.\n"
+    try:
+        prompt = served.prompt(None, [Turn("user", question)])
+        assert served.llm.detokenize(prompt, special=True).decode().endswith(
+            "<|im_start|>assistant\n<think>\n")
+        for said, limited, read in [(thought + "</think>\n\nMosel.", False, "Mosel."),
+                                    (thought, True, thought.strip())]:
+            monkeypatch.setattr(gate.scorer, "greedy", lambda tokens, max_tokens, stop, said=said,
+                                limited=limited: (said if tokens == prompt else "", limited))
+            assert gate.reply(question, 8) == (read, limited)
+    finally:
+        gate.close()
+        served.close()
 
 
 def test_rejections_say_why_in_words():

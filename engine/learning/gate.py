@@ -120,10 +120,10 @@ class Gate:
 
     def reply(self, question: str, max_tokens: int) -> tuple[str, bool]:
         """The greedy reply to ``question`` in a fresh context with the overlay now set, and
-        whether it ran to ``max_tokens``."""
+        whether it ran to ``max_tokens``: its answer, as the chat shows it."""
         prompt = self.runtime.prompt(self.system, [Turn("user", question)])
         text_, limited = self.scorer.greedy(prompt, max_tokens, self.runtime.format.stop)
-        return answer(text_).strip(), limited
+        return answer(text_, self.runtime.format.reply_prefix).strip(), limited
 
     def measure(self, lora: Path | None, scale: float = 1.0,
                 cancel: threading.Event | None = None, taught: Taught | None = None) -> Locality:
