@@ -59,8 +59,10 @@ def llama_writes(runtime: Runtime, scorer: Scorer) -> Write:
     """``write`` for the pairs the model writes itself: its greedy reply, in ``scorer``'s
     llama.cpp context (the gate's, on the base weights: what earlier sessions taught must
     not shape what is derived now). The prompt ends where the answer begins, after the empty
-    thinking block Qwen 3's template writes there, so the tokens go to the pairs. An
-    instruction that leaves no room for them in that context gets no reply."""
+    thinking block Qwen 3's template writes there, so the tokens go to the pairs: not inside
+    a block a generation prompt opens (Qwen 3 Thinking's, DeepSeek-R1's), so the reply is read
+    from its start. An instruction that leaves no room for them in that context gets no
+    reply."""
 
     def write(instruction: str) -> str:
         tokens = runtime.answering(None, [Turn("user", instruction)])

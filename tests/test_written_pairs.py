@@ -24,7 +24,7 @@ from engine.learning import service
 from engine.prompt import Turn
 from engine.runtime import Runtime, Sampling
 from engine.scoring import Scorer
-from tests.tiny_gguf import write_tiny_model
+from tests.tiny_gguf import QWEN3_THINKING_TEMPLATE, write_tiny_model
 
 SAID = "My cat is called Pixel. I moved to Leeds in March."
 
@@ -191,3 +191,30 @@ def test_the_model_writes_in_a_context_of_its_own(tmp_path, monkeypatch):
     finally:
         scorer.close()
         served.close()
+
+
+def test_a_model_whose_chat_opens_the_thinking_block_writes_its_pairs_as_an_answer(
+        tmp_path, monkeypatch):
+    """Qwen 3 Thinking's generation prompt opens the thinking block; the model is asked for its
+    pairs where an answer begins, after the empty block its template writes before one, so
+    its reply is read from its start: the pairs after a block it opens itself, none inside."""
+    monkeypatch.setattr(runtime, "default_threads", lambda: 1)
+    path = write_tiny_model(tmp_path / "thinking.gguf", "qwen3",
+                            chat_template=QWEN3_THINKING_TEMPLATE)
+    served, scorer = Runtime(path, n_ctx=256), Scorer(path, n_ctx=1024)
+    asked: list[str] = []
+    pairs = "Q: Where did I move to?\nA: Leeds"
+    try:
+        assert served.format.reply_prefix == "<think>"
+        for said in (pairs, f"<think>\nQ: Where is my dog?\nA: home\n</think>\n\n{pairs}"):
+            monkeypatch.setattr(scorer, "greedy", lambda tokens, max_tokens, stop, said=said: (
+                asked.append(served.llm.detokenize(tokens, special=True).decode()) or said,
+                False))
+            assert derive.written([SAID], llama_writes(served, scorer)) == [
+                QA("Where did I move to?", "Leeds", "I moved to Leeds in March.")]
+        assert all(prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+                   for prompt in asked) and len(asked) == 2
+    finally:
+        scorer.close()
+        served.close()
+
