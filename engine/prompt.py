@@ -90,9 +90,10 @@ class ChatTemplate:
     not read the variable renders the same either way; with ``thinking``, it is not passed.
 
     A template whose generation prompt opens the thinking block itself (Qwen 3 Thinking's and
-    DeepSeek-R1's end with ``<think>\n``, whatever they are told) has ``reply_prefix``: its
-    replies are read as starting with that ``<think>``. Told not to think, Qwen 3's writes the
-    empty block there instead, which is closed: its replies start with the answer."""
+    DeepSeek-R1's end with ``<think>`` and a line break, whatever they are told) has
+    ``reply_prefix``: its replies are read as starting with that ``<think>``. Told not to
+    think, Qwen 3's writes the empty block there instead, which is closed: its replies start
+    with the answer."""
 
     special = True
 
