@@ -213,15 +213,20 @@ def test_stopped_and_crashed_replies_keep_their_text(tmp_path, runtime, monkeypa
     assert (last.status, last.content) == ("error", "half a")
 
 
+def _scripted_reply(tmp_path, runtime, monkeypatch, said):
+    """A new session's reply to one question, llama.cpp made to stream the pieces ``said``."""
+    store = Store(tmp_path / "e.db")
+    conversation = Conversation(store, runtime, store.new_session(store.profile("p").id, "tiny"))
+    monkeypatch.setattr(runtime.llm, "create_completion", lambda *a, **k: (
+        {"choices": [{"text": piece}]} for piece in said))
+    return conversation, conversation.send("What is my cat called?", Sampling.greedy(10))
+
+
 def test_a_reply_s_thinking_block_is_neither_shown_nor_stored(tmp_path, runtime, monkeypatch):
     """Qwen 3 may think before it answers; what the user reads, and the next prompt carries,
     is the answer (the tokens it thought are still counted)."""
-    store = Store(tmp_path / "e.db")
-    conversation = Conversation(store, runtime, store.new_session(store.profile("p").id, "tiny"))
     said = ["<think>", "\nThe cat", " is Pixel.\n", "</think>", "\n\n", "Pixel", "."]
-    monkeypatch.setattr(runtime.llm, "create_completion", lambda *a, **k: (
-        {"choices": [{"text": piece}]} for piece in said))
-    reply = conversation.send("What is my cat called?", Sampling.greedy(10))
+    conversation, reply = _scripted_reply(tmp_path, runtime, monkeypatch, said)
     assert "".join(reply) == reply.text == "Pixel."
     assert reply.stats.completion_tokens == len(runtime.tokenize("".join(said), add_bos=False))
     assert conversation.turns()[-1] == Turn("assistant", "Pixel.")
@@ -243,12 +248,8 @@ def test_a_reply_inside_the_thinking_block_its_prompt_opened_shows_only_its_answ
     rt = opens_thinking
     prompt = rt.llm.detokenize(rt.prompt(None, [Turn("user", "hi")]), special=True).decode()
     assert prompt.endswith("<|im_start|>assistant\n<think>\n")
-    store = Store(tmp_path / "e.db")
-    conversation = Conversation(store, rt, store.new_session(store.profile("p").id, "tiny"))
     said = ["\nThe cat", " is Pixel.\n", "</", "think>", "\n\n", "Pixel", "."]
-    monkeypatch.setattr(rt.llm, "create_completion", lambda *a, **k: (
-        {"choices": [{"text": piece}]} for piece in said))
-    reply = conversation.send("What is my cat called?", Sampling.greedy(10))
+    conversation, reply = _scripted_reply(tmp_path, rt, monkeypatch, said)
     assert "".join(reply) == reply.text == "Pixel."
     assert conversation.turns()[-1] == Turn("assistant", "Pixel.")
 
