@@ -419,8 +419,10 @@ class Store:
 
     def add_message(self, session_id: int, role: str, content: str,
                     status: str = "complete", **stats) -> Message:
-        """Commit a message now (a user message is committed before generation starts)."""
-        with self._lock, self.db.conn:
+        """Commit a message now (a user message is committed before generation starts), its
+        checksum in the same transaction: sqlite-utils' insert commits on its own outside one,
+        and a process killed before the seal left a row that read as damaged."""
+        with self._lock, self.db.atomic():
             stamp = now()
             row_id = _insert(self.db.table("messages"), {
                 "session_id": session_id, "role": role, "content": content,
@@ -431,8 +433,9 @@ class Store:
         return self.message(row_id)
 
     def finish_message(self, message_id: int, content: str, status: str, **stats) -> Message:
-        """Store a reply's final text: ``complete``, ``partial`` (stopped) or ``error``."""
-        with self._lock, self.db.conn:
+        """Store a reply's final text: ``complete``, ``partial`` (stopped) or ``error``, with
+        its checksum, in one transaction (as ``add_message``)."""
+        with self._lock, self.db.atomic():
             self.db.table("messages").update(
                 message_id, {"content": content, "status": status, **stats})
             self._seal(message_id)

@@ -493,3 +493,24 @@ def test_writes_through_the_store_keep_rows_sealed(tmp_path):
     assert store.session(session.id).title == "renamed"
     assert store.session_state(session.id).cells == b"\x00cells"
     assert store.overlay_versions(me.id)[0].status == "broken"
+
+
+def test_a_message_and_its_checksum_are_stored_together_or_not_at_all(tmp_path, monkeypatch):
+    """A process that dies between writing a message and sealing it (the benchmark's 63 chat
+    kills found one) must leave the message as it was before, never a row that reads as
+    damaged: the write and its checksum are one transaction."""
+    store = Store(tmp_path / "e.db")
+    session = store.new_session(store.profile("me").id, "m")
+    reply = store.add_message(session.id, "assistant", "", status="pending")
+
+    def dies(message_id):
+        raise KeyboardInterrupt  # stands for the SIGKILL: nothing after it runs
+
+    monkeypatch.setattr(store, "_seal", dies)
+    for write in (lambda: store.add_message(session.id, "user", "my cat is Pixel"),
+                  lambda: store.finish_message(reply.id, "Nice!", "complete")):
+        with pytest.raises(KeyboardInterrupt):
+            write()
+    monkeypatch.undo()
+    reopened = Store(tmp_path / "e.db")
+    assert [(m.content, m.status) for m in reopened.messages(session.id)] == [("", "pending")]
