@@ -328,3 +328,17 @@ def test_the_twin_cache_is_read_back_whole_and_a_damaged_one_is_moved_aside(tmp_
     (cache / "sha256sums.json").unlink()  # written by an Engram before the checksums
     assert twin.read_cache(cache) is None and not cache.exists()
     assert len(list(cache.parent.glob("sha.damaged-*"))) == 1
+
+
+def test_the_aftermath_check_counts_a_message_left_without_its_checksum(tmp_path):
+    """What the 504-kill run met: a row that reads as damaged is neither whole nor kept."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with closing(Store(home / "engram.db")) as store:
+        session = store.new_session(store.profile("default").id, "m")
+        store.add_message(session.id, "user", "kept")
+        unsealed = store.add_message(session.id, "user", "unsealed")
+        store.db.execute("UPDATE messages SET sha256 = NULL WHERE id = ?", [unsealed.id])
+        store.db.conn.commit()
+    found = check_home(home, ["kept", "unsealed"], {})
+    assert found == {"integrity": False, "lost_messages": 1, "lost_versions": 0}, found

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine import overlay as overlay_files
 from engine.errors import EngramError
-from store import paths
+from store import checksums, paths
 
 REPOSITORY = Path(__file__).resolve().parents[2]  # where ``python -m app.cli`` runs
 
@@ -30,18 +30,24 @@ def last_line(err: bytes) -> str:
 
 
 def check_home(home: Path, acknowledged: list[str], versions: dict[str, str]) -> dict:
-    """What a fresh reader finds: integrity, foreign keys, acknowledged messages present,
-    every version seen before still loadable (by its manifest's checksums)."""
+    """What a fresh reader finds: integrity, foreign keys, every row matching its checksum,
+    acknowledged messages present (and sealed), every version seen before still loadable (by
+    its manifest's checksums)."""
     if not paths.database(home).exists():
         return {"integrity": True, "lost_messages": len(acknowledged), "lost_versions": 0}
     conn = sqlite3.connect(paths.database(home))
+    conn.row_factory = sqlite3.Row
     try:
         ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         ok = ok and not conn.execute("PRAGMA foreign_key_check").fetchall()
-        stored = {row[0] for row in
-                  conn.execute("SELECT content FROM messages WHERE role = 'user'")}
+        messages = [dict(row) for row in conn.execute("SELECT * FROM messages")]
+        ok = ok and all(checksums.row_matches(m) for m in messages)
+        ok = ok and all(checksums.sealed(table, dict(row))
+                        for table in checksums.SEALED_COLUMNS
+                        for row in conn.execute(f"SELECT * FROM {table}"))
     finally:
         conn.close()
+    stored = {m["content"] for m in messages if m["role"] == "user" and checksums.row_matches(m)}
     lost_versions = 0
     for path, base in versions.items():
         try:
