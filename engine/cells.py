@@ -91,6 +91,12 @@ class CellRule:
         key = [FORMAT, list(self.resolved_layers)]
         return json.dumps(key + ["chat template"] if self.chat_template else key)
 
+    def reads_with(self, gates_rule: str | None) -> bool:
+        """Whether read gates learned under the rule keyed ``gates_rule`` read this rule's
+        cells: the same key, or none (gates kept from before the key was, all learned on the
+        plain dialogue) for a rule that writes the plain dialogue."""
+        return gates_rule == self.key() or (gates_rule is None and not self.chat_template)
+
 
 @dataclass(frozen=True)
 class Baseline:

@@ -72,7 +72,7 @@ class Engine:
         memory = OverlayMemory(self.store, self.home, self.profile, runtime)
         states = SessionStates(self.store, self.home, self.profile, runtime,
                                overlay_id=lambda: memory.applied.id if memory.applied else None,
-                               gates=lambda: memory.cell_gates)
+                               gates=memory.cell_gates_for)
         learning = Learning(self.store, self.home, self.profile, runtime, memory,
                             lambda: self.settings, cell_writer=states.writer)
         self.runtime, self.memory, self.states, self.learning = runtime, memory, states, learning

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from engine.runtime import Runtime
 from store import paths
 from store.records import UNUSABLE_OVERLAY_STATUSES, OverlayVersion, Profile
 from store.store import Store
+
+if TYPE_CHECKING:
+    from engine.cells import CellRule
 
 Recorded = TypeVar("Recorded", OverlayVersion, OverlayVersion | None)
 
@@ -49,8 +52,9 @@ class OverlayMemory:
         self.base_sha256 = runtime.model.sha256
         self.directory = paths.overlays(self.home, profile.name)
         self.applied: OverlayVersion | None = None  # what the runtime computes with
-        # the applied version's learned read of the cells (None: none)
+        # the applied version's learned read of the cells (None: none), and its rule's key
         self.cell_gates: np.ndarray | None = None
+        self.cell_rule: str | None = None
         self.problem = ""
         self._refused: int | None = None  # the stored version ``follow`` could not apply
         self._lock = threading.RLock()
@@ -242,11 +246,16 @@ class OverlayMemory:
     def _apply(self, directory: Path | None) -> None:
         if directory is None:
             self.runtime.set_overlay(None)
-            self.cell_gates = None
+            self.cell_gates = self.cell_rule = None
             return
         overlay = overlay_files.load(directory, self.base_sha256)
         self.runtime.set_overlay(*self._lora(directory, overlay))
-        self.cell_gates = overlay.cell_gates
+        self.cell_gates, self.cell_rule = overlay.cell_gates, overlay.cell_rule
+
+    def cell_gates_for(self, rule: CellRule) -> np.ndarray | None:
+        """The applied version's read gates if they read ``rule``'s cells (gates learned on
+        another prompt format would misread them: None until the read is learned again)."""
+        return self.cell_gates if rule.reads_with(self.cell_rule) else None
 
     def _lora(self, directory: Path, overlay: SparseOverlay | None = None) -> tuple[Path, float]:
         overlay = overlay or overlay_files.load(directory, self.base_sha256)

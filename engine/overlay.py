@@ -99,7 +99,9 @@ class SparseOverlay:
     (llama.cpp's adapter scale); ``d_model``/``d_ff`` are the base model's FFN sizes, needed
     for the one-hot factors and to check neuron indices. ``cell_gates`` (one per layer, or
     None) are the working-memory cells' learned read strengths (``engine/cell_training.py``):
-    versioned here so a rollback or reset takes them back too; never part of the LoRA."""
+    versioned here so a rollback or reset takes them back too; never part of the LoRA.
+    ``cell_rule`` is the key of the cell rule they were learned under (``CellRule.key``; None
+    in versions from before it was kept, whose cells were all in the plain dialogue)."""
 
     blocks: list[NeuronBlock]
     base_sha256: str
@@ -107,6 +109,7 @@ class SparseOverlay:
     d_model: int = field(kw_only=True)
     d_ff: int = field(kw_only=True)
     cell_gates: np.ndarray | None = field(default=None, kw_only=True)
+    cell_rule: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", list(self.blocks))
@@ -278,6 +281,7 @@ class Manifest:
     blocks: list[dict]  # layer, matrix, session_id, neurons, delta_shape, per block
     trainable_params: int
     safetensors_sha256: str
+    cell_rule: str | None = None  # absent from manifests written before it was kept
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -291,7 +295,8 @@ _MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
     "base_sha256": (str,), "scale": _NUMBER, "d_model": (int,), "d_ff": (int,),
     "created_at": (str,), "parent_version": (int, _NONE), "sessions": (list,),
     "metrics": (dict,), "layers": (list,), "matrices": (list,), "blocks": (list,),
-    "trainable_params": (int,), "safetensors_sha256": (str,), "format": (str,),
+    "trainable_params": (int,), "safetensors_sha256": (str,), "cell_rule": (str, _NONE),
+    "format": (str,),
     "format_version": (int,)}
 _BLOCK_TYPES: dict[str, tuple[type, ...]] = {
     "layer": (int,), "matrix": (str,), "session_id": (int, _NONE), "neurons": (list,),
@@ -349,6 +354,7 @@ def save(overlay: SparseOverlay, directory: str | os.PathLike, *,
                 for b in overlay.blocks],
         trainable_params=overlay.trainable_params,
         safetensors_sha256=hashlib.sha256(data).hexdigest(),
+        cell_rule=overlay.cell_rule,
     )
     text = manifest.to_json()  # fails here, before any file, if metrics are not JSON
     tmp = temporary(directory)
@@ -378,6 +384,7 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
         claimed = raw.pop(MANIFEST_SHA256, None)
         if (claimed is not None or raw["format_version"] > 1) and claimed != _fields_sha256(raw):
             raise ValueError("it does not match its checksum")
+        raw.setdefault("cell_rule", None)
         typed_fields(raw, _MANIFEST_TYPES, "the manifest")
         for i, entry in enumerate(raw["blocks"]):
             typed_fields(entry, _BLOCK_TYPES, f"block {i}")
@@ -422,7 +429,7 @@ def load(directory: str | os.PathLike, expect_base_sha256: str) -> SparseOverlay
             raise ValueError(f"the manifest names no block for {unnamed[0]}")
         return SparseOverlay(blocks, manifest.base_sha256, manifest.scale,
                              d_model=manifest.d_model, d_ff=manifest.d_ff,
-                             cell_gates=tensors.get(CELL_GATES))
+                             cell_gates=tensors.get(CELL_GATES), cell_rule=manifest.cell_rule)
     except (ValueError, KeyError, TypeError, SafetensorError) as exc:
         raise CorruptOverlay(f"overlay {directory} is inconsistent ({exc}); "
                              "roll back to another version") from exc

@@ -120,13 +120,14 @@ def _version(overlay_id: int | None) -> str:
 class SessionStates:
     """The saved state of one profile's sessions, bound to the running model.
 
-    ``overlay_id()`` says which overlay version the model computes with now, ``gates()`` the
-    cells' learned read strengths that version carries (None: cells are written, not read).
+    ``overlay_id()`` says which overlay version the model computes with now, ``gates(rule)``
+    the cells' learned read strengths that version carries for this rule's cells (None: cells
+    are written, not read).
     ``problems`` holds, per session, why its saved state was not used (shown by the UI).
     """
 
     def __init__(self, store: Store, home: Path, profile: Profile, runtime: Runtime,
-                 overlay_id=lambda: None, gates=lambda: None, rule: CellRule | None = None):
+                 overlay_id=lambda: None, gates=lambda rule: None, rule: CellRule | None = None):
         self.store, self.home, self.profile, self.runtime = store, Path(home), profile, runtime
         self.overlay_id, self.gates = overlay_id, gates
         self.n_layer = llama_native.n_layer(runtime.llm)
@@ -233,7 +234,7 @@ class SessionStates:
         cells = self.cells(session_id)
         if not cells.count:
             return []
-        return cells.magnitudes(self.gates(), self.writer.baseline())
+        return cells.magnitudes(self.gates(self.rule), self.writer.baseline())
 
     # -- around a reply ------------------------------------------------------------------------
 
@@ -252,7 +253,7 @@ class SessionStates:
     def _read(self, cells: Cells, turns: list[Turn], prompt: FittedPrompt) -> np.ndarray | None:
         """This reply's control vector: the cells' read, if turns are out of the window, the
         read is learned, and the user's message is about what the cells hold."""
-        gates = self.gates()
+        gates = self.gates(self.rule)
         if (not cells.enabled or prompt.dropped_turns == 0 or cells.count <= 0 or gates is None
                 or not turns or turns[-1].role != "user"):
             return None

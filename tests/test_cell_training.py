@@ -4,6 +4,7 @@ touch, and the learner versions the gates with the overlay (rollback and reset t
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -139,3 +140,27 @@ def test_a_long_session_teaches_the_read_and_the_gates_are_versioned(engine):
     np.testing.assert_array_equal(engine.memory.cell_gates, gates)
     engine.learning.reset()
     assert engine.memory.cell_gates is None
+
+
+@pytest.mark.parametrize("tiny_model", ["llama"], indirect=True)
+def test_gates_learned_on_another_prompt_format_are_not_read_and_are_learned_again(engine):
+    """The tiny model has a chat template; gates kept without a rule key were learned on the
+    plain dialogue (every version before cells followed the model's format) and misread its
+    cells: they are not used, and the next learning starts from nothing, from every session."""
+    rule = engine.states.rule
+    assert rule.chat_template and not rule.reads_with(None)
+    assert replace(rule, chat_template=False).reads_with(None)  # the plain dialogue's are
+    _session(engine, _exchanges(CELLS_EVERY))
+    learned = engine.learning.learn_cells()
+    assert engine.memory.cell_rule == rule.key() == engine.memory.current().cell_rule
+    assert engine.memory.cell_gates_for(rule) is not None
+    assert engine.learning.learn_cells() is None  # nothing new since
+
+    stale = np.full(N_LAYER, 0.5, np.float32)
+    engine.memory.commit(replace(engine.memory.current(), cell_gates=stale, cell_rule=None))
+    assert engine.memory.cell_gates_for(rule) is None  # what the chat reads with
+    again = engine.learning.learn_cells()
+    assert again is not None and again.parent_id != learned.id
+    assert again.metrics["cells"]["own_cases"] == learned.metrics["cells"]["own_cases"]
+    relearned = engine.memory.cell_gates_for(rule)
+    assert relearned is not None and not np.array_equal(relearned, stale)

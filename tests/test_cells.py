@@ -328,7 +328,8 @@ def _learned_read(engine: Engine, gate: float = 0.5, tau: float = -1.0) -> None:
     gates = np.zeros(N_LAYER, np.float32)
     gates[list(engine.states.rule.layers)] = gate
     engine.memory.commit(SparseOverlay([], engine.runtime.model.sha256, d_model=N_EMBD,
-                                       d_ff=N_FF, cell_gates=gates))
+                                       d_ff=N_FF, cell_gates=gates,
+                                       cell_rule=engine.states.rule.key()))
     engine.states.rule = replace(engine.states.rule, tau=tau)
 
 

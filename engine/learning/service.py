@@ -340,8 +340,12 @@ class Learning:
         with profile_lock(self.home, self.profile.name, wait, lambda line: progress(0.0, line)):
             self._sync()
             active = self.memory.current()
-            learned = (self._cells_record(self.memory.applied) if active is not None
-                       and active.cell_gates is not None else None) or {}
+            writer = self.cell_writer
+            assert writer is not None  # the engine gives Learning its sessions' writer
+            # gates learned on another prompt format are learned again, from every session
+            kept = (active is not None and active.cell_gates is not None
+                    and writer.rule.reads_with(active.cell_rule))
+            learned = (self._cells_record(self.memory.applied) if kept else None) or {}
             newest = self.store.last_user_message_ids(self.profile.id)
             sessions = [s.id for s in self.store.sessions(self.profile.id) if not s.private]
             own = []
@@ -361,16 +365,16 @@ class Learning:
             base = active or SparseOverlay([], self.runtime.model.sha256,
                                            d_model=twin.config.hidden_size,
                                            d_ff=twin.config.intermediate_size)
-            writer = self.cell_writer
-            assert writer is not None  # the engine gives Learning its sessions' writer
             with training, applied(twin, base):
                 gates = cell_training.train(twin, writer,
                                             cell_conversations.dev_cases() + own, anchor_prose(),
-                                            self.cell_recipe, init=base.cell_gates,
+                                            self.cell_recipe,
+                                            init=base.cell_gates if kept else None,
                                             progress=Phase(progress, "learning the cells' read",
                                                            0.0, 1.0), cancel=cancel)
             through = {str(sid): newest[sid] for sid in sessions if sid in newest}
-            return self.memory.commit(replace(base, cell_gates=gates), {
+            return self.memory.commit(replace(base, cell_gates=gates,
+                                              cell_rule=writer.rule.key()), {
                 "event": "cells", "cells": {"through": through, "own_cases": len(own),
                                             "seconds": round(time.perf_counter() - started, 2),
                                             "gates": [round(float(g), 4) for g in gates]}})
@@ -410,7 +414,7 @@ class Learning:
             if active is None:
                 raise EngramError("no learned memory is active: there is nothing to reset")
             newest = self.store.last_user_message_ids(self.profile.id)
-            return self.memory.commit(replace(active, blocks=[], cell_gates=None), {
+            return self.memory.commit(replace(active, blocks=[], cell_gates=None, cell_rule=None), {
                 "event": "reset", "dropped": {str(sid): n for sid, n in newest.items()}})
 
     def rollback(self, version_id: int | None = None) -> OverlayVersion | None:
