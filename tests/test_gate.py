@@ -104,22 +104,25 @@ def test_a_fact_that_keeps_leaking_or_looping_is_set_aside_and_the_rest_is_learn
     assert "Pixel  (set aside: it leaked" in memory_text.describe(engine, result)
 
 
-def test_a_reply_inside_the_thinking_block_its_prompt_opened_is_read_for_its_answer(
+def test_the_gate_asks_where_the_answer_begins_so_its_few_tokens_read_no_thinking(
         tmp_path, monkeypatch):
-    """Qwen 3 Thinking's generation prompt opens the thinking block: the gate reads a reply
-    as the chat shows it, what follows the block's close, or the whole reply where it never
+    """Qwen 3 Thinking's generation prompt opens the thinking block: asked there, the model
+    would spend the leak and loop checks' 8 and 24 tokens on its working. The gate asks
+    where the learner trains answers, after the block its turn closes, and reads what
+    follows; a block the reply opens itself is read past, or kept whole where it never
     closes (it ran out of tokens). The replies are scripted: the random model's are line
     breaks."""
     monkeypatch.setattr(runtime, "default_threads", lambda: 1)
     served = Runtime(write_tiny_model(tmp_path / "thinking.gguf", "qwen3",
                                       chat_template=QWEN3_THINKING_TEMPLATE), n_ctx=256)
     gate = learning.Gate(served, None)
-    question, thought = "What is my cat called?", "\nThe user asks what the cat is called.\n"
+    question, thought = "What is my cat called?", "<think>\nThe user asks what the cat is called.\n"
     try:
-        prompt = served.prompt(None, [Turn("user", question)])
+        prompt = served.answering(None, [Turn("user", question)])
         assert served.llm.detokenize(prompt, special=True).decode().endswith(
-            "<|im_start|>assistant\n<think>\n")
-        for said, limited, read in [(thought + "</think>\n\nMosel.", False, "Mosel."),
+            "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        for said, limited, read in [("Mosel.", False, "Mosel."),
+                                    (thought + "</think>\n\nMosel.", False, "Mosel."),
                                     (thought, True, thought.strip())]:
             monkeypatch.setattr(gate.scorer, "greedy", lambda tokens, max_tokens, stop, said=said,
                                 limited=limited: (said if tokens == prompt else "", limited))

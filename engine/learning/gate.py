@@ -119,11 +119,14 @@ class Gate:
         return self.scorer.logits_at(tokens, list(range(len(prompt) - 1, len(tokens) - 1)))
 
     def reply(self, question: str, max_tokens: int) -> tuple[str, bool]:
-        """The greedy reply to ``question`` in a fresh context with the overlay now set, and
-        whether it ran to ``max_tokens``: its answer, as the chat shows it."""
-        prompt = self.runtime.prompt(self.system, [Turn("user", question)])
+        """The greedy answer to ``question`` in a fresh context with the overlay now set, and
+        whether it ran to ``max_tokens``. Asked where the learner trains answers
+        (``answering``: after the thinking block a reasoning model's turn closes), so a model
+        that thinks first spends the checks' few tokens on its answer, not its working; a
+        block the reply opens itself is read past, as the chat shows it."""
+        prompt = self.runtime.answering(self.system, [Turn("user", question)])
         text_, limited = self.scorer.greedy(prompt, max_tokens, self.runtime.format.stop)
-        return answer(text_, self.runtime.format.reply_prefix).strip(), limited
+        return answer(text_).strip(), limited
 
     def measure(self, lora: Path | None, scale: float = 1.0,
                 cancel: threading.Event | None = None, taught: Taught | None = None) -> Locality:
