@@ -169,6 +169,13 @@ def answer(reply: str, prefix: str = "") -> str:
     return reply if found is None else found
 
 
+def answered(reply: str) -> str:
+    """What a finished reply answered, never its working: "" where it ran out inside the
+    thinking block it opened. For a reply read as the model's answer and trained on (the
+    pairs it writes), where working taken for an answer would be learned."""
+    return _answer_so_far(reply) or ""
+
+
 def without_thinking(pieces: Iterable[str], prefix: str = "") -> Iterator[str]:
     """A streamed reply's pieces as ``answer`` reads the whole: held back while the reply is
     in a leading thinking block, or may still open one. Once the answer has begun, the rest

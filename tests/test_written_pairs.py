@@ -45,6 +45,7 @@ def test_the_usual_shapes_of_a_list_of_questions_are_read(reply):
     "", "Pixel", "A: Pixel", "Q: What is my cat called?", "Q: My cat is Pixel.\nA: Pixel",
     "Q: ?\nA: Pixel", "Q: What is my cat called?\nA:   ", "Q: What is my cat called?\nQ:\nA: x",
     "What is my cat called? Pixel", "\x00\ufffd<|im_end|>Q:\u202eA:", "<think>Q: Who?\nA: me",
+    "<think>\nQ: Where is my dog?\nA: home\n",  # cut off mid-thought: still its working
 ])
 def test_what_is_not_a_question_and_its_answer_gives_no_pair(reply):
     assert parse(reply) == []

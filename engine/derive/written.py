@@ -16,7 +16,7 @@ from collections.abc import Callable
 from engine import text
 from engine.derive.check import QA, grounded
 from engine.derive.clauses import sentences
-from engine.prompt import answer
+from engine.prompt import answered
 from store import paths
 
 # an instruction → the model's reply to it
@@ -39,10 +39,11 @@ def instruction(said: str) -> str:
 def parse(reply: str) -> list[tuple[str, str]]:
     """The (question, answer) pairs a reply writes: a question line ending in "?" followed by
     its answer line (or its answer on the same line); a reasoning model's thinking is not
-    read. Anything else is skipped, never an error: the reply is a small model's text."""
+    read, nor anything of a reply cut off inside it. Anything else is skipped, never an
+    error: the reply is a small model's text."""
     pairs: list[tuple[str, str]] = []
     question = ""
-    for line in answer(reply).splitlines():
+    for line in answered(reply).splitlines():
         found = LABELLED.fullmatch(line.strip())
         if not found:
             continue
