@@ -113,7 +113,7 @@ def quarantine(path: Path) -> Path:
 
 def damaged_message(path: Path, reason: str, quarantined: Path | None) -> str:
     """One line: what happened, where the file is, what to do."""
-    reason = " ".join(reason.split())  # quick_check's findings may span lines
+    reason = " ".join(reason.split())  # integrity_check's findings may span lines
     reason = reason if len(reason) <= 160 else reason[:160] + "…"
     if quarantined is not None:
         return (f"the database {path} is damaged ({reason}); it was moved aside to "
@@ -126,7 +126,7 @@ def damaged_message(path: Path, reason: str, quarantined: Path | None) -> str:
 
 
 class _Damaged(Exception):
-    """quick_check's findings, inside the store's constructor."""
+    """integrity_check's findings, inside the store's constructor."""
 
 
 class _Unwritable(StoreError):
@@ -262,15 +262,18 @@ class Store:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def _check(self) -> None:
-        """``PRAGMA quick_check`` (every page and record well formed; O(size), without
-        integrity_check's index cross-checks): a damaged file is found here, before any use."""
-        found = [row[0] for row in self.db.execute("PRAGMA quick_check").fetchall()]
+        """``PRAGMA integrity_check``: every page and record well formed, and every index entry
+        naming its row. A damaged index hides rows from the reads that go through it (a
+        session's messages) while each row still matches its own checksum; quick_check, which
+        skips that cross-check, let such a database show a chat with messages silently
+        missing. 60 ms against quick_check's 37 on a 31 MB database."""
+        found = [row[0] for row in self.db.execute("PRAGMA integrity_check").fetchall()]
         if found != ["ok"]:
             raise _Damaged("; ".join(found[:3]) + (" …" if len(found) > 3 else ""))
 
     def _check_schema(self) -> None:
         """After upgrading: each table has the columns and primary key this Engram's migrations
-        make. A flipped bit in the schema text (which quick_check parses but does not judge)
+        make. A flipped bit in the schema text (which integrity_check parses but does not judge)
         can rename a column or drop a primary key, and every later read would be wrong."""
         found = _shape(self.db.conn)
         for table, columns in _expected_shape().items():

@@ -192,6 +192,31 @@ def test_a_damaged_database_is_quarantined_not_deleted(tmp_path, damage):
     assert fresh.sessions(fresh.profile("me").id) == []
 
 
+def test_a_damaged_index_that_would_hide_messages_is_found(tmp_path):
+    """One index entry of a session's messages names another session (what one flipped bit
+    did in the reliability bench's fuzz): every page and row is well formed and matches its
+    checksum, but a read through the index would show the chat without that message."""
+    path = tmp_path / "engram.db"
+    store = Store(path)
+    first, other = (store.new_session(store.profile("me").id, "m") for _ in range(2))
+    said = [store.add_message(first.id, "user", f"hello {i}").id for i in range(3)]
+    store.add_message(other.id, "user", "elsewhere")
+    store.close()
+    data = bytearray(path.read_bytes())
+    # the index record (session_id, id, rowid) of the middle message: session 1 is written
+    # as serial type 9 (the constant 1) and each id as one byte; type 8 is the constant 0
+    entry = bytes([4, 9, 1, 1, said[1], said[1]])
+    assert first.id == 1 and data.count(entry) == 1
+    data[data.index(entry) + 1] = 8
+    path.write_bytes(bytes(data))
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]  # not seen by it
+    conn.close()
+    with pytest.raises(DamagedDatabase, match="missing from index") as caught:
+        Store(path)
+    assert caught.value.quarantined.read_bytes() == bytes(data) and not path.exists()
+
+
 def test_quarantine_takes_the_wal_and_shm_along(tmp_path):
     path = _filled(tmp_path / "engram.db")
     other = sqlite3.connect(path)  # another process, still open: its log stays
@@ -211,7 +236,7 @@ def test_quarantine_takes_the_wal_and_shm_along(tmp_path):
 
 
 def test_damage_met_while_reading_is_a_store_error(tmp_path):
-    """quick_check does not look inside text: invalid UTF-8 surfaces on reading."""
+    """integrity_check does not look inside text: invalid UTF-8 surfaces on reading."""
     path = tmp_path / "engram.db"
     store = Store(path)
     session = store.new_session(store.profile("me").id, "m")
@@ -300,7 +325,7 @@ def test_a_message_changed_behind_the_stores_back_is_refused(tmp_path):
 
 
 def test_a_schema_changed_by_damage_is_quarantined(tmp_path):
-    """A flipped bit in the schema text still parses (quick_check passes) but renames a column
+    """A flipped bit in the schema text still parses (integrity_check passes) but renames a column
     or drops a primary key: the tables' shape is checked against the migrations'."""
     path = _filled(tmp_path / "engram.db", sessions=1)
     conn = sqlite3.connect(path)
