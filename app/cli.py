@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 def _engine(args):
     from engine.engine import Engine
 
-    return Engine(home=args.home, profile=args.profile, model=args.model, n_ctx=args.ctx)
+    engine = Engine(home=args.home, profile=args.profile, model=args.model, n_ctx=args.ctx)
+    if engine.store.repaired:  # told once, whatever the command
+        print(f"engram: {engine.store.repaired}", file=sys.stderr)
+    return engine
 
 
 def _model_folders(args) -> list[str]:

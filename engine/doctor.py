@@ -51,7 +51,7 @@ def run(home: str | os.PathLike | None, model: str | os.PathLike | None) -> dict
         "model": {"path": str(model_file.path), "architecture": model_file.architecture,
                   "sha256": model_file.sha256, "learnable": model_file.learnable},
         "store": {"path": str(store.path), "integrity": integrity,
-                  "read_only": store.read_only},
+                  "read_only": store.read_only, "repaired": store.repaired},
         # removed (temporaries) or moved aside (versions) when a profile's memory next opens
         "leftovers": {"temporary_files": temporaries, "unrecorded_versions": unrecorded},
         "set_aside": {"items": [vars(item) for item in aside]},

@@ -179,17 +179,24 @@ def quarantine(path: Path, companions: tuple[str, ...] = (), why: str = "damaged
     ``companions`` (SQLite's ``-wal``, ``-shm``) renamed to the new name plus the same suffix.
     Returns the new path."""
     suffixes = ("", *companions)
+    target = aside_name(path, suffixes, why)
+    for suffix in suffixes:
+        try:
+            os.rename(f"{path}{suffix}", f"{target}{suffix}")
+        except FileNotFoundError:
+            pass
+    return target
+
+
+def aside_name(path: Path, suffixes: tuple[str, ...] = ("",), why: str = "damaged") -> Path:
+    """Where ``quarantine`` puts ``path`` (free for it and each of ``suffixes``): the name
+    ``quarantined`` reads back."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     target = path.with_name(f"{path.name}.{why}-{stamp}")
     n = 1
     while any(Path(f"{target}{s}").exists() for s in suffixes):
         n += 1
         target = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
-    for suffix in suffixes:
-        try:
-            os.rename(f"{path}{suffix}", f"{target}{suffix}")
-        except FileNotFoundError:
-            pass
     return target
 
 

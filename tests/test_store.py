@@ -192,29 +192,69 @@ def test_a_damaged_database_is_quarantined_not_deleted(tmp_path, damage):
     assert fresh.sessions(fresh.profile("me").id) == []
 
 
-def test_a_damaged_index_that_would_hide_messages_is_found(tmp_path):
-    """One index entry of a session's messages names another session (what one flipped bit
-    did in the reliability bench's fuzz): every page and row is well formed and matches its
-    checksum, but a read through the index would show the chat without that message."""
-    path = tmp_path / "engram.db"
+def _damaged_index(path):
+    """A database of two sessions where one index entry of the first session's middle
+    message names another session (what one flipped bit did in the reliability bench's
+    fuzz): every page and row is well formed and matches its checksum, but a read through
+    the index shows the chat without that message. Returns the messages said there."""
     store = Store(path)
     first, other = (store.new_session(store.profile("me").id, "m") for _ in range(2))
-    said = [store.add_message(first.id, "user", f"hello {i}").id for i in range(3)]
+    said = [store.add_message(first.id, "user", f"hello {i}") for i in range(3)]
     store.add_message(other.id, "user", "elsewhere")
     store.close()
     data = bytearray(path.read_bytes())
-    # the index record (session_id, id, rowid) of the middle message: session 1 is written
-    # as serial type 9 (the constant 1) and each id as one byte; type 8 is the constant 0
-    entry = bytes([4, 9, 1, 1, said[1], said[1]])
+    # the index record (session_id, id, rowid): session 1 is written as serial type 9 (the
+    # constant 1) and each small id as one byte; type 8 is the constant 0
+    entry = bytes([4, 9, 1, 1, said[1].id, said[1].id])
     assert first.id == 1 and data.count(entry) == 1
     data[data.index(entry) + 1] = 8
     path.write_bytes(bytes(data))
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA quick_check").fetchall() == [("ok",)]  # not seen by it
+    [(shown,)] = conn.execute("SELECT count(*) FROM messages WHERE session_id = 1").fetchall()
+    assert shown < 3  # read through the index, the chat is missing messages
+    conn.close()
+    return said
+
+
+def test_a_damaged_index_is_rebuilt_from_the_rows_and_nothing_is_lost(tmp_path):
+    path = tmp_path / "engram.db"
+    said = _damaged_index(path)
+    store = Store(path)
+    assert store.messages(said[0].session_id) == said  # all three, as they were written
+    assert store.integrity() == "ok"
+    [copy] = tmp_path.glob("engram.db.damaged-*")  # the file as it was, kept aside
+    assert store.repaired and str(copy) in store.repaired and "missing from index" in store.repaired
+    conn = sqlite3.connect(copy)
+    assert "missing from index" in conn.execute("PRAGMA integrity_check").fetchone()[0]
+    conn.close()
+    store.close()
+    assert Store(path).repaired is None  # mended once
+
+
+def test_a_damaged_index_beside_a_damaged_row_is_not_mended_but_quarantined(tmp_path):
+    """Rebuilding indexes from rows is only right when every row is whole."""
+    path = tmp_path / "engram.db"
+    _damaged_index(path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE messages SET sha256 = 'x' WHERE content = 'elsewhere'")
+    conn.commit()
     conn.close()
     with pytest.raises(DamagedDatabase, match="missing from index") as caught:
         Store(path)
-    assert caught.value.quarantined.read_bytes() == bytes(data) and not path.exists()
+    assert caught.value.quarantined.exists() and not path.exists()
+
+
+def test_cli_says_in_one_line_that_the_indexes_were_rebuilt(tmp_path, capsys):
+    from app.cli import main
+
+    _damaged_index(tmp_path / "engram.db")
+    command = ["--home", str(tmp_path), "--profile", "me", "sessions"]
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "were rebuilt from its rows and nothing was lost" in err
+    assert main(command) == 0
+    assert capsys.readouterr().err == ""  # said once
 
 
 def test_quarantine_takes_the_wal_and_shm_along(tmp_path):
@@ -454,7 +494,7 @@ def test_a_full_disk_is_named_as_such_and_the_database_left_alone(tmp_path, monk
     path = tmp_path / "engram.db"
     Store(path).close()
     full = sqlite_error("database or disk is full", "SQLITE_FULL")
-    monkeypatch.setattr(Store, "_check", lambda self: (_ for _ in ()).throw(full))
+    monkeypatch.setattr(Store, "_check", lambda self, read_only: (_ for _ in ()).throw(full))
     with pytest.raises(StoreError, match="^no space left on the disk that holds") as caught:
         Store(path)
     assert not isinstance(caught.value, DamagedDatabase) and path.exists()

@@ -47,6 +47,8 @@ class EngramApp(App[None]):
     def on_mount(self) -> None:
         self.chat = ChatScreen(self.engine, self._session_id, self._private)
         self.push_screen(self.chat)
+        if self.engine.store.repaired:
+            self.notify(self.engine.store.repaired, severity="warning", timeout=30, markup=False)
         if self.engine.store.read_only:  # sessions can be read; a message would not be sent
             self.notify(f"Nothing can be saved: {self.engine.store.read_only}",
                         severity="warning", timeout=30, markup=False)
