@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Iterator
 
 FUNCTION = "engram_message_sha256"
 MESSAGE_FIELDS = ("session_id", "role", "content", "status", "created_at", "model",
@@ -75,3 +76,16 @@ def seal_sql(table: str, prefix: str = "") -> str:
 def sealed(table: str, row: dict) -> bool:
     """Whether a row read back still matches the checksum written with it."""
     return row.get("sha256") == message_sha256(*(row[c] for c in SEALED_COLUMNS[table]))
+
+
+def rows(conn: sqlite3.Connection, table: str) -> Iterator[dict]:
+    """Every row of ``table``, by scanning the table itself (never through an index)."""
+    cursor = conn.execute(f"SELECT * FROM [{table}] NOT INDEXED")
+    names = [d[0] for d in cursor.description]
+    return (dict(zip(names, row, strict=True)) for row in cursor)
+
+
+def all_sealed(conn: sqlite3.Connection) -> bool:
+    """Every row of every table matches its checksum."""
+    return (all(row_matches(row) for row in rows(conn, "messages"))
+            and all(sealed(table, row) for table in SEALED_COLUMNS for row in rows(conn, table)))

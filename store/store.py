@@ -280,7 +280,7 @@ class Store:
         is mended (``_rebuild_indexes``); any other is a _Damaged."""
         found = self._integrity()
         if (found != ["ok"] and not read_only and all(INDEX_DAMAGE.search(f) for f in found)
-                and self._rows_sealed()):
+                and checksums.all_sealed(self.db.conn)):
             found = self._rebuild_indexes(found)
         if found != ["ok"]:
             raise _Damaged(_findings(found))
@@ -288,20 +288,8 @@ class Store:
     def _integrity(self) -> list[str]:
         return [row[0] for row in self.db.execute("PRAGMA integrity_check").fetchall()]
 
-    def _rows_sealed(self) -> bool:
-        """Every row of every table matches its checksum (read by scanning the tables, never
-        through an index)."""
-        def rows(table: str) -> Iterator[dict]:
-            cursor = self.db.execute(f"SELECT * FROM [{table}]")
-            names = [d[0] for d in cursor.description]
-            return (dict(zip(names, row, strict=True)) for row in cursor)
-
-        return (all(checksums.row_matches(row) for row in rows("messages"))
-                and all(checksums.sealed(table, row) for table in checksums.SEALED_COLUMNS
-                        for row in rows(table)))
-
     def _rebuild_indexes(self, found: list[str]) -> list[str]:
-        """Only indexes are damaged and every row is whole (``_rows_sealed``), so the
+        """Only indexes are damaged and every row is whole (``checksums.all_sealed``), so the
         indexes are rebuilt from the rows and nothing is lost. The file as it was is copied
         aside first (SQLite's backup, with what its log holds), never deleted. Returns what
         integrity_check finds after."""
@@ -343,7 +331,7 @@ class Store:
     def integrity(self) -> str:
         """SQLite's own check of every page and index: "ok", or what is damaged."""
         with self._lock:
-            return "; ".join(row[0] for row in self.db.execute("PRAGMA integrity_check"))
+            return "; ".join(self._integrity())
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

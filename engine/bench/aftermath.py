@@ -36,15 +36,11 @@ def check_home(home: Path, acknowledged: list[str], versions: dict[str, str]) ->
     if not paths.database(home).exists():
         return {"integrity": True, "lost_messages": len(acknowledged), "lost_versions": 0}
     conn = sqlite3.connect(paths.database(home))
-    conn.row_factory = sqlite3.Row
     try:
         ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         ok = ok and not conn.execute("PRAGMA foreign_key_check").fetchall()
-        messages = [dict(row) for row in conn.execute("SELECT * FROM messages")]
-        ok = ok and all(checksums.row_matches(m) for m in messages)
-        ok = ok and all(checksums.sealed(table, dict(row))
-                        for table in checksums.SEALED_COLUMNS
-                        for row in conn.execute(f"SELECT * FROM {table}"))
+        ok = ok and checksums.all_sealed(conn)
+        messages = list(checksums.rows(conn, "messages"))
     finally:
         conn.close()
     stored = {m["content"] for m in messages if m["role"] == "user" and checksums.row_matches(m)}
