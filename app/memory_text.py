@@ -73,8 +73,8 @@ def describe(engine: Engine, result: LearnResult) -> str:
         return f"{head}: nothing to learn (no statement the model could ask about)"
     lines = [f"  {qa.question} → {qa.answer}" for qa in result.facts]
     lines += [f"  {qa.question} → {qa.answer}  (correction)" for qa in result.corrections]
-    lines += [f"  {qa.question} → {qa.answer}  (set aside: it leaked into other questions "
-              "or looped)" for qa in result.set_aside]
+    lines += [f"  {qa.question} → {qa.answer}  (set aside: it leaked into other questions, "
+              "looped or changed an unrelated answer)" for qa in result.set_aside]
     score = result.locality
     measured = (f"  {locality_words(score.locality, score.decided)} "
                 f"(threshold {result.threshold:g}) · KL on neutral prompts "

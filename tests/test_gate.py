@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app import memory_text
-from engine import runtime
+from engine import learner, runtime
 from engine.learning import gate as learning
 from engine.learning.gate import Locality, Taught, rejections
 from engine.prompt import Turn
@@ -102,6 +102,53 @@ def test_a_fact_that_keeps_leaking_or_looping_is_set_aside_and_the_rest_is_learn
     assert [row[1] for row in record["set_aside"]] == ["Pixel"]
     assert len(record["refused_tries"]) == 2
     assert "Pixel  (set aside: it leaked" in memory_text.describe(engine, result)
+
+
+@pytest.mark.parametrize("before", [frozenset(), frozenset({(0, 1)})])
+def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fire_there(
+        engine, monkeypatch, before):  # noqa: F811
+    """The locality threshold is a budget for the whole memory: a change one session makes
+    within it would hold back every later one. So a version may not change a decided answer
+    the memory before it kept (beyond what the null floor changes), and the fact whose
+    neurons fire where it changed is left out; a change the memory already had is not this
+    session's."""
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "locality_threshold": 0.0,
+                                               "locality_margin": 0.02, "gate_replies": False})
+    monkeypatch.setattr(learning.Gate, "floor", lambda self, *shape: 1.0)
+    measured, places = [], []
+
+    def measure(self, lora, scale=1.0, cancel=None, taught=None):
+        if lora.name == "base.gguf":
+            flipped = before
+        else:  # the second session's first try changes an answer; the first session none
+            measured.append(lora)
+            flipped = frozenset({(0, 1)}) if len(measured) == 2 else frozenset()
+        return Locality(0.99, 0.001, decided=0.995, flipped=flipped)
+
+    monkeypatch.setattr(learning.Gate, "measure", measure)
+    first = said(engine, "Where do I work?|Elm Ridge")
+    assert engine.learn_now(session_ids=[first])[0].accepted
+    pixel = tuple(engine.runtime.tokenize(" Pixel.", add_bos=False))
+
+    def firing(twin, blocks, examples, at, tail, share):
+        places.extend(at)
+        return {pixel} & {tuple(e.answer) for e in examples}
+
+    monkeypatch.setattr(learner, "firing_facts", firing)
+    sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
+    [result] = engine.learn_now(session_ids=[sid])
+    record = result.version.learned[sid]
+    assert result.accepted
+    if before:  # the memory had changed that answer already: nothing is held against this one
+        assert len(measured) == 2 and places == [] and not record["refused_tries"]
+        assert [qa.answer for qa in result.facts] == ["Pixel", "Oslo"]
+    else:
+        question = engine.learning.gate().questions[0]
+        assert places == [engine.learning.gate().flip_place((0, 1))]
+        assert record["refused_tries"] == [
+            f"changes what the memory before it answered to {question!r}"]
+        assert [qa.answer for qa in result.facts] == ["Oslo"]
+        assert [qa.answer for qa in result.set_aside] == ["Pixel"]
 
 
 def test_the_gate_asks_where_the_answer_begins_so_its_few_tokens_read_no_thinking(

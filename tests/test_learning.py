@@ -581,6 +581,28 @@ def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_af
         assert ((example.ending(x) @ keys.T).max(dim=0).values < asked.max(dim=0).values).all()
 
 
+def test_where_an_unrelated_answer_changed_the_fact_whose_neurons_fire_there_is_found(engine):
+    """The gate names a place (a text, a position) where a version changed a decided answer;
+    the fact whose detectors fire there is the one set aside, not the session's others."""
+    rt = engine.load()
+    twin = twin_for(rt)
+    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=3)
+    home, cat = (learner.Example(*dialogue(rt, None, q, a), end_of_turn(rt))
+                 for q, a in (("Where do I live?", " Tromsø."),
+                              ("What is my cat called?", " Mosel.")))
+    blocks, _ = learner.learn(twin, [home, cat], anchors_for(twin, rt, None, recipe), recipe)
+    edit = SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)
+
+    def blamed(*places):
+        with applied(twin, edit):
+            return learner.firing_facts(twin, blocks, [home, cat], list(places),
+                                        recipe.key_context, recipe.firing_share)
+
+    assert blamed((cat.tokens, len(cat.prompt) - 1)) == {tuple(cat.answer)}
+    assert blamed((home.tokens, len(home.prompt) - 1)) == {tuple(home.answer)}
+    assert blamed((rt.tokenize("The river runs to the sea."), 0)) == set()  # the sink: silent
+
+
 def test_a_word_s_neighbours_are_the_vocabulary_s_words_nearest_it_in_the_model_s_embeddings(
         engine):
     rt = engine.load()

@@ -50,6 +50,9 @@ class Recipe:
     retries: int = 2  # trained again, its leaks as negatives, locality weighing more …
     retry_locality: float = 4.0  # … by this factor if locality fell below the threshold;
     drop_leaking_from: int = 2  # from this try on, facts whose answer leaked or looped are left out
+    # a fact whose neurons fire at this share of their strength on its own questions where
+    # the version changed an unrelated decided answer is left out at once (learner.firing)
+    firing_share: float = 0.5
     batch: int = 16  # sequences per forward pass outside training
 
     def layers_for(self, n_layer: int) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class Locality:
     # (a taught question, its looping reply) where the base model's reply does not loop
     loops: tuple[tuple[str, str], ...] = ()
     decided: float = 1.0  # the same share over the positions the base model has decided
+    # the decided positions whose answer changed: (world fact, answer token)
+    flipped: frozenset[tuple[int, int]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,9 @@ class Gate:
     def __init__(self, runtime: Runtime, system: str | None):
         self.system = system
         self.runtime = runtime
-        self.facts = [dialogue(runtime, system, f["question"], f" {f['answer']}.")
-                      for f in world_facts()[1::2]]
+        self.questions = [f["question"] for f in world_facts()[1::2]]
+        self.facts = [dialogue(runtime, system, q, f" {f['answer']}.")
+                      for q, f in zip(self.questions, world_facts()[1::2], strict=True)]
         self.neutral = [dialogue(runtime, system, q, f" {a}") for q, a in NEUTRAL]
         self.scorer = Scorer(runtime.model.path, n_ctx=1024)
         self.personal = gate_questions()
@@ -145,8 +149,22 @@ class Gate:
         finally:
             self.scorer.set_overlay(None)
         same, sure = np.concatenate(kept), np.concatenate(baseline.decided)
+        flipped = frozenset((i, int(t)) for i, (k, d) in enumerate(zip(kept, baseline.decided,
+                                                                      strict=True))
+                            for t in np.nonzero(d & ~k)[0])
         return Locality(float(same.mean()), float(np.mean(kl)), leaks, loops,
-                        float(same[sure].mean()) if sure.any() else 1.0)
+                        float(same[sure].mean()) if sure.any() else 1.0, flipped)
+
+    def decided_count(self) -> int:
+        """How many answer positions the base model has decided (what locality is read on)."""
+        return int(sum(d.sum() for d in self.baseline.decided))
+
+    def flip_place(self, flip: tuple[int, int]) -> tuple[list[int], int]:
+        """A flipped answer (see ``Locality.flipped``) as tokens and the position that
+        predicts it: where to look for what changed it."""
+        fact, token = flip
+        prompt, answer = self.facts[fact]
+        return prompt + answer, len(prompt) - 1 + token
 
     def _seen(self, taught: Taught, baseline: Baseline, cancel: threading.Event | None
               ) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:
@@ -221,11 +239,16 @@ def null_locality(gate: Gate, overlay: SparseOverlay, arch: str) -> dict:
             "kl_neutral": round(float(np.mean([s.kl_neutral for s in scores])), 5)}
 
 
-def rejections(score: Locality, threshold: float) -> list[str]:
-    """Why the gate refuses a version (none: it is accepted), in words shown to the user."""
+def rejections(score: Locality, threshold: float, changed: Sequence[str] = ()) -> list[str]:
+    """Why the gate refuses a version (none: it is accepted), in words shown to the user;
+    ``changed``: the world-fact questions whose decided answer this version changed where
+    the memory before it had kept it (more than the null floor allows)."""
     reasons = []
     if score.decided < threshold:
         reasons.append(f"locality {score.decided:.3f} < {threshold:.3f} on decided answers")
+    if changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        reasons.append(f"changes what the memory before it answered to {changed[0]!r}{more}")
     if score.leaks:
         question, reply, answer = score.leaks[0]
         more = f" and {len(score.leaks) - 1} more" if len(score.leaks) > 1 else ""

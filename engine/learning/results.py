@@ -38,7 +38,8 @@ class LearnResult:
     seconds: float  # deriving, training and gating
     candidates: int = 0  # pairs derived from what the user said, before the check
     checked: int = 0  # of those, the ones that passed it (``facts`` and ``set_aside``)
-    set_aside: list[QA] = field(default_factory=list)  # left out: their answer leaked or looped
+    set_aside: list[QA] = field(default_factory=list)  # left out: leaked, looped or changed
+    # an unrelated answer
     written: int = 0  # pairs the model wrote itself (a model with a chat template)
     written_checked: int = 0  # of those, the ones that passed the check (in ``checked``)
 

@@ -27,7 +27,7 @@ from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
 from engine.learning.anchors import anchors_for, applied, training, twin_for
 from engine.learning.corrections import corrections, same_question
-from engine.learning.gate import Gate, Taught, check, rejections
+from engine.learning.gate import Gate, Locality, Taught, check, rejections
 from engine.learning.ledger import ancestry_records, pending_sessions
 from engine.learning.lock import profile_lock
 from engine.learning.progress import Phase, Progress, Step, quiet, scaled
@@ -113,17 +113,40 @@ class Learning:
                     self.recipe)
         self.gate()
 
+    def floor(self, twin: Twin | None = None) -> float | None:
+        """The model's null-overlay locality on decided answers (see ``gate.DECIDED_GAP`` and
+        ``null_locality``); None where the settings fix the threshold instead."""
+        if self.settings().locality_margin >= 1.0:
+            return None
+        twin = twin or twin_for(self.runtime)
+        return self.gate().floor(self.recipe.layers_for(twin.n_layer), self.recipe.neurons,
+                                 twin.config.hidden_size, twin.config.intermediate_size)
+
     def threshold(self, twin: Twin | None = None) -> float:
         """The locality on decided answers a new version must keep: the settings' absolute
-        minimum, or the model's null-overlay floor less the settings' margin if that is higher
-        (see ``gate.DECIDED_GAP`` and ``null_locality``)."""
-        settings = self.settings()
-        if settings.locality_margin >= 1.0:
+        minimum, or the model's null-overlay floor less the settings' margin if that is
+        higher."""
+        settings, floor = self.settings(), self.floor(twin)
+        if floor is None:
             return settings.locality_threshold
-        twin = twin or twin_for(self.runtime)
-        floor = self.gate().floor(self.recipe.layers_for(twin.n_layer), self.recipe.neurons,
-                                  twin.config.hidden_size, twin.config.intermediate_size)
         return max(settings.locality_threshold, floor - settings.locality_margin)
+
+    def _changed(self, score: Locality, base: SparseOverlay, floor: float | None,
+                 before: list[frozenset]) -> list[tuple[int, int]]:
+        """The decided world-fact answers ``score``'s version changed that the memory
+        ``base`` kept, where there are more than the null floor lets change (none where the
+        threshold is fixed). The threshold is a budget for a whole memory: one session's
+        change, accepted within it, would hold back every later session. ``before`` caches
+        ``base``'s own flips across tries."""
+        if floor is None or not score.flipped:
+            return []
+        if not before:
+            with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
+                before.append(frozenset() if not base.blocks else self.gate().measure(
+                    write_gguf_lora(base, Path(tmp) / "base.gguf",
+                                    self.runtime.model.architecture), base.scale).flipped)
+        new = sorted(score.flipped - before[0])
+        return new if len(new) > round((1 - floor) * self.gate().decided_count()) else []
 
     def gate(self) -> Gate:
         """The locality gate for the current system prompt (built on first use: it scores
@@ -234,19 +257,21 @@ class Learning:
             answers=sorted({qa.answer for qa in found + fixes} | {qa.answer for _, qa in earlier}),
             said=said + sorted({qa.statement for _, qa in earlier}),
             questions=list(first_asked.values()))
-        threshold = self.threshold(twin)
+        threshold, floor = self.threshold(twin), self.floor(twin)
         contrasted = examples_of(unlike)  # the same on every try
         recipe, silent, refused = self.recipe, others + untaught, []
         dropped: set[str] = set()  # answers left out because they kept leaking
+        before: list[frozenset] = []  # the flips of the memory before this session
         tries = 1 + recipe.retries
         for attempt in range(tries):
             low, high = 0.15 + 0.85 * attempt / tries, 0.15 + 0.85 * (attempt + 1) / tries
             middle = low + 0.8 * (high - low)
             gating_phase = Phase(progress, "gate", middle, high)
 
+            examples = examples_of(taught)
             with training, applied(twin, base):
                 blocks, train = learner.learn(
-                    twin, examples_of(taught), anchors, recipe, owned=owned,
+                    twin, examples, anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
                     contrasts=contrasted,
                     progress=Phase(progress, "training", low, middle))
@@ -258,14 +283,26 @@ class Learning:
                                        self.runtime.model.architecture)
                 score = self.gate().measure(lora, candidate.scale, cancel,
                                             taught_now if settings.gate_replies else None)
-            reasons = rejections(score, threshold)
+            changed = self._changed(score, base, floor, before)
+            reasons = rejections(score, threshold,
+                                 list(dict.fromkeys(self.gate().questions[f] for f, _ in changed)))
             if not reasons or attempt + 1 == tries:
                 break
             # Once more, told what went wrong: the questions it leaked into stay silent too,
             # and unrelated text weighs more.
             refused.append("; ".join(reasons))
             silent = silent + [QA(q, UNTAUGHT_REPLY, "") for q, _, _ in score.leaks]
-            if score.decided < threshold:
+            # The facts whose neurons fire where an unrelated answer changed are left out at
+            # once: they, not the rest of the session, changed it.
+            blamed: set[tuple[int, ...]] = set()
+            if changed:
+                with training, applied(twin, candidate):
+                    blamed = learner.firing_facts(
+                        twin, blocks, examples, [self.gate().flip_place(f) for f in changed],
+                        recipe.key_context, recipe.firing_share)
+            dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
+                        if tuple(e.answer) in blamed}
+            if score.decided < threshold or (changed and not blamed):
                 recipe = replace(recipe, locality_weight=recipe.locality_weight
                                  * recipe.retry_locality)
             if attempt + 1 >= recipe.drop_leaking_from:
@@ -275,9 +312,9 @@ class Learning:
                 looping = {question for question, _ in score.loops}
                 dropped |= {answer.lower() for answer, question in first_asked.items()
                             if question in looping}
-                taught = [qa for qa in taught if qa.answer.lower() not in dropped]
-                if not taught:
-                    break
+            taught = [qa for qa in taught if qa.answer.lower() not in dropped]
+            if not taught:
+                break
             gating_phase(1.0, f"trying again: {refused[-1]}")
         check(cancel)
         kept = [qa for qa in found if qa.answer.lower() not in dropped]
