@@ -45,6 +45,20 @@ def test_pronouns_point_back_to_the_user_s_latest_someone():
     assert found[-1] == "My nephew Arvid plays the tuba"
 
 
+def test_a_pronoun_inside_a_sentence_takes_the_referent_as_said_inside_one():
+    found = [c.text for c in clauses(["My aunt Rut keeps goats.", "She sold her oldest goat."])]
+    assert found[-1] == "My aunt Rut sold my aunt Rut's oldest goat"
+
+
+def test_whose_a_thing_is_is_asked_with_it_and_is_never_an_answer_itself():
+    said = asked("My aunt Rut sold my aunt Rut's oldest goat.")
+    assert said["What did my aunt sell?"] == said["What did Rut sell?"] == "oldest goat"
+    assert said["My aunt Rut sold what?"] == "oldest goat"
+    assert "Rut's" not in said.values()
+    assert not any(q.rstrip("?").endswith("'s") for q in said)
+    assert asked("Ines fixed her old radio.")["What did Ines fix?"] == "old radio"
+
+
 def test_fronted_questions_use_do_support_in_the_verb_s_tense():
     said = asked("My nephew Arvid repaired an old sewing machine.")
     assert said["What did my nephew Arvid repair?"] == "old sewing machine"

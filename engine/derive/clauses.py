@@ -171,8 +171,12 @@ def _resolve(words: list[str], tags: list[str], referent: list[str] | None) -> l
     if not referent:
         return words
     plural = referent[-1].lower().endswith("s") and not referent[-1][:1].isupper()
+    # "My sister Noor", said at the start of a sentence, is "my sister Noor" inside another
+    inside = ([referent[0].lower(), *referent[1:]]
+              if referent[0].lower() in text.grammar()["possessives"] else referent)
     out: list[str] = []
     for i, (word, tag) in enumerate(zip(words, tags, strict=True)):
+        said = inside if i else referent
         lower = word.lower()
         person = lower in {"he", "she", "him", "her", "his"}
         agrees = person or (lower in {"they", "them", "their"} and plural) or (
@@ -181,9 +185,9 @@ def _resolve(words: list[str], tags: list[str], referent: list[str] | None) -> l
             out.append(word)
         elif lower in {"his", "its", "their"} or (lower == "her" and tag == "POSS" and i + 1 < len(
                 words) and tags[i + 1] in {"NOUN", "ADJ"}):
-            out += referent[:-1] + [referent[-1] + "'s"]
+            out += said[:-1] + [said[-1] + "'s"]
         else:
-            out += referent
+            out += said
     return out
 
 

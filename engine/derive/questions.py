@@ -87,6 +87,9 @@ def spans(clause: Clause, after: int) -> list[Span]:
             while j < len(words) and tags[j] == "NOUN" and words[j][:1].islower() and set(
                     getAllLemmas(words[j].lower())) == {"NOUN"}:
                 j += 1  # the common noun that closes a name: "Ullevål hospital"
+            if words[j - 1].endswith(("'s", "’s")):
+                i = j  # "Noor's" says whose the next thing is: that thing is the answer
+                continue
             if tag == "NUM":
                 out.append(Span(i, i + 1, "number"))
                 i += 1
@@ -130,10 +133,17 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
     if words[start].lower() == "the":
         start += 1
     before = words[start - 1].lower() if start else ""
-    determined = before in text.grammar()["determiners"] or before in {"my", "our"}
+    determined = before in text.grammar()["determiners"] or before in {"my", "our"} or (
+        start > 0 and tags[start - 1] == "POSS")
     if determined:
         start -= 1
-        before = words[start - 1].lower() if start else ""
+    elif before.endswith(("'s", "’s")):  # whose it is goes with it: "my aunt Rut's old goat"
+        start -= 1
+        while start and tags[start - 1] in {"PROPN", "NOUN"}:
+            start -= 1
+        start -= start > 0 and tags[start - 1] in {"POSS", "DET"}
+        determined = True
+    before = words[start - 1].lower() if start else ""
     first = words[span.start]
     if span.kind == "number":
         year = re.fullmatch(r"1\d{3}|20\d{2}", first)
@@ -309,12 +319,12 @@ def _referred(asked: Asked, people: list[tuple[str, str]]) -> list[Asked]:
     user names someone in full once and asks back either way."""
     out = [asked]
     for relation, name in people:
-        full = f"{relation} {name}"
-        at = asked.question.lower().find(full.lower())
-        if at < 0 or asked.answer in name:
+        full = re.compile(re.escape(f"{relation} {name}"), re.IGNORECASE)
+        if not full.search(asked.question) or asked.answer in name:
             continue
-        head, tail = asked.question[:at], asked.question[at + len(full):]
-        out += [Asked(f"{head}{who}{tail}", asked.answer) for who in (relation, name)]
+        # every mention: "my sister Noor lent me my sister Noor's car" reads one way or the other
+        out += [Asked(full.sub(who.replace("\\", r"\\"), asked.question), asked.answer)
+                for who in (relation, name)]
     return out
 
 
@@ -341,9 +351,10 @@ def questions(clause: Clause) -> list[Asked]:
                 other = "what" if wh == "who" else "who"
                 asked.append(_echo(clause, other, start, end))
             out += [Asked(q, answer) for q in asked if q]
-    people = [(f"{w[i]} {w[i + 1]}".lower(), w[i + 2]) for w in [clause.words]
-              for i in range(len(w) - 2) if w[i].lower() in {"my", "our"}
-              and clause.tags[i + 1] == "NOUN" and clause.tags[i + 2] == "PROPN"]
+    people = list(dict.fromkeys(
+        (f"{w[i]} {w[i + 1]}".lower(), re.sub(r"['’]s$", "", w[i + 2]))
+        for w in [clause.words] for i in range(len(w) - 2) if w[i].lower() in {"my", "our"}
+        and clause.tags[i + 1] == "NOUN" and clause.tags[i + 2] == "PROPN"))
     seen, kept = set(), []
     for pair in (p for a in out for p in _referred(a, people)):
         question = pair.question[:1].upper() + pair.question[1:]
