@@ -109,9 +109,9 @@ def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fi
         engine, monkeypatch, before):  # noqa: F811
     """The locality threshold is a budget for the whole memory: a change one session makes
     within it would hold back every later one. So a version may not change a decided answer
-    the memory before it kept (beyond what the null floor changes), and the fact whose
-    neurons fire where it changed is left out; a change the memory already had is not this
-    session's."""
+    the memory before it kept (beyond what the null floor changes), and the neurons of the
+    fact that fire where it changed are taken out; a change the memory already had is not
+    this session's."""
     engine.settings = type(engine.settings)(**{**vars(engine.settings), "locality_threshold": 0.0,
                                                "locality_margin": 0.02, "gate_replies": False})
     monkeypatch.setattr(learning.Gate, "floor", lambda self, *shape: 1.0)
@@ -142,9 +142,9 @@ def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fi
     if before:  # the memory had changed that answer already: nothing is held against this one
         assert len(measured) == 2 and places == [] and not record["refused_tries"]
         assert [qa.answer for qa in result.facts] == ["Pixel", "Oslo"]
-    else:
+    else:  # its neurons taken out, the rest judged again as learned: no second training
         question = engine.learning.gate().questions[0]
-        assert places == [engine.learning.gate().flip_place((0, 1))]
+        assert len(measured) == 3 and places == [engine.learning.gate().flip_place((0, 1))]
         assert record["refused_tries"] == [
             f"changes what the memory before it answered to {question!r}"]
         assert [qa.answer for qa in result.facts] == ["Oslo"]

@@ -601,6 +601,13 @@ def test_where_an_unrelated_answer_changed_the_fact_whose_neurons_fire_there_is_
     assert blamed((cat.tokens, len(cat.prompt) - 1)) == {tuple(cat.answer)}
     assert blamed((home.tokens, len(home.prompt) - 1)) == {tuple(home.answer)}
     assert blamed((rt.tokenize("The river runs to the sea."), 0)) == set()  # the sink: silent
+    kept = learner.without(blocks, [home, cat], {tuple(cat.answer)})
+    assert {b.layer for b in kept} == {b.layer for b in blocks}  # both facts in every layer
+    for before, after in zip(blocks, kept, strict=True):
+        owner = learner.owners(blocks, [home, cat])[before.layer]
+        mine = [fact == tuple(home.answer) for fact in owner]
+        assert after.neurons.tolist() == before.neurons[mine].tolist()
+        assert np.array_equal(after.vectors, before.vectors[mine])  # unchanged, not retrained
 
 
 def test_a_word_s_neighbours_are_the_vocabulary_s_words_nearest_it_in_the_model_s_embeddings(

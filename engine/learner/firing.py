@@ -1,49 +1,78 @@
-"""Which of a session's facts its new neurons stand for at a given place in a text.
+"""Which of a session's facts its new neurons stand for, where they fire, and the edit
+without some of them.
 
 Where the gate sees an unrelated answer change, the facts whose detectors fire there are
-what changed it: a leak found in the weights rather than in a reply, and left out of the
-session the way a leaking answer is."""
+what changed it: a leak found in the weights rather than in a reply. Each new neuron is
+the detector of one fact (``keys.keyed_facts``), so that fact's neurons can be taken out
+of the edit and the session's other facts stay exactly as learned."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engine.learner.capture import activation, passes
+from engine.learner.keys import keyed_facts
 from engine.learner.train import Example
 from engine.overlay import NeuronBlock
 from engine.twin import Twin
 
+Fact = tuple[int, ...]  # a fact, as learn() keys it: its answer's tokens
+
+
+def owners(blocks: list[NeuronBlock], examples: list[Example]) -> dict[int, list[Fact]]:
+    """Per edited layer, the fact each of ``blocks``' neurons there detects (as ``learn``
+    keyed them from these ``examples``)."""
+    facts = sorted({tuple(e.answer) for e in examples})
+    layers = sorted({b.layer for b in blocks})
+    sizes = {b.layer: b.neurons.size for b in blocks}
+    return {l: [facts[f] for f in keyed_facts(len(facts), depth, sizes[l])]
+            for depth, l in enumerate(layers)}
+
 
 @torch.no_grad()
 def firing_facts(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
-                 places: list[tuple[list[int], int]], tail: int,
-                 share: float) -> set[tuple[int, ...]]:
-    """The answers (as tokens) of the ``examples`` an edit was trained on whose neurons in
-    ``blocks`` fire at ``places`` (tokens, the position looked at) with at least ``share``
-    of their mean strength on their own fact. Each neuron stands for the fact whose
-    questions it fires on most (``Example.question``'s rows, ``tail`` as in training). The
-    twin must compute with the edit applied."""
+                 places: list[tuple[list[int], int]], tail: int, share: float) -> set[Fact]:
+    """The facts of the ``examples`` an edit was trained on whose neurons in ``blocks`` fire
+    at ``places`` (tokens, the position looked at) with at least ``share`` of their mean
+    strength on their own fact's questions (``Example.question``'s rows, ``tail`` as in
+    training). The twin must compute with the edit applied."""
+    owner = owners(blocks, examples)
     keyed = {b.layer: torch.as_tensor(b.neurons, device=twin.device)
              for b in blocks if b.matrix == "ffn_gate"}
     layers = tuple(sorted(keyed))
     if not layers or not places:
         return set()
-    facts = sorted({tuple(e.answer) for e in examples})
-    total = {l: torch.zeros(len(facts), len(keyed[l]), device=twin.device) for l in layers}
-    counts = torch.zeros(len(facts), 1, device=twin.device)
+    total = {l: torch.zeros(len(keyed[l]), device=twin.device) for l in layers}
+    count = {l: torch.zeros(len(keyed[l]), device=twin.device) for l in layers}
     for start, chunk, seen in passes(twin, [e.tokens for e in examples], layers):
         for i, e in enumerate(examples[start:start + len(chunk)]):
-            fact = facts.index(tuple(e.answer))
-            counts[fact] += 1
             for l in layers:
-                rows = e.question(seen[l][i], tail)
-                total[l][fact] += activation(twin, l, rows)[:, keyed[l]].mean(0)
-    own = {l: (total[l] / counts.clamp_min(1)).max(0) for l in layers}
-    blamed: set[tuple[int, ...]] = set()
+                mine = torch.tensor([fact == tuple(e.answer) for fact in owner[l]],
+                                    dtype=torch.float32, device=twin.device)
+                rows = activation(twin, l, e.question(seen[l][i], tail))[:, keyed[l]]
+                total[l] += mine * rows.mean(0)
+                count[l] += mine
+    strength = {l: total[l] / count[l].clamp_min(1) for l in layers}
+    blamed: set[Fact] = set()
     for start, chunk, seen in passes(twin, [tokens for tokens, _ in places], layers):
         for i, (_, at) in enumerate(places[start:start + len(chunk)]):
             for l in layers:
                 fired = activation(twin, l, seen[l][i, at])[keyed[l]]
-                hit = (own[l].values > 0) & (fired >= share * own[l].values)
-                blamed |= {facts[int(f)] for f in own[l].indices[hit]}
+                hit = (strength[l] > 0) & (fired >= share * strength[l])
+                blamed |= {owner[l][j] for j in np.flatnonzero(hit.cpu().numpy())}
     return blamed
+
+
+def without(blocks: list[NeuronBlock], examples: list[Example],
+            facts: set[Fact]) -> list[NeuronBlock]:
+    """``blocks`` without the neurons that detect ``facts``: the rest of the edit unchanged."""
+    owner = owners(blocks, examples)
+    out = []
+    for b in blocks:
+        keep = np.array([fact not in facts for fact in owner[b.layer]], dtype=bool)
+        if keep.any():
+            out.append(NeuronBlock(b.layer, b.matrix, b.neurons[keep],
+                                   b.delta[:, keep] if b.matrix == "ffn_down" else b.delta[keep],
+                                   b.session_id))
+    return out

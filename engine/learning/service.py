@@ -262,6 +262,19 @@ class Learning:
         recipe, silent, refused = self.recipe, others + untaught, []
         dropped: set[str] = set()  # answers left out because they kept leaking
         before: list[frozenset] = []  # the flips of the memory before this session
+
+        def judged(candidate: SparseOverlay) -> tuple[Locality, list[tuple[int, int]], list[str]]:
+            """The gate's measure of ``candidate``, the decided answers it changed that the
+            memory before it kept, and why it is refused (none: accepted)."""
+            with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
+                lora = write_gguf_lora(candidate, Path(tmp) / "candidate.gguf",
+                                       self.runtime.model.architecture)
+                score = self.gate().measure(lora, candidate.scale, cancel,
+                                            taught_now if settings.gate_replies else None)
+            changed = self._changed(score, base, floor, before)
+            return score, changed, rejections(score, threshold, list(dict.fromkeys(
+                self.gate().questions[f] for f, _ in changed)))
+
         tries = 1 + recipe.retries
         for attempt in range(tries):
             low, high = 0.15 + 0.85 * attempt / tries, 0.15 + 0.85 * (attempt + 1) / tries
@@ -278,22 +291,10 @@ class Learning:
             candidate = base.merge(replace(base, blocks=blocks))
             gating_phase(0.0, "checking that unrelated answers stay the same")
             gating = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
-                lora = write_gguf_lora(candidate, Path(tmp) / "candidate.gguf",
-                                       self.runtime.model.architecture)
-                score = self.gate().measure(lora, candidate.scale, cancel,
-                                            taught_now if settings.gate_replies else None)
-            changed = self._changed(score, base, floor, before)
-            reasons = rejections(score, threshold,
-                                 list(dict.fromkeys(self.gate().questions[f] for f, _ in changed)))
-            if not reasons or attempt + 1 == tries:
-                break
-            # Once more, told what went wrong: the questions it leaked into stay silent too,
-            # and unrelated text weighs more.
-            refused.append("; ".join(reasons))
-            silent = silent + [QA(q, UNTAUGHT_REPLY, "") for q, _, _ in score.leaks]
-            # The facts whose neurons fire where an unrelated answer changed are left out at
-            # once: they, not the rest of the session, changed it.
+            score, changed, reasons = judged(candidate)
+            # The facts whose neurons fire where an unrelated answer changed are taken out
+            # (their neurons: the rest of the session stays exactly as learned) and judged
+            # again: they, not the rest, changed it.
             blamed: set[tuple[int, ...]] = set()
             if changed:
                 with training, applied(twin, candidate):
@@ -302,7 +303,18 @@ class Learning:
                         recipe.key_context, recipe.firing_share)
             dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
                         if tuple(e.answer) in blamed}
-            if score.decided < threshold or (changed and not blamed):
+            if blamed and len(blamed) < len({tuple(e.answer) for e in examples}):
+                refused.append("; ".join(reasons))
+                blocks = learner.without(blocks, examples, blamed)
+                candidate = base.merge(replace(base, blocks=blocks))
+                score, changed, reasons = judged(candidate)
+            if not reasons or attempt + 1 == tries:
+                break
+            # Once more, told what went wrong: the questions it leaked into stay silent too,
+            # and unrelated text weighs more.
+            refused.append("; ".join(reasons))
+            silent = silent + [QA(q, UNTAUGHT_REPLY, "") for q, _, _ in score.leaks]
+            if score.decided < threshold or changed:
                 recipe = replace(recipe, locality_weight=recipe.locality_weight
                                  * recipe.retry_locality)
             if attempt + 1 >= recipe.drop_leaking_from:
