@@ -101,6 +101,15 @@ def test_naming_and_self_naming():
     assert said["What is my name?"] == said["Who am I?"] == "Tove Lind"
 
 
+def test_a_thing_called_a_name_with_its_article_or_joined_words_is_asked_what_it_is_called():
+    said = asked("We sail on a ketch called the Grey Heron.")
+    assert said["What is my ketch called?"] == "the Grey Heron"
+    assert asked("I bank with a cooperative named Fisk & Sons.")[
+        "What is the name of my cooperative?"] == "Fisk & Sons"
+    # the thing named is asked about by its name, never as an answer beside it
+    assert "ketch" not in said.values()
+
+
 def test_negated_clauses_requests_and_unresolved_pronouns_give_no_predicate_questions():
     assert asked("I never eat olives.") == {}
     assert asked("It is a long way from Vigo.") == {}

@@ -69,6 +69,16 @@ def verb_group(clause: Clause) -> tuple[int, int] | None:
     return start, end
 
 
+def _name_end(words: tuple[str, ...], tags: tuple[str, ...], i: int) -> int:
+    """Where the name that starts at word ``i`` ends: "Crumb & Co", "Bank of Åland"."""
+    j = i + 1
+    while j < len(words) and (tags[j] in {"PROPN", "NUM"} or (
+            words[j].lower() in {"of", "&", "de", "la", "van", "von"}
+            and j + 1 < len(words) and tags[j + 1] == "PROPN")):
+        j += 1
+    return j
+
+
 def spans(clause: Clause, after: int) -> list[Span]:
     """Answer candidates after word ``after``: names (with the common nouns that close them:
     "Ullevål hospital"), numbers, noun phrases without their determiner, and an adjective
@@ -79,11 +89,7 @@ def spans(clause: Clause, after: int) -> list[Span]:
         tag = tags[i]
         if tag == "PROPN" or (tag == "NUM" and i + 1 < len(words) and tags[i + 1] == "PROPN"
                               and not text.is_number(words[i + 1])):
-            j = i + 1
-            while j < len(words) and (tags[j] in {"PROPN", "NUM"} or (
-                    words[j].lower() in {"of", "&", "de", "la", "van", "von"}
-                    and j + 1 < len(words) and tags[j + 1] == "PROPN")):
-                j += 1
+            j = _name_end(words, tags, i)
             while j < len(words) and tags[j] == "NOUN" and words[j][:1].islower() and set(
                     getAllLemmas(words[j].lower())) == {"NOUN"}:
                 j += 1  # the common noun that closes a name: "Ullevål hospital"
@@ -112,8 +118,9 @@ def spans(clause: Clause, after: int) -> list[Span]:
             noun = any(t == "NOUN" for t in tags[i:j])
             after_copula = i > 0 and words[i - 1].lower() in text.grammar()["copulas"]
             relation = j < len(words) and tags[j] == "PROPN" and i > 0 and tags[i - 1] == "POSS"
-            if relation:
-                pass  # "my uncle Ferdinand": who the relation is comes from _appositives
+            named = j + 1 < len(words) and words[j].lower() in {"called", "named"}
+            if relation or named:
+                pass  # "my uncle Ferdinand", "a bakery called Crumb": asked by _appositives, _named
             elif noun:
                 out.append(Span(i, j, "thing"))
             elif after_copula:
@@ -289,12 +296,12 @@ def _named(clause: Clause) -> list[Asked]:
     words, tags = clause.words, clause.tags
     out = []
     for i, word in enumerate(words):
-        if word.lower() not in {"called", "named"} or i + 1 >= len(words) or tags[i + 1] != "PROPN":
+        # "called Rusty", "called the Riverside Sinfonia" (the article is the name's, as in spans)
+        at = i + 1 + (i + 2 < len(words) and words[i + 1].lower() == "the"
+                      and words[i + 2][:1].isupper())
+        if word.lower() not in {"called", "named"} or at >= len(words) or tags[at] != "PROPN":
             continue
-        k = i + 1
-        while k < len(words) and tags[k] in {"PROPN", "NUM"}:
-            k += 1
-        name = " ".join(words[i + 1:k])
+        name = " ".join(words[i + 1:_name_end(words, tags, at)])
         j = i - (words[i - 1].lower() in text.grammar()["copulas"]) if i else 0
         h = j
         while h > 0 and tags[h - 1] in {"NOUN", "ADJ"}:
