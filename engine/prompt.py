@@ -52,7 +52,9 @@ class PromptFormat(Protocol):
 class PlainDialogue:
     """``User: …`` / ``Assistant: …`` lines; stops when the model starts the user's next line."""
 
-    stop = ["\nUser:", "\nAssistant:", "\nUSER:", "\n\n\n"]
+    # the next line's speaker however the model punctuates it ("\n\nUser. I like …": a
+    # learned answer that ends its sentence but not the turn)
+    stop = ["\nUser", "\nAssistant", "\nUSER:", "\n\n\n"]
     end_of_turn = "\nUser:"  # what follows a finished reply
     special = False
     reply_prefix = ""

@@ -44,6 +44,13 @@ def test_plain_dialogue_ends_on_assistant_cue():
     assert text == "Be kind.\n\nUser: hi\nAssistant: hello\nUser: name?\nAssistant:"
 
 
+@pytest.mark.parametrize("reply", ["Mosel.\nUser: and you?", "Mosel.\n\nUser. I like it.",
+                                   "Mosel.\nAssistant - yes", "Mosel.\n\n\n\n."])
+def test_a_plain_reply_stops_where_the_model_starts_the_next_line_of_the_dialogue(reply):
+    cut = min(reply.find(s) for s in PlainDialogue.stop if s in reply)
+    assert reply[:cut].strip() == "Mosel."
+
+
 def markers(text: str) -> list[str]:
     """A tokenizer for these tests: a chat template's markers are a token each, as control
     tokens are, and so is a lone ``<``."""
