@@ -86,9 +86,9 @@ def tag(word: str) -> str:
 
 def tags(sentence: list[str]) -> list[str]:
     """``tag`` of each word, with the one piece of context that settles most noun/verb
-    ambiguity: after a subject pronoun, an auxiliary or an infinitive "to", a word the
-    lexicon knows as a verb is one ("I drive", "wants to call"); after a determiner or a
-    possessive it is not ("my drive")."""
+    ambiguity: after a subject pronoun, an auxiliary or an infinitive "to", or before an
+    object pronoun, a word the lexicon knows as a verb is one ("I drive", "wants to call",
+    "everyone calls me"); after a determiner or a possessive it is not ("my drive")."""
     out = [tag(w) for w in sentence]
     verb_seen = bool(out) and out[0] in {"VERB", "AUX"}
     for i in range(1, len(sentence)):
@@ -108,7 +108,9 @@ def tags(sentence: list[str]) -> list[str]:
                 before in grammar()["subject_pronouns"] or out[k] in {"AUX", "NEG"}
                 or (before == "to" and k > 0 and out[k - 1] == "VERB")
                 or (not verb_seen and out[k] in {"NOUN", "PROPN"}
-                    and word.lower().endswith(("s", "ed")))):  # "my brother Jonas builds"
+                    and word.lower().endswith(("s", "ed")))  # "my brother Jonas builds"
+                or (not verb_seen and i + 1 < len(sentence)  # "my students call me"
+                    and sentence[i + 1].lower() in {"me", "us", "him", "them"})):
             out[i] = "VERB"
         elif out[i] == "VERB" and out[k] in {"DET", "POSS"} and (
                 {"NOUN", "ADJ"} & set(lexicon)):

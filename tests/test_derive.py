@@ -110,6 +110,17 @@ def test_a_thing_called_a_name_with_its_article_or_joined_words_is_asked_what_it
     assert "ketch" not in said.values()
 
 
+def test_what_someone_calls_me_is_asked_before_an_object_pronoun_settles_the_verb():
+    assert asked("My nieces call me Aunt Bo.")["What do my nieces call me?"] == "Aunt Bo"
+
+
+def test_a_place_named_as_the_island_or_town_of_somewhere_is_asked_where():
+    said = asked("I teach on the island of Senja.")
+    assert said["Where do I teach?"] == "Senja"
+    assert "island" not in said.values()
+    assert asked("We farm in the valley of Aosta.")["Where do we farm?"] == "Aosta"
+
+
 def test_negated_clauses_requests_and_unresolved_pronouns_give_no_predicate_questions():
     assert asked("I never eat olives.") == {}
     assert asked("It is a long way from Vigo.") == {}

@@ -118,9 +118,11 @@ def spans(clause: Clause, after: int) -> list[Span]:
             noun = any(t == "NOUN" for t in tags[i:j])
             after_copula = i > 0 and words[i - 1].lower() in text.grammar()["copulas"]
             relation = j < len(words) and tags[j] == "PROPN" and i > 0 and tags[i - 1] == "POSS"
-            named = j + 1 < len(words) and words[j].lower() in {"called", "named"}
+            named = j + 1 < len(words) and (words[j].lower() in {"called", "named"} or (
+                words[j].lower() == "of" and tags[j + 1] == "PROPN"))
             if relation or named:
-                pass  # "my uncle Ferdinand", "a bakery called Crumb": asked by _appositives, _named
+                pass  # "my uncle Ferdinand", "a bakery called Crumb", "the island of Utvær":
+                # the name is the answer (_appositives, _named, spans)
             elif noun:
                 out.append(Span(i, j, "thing"))
             elif after_copula:
@@ -170,6 +172,11 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         while end < len(words) and words[end].lower() in text.grammar()["day_parts"]:
             end += 1
         return "when", start, end
+    if span.kind == "name" and before == "of" and start >= 4 and tags[start - 2] == "NOUN" \
+            and words[start - 3].lower() in text.grammar()["determiners"] \
+            and words[start - 4].lower() in qw["place_prepositions"]:
+        # "on the island of Utvær", "in the city of Ghent": a place, said as one
+        return "where", start - 3 - (words[start - 4].lower() not in qw["kept_prepositions"]), end
     if span.kind == "name" and before in qw["place_prepositions"]:
         if before in qw["kept_prepositions"]:
             return "where", start, end
