@@ -12,6 +12,7 @@ ask them again. One job at a time per profile, across processes (a lock file).
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import threading
 import time
@@ -131,21 +132,25 @@ class Learning:
             return settings.locality_threshold
         return max(settings.locality_threshold, floor - settings.locality_margin)
 
-    def _changed(self, score: Locality, base: SparseOverlay, floor: float | None,
-                 before: list[frozenset]) -> list[tuple[int, int]]:
-        """The decided world-fact answers ``score``'s version changed that the memory
-        ``base`` kept, where there are more than the null floor lets change (none where the
-        threshold is fixed). The threshold is a budget for a whole memory: one session's
-        change, accepted within it, would hold back every later session. ``before`` caches
-        ``base``'s own flips across tries."""
+    def _flipped(self, overlay: SparseOverlay) -> frozenset[tuple[int, int]]:
+        """The decided world-fact answers ``overlay`` changes (see ``Locality.flipped``)."""
+        if not overlay.blocks:
+            return frozenset()
+        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
+            return self.gate().measure(write_gguf_lora(
+                overlay, Path(tmp) / "base.gguf", self.runtime.model.architecture),
+                overlay.scale).flipped
+
+    def _changed(self, score: Locality, before: Callable[[], frozenset[tuple[int, int]]],
+                 floor: float | None) -> list[tuple[int, int]]:
+        """The decided world-fact answers ``score``'s version changed that the memory before
+        it kept (``before()``: that memory's own changes), where there are more than the null
+        floor lets change (none where the threshold is fixed). The threshold is a budget for a
+        whole memory: one session's change, accepted within it, would hold back every later
+        session."""
         if floor is None or not score.flipped:
             return []
-        if not before:
-            with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
-                before.append(frozenset() if not base.blocks else self.gate().measure(
-                    write_gguf_lora(base, Path(tmp) / "base.gguf",
-                                    self.runtime.model.architecture), base.scale).flipped)
-        new = sorted(score.flipped - before[0])
+        new = sorted(score.flipped - before())
         return new if len(new) > round((1 - floor) * self.gate().decided_count()) else []
 
     def gate(self) -> Gate:
@@ -261,7 +266,7 @@ class Learning:
         contrasted = examples_of(unlike)  # the same on every try
         recipe, silent, refused = self.recipe, others + untaught, []
         dropped: set[str] = set()  # answers left out because they kept leaking
-        before: list[frozenset] = []  # the flips of the memory before this session
+        before = functools.cache(lambda: self._flipped(base))  # measured once, if needed
 
         def judged(candidate: SparseOverlay) -> tuple[Locality, list[tuple[int, int]], list[str]]:
             """The gate's measure of ``candidate``, the decided answers it changed that the
@@ -271,7 +276,7 @@ class Learning:
                                        self.runtime.model.architecture)
                 score = self.gate().measure(lora, candidate.scale, cancel,
                                             taught_now if settings.gate_replies else None)
-            changed = self._changed(score, base, floor, before)
+            changed = self._changed(score, before, floor)
             return score, changed, rejections(score, threshold, list(dict.fromkeys(
                 self.gate().questions[f] for f, _ in changed)))
 
