@@ -54,7 +54,8 @@ class PlainDialogue:
 
     # the next line's speaker however the model punctuates it ("\n\nUser. I like …": a
     # learned answer that ends its sentence but not the turn)
-    stop = ["\nUser", "\nAssistant", "\nUSER:", "\n\n\n"]
+    stop = ["\nUser:", "\nUser.", "\nUser,", "\nAssistant:", "\nAssistant.", "\nUSER:",
+            "\n\n\n"]
     end_of_turn = "\nUser:"  # what follows a finished reply
     special = False
     reply_prefix = ""

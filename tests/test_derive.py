@@ -57,6 +57,7 @@ def test_whose_a_thing_is_is_asked_with_it_and_is_never_an_answer_itself():
     assert "Rut's" not in said.values()
     assert not any(q.rstrip("?").endswith("'s") for q in said)
     assert asked("Ines fixed her old radio.")["What did Ines fix?"] == "old radio"
+    assert asked("I borrowed Noor's car.")["What did I borrow?"] == "car"
 
 
 def test_fronted_questions_use_do_support_in_the_verb_s_tense():
@@ -119,6 +120,14 @@ def test_a_place_named_as_the_island_or_town_of_somewhere_is_asked_where():
     assert said["Where do I teach?"] == "Senja"
     assert "island" not in said.values()
     assert asked("We farm in the valley of Aosta.")["Where do we farm?"] == "Aosta"
+
+
+def test_what_only_looks_like_a_possessive_a_naming_or_a_place_keeps_its_own_questions():
+    assert asked("I named her Pixel.")["What did I name her?"] == "Pixel"  # her: not whose
+    assert asked("I shop at Sainsbury's.")["Where do I shop?"] == "Sainsbury's"  # owns nothing
+    assert "What is my sister called?" not in asked("My sister called the Hilton.")  # phoned
+    assert asked("We have a cat named after a poet.")["What do we have?"] == "cat"
+    assert "Where do I work?" not in asked("I work at the embassy of Norway.")  # no place noun
 
 
 def test_negated_clauses_requests_and_unresolved_pronouns_give_no_predicate_questions():

@@ -104,14 +104,17 @@ def test_a_fact_that_keeps_leaking_or_looping_is_set_aside_and_the_rest_is_learn
     assert "Pixel  (set aside: it leaked" in memory_text.describe(engine, result)
 
 
-@pytest.mark.parametrize("before", [frozenset(), frozenset({(0, 1)})])
+@pytest.mark.parametrize("before, blamed, stays", [
+    (frozenset(), "Pixel", False), (frozenset({(0, 1)}), "", False),
+    (frozenset(), "Pixel Oslo", False), (frozenset(), "", True)])
 def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fire_there(
-        engine, monkeypatch, before):  # noqa: F811
+        engine, monkeypatch, before, blamed, stays):  # noqa: F811
     """The locality threshold is a budget for the whole memory: a change one session makes
     within it would hold back every later one. So a version may not change a decided answer
     the memory before it kept (beyond what the null floor changes), and the neurons of the
     fact that fire where it changed are taken out; a change the memory already had is not
-    this session's."""
+    this session's; one no fact fires for is trained away if it can be, and on the last try
+    is left to the whole memory's threshold."""
     engine.settings = type(engine.settings)(**{**vars(engine.settings), "locality_threshold": 0.0,
                                                "locality_margin": 0.02, "gate_replies": False})
     monkeypatch.setattr(learning.Gate, "floor", lambda self, *shape: 1.0)
@@ -122,26 +125,33 @@ def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fi
             flipped = before
         else:  # the second session's first try changes an answer; the first session none
             measured.append(lora)
-            flipped = frozenset({(0, 1)}) if len(measured) == 2 else frozenset()
+            flipped = frozenset({(0, 1)}) if len(measured) == 2 or (
+                stays and len(measured) > 2) else frozenset()
         return Locality(0.99, 0.001, decided=0.995, flipped=flipped)
 
     monkeypatch.setattr(learning.Gate, "measure", measure)
     first = said(engine, "Where do I work?|Elm Ridge")
     assert engine.learn_now(session_ids=[first])[0].accepted
-    pixel = tuple(engine.runtime.tokenize(" Pixel.", add_bos=False))
+    fired = {tuple(engine.runtime.tokenize(f" {answer}.", add_bos=False))
+             for answer in blamed.split()}
 
     def firing(twin, blocks, examples, at, tail, share):
         places.extend(at)
-        return {pixel} & {tuple(e.answer) for e in examples}
+        return fired & {tuple(e.answer) for e in examples}
 
     monkeypatch.setattr(learner, "firing_facts", firing)
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
     [result] = engine.learn_now(session_ids=[sid])
     record = result.version.learned[sid]
     assert result.accepted
-    if before:  # the memory had changed that answer already: nothing is held against this one
+    if stays:  # traced to no fact, trained twice more: the whole memory's threshold decides
+        assert len(measured) == 4 and len(record["refused_tries"]) == 2
+    elif before:  # the memory had changed that answer already: nothing is held against it
         assert len(measured) == 2 and places == [] and not record["refused_tries"]
         assert [qa.answer for qa in result.facts] == ["Pixel", "Oslo"]
+    elif len(fired) > 1:  # nothing would be left: trained again instead, every fact kept
+        assert len(measured) == 3 and len(record["refused_tries"]) == 1
+        assert [qa.answer for qa in result.facts] == ["Pixel", "Oslo"] and not result.set_aside
     else:  # its neurons taken out, the rest judged again as learned: no second training
         question = engine.learning.gate().questions[0]
         assert len(measured) == 3 and places == [engine.learning.gate().flip_place((0, 1))]

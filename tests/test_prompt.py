@@ -45,10 +45,15 @@ def test_plain_dialogue_ends_on_assistant_cue():
 
 
 @pytest.mark.parametrize("reply", ["Mosel.\nUser: and you?", "Mosel.\n\nUser. I like it.",
-                                   "Mosel.\nAssistant - yes", "Mosel.\n\n\n\n."])
+                                   "Mosel.\nAssistant. Yes", "Mosel.\n\n\n\n."])
 def test_a_plain_reply_stops_where_the_model_starts_the_next_line_of_the_dialogue(reply):
     cut = min(reply.find(s) for s in PlainDialogue.stop if s in reply)
     assert reply[:cut].strip() == "Mosel."
+
+
+def test_a_plain_reply_goes_on_through_lines_that_only_begin_like_a_speaker():
+    reply = "Two ways:\nUsers can reset it.\nAssistant managers can too."
+    assert not any(s in reply for s in PlainDialogue.stop)
 
 
 def markers(text: str) -> list[str]:

@@ -90,12 +90,13 @@ def spans(clause: Clause, after: int) -> list[Span]:
         if tag == "PROPN" or (tag == "NUM" and i + 1 < len(words) and tags[i + 1] == "PROPN"
                               and not text.is_number(words[i + 1])):
             j = _name_end(words, tags, i)
+            if words[j - 1].endswith(("'s", "’s")) and j < len(words) \
+                    and tags[j] in {"NOUN", "ADJ"}:
+                i = j  # "Noor's car" says whose the car is: the car is the answer
+                continue
             while j < len(words) and tags[j] == "NOUN" and words[j][:1].islower() and set(
                     getAllLemmas(words[j].lower())) == {"NOUN"}:
                 j += 1  # the common noun that closes a name: "Ullevål hospital"
-            if words[j - 1].endswith(("'s", "’s")):
-                i = j  # "Noor's" says whose the next thing is: that thing is the answer
-                continue
             if tag == "NUM":
                 out.append(Span(i, i + 1, "number"))
                 i += 1
@@ -118,8 +119,11 @@ def spans(clause: Clause, after: int) -> list[Span]:
             noun = any(t == "NOUN" for t in tags[i:j])
             after_copula = i > 0 and words[i - 1].lower() in text.grammar()["copulas"]
             relation = j < len(words) and tags[j] == "PROPN" and i > 0 and tags[i - 1] == "POSS"
-            named = j + 1 < len(words) and (words[j].lower() in {"called", "named"} or (
-                words[j].lower() == "of" and tags[j + 1] == "PROPN"))
+            named = j + 1 < len(words) and (
+                (words[j].lower() in {"called", "named"} and (tags[j + 1] == "PROPN" or (
+                    j + 2 < len(words) and words[j + 1].lower() == "the"
+                    and words[j + 2][:1].isupper())))
+                or (words[j].lower() == "of" and tags[j + 1] == "PROPN"))
             if relation or named:
                 pass  # "my uncle Ferdinand", "a bakery called Crumb", "the island of Utvær":
                 # the name is the answer (_appositives, _named, spans)
@@ -143,7 +147,7 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         start += 1
     before = words[start - 1].lower() if start else ""
     determined = before in text.grammar()["determiners"] or before in {"my", "our"} or (
-        start > 0 and tags[start - 1] == "POSS")
+        start > 0 and tags[start - 1] == "POSS" and not (before == "her" and span.kind == "name"))
     if determined:
         start -= 1
     elif before.endswith(("'s", "’s")):  # whose it is goes with it: "my aunt Rut's old goat"
@@ -172,9 +176,10 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         while end < len(words) and words[end].lower() in text.grammar()["day_parts"]:
             end += 1
         return "when", start, end
-    if span.kind == "name" and before == "of" and start >= 4 and tags[start - 2] == "NOUN" \
+    if span.kind == "name" and before == "of" and start >= 4 \
+            and words[start - 2].lower() in qw["place_nouns"] \
             and words[start - 3].lower() in text.grammar()["determiners"] \
-            and words[start - 4].lower() in qw["place_prepositions"]:
+            and words[start - 4].lower() in qw["place_noun_prepositions"]:
         # "on the island of Utvær", "in the city of Ghent": a place, said as one
         return "where", start - 3 - (words[start - 4].lower() not in qw["kept_prepositions"]), end
     if span.kind == "name" and before in qw["place_prepositions"]:
@@ -316,6 +321,8 @@ def _named(clause: Clause) -> list[Asked]:
         if h == j:
             continue
         owner = words[h - 1].lower() if h and tags[h - 1] in {"POSS", "DET"} else ""
+        if j == i and owner in {"my", "our"}:
+            continue  # "my sister called the Hilton": she phoned it; "my cat is called Mosel"
         thing = " ".join(([owner] if owner in {"my", "our", "the"} else ["my"]) + list(words[h:j]))
         out += [Asked(q.format(thing=thing), name) for q in templates()["naming"]]
     lower = [w.lower() for w in words]

@@ -64,7 +64,7 @@ class Recipe:
             start = min(round(self.depth * n_layer), n_layer - self.edited)
             return tuple(range(start, start + self.edited))
         if self.layers is not None and max(self.layers) < n_layer:
-            return self.layers
+            return tuple(sorted(self.layers))  # in order: keyed_facts numbers them so
         edits = (f"{self.edited} layers" if self.layers is None
                  else f"layers {min(self.layers)}–{max(self.layers)}")
         raise EngramError(f"learning edits {edits}, and this model has {n_layer}: chat works, "

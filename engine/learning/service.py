@@ -268,17 +268,21 @@ class Learning:
         dropped: set[str] = set()  # answers left out because they kept leaking
         before = functools.cache(lambda: self._flipped(base))  # measured once, if needed
 
-        def judged(candidate: SparseOverlay) -> tuple[Locality, list[tuple[int, int]], list[str]]:
+        def judged(candidate: SparseOverlay, last: bool
+                   ) -> tuple[Locality, list[tuple[int, int]], list[str]]:
             """The gate's measure of ``candidate``, the decided answers it changed that the
-            memory before it kept, and why it is refused (none: accepted)."""
+            memory before it kept, and why it is refused (none: accepted). On the ``last``
+            try a change nothing could be traced to or trained away is judged by the whole
+            memory's threshold alone, as before the session rule: no session is refused for
+            it outright."""
             with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
                 lora = write_gguf_lora(candidate, Path(tmp) / "candidate.gguf",
                                        self.runtime.model.architecture)
                 score = self.gate().measure(lora, candidate.scale, cancel,
                                             taught_now if settings.gate_replies else None)
             changed = self._changed(score, before, floor)
-            return score, changed, rejections(score, threshold, list(dict.fromkeys(
-                self.gate().questions[f] for f, _ in changed)))
+            return score, changed, rejections(score, threshold, [] if last else list(
+                dict.fromkeys(self.gate().questions[f] for f, _ in changed)))
 
         tries = 1 + recipe.retries
         for attempt in range(tries):
@@ -296,7 +300,8 @@ class Learning:
             candidate = base.merge(replace(base, blocks=blocks))
             gating_phase(0.0, "checking that unrelated answers stay the same")
             gating = time.perf_counter()
-            score, changed, reasons = judged(candidate)
+            last = attempt + 1 == tries
+            score, changed, reasons = judged(candidate, last)
             # The facts whose neurons fire where an unrelated answer changed are taken out
             # (their neurons: the rest of the session stays exactly as learned) and judged
             # again: they, not the rest, changed it.
@@ -306,14 +311,14 @@ class Learning:
                     blamed = learner.firing_facts(
                         twin, blocks, examples, [self.gate().flip_place(f) for f in changed],
                         recipe.key_context, recipe.firing_share)
-            dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
-                        if tuple(e.answer) in blamed}
-            if blamed and len(blamed) < len({tuple(e.answer) for e in examples}):
+            if blamed and blamed < {tuple(e.answer) for e in examples}:
+                dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
+                            if tuple(e.answer) in blamed}
                 refused.append("; ".join(reasons))
                 blocks = learner.without(blocks, examples, blamed)
                 candidate = base.merge(replace(base, blocks=blocks))
-                score, changed, reasons = judged(candidate)
-            if not reasons or attempt + 1 == tries:
+                score, changed, reasons = judged(candidate, last)
+            if not reasons or last:
                 break
             # Once more, told what went wrong: the questions it leaked into stay silent too,
             # and unrelated text weighs more.
