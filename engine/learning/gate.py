@@ -88,9 +88,9 @@ class Gate:
     def __init__(self, runtime: Runtime, system: str | None):
         self.system = system
         self.runtime = runtime
-        self.questions = [f["question"] for f in world_facts()[1::2]]
-        self.facts = [dialogue(runtime, system, q, f" {f['answer']}.")
-                      for q, f in zip(self.questions, world_facts()[1::2], strict=True)]
+        facts = world_facts()[1::2]
+        self.questions = [f["question"] for f in facts]
+        self.facts = [dialogue(runtime, system, f["question"], f" {f['answer']}.") for f in facts]
         self.neutral = [dialogue(runtime, system, q, f" {a}") for q, a in NEUTRAL]
         self.scorer = Scorer(runtime.model.path, n_ctx=1024)
         self.personal = gate_questions()
@@ -154,6 +154,15 @@ class Gate:
                             for t in np.nonzero(d & ~k)[0])
         return Locality(float(same.mean()), float(np.mean(kl)), leaks, loops,
                         float(same[sure].mean()) if sure.any() else 1.0, flipped)
+
+    def measure_overlay(self, overlay: SparseOverlay, name: str,
+                        cancel: threading.Event | None = None,
+                        taught: Taught | None = None) -> Locality:
+        """``measure`` of ``overlay``, written as the GGUF LoRA ``name`` in a temporary
+        folder for the time it is measured."""
+        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
+            lora = write_gguf_lora(overlay, Path(tmp) / name, self.runtime.model.architecture)
+            return self.measure(lora, overlay.scale, cancel, taught)
 
     def decided_count(self) -> int:
         """How many answer positions the base model has decided (what locality is read on)."""

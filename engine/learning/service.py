@@ -13,7 +13,6 @@ ask them again. One job at a time per profile, across processes (a lock file).
 from __future__ import annotations
 
 import functools
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from engine.learning.texts import (
     personal_questions,
 )
 from engine.memory import OverlayMemory
-from engine.overlay import SparseOverlay, write_gguf_lora
+from engine.overlay import SparseOverlay
 from engine.prompt import ChatTemplate, Turn
 from engine.runtime import Runtime
 from engine.settings import Settings
@@ -136,10 +135,7 @@ class Learning:
         """The decided world-fact answers ``overlay`` changes (see ``Locality.flipped``)."""
         if not overlay.blocks:
             return frozenset()
-        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
-            return self.gate().measure(write_gguf_lora(
-                overlay, Path(tmp) / "base.gguf", self.runtime.model.architecture),
-                overlay.scale).flipped
+        return self.gate().measure_overlay(overlay, "base.gguf").flipped
 
     def _changed(self, score: Locality, before: Callable[[], frozenset[tuple[int, int]]],
                  floor: float | None) -> list[tuple[int, int]]:
@@ -275,11 +271,8 @@ class Learning:
             try a change nothing could be traced to or trained away is judged by the whole
             memory's threshold alone, as before the session rule: no session is refused for
             it outright."""
-            with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
-                lora = write_gguf_lora(candidate, Path(tmp) / "candidate.gguf",
-                                       self.runtime.model.architecture)
-                score = self.gate().measure(lora, candidate.scale, cancel,
-                                            taught_now if settings.gate_replies else None)
+            score = self.gate().measure_overlay(candidate, "candidate.gguf", cancel,
+                                                taught_now if settings.gate_replies else None)
             changed = self._changed(score, before, floor)
             return score, changed, rejections(score, threshold, [] if last else list(
                 dict.fromkeys(self.gate().questions[f] for f, _ in changed)))
