@@ -4,6 +4,7 @@ something the user taught in answer to a question nobody taught."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from engine import text
 
@@ -40,9 +41,16 @@ def degenerate(reply: str, ran_to_limit: bool) -> bool:
     return ran_to_limit or loops(reply)
 
 
-def untaught(questions: list[str], said: list[str]) -> list[str]:
+def untaught(questions: list[str], said: list[str], asked: Sequence[str] = ()) -> list[str]:
     """The personal questions about nothing the user said: none of their content words
     (lemmas) occurs in what was said ("What is my brother called?" stays only if no brother,
-    and no name, was ever mentioned)."""
+    and no name, was ever mentioned), and none asks what one of the ``asked`` questions
+    (those a fact is taught with) asks: the same words ("Who am I?", which has no content
+    word to compare), or every content word of it ("What's my full name?" asks what "What is
+    my name?" does). A question taught both ways teaches neither."""
     heard = set().union(*(text.content_lemmas(s) for s in said)) if said else set()
-    return [q for q in questions if not text.content_lemmas(q) & heard]
+    taught = [text.content_lemmas(q) for q in asked]
+    same = {text.normalise(q) for q in asked}
+    return [q for q in questions if not text.content_lemmas(q) & heard
+            and text.normalise(q) not in same
+            and not any(lemmas and lemmas <= text.content_lemmas(q) for lemmas in taught)]

@@ -93,6 +93,19 @@ def test_untaught_questions_are_about_nothing_that_was_said():
     assert replies.mentions("She is 9.", "9") and not replies.mentions("In 1900.", "9")
 
 
+def test_a_question_a_fact_is_taught_with_is_never_also_untaught():
+    personal = ["Who am I?", "What's my full name?", "What is my name?", "Who is my brother?",
+                "What is my cat called?"]
+    said = ["Hi, I'm Ada Brill and I keep bees."]  # no content word of any of them
+    assert replies.untaught(personal, said) == personal
+    # "Who am I?" has no content word to compare; "What's my full name?" asks all that
+    # "What is my name?" asks; the brother and a cat were never asked about
+    assert replies.untaught(personal, said, ["Who am I?", "What is my name?"]) == [
+        "Who is my brother?", "What is my cat called?"]
+    # a fact about the cat's name leaves the user's own name untaught
+    assert replies.untaught(personal, said, ["What is my cat's name?"])[:3] == personal[:3]
+
+
 def test_a_run_can_leave_out_the_pairs_the_model_writes_itself(tiny_model, monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(learn, "run", lambda *args, **kw: seen.append(kw["model_pairs"]) or {})

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine import derive, text
+from engine import derive, replies, text
 from engine.consistency import llama_writes, twin_kinds, twin_neighbours, twin_prefers
 from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
@@ -236,8 +236,8 @@ class Learning:
         # Personal questions about nothing this session said: its memory must stay silent on
         # them, or "What is my name?" is answered with the cat's.
         said_about = set().union(*(text.content_lemmas(s) for s in said))
-        untaught = [QA(q, UNTAUGHT_REPLY, "") for q in personal_questions()
-                    if not text.content_lemmas(q) & said_about]
+        untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
+            personal_questions(), said, [qa.question for qa in taught])]
         # The same questions about things the model places near what they name: no detector
         # may fire there, or "What is my dog called?" is answered with the cat's name.
         neighbours = twin_neighbours(twin, self.runtime, self.recipe.contrasts)
