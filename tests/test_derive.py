@@ -130,6 +130,17 @@ def test_what_only_looks_like_a_possessive_a_naming_or_a_place_keeps_its_own_que
     assert "Where do I work?" not in asked("I work at the embassy of Norway.")  # no place noun
 
 
+def test_part_of_a_phrase_is_asked_in_place_but_never_fronted():
+    said = asked("My kayak is a narrow yellow Perception called Wasp.")
+    # neither its modifiers nor its noun leave the phrase ("What is my kayak Perception …?")
+    assert [q for q, a in said.items() if a in {"narrow yellow", "Perception"}] == [
+        "My kayak is what Perception called Wasp?", "My kayak is a narrow yellow what called Wasp?",
+        "My kayak is a narrow yellow who called Wasp?"]
+    assert said["What is my kayak a narrow yellow Perception called?"] == "Wasp"
+    assert asked("I keep three small lizards.")["How many small lizards do I keep?"] == "three"
+    assert asked("I named my goat Rosa.")["What did I name my goat?"] == "Rosa"  # two objects
+
+
 def test_negated_clauses_requests_and_unresolved_pronouns_give_no_predicate_questions():
     assert asked("I never eat olives.") == {}
     assert asked("It is a long way from Vigo.") == {}

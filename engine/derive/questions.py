@@ -191,6 +191,24 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
     return "what", start, end
 
 
+def _inside_phrase(clause: Clause, wh: str, start: int, end: int) -> bool:
+    """The words a question word replaces are only part of a noun phrase: its modifiers
+    before a noun that stays ("an old red Volvo" → "old red") or its noun after modifiers that
+    stay ("an old red Volvo" → "Volvo"). English cannot front a part of a phrase ("What is my
+    car Volvo called Rusty?"); an echo question, asked in place, can."""
+    tags = clause.tags
+    if wh != "how many" and end < len(tags) and tags[end] in {"NOUN", "PROPN"}:
+        return True  # "how many" takes its noun along: "How many rotors does it have?"
+    if tags[start] == "PREP":
+        return False  # a phrase of its own: "… the cherry blossoms in Kyoto"
+    i = start
+    while i > 0 and tags[i - 1] in {"ADJ", "NOUN"}:
+        i -= 1
+    # back over the modifiers to an article or a number ("a green Volvo estate"), not to a
+    # possessive ("my dog Rex": a dog and its name may be two objects of the verb)
+    return i < start and i > 0 and tags[i - 1] in {"DET", "NUM"}
+
+
 def _echo(clause: Clause, wh: str, start: int, end: int) -> str:
     words = list(clause.words)
     return _sentence(words[:start] + [wh] + words[end:])
@@ -366,7 +384,7 @@ def questions(clause: Clause) -> list[Asked]:
             answer = " ".join(clause.words[span.start:span.end])
             wh, start, end = _question_word(clause, span)
             asked = [_echo(clause, wh, start, end)]
-            if group:
+            if group and not _inside_phrase(clause, wh, start, end):
                 asked += _fronted(clause, group, wh, start, end)
             if wh in {"who", "what"} and span.kind == "name":
                 other = "what" if wh == "who" else "who"
