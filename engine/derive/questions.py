@@ -81,8 +81,8 @@ def _name_end(words: tuple[str, ...], tags: tuple[str, ...], i: int) -> int:
 
 def spans(clause: Clause, after: int) -> list[Span]:
     """Answer candidates after word ``after``: names (with the common nouns that close them:
-    "Ullevål hospital"), numbers, noun phrases without their determiner, and an adjective
-    that completes a copula ("is grey")."""
+    "Ullevål hospital", and the modifiers before them: "a green Volvo estate"), numbers, noun
+    phrases without their determiner, and an adjective that completes a copula ("is grey")."""
     words, tags = clause.words, clause.tags
     out, i = [], after
     while i < len(words):
@@ -119,6 +119,14 @@ def spans(clause: Clause, after: int) -> list[Span]:
             noun = any(t == "NOUN" for t in tags[i:j])
             after_copula = i > 0 and words[i - 1].lower() in text.grammar()["copulas"]
             relation = j < len(words) and tags[j] == "PROPN" and i > 0 and tags[i - 1] == "POSS"
+            if j < len(words) and tags[j] == "PROPN" and not relation:
+                # modifiers and the name they modify are one answer: "a green Volvo estate"
+                j = _name_end(words, tags, j)
+                while j < len(words) and tags[j] == "NOUN" and words[j][:1].islower():
+                    j += 1
+                out.append(Span(i, j, "thing"))
+                i = j
+                continue
             named = j + 1 < len(words) and (
                 (words[j].lower() in {"called", "named"} and (tags[j + 1] == "PROPN" or (
                     j + 2 < len(words) and words[j + 1].lower() == "the"
