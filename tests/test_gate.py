@@ -161,6 +161,37 @@ def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fi
         assert [qa.answer for qa in result.set_aside] == ["Pixel"]
 
 
+def test_where_an_earlier_session_s_answer_leaks_the_fact_whose_neurons_fire_there_is_set_aside(
+        engine, monkeypatch):  # noqa: F811
+    """No retry can leave out an earlier session's answer, so a session whose edit makes one
+    leak would be refused whole: the facts whose neurons fire where it leaked are taken out
+    instead, and the rest is judged again as learned."""
+    engine.save_settings(engine.settings.with_gate(0.0))
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
+    leak = ("What is my rabbit called?", "Elm Ridge.", "Elm Ridge")
+    measured, places = [], []
+
+    def measure(self, lora, scale=1.0, cancel=None, taught=None):
+        measured.append(lora)
+        return Locality(0.99, 0.001, (leak,) if len(measured) == 2 else ())
+
+    monkeypatch.setattr(learning.Gate, "measure", measure)
+    assert engine.learn_now(session_ids=[said(engine, "Where do I work?|Elm Ridge")])[0].accepted
+    pixel = tuple(engine.runtime.tokenize(" Pixel.", add_bos=False))
+
+    def firing(twin, blocks, examples, at, tail, share):
+        places.extend(at)
+        return {pixel}
+
+    monkeypatch.setattr(learner, "firing_facts", firing)
+    sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
+    [result] = engine.learn_now(session_ids=[sid])
+    assert result.accepted and len(measured) == 3  # judged again, not trained again
+    assert places == [engine.learning.gate().leak_place(leak[0])]
+    assert [qa.answer for qa in result.facts] == ["Oslo"]
+    assert [qa.answer for qa in result.set_aside] == ["Pixel"]
+
+
 def test_the_gate_asks_where_the_answer_begins_so_its_few_tokens_read_no_thinking(
         tmp_path, monkeypatch):
     """Qwen 3 Thinking's generation prompt opens the thinking block: asked there, the model

@@ -175,6 +175,12 @@ class Gate:
         prompt, answer = self.facts[fact]
         return prompt + answer, len(prompt) - 1 + token
 
+    def leak_place(self, question: str) -> tuple[list[int], int]:
+        """An untaught question as the gate asks it, and the position that predicts the
+        reply's first token: where to look for what leaked into it."""
+        prompt = self.runtime.answering(self.system, [Turn("user", question)])
+        return prompt, len(prompt) - 1
+
     def _seen(self, taught: Taught, baseline: Baseline, cancel: threading.Event | None
               ) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:
         said_about = set().union(*(text.content_lemmas(s) for s in taught.said))

@@ -298,12 +298,18 @@ class Learning:
             # The facts whose neurons fire where an unrelated answer changed are taken out
             # (their neurons: the rest of the session stays exactly as learned) and judged
             # again: they, not the rest, changed it.
+            # So are those whose neurons fire where an earlier session's answer leaked: no
+            # retry could leave that answer out, and the session would be refused whole.
+            session_answers = {qa.answer.lower() for qa in taught}
+            foreign = [question for question, _, answer in score.leaks
+                       if answer.lower() not in session_answers]
             blamed: set[tuple[int, ...]] = set()
-            if changed:
+            if changed or foreign:
+                places = ([self.gate().flip_place(f) for f in changed]
+                          + [self.gate().leak_place(question) for question in foreign])
                 with training, applied(twin, candidate):
-                    blamed = learner.firing_facts(
-                        twin, blocks, examples, [self.gate().flip_place(f) for f in changed],
-                        recipe.key_context, recipe.firing_share)
+                    blamed = learner.firing_facts(twin, blocks, examples, places,
+                                                  recipe.key_context, recipe.firing_share)
             if blamed and blamed < {tuple(e.answer) for e in examples}:
                 dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
                             if tuple(e.answer) in blamed}
