@@ -225,12 +225,14 @@ def reply_text(runtime: Runtime, system: str, question: str, before: Sequence[Tu
 
 def _crosstalk(runtime: Runtime, system: str, cases: list[dict], details: TextIO,
                tag: str) -> float:
-    """Share of personal questions about nothing the sessions mentioned whose (greedy) reply
-    gives something the user taught (a probe's answer) that the question itself does not say
-    ("Who is my mum?" → "My mum is …" only echoes it)."""
+    """Share of personal questions about nothing the sessions mentioned or their probes ask
+    (a user who said "I'm Ada" was asked "What is my name?") whose (greedy) reply gives
+    something the user taught (a probe's answer) that the question itself does not say ("Who
+    is my mum?" → "My mum is …" only echoes it)."""
     questions = [line.strip() for line in paths.eval_data("untaught-questions.txt").read_text(
         encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
-    untaught = replies.untaught(questions, [t for c in cases for t in c["turns"]])
+    untaught = replies.untaught(questions, [t for c in cases for t in c["turns"]],
+                                [p["q"] for c in cases for p in c["probes"]])
     taught = {p["a"] for c in cases for p in c["probes"]}
     leaks = []
     for question in untaught:
