@@ -49,8 +49,8 @@ def untaught(questions: list[str], said: list[str], asked: Sequence[str] = ()) -
     word to compare), or every content word of it ("What's my full name?" asks what "What is
     my name?" does). A question taught both ways teaches neither."""
     heard = set().union(*(text.content_lemmas(s) for s in said)) if said else set()
-    taught = [text.content_lemmas(q) for q in asked]
+    taught = [lemmas for lemmas in map(text.content_lemmas, asked) if lemmas]
     same = {text.normalise(q) for q in asked}
-    return [q for q in questions if not text.content_lemmas(q) & heard
-            and text.normalise(q) not in same
-            and not any(lemmas and lemmas <= text.content_lemmas(q) for lemmas in taught)]
+    return [q for q, about in zip(questions, map(text.content_lemmas, questions), strict=True)
+            if not about & heard and text.normalise(q) not in same
+            and not any(lemmas <= about for lemmas in taught)]
