@@ -46,11 +46,13 @@ def untaught(questions: list[str], said: list[str], asked: Sequence[str] = ()) -
     (lemmas) occurs in what was said ("What is my brother called?" stays only if no brother,
     and no name, was ever mentioned), and none asks what one of the ``asked`` questions
     (those a fact is taught with) asks: the same words ("Who am I?", which has no content
-    word to compare), or every content word of it ("What's my full name?" asks what "What is
-    my name?" does). A question taught both ways teaches neither."""
+    word to compare), or its content words and only modifiers besides ("What's my full
+    name?" asks what "What is my name?" does; "What's my dad's name?" does not). A question
+    taught both ways teaches neither."""
     heard = set().union(*(text.content_lemmas(s) for s in said)) if said else set()
     taught = [lemmas for lemmas in map(text.content_lemmas, asked) if lemmas]
     same = {text.normalise(q) for q in asked}
     return [q for q, about in zip(questions, map(text.content_lemmas, questions), strict=True)
             if not about & heard and text.normalise(q) not in same
-            and not any(lemmas <= about for lemmas in taught)]
+            and not any(lemmas <= about and all(map(text.can_modify, about - lemmas))
+                        for lemmas in taught)]

@@ -130,6 +130,11 @@ def lemma(word: str, cls: str | None = None) -> str:
     return lower
 
 
+def can_modify(word: str) -> bool:
+    """English uses the word as an adjective ("full", "favourite"; not "dad")."""
+    return "ADJ" in getAllLemmas(word.lower())
+
+
 def content_lemmas(text: str) -> set[str]:
     """Lemmas of the words that say what a text is about: not closed-class words, not
     light verbs ("What is my brother called?" → {"brother"}); a possessive is its noun's

@@ -102,6 +102,9 @@ def test_a_question_a_fact_is_taught_with_is_never_also_untaught():
     # "What is my name?" asks; the brother and a cat were never asked about
     assert replies.untaught(personal, said, ["Who am I?", "What is my name?"]) == [
         "Who is my brother?", "What is my cat called?"]
+    # someone else's name is another question
+    assert "What's my dad's name?" in replies.untaught(
+        ["What's my dad's name?"], said, ["What is my name?"])
     # a fact about the cat's name leaves the user's own name untaught
     assert replies.untaught(personal, said, ["What is my cat's name?"])[:3] == personal[:3]
 

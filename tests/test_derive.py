@@ -140,7 +140,11 @@ def test_a_phrase_is_asked_whole_and_its_parts_never_fronted():
     assert said["How many small lizards do I keep?"] == "three"
     # "What do I keep three small?" moved a noun out of its phrase: asked in place only
     assert [q for q, a in said.items() if a == "lizards"] == ["I keep three small what?"]
-    assert asked("I named my goat Rosa.")["What did I name my goat?"] == "Rosa"  # two objects
+    # a name after a definite noun, a day after a phrase: phrases of their own
+    assert asked("I named the goat Rosa.")["What did I name the goat?"] == "Rosa"
+    assert asked("I named my goat Rosa.")["What did I name my goat?"] == "Rosa"
+    said = asked("I cook Thai food Sundays.")
+    assert said["What do I cook?"] == "Thai food" and said["When do I cook Thai food?"] == "Sundays"
 
 
 def test_negated_clauses_requests_and_unresolved_pronouns_give_no_predicate_questions():

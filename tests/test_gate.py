@@ -184,9 +184,11 @@ def test_where_an_earlier_session_s_answer_leaks_the_fact_whose_neurons_fire_the
         return {pixel}
 
     monkeypatch.setattr(learner, "firing_facts", firing)
+    trainings, learn = [], learner.learn
+    monkeypatch.setattr(learner, "learn", lambda *a, **kw: trainings.append(1) or learn(*a, **kw))
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
     [result] = engine.learn_now(session_ids=[sid])
-    assert result.accepted and len(measured) == 3  # judged again, not trained again
+    assert result.accepted and len(measured) == 3 and len(trainings) == 1  # judged again only
     assert places == [engine.learning.gate().leak_place(leak[0])]
     assert [qa.answer for qa in result.facts] == ["Oslo"]
     assert [qa.answer for qa in result.set_aside] == ["Pixel"]

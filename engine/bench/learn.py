@@ -261,7 +261,7 @@ def _describe(result: LearnResult) -> str:
         line += (f" (derive {derive:.1f} s, train {result.seconds - derive - gate:.1f} s: "
                  f"{train['steps']} steps, {train['stopped']}, answer loss "
                  f"{train['answer_loss']}, gate {gate:.1f} s)")
-        if record["refused_tries"]:
+        if record.get("refused_tries"):
             line += f" (refused first: {' | '.join(record['refused_tries'])})"
     aside = "; ".join(f"{qa.question} → {qa.answer}" for qa in result.set_aside)
     return f"{line} [{pairs}]" + (f" set aside: [{aside}]" if aside else "")

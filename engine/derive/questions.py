@@ -119,10 +119,14 @@ def spans(clause: Clause, after: int) -> list[Span]:
             noun = any(t == "NOUN" for t in tags[i:j])
             after_copula = i > 0 and words[i - 1].lower() in text.grammar()["copulas"]
             relation = j < len(words) and tags[j] == "PROPN" and i > 0 and tags[i - 1] == "POSS"
-            if j < len(words) and tags[j] == "PROPN" and not relation:
-                # modifiers and the name they modify are one answer: "a green Volvo estate"
+            kind_of_name = j < len(words) and tags[j] == "PROPN" and not _is_time(words[j]) \
+                and i > 0 and (words[i - 1].lower() in text.grammar()["indefinite_articles"]
+                               or tags[i - 1] == "NUM")
+            if kind_of_name:
+                # "a green Volvo estate" is one answer; "the goat Rosa" may be two objects
                 j = _name_end(words, tags, j)
-                while j < len(words) and tags[j] == "NOUN" and words[j][:1].islower():
+                while j < len(words) and tags[j] == "NOUN" and words[j][:1].islower() and set(
+                        getAllLemmas(words[j].lower())) == {"NOUN"}:
                     j += 1
                 out.append(Span(i, j, "thing"))
                 i = j
@@ -199,16 +203,18 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
     return "what", start, end
 
 
-def _inside_phrase(clause: Clause, wh: str, start: int, end: int) -> bool:
+def _inside_phrase(clause: Clause, kind: str, wh: str, start: int, end: int) -> bool:
     """The words a question word replaces are only part of a noun phrase: its modifiers
-    before a noun that stays ("an old red Volvo" → "old red") or its noun after modifiers that
-    stay ("an old red Volvo" → "Volvo"). English cannot front a part of a phrase ("What is my
-    car Volvo called Rusty?"); an echo question, asked in place, can."""
-    tags = clause.tags
-    if wh != "how many" and end < len(tags) and tags[end] in {"NOUN", "PROPN"}:
+    before a noun that stays ("the old Volvo" → "old") or its noun after modifiers that stay
+    ("three small lizards" → "lizards"). English cannot front a part of a phrase ("What do I
+    keep three small?"); an echo question, asked in place, can. A day after the phrase is
+    not part of it ("Thai food Sundays")."""
+    words, tags = clause.words, clause.tags
+    if wh != "how many" and end < len(tags) and tags[end] in {"NOUN", "PROPN"} \
+            and not _is_time(words[end]):
         return True  # "how many" takes its noun along: "How many rotors does it have?"
-    if tags[start] == "PREP":
-        return False  # a phrase of its own: "… the cherry blossoms in Kyoto"
+    if tags[start] == "PREP" or kind == "name":
+        return False  # a phrase of its own: "… the cherry blossoms in Kyoto", "… the goat Rosa"
     i = start
     while i > 0 and tags[i - 1] in {"ADJ", "NOUN"}:
         i -= 1
@@ -392,7 +398,7 @@ def questions(clause: Clause) -> list[Asked]:
             answer = " ".join(clause.words[span.start:span.end])
             wh, start, end = _question_word(clause, span)
             asked = [_echo(clause, wh, start, end)]
-            if group and not _inside_phrase(clause, wh, start, end):
+            if group and not _inside_phrase(clause, span.kind, wh, start, end):
                 asked += _fronted(clause, group, wh, start, end)
             if wh in {"who", "what"} and span.kind == "name":
                 other = "what" if wh == "who" else "who"

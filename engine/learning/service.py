@@ -300,7 +300,7 @@ class Learning:
             # again: they, not the rest, changed it.
             # So are those whose neurons fire where an earlier session's answer leaked: no
             # retry could leave that answer out, and the session would be refused whole.
-            session_answers = {qa.answer.lower() for qa in taught}
+            session_answers = {qa.answer.lower() for qa in found + fixes}
             foreign = [question for question, _, answer in score.leaks
                        if answer.lower() not in session_answers]
             blamed: set[tuple[int, ...]] = set()
