@@ -128,8 +128,8 @@ class Gate:
         (``answering``: after the thinking block a reasoning model's turn closes), so a model
         that thinks first spends the checks' few tokens on its answer, not its working; a
         block the reply opens itself is read past, as the chat shows it."""
-        prompt = self.runtime.answering(self.system, [Turn("user", question)])
-        text_, limited = self.scorer.greedy(prompt, max_tokens, self.runtime.format.stop)
+        text_, limited = self.scorer.greedy(self._asked(question), max_tokens,
+                                            self.runtime.format.stop)
         return answer(text_).strip(), limited
 
     def measure(self, lora: Path | None, scale: float = 1.0,
@@ -178,8 +178,12 @@ class Gate:
     def leak_place(self, question: str) -> tuple[list[int], int]:
         """An untaught question as the gate asks it, and the position that predicts the
         reply's first token: where to look for what leaked into it."""
-        prompt = self.runtime.answering(self.system, [Turn("user", question)])
+        prompt = self._asked(question)
         return prompt, len(prompt) - 1
+
+    def _asked(self, question: str) -> list[int]:
+        """``question`` in a fresh context, up to where the learner trains answers."""
+        return self.runtime.answering(self.system, [Turn("user", question)])
 
     def _seen(self, taught: Taught, baseline: Baseline, cancel: threading.Event | None
               ) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:

@@ -251,6 +251,7 @@ class Learning:
             return [learner.Example(*dialogue(self.runtime, settings.system_prompt, qa.question,
                                               f" {qa.answer}."), end) for qa in pairs]
 
+        session_answers = {qa.answer.lower() for qa in found + fixes}
         first_asked: dict[str, str] = {}
         for qa in found:
             first_asked.setdefault(qa.answer, qa.question)
@@ -300,7 +301,6 @@ class Learning:
             # again: they, not the rest, changed it.
             # So are those whose neurons fire where an earlier session's answer leaked: no
             # retry could leave that answer out, and the session would be refused whole.
-            session_answers = {qa.answer.lower() for qa in found + fixes}
             foreign = [question for question, _, answer in score.leaks
                        if answer.lower() not in session_answers]
             blamed: set[tuple[int, ...]] = set()
