@@ -93,6 +93,10 @@ def test_someone_named_in_full_is_asked_about_by_relation_and_by_name():
     assert said["Who is my cousin?"] == "Ebba"
     assert said["What is my cousin's name?"] == "Ebba"
     assert said["What does my cousin teach?"] == said["What does Ebba teach?"] == "yoga"
+    # a relation said with its modifiers is asked with them, and the person by name alone
+    said = asked("My older cousin Ebba teaches yoga.")
+    assert said["Who is my older cousin?"] == "Ebba"
+    assert said["What does my older cousin teach?"] == said["What does Ebba teach?"] == "yoga"
 
 
 def test_naming_and_self_naming():
@@ -100,6 +104,20 @@ def test_naming_and_self_naming():
     assert said["What is my boat called?"] == said["What is the name of my boat?"] == "Sula"
     said = asked("Hi, I'm Tove Lind.")
     assert said["What is my name?"] == said["Who am I?"] == "Tove Lind"
+
+
+def test_what_a_subject_is_said_to_be_is_named_so_too():
+    said = asked("My horse is a mare called Tindra.")
+    assert said["What is my horse called?"] == said["What is my mare called?"] == "Tindra"
+    # the name closes the phrase it follows: never stranded after a fronted question word
+    assert not [q for q in asked("My kayak is a narrow yellow Perception called Wasp.")
+                if q.startswith("What") and q.endswith("called Wasp?")]
+
+
+def test_a_name_someone_is_is_asked_who_and_an_adjective_with_its_object_asks_the_object():
+    said = asked("I'm Tove and my cat is afraid of thunder.")
+    assert said["Who am I?"] == "Tove" and "What am I?" not in said
+    assert said["What is my cat afraid of?"] == "thunder" and "afraid" not in said.values()
 
 
 def test_a_thing_called_a_name_with_its_article_or_joined_words_is_asked_what_it_is_called():
@@ -198,6 +216,20 @@ def test_the_check_keeps_the_answer_the_model_prefers_reading_the_statement():
                 for _, question, answers in items]
 
     assert derive.checked(pairs, prefers) == [pairs[0], pairs[2], pairs[3]]
+
+
+def test_the_check_weighs_a_pair_only_against_its_own_clause_s_answers():
+    """A name elsewhere in the sentence is no rival: the model copies names from anywhere
+    in its context, and the clause about the foghorn would lose every time."""
+    pairs = derive.candidates(["My cat is called Mosel and she is afraid of the foghorn."])
+
+    def prefers(items):  # the "model": the first capitalised answer it is offered, if any
+        return [{next((i for i, a in enumerate(answers) if a[:1].isupper()), 0)}
+                for _, _, answers in items]
+
+    kept = {(qa.question, qa.answer) for qa in derive.checked(pairs, prefers)}
+    assert ("What is my cat afraid of?", "foghorn") in kept
+    assert ("What is my cat called?", "Mosel") in kept
 
 
 def test_varied_keeps_the_least_alike_phrasings_of_each_answer():

@@ -41,7 +41,7 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
             if not kind:
                 continue
             question = question.replace(KIND, kind)
-        qa = QA(question, a.answer, clause.said)
+        qa = QA(question, a.answer, clause.said, clause.text)
         if grounded(qa):
             found.setdefault(qa.question.lower(), qa)
     return list(found.values())

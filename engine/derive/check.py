@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine import text
 
@@ -21,6 +21,10 @@ class QA:
     question: str
     answer: str
     statement: str
+    # the clause of the statement it was asked from: the answers it is checked against are
+    # that clause's ("she is afraid of the foghorn" is not asked to beat "my cat is called
+    # Mosel": a name the model copies from anywhere in its context); "": the statement's
+    clause: str = field(default="", compare=False)
 
 
 # (statement, question, candidate answers) → the indices of the answers the model prefers
@@ -43,15 +47,15 @@ def grounded(qa: QA) -> bool:
 
 def consistent(pairs: list[QA], prefers: Prefers) -> list[bool]:
     """Whether the model, reading each pair's statement, prefers the pair's answer among
-    the answers derived from that statement (a statement with one answer passes)."""
+    the answers derived from the same clause of it (a clause with one answer passes)."""
     options: dict[str, list[str]] = {}
     for qa in pairs:
-        answers = options.setdefault(qa.statement, [])
+        answers = options.setdefault(qa.clause or qa.statement, [])
         if qa.answer not in answers:
             answers.append(qa.answer)
-    asked = [(qa.statement, qa.question, options[qa.statement]) for qa in pairs]
+    asked = [(qa.statement, qa.question, options[qa.clause or qa.statement]) for qa in pairs]
     contested = [i for i, (_, _, answers) in enumerate(asked) if len(answers) > 1]
     chosen = (dict(zip(contested, prefers([asked[i] for i in contested]), strict=True))
               if contested else {})
-    return [i not in chosen or options[qa.statement].index(qa.answer) in chosen[i]
+    return [i not in chosen or options[qa.clause or qa.statement].index(qa.answer) in chosen[i]
             for i, qa in enumerate(pairs)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lemminflect import getAllLemmas, getInflection
@@ -141,7 +142,8 @@ def spans(clause: Clause, after: int) -> list[Span]:
                 # the name is the answer (_appositives, _named, spans)
             elif noun:
                 out.append(Span(i, j, "thing"))
-            elif after_copula:
+            elif after_copula and not (j < len(words) and tags[j] == "PREP"):
+                # "is grey"; not "is afraid of the foghorn": there the foghorn is the fact
                 out.append(Span(i, j, "quality"))
         else:
             i += 1
@@ -200,6 +202,9 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         return "where", start - 1, end
     if span.kind == "name" and before in qw["agent_prepositions"]:
         return "who", start, end
+    if span.kind == "name" and before in text.grammar()["copulas"] and start > 1 and all(
+            w.lower() in text.grammar()["personal_pronouns"] for w in words[:start - 1]):
+        return "who", start, end  # "I'm Sunniva": who, not what, I am
     return "what", start, end
 
 
@@ -313,9 +318,14 @@ def _appositives(clause: Clause) -> list[Asked]:
     words, tags = clause.words, clause.tags
     out = []
     for i in range(len(words) - 2):
-        if words[i].lower() not in {"my", "our"} or tags[i + 1] != "NOUN":
+        if words[i].lower() not in {"my", "our"}:
             continue
-        j = i + 2
+        first = i + 1
+        while first < len(words) and tags[first] == "ADJ":
+            first += 1  # "my best friend Dario", "my little sister Oda"
+        if first >= len(words) or tags[first] != "NOUN":
+            continue
+        j = first + 1
         while j < len(words) and tags[j] == "NOUN" and tags[j - 1] == "NOUN":
             j += 1
         k = j
@@ -355,8 +365,18 @@ def _named(clause: Clause) -> list[Asked]:
         owner = words[h - 1].lower() if h and tags[h - 1] in {"POSS", "DET"} else ""
         if j == i and owner in {"my", "our"}:
             continue  # "my sister called the Hilton": she phoned it; "my cat is called Mosel"
-        thing = " ".join(([owner] if owner in {"my", "our", "the"} else ["my"]) + list(words[h:j]))
-        out += [Asked(q.format(thing=thing), name) for q in templates()["naming"]]
+        things = [" ".join(([owner] if owner in {"my", "our", "the"} else ["my"])
+                           + list(words[h:j]))]
+        if owner in text.grammar()["indefinite_articles"] and h > 1 \
+                and words[h - 2].lower() in text.grammar()["copulas"]:
+            # "my dog is a greyhound named Comet": what the subject is, is named so too
+            s = h - 2
+            while s > 0 and tags[s - 1] in {"NOUN", "ADJ"}:
+                s -= 1
+            if s < h - 2 and s > 0 and words[s - 1].lower() in {"my", "our"}:
+                things.append(" ".join(words[s - 1:h - 2]).lower())
+        out += [Asked(q.format(thing=thing), name) for thing in things
+                for q in templates()["naming"]]
     lower = [w.lower() for w in words]
     if (lower[:2] == ["i", "am"] and len(words) > 2 and tags[2] == "PROPN") or (
             lower[:2] == ["call", "me"] and len(words) > 2 and tags[2] == "PROPN"):
@@ -365,6 +385,20 @@ def _named(clause: Clause) -> list[Asked]:
             k += 1
         out += [Asked(q, " ".join(words[2:k])) for q in templates()["self_naming"]]
     return out
+
+
+def _people(clause: Clause) -> Iterator[tuple[str, str]]:
+    """Who a clause names by relation and name: ("my best friend", "Dario") for "my best
+    friend Dario"."""
+    words, tags = clause.words, clause.tags
+    for i in range(len(words) - 2):
+        if words[i].lower() not in {"my", "our"}:
+            continue
+        j = i + 1
+        while j < len(words) - 2 and tags[j] in {"ADJ", "NOUN"} and tags[j + 1] != "PROPN":
+            j += 1
+        if tags[j] == "NOUN" and tags[j + 1] == "PROPN":
+            yield " ".join(words[i:j + 1]).lower(), re.sub(r"['’]s$", "", words[j + 1])
 
 
 def _referred(asked: Asked, people: list[tuple[str, str]]) -> list[Asked]:
@@ -397,17 +431,17 @@ def questions(clause: Clause) -> list[Asked]:
         for span in spans(clause, group[1] if group else len(clause.words)):
             answer = " ".join(clause.words[span.start:span.end])
             wh, start, end = _question_word(clause, span)
-            asked = [_echo(clause, wh, start, end)]
+            named = end < len(clause.words) and clause.words[end].lower() in {"called", "named"}
+            # "an old red Volvo called Rusty": what it is called is part of the phrase, asked
+            # only by a core question that leaves both out ("What is my car?")
+            asked = [] if named else [_echo(clause, wh, start, end)]
             if group and not _inside_phrase(clause, span.kind, wh, start, end):
-                asked += _fronted(clause, group, wh, start, end)
+                asked += _fronted(clause, group, wh, start, end)[named:]
             if wh in {"who", "what"} and span.kind == "name":
                 other = "what" if wh == "who" else "who"
                 asked.append(_echo(clause, other, start, end))
             out += [Asked(q, answer) for q in asked if q]
-    people = list(dict.fromkeys(
-        (f"{w[i]} {w[i + 1]}".lower(), re.sub(r"['’]s$", "", w[i + 2]))
-        for w in [clause.words] for i in range(len(w) - 2) if w[i].lower() in {"my", "our"}
-        and clause.tags[i + 1] == "NOUN" and clause.tags[i + 2] == "PROPN"))
+    people = list(dict.fromkeys(_people(clause)))
     seen, kept = set(), []
     for pair in (p for a in out for p in _referred(a, people)):
         question = pair.question[:1].upper() + pair.question[1:]
