@@ -31,9 +31,10 @@ from store.files import atomic_write
 
 ASK_TOKENS = 32  # the length of a probe's greedy answer
 # Logits between the base model's top two tokens below which an answer position is a coin
-# toss: any change to the weights, however unrelated, tips some of them (on the dev sets
-# nearly every flip a learned memory caused sat below 0.3), so the gate judges the others.
-DECIDED_GAP = 0.5
+# toss: any change to the weights, however unrelated, tips some of them, so the gate judges
+# the others. Below 1 (the top token under e times as likely as the next) a re-purposed
+# neuron anywhere tips them: the flips that sent sessions back to training sat at 0.7–1.1.
+DECIDED_GAP = 1.0
 
 
 def check(cancel: threading.Event | None) -> None:
