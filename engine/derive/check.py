@@ -49,13 +49,14 @@ def consistent(pairs: list[QA], prefers: Prefers) -> list[bool]:
     """Whether the model, reading each pair's statement, prefers the pair's answer among
     the answers derived from the same clause of it (a clause with one answer passes)."""
     options: dict[str, list[str]] = {}
-    for qa in pairs:
-        answers = options.setdefault(qa.clause or qa.statement, [])
+    among = [options.setdefault(qa.clause or qa.statement, []) for qa in pairs]
+    for qa, answers in zip(pairs, among, strict=True):
         if qa.answer not in answers:
             answers.append(qa.answer)
-    asked = [(qa.statement, qa.question, options[qa.clause or qa.statement]) for qa in pairs]
+    asked = [(qa.statement, qa.question, answers) for qa, answers in zip(pairs, among,
+                                                                       strict=True)]
     contested = [i for i, (_, _, answers) in enumerate(asked) if len(answers) > 1]
     chosen = (dict(zip(contested, prefers([asked[i] for i in contested]), strict=True))
               if contested else {})
-    return [i not in chosen or options[qa.clause or qa.statement].index(qa.answer) in chosen[i]
-            for i, qa in enumerate(pairs)]
+    return [i not in chosen or answers.index(qa.answer) in chosen[i]
+            for i, (qa, answers) in enumerate(zip(pairs, among, strict=True))]

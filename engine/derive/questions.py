@@ -25,6 +25,7 @@ from engine.derive.clauses import Clause
 from store import paths
 
 KIND = "{kind}"  # where a question names the answer's kind, filled in by the model
+NAMING_VERBS = frozenset({"called", "named"})  # "a cat called Mosel": what follows is its name
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def spans(clause: Clause, after: int) -> list[Span]:
                 i = j
                 continue
             named = j + 1 < len(words) and (
-                (words[j].lower() in {"called", "named"} and (tags[j + 1] == "PROPN" or (
+                (words[j].lower() in NAMING_VERBS and (tags[j + 1] == "PROPN" or (
                     j + 2 < len(words) and words[j + 1].lower() == "the"
                     and words[j + 2][:1].isupper())))
                 or (words[j].lower() == "of" and tags[j + 1] == "PROPN"))
@@ -208,6 +209,13 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
     return "what", start, end
 
 
+def _modifiers_from(tags: tuple[str, ...], end: int) -> int:
+    """Where the run of adjectives and nouns that ends at ``end`` starts."""
+    while end > 0 and tags[end - 1] in {"ADJ", "NOUN"}:
+        end -= 1
+    return end
+
+
 def _inside_phrase(clause: Clause, kind: str, wh: str, start: int, end: int) -> bool:
     """The words a question word replaces are only part of a noun phrase: its modifiers
     before a noun that stays ("the old Volvo" → "old") or its noun after modifiers that stay
@@ -220,9 +228,7 @@ def _inside_phrase(clause: Clause, kind: str, wh: str, start: int, end: int) -> 
         return True  # "how many" takes its noun along: "How many rotors does it have?"
     if tags[start] == "PREP" or kind == "name":
         return False  # a phrase of its own: "… the cherry blossoms in Kyoto", "… the goat Rosa"
-    i = start
-    while i > 0 and tags[i - 1] in {"ADJ", "NOUN"}:
-        i -= 1
+    i = _modifiers_from(tags, start)
     # back over the modifiers to an article or a number ("a green Volvo estate"), not to a
     # possessive ("my dog Rex": a dog and its name may be two objects of the verb)
     return i < start and i > 0 and tags[i - 1] in {"DET", "NUM"}
@@ -279,7 +285,7 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
         core = between
     if core is not None:
         out.append(_sentence(moved + front + subject + verbs + core))
-        naming = any(w.lower() in {"called", "named"} for w in verbs + core)
+        naming = any(w.lower() in NAMING_VERBS for w in verbs + core)
         # "What is my sister? → photographer" has no kind form ("Which person is …" asks
         # who); an adjective does ("Which colour is my kitten?")
         identity = front[0].lower() in text.grammar()["copulas"] and not verbs and not core \
@@ -315,24 +321,9 @@ def _sentence(words: list[str]) -> str:
 def _appositives(clause: Clause) -> list[Asked]:
     """"my sister Noor" anywhere in a clause (a request's too: "sign it with my name, Aksel"
     names the user): who the relation is."""
-    words, tags = clause.words, clause.tags
+    words = clause.words
     out = []
-    for i in range(len(words) - 2):
-        if words[i].lower() not in {"my", "our"}:
-            continue
-        first = i + 1
-        while first < len(words) and tags[first] == "ADJ":
-            first += 1  # "my best friend Dario", "my little sister Oda"
-        if first >= len(words) or tags[first] != "NOUN":
-            continue
-        j = first + 1
-        while j < len(words) and tags[j] == "NOUN" and tags[j - 1] == "NOUN":
-            j += 1
-        k = j
-        while k < len(words) and tags[k] == "PROPN":
-            k += 1
-        if k == j:
-            continue
+    for i, j, k in _relations(clause):
         relation = " ".join(words[i + 1:j])
         name = re.sub(r"'s$", "", " ".join(words[j:k]))
         owner = words[i].lower()
@@ -353,13 +344,11 @@ def _named(clause: Clause) -> list[Asked]:
         # "called Rusty", "called the Riverside Sinfonia" (the article is the name's, as in spans)
         at = i + 1 + (i + 2 < len(words) and words[i + 1].lower() == "the"
                       and words[i + 2][:1].isupper())
-        if word.lower() not in {"called", "named"} or at >= len(words) or tags[at] != "PROPN":
+        if word.lower() not in NAMING_VERBS or at >= len(words) or tags[at] != "PROPN":
             continue
         name = " ".join(words[i + 1:_name_end(words, tags, at)])
         j = i - (words[i - 1].lower() in text.grammar()["copulas"]) if i else 0
-        h = j
-        while h > 0 and tags[h - 1] in {"NOUN", "ADJ"}:
-            h -= 1
+        h = _modifiers_from(tags, j)
         if h == j:
             continue
         owner = words[h - 1].lower() if h and tags[h - 1] in {"POSS", "DET"} else ""
@@ -370,9 +359,7 @@ def _named(clause: Clause) -> list[Asked]:
         if owner in text.grammar()["indefinite_articles"] and h > 1 \
                 and words[h - 2].lower() in text.grammar()["copulas"]:
             # "my dog is a greyhound named Comet": what the subject is, is named so too
-            s = h - 2
-            while s > 0 and tags[s - 1] in {"NOUN", "ADJ"}:
-                s -= 1
+            s = _modifiers_from(tags, h - 2)
             if s < h - 2 and s > 0 and words[s - 1].lower() in {"my", "our"}:
                 things.append(" ".join(words[s - 1:h - 2]).lower())
         out += [Asked(q.format(thing=thing), name) for thing in things
@@ -387,18 +374,32 @@ def _named(clause: Clause) -> list[Asked]:
     return out
 
 
-def _people(clause: Clause) -> Iterator[tuple[str, str]]:
-    """Who a clause names by relation and name: ("my best friend", "Dario") for "my best
-    friend Dario"."""
+def _relations(clause: Clause) -> Iterator[tuple[int, int, int]]:
+    """Where a clause names someone by relation and name, "my best friend Dario": (i, j, k)
+    with "my" at i, the relation and its modifiers up to j, the name up to k."""
     words, tags = clause.words, clause.tags
     for i in range(len(words) - 2):
         if words[i].lower() not in {"my", "our"}:
             continue
-        j = i + 1
-        while j < len(words) - 2 and tags[j] in {"ADJ", "NOUN"} and tags[j + 1] != "PROPN":
+        first = i + 1
+        while first < len(words) and tags[first] == "ADJ":
+            first += 1  # "my best friend Dario", "my little sister Oda"
+        if first >= len(words) or tags[first] != "NOUN":
+            continue
+        j = first + 1
+        while j < len(words) and tags[j] == "NOUN":
             j += 1
-        if tags[j] == "NOUN" and tags[j + 1] == "PROPN":
-            yield " ".join(words[i:j + 1]).lower(), re.sub(r"['’]s$", "", words[j + 1])
+        k = j
+        while k < len(words) and tags[k] == "PROPN":
+            k += 1
+        if k > j:
+            yield i, j, k
+
+
+def _people(clause: Clause) -> Iterator[tuple[str, str]]:
+    """Who a clause names by relation and first name: ("my best friend", "Dario")."""
+    for i, j, _ in _relations(clause):
+        yield " ".join(clause.words[i:j]).lower(), re.sub(r"['’]s$", "", clause.words[j])
 
 
 def _referred(asked: Asked, people: list[tuple[str, str]]) -> list[Asked]:
@@ -431,7 +432,7 @@ def questions(clause: Clause) -> list[Asked]:
         for span in spans(clause, group[1] if group else len(clause.words)):
             answer = " ".join(clause.words[span.start:span.end])
             wh, start, end = _question_word(clause, span)
-            named = end < len(clause.words) and clause.words[end].lower() in {"called", "named"}
+            named = end < len(clause.words) and clause.words[end].lower() in NAMING_VERBS
             # "an old red Volvo called Rusty": what it is called is part of the phrase, asked
             # only by a core question that leaves both out ("What is my car?")
             asked = [] if named else [_echo(clause, wh, start, end)]
