@@ -19,7 +19,18 @@ def hit(reply: str, expected: str) -> bool:
 
 def mentions(reply: str, answer: str) -> bool:
     """The reply contains ``answer`` as whole words: "9" is in "she is 9", not in "1900"."""
-    return re.search(rf"(?<!\w){re.escape(answer.lower())}(?!\w)", reply.lower()) is not None
+    return _mention(reply, answer) is not None
+
+
+def mention_span(reply: str, answer: str) -> tuple[int, int]:
+    """Where ``reply`` first mentions ``answer`` (see ``mentions``, which must hold)."""
+    found = _mention(reply, answer)
+    assert found is not None, f"{reply!r} does not mention {answer!r}"
+    return found.span()
+
+
+def _mention(reply: str, answer: str) -> re.Match[str] | None:
+    return re.search(rf"(?<!\w){re.escape(answer.lower())}(?!\w)", reply.lower())
 
 
 def loops(reply: str) -> bool:

@@ -15,7 +15,7 @@ from engine.learning.gate import Locality, Taught, rejections
 from engine.prompt import Turn
 from engine.runtime import Runtime
 from tests.test_learning import engine, said, small  # noqa: F401  (fixtures)
-from tests.tiny_gguf import QWEN3_THINKING_TEMPLATE, write_tiny_model
+from tests.tiny_gguf import QWEN3_THINKING_TEMPLATE, WORDS, write_tiny_model
 
 
 def scripted(gate, replies: dict[str, str]) -> None:
@@ -37,6 +37,34 @@ def test_a_leak_is_a_taught_answer_to_an_untaught_question_the_base_model_did_no
     # surname question got the same answer from the base model
     assert [leak[0] for leak in leaks] == ["What is my brother called?"]
     assert leaks[0][2] == "Pixel" and loops == ()
+
+
+def test_a_taught_answer_the_base_model_would_write_there_itself_is_not_a_leak(
+        engine, monkeypatch):  # noqa: F811
+    """"What is my children's school called?" → "I am the school's name." is English, not the
+    "name" a session taught: the base model's probability of the answer where the reply says
+    it tells the two apart."""
+    gate = engine.learning.gate()
+    question = "What is my brother called?"
+    well = gate.runtime.tokenize("Well", add_bos=False)
+    prompt = gate._asked(question) + well
+    gate.scorer.set_overlay(None)
+    logprobs = learning.log_softmax(gate.scorer.logits_at(prompt, [len(prompt) - 1]))[0]
+    one_token = {word: said[-1] for word in WORDS
+                 if (said := gate.runtime.tokenize(f"Well {word}", add_bos=False))[:-1] == well}
+    likely = max(one_token, key=lambda w: logprobs[one_token[w]])
+    unlikely = min(one_token, key=lambda w: logprobs[one_token[w]])
+    p_likely = gate.expected(question, f"Well {likely} it is.", likely)
+    assert p_likely == pytest.approx(float(np.exp(logprobs[one_token[likely]])), rel=1e-4)
+    p_unlikely = gate.expected(question, f"Well {unlikely} it is.", unlikely)
+    assert p_unlikely < p_likely
+    monkeypatch.setattr(learning, "LEAK_EXPECTED", (p_likely + p_unlikely) / 2)
+    baseline = learning.Baseline([], [], [], {q: "I don't know." for q in gate.personal})
+    for word, leaked in ((likely, False), (unlikely, True)):
+        scripted(gate, {question: f"Well {word} it is."})
+        taught = Taught(answers=[word], said=["My cat is fine."], questions=[])
+        leaks, _ = gate._seen(taught, baseline, None)
+        assert [leak[2] for leak in leaks] == ([word] if leaked else [])
 
 
 def test_a_taught_question_answered_in_a_loop_is_a_loop(engine):  # noqa: F811

@@ -74,6 +74,10 @@ class Baseline:
 
 
 LEAK_TOKENS = 8  # a leaked answer comes first ("Mosel."): the start of a reply is enough
+# A taught answer the base model itself gives at least this probability where the reply
+# says it is language, not memory: "name" in "I am the school's name." (0.12 on the built-in
+# model) is what English puts there; a leaked "Leeds" or "Biscuit" is under 1e-4.
+LEAK_EXPECTED = 0.05
 LOOP_TOKENS = 24  # a loop shows within a few repeats of a short answer
 LOOP_QUESTIONS = 4  # of the newest session's questions, asked for loops
 NULL_DELTA, NULL_SEEDS = 1e-7, 3  # the null overlays: see null_locality
@@ -189,7 +193,7 @@ class Gate:
     def _seen(self, taught: Taught, baseline: Baseline, cancel: threading.Event | None
               ) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:
         said_about = set().union(*(text.content_lemmas(s) for s in taught.said))
-        leaks = []
+        mentioned = []  # (question, reply, the taught answers it says)
         for question in self.personal:
             if text.content_lemmas(question) & said_about:
                 continue  # the user talked about it: an answer may be right
@@ -197,7 +201,7 @@ class Gate:
             reply, _ = self.reply(question, LEAK_TOKENS)
             leaked = [a for a in taught.answers if replies.mentions(reply, a)
                       and not replies.mentions(baseline.replies[question], a)]
-            leaks += [(question, reply, leaked[0])] if leaked else []
+            mentioned += [(question, reply, leaked)] if leaked else []
         loops = []
         for question in taught.questions[:LOOP_QUESTIONS]:
             check(cancel)
@@ -207,7 +211,25 @@ class Gate:
             base = self.replies((None, 1.0), [q for q, _ in loops], LOOP_TOKENS)
             loops = [loop for loop, before in zip(loops, base, strict=True)
                      if not replies.loops(before)]
+        self.scorer.set_overlay(None)  # a taught word the base model would put there anyway
+        leaks = [(question, reply, kept[0]) for question, reply, leaked in mentioned
+                 if (kept := [a for a in leaked if self.expected(question, reply, a)
+                              < LEAK_EXPECTED])]
         return tuple(leaks), tuple(loops)
+
+    def expected(self, question: str, reply: str, answer: str) -> float:
+        """The probability the weights now set give ``answer`` where ``reply`` (to
+        ``question``, in a fresh context) first says it, after the words before it."""
+        start, end = replies.mention_span(reply, answer)
+        prompt = self._asked(question)
+        before = self.runtime.tokenize(reply[:start], add_bos=False)
+        said = self.runtime.tokenize(reply[:end], add_bos=False)
+        shared = next((i for i, (a, b) in enumerate(zip(before, said, strict=False)) if a != b),
+                      min(len(before), len(said)))
+        tokens = prompt + said
+        positions = list(range(len(prompt) + shared - 1, len(tokens) - 1))
+        logprobs = log_softmax(self.scorer.logits_at(tokens, positions))
+        return float(np.exp(sum(logprobs[i, t] for i, t in enumerate(said[shared:]))))
 
     def floor(self, layers: tuple[int, ...], neurons: int, d_model: int, d_ff: int) -> float:
         """The null-overlay locality on decided answers of a memory of FLOOR_SESSIONS sessions
