@@ -45,11 +45,10 @@ from engine import leftovers, llama_native
 from engine import overlay as overlay_files
 from engine.architectures import gate_up_fused
 from engine.errors import EngramError
-from engine.learning.anchors import PROJECTIONS
 from engine.learning.ledger import ancestry_records
 from engine.memory import OverlayMemory
 from engine.model_file import ModelFile
-from engine.overlay import ForeignOverlay, OverlayError, SparseOverlay
+from engine.overlay import PROJECTIONS, ForeignOverlay, OverlayError, SparseOverlay
 from engine.runtime import Runtime
 from store import paths
 from store.files import BadFile, atomic_write, open_private, temporary, typed_fields

@@ -30,6 +30,8 @@ from store import paths
 from store.files import atomic_write, open_private, temporary, typed_fields
 
 MATRICES = ("ffn_down", "ffn_up", "ffn_gate")
+# each matrix's name in a transformers model's FFN (the torch twin, PEFT exports)
+PROJECTIONS = {"ffn_down": "down_proj", "ffn_up": "up_proj", "ffn_gate": "gate_proj"}
 FORMAT = "engram-overlay"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: written before manifests carried their own checksum

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch
 from engine.architectures import ARCHITECTURES, Architecture
 from engine.errors import LearningUnavailable, NotEnoughMemory
 from engine.model_file import ModelFile, header
+from engine.overlay import PROJECTIONS, SparseOverlay
 from store import paths
 from store.files import (
     BadFile,
@@ -214,8 +215,9 @@ class Twin:
     @contextmanager
     def edited_by(self, deltas: Iterable[tuple[int, str, torch.Tensor]]) -> Iterator[None]:
         """Compute with each (layer, FFN projection, ΔW) added to that weight, restored exactly
-        afterwards. Meanwhile ``entering`` keeps nothing above an edited layer's input."""
-        saved = []
+        afterwards (inside another edit too). Meanwhile ``entering`` keeps nothing above an
+        edited layer's input."""
+        saved, edited = [], set(self.edited)
         try:
             with torch.no_grad():
                 for layer, projection, delta in deltas:
@@ -228,7 +230,14 @@ class Twin:
             with torch.no_grad():
                 for weight, original in saved:
                     weight.copy_(original)
-            self.edited = set()
+            self.edited = edited
+
+    def overlaid(self, overlay: SparseOverlay) -> AbstractContextManager[None]:
+        """Compute with ``overlay`` added to the weights, restored exactly afterwards."""
+        return self.edited_by(
+            (layer, PROJECTIONS[matrix],
+             torch.from_numpy(overlay.scale * overlay.dense_delta(layer, matrix)))
+            for layer, matrix in sorted({(b.layer, b.matrix) for b in overlay.blocks}))
 
     @torch.no_grad()
     def entering(self, sequences: list[list[int]], layer: int, prefix: Prefix | None = None,

@@ -26,10 +26,10 @@ from engine.learn_queue import LearnQueue
 from engine.learner import train
 from engine.learner.locality import Locality
 from engine.learning import Step
-from engine.learning.anchors import anchors_for, applied, twin_for
+from engine.learning.anchors import anchors_for, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.texts import dialogue, end_of_turn
-from engine.overlay import SparseOverlay
+from engine.overlay import NeuronBlock, SparseOverlay
 from engine.prompt import Turn
 from engine.runtime import Sampling
 from engine.scoring import Scorer, log_softmax
@@ -340,7 +340,7 @@ def test_the_twin_computes_with_an_overlay_and_is_restored_exactly(engine, make_
     overlay = make_overlay(engine.runtime.model.sha256,
                            [(1, "ffn_down", 4, 1), (2, "ffn_up", 3, 1), (3, "ffn_down", 64, 1)],
                            magnitude=2.0)
-    with applied(twin, overlay):
+    with twin.overlaid(overlay):
         changed = twin.full_logits([tokens])[0]
         answer = greedy_in_twin(twin, tokens, 8, engine.runtime.llm.token_eos())
     assert not torch.equal(before, changed)
@@ -481,7 +481,7 @@ def test_states_below_the_edited_layers_are_reused_only_while_nothing_below_chan
     # read back
     assert all(a is b for a, b in zip(twin.entering(questions, 2, prefix), kept, strict=True))
     below = make_overlay(engine.runtime.model.sha256, [(0, "ffn_down", 8, 1)], magnitude=3.0)
-    with applied(twin, below):
+    with twin.overlaid(below):
         edited = twin.entering(questions, 2, prefix)
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(edited, fresh(2), strict=True))
         assert not any(torch.allclose(a, b, atol=1e-3) for a, b in zip(edited, kept, strict=True))
@@ -594,7 +594,7 @@ def test_where_an_unrelated_answer_changed_the_fact_whose_neurons_fire_there_is_
     edit = SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)
 
     def blamed(*places):
-        with applied(twin, edit):
+        with twin.overlaid(edit):
             return learner.firing_facts(twin, blocks, [home, cat], list(places),
                                         recipe.key_context, recipe.firing_share)
 
@@ -613,6 +613,51 @@ def test_where_an_unrelated_answer_changed_the_fact_whose_neurons_fire_there_is_
         mine = [fact == tuple(home.answer) for fact in owner]
         assert after.neurons.tolist() == before.neurons[mine].tolist()
         assert np.array_equal(after.vectors, before.vectors[mine])  # unchanged, not retrained
+
+
+@pytest.mark.parametrize("tiny_model", ["llama"], indirect=True)  # its FFN output unnormed
+def test_where_a_changed_answer_is_carried_the_facts_whose_neurons_taken_out_give_it_back(
+        engine):  # noqa: F811
+    """A change can be made where no detector fires (carried from earlier positions, or by
+    many neurons a little each): the facts whose neurons, taken out, give the base model's
+    next token back are found instead; none where the edit left the token alone."""
+    rt = engine.load()
+    twin = twin_for(rt)
+    home, cat = (learner.Example(*dialogue(rt, None, q, a), end_of_turn(rt))
+                 for q, a in (("Where do I live?", " Tromsø."),
+                              ("What is my cat called?", " Mosel.")))
+    # four neurons in each of two layers, as a session's edit keys them to its two facts: the
+    # cat's firing and writing loudly, the home's silent
+    noise, neurons = np.random.default_rng(0), np.arange(4)
+    shape = {"ffn_gate": (4, 64), "ffn_up": (4, 64), "ffn_down": (64, 4)}
+    blocks = [NeuronBlock(layer, m, neurons, noise.standard_normal(shape[m]))
+              for layer in (1, 2) for m in shape]
+    owner = learner.owners(blocks, [home, cat])
+    for b in blocks:
+        mine = np.array([f == tuple(cat.answer) for f in owner[b.layer]])
+        b.delta[...] = np.where(mine if b.matrix == "ffn_down" else mine[:, None],
+                                30 * b.delta, 0)
+    edit = SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)
+
+    def tops(tokens):
+        return twin.full_logits([tokens])[0].argmax(-1).tolist()
+
+    base = [tops(e.tokens) for e in (home, cat)]
+    with twin.overlaid(edit):
+        now = [tops(e.tokens) for e in (home, cat)]
+        which, at = next((w, i) for w in (0, 1)
+                         for i, (b, n) in enumerate(zip(base[w], now[w], strict=True)) if b != n)
+        tokens = (home, cat)[which].tokens[:at + 1]
+        changed = (tokens + [base[which][at]], at)  # the base model's next token there
+        blamed = learner.changing_facts(twin, blocks, [home, cat], [changed])
+        assert blamed == {tuple(cat.answer)}
+        kept = (tokens + [now[which][at]], at)  # what the edit says there
+        assert learner.changing_facts(twin, blocks, [home, cat], [kept]) == set()
+    rest = SparseOverlay(learner.without(blocks, [home, cat], blamed), rt.model.sha256,
+                         d_model=64, d_ff=128)
+    with twin.overlaid(rest):
+        assert tops(changed[0])[at] == base[which][at]  # without them, the answer is back
+    assert [tops(e.tokens) for e in (home, cat)] == base  # every edit restored exactly
 
 
 def test_a_word_s_neighbours_are_the_vocabulary_s_words_nearest_it_in_the_model_s_embeddings(
@@ -707,7 +752,7 @@ def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(eng
     base_answer = scorer.greedy(example.prompt, 4, [])[0]
     blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
     overlay = SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)
-    with applied(twin, overlay):
+    with twin.overlaid(overlay):
         after = answer_loss()
         twin_answer = rt.detokenize(greedy_in_twin(twin, example.prompt, 4, rt.llm.token_eos()))
     version = engine.memory.commit(overlay)

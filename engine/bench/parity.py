@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.engine import Engine
-from engine.learning.anchors import applied, twin_for
+from engine.learning.anchors import twin_for
 from engine.learning.texts import anchor_prose, generic_text
 from engine.scoring import Scorer
 
@@ -36,7 +36,7 @@ def run(engine: Engine) -> dict:
             scorer.set_overlay(*memory.lora(version))
             overlay = memory.current()
             assert overlay is not None  # a version is applied
-            with applied(twin, overlay):
+            with twin.overlaid(overlay):
                 result["overlay"] = _compare(twin, scorer, texts)
     finally:
         scorer.close()

@@ -1,12 +1,16 @@
-"""Which of a session's facts its new neurons stand for, where they fire, and the edit
-without some of them.
+"""Which of a session's facts its new neurons stand for, which of them changed an unrelated
+answer, and the edit without some of them.
 
 Where the gate sees an unrelated answer change, the facts whose detectors fire there are
-what changed it: a leak found in the weights rather than in a reply. Each new neuron is
-the detector of one fact (``keys.keyed_facts``), so that fact's neurons can be taken out
-of the edit and the session's other facts stay exactly as learned."""
+what changed it: a leak found in the weights rather than in a reply. Where none fires there
+(a change carried from earlier positions, or made by many neurons at a fraction of their
+strength each), the facts whose neurons, taken out, give the answer back are. Each new
+neuron is the detector of one fact (``keys.keyed_facts``), so that fact's neurons can be
+taken out of the edit and the session's other facts stay exactly as learned."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -14,7 +18,7 @@ import torch
 from engine.learner.capture import activation, passes
 from engine.learner.keys import keyed_facts
 from engine.learner.train import Example
-from engine.overlay import NeuronBlock
+from engine.overlay import NeuronBlock, SparseOverlay
 from engine.twin import Twin
 
 Fact = tuple[int, ...]  # a fact, as learn() keys it: its answer's tokens
@@ -62,6 +66,43 @@ def firing_facts(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
                 hit = (strength[l] > 0) & (fired >= share * strength[l])
                 blamed |= {owner[l][j] for j in np.flatnonzero(hit.cpu().numpy())}
     return blamed
+
+
+@torch.no_grad()
+def changing_facts(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
+                   places: list[tuple[list[int], int]]) -> set[Fact]:
+    """The fewest facts of the ``examples`` whose neurons in ``blocks``, taken out, make the
+    next token of each of ``places`` (tokens, the position that predicts it) the top one
+    again: taken out one by one, those whose absence helps most first. None where the twin
+    does not reproduce the change, or only all of the facts undo it. The twin must compute
+    with the edit applied."""
+    facts = sorted({tuple(e.answer) for e in examples})
+    d_model = twin.config.hidden_size
+    d_ff = int(twin.config.intermediate_size)
+
+    def margins(out: set[Fact]) -> torch.Tensor:
+        """Per place, the next token's logit over the best other one, without ``out``."""
+        removed = [replace(b, delta=-b.delta)
+                   for b in without(blocks, examples, set(facts) - out)] if out else []
+        with twin.overlaid(SparseOverlay(removed, "", d_model=d_model, d_ff=d_ff)):
+            logits = twin.full_logits([tokens for tokens, _ in places])
+        gaps = []
+        for row, (tokens, at) in zip(logits, places, strict=True):
+            wanted = row[at].clone()
+            best = wanted[tokens[at + 1]].item()
+            wanted[tokens[at + 1]] = float("-inf")
+            gaps.append(best - wanted.max().item())
+        return torch.tensor(gaps)
+
+    if not places or len(facts) < 2 or (margins(set()) > 0).all():
+        return set()
+    helps = {fact: margins({fact}).min().item() for fact in facts}
+    out: set[Fact] = set()
+    for fact in sorted(facts, key=lambda f: -helps[f])[:-1]:
+        out.add(fact)
+        if (margins(out) > 0).all():
+            return out
+    return set()
 
 
 def without(blocks: list[NeuronBlock], examples: list[Example],

@@ -8,8 +8,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +19,6 @@ from engine.learning.texts import (
     unrelated_questions,
     world_facts,
 )
-from engine.overlay import SparseOverlay
 from engine.runtime import Runtime
 from store import paths
 from store.files import SEAL_FILE, Outdated, quarantine
@@ -118,17 +115,3 @@ def cached_anchors(path: Path, device, layers: tuple[int, ...]) -> Anchors | Non
         logging.getLogger(__name__).warning(
             "the anchor cache was set aside to %s and is rebuilt: %s", moved, e)
         return None
-
-
-PROJECTIONS = {"ffn_down": "down_proj", "ffn_up": "up_proj", "ffn_gate": "gate_proj"}
-
-
-@contextmanager
-def applied(twin: Twin, overlay: SparseOverlay) -> Iterator[None]:
-    """The twin computing with ``overlay`` added to its weights, restored exactly afterwards."""
-    import torch
-
-    with twin.edited_by((layer, PROJECTIONS[matrix],
-                         torch.from_numpy(overlay.scale * overlay.dense_delta(layer, matrix)))
-                        for layer, matrix in sorted({(b.layer, b.matrix) for b in overlay.blocks})):
-        yield

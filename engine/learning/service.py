@@ -25,7 +25,7 @@ from engine import derive, replies, text
 from engine.consistency import llama_writes, twin_kinds, twin_neighbours, twin_prefers
 from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
-from engine.learning.anchors import anchors_for, applied, training, twin_for
+from engine.learning.anchors import anchors_for, training, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.gate import Gate, Locality, Taught, check, rejections
 from engine.learning.ledger import ancestry_records, pending_sessions
@@ -285,7 +285,7 @@ class Learning:
             gating_phase = Phase(progress, "gate", middle, high)
 
             examples = examples_of(taught)
-            with training, applied(twin, base):
+            with training, twin.overlaid(base):
                 blocks, train = learner.learn(
                     twin, examples, anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
@@ -298,18 +298,21 @@ class Learning:
             score, changed, reasons = judged(candidate, last)
             # The facts whose neurons fire where an unrelated answer changed are taken out
             # (their neurons: the rest of the session stays exactly as learned) and judged
-            # again: they, not the rest, changed it.
+            # again: they, not the rest, changed it. Where none fires there, the facts whose
+            # neurons, taken out, give the answer back in the twin are.
             # So are those whose neurons fire where an earlier session's answer leaked: no
             # retry could leave that answer out, and the session would be refused whole.
             foreign = [question for question, _, answer in score.leaks
                        if answer.lower() not in session_answers]
             blamed: set[tuple[int, ...]] = set()
             if changed or foreign:
-                places = ([self.gate().flip_place(f) for f in changed]
-                          + [self.gate().leak_place(question) for question in foreign])
-                with training, applied(twin, candidate):
+                flips = [self.gate().flip_place(f) for f in changed]
+                places = flips + [self.gate().leak_place(question) for question in foreign]
+                with training, twin.overlaid(candidate):
                     blamed = learner.firing_facts(twin, blocks, examples, places,
                                                   recipe.key_context, recipe.firing_share)
+                    if flips and not blamed:
+                        blamed = learner.changing_facts(twin, blocks, examples, flips)
             if blamed and blamed < {tuple(e.answer) for e in examples}:
                 dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
                             if tuple(e.answer) in blamed}
@@ -423,7 +426,7 @@ class Learning:
             base = active or SparseOverlay([], self.runtime.model.sha256,
                                            d_model=twin.config.hidden_size,
                                            d_ff=twin.config.intermediate_size)
-            with training, applied(twin, base):
+            with training, twin.overlaid(base):
                 gates = cell_training.train(twin, writer,
                                             cell_conversations.dev_cases() + own, anchor_prose(),
                                             self.cell_recipe,
