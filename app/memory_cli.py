@@ -11,6 +11,7 @@ import sys
 from typing import TextIO
 
 from app.memory_text import (
+    NOT_RECALLED,
     describe,
     diff_summary,
     exported,
@@ -118,8 +119,10 @@ def show(engine: Engine, out: TextIO) -> int:
         for sid in active.sessions:
             record = records.get(sid, {"facts": [], "corrections": []})
             print(f"  session {sid} {title(engine, sid)}", file=out)
+            missed = set(record.get("unrecalled", []))
             for question, answer, _ in record["facts"] + record["corrections"]:
-                print(f"    {inert(question)} → {inert(answer)}", file=out)
+                note = f"  ({NOT_RECALLED})" if answer in missed else ""
+                print(f"    {inert(question)} → {inert(answer)}{note}", file=out)
     pending = engine.pending_sessions()
     if pending:
         print(f"pending: {', '.join(f's{s.id}' for s in pending)} (learned in the background "

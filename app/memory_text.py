@@ -13,6 +13,8 @@ from store.records import OverlayVersion
 from store.store import StoreError
 
 BAR_CELLS = 20
+# a fact kept in a version whose training did not bring it out on its own questions
+NOT_RECALLED = "not recalled yet: training did not bring it out"
 
 
 def title(engine: Engine, session_id: int) -> str:
@@ -71,7 +73,8 @@ def describe(engine: Engine, result: LearnResult) -> str:
     head = f"session {result.session_id} {title(engine, result.session_id)}"
     if result.version is None:
         return f"{head}: nothing to learn (no statement the model could ask about)"
-    lines = [f"  {qa.question} → {qa.answer}" for qa in result.facts]
+    lines = [f"  {qa.question} → {qa.answer}" + ("" if result.recalled(qa) else
+                                                  f"  ({NOT_RECALLED})") for qa in result.facts]
     lines += [f"  {qa.question} → {qa.answer}  (correction)" for qa in result.corrections]
     lines += [f"  {qa.question} → {qa.answer}  (set aside: it leaked into other questions, "
               "looped or changed an unrelated answer)" for qa in result.set_aside]
@@ -81,7 +84,9 @@ def describe(engine: Engine, result: LearnResult) -> str:
                 f"{score.kl_neutral:.4f} · {result.seconds:.1f} s")
     if result.accepted:
         fixes = f" (+{len(result.corrections)} corrections)" if result.corrections else ""
-        status = (f"learned {len(result.facts)} fact{'s' * (len(result.facts) != 1)}{fixes} → "
+        n = sum(map(result.recalled, result.facts))
+        missed = f", {len(result.facts) - n} not recalled yet" if n < len(result.facts) else ""
+        status = (f"learned {n} fact{'s' * (n != 1)}{missed}{fixes} → "
                   f"v{result.version.id} (active)")
     else:
         active = engine.active_version()

@@ -26,7 +26,7 @@ KEYS = {"recall", "retention", "locality", "kl_neutral", "ppl_change",
         "null_overlay", "baselines", "recall_sampled", "degenerate", "crosstalk",
         "derived_candidates", "derived_pairs", "derived_checked", "probe_overlap",
         "recall_trained_phrasing", "recall_paraphrase", "sessions", "rejected",
-        "locality_decided", "model_pairs", "model_pairs_checked"}
+        "locality_decided", "model_pairs", "model_pairs_checked", "facts_unrecalled"}
 
 
 def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_model, tmp_path,  # noqa: F811
@@ -47,6 +47,7 @@ def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_m
     # Session t-01 said three questions; one of its two probes was asked in a derived phrasing.
     assert result["derived_pairs"] == result["derived_checked"] == 3
     assert result["model_pairs"] == result["model_pairs_checked"] == 0  # no chat template
+    assert result["facts_unrecalled"] == 1.0  # three steps on the tiny model: none came out
     assert result["probe_overlap"] == 0.5
     assert result["recall"] == (result["recall_trained_phrasing"] + result["recall_paraphrase"]) / 2
     assert 0.0 <= result["crosstalk"] <= 1.0 and 0.0 <= result["degenerate"] <= 1.0

@@ -615,6 +615,18 @@ def test_where_an_unrelated_answer_changed_the_fact_whose_neurons_fire_there_is_
         assert np.array_equal(after.vectors, before.vectors[mine])  # unchanged, not retrained
 
 
+def test_a_fact_is_recalled_when_half_its_phrasings_or_more_come_out_whole():
+    """A fact counts as learned when its answer and the turn's end are the top tokens on at
+    least half its trained questions; one wrong token spoils a phrasing."""
+    cat, home, dog = (7, 8), (9,), (10,)
+    facts = [cat, cat, cat, home, home, dog]  # the fact each example teaches
+    rows = torch.tensor([0, 0, 1, 1, 2, 3, 4, 4, 5])  # each trained token's example
+    right = torch.tensor([True, True, True, False, False, True, False, True, False])
+    assert learner.recalled(right, rows, facts) == {home}  # cat 1 of 3, home 1 of 2, dog 0
+    right[3] = True
+    assert learner.recalled(right, rows, facts) == {cat, home}  # cat 2 of 3
+
+
 @pytest.mark.parametrize("tiny_model", ["llama"], indirect=True)  # its FFN output unnormed
 def test_where_a_changed_answer_is_carried_the_facts_whose_neurons_taken_out_give_it_back(
         engine):  # noqa: F811

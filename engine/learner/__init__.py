@@ -13,8 +13,16 @@ from engine.learner.edit import NeuronEdit
 from engine.learner.firing import changing_facts, firing_facts, owners, without
 from engine.learner.keys import keyed_facts, per_layer
 from engine.learner.recipe import Recipe
-from engine.learner.train import Example, Progress, learn, stalled, stop_rows, worst_fact
+from engine.learner.train import (
+    Example,
+    Progress,
+    learn,
+    recalled,
+    stalled,
+    stop_rows,
+    worst_fact,
+)
 
 __all__ = ["Anchors", "Example", "NeuronEdit", "Progress", "Recipe", "anchors_for",
            "changing_facts", "firing_facts", "keyed_facts", "learn", "owners", "per_layer",
-           "stalled", "stop_rows", "without", "worst_fact"]
+           "recalled", "stalled", "stop_rows", "without", "worst_fact"]

@@ -74,7 +74,8 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
           progress: Progress | None = None, cancel: threading.Event | None = None,
           earlier: list[Example] | None = None,
           contrasts: list[Example] | None = None) -> tuple[list[NeuronBlock], dict]:
-    """Train k neurons per layer for these examples; returns the blocks and training metrics.
+    """Train k neurons per layer for these examples; returns the blocks and training metrics
+    (``unrecalled``: the facts, as answer tokens, that training did not bring out).
 
     ``earlier``: other sessions' questions and answers — the new neurons must stay silent
     on them too, or a later session's memory answers an earlier one's question.
@@ -101,11 +102,12 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
     edits = [_keyed_edit(twin, layer, depth, k, examples, seen[layer], targets.taught, anchors,
                          unrelated[layer], unlike[layer], owned or {}, recipe)
              for depth, layer in enumerate(layers)]
-    history, stopped = _train(twin, edits, h_frozen, batch, targets, anchors, unrelated, recipe,
-                              progress, cancel)
+    history, stopped, recalled = _train(twin, edits, h_frozen, batch, targets, anchors,
+                                        unrelated, recipe, progress, cancel)
     metrics = {"steps": len(history), "stopped": stopped, "answer_loss": round(history[-1][0], 4),
                "locality_penalty": round(history[-1][1], 5),
-               "train_seconds": round(time.perf_counter() - started, 2)}
+               "train_seconds": round(time.perf_counter() - started, 2),
+               "unrecalled": [list(f) for f in sorted(set(targets.taught) - recalled)]}
     return [b for e in edits for b in e.blocks(session_id)], metrics
 
 
@@ -164,10 +166,11 @@ def _keyed_edit(twin: Twin, layer: int, depth: int, k: int, examples: list[Examp
 def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: Batch,
            targets: Targets, anchors: Anchors, unrelated: dict[int, torch.Tensor],
            recipe: Recipe, progress: Progress, cancel: threading.Event | None
-           ) -> tuple[list[tuple[float, float]], str]:
+           ) -> tuple[list[tuple[float, float]], str, set[tuple[int, ...]]]:
     """The loop: answer loss + locality (``Locality``: the edit's energy on generic text at
     each edited layer, from the anchors' cached FFN inputs), every delta capped. Returns the
-    (answer loss, locality) history and why it stopped."""
+    (answer loss, locality) history, why it stopped, and the facts it brought out
+    (``recalled``)."""
     first = min(e.layer for e in edits)
     localities = [Locality(e, [(anchors.inputs[e.layer], 1.0),
                                (anchors.prose[e.layer], recipe.prose_weight),
@@ -216,7 +219,22 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
             if stalled(watched, recipe.plateau, recipe.plateau_gain):
                 stopped = "plateau"
                 break
-    return history, stopped
+        strength.fill_(1.0)
+        with torch.no_grad():
+            h = twin.run(h_frozen, batch, first)
+            said = twin.logits(h[targets.rows, targets.cols], vocab=targets.vocab).argmax(-1)
+    return history, stopped, recalled(said == targets.tokens, targets.rows, targets.taught)
+
+
+def recalled(right: torch.Tensor, rows: torch.Tensor,
+             facts: list[tuple[int, ...]]) -> set[tuple[int, ...]]:
+    """The facts that come out, greedily and ended, for at least half their phrasings:
+    ``right`` says, per trained token (``rows``: its example), whether it is the top one."""
+    wrong = torch.zeros(len(facts), device=right.device).index_add_(
+        0, rows.to(right.device), (~right).float())
+    return {fact for fact in set(facts)
+            if 2 * sum(float(wrong[i]) == 0 for i, f in enumerate(facts) if f == fact)
+            >= sum(f == fact for f in facts)}
 
 
 def stop_rows(token_loss: torch.Tensor, rows: torch.Tensor, facts: list[tuple],

@@ -42,6 +42,12 @@ class LearnResult:
     # an unrelated answer
     written: int = 0  # pairs the model wrote itself (a model with a chat template)
     written_checked: int = 0  # of those, the ones that passed the check (in ``checked``)
+    # the answers of ``facts`` that training did not bring out on their own questions: kept
+    # (a later session's training may), and never counted as learned
+    unrecalled: list[str] = field(default_factory=list)
+
+    def recalled(self, qa: QA) -> bool:
+        return qa.answer not in self.unrecalled
 
     @property
     def accepted(self) -> bool:
@@ -53,10 +59,13 @@ class LearnResult:
         if not self.accepted:
             return (f"session {self.session_id} not learned: {self.version.reason} "
                     f"(v{self.version.id} rejected)")
-        n = len(self.facts)
+        n = sum(map(self.recalled, self.facts))
+        missed = len(self.facts) - n
         assert self.locality is not None  # every version learned was gated
         return (f"memory updated: v{self.version.id} learned session {self.session_id} "
-                f"({n} fact{'s' * (n != 1)}, locality {self.locality.locality:.3f}, "
+                f"({n} fact{'s' * (n != 1)}"
+                f"{f', {missed} not recalled yet' if missed else ''}, "
+                f"locality {self.locality.locality:.3f}, "
                 f"{self.locality.decided:.3f} on decided answers)")
 
 

@@ -291,6 +291,10 @@ class Learning:
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
                     contrasts=contrasted,
                     progress=Phase(progress, "training", low, middle))
+            # the facts training did not bring out: kept, and shown as not recalled yet
+            missing = train.pop("unrecalled")
+            unrecalled = {qa.answer for qa, e in zip(taught, examples, strict=True)
+                          if e.answer in missing}
             candidate = base.merge(replace(base, blocks=blocks))
             gating_phase(0.0, "checking that unrelated answers stay the same")
             gating = time.perf_counter()
@@ -343,6 +347,7 @@ class Learning:
         check(cancel)
         kept = [qa for qa in found if qa.answer.lower() not in dropped]
         set_aside = [qa for qa in found if qa.answer.lower() in dropped]
+        missed = sorted((a for a in unrecalled if a.lower() not in dropped), key=str.lower)
         fixes = [qa for qa in fixes if qa.answer.lower() not in dropped]
         finished = time.perf_counter()
         seconds = finished - started
@@ -360,6 +365,7 @@ class Learning:
                 "model_pairs_checked": written_checked, "refused_tries": refused,
                 "facts": [[qa.question, qa.answer, qa.statement] for qa in kept],
                 "set_aside": [[qa.question, qa.answer, qa.statement] for qa in set_aside],
+                "unrecalled": missed,
                 "corrections": [[qa.question, qa.answer, qa.statement] for qa in fixes],
             }},
         }
@@ -370,7 +376,7 @@ class Learning:
         progress(1.0, Step("done", "gate", 1.0))
         return LearnResult(session.id, version, kept, fixes, score, threshold, seconds,
                            len(candidates), len(found), set_aside, len(written),
-                           written_checked)
+                           written_checked, missed)
 
     def _written(self, said: list[str], settings: Settings,
                  cancel: threading.Event | None) -> list[QA]:
