@@ -67,6 +67,20 @@ def test_a_taught_answer_the_base_model_would_write_there_itself_is_not_a_leak(
         assert [leak[2] for leak in leaks] == ([word] if leaked else [])
 
 
+def test_whether_a_version_gives_the_changed_answers_back_is_read_in_llama_cpp(
+        engine, make_overlay):  # noqa: F811
+    """Blame found in the twin is checked where the gate saw the change: llama.cpp's answer
+    at each changed position against the base model's."""
+    gate = engine.learning.gate()
+    quiet = make_overlay(engine.runtime.model.sha256, [(1, "ffn_down", 2, 1)], magnitude=1e-6)
+    flips = [(0, 0), (1, len(gate.baseline.answers[1]) - 1)]
+    assert gate.gives_back(quiet, flips)  # nothing changed: every answer as the base model's
+    answers = gate.baseline.answers[1]
+    answers[-1] = (answers[-1] + 1) % gate.scorer.llm.n_vocab()  # as if the base said other
+    assert not gate.gives_back(quiet, flips)
+    assert gate.gives_back(quiet, flips[:1])
+
+
 def test_a_taught_question_answered_in_a_loop_is_a_loop(engine):  # noqa: F811
     gate = engine.learning.gate()
     scripted(gate, {"What is my cat called?": "Mos Mos Mos Mos Mos", "Where do I live?": "Oslo."})
@@ -132,17 +146,19 @@ def test_a_fact_that_keeps_leaking_or_looping_is_set_aside_and_the_rest_is_learn
     assert "Pixel  (set aside: it leaked" in memory_text.describe(engine, result)
 
 
-@pytest.mark.parametrize("before, blamed, stays", [
-    (frozenset(), "Pixel", False), (frozenset({(0, 1)}), "", False),
-    (frozenset(), "Pixel Oslo", False), (frozenset(), "", True)])
+@pytest.mark.parametrize("before, blamed, stays, undone", [
+    (frozenset(), "Pixel", False, False), (frozenset({(0, 1)}), "", False, False),
+    (frozenset(), "Pixel Oslo", False, False), (frozenset(), "", True, False),
+    (frozenset(), "", False, True)])
 def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fire_there(
-        engine, monkeypatch, before, blamed, stays):  # noqa: F811
+        engine, monkeypatch, before, blamed, stays, undone):  # noqa: F811
     """The locality threshold is a budget for the whole memory: a change one session makes
     within it would hold back every later one. So a version may not change a decided answer
     the memory before it kept (beyond what the null floor changes), and the neurons of the
     fact that fire where it changed are taken out; a change the memory already had is not
-    this session's; one no fact fires for is trained away if it can be, and on the last try
-    is left to the whole memory's threshold."""
+    this session's; where no fact fires, the likeliest maker whose absence gives the answer
+    back in llama.cpp is taken out; one nothing undoes is trained away if it can be, and on
+    the last try is left to the whole memory's threshold."""
     engine.settings = type(engine.settings)(**{**vars(engine.settings), "locality_threshold": 0.0,
                                                "locality_margin": 0.02, "gate_replies": False})
     monkeypatch.setattr(learning.Gate, "floor", lambda self, *shape: 1.0)
@@ -168,11 +184,15 @@ def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fi
         return fired & {tuple(e.answer) for e in examples}
 
     monkeypatch.setattr(learner, "firing_facts", firing)
+    monkeypatch.setattr(learning.Gate, "gives_back", lambda self, overlay, flips: undone)
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
     [result] = engine.learn_now(session_ids=[sid])
     record = result.version.learned[sid]
     assert result.accepted
-    if stays:  # traced to no fact, trained twice more: the whole memory's threshold decides
+    if undone:  # no fact fires there; the likeliest maker taken out gives it back
+        assert len(measured) == 3 and len(record["refused_tries"]) == 1
+        assert len(result.set_aside) == 1 and len(result.facts) == 1
+    elif stays:  # traced to no fact, trained twice more: the whole memory's threshold decides
         assert len(measured) == 4 and len(record["refused_tries"]) == 2
     elif before:  # the memory had changed that answer already: nothing is held against it
         assert len(measured) == 2 and places == [] and not record["refused_tries"]

@@ -628,11 +628,11 @@ def test_a_fact_is_recalled_when_half_its_phrasings_or_more_come_out_whole():
 
 
 @pytest.mark.parametrize("tiny_model", ["llama"], indirect=True)  # its FFN output unnormed
-def test_where_a_changed_answer_is_carried_the_facts_whose_neurons_taken_out_give_it_back(
+def test_the_facts_whose_neurons_taken_out_most_give_a_changed_answer_back_come_first(
         engine):  # noqa: F811
     """A change can be made where no detector fires (carried from earlier positions, or by
-    many neurons a little each): the facts whose neurons, taken out, give the base model's
-    next token back are found instead; none where the edit left the token alone."""
+    many neurons a little each): the facts are ranked by how much taking out each one's
+    neurons gives the base model's next token back."""
     rt = engine.load()
     twin = twin_for(rt)
     home, cat = (learner.Example(*dialogue(rt, None, q, a), end_of_turn(rt))
@@ -659,14 +659,11 @@ def test_where_a_changed_answer_is_carried_the_facts_whose_neurons_taken_out_giv
         now = [tops(e.tokens) for e in (home, cat)]
         which, at = next((w, i) for w in (0, 1)
                          for i, (b, n) in enumerate(zip(base[w], now[w], strict=True)) if b != n)
-        tokens = (home, cat)[which].tokens[:at + 1]
-        changed = (tokens + [base[which][at]], at)  # the base model's next token there
-        blamed = learner.changing_facts(twin, blocks, [home, cat], [changed])
-        assert blamed == {tuple(cat.answer)}
-        kept = (tokens + [now[which][at]], at)  # what the edit says there
-        assert learner.changing_facts(twin, blocks, [home, cat], [kept]) == set()
-    rest = SparseOverlay(learner.without(blocks, [home, cat], blamed), rt.model.sha256,
-                         d_model=64, d_ff=128)
+        changed = ((home, cat)[which].tokens[:at + 1] + [base[which][at]], at)
+        assert learner.undoing(twin, blocks, [home, cat], [changed]) == [
+            tuple(cat.answer), tuple(home.answer)]
+    rest = SparseOverlay(learner.without(blocks, [home, cat], {tuple(cat.answer)}),
+                         rt.model.sha256, d_model=64, d_ff=128)
     with twin.overlaid(rest):
         assert tops(changed[0])[at] == base[which][at]  # without them, the answer is back
     assert [tops(e.tokens) for e in (home, cat)] == base  # every edit restored exactly

@@ -4,7 +4,8 @@ answer, and the edit without some of them.
 Where the gate sees an unrelated answer change, the facts whose detectors fire there are
 what changed it: a leak found in the weights rather than in a reply. Where none fires there
 (a change carried from earlier positions, or made by many neurons at a fraction of their
-strength each), the facts whose neurons, taken out, give the answer back are. Each new
+strength each), the facts whose neurons, taken out, most give the answer back are the
+suspects (``undoing``). Each new
 neuron is the detector of one fact (``keys.keyed_facts``), so that fact's neurons can be
 taken out of the edit and the session's other facts stay exactly as learned."""
 
@@ -69,40 +70,33 @@ def firing_facts(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
 
 
 @torch.no_grad()
-def changing_facts(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
-                   places: list[tuple[list[int], int]]) -> set[Fact]:
-    """The fewest facts of the ``examples`` whose neurons in ``blocks``, taken out, make the
-    next token of each of ``places`` (tokens, the position that predicts it) the top one
-    again: taken out one by one, those whose absence helps most first. None where the twin
-    does not reproduce the change, or only all of the facts undo it. The twin must compute
-    with the edit applied."""
+def undoing(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
+            places: list[tuple[list[int], int]]) -> list[Fact]:
+    """The facts of the ``examples`` in the order their neurons in ``blocks``, taken out one
+    fact at a time, most raise the next token of each of ``places`` (tokens, the position
+    that predicts it) over the best other one, at the place it is lowest: the likeliest
+    makers of a change first. The twin's estimate (llama.cpp's rounding can tip an answer
+    the twin keeps by a logit or two): what is blamed is checked in llama.cpp. The twin must
+    compute with the edit applied."""
     facts = sorted({tuple(e.answer) for e in examples})
-    d_model = twin.config.hidden_size
-    d_ff = int(twin.config.intermediate_size)
+    d_model, d_ff = twin.config.hidden_size, int(twin.config.intermediate_size)
 
-    def margins(out: set[Fact]) -> torch.Tensor:
-        """Per place, the next token's logit over the best other one, without ``out``."""
+    def lowest(out: Fact) -> float:
+        """The next token's lead over the best other one, at the place it is lowest,
+        without the neurons of ``out``."""
         removed = [replace(b, delta=-b.delta)
-                   for b in without(blocks, examples, set(facts) - out)] if out else []
+                   for b in without(blocks, examples, set(facts) - {out})]
         with twin.overlaid(SparseOverlay(removed, "", d_model=d_model, d_ff=d_ff)):
             logits = twin.full_logits([tokens for tokens, _ in places])
-        gaps = []
+        leads = []
         for row, (tokens, at) in zip(logits, places, strict=True):
-            wanted = row[at].clone()
-            best = wanted[tokens[at + 1]].item()
-            wanted[tokens[at + 1]] = float("-inf")
-            gaps.append(best - wanted.max().item())
-        return torch.tensor(gaps)
+            others = row[at].clone()
+            others[tokens[at + 1]] = float("-inf")
+            leads.append(row[at, tokens[at + 1]].item() - others.max().item())
+        return min(leads)
 
-    if not places or len(facts) < 2 or (margins(set()) > 0).all():
-        return set()
-    helps = {fact: margins({fact}).min().item() for fact in facts}
-    out: set[Fact] = set()
-    for fact in sorted(facts, key=lambda f: -helps[f])[:-1]:
-        out.add(fact)
-        if (margins(out) > 0).all():
-            return out
-    return set()
+    raised = {fact: lowest(fact) for fact in facts}
+    return sorted(facts, key=lambda f: -raised[f]) if places else []
 
 
 def without(blocks: list[NeuronBlock], examples: list[Example],

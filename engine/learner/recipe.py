@@ -53,6 +53,9 @@ class Recipe:
     # a fact whose neurons fire at this share of their strength on its own questions where
     # the version changed an unrelated decided answer is left out at once (learner.firing)
     firing_share: float = 0.5
+    # … and where none fires there, the fewest of this many likeliest makers of the change
+    # (learner.undoing) whose absence gives the answer back in llama.cpp
+    suspects: int = 3
     batch: int = 16  # sequences per forward pass outside training
 
     def layers_for(self, n_layer: int) -> tuple[int, ...]:

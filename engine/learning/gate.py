@@ -169,6 +169,20 @@ class Gate:
             lora = write_gguf_lora(overlay, Path(tmp) / name, self.runtime.model.architecture)
             return self.measure(lora, overlay.scale, cancel, taught)
 
+    def gives_back(self, overlay: SparseOverlay, flips: Sequence[tuple[int, int]]) -> bool:
+        """Whether ``overlay`` answers each of the decided answers ``flips`` (see
+        ``Locality.flipped``) as the base model does, in llama.cpp: a few positions, not a
+        whole measure."""
+        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
+            lora = write_gguf_lora(overlay, Path(tmp) / "without.gguf",
+                                   self.runtime.model.architecture)
+            self.scorer.set_overlay(lora, overlay.scale)
+            try:
+                return all(int(self.answer_logits(*self.facts[fact])[token].argmax())
+                           == int(self.baseline.answers[fact][token]) for fact, token in flips)
+            finally:
+                self.scorer.set_overlay(None)
+
     def decided_count(self) -> int:
         """How many answer positions the base model has decided (what locality is read on)."""
         return int(sum(d.sum() for d in self.baseline.decided))

@@ -302,8 +302,9 @@ class Learning:
             score, changed, reasons = judged(candidate, last)
             # The facts whose neurons fire where an unrelated answer changed are taken out
             # (their neurons: the rest of the session stays exactly as learned) and judged
-            # again: they, not the rest, changed it. Where none fires there, the facts whose
-            # neurons, taken out, give the answer back in the twin are.
+            # again: they, not the rest, changed it. Where none fires there, the fewest of
+            # the likeliest makers of the change (learner.undoing) whose absence gives the
+            # answers back in llama.cpp are.
             # So are those whose neurons fire where an earlier session's answer leaked: no
             # retry could leave that answer out, and the session would be refused whole.
             foreign = [question for question, _, answer in score.leaks
@@ -315,8 +316,13 @@ class Learning:
                 with training, twin.overlaid(candidate):
                     blamed = learner.firing_facts(twin, blocks, examples, places,
                                                   recipe.key_context, recipe.firing_share)
-                    if flips and not blamed:
-                        blamed = learner.changing_facts(twin, blocks, examples, flips)
+                    suspects = learner.undoing(twin, blocks, examples, flips) if (
+                        flips and not blamed) else []
+                for n in range(1, min(recipe.suspects, len(suspects) - 1) + 1):
+                    if self.gate().gives_back(base.merge(replace(base, blocks=learner.without(
+                            blocks, examples, set(suspects[:n])))), changed):
+                        blamed = set(suspects[:n])
+                        break
             if blamed and blamed < {tuple(e.answer) for e in examples}:
                 dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
                             if tuple(e.answer) in blamed}
