@@ -5,9 +5,9 @@ Where the gate sees an unrelated answer change, the facts whose detectors fire t
 what changed it: a leak found in the weights rather than in a reply. Where none fires there
 (a change carried from earlier positions, or made by many neurons at a fraction of their
 strength each), the facts whose neurons, taken out, most give the answer back are the
-suspects (``undoing``). Each new
-neuron is the detector of one fact (``keys.keyed_facts``), so that fact's neurons can be
-taken out of the edit and the session's other facts stay exactly as learned."""
+suspects (``undoing``). Each new neuron is the detector of one fact
+(``keys.keyed_facts``), so that fact's neurons can be taken out of the edit and the
+session's other facts stay exactly as learned."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ def undoing(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
     makers of a change first. The twin's estimate (llama.cpp's rounding can tip an answer
     the twin keeps by a logit or two): what is blamed is checked in llama.cpp. The twin must
     compute with the edit applied."""
+    if not places:
+        return []
     facts = sorted({tuple(e.answer) for e in examples})
     d_model, d_ff = twin.config.hidden_size, int(twin.config.intermediate_size)
 
@@ -96,7 +98,7 @@ def undoing(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
         return min(leads)
 
     raised = {fact: lowest(fact) for fact in facts}
-    return sorted(facts, key=lambda f: -raised[f]) if places else []
+    return sorted(facts, key=lambda f: -raised[f])
 
 
 def without(blocks: list[NeuronBlock], examples: list[Example],

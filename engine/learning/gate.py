@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -165,23 +167,26 @@ class Gate:
                         taught: Taught | None = None) -> Locality:
         """``measure`` of ``overlay``, written as the GGUF LoRA ``name`` in a temporary
         folder for the time it is measured."""
-        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
-            lora = write_gguf_lora(overlay, Path(tmp) / name, self.runtime.model.architecture)
+        with self._written(overlay, name) as lora:
             return self.measure(lora, overlay.scale, cancel, taught)
 
     def gives_back(self, overlay: SparseOverlay, flips: Sequence[tuple[int, int]]) -> bool:
         """Whether ``overlay`` answers each of the decided answers ``flips`` (see
         ``Locality.flipped``) as the base model does, in llama.cpp: a few positions, not a
         whole measure."""
-        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
-            lora = write_gguf_lora(overlay, Path(tmp) / "without.gguf",
-                                   self.runtime.model.architecture)
+        with self._written(overlay, "without.gguf") as lora:
             self.scorer.set_overlay(lora, overlay.scale)
             try:
                 return all(int(self.answer_logits(*self.facts[fact])[token].argmax())
                            == int(self.baseline.answers[fact][token]) for fact, token in flips)
             finally:
                 self.scorer.set_overlay(None)
+
+    @contextmanager
+    def _written(self, overlay: SparseOverlay, name: str) -> Iterator[Path]:
+        """``overlay`` as the GGUF LoRA ``name``, in a temporary folder while in use."""
+        with tempfile.TemporaryDirectory(prefix="engram-gate-") as tmp:
+            yield write_gguf_lora(overlay, Path(tmp) / name, self.runtime.model.architecture)
 
     def decided_count(self) -> int:
         """How many answer positions the base model has decided (what locality is read on)."""
@@ -225,7 +230,8 @@ class Gate:
             base = self.replies((None, 1.0), [q for q, _ in loops], LOOP_TOKENS)
             loops = [loop for loop, before in zip(loops, base, strict=True)
                      if not replies.loops(before)]
-        self.scorer.set_overlay(None)  # a taught word the base model would put there anyway
+        if mentioned:  # a taught word the base model would put there anyway is no leak
+            self.scorer.set_overlay(None)
         leaks = [(question, reply, kept[0]) for question, reply, leaked in mentioned
                  if (kept := [a for a in leaked if self.expected(question, reply, a)
                               < LEAK_EXPECTED])]
@@ -236,10 +242,9 @@ class Gate:
         ``question``, in a fresh context) first says it, after the words before it."""
         start, end = replies.mention_span(reply, answer)
         prompt = self._asked(question)
-        before = self.runtime.tokenize(reply[:start], add_bos=False)
         said = self.runtime.tokenize(reply[:end], add_bos=False)
-        shared = next((i for i, (a, b) in enumerate(zip(before, said, strict=False)) if a != b),
-                      min(len(before), len(said)))
+        shared = len(os.path.commonprefix(
+            [self.runtime.tokenize(reply[:start], add_bos=False), said]))
         tokens = prompt + said
         positions = list(range(len(prompt) + shared - 1, len(tokens) - 1))
         logprobs = log_softmax(self.scorer.logits_at(tokens, positions))
