@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(locomo, top=False)
     locomo.add_argument("files", nargs="+", metavar="FILE", help="LoCoMo conversation JSON")
     locomo.add_argument("--json", action="store_true")
-    locomo.add_argument("--sessions", type=int, metavar="N", help="only the first N sessions")
+    locomo.add_argument("--sessions", type=int, metavar="N",
+                        help="only the first N sessions, and the questions they answer")
     locomo.add_argument("--questions", type=int, metavar="N", help="only the first N questions")
     locomo.add_argument("--details", metavar="FILE", help="per-question replies go here "
                         "(default: stderr)")

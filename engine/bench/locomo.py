@@ -48,7 +48,8 @@ def load(path: str | Path) -> dict:
                            for m in [re.fullmatch(r"session_(\d+)", key)] if m and turns),
                           key=lambda pair: pair[0])
         return {"speakers": (talk["speaker_a"], talk["speaker_b"]),
-                "sessions": [turns for _, turns in sessions], "qa": data["qa"]}
+                "sessions": [turns for _, turns in sessions],
+                "numbers": [number for number, _ in sessions], "qa": data["qa"]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EngramError(f"{path} is not a LoCoMo conversation file ({exc})") from None
 
@@ -123,7 +124,8 @@ def run(path: str | Path, model: str | None = None, sessions: int | None = None,
     talk = load(path)
     a, b = talk["speakers"]
     chosen = talk["sessions"][:sessions]
-    asked = [q for q in talk["qa"] if q.get("category") == CATEGORY][:questions]
+    asked = [q for q in talk["qa"] if q.get("category") == CATEGORY
+             and answerable(q, talk["numbers"][:sessions])][:questions]
     shared = [third_person(t["text"], t["speaker"], b if t["speaker"] == a else a)
               for turns in chosen for t in turns if t.get("text")]
     retriever = bm25s.BM25()
@@ -158,6 +160,15 @@ def run(path: str | Path, model: str | None = None, sessions: int | None = None,
             **{name: {"f1": round(sum(s for s, _ in rows) / max(len(rows), 1), 4),
                       "contains": round(sum(c for _, c in rows) / max(len(rows), 1), 4)}
                for name, rows in scores.items()}}
+
+
+def answerable(question: dict, learned: Sequence[int]) -> bool:
+    """Whether every turn ``question``'s evidence cites ("D3:7": session 3, turn 7) lies in
+    the ``learned`` sessions (their numbers): with ``--sessions N``, a question about a
+    later session is not asked, or a partial run would score what was never shared."""
+    cited = {int(n) for n in re.findall(r"D(\d+):", " ".join(map(str, question.get(
+        "evidence") or [])))}
+    return bool(cited) and cited <= set(learned)
 
 
 def _ask(engine: Engine, question: str, before: Sequence[Turn] = (),
