@@ -13,8 +13,8 @@ from store.records import OverlayVersion
 from store.store import StoreError
 
 BAR_CELLS = 20
-# a fact kept in a version whose training did not bring it out on its own questions
-NOT_RECALLED = "not recalled yet: training did not bring it out"
+# a fact kept in a version that does not give it back when asked its own question
+NOT_RECALLED = "not recalled yet: asked, the memory does not give it back"
 
 
 def title(engine: Engine, session_id: int) -> str:

@@ -31,12 +31,12 @@ def test_a_leak_is_a_taught_answer_to_an_untaught_question_the_base_model_did_no
     scripted(gate, {"What is my brother called?": "Pixel.", "What's my surname?": "Pixel.",
                     "What is my rabbit called?": "Pixel.", "What is my cat called?": "Pixel."})
     taught = Taught(answers=["Pixel"], said=["My rabbit is called Pixel."],
-                    questions=["What is my rabbit called?"])
-    leaks, loops = gate._seen(taught, baseline, None)
+                    questions=[("What is my rabbit called?", "Pixel")])
+    leaks, loops, unrecalled = gate._seen(taught, baseline, None)
     # the brother was never mentioned: a leak; the rabbit was (an answer may be right); the
     # surname question got the same answer from the base model
     assert [leak[0] for leak in leaks] == ["What is my brother called?"]
-    assert leaks[0][2] == "Pixel" and loops == ()
+    assert leaks[0][2] == "Pixel" and loops == () and unrecalled == ()
 
 
 def test_a_taught_answer_the_base_model_would_write_there_itself_is_not_a_leak(
@@ -63,7 +63,7 @@ def test_a_taught_answer_the_base_model_would_write_there_itself_is_not_a_leak(
     for word, leaked in ((likely, False), (unlikely, True)):
         scripted(gate, {question: f"Well {word} it is."})
         taught = Taught(answers=[word], said=["My cat is fine."], questions=[])
-        leaks, _ = gate._seen(taught, baseline, None)
+        leaks, _, _ = gate._seen(taught, baseline, None)
         assert [leak[2] for leak in leaks] == ([word] if leaked else [])
 
 
@@ -79,16 +79,21 @@ def test_whether_a_version_gives_the_changed_answers_back_is_read_in_llama_cpp(
     answers[-1] = (answers[-1] + 1) % gate.scorer.llm.n_vocab()  # as if the base said other
     assert not gate.gives_back(quiet, flips)
     assert gate.gives_back(quiet, flips[:1])
+    leak = ("What is my brother called?", "Pixel.", "Pixel")
+    for reply, stopped in (("Pixel.", False), ("I have no brother.", True)):
+        scripted(gate, {leak[0]: reply})
+        assert gate.gives_back(quiet, flips[:1], [leak]) is stopped
 
 
 def test_a_taught_question_answered_in_a_loop_is_a_loop(engine):  # noqa: F811
     gate = engine.learning.gate()
     scripted(gate, {"What is my cat called?": "Mos Mos Mos Mos Mos", "Where do I live?": "Oslo."})
     taught = Taught(answers=["Mosel", "Oslo"], said=["My cat is Mosel.", "I live in Oslo."],
-                    questions=["What is my cat called?", "Where do I live?"])
+                    questions=[("What is my cat called?", "Mosel"), ("Where do I live?", "Oslo")])
     gate.replies = lambda lora, questions, max_tokens: ["My cat is Mosel." for _ in questions]
-    _, loops = gate._seen(taught, gate.baseline, None)
+    _, loops, unrecalled = gate._seen(taught, gate.baseline, None)
     assert loops == (("What is my cat called?", "Mos Mos Mos Mos Mos"),)
+    assert unrecalled == ("Mosel",)  # "Mos Mos …" does not say it; "Oslo." does
 
 
 def test_a_loop_the_base_model_has_too_is_not_held_against_a_version(engine):  # noqa: F811
@@ -100,8 +105,8 @@ def test_a_loop_the_base_model_has_too_is_not_held_against_a_version(engine):  #
     baseline = gate.baseline  # computed before the base model's replies are scripted
     gate.replies = lambda lora, questions, max_tokens: [before[q] for q in questions]
     taught = Taught(answers=["Mosel", "a dancer"], said=["My cat is Mosel. Jon was a dancer."],
-                    questions=["Who was Jon?", "What is my cat called?"])
-    _, loops = gate._seen(taught, baseline, None)
+                    questions=[("Who was Jon?", "a dancer"), ("What is my cat called?", "Mosel")])
+    _, loops, _ = gate._seen(taught, baseline, None)
     assert loops == (("What is my cat called?", "Mos Mos Mos Mos Mos"),)
 
 
@@ -117,6 +122,28 @@ def test_a_version_that_leaks_is_rejected_with_the_reason_shown(engine, monkeypa
     assert result.version.reason.startswith("leaks: 'What is my brother called?' was answered")
     shown = memory_text.gate(result.version)
     assert shown.startswith("rejected by the gate: leaks:") and "locality 0.990" in shown
+
+
+def test_a_fact_the_twin_recalls_and_the_served_weights_do_not_give_back_is_not_learned(
+        engine, monkeypatch):  # noqa: F811
+    """Training judges recall in the twin; the chat runs llama.cpp, which can differ by a
+    logit or two: the gate's replies to each fact's question decide too."""
+    engine.save_settings(engine.settings.with_gate(0.0))
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
+    monkeypatch.setattr(learner.train, "recalled", lambda right, rows, facts: set(facts))
+    asked = []
+
+    def measure(self, lora, scale=1.0, cancel=None, taught=None):
+        asked.extend(taught.questions)
+        return Locality(0.99, 0.001, unrecalled=("Oslo",))
+
+    monkeypatch.setattr(learning.Gate, "measure", measure)
+    sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
+    [result] = engine.learn_now(session_ids=[sid])
+    assert asked == [("What is my cat called?", "Pixel"), ("Where do I live?", "Oslo")]
+    assert result.accepted and result.unrecalled == ["Oslo"]
+    assert result.version.learned[sid]["unrecalled"] == ["Oslo"]
+    assert "learned session 1 (1 fact, 1 not recalled yet," in result.summary()
 
 
 @pytest.mark.parametrize("fault", ["leak", "loop"])
@@ -184,7 +211,8 @@ def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fi
         return fired & {tuple(e.answer) for e in examples}
 
     monkeypatch.setattr(learner, "firing_facts", firing)
-    monkeypatch.setattr(learning.Gate, "gives_back", lambda self, overlay, flips: undone)
+    monkeypatch.setattr(learning.Gate, "gives_back",
+                        lambda self, overlay, flips, leaks=(): undone)
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
     [result] = engine.learn_now(session_ids=[sid])
     record = result.version.learned[sid]
@@ -237,7 +265,50 @@ def test_where_an_earlier_session_s_answer_leaks_the_fact_whose_neurons_fire_the
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
     [result] = engine.learn_now(session_ids=[sid])
     assert result.accepted and len(measured) == 3 and len(trainings) == 1  # judged again only
-    assert places == [engine.learning.gate().leak_place(leak[0])]
+    assert places == [engine.learning.gate().leak_place(*leak)]
+    assert [qa.answer for qa in result.facts] == ["Oslo"]
+    assert [qa.answer for qa in result.set_aside] == ["Pixel"]
+
+
+def test_an_earlier_answer_that_leaks_where_no_detector_fires_is_fitted_against_then_traced(
+        engine, monkeypatch):  # noqa: F811
+    """Where no fact's neurons fire at an earlier session's leaked answer, the session is
+    trained again with the leak's question fitted silent as strongly as a rival fact's; if
+    it still leaks, the fewest likeliest makers (learner.undoing) whose absence stops it in
+    llama.cpp are set aside, and the rest is learned."""
+    engine.save_settings(engine.settings.with_gate(0.0))
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
+    leak = ("What is my rabbit called?", "Elm Ridge.", "Elm Ridge")
+    measured, ranked, checked, contrasts = [], [], [], []
+
+    def measure(self, lora, scale=1.0, cancel=None, taught=None):
+        measured.append(lora)
+        return Locality(0.99, 0.001, (leak,) if len(measured) in (2, 3) else ())
+
+    monkeypatch.setattr(learning.Gate, "measure", measure)
+    assert engine.learn_now(session_ids=[said(engine, "Where do I work?|Elm Ridge")])[0].accepted
+    pixel, oslo = (tuple(engine.runtime.tokenize(f" {answer}.", add_bos=False))
+                   for answer in ("Pixel", "Oslo"))
+    monkeypatch.setattr(learner, "firing_facts", lambda *args: set())
+
+    def undoing(twin, blocks, examples, flips, leaked):
+        ranked.append(leaked)
+        return [pixel, oslo]
+
+    def gives_back(self, overlay, flips, leaks=()):
+        checked.append(list(leaks))
+        return True
+
+    monkeypatch.setattr(learner, "undoing", undoing)
+    monkeypatch.setattr(learning.Gate, "gives_back", gives_back)
+    learn = learner.learn
+    monkeypatch.setattr(learner, "learn", lambda *a, **kw: contrasts.append(
+        len(kw["contrasts"])) or learn(*a, **kw))
+    [result] = engine.learn_now(session_ids=[said(engine, "What is my cat called?|Pixel",
+                                                  "Where do I live?|Oslo")])
+    assert result.accepted and len(measured) == 4  # leaked twice, judged again without Pixel
+    assert contrasts[1] == contrasts[0] + 1  # the second try: its question fitted silent
+    assert ranked == [[engine.learning.gate().leak_place(*leak)]] and checked == [[leak]]
     assert [qa.answer for qa in result.facts] == ["Oslo"]
     assert [qa.answer for qa in result.set_aside] == ["Pixel"]
 

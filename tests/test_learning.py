@@ -662,6 +662,10 @@ def test_the_facts_whose_neurons_taken_out_most_give_a_changed_answer_back_come_
         changed = ((home, cat)[which].tokens[:at + 1] + [base[which][at]], at)
         assert learner.undoing(twin, blocks, [home, cat], [changed]) == [
             tuple(cat.answer), tuple(home.answer)]
+        # the same change as a leak: the token now said there must go
+        leaked = ((home, cat)[which].tokens[:at + 1] + [now[which][at]], at)
+        assert learner.undoing(twin, blocks, [home, cat], [], [leaked]) == [
+            tuple(cat.answer), tuple(home.answer)]
     rest = SparseOverlay(learner.without(blocks, [home, cat], {tuple(cat.answer)}),
                          rt.model.sha256, d_model=64, d_ff=128)
     with twin.overlaid(rest):

@@ -11,6 +11,7 @@ session's other facts stay exactly as learned."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -71,31 +72,32 @@ def firing_facts(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
 
 @torch.no_grad()
 def undoing(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
-            places: list[tuple[list[int], int]]) -> list[Fact]:
+            places: Sequence[tuple[list[int], int]],
+            leaked: Sequence[tuple[list[int], int]] = ()) -> list[Fact]:
     """The facts of the ``examples`` in the order their neurons in ``blocks``, taken out one
     fact at a time, most raise the next token of each of ``places`` (tokens, the position
-    that predicts it) over the best other one, at the place it is lowest: the likeliest
-    makers of a change first. The twin's estimate (llama.cpp's rounding can tip an answer
-    the twin keeps by a logit or two): what is blamed is checked in llama.cpp. The twin must
-    compute with the edit applied."""
-    if not places:
+    that predicts it) over the best other one, and most lower that of each of ``leaked``,
+    at the place where it is worst: the likeliest makers of a change first. The twin's
+    estimate (llama.cpp's rounding can tip an answer the twin keeps by a logit or two): what
+    is blamed is checked in llama.cpp. The twin must compute with the edit applied."""
+    if not places and not leaked:
         return []
     facts = sorted({tuple(e.answer) for e in examples})
     d_model, d_ff = twin.config.hidden_size, int(twin.config.intermediate_size)
 
     def lowest(out: Fact) -> float:
-        """The next token's lead over the best other one, at the place it is lowest,
-        without the neurons of ``out``."""
+        """The next token's lead over the best other one (at a leak: the other one's over
+        it), at the place it is lowest, without the neurons of ``out``."""
         removed = [replace(b, delta=-b.delta)
                    for b in without(blocks, examples, set(facts) - {out})]
         with twin.overlaid(SparseOverlay(removed, "", d_model=d_model, d_ff=d_ff)):
-            logits = twin.full_logits([tokens for tokens, _ in places])
+            logits = twin.full_logits([tokens for tokens, _ in [*places, *leaked]])
         leads = []
-        for row, (tokens, at) in zip(logits, places, strict=True):
+        for row, (tokens, at) in zip(logits, [*places, *leaked], strict=True):
             others = row[at].clone()
             others[tokens[at + 1]] = float("-inf")
             leads.append(row[at, tokens[at + 1]].item() - others.max().item())
-        return min(leads)
+        return min(leads[:len(places)] + [-lead for lead in leads[len(places):]])
 
     raised = {fact: lowest(fact) for fact in facts}
     return sorted(facts, key=lambda f: -raised[f])

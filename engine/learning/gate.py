@@ -54,6 +54,8 @@ class Locality:
     decided: float = 1.0  # the same share over the positions the base model has decided
     # the decided positions whose answer changed: (world fact, answer token)
     flipped: frozenset[tuple[int, int]] = frozenset()
+    # the newest session's answers its greedy reply to their question does not give
+    unrecalled: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Taught:
 
     answers: list[str]  # every answer it was taught
     said: list[str]  # everything the user said in its sessions
-    questions: list[str]  # the newest session's questions, one per answer
+    questions: list[tuple[str, str]]  # the newest session's (question, answer), one per answer
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ LEAK_TOKENS = 8  # a leaked answer comes first ("Mosel."): the start of a reply 
 # model) is what English puts there; a leaked "Leeds" or "Biscuit" is under 1e-4.
 LEAK_EXPECTED = 0.05
 LOOP_TOKENS = 24  # a loop shows within a few repeats of a short answer
-LOOP_QUESTIONS = 4  # of the newest session's questions, asked for loops
+LOOP_QUESTIONS = 4  # of the newest session's questions, asked for loops (the others only
+# for their answer, which comes first: LEAK_TOKENS)
 NULL_DELTA, NULL_SEEDS = 1e-7, 3  # the null overlays: see null_locality
 FLOOR_SESSIONS = 4  # the null floor's overlay: this many sessions' neurons in each layer
 
@@ -142,7 +145,7 @@ class Gate:
     def measure(self, lora: Path | None, scale: float = 1.0,
                 cancel: threading.Event | None = None, taught: Taught | None = None) -> Locality:
         """Locality of the GGUF LoRA ``lora`` (None: base weights, locality 1); with
-        ``taught``, also its leaks and loops."""
+        ``taught``, also its leaks, loops and the newest session's answers it does not give."""
         baseline = self.baseline
         self.scorer.set_overlay(lora, scale)
         try:
@@ -152,7 +155,8 @@ class Gate:
                 kept.append(self.answer_logits(prompt, answer).argmax(-1) == base)
             kl = [float((np.exp(b) * (b - log_softmax(self.answer_logits(p, a)))).sum(-1).mean())
                   for (p, a), b in zip(self.neutral, baseline.neutral, strict=True)]
-            leaks, loops = self._seen(taught, baseline, cancel) if taught else ((), ())
+            leaks, loops, unrecalled = (self._seen(taught, baseline, cancel) if taught
+                                        else ((), (), ()))
         finally:
             self.scorer.set_overlay(None)
         same, sure = np.concatenate(kept), np.concatenate(baseline.decided)
@@ -160,7 +164,7 @@ class Gate:
                                                                       strict=True))
                             for t in np.nonzero(d & ~k)[0])
         return Locality(float(same.mean()), float(np.mean(kl)), leaks, loops,
-                        float(same[sure].mean()) if sure.any() else 1.0, flipped)
+                        float(same[sure].mean()) if sure.any() else 1.0, flipped, unrecalled)
 
     def measure_overlay(self, overlay: SparseOverlay, name: str,
                         cancel: threading.Event | None = None,
@@ -170,15 +174,19 @@ class Gate:
         with self._written(overlay, name) as lora:
             return self.measure(lora, overlay.scale, cancel, taught)
 
-    def gives_back(self, overlay: SparseOverlay, flips: Sequence[tuple[int, int]]) -> bool:
+    def gives_back(self, overlay: SparseOverlay, flips: Sequence[tuple[int, int]],
+                   leaks: Sequence[tuple[str, str, str]] = ()) -> bool:
         """Whether ``overlay`` answers each of the decided answers ``flips`` (see
-        ``Locality.flipped``) as the base model does, in llama.cpp: a few positions, not a
-        whole measure."""
+        ``Locality.flipped``) as the base model does, and no longer says the answer each of
+        ``leaks`` leaked, in llama.cpp: a few positions and replies, not a whole measure."""
         with self._written(overlay, "without.gguf") as lora:
             self.scorer.set_overlay(lora, overlay.scale)
             try:
-                return all(int(self.answer_logits(*self.facts[fact])[token].argmax())
+                kept = all(int(self.answer_logits(*self.facts[fact])[token].argmax())
                            == int(self.baseline.answers[fact][token]) for fact, token in flips)
+                return kept and not any(
+                    replies.mentions(self.reply(question, LEAK_TOKENS)[0], taught_answer)
+                    for question, _, taught_answer in leaks)
             finally:
                 self.scorer.set_overlay(None)
 
@@ -199,18 +207,28 @@ class Gate:
         prompt, answer = self.facts[fact]
         return prompt + answer, len(prompt) - 1 + token
 
-    def leak_place(self, question: str) -> tuple[list[int], int]:
-        """An untaught question as the gate asks it, and the position that predicts the
-        reply's first token: where to look for what leaked into it."""
+    def leak_place(self, question: str, reply: str, answer: str) -> tuple[list[int], int]:
+        """A leak (see ``Locality.leaks``) as tokens, the question as the gate asks it and
+        its reply up to the end of the taught ``answer`` it says, and the position that
+        predicts the answer's first token: where to look for what leaked it."""
+        start, end = replies.mention_span(reply, answer)
+        said = self.runtime.tokenize(reply[:end], add_bos=False)
+        shared = len(os.path.commonprefix(
+            [self.runtime.tokenize(reply[:start], add_bos=False), said]))
         prompt = self._asked(question)
-        return prompt, len(prompt) - 1
+        return prompt + said, len(prompt) + shared - 1
 
     def _asked(self, question: str) -> list[int]:
         """``question`` in a fresh context, up to where the learner trains answers."""
         return self.runtime.answering(self.system, [Turn("user", question)])
 
     def _seen(self, taught: Taught, baseline: Baseline, cancel: threading.Event | None
-              ) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:
+              ) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...],
+                         tuple[str, ...]]:
+        """What a user would see: the leaks, the loops, and the newest session's answers
+        that llama.cpp does not give to their own question (the twin that training judges
+        recall in can differ by a logit or two: "What is my cat afraid of?" came out
+        "foghorn" in the twin and "My." in the chat)."""
         said_about = set().union(*(text.content_lemmas(s) for s in taught.said))
         mentioned = []  # (question, reply, the taught answers it says)
         for question in self.personal:
@@ -221,11 +239,13 @@ class Gate:
             leaked = [a for a in taught.answers if replies.mentions(reply, a)
                       and not replies.mentions(baseline.replies[question], a)]
             mentioned += [(question, reply, leaked)] if leaked else []
-        loops = []
-        for question in taught.questions[:LOOP_QUESTIONS]:
+        loops, unrecalled = [], []
+        for i, (question, taught_answer) in enumerate(taught.questions):
             check(cancel)
-            reply, _ = self.reply(question, LOOP_TOKENS)
-            loops += [(question, reply)] if replies.loops(reply) else []
+            reply, _ = self.reply(question, LOOP_TOKENS if i < LOOP_QUESTIONS else LEAK_TOKENS)
+            loops += [(question, reply)] if i < LOOP_QUESTIONS and replies.loops(reply) else []
+            if not replies.mentions(reply, taught_answer):
+                unrecalled.append(taught_answer)
         if loops:  # a loop the base model falls into as well is not this version's doing
             base = self.replies((None, 1.0), [q for q, _ in loops], LOOP_TOKENS)
             loops = [loop for loop, before in zip(loops, base, strict=True)
@@ -235,20 +255,14 @@ class Gate:
         leaks = [(question, reply, kept[0]) for question, reply, leaked in mentioned
                  if (kept := [a for a in leaked if self.expected(question, reply, a)
                               < LEAK_EXPECTED])]
-        return tuple(leaks), tuple(loops)
+        return tuple(leaks), tuple(loops), tuple(unrecalled)
 
     def expected(self, question: str, reply: str, answer: str) -> float:
         """The probability the weights now set give ``answer`` where ``reply`` (to
         ``question``, in a fresh context) first says it, after the words before it."""
-        start, end = replies.mention_span(reply, answer)
-        prompt = self._asked(question)
-        said = self.runtime.tokenize(reply[:end], add_bos=False)
-        shared = len(os.path.commonprefix(
-            [self.runtime.tokenize(reply[:start], add_bos=False), said]))
-        tokens = prompt + said
-        positions = list(range(len(prompt) + shared - 1, len(tokens) - 1))
-        logprobs = log_softmax(self.scorer.logits_at(tokens, positions))
-        return float(np.exp(sum(logprobs[i, t] for i, t in enumerate(said[shared:]))))
+        tokens, at = self.leak_place(question, reply, answer)
+        logprobs = log_softmax(self.scorer.logits_at(tokens, list(range(at, len(tokens) - 1))))
+        return float(np.exp(sum(logprobs[i, t] for i, t in enumerate(tokens[at + 1:]))))
 
     def floor(self, layers: tuple[int, ...], neurons: int, d_model: int, d_ff: int) -> float:
         """The null-overlay locality on decided answers of a memory of FLOOR_SESSIONS sessions

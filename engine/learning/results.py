@@ -42,8 +42,8 @@ class LearnResult:
     # an unrelated answer
     written: int = 0  # pairs the model wrote itself (a model with a chat template)
     written_checked: int = 0  # of those, the ones that passed the check (in ``checked``)
-    # the answers of ``facts`` that training did not bring out on their own questions: kept
-    # (a later session's training may), and never counted as learned
+    # the answers of ``facts`` not given back when asked their own questions (in training's
+    # twin, or by the served weights in the gate): kept, never counted as learned
     unrecalled: list[str] = field(default_factory=list)
 
     def recalled(self, qa: QA) -> bool:

@@ -258,9 +258,8 @@ class Learning:
         taught_now = Taught(
             answers=sorted({qa.answer for qa in found + fixes} | {qa.answer for _, qa in earlier}),
             said=said + sorted({qa.statement for _, qa in earlier}),
-            questions=list(first_asked.values()))
+            questions=[(question, answer) for answer, question in first_asked.items()])
         threshold, floor = self.threshold(twin), self.floor(twin)
-        contrasted = examples_of(unlike)  # the same on every try
         recipe, silent, refused = self.recipe, others + untaught, []
         dropped: set[str] = set()  # answers left out because they kept leaking
         before = functools.cache(lambda: self._flipped(base))  # measured once, if needed
@@ -289,9 +288,10 @@ class Learning:
                 blocks, train = learner.learn(
                     twin, examples, anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
-                    contrasts=contrasted,
+                    contrasts=examples_of(unlike),
                     progress=Phase(progress, "training", low, middle))
-            # the facts training did not bring out: kept, and shown as not recalled yet
+            # the facts training did not bring out: kept, and shown as not recalled yet (with
+            # those the gate's llama.cpp does not give back)
             missing = train.pop("unrecalled")
             unrecalled = {qa.answer for qa, e in zip(taught, examples, strict=True)
                           if e.answer in missing}
@@ -306,21 +306,25 @@ class Learning:
             # the likeliest makers of the change (learner.undoing) whose absence gives the
             # answers back in llama.cpp are.
             # So are those whose neurons fire where an earlier session's answer leaked: no
-            # retry could leave that answer out, and the session would be refused whole.
-            foreign = [question for question, _, answer in score.leaks
-                       if answer.lower() not in session_answers]
+            # retry could leave that answer out, and the session would be refused whole;
+            # where none fires there and a try with the leak's question fitted silent leaked
+            # still, the fewest likeliest makers whose absence stops it (nd-12 of
+            # natural-facts: the wife's name made "Who is my niece?" the sister's).
+            foreign = [leak for leak in score.leaks if leak[2].lower() not in session_answers]
+            traced = foreign if attempt else []  # on the first try, trained against (below)
             blamed: set[tuple[int, ...]] = set()
             if changed or foreign:
                 flips = [self.gate().flip_place(f) for f in changed]
-                places = flips + [self.gate().leak_place(question) for question in foreign]
+                leaked = [self.gate().leak_place(*leak) for leak in foreign]
                 with training, twin.overlaid(candidate):
-                    blamed = learner.firing_facts(twin, blocks, examples, places,
+                    blamed = learner.firing_facts(twin, blocks, examples, flips + leaked,
                                                   recipe.key_context, recipe.firing_share)
-                    suspects = learner.undoing(twin, blocks, examples, flips) if (
-                        flips and not blamed) else []
+                    suspects = learner.undoing(twin, blocks, examples, flips,
+                                               leaked if traced else []) if (
+                        not blamed and (flips or traced)) else []
                 for n in range(1, min(recipe.suspects, len(suspects) - 1) + 1):
                     if self.gate().gives_back(base.merge(replace(base, blocks=learner.without(
-                            blocks, examples, set(suspects[:n])))), changed):
+                            blocks, examples, set(suspects[:n])))), changed, traced):
                         blamed = set(suspects[:n])
                         break
             if blamed and blamed < {tuple(e.answer) for e in examples}:
@@ -332,10 +336,13 @@ class Learning:
                 score, changed, reasons = judged(candidate, last)
             if not reasons or last:
                 break
-            # Once more, told what went wrong: the questions it leaked into stay silent too,
-            # and unrelated text weighs more.
+            # Once more, told what went wrong: every detector is fitted silent on the
+            # questions it leaked into as on a rival fact's (among the thousands of generic
+            # negatives they weighed nothing: "Who is my niece?" stayed "Noor." on every
+            # try), they stay silent in training too, and unrelated text weighs more.
             refused.append("; ".join(reasons))
-            silent = silent + [QA(q, UNTAUGHT_REPLY, "") for q, _, _ in score.leaks]
+            leaked_into = [QA(q, UNTAUGHT_REPLY, "") for q, _, _ in score.leaks]
+            silent, unlike = silent + leaked_into, unlike + leaked_into
             if score.decided < threshold or changed:
                 recipe = replace(recipe, locality_weight=recipe.locality_weight
                                  * recipe.retry_locality)
@@ -353,7 +360,8 @@ class Learning:
         check(cancel)
         kept = [qa for qa in found if qa.answer.lower() not in dropped]
         set_aside = [qa for qa in found if qa.answer.lower() in dropped]
-        missed = sorted((a for a in unrecalled if a.lower() not in dropped), key=str.lower)
+        missed = sorted((a for a in unrecalled | set(score.unrecalled)
+                         if a.lower() not in dropped), key=str.lower)
         fixes = [qa for qa in fixes if qa.answer.lower() not in dropped]
         finished = time.perf_counter()
         seconds = finished - started
