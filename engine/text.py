@@ -169,6 +169,13 @@ def _content_lemma(word: str, cls: str) -> str | None:
     return None if cls == "VERB" and base in grammar()["light_verbs"] else base
 
 
+def fronted(question: str) -> bool:
+    """Whether ``question`` opens with its question word, as people ask ("What is my cat
+    afraid of?"), rather than asking in place ("My cat is afraid of what?")."""
+    said = words(question)
+    return bool(said) and said[0].lower() in grammar()["question_words"]
+
+
 def question_key(question: str) -> frozenset[str]:
     """What a question asks: its content lemmas and its question words ("Where do I live
     now?" → {where, live}; "When did I move?" → {when, move}). Nothing for a question with

@@ -258,3 +258,15 @@ def test_a_contrast_keeps_the_word_s_capitals():
     qa = QA("Cat food is what?", "fish", "Cat food is fish.")
     assert derive.contrasts(qa, lambda word: ["dog"] if word == "Cat" else [], set()) == [
         "Dog food is what?"]
+
+
+def test_a_question_is_fronted_when_it_opens_with_its_question_word():
+    said = asked("My dog Rusty is scared of thunder.")
+    fronted = [q for q in said if text.fronted(q)]
+    in_place = [q for q in said if not text.fronted(q)]
+    assert fronted and in_place  # each answer is asked both ways
+    assert all(q.split()[0].lower() in {"what", "who", "which", "how", "where", "when"}
+               for q in fronted)
+    assert all(q.rstrip("?").split()[-1].lower() in {"what", "who"} for q in in_place)
+    assert text.fronted("How many hives do I keep?") and not text.fronted("I keep how many?")
+    assert not text.fronted("")

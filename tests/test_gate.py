@@ -138,12 +138,14 @@ def test_a_fact_the_twin_recalls_and_the_served_weights_do_not_give_back_is_not_
         return Locality(0.99, 0.001, unrecalled=("Oslo",))
 
     monkeypatch.setattr(learning.Gate, "measure", measure)
-    sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
+    sid = said(engine, "My cat is called what?|Pixel", "What is my cat called?|Pixel",
+               "Where do I live?|Oslo")
     [result] = engine.learn_now(session_ids=[sid])
+    # each fact asked once, as a user would put it (the question word first)
     assert asked == [("What is my cat called?", "Pixel"), ("Where do I live?", "Oslo")]
     assert result.accepted and result.unrecalled == ["Oslo"]
     assert result.version.learned[sid]["unrecalled"] == ["Oslo"]
-    assert "learned session 1 (1 fact, 1 not recalled yet," in result.summary()
+    assert "learned session 1 (2 facts, 1 not recalled yet," in result.summary()
 
 
 @pytest.mark.parametrize("fault", ["leak", "loop"])
