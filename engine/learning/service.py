@@ -252,8 +252,8 @@ class Learning:
                                               f" {qa.answer}."), end) for qa in pairs]
 
         session_answers = {qa.answer.lower() for qa in found + fixes}
-        # each fact's first question as a user would put it (the gate asks it): in place,
-        # "My cat is afraid of what?" was answered where "What is my cat afraid of?" was "My."
+        # each fact's first question as a user would put it, the question word first: the
+        # gate asks it for recall and loops
         first_asked: dict[str, str] = {}
         for qa in sorted(found, key=lambda qa: not text.fronted(qa.question)):
             first_asked.setdefault(qa.answer, qa.question)
