@@ -84,6 +84,7 @@ def undoing(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
         return []
     facts = sorted({tuple(e.answer) for e in examples})
     d_model, d_ff = twin.config.hidden_size, int(twin.config.intermediate_size)
+    looked_at = [*places, *leaked]
 
     def lowest(out: Fact) -> float:
         """The next token's lead over the best other one (at a leak: the other one's over
@@ -91,9 +92,9 @@ def undoing(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
         removed = [replace(b, delta=-b.delta)
                    for b in without(blocks, examples, set(facts) - {out})]
         with twin.overlaid(SparseOverlay(removed, "", d_model=d_model, d_ff=d_ff)):
-            logits = twin.full_logits([tokens for tokens, _ in [*places, *leaked]])
+            logits = twin.full_logits([tokens for tokens, _ in looked_at])
         leads = []
-        for row, (tokens, at) in zip(logits, [*places, *leaked], strict=True):
+        for row, (tokens, at) in zip(logits, looked_at, strict=True):
             others = row[at].clone()
             others[tokens[at + 1]] = float("-inf")
             leads.append(row[at, tokens[at + 1]].item() - others.max().item())

@@ -227,8 +227,8 @@ class Gate:
                          tuple[str, ...]]:
         """What a user would see: the leaks, the loops, and the newest session's answers
         that llama.cpp does not give to their own question (the twin that training judges
-        recall in can differ by a logit or two: "What is my cat afraid of?" came out
-        "foghorn" in the twin and "My." in the chat)."""
+        recall in can differ by a logit or two near a decision: the de Klerk flip of
+        natural-facts leads by 1.67 in the twin and flips in llama.cpp)."""
         said_about = set().union(*(text.content_lemmas(s) for s in taught.said))
         mentioned = []  # (question, reply, the taught answers it says)
         for question in self.personal:
