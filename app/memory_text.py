@@ -84,8 +84,8 @@ def describe(engine: Engine, result: LearnResult) -> str:
                 f"{score.kl_neutral:.4f} · {result.seconds:.1f} s")
     if result.accepted:
         fixes = f" (+{len(result.corrections)} corrections)" if result.corrections else ""
-        n = sum(map(result.recalled, result.facts))
-        missed = f", {len(result.facts) - n} not recalled yet" if n < len(result.facts) else ""
+        n, unrecalled = result.counted()
+        missed = f", {unrecalled} not recalled yet" if unrecalled else ""
         status = (f"learned {n} fact{'s' * (n != 1)}{missed}{fixes} → "
                   f"v{result.version.id} (active)")
     else:

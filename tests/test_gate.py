@@ -145,7 +145,9 @@ def test_a_fact_the_twin_recalls_and_the_served_weights_do_not_give_back_is_not_
     assert asked == [("What is my cat called?", "Pixel"), ("Where do I live?", "Oslo")]
     assert result.accepted and result.unrecalled == ["Oslo"]
     assert result.version.learned[sid]["unrecalled"] == ["Oslo"]
-    assert "learned session 1 (2 facts, 1 not recalled yet," in result.summary()
+    # a fact is counted once, however many questions ask it
+    assert "learned session 1 (1 fact, 1 not recalled yet," in result.summary()
+    assert "learned 1 fact, 1 not recalled yet" in memory_text.describe(engine, result)
 
 
 @pytest.mark.parametrize("fault", ["leak", "loop"])

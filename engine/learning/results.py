@@ -49,6 +49,14 @@ class LearnResult:
     def recalled(self, qa: QA) -> bool:
         return qa.answer not in self.unrecalled
 
+    def counted(self) -> tuple[int, int]:
+        """How many facts were learned and are recalled, and how many are not recalled yet:
+        a fact is its answer, however many questions ask it ("9 facts, 19 not recalled yet"
+        counted questions)."""
+        answers = {qa.answer for qa in self.facts}
+        missed = len(answers & set(self.unrecalled))
+        return len(answers) - missed, missed
+
     @property
     def accepted(self) -> bool:
         return self.version is not None and self.version.status != "rejected"
@@ -59,8 +67,7 @@ class LearnResult:
         if not self.accepted:
             return (f"session {self.session_id} not learned: {self.version.reason} "
                     f"(v{self.version.id} rejected)")
-        n = sum(map(self.recalled, self.facts))
-        missed = len(self.facts) - n
+        n, missed = self.counted()
         assert self.locality is not None  # every version learned was gated
         return (f"memory updated: v{self.version.id} learned session {self.session_id} "
                 f"({n} fact{'s' * (n != 1)}"
