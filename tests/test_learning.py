@@ -556,25 +556,16 @@ def test_the_gate_measures_nothing_changed_as_perfect(engine):
 def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_after_the_answer(
         engine):
     """The first token is the attention sink every position reads, and the turn's end is where
-    an answer that keeps firing runs on: a new neuron's key must be off at both, and where the
-    reply goes on instead of ending (the tokens the model likes best after the answer)."""
+    an answer that keeps firing runs on: a new neuron's key must be off at both."""
     rt = engine.load()
     twin = twin_for(rt)
     recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=3)
     example = learner.Example(*dialogue(rt, None, "Where do I live?", " Tromsø."), end_of_turn(rt))
     blocks, _ = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
-    answered = example.prompt + example.answer
-    with torch.no_grad():
-        best = twin.full_logits([answered])[0][-1].topk(recipe.run_on + 1).indices.tolist()
-    runs_on = [answered + [t] for t in best if t != example.end[0]][: recipe.run_on]
-    seen, ran_on = {}, {}
+    seen = {}
     hooks = [twin.layers[l].mlp.register_forward_pre_hook(
         lambda m, a, l=l: seen.__setitem__(l, a[0][0])) for l in recipe.layers]
     with torch.no_grad():
-        for tokens in runs_on:
-            twin.full_logits([tokens])
-            for l in recipe.layers:
-                ran_on.setdefault(l, []).append(seen[l][-1])
         twin.full_logits([example.tokens])
     for hook in hooks:
         hook.remove()
@@ -588,7 +579,6 @@ def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_af
         assert (asked > 0).any(dim=0).all()  # every neuron fires on its question
         assert (x[0] @ keys.T < -1).all()
         assert ((example.ending(x) @ keys.T).max(dim=0).values < asked.max(dim=0).values).all()
-        assert (torch.stack(ran_on[block.layer]) @ keys.T < -1).all()
 
 
 def test_where_an_unrelated_answer_changed_the_fact_whose_neurons_fire_there_is_found(engine):

@@ -2,9 +2,8 @@
 
 A new neuron's gate row is fitted (logistic, no bias: the FFN input's near-constant channels
 act as one) to be above +margin where its fact is asked and answered, and below −margin on
-generic text, unrelated questions and answers, earlier sessions' questions, wherever the
-answer has ended (its turn's end, or a reply running on past it), the session's other facts'
-questions (rivals: a detector of one fact firing
+generic text, unrelated questions and answers, earlier sessions' questions, the end of the
+answer's turn, the session's other facts' questions (rivals: a detector of one fact firing
 on another's question answers it wrongly) and — above all — the first token: every position
 attends to it, so a neuron firing there a little moved every unrelated answer (locality
 0.92 → 0.995 on one session once it got its own term). Silent elsewhere, such a neuron
@@ -34,13 +33,10 @@ def keyed_facts(facts: int, depth: int, k: int) -> list[int]:
     return [(depth * k + j) % facts for j in range(k)]
 
 
-def fit(positives: list[torch.Tensor], negatives: torch.Tensor, silent: list[torch.Tensor],
+def fit(positives: list[torch.Tensor], negatives: torch.Tensor, start: torch.Tensor,
         recipe: Recipe, rivals: list[torch.Tensor] | None = None) -> torch.Tensor:
     """One key per detector (rows of the result): above +margin on ``positives[j]``, below
-    −margin on ``negatives``, on every set of ``silent`` and on ``rivals[j]``. Each set of
-    ``silent`` weighs as much as all the negatives together: a handful of rows where firing
-    does most harm (the first token; where the answer has ended) would weigh nothing among
-    tens of thousands."""
+    −margin on ``negatives``, ``start`` and ``rivals[j]``."""
     margin = recipe.key_margin
     rivals = rivals or [negatives[:0]] * len(positives)
     with torch.enable_grad():
@@ -59,8 +55,7 @@ def fit(positives: list[torch.Tensor], negatives: torch.Tensor, silent: list[tor
                     + sum(F.softplus(other @ g + margin).mean()
                           for other, g in zip(rivals, gate, strict=True) if len(other))
                     + F.softplus(hard @ gate.T + margin).sum(0).div(len(negatives)).sum()
-                    + sum(F.softplus(rows @ gate.T + margin).mean(0).sum()
-                          for rows in silent if len(rows))
+                    + F.softplus(start @ gate.T + margin).mean(0).sum()
                     + recipe.key_decay * gate.pow(2).sum())
             optim.zero_grad()
             loss.backward()

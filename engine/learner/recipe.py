@@ -40,8 +40,6 @@ class Recipe:
     vocab_random: int = 1024  # answer position, the answers, and a fixed random sample
     contrasts: int = 3  # per noun a question names, its nearest words put in its place: every
     # detector is fitted silent on those questions (derive.contrasts)
-    run_on: int = 3  # per answer, the tokens the model likes best after it other than the
-    # turn's end: every detector is fitted silent there (learner.train._run_on)
     phrasings: int = 6  # at most, per fact, the most varied (derive.varied): cost grows with them
     # when to stop
     stop_loss: float = 0.05  # every fact's answers learned: stop early (worst_fact, stop_rows)

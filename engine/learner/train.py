@@ -97,13 +97,10 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
         targets = _targets(twin, examples, h, recipe)
         held = _asked(twin, earlier or [], layers, recipe.key_context, recipe.batch)
         unlike = _asked(twin, contrasts or [], layers, recipe.key_context, recipe.batch)
-        runs_on = _run_on(twin, examples, h, prefix, layers, recipe)
-        unrelated = {l: torch.cat([anchors.answers[l], held[l], runs_on[l]]) for l in layers}
-        ended = {l: torch.cat([e.ending(seen[l][i]) for i, e in enumerate(examples)]
-                              + [runs_on[l]]) for l in layers}
+        unrelated = {l: torch.cat([anchors.answers[l], held[l]]) for l in layers}
     k = keys.per_layer(len(set(targets.taught)), len(layers), recipe.neurons)
     edits = [_keyed_edit(twin, layer, depth, k, examples, seen[layer], targets.taught, anchors,
-                         unrelated[layer], unlike[layer], ended[layer], owned or {}, recipe)
+                         unrelated[layer], unlike[layer], owned or {}, recipe)
              for depth, layer in enumerate(layers)]
     history, stopped, recalled = _train(twin, edits, h_frozen, batch, targets, anchors,
                                         unrelated, recipe, progress, cancel)
@@ -134,27 +131,6 @@ def _targets(twin: Twin, examples: list[Example], h: torch.Tensor, recipe: Recip
                    [tuple(e.answer) for e in examples])
 
 
-@torch.no_grad()
-def _run_on(twin: Twin, examples: list[Example], h: torch.Tensor, prefix: Prefix | None,
-            layers: tuple[int, ...], recipe: Recipe) -> dict[int, torch.Tensor]:
-    """Per layer, the FFN inputs where a reply runs on past its answer: after each answer,
-    the ``recipe.run_on`` tokens the model (``h``: its final states) likes best there other
-    than the one that ends the turn. The model often writes a paragraph break where the
-    turn's end would go ("Kobo.\n\n", then "User:"), and a detector that fires there writes
-    its answer's last token again and again ("\n\n.\n\n.")."""
-    sequences = []
-    for i, e in enumerate(examples):
-        at = len(e.prompt) + len(e.answer) - 1
-        best = twin.logits(h[i, at]).topk(recipe.run_on + 1).indices.tolist()
-        sequences += [e.prompt + e.answer + [t] for t in best if t not in e.end[:1]
-                      ][: recipe.run_on]
-    rows: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
-    for _, chunk, seen in passes(twin, sequences, layers, size=recipe.batch, prefix=prefix):
-        for l in layers:
-            rows[l] += [seen[l][i, len(s) - 1: len(s)] for i, s in enumerate(chunk)]
-    return {l: torch.cat(r) if r else h.new_zeros(0, h.shape[-1]) for l, r in rows.items()}
-
-
 def _quiet_neurons(twin: Twin, layer: int, anchors: Anchors, owned: set[int],
                    k: int) -> torch.Tensor:
     """The k neurons whose loss generic text feels least (RMS activation × output norm:
@@ -167,23 +143,23 @@ def _quiet_neurons(twin: Twin, layer: int, anchors: Anchors, owned: set[int],
 
 def _keyed_edit(twin: Twin, layer: int, depth: int, k: int, examples: list[Example],
                 seen: torch.Tensor, taught: list[tuple[int, ...]], anchors: Anchors,
-                unrelated: torch.Tensor, unlike: torch.Tensor, ended: torch.Tensor,
-                owned: dict[int, set[int]], recipe: Recipe) -> NeuronEdit:
+                unrelated: torch.Tensor, unlike: torch.Tensor, owned: dict[int, set[int]],
+                recipe: Recipe) -> NeuronEdit:
     """``k`` quiet neurons of ``layer``, each keyed as the detector of one fact (its phrasings
-    together) and silent on everything else, values still zero: above all at the first token
-    and wherever an answer has ended (``ended``: its turn's end, or a run-on)."""
+    together) and silent on everything else, values still zero."""
     edit = NeuronEdit(twin, layer, _quiet_neurons(twin, layer, anchors, owned.get(layer, set()),
                                                   k), recipe.max_norm)
     facts = sorted(set(taught))
     positives = [torch.cat([e.question(seen[i], recipe.key_context)
                             for i, e in enumerate(examples) if taught[i] == fact])
                  for fact in facts]
+    endings = [e.ending(seen[i]) for i, e in enumerate(examples)]
     keyed = keys.keyed_facts(len(facts), depth, k)
     rivals = ([torch.cat([positives[g] for g in range(len(facts)) if g != f] + [unlike])
                for f in keyed] if recipe.rivals else None)
     mine = [positives[f] for f in keyed]
-    negatives = torch.cat([anchors.inputs[layer], anchors.prose[layer], unrelated])
-    edit.key(keys.fit(mine, negatives, [anchors.start[layer], ended], recipe, rivals), mine)
+    negatives = torch.cat([anchors.inputs[layer], anchors.prose[layer], unrelated, *endings])
+    edit.key(keys.fit(mine, negatives, anchors.start[layer], recipe, rivals), mine)
     return edit
 
 
