@@ -30,7 +30,10 @@ def mention_span(reply: str, answer: str) -> tuple[int, int]:
 
 
 def _mention(reply: str, answer: str) -> re.Match[str] | None:
-    return re.search(rf"(?<!\w){re.escape(answer.lower())}(?!\w)", reply.lower())
+    """Markup tags a model writes ("<em>", "</strong>") are blanked first, keeping every
+    position: they are not words, and a taught "em" or "b" is not said by them."""
+    words_only = re.sub(r"</?[a-z][^<>]*>", lambda tag: " " * len(tag[0]), reply.lower())
+    return re.search(rf"(?<!\w){re.escape(answer.lower())}(?!\w)", words_only)
 
 
 def loops(reply: str) -> bool:

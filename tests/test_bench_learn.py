@@ -94,6 +94,16 @@ def test_untaught_questions_are_about_nothing_that_was_said():
     assert replies.mentions("She is 9.", "9") and not replies.mentions("In 1900.", "9")
 
 
+def test_markup_in_a_reply_is_not_a_mention_of_a_taught_word():
+    """A reply in markup says its words, not its tags: a taught "em" is not in "<em>"."""
+    reply = "My nephew is called <strong><em>Kai</em></strong>."
+    assert not replies.mentions(reply, "em") and not replies.mentions(reply, "strong")
+    assert replies.mentions(reply, "Kai")
+    start, end = replies.mention_span(reply, "kai")
+    assert reply[start:end] == "Kai"
+    assert replies.mentions("I eat <em>em</em> daily", "em")  # the word itself still counts
+
+
 def test_a_question_a_fact_is_taught_with_is_never_also_untaught():
     personal = ["Who am I?", "What's my full name?", "What is my name?", "Who is my brother?",
                 "What is my cat called?"]
