@@ -41,7 +41,7 @@ def test_learn_show_versions_diff_forget_rollback_reset(engram):
     code, out, err = engram("memory", "learn")
     assert code == 0, err
     # the tiny model's three steps bring out nothing: kept, and said so
-    assert "session 1 'New session': learned 0 facts, 2 not recalled yet → v1 (active)" in out
+    assert "session 1 'New session': learned 0 facts, 1 not recalled yet → v1 (active)" in out
     assert "What is my cat called? → Pixel  (not recalled yet: asked, the memory" in out
     assert "What is the name of my pet? → Pixel" in out and "→ v2 (active)" in out
     assert re.search(r"locality [01]\.\d{3}, [01]\.\d{3} on decided answers \(threshold 0\) · "
