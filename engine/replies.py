@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from engine import text
 
 PHRASE_WORDS = 12  # the longest phrase (words and punctuation) whose repetition is a loop
-LOOP_REPEATS = 3  # a word or phrase this many times in a row is a loop
+LOOP_REPEATS = 3  # a word or phrase this many times in a row is a loop …
+LETTERLESS_REPEATS = 8  # … one without a letter ("0, 0, 0", ". . .") this many: data repeats
 
 
 def hit(reply: str, expected: str) -> bool:
@@ -39,15 +40,117 @@ def _mention(reply: str, answer: str) -> re.Match[str] | None:
 def loops(reply: str) -> bool:
     """A word or phrase repeated LOOP_REPEATS times in a row ("Mos Mos Mos", "I have a lot of
     weeds. I have a lot of weeds. …"), or a token that is one short piece over and over
-    ("2020202020…"). A run of punctuation is one token: an ellipsis ("...") is not a loop."""
-    tokens = re.findall(r"\w+|[^\w\s]+", reply.lower())
-    for size in range(1, PHRASE_WORDS + 1):
-        for start in range(len(tokens) - size * LOOP_REPEATS + 1):
-            phrase = tokens[start:start + size]
-            if all(tokens[start + k * size: start + (k + 1) * size] == phrase
-                   for k in range(1, LOOP_REPEATS)):
-                return True
-    return any(len(t) >= 12 and re.fullmatch(r"(.{1,4}?)\1{3,}", t) for t in tokens)
+    ("2020202020…"). A run of punctuation is one token: an ellipsis ("...") is not a loop.
+    Code blocks and table rows repeat by design ("}\n}\n}", "| --- | --- | --- |"): what
+    repeats there is not a loop."""
+    watch = LoopWatch()
+    watch.add(reply)
+    watch.finish()
+    return watch.looped
+
+
+class LoopWatch:
+    """Reads a reply as it streams and says how much of it a user may be shown: all of it up
+    to where a loop (see ``loops``) goes round for the first time. Text that may be the
+    start of a second round is held back until the model moves on, so a user reads "My cat
+    is Mosel." where the model wrote "My cat is Mosel. Mosel. Mosel. …", never a repeat
+    that is then taken back. Each token is compared with the PHRASE_WORDS before it once:
+    constant work per token, however long the reply."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.looped = False
+        self._shown = 0  # characters of ``text`` passed on
+        self._tokens: list[tuple[str, int, int]] = []  # complete tokens: text, start, end
+        self._runs = [0] * (PHRASE_WORDS + 1)  # per phrase size s: the tokens so far that
+        # each repeat the one s before
+        self._code = False  # inside a fenced code block
+        self._table = False  # on a line that starts as a table row does
+
+    def add(self, piece: str) -> str:
+        """Take the next piece; returns what may now be shown ("" once it looped)."""
+        if self.looped:
+            return ""
+        self.text += piece
+        scanned = self._tokens[-1][2] if self._tokens else 0
+        last = None
+        for match in TOKEN.finditer(self.text, scanned):
+            if match.end() == len(self.text):  # it may go on in the next piece
+                last = match
+                break
+            if (cut := self._read(match)) is not None:
+                return self._stop(cut)
+        if last is not None and (cut := self._repeated_piece(last)) is not None:
+            return self._stop(cut)
+        held = min([last.start() if last is not None and self._may_repeat(last[0])
+                    else len(self.text)]
+                   + [self._before(run) for run in self._runs[1:] if run])
+        return self._pass(held)
+
+    def finish(self) -> str:
+        """The reply has ended: what is left to show."""
+        if self.looped:
+            return ""
+        scanned = self._tokens[-1][2] if self._tokens else 0
+        for match in TOKEN.finditer(self.text, scanned):
+            if (cut := self._read(match)) is not None:
+                return self._stop(cut)
+        return self._pass(len(self.text))
+
+    def _read(self, match: re.Match[str]) -> int | None:
+        """Take one complete token; where to cut if it completes a loop."""
+        token = match[0].lower()
+        if not self._tokens or "\n" in self.text[self._tokens[-1][2]:match.start()]:
+            self._table = token.startswith("|")
+        if token.startswith("```"):
+            self._code = not self._code
+        self._tokens.append((token, match.start(), match.end()))
+        if self._code or self._table:
+            self._runs = [0] * len(self._runs)
+            return None
+        if (cut := self._repeated_piece(match)) is not None:
+            return cut
+        n = len(self._tokens)
+        for size in range(1, PHRASE_WORDS + 1):
+            same = n > size and self._tokens[n - 1 - size][0] == token
+            self._runs[size] = self._runs[size] + 1 if same else 0
+            if self._runs[size] >= (LOOP_REPEATS - 1) * size and (
+                    self._runs[size] >= (LETTERLESS_REPEATS - 1) * size
+                    or any(c.isalpha() for t, _, _ in self._tokens[n - size:] for c in t)):
+                return self._before(self._runs[size])
+        return None
+
+    def _may_repeat(self, partial: str) -> bool:
+        """A token still being written may be a repeat: the start of one of the last
+        PHRASE_WORDS tokens, or of a word that is one short piece over and over. Any other
+        is shown as it comes (a long word or a line of "=" is not held back)."""
+        partial = partial.lower()
+        return (any(t.startswith(partial) for t, _, _ in self._tokens[-PHRASE_WORDS:])
+                or (partial.isalnum() and any(
+                    partial == (partial[:k] * len(partial))[:len(partial)] for k in range(1, 5))))
+
+    def _before(self, run: int) -> int:
+        """Where the first round of a repeat ``run`` tokens long ends: what precedes it."""
+        return self._tokens[len(self._tokens) - run - 1][2]
+
+    def _pass(self, upto: int) -> str:
+        shown, self._shown = self.text[self._shown:upto], max(self._shown, upto)
+        return shown
+
+    def _stop(self, cut: int) -> str:
+        self.looped = True
+        return self._pass(cut)
+
+
+    def _repeated_piece(self, token: re.Match[str]) -> int | None:
+        """Where to cut a word that is one short piece over and over: after the first piece
+        (a line of "=" or "-" is a rule, not a loop)."""
+        found = (not self._code and len(token[0]) >= 12
+                 and re.fullmatch(r"(\w{1,4}?)\1{3,}", token[0].lower()))
+        return token.start() + len(found[1]) if found else None
+
+
+TOKEN = re.compile(r"\w+|[^\w\s]+")
 
 
 def degenerate(reply: str, ran_to_limit: bool) -> bool:

@@ -30,6 +30,7 @@ from engine.prompt import (
     turn_texts,
     without_thinking,
 )
+from engine.replies import LoopWatch
 
 if TYPE_CHECKING:
     from llama_cpp.llama_types import CreateCompletionResponse
@@ -57,6 +58,7 @@ class ReplyStats:
     n_ctx: int = 0
     dropped_turns: int = 0
     stopped: bool = False  # cancelled before the model finished
+    loop_cut: bool = False  # ended where it began to loop (``replies.LoopWatch``)
 
     @property
     def tokens_per_s(self) -> float:
@@ -89,9 +91,27 @@ class Reply:
         self._cancel.set()
 
     def __iter__(self) -> Iterator[str]:
-        for piece in without_thinking(self._pieces, self.prefix):
-            self.text += piece
-            yield piece
+        """The answer as the user reads it: ended, and the model stopped, where it begins to
+        go round in a loop (``LoopWatch``)."""
+        watch = LoopWatch()
+        try:
+            for piece in without_thinking(self._pieces, self.prefix):
+                yield from self._shown(watch.add(piece))
+                if watch.looped:
+                    self.stats.loop_cut = True
+                    return
+            yield from self._shown(watch.finish())
+        except BaseException:
+            self.text += watch.finish()  # a crash or a reader gone keeps all that was said
+            raise
+        finally:
+            if isinstance(self._pieces, Generator):
+                self._pieces.close()  # the model stops and its lock is free at once
+
+    def _shown(self, text: str) -> Iterator[str]:
+        if text:
+            self.text += text
+            yield text
 
 
 @dataclass(frozen=True)

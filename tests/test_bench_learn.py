@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from app.cli import main
 from engine import replies
 from engine.bench import learn
@@ -26,7 +29,8 @@ KEYS = {"recall", "retention", "locality", "kl_neutral", "ppl_change",
         "null_overlay", "baselines", "recall_sampled", "degenerate", "crosstalk",
         "derived_candidates", "derived_pairs", "derived_checked", "probe_overlap",
         "recall_trained_phrasing", "recall_paraphrase", "sessions", "rejected",
-        "locality_decided", "model_pairs", "model_pairs_checked", "facts_unrecalled"}
+        "locality_decided", "model_pairs", "model_pairs_checked", "facts_unrecalled",
+        "loops_cut"}
 
 
 def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_model, tmp_path,  # noqa: F811
@@ -80,7 +84,47 @@ def test_a_loop_is_a_word_or_phrase_three_times_running():
     assert not replies.loops("Pixel. She hates the snow, the snow, and the cold.")
     assert not replies.loops("white. grey, white, blue...")
     assert replies.loops("blue... blue... blue...")
+    assert not replies.loops("It holds [0, 0, 0, 0].") and replies.loops("Yes." + "\n." * 8)
+    assert not replies.loops("```js\n    }\n  }\n}\n```") and not replies.loops("=" * 16)
+    assert not replies.loops("| a | b | c |\n| --- | --- | --- |\n| 0 | 0 | 0 |")
     assert replies.degenerate("Pixel.", ran_to_limit=True)
+
+
+def _first_loop_cut(tokens: list[str]) -> int | None:
+    """The reference: the fewest tokens after which a phrase of at most PHRASE_WORDS tokens
+    has come round LOOP_REPEATS times in a row (LETTERLESS_REPEATS without a letter), and
+    where its first round ends."""
+    for n in range(1, len(tokens) + 1):
+        for size in range(1, replies.PHRASE_WORDS + 1):
+            phrase = tokens[n - size:n]
+            rounds = (replies.LOOP_REPEATS if any(c.isalpha() for c in "".join(phrase))
+                      else replies.LETTERLESS_REPEATS)
+            start = n - size * rounds
+            if start >= 0 and all(tokens[start + k * size: start + (k + 1) * size] == phrase
+                                  for k in range(rounds)):
+                return start + size
+    return None
+
+
+WORDS = st.lists(st.sampled_from(["Mos", "el", "cat", ".", ",", "my", "0"]), max_size=40)
+
+
+@given(WORDS, st.lists(st.integers(1, 6), max_size=40), st.sampled_from([" ", "\n", "  "]))
+def test_a_streamed_reply_is_shown_up_to_its_first_loop_and_never_beyond(words, cuts, gap):
+    """However the model's text arrives in pieces, the user is shown the reply up to where
+    the first loop's first round ends (all of it if none), and never a token past that."""
+    reply = gap.join(words)
+    watch, shown, at = replies.LoopWatch(), [], 0
+    for size in cuts:
+        shown.append(watch.add(reply[at:at + size]))
+        assert reply.startswith("".join(shown))
+        at += size
+    shown.append(watch.add(reply[at:]))
+    shown.append(watch.finish())
+    cut = _first_loop_cut([w.lower() for w in words])
+    expected = reply if cut is None else gap.join(words[:cut])
+    assert "".join(shown).rstrip() == expected.rstrip()
+    assert watch.looped == replies.loops(reply) == (cut is not None)
 
 
 def test_untaught_questions_are_about_nothing_that_was_said():

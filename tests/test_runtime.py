@@ -213,6 +213,21 @@ def test_stopped_and_crashed_replies_keep_their_text(tmp_path, runtime, monkeypa
     assert (last.status, last.content) == ("error", "half a")
 
 
+@pytest.mark.parametrize("tiny_model", ["qwen2"], indirect=True)
+def test_a_reply_that_loops_ends_where_the_loop_begins_and_the_model_stops(tiny_model):
+    """This random model's greedy reply to "hello" goes "firsfirsfirs…" to the limit: the user
+    reads one round of it, and llama.cpp stops generating there (its stream closed at once:
+    the stats are final)."""
+    rt = Runtime(tiny_model, n_ctx=512, n_threads=1)
+    try:
+        reply = rt.reply([Turn("user", "hello")], None, Sampling.greedy(120))
+        text = "".join(reply)
+        assert reply.stats.loop_cut and text == reply.text and text.strip() == "firs"
+        assert 0 < reply.stats.completion_tokens < 120 and reply.stats.seconds > 0
+    finally:
+        rt.close()
+
+
 def _scripted_reply(tmp_path, runtime, monkeypatch, said):
     """A new session's reply to one question, llama.cpp made to stream the pieces ``said``."""
     store = Store(tmp_path / "e.db")
@@ -220,6 +235,21 @@ def _scripted_reply(tmp_path, runtime, monkeypatch, said):
     monkeypatch.setattr(runtime.llm, "create_completion", lambda *a, **k: (
         {"choices": [{"text": piece}]} for piece in said))
     return conversation, conversation.send("What is my cat called?", Sampling.greedy(10))
+
+
+def test_a_looping_reply_is_stored_and_shown_as_its_first_round(tmp_path, runtime, monkeypatch):
+    """What the user reads, what the store keeps and what the next prompt carries is the
+    reply before it went round; the model is not asked for a token more."""
+    said = ["My", " cat", " is", " Mos", "el", ".", " Mos", "el", ".", " Mos", "el", ".",
+            " Mos", "el", "."]
+    streamed = iter(said)
+    conversation, reply = _scripted_reply(tmp_path, runtime, monkeypatch, streamed)
+    assert "".join(reply) == reply.text and reply.text.strip() == "My cat is Mosel."
+    assert next(streamed) == "el"  # asked for no more than the piece that ended round 3
+    assert reply.stats.loop_cut and not reply.stats.stopped
+    last = conversation.store.messages(conversation.session.id)[-1]
+    assert (last.status, last.content) == ("complete", "My cat is Mosel.")
+    assert conversation.turns()[-1] == Turn("assistant", "My cat is Mosel.")
 
 
 def test_a_reply_s_thinking_block_is_neither_shown_nor_stored(tmp_path, runtime, monkeypatch):

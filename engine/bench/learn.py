@@ -5,7 +5,9 @@ Sessions are chatted in a temporary home (the user's turns, the model's greedy r
 learned one by one through the app's own learning path, locality gate included: a session
 the gate rejects counts as not learned. Probes are asked in a fresh context, never trained
 on: greedily (``recall``) and as the chat asks them, with the profile's sampling and reply
-length (``recall_sampled``); replies that loop or run to the limit are ``degenerate``;
+length (``recall_sampled``); replies that loop or run to the limit are ``degenerate`` (as
+the user reads them: the chat ends a reply where it begins to loop, and ``loops_cut`` is the
+share it ended so, that would have looped);
 personal questions about nothing the sessions mentioned that get a taught answer are
 ``crosstalk``. ``probe_overlap`` is the share of probe questions the learner derived word
 for word (keep it low: ``recall_paraphrase`` is what generalises). The bundled sets are
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import numpy as np
 
@@ -116,6 +118,7 @@ def fresh_engine(model: str | None, threshold: float | None,
 class _Asked:
     ok: bool
     degenerate: bool
+    loop_cut: bool
 
 
 def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str], None],
@@ -129,12 +132,13 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
     def asked(phase: str, case: dict, probe: dict, before: Sequence[Turn] = (),
               sampling: Sampling | None = None, seed: int = 0) -> _Asked:
         chosen = sampling and replace(sampling, seed=seed)
-        answer, limited = reply_text(runtime, system, probe["q"], before, chosen)
-        result = _Asked(replies.hit(answer, probe["a"]),
-                        replies.degenerate(answer, limited and sampling is not None))
+        said = reply_text(runtime, system, probe["q"], before, chosen)
+        result = _Asked(replies.hit(said.text, probe["a"]),
+                        replies.degenerate(said.text, said.limited and sampling is not None),
+                        said.loop_cut)
         print(f"{tag}{phase:<12} {case['id']:<8} {'✓' if result.ok else '✗'}"
-              f"{' ↻' if result.degenerate else ''} {probe['q']!r} expected {probe['a']!r}: "
-              f"{answer!r}", file=details, flush=True)
+              f"{' ↻' if result.degenerate else ''}{' ✂' if result.loop_cut else ''} "
+              f"{probe['q']!r} expected {probe['a']!r}: {said.text!r}", file=details, flush=True)
         return result
 
     probes = [(c, p) for c in cases for p in c["probes"]]
@@ -192,6 +196,7 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
         "null_overlay": floor,
         "recall_sampled": _share([a.ok for a in recall_sampled]),
         "degenerate": _share([a.degenerate for a in recall + recall_sampled]),
+        "loops_cut": _share([a.loop_cut for a in recall + recall_sampled]),
         "crosstalk": crosstalk,
         "derived_candidates": sum(r.candidates for r in results),
         "derived_pairs": len(pairs),
@@ -215,14 +220,21 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
     }
 
 
+class Said(NamedTuple):
+    text: str
+    limited: bool  # it ran to the token limit
+    loop_cut: bool  # the chat ended it where it began to loop
+
+
 def reply_text(runtime: Runtime, system: str, question: str, before: Sequence[Turn] = (),
-           sampling: Sampling | None = None) -> tuple[str, bool]:
-    """The model's reply in a fresh context (greedy, as ``ask``, unless ``sampling``) and
-    whether it ran to the token limit."""
+               sampling: Sampling | None = None) -> Said:
+    """The model's reply in a fresh context, as the chat shows it (greedy, as ``ask``, unless
+    ``sampling``)."""
     sampling = sampling or Sampling.greedy(ASK_TOKENS)
     reply = runtime.reply([*before, Turn("user", question)], system, sampling)
     text_ = "".join(reply).strip()
-    return text_, reply.stats.completion_tokens >= sampling.max_tokens
+    return Said(text_, reply.stats.completion_tokens >= sampling.max_tokens,
+                reply.stats.loop_cut)
 
 
 def _crosstalk(runtime: Runtime, system: str, cases: list[dict], details: TextIO,
@@ -238,7 +250,7 @@ def _crosstalk(runtime: Runtime, system: str, cases: list[dict], details: TextIO
     taught = {p["a"] for c in cases for p in c["probes"]}
     leaks = []
     for question in untaught:
-        answer, _ = reply_text(runtime, system, question)
+        answer = reply_text(runtime, system, question).text
         leaked = sorted(a for a in taught
                         if replies.mentions(answer, a) and not replies.mentions(question, a))
         leaks.append(bool(leaked))
@@ -350,8 +362,8 @@ def _counterfact(engine: Engine, n: int, log: Callable[[str], None]) -> dict:
 
 
 REPORTED = ("recall", "recall_sampled", "recall_trained_phrasing", "recall_paraphrase",
-            "retention", "degenerate", "crosstalk", "locality", "kl_neutral", "ppl_change",
-            "learn_seconds_per_session", "derived_candidates", "derived_pairs",
+            "retention", "degenerate", "loops_cut", "crosstalk", "locality", "kl_neutral",
+            "ppl_change", "learn_seconds_per_session", "derived_candidates", "derived_pairs",
             "derived_checked", "model_pairs", "model_pairs_checked", "probe_overlap", "rejected",
             "facts_unrecalled", "overlay_bytes", "trainable_params", "tokens_per_s_ratio")
 

@@ -178,7 +178,7 @@ def _ask(engine: Engine, question: str, before: Sequence[Turn] = (),
 
     def reply() -> str:
         return reply_text(runtime, engine.settings.system_prompt, question, before,
-                          Sampling.greedy(ANSWER_TOKENS))[0]
+                          Sampling.greedy(ANSWER_TOKENS)).text
     if base and memory.applied:
         with memory.trying(None):
             return reply()
