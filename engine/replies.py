@@ -5,12 +5,33 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from engine import text
 
 PHRASE_WORDS = 12  # the longest phrase (words and punctuation) whose repetition is a loop
-LOOP_REPEATS = 3  # a word or phrase this many times in a row is a loop …
-LETTERLESS_REPEATS = 8  # … one without a letter ("0, 0, 0", ". . .") this many: data repeats
+LOOP_REPEATS = 3  # a word or phrase this many times in a row reads as a loop
+
+
+@dataclass(frozen=True)
+class LoopRule:
+    """When a reply is a loop: a phrase of up to PHRASE_WORDS tokens come round ``rounds``
+    times in a row (``letterless`` times if it has no letter: "0, 0, 0"), or a token of
+    ``piece_chars`` or more that is one short ``piece`` over and over ("2020…")."""
+
+    rounds: int
+    letterless: int
+    piece_chars: int
+    piece: str  # the characters such a piece is made of (a regex class)
+    structure: bool  # code blocks and table rows repeat by design: not read for loops
+
+
+# What reads as a loop (the issue's definition, the benchmarks' and the gate's).
+SAID = LoopRule(LOOP_REPEATS, LOOP_REPEATS, 12, r"\S", structure=False)
+# Where the chat ends a reply: a real loop runs on to the limit, while prose says "No, no,
+# no", "Ho ho ho" or "x + x + x" and numbers repeat ("0, 0, 0, 0"); lines of "=" and "_"
+# are rules; "Hahahahahaha" is a laugh.
+CUT = LoopRule(6, 16, 24, r"[^\W_]", structure=True)
 
 
 def hit(reply: str, expected: str) -> bool:
@@ -40,10 +61,8 @@ def _mention(reply: str, answer: str) -> re.Match[str] | None:
 def loops(reply: str) -> bool:
     """A word or phrase repeated LOOP_REPEATS times in a row ("Mos Mos Mos", "I have a lot of
     weeds. I have a lot of weeds. …"), or a token that is one short piece over and over
-    ("2020202020…"). A run of punctuation is one token: an ellipsis ("...") is not a loop.
-    Code blocks and table rows repeat by design ("}\n}\n}", "| --- | --- | --- |"): what
-    repeats there is not a loop."""
-    watch = LoopWatch()
+    ("2020202020…"). A run of punctuation is one token: an ellipsis ("...") is not a loop."""
+    watch = LoopWatch(SAID)
     watch.add(reply)
     watch.finish()
     return watch.looped
@@ -51,16 +70,18 @@ def loops(reply: str) -> bool:
 
 class LoopWatch:
     """Reads a reply as it streams and says how much of it a user may be shown: all of it up
-    to where a loop (see ``loops``) goes round for the first time. Text that may be the
-    start of a second round is held back until the model moves on, so a user reads "My cat
-    is Mosel." where the model wrote "My cat is Mosel. Mosel. Mosel. …", never a repeat
-    that is then taken back. Each token is compared with the PHRASE_WORDS before it once:
-    constant work per token, however long the reply."""
+    to where a loop (by ``rule``) goes round for the first time. Text that may be the start
+    of a second round is held back until the model moves on, so a user reads "My cat is
+    Mosel." where the model wrote "My cat is Mosel. Mosel. Mosel. …", never a repeat that is
+    then taken back. Each token is compared with the PHRASE_WORDS before it once."""
 
-    def __init__(self) -> None:
+    def __init__(self, rule: LoopRule = CUT) -> None:
+        self.rule = rule
         self.text = ""
         self.looped = False
         self._shown = 0  # characters of ``text`` passed on
+        self._scan = 0  # where the next token may start
+        self._plain = -1  # the start of a token being written that is known not to repeat
         self._tokens: list[tuple[str, int, int]] = []  # complete tokens: text, start, end
         self._runs = [0] * (PHRASE_WORDS + 1)  # per phrase size s: the tokens so far that
         # each repeat the one s before
@@ -72,27 +93,29 @@ class LoopWatch:
         if self.looped:
             return ""
         self.text += piece
-        scanned = self._tokens[-1][2] if self._tokens else 0
         last = None
-        for match in TOKEN.finditer(self.text, scanned):
+        for match in TOKEN.finditer(self.text, self._scan):
             if match.end() == len(self.text):  # it may go on in the next piece
                 last = match
                 break
             if (cut := self._read(match)) is not None:
                 return self._stop(cut)
-        if last is not None and (cut := self._repeated_piece(last)) is not None:
-            return self._stop(cut)
-        held = min([last.start() if last is not None and self._may_repeat(last[0])
-                    else len(self.text)]
-                   + [self._before(run) for run in self._runs[1:] if run])
-        return self._pass(held)
+        self._scan = len(self.text) if last is None else last.start()
+        held = len(self.text)
+        if last is not None and last.start() != self._plain:
+            if (cut := self._repeated_piece(last)) is not None:
+                return self._stop(cut)
+            if self._may_repeat(last[0].lower()):
+                held = last.start()
+            else:
+                self._plain = last.start()
+        return self._pass(min([held] + [self._before(run) for run in self._runs[1:] if run]))
 
     def finish(self) -> str:
         """The reply has ended: what is left to show."""
         if self.looped:
             return ""
-        scanned = self._tokens[-1][2] if self._tokens else 0
-        for match in TOKEN.finditer(self.text, scanned):
+        for match in TOKEN.finditer(self.text, self._scan):
             if (cut := self._read(match)) is not None:
                 return self._stop(cut)
         return self._pass(len(self.text))
@@ -100,10 +123,11 @@ class LoopWatch:
     def _read(self, match: re.Match[str]) -> int | None:
         """Take one complete token; where to cut if it completes a loop."""
         token = match[0].lower()
-        if not self._tokens or "\n" in self.text[self._tokens[-1][2]:match.start()]:
-            self._table = token.startswith("|")
-        if token.startswith("```"):
-            self._code = not self._code
+        if self.rule.structure:
+            if not self._tokens or "\n" in self.text[self._tokens[-1][2]:match.start()]:
+                self._table = token.startswith("|")
+            if token.startswith("```"):
+                self._code = not self._code
         self._tokens.append((token, match.start(), match.end()))
         if self._code or self._table:
             self._runs = [0] * len(self._runs)
@@ -114,20 +138,27 @@ class LoopWatch:
         for size in range(1, PHRASE_WORDS + 1):
             same = n > size and self._tokens[n - 1 - size][0] == token
             self._runs[size] = self._runs[size] + 1 if same else 0
-            if self._runs[size] >= (LOOP_REPEATS - 1) * size and (
-                    self._runs[size] >= (LETTERLESS_REPEATS - 1) * size
+            if self._runs[size] >= (self.rule.rounds - 1) * size and (
+                    self._runs[size] >= (self.rule.letterless - 1) * size
                     or any(c.isalpha() for t, _, _ in self._tokens[n - size:] for c in t)):
                 return self._before(self._runs[size])
         return None
 
+    def _repeated_piece(self, token: re.Match[str]) -> int | None:
+        """Where to cut a token that is one short piece over and over: after the first."""
+        if self._code or self._table or len(token[0]) < self.rule.piece_chars:
+            return None
+        found = re.fullmatch(rf"({self.rule.piece}{{1,4}}?)\1{{3,}}", token[0].lower())
+        return token.start() + len(found[1]) if found else None
+
     def _may_repeat(self, partial: str) -> bool:
         """A token still being written may be a repeat: the start of one of the last
-        PHRASE_WORDS tokens, or of a word that is one short piece over and over. Any other
-        is shown as it comes (a long word or a line of "=" is not held back)."""
-        partial = partial.lower()
+        PHRASE_WORDS tokens, or a short piece over and over so far. Any other is shown as it
+        comes (a long word or a line of "=" is not held back)."""
         return (any(t.startswith(partial) for t, _, _ in self._tokens[-PHRASE_WORDS:])
-                or (partial.isalnum() and any(
-                    partial == (partial[:k] * len(partial))[:len(partial)] for k in range(1, 5))))
+                or (re.fullmatch(rf"{self.rule.piece}+", partial) is not None and any(
+                    partial == (partial[:k] * len(partial))[:len(partial)]
+                    for k in range(1, 5))))
 
     def _before(self, run: int) -> int:
         """Where the first round of a repeat ``run`` tokens long ends: what precedes it."""
@@ -140,14 +171,6 @@ class LoopWatch:
     def _stop(self, cut: int) -> str:
         self.looped = True
         return self._pass(cut)
-
-
-    def _repeated_piece(self, token: re.Match[str]) -> int | None:
-        """Where to cut a word that is one short piece over and over: after the first piece
-        (a line of "=" or "-" is a rule, not a loop)."""
-        found = (not self._code and len(token[0]) >= 12
-                 and re.fullmatch(r"(\w{1,4}?)\1{3,}", token[0].lower()))
-        return token.start() + len(found[1]) if found else None
 
 
 TOKEN = re.compile(r"\w+|[^\w\s]+")

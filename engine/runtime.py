@@ -101,6 +101,7 @@ class Reply:
                     self.stats.loop_cut = True
                     return
             yield from self._shown(watch.finish())
+            self.stats.loop_cut = watch.looped
         except BaseException:
             self.text += watch.finish()  # a crash or a reader gone keeps all that was said
             raise

@@ -84,21 +84,36 @@ def test_a_loop_is_a_word_or_phrase_three_times_running():
     assert not replies.loops("Pixel. She hates the snow, the snow, and the cold.")
     assert not replies.loops("white. grey, white, blue...")
     assert replies.loops("blue... blue... blue...")
-    assert not replies.loops("It holds [0, 0, 0, 0].") and replies.loops("Yes." + "\n." * 8)
-    assert not replies.loops("```js\n    }\n  }\n}\n```") and not replies.loops("=" * 16)
-    assert not replies.loops("| a | b | c |\n| --- | --- | --- |\n| 0 | 0 | 0 |")
     assert replies.degenerate("Pixel.", ran_to_limit=True)
 
 
-def _first_loop_cut(tokens: list[str]) -> int | None:
+def _shown(reply: str) -> str:
+    """What the chat shows of ``reply`` streamed a character at a time."""
+    watch = replies.LoopWatch()
+    return ("".join(map(watch.add, reply)) + watch.finish()).strip()
+
+
+def test_the_chat_ends_a_reply_that_runs_on_and_leaves_what_repeats_by_design():
+    assert _shown("Mos " * 8) == "Mos" and _shown("firs" * 10) == "firs"
+    assert _shown("I use the Kobo." + "\n\n." * 20) == "I use the Kobo."
+    assert _shown("My cat is Mosel." + " Mosel." * 7) == "My cat is Mosel."
+    for kept in ("No, no, no, that is not what I meant.", "Merry Christmas! Ho ho ho!",
+                 "Hahahahahahaha, good one.", "Fill in: ____________.", "=" * 40, "_" * 40,
+                 "Start at [0, 0, 0, 0, 0, 0, 0, 0, 0, 0].", "The MAC is FF:FF:FF:FF:FF:FF.",
+                 "Aaaaaaaaaaaaaaaaah!", "```js\n" + "}\n" * 10 + "```",
+                 "| a | b | c | d | e | f | g |\n| - | - | - | - | - | - | - |"):
+        assert _shown(kept) == kept
+
+
+def _first_loop_cut(tokens: list[str], rule: replies.LoopRule) -> int | None:
     """The reference: the fewest tokens after which a phrase of at most PHRASE_WORDS tokens
-    has come round LOOP_REPEATS times in a row (LETTERLESS_REPEATS without a letter), and
+    has come round ``rule.rounds`` times in a row (``rule.letterless`` without a letter), and
     where its first round ends."""
     for n in range(1, len(tokens) + 1):
         for size in range(1, replies.PHRASE_WORDS + 1):
             phrase = tokens[n - size:n]
-            rounds = (replies.LOOP_REPEATS if any(c.isalpha() for c in "".join(phrase))
-                      else replies.LETTERLESS_REPEATS)
+            rounds = (rule.rounds if any(c.isalpha() for c in "".join(phrase))
+                      else rule.letterless)
             start = n - size * rounds
             if start >= 0 and all(tokens[start + k * size: start + (k + 1) * size] == phrase
                                   for k in range(rounds)):
@@ -106,25 +121,29 @@ def _first_loop_cut(tokens: list[str]) -> int | None:
     return None
 
 
-WORDS = st.lists(st.sampled_from(["Mos", "el", "cat", ".", ",", "my", "0"]), max_size=40)
+WORDS = st.lists(st.sampled_from(["Mos", "el", "cat", ".", ",", "my", "0"]), max_size=60)
 
 
-@given(WORDS, st.lists(st.integers(1, 6), max_size=40), st.sampled_from([" ", "\n", "  "]))
-def test_a_streamed_reply_is_shown_up_to_its_first_loop_and_never_beyond(words, cuts, gap):
+@given(WORDS, st.lists(st.integers(1, 6), max_size=40), st.sampled_from([" ", "\n", "  "]),
+       st.sampled_from([replies.SAID, replies.CUT]))
+def test_a_streamed_reply_is_shown_up_to_its_first_loop_and_never_beyond(words, cuts, gap,
+                                                                         rule):
     """However the model's text arrives in pieces, the user is shown the reply up to where
     the first loop's first round ends (all of it if none), and never a token past that."""
     reply = gap.join(words)
-    watch, shown, at = replies.LoopWatch(), [], 0
+    watch, shown, at = replies.LoopWatch(rule), [], 0
     for size in cuts:
         shown.append(watch.add(reply[at:at + size]))
         assert reply.startswith("".join(shown))
         at += size
     shown.append(watch.add(reply[at:]))
     shown.append(watch.finish())
-    cut = _first_loop_cut([w.lower() for w in words])
+    cut = _first_loop_cut([w.lower() for w in words], rule)
     expected = reply if cut is None else gap.join(words[:cut])
     assert "".join(shown).rstrip() == expected.rstrip()
-    assert watch.looped == replies.loops(reply) == (cut is not None)
+    assert watch.looped == (cut is not None)
+    assert replies.loops(reply) == (_first_loop_cut([w.lower() for w in words], replies.SAID)
+                                    is not None)
 
 
 def test_untaught_questions_are_about_nothing_that_was_said():

@@ -240,12 +240,11 @@ def _scripted_reply(tmp_path, runtime, monkeypatch, said):
 def test_a_looping_reply_is_stored_and_shown_as_its_first_round(tmp_path, runtime, monkeypatch):
     """What the user reads, what the store keeps and what the next prompt carries is the
     reply before it went round; the model is not asked for a token more."""
-    said = ["My", " cat", " is", " Mos", "el", ".", " Mos", "el", ".", " Mos", "el", ".",
-            " Mos", "el", "."]
+    said = ["My", " cat", " is"] + [" Mos", "el", "."] * 7
     streamed = iter(said)
     conversation, reply = _scripted_reply(tmp_path, runtime, monkeypatch, streamed)
     assert "".join(reply) == reply.text and reply.text.strip() == "My cat is Mosel."
-    assert next(streamed) == "el"  # asked for no more than the piece that ended round 3
+    assert next(streamed) == "el"  # asked for no more than the piece that ended round 6
     assert reply.stats.loop_cut and not reply.stats.stopped
     last = conversation.store.messages(conversation.session.id)[-1]
     assert (last.status, last.content) == ("complete", "My cat is Mosel.")

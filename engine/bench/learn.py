@@ -5,9 +5,9 @@ Sessions are chatted in a temporary home (the user's turns, the model's greedy r
 learned one by one through the app's own learning path, locality gate included: a session
 the gate rejects counts as not learned. Probes are asked in a fresh context, never trained
 on: greedily (``recall``) and as the chat asks them, with the profile's sampling and reply
-length (``recall_sampled``); replies that loop or run to the limit are ``degenerate`` (as
-the user reads them: the chat ends a reply where it begins to loop, and ``loops_cut`` is the
-share it ended so, that would have looped);
+length (``recall_sampled``); replies that loop or run to the limit are ``degenerate`` (the
+chat ends a reply that runs on in a loop: ``loops_cut``, the share it ended so, is counted
+in ``degenerate`` too, so the guard hides no loop from the figure);
 personal questions about nothing the sessions mentioned that get a taught answer are
 ``crosstalk``. ``probe_overlap`` is the share of probe questions the learner derived word
 for word (keep it low: ``recall_paraphrase`` is what generalises). The bundled sets are
@@ -134,7 +134,8 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
         chosen = sampling and replace(sampling, seed=seed)
         said = reply_text(runtime, system, probe["q"], before, chosen)
         result = _Asked(replies.hit(said.text, probe["a"]),
-                        replies.degenerate(said.text, said.limited and sampling is not None),
+                        said.loop_cut or replies.degenerate(
+                            said.text, said.limited and sampling is not None),
                         said.loop_cut)
         print(f"{tag}{phase:<12} {case['id']:<8} {'✓' if result.ok else '✗'}"
               f"{' ↻' if result.degenerate else ''}{' ✂' if result.loop_cut else ''} "
