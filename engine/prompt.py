@@ -56,7 +56,11 @@ class PlainDialogue:
     # learned answer that ends its sentence but not the turn)
     stop = ["\nUser:", "\nUser.", "\nUser,", "\nAssistant:", "\nAssistant.", "\nUSER:",
             "\n\n\n"]
-    end_of_turn = "\nUser:"  # what follows a finished reply
+    # what follows a finished reply as a base model writes it, and as learned answers end:
+    # a blank line, then the user's. After a reply the model prefers "\n\n" to "\n"; trained
+    # to end with "\n", a memory had never seen the position after "\n\n", wrote "." there,
+    # and replies trailed off in "\n\n.\n\n." (16 on natural-facts, none once trained so)
+    end_of_turn = "\n\nUser:"
     special = False
     reply_prefix = ""
 

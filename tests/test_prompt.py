@@ -45,7 +45,8 @@ def test_plain_dialogue_ends_on_assistant_cue():
 
 
 @pytest.mark.parametrize("reply", ["Mosel.\nUser: and you?", "Mosel.\n\nUser. I like it.",
-                                   "Mosel.\nAssistant. Yes", "Mosel.\n\n\n\n."])
+                                   "Mosel.\nAssistant. Yes", "Mosel.\n\n\n\n.",
+                                   f"Mosel.{PlainDialogue.end_of_turn} and you?"])
 def test_a_plain_reply_stops_where_the_model_starts_the_next_line_of_the_dialogue(reply):
     cut = min(reply.find(s) for s in PlainDialogue.stop if s in reply)
     assert reply[:cut].strip() == "Mosel."
