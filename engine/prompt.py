@@ -57,9 +57,8 @@ class PlainDialogue:
     stop = ["\nUser:", "\nUser.", "\nUser,", "\nAssistant:", "\nAssistant.", "\nUSER:",
             "\n\n\n"]
     # what follows a finished reply as a base model writes it, and as learned answers end:
-    # a blank line, then the user's. After a reply the model prefers "\n\n" to "\n"; trained
-    # to end with "\n", a memory had never seen the position after "\n\n", wrote "." there,
-    # and replies trailed off in "\n\n.\n\n." (16 on natural-facts, none once trained so)
+    # a blank line, then the user's (trained to end at "\n", a memory had never seen the
+    # position after the "\n\n" the model prefers, and wrote "." there: "\n\n.\n\n.")
     end_of_turn = "\n\nUser:"
     special = False
     reply_prefix = ""

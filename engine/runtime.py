@@ -98,14 +98,13 @@ class Reply:
             for piece in without_thinking(self._pieces, self.prefix):
                 yield from self._shown(watch.add(piece))
                 if watch.looped:
-                    self.stats.loop_cut = True
                     return
             yield from self._shown(watch.finish())
-            self.stats.loop_cut = watch.looped
         except BaseException:
             self.text += watch.finish()  # a crash or a reader gone keeps all that was said
             raise
         finally:
+            self.stats.loop_cut = watch.looped
             if isinstance(self._pieces, Generator):
                 self._pieces.close()  # the model stops and its lock is free at once
 
