@@ -438,9 +438,9 @@ def questions(clause: Clause) -> list[Asked]:
             asked = [] if named else [_echo(clause, wh, start, end)]
             if group and not _inside_phrase(clause, span.kind, wh, start, end):
                 asked += _fronted(clause, group, wh, start, end)[named:]
-            if wh == "what" and span.kind == "name":  # "My cat is called who?" too; a
-                # name asked who ("I'm Sunniva", "taught by Ines") is never asked what
-                asked.append(_echo(clause, "who", start, end))
+            if wh in {"who", "what"} and span.kind == "name":
+                other = "what" if wh == "who" else "who"
+                asked.append(_echo(clause, other, start, end))
             out += [Asked(q, answer) for q in asked if q]
     people = list(dict.fromkeys(_people(clause)))
     seen, kept = set(), []
