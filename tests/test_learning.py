@@ -586,7 +586,9 @@ def test_where_an_unrelated_answer_changed_the_fact_whose_neurons_fire_there_is_
     the fact whose detectors fire there is the one set aside, not the session's others."""
     rt = engine.load()
     twin = twin_for(rt)
-    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=3)
+    # hardest=0: the tiny model's random states do not separate a question from every
+    # negative, and keys fitted to try are silent on their own question too
+    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=3, hardest=0)
     home, cat = (learner.Example(*dialogue(rt, None, q, a), end_of_turn(rt))
                  for q, a in (("Where do I live?", " Tromsø."),
                               ("What is my cat called?", " Mosel.")))

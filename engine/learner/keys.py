@@ -7,7 +7,13 @@ answer's turn, the session's other facts' questions (rivals: a detector of one f
 on another's question answers it wrongly) and — above all — the first token: every position
 attends to it, so a neuron firing there a little moved every unrelated answer (locality
 0.92 → 0.995 on one session once it got its own term). Silent elsewhere, such a neuron
-leaves unrelated text exactly as it was."""
+leaves unrelated text exactly as it was.
+
+Silent means on every negative, not on average: tens of thousands of them are averaged, so
+each detector's hardest few count on their own as well (``_hardest``). Without that term a
+detector fired on 30–70 of the 4,556 rows of prose it was fitted on, some as strongly as
+on its own question; with it, none of a first session's detectors is above −2.8 on any
+negative: the keys were separable, and the mean never asked."""
 
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ def keyed_facts(facts: int, depth: int, k: int) -> list[int]:
 def fit(positives: list[torch.Tensor], negatives: torch.Tensor, start: torch.Tensor,
         recipe: Recipe, rivals: list[torch.Tensor] | None = None) -> torch.Tensor:
     """One key per detector (rows of the result): above +margin on ``positives[j]``, below
-    −margin on ``negatives``, ``start`` and ``rivals[j]``."""
+    −margin on ``negatives`` (each one: ``_hardest``), ``start`` and ``rivals[j]``."""
     margin = recipe.key_margin
     rivals = rivals or [negatives[:0]] * len(positives)
     with torch.enable_grad():
@@ -55,9 +61,18 @@ def fit(positives: list[torch.Tensor], negatives: torch.Tensor, start: torch.Ten
                     + sum(F.softplus(other @ g + margin).mean()
                           for other, g in zip(rivals, gate, strict=True) if len(other))
                     + F.softplus(hard @ gate.T + margin).sum(0).div(len(negatives)).sum()
+                    + _hardest(hard @ gate.T + margin, recipe.hardest)
                     + F.softplus(start @ gate.T + margin).mean(0).sum()
                     + recipe.key_decay * gate.pow(2).sum())
             optim.zero_grad()
             loss.backward()
             optim.step()
     return gate.detach()
+
+
+def _hardest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Each detector's mean loss over its ``k`` highest-scoring negatives (``scores``:
+    negatives × detectors, the margin added)."""
+    if not k or not len(scores):
+        return scores.new_zeros(())
+    return F.softplus(scores.topk(min(k, len(scores)), dim=0).values).mean(0).sum()

@@ -28,6 +28,7 @@ class Recipe:
     prune_every: int = 10
     prune_below: float = -6.0  # … by this much (softplus(−6) < 0.0025, GELU(−6) ≈ −6e-9)
     rivals: bool = True  # each detector silent where the session's other facts are asked
+    hardest: int = 32  # negatives per detector whose mean loss counts as its positives' does
     key_decay: float = 0.0  # L2 on the keys (a smaller key fires on more phrasings)
     # the values: training
     steps: int = 60  # at most: most sessions' answers are learned in 20–40
