@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--no-model-pairs", dest="model_pairs", action="store_false",
                        help="the served model writes no question/answer pairs of its own, to "
                             "measure what they add (a model without a chat template never does)")
+    learn.add_argument("--seed", type=int, default=0, metavar="N",
+                       help="the learner's random draws (default 0): rerun with a few seeds "
+                            "to see how much of a figure is chance")
 
     locomo = bench_sub.add_parser("locomo", help="LoCoMo conversations learned session by "
                                   "session, then their single-hop questions (F1, contains) for "
@@ -303,7 +306,8 @@ def _dispatch(args) -> int:
         details = open(args.details, "w") if args.details else contextlib.nullcontext(sys.stderr)
         with details as stream:
             result = learn.run(args.model, args.facts, args.sessions, args.counterfact,
-                               args.threshold, stream, model_pairs=args.model_pairs)
+                               args.threshold, stream, model_pairs=args.model_pairs,
+                               seed=args.seed)
         print(json.dumps(result) if args.json else learn.report(result))
         return 0
     if args.command == "bench" and args.bench == "locomo":

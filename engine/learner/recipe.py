@@ -58,6 +58,8 @@ class Recipe:
     # (learner.undoing) whose absence gives the answer back in llama.cpp
     suspects: int = 3
     batch: int = 16  # sequences per forward pass outside training
+    seed: int = 0  # of the learner's random draws (the answer loss's vocabulary sample): a
+    # benchmark run with other seeds shows how much of a figure is chance (bench learn --seed)
 
     def layers_for(self, n_layer: int) -> tuple[int, ...]:
         """The layers edited on a model of ``n_layer`` layers: the named ones, or ``edited``

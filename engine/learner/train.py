@@ -124,7 +124,8 @@ def _targets(twin: Twin, examples: list[Example], h: torch.Tensor, recipe: Recip
     rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
     tokens_t = torch.tensor(tokens, device=twin.device)
     top = twin.logits(h[rows_t, cols_t]).topk(recipe.vocab_top, dim=-1).indices
-    sample = torch.randperm(twin.config.vocab_size, generator=torch.Generator().manual_seed(0))
+    sample = torch.randperm(twin.config.vocab_size,
+                           generator=torch.Generator().manual_seed(recipe.seed))
     vocab = torch.unique(torch.cat([tokens_t, top.flatten(),
                                     sample[: recipe.vocab_random].to(twin.device)]))
     return Targets(rows_t, cols_t, torch.searchsorted(vocab, tokens_t), vocab,
@@ -182,7 +183,7 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
     # weakly as match_floor: a question worded otherwise matches a key only partly, and the
     # answer must still come out.
     strength = torch.ones(len(targets.taught), 1, 1, device=twin.device)
-    shuffle = torch.Generator().manual_seed(0)
+    shuffle = torch.Generator().manual_seed(recipe.seed)
     history: list[tuple[float, float]] = []
     watched: list[float] = []  # the answer loss the stop reads (stop_rows)
     stopped = "step cap"

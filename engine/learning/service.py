@@ -85,6 +85,10 @@ class Learning:
             self._recipe = Recipe()
         return self._recipe
 
+    @recipe.setter
+    def recipe(self, recipe: Recipe) -> None:
+        self._recipe = recipe
+
     # -- reading ----------------------------------------------------------------------
 
     def pending(self) -> list[Session]:
