@@ -40,11 +40,11 @@ def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_m
     details = tmp_path / "details.txt"
     code = main(["bench", "learn", "--model", str(tiny_model), "--facts", str(facts),
                  "--sessions", "1", "--counterfact", "2", "--threshold", "0",
-                 "--details", str(details), "--json"])
+                 "--details", str(details), "--seed", "3", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == KEYS | {"counterfact", "sets"}
+    assert set(result) == KEYS | {"counterfact", "sets", "seed"} and result["seed"] == 3
     assert set(result["sets"]) == {"facts"} and set(result["sets"]["facts"]) == KEYS | {"role"}
     assert set(result["counterfact"]) == {"efficacy", "paraphrase", "neighborhood"}
     assert result["sessions"] == 1  # --sessions 1 (and the topic record is never a session)
@@ -190,5 +190,6 @@ def test_a_run_can_leave_out_the_pairs_the_model_writes_itself(tiny_model, monke
         assert main(["bench", "learn", "--model", str(tiny_model), "--json", *flags]) == 0
     assert seen == [True, False]
     for on in (True, False):
-        with learn.fresh_engine(str(tiny_model), None, on) as engine:
+        with learn.fresh_engine(str(tiny_model), None, on, seed=int(on)) as engine:
             assert engine.settings.model_pairs is on
+            assert engine.loaded()[2].recipe.seed == int(on)  # what --seed sets

@@ -706,6 +706,20 @@ def test_every_fact_gets_a_detector_however_many_the_session_has(facts):
         assert all(set(neurons) == set(range(facts)) for neurons in keyed)
 
 
+def test_the_seed_draws_the_random_part_of_the_answer_loss_s_vocabulary(engine):
+    """``bench learn --seed``: another seed, another random part of the vocabulary the answer
+    loss runs over (how much of a figure is chance); the same seed, the same one."""
+    rt = engine.load()
+    twin = twin_for(rt)
+    example = learner.Example(*dialogue(rt, None, "Where do I live?", " town."), end_of_turn(rt))
+    h = torch.randn(1, len(example.tokens), twin.config.hidden_size)  # the top tokens: any
+    recipe = learner.Recipe(vocab_top=1, vocab_random=64)
+    vocab = {seed: train._targets(twin, [example], h, replace(recipe, seed=seed)).vocab
+             for seed in (0, 1)}
+    assert torch.equal(vocab[0], train._targets(twin, [example], h, recipe).vocab)
+    assert not torch.equal(vocab[0], vocab[1])
+
+
 def test_the_stop_leaves_out_only_each_fact_s_worst_phrasing_when_it_has_three_or_more():
     # Examples 0–3 teach fact A (example 1 is stuck), 4–5 teach fact B (example 5 is stuck);
     # two answer tokens each.
