@@ -55,6 +55,12 @@ def locality_words(score: float, decided: float | None) -> str:
                                       f", {decided:.3f} on decided answers")
 
 
+def trimmed(question: str, answer: str) -> str:
+    """An earlier session's leak that a later run stopped (``learning.trims``), in words."""
+    return (f"{question!r} no longer answered {answer!r}: its neurons that leaked it there "
+            "were taken out")
+
+
 def gate(version: OverlayVersion) -> str:
     """The gate's verdict on a learned version ("" for forget, reset…): locality against
     its threshold, and what a user would have seen (leaks, loops)."""
@@ -65,7 +71,10 @@ def gate(version: OverlayVersion) -> str:
                 f"KL on neutral prompts {metrics['kl_neutral']:.4f}")
     if version.status == "rejected":
         return f"rejected by the gate: {version.reason} · {measured}"
-    return f"accepted by the gate: {measured} · no leaks or loops"
+    trims = "".join(f" · s{sid}: {trimmed(question, answer)}"
+                    for sid, leaks in metrics.get("trimmed", {}).items()
+                    for question, answer in leaks)
+    return f"accepted by the gate: {measured} · no leaks or loops{trims}"
 
 
 def describe(engine: Engine, result: LearnResult) -> str:
@@ -78,6 +87,7 @@ def describe(engine: Engine, result: LearnResult) -> str:
     lines += [f"  {qa.question} → {qa.answer}  (correction)" for qa in result.corrections]
     lines += [f"  {qa.question} → {qa.answer}  (set aside: it leaked into other questions, "
               "looped or changed an unrelated answer)" for qa in result.set_aside]
+    lines += [f"  s{sid}: {trimmed(question, answer)}" for sid, question, answer in result.trimmed]
     score = result.locality
     measured = (f"  {locality_words(score.locality, score.decided)} "
                 f"(threshold {result.threshold:g}) · KL on neutral prompts "

@@ -95,6 +95,22 @@ class NeuronBlock:
         return self.delta.T if self.matrix == "ffn_down" else self.delta
 
 
+def blocks_without(blocks: list[NeuronBlock], neurons: dict[int, set[int]]
+                   ) -> list[NeuronBlock]:
+    """``blocks`` without some neurons (per layer), in every matrix: the rest of each change
+    stays exactly as it was."""
+    out = []
+    for b in blocks:
+        keep = ~np.isin(b.neurons, sorted(neurons.get(b.layer, ())))
+        if keep.all():
+            out.append(b)
+        elif keep.any():
+            out.append(replace(b, neurons=b.neurons[keep],
+                               delta=b.delta[:, keep] if b.matrix == "ffn_down"
+                               else b.delta[keep]))
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class SparseOverlay:
     """Neuron blocks on one base model. ``scale`` multiplies the whole change at run time
@@ -191,6 +207,10 @@ class SparseOverlay:
     def without_session(self, session_id: int) -> SparseOverlay:
         """The overlay with one session's neurons removed (forget that session)."""
         return replace(self, blocks=[b for b in self.blocks if b.session_id != session_id])
+
+    def without_neurons(self, neurons: dict[int, set[int]]) -> SparseOverlay:
+        """The overlay with some neurons (per layer) unchanged again (``blocks_without``)."""
+        return replace(self, blocks=blocks_without(self.blocks, neurons))
 
     def merge(self, other: SparseOverlay) -> SparseOverlay:
         """Both overlays' blocks in one (neurons both change add up)."""

@@ -5,10 +5,12 @@ model cannot be made to leak or loop on purpose."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
-from app import memory_text
+from app import memory_cli, memory_text
 from engine import learner, runtime
 from engine.learning import gate as learning
 from engine.learning.gate import Locality, Taught, rejections
@@ -274,6 +276,66 @@ def test_where_an_earlier_session_s_answer_leaks_the_fact_whose_neurons_fire_the
     assert [qa.answer for qa in result.set_aside] == ["Pixel"]
 
 
+def test_an_earlier_detector_a_new_edit_tips_into_leaking_is_trimmed_and_the_session_learned(
+        engine, monkeypatch):  # noqa: F811
+    """A later edit can tip an earlier fact's detector over on a question it was never taught
+    ("Who is my niece?" → the daughter's "9."), none of its own neurons firing there.
+    Refusing it cannot help (the next session tips it again): the fewest of the earlier
+    session's likeliest makers whose absence stops the leak in llama.cpp are taken out of it,
+    the new session is learned whole, and what was trimmed is said where the memory is
+    shown."""
+    engine.save_settings(engine.settings.with_gate(0.0))
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
+    leak = ("What is my rabbit called?", "Elm Ridge.", "Elm Ridge")
+    measured, asked, checked = [], [], []
+
+    def measure(self, lora, scale=1.0, cancel=None, taught=None):
+        measured.append(lora)
+        return Locality(0.99, 0.001, (leak,) if len(measured) == 2 else ())
+
+    monkeypatch.setattr(learning.Gate, "measure", measure)
+    first = said(engine, "Where do I work?|Elm Ridge")
+    assert engine.learn_now(session_ids=[first])[0].accepted
+    before = engine.loaded()[1].current()
+    monkeypatch.setattr(learner, "firing_facts", lambda *args: set())
+
+    def undoing_neurons(twin, blocks, leaked):
+        asked.append(({b.session_id for b in blocks}, leaked))
+        return sorted((b.layer, int(n)) for b in blocks if b.matrix == "ffn_gate"
+                      for n in b.neurons)
+
+    def gives_back(self, overlay, flips, leaks=()):
+        checked.append((sum(b.neurons.size for b in overlay.blocks), flips, list(leaks)))
+        return len(checked) == 2  # the likeliest maker alone does not stop it; two do
+
+    monkeypatch.setattr(learner, "undoing_neurons", undoing_neurons)
+    monkeypatch.setattr(learning.Gate, "gives_back", gives_back)
+    trainings, learn = [], learner.learn
+    monkeypatch.setattr(learner, "learn", lambda *a, **kw: trainings.append(1) or learn(*a, **kw))
+    sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
+    [result] = engine.learn_now(session_ids=[sid])
+    assert result.accepted and len(measured) == 3 and len(trainings) == 1  # judged again only
+    assert asked == [({first}, [engine.learning.gate().leak_place(*leak)])]
+    after = engine.loaded()[1].current()
+    whole = sum(b.neurons.size for b in before.blocks) + sum(
+        b.neurons.size for b in after.blocks if b.session_id == sid)
+    assert checked == [(whole - 3, [], [leak]), (whole - 6, [], [leak])]
+    assert [qa.answer for qa in result.facts] == ["Pixel", "Oslo"] and not result.set_aside
+    assert result.trimmed == [(first, leak[0], "Elm Ridge")]
+    makers = sorted((b.layer, int(n)) for b in before.blocks if b.matrix == "ffn_gate"
+                    for n in b.neurons)[:2]
+    earlier = [b for b in after.blocks if b.session_id == first]
+    assert not any((b.layer, int(n)) in makers for b in earlier for n in b.neurons)
+    assert sum(b.neurons.size for b in earlier) == sum(
+        b.neurons.size for b in before.blocks) - 6  # their gate, up and down: nothing else
+    shown = memory_text.trimmed(leak[0], "Elm Ridge")
+    assert shown in memory_text.gate(result.version)
+    assert engine.learned_facts(result.version)[first]["trimmed"] == [[leak[0], "Elm Ridge"]]
+    listing = io.StringIO()
+    memory_cli.show(engine, listing)
+    assert f"    ({shown})" in listing.getvalue()
+
+
 def test_an_earlier_answer_that_leaks_where_no_detector_fires_is_fitted_against_then_traced(
         engine, monkeypatch):  # noqa: F811
     """Where no fact's neurons fire at an earlier session's leaked answer, the session is
@@ -294,6 +356,7 @@ def test_an_earlier_answer_that_leaks_where_no_detector_fires_is_fitted_against_
     pixel, oslo = (tuple(engine.runtime.tokenize(f" {answer}.", add_bos=False))
                    for answer in ("Pixel", "Oslo"))
     monkeypatch.setattr(learner, "firing_facts", lambda *args: set())
+    monkeypatch.setattr(learner, "undoing_neurons", lambda *args: [])
 
     def undoing(twin, blocks, examples, flips, leaked):
         ranked.append(leaked)

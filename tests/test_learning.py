@@ -29,7 +29,7 @@ from engine.learning import Step
 from engine.learning.anchors import anchors_for, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.texts import dialogue, end_of_turn
-from engine.overlay import NeuronBlock, SparseOverlay
+from engine.overlay import NeuronBlock, SparseOverlay, blocks_without
 from engine.prompt import Turn
 from engine.runtime import Sampling
 from engine.scoring import Scorer, log_softmax
@@ -668,6 +668,26 @@ def test_the_facts_whose_neurons_taken_out_most_give_a_changed_answer_back_come_
         leaked = ((home, cat)[which].tokens[:at + 1] + [now[which][at]], at)
         assert learner.undoing(twin, blocks, [home, cat], [], [leaked]) == [
             tuple(cat.answer), tuple(home.answer)]
+        # an earlier session's edit keeps no map from neuron to fact: ranked one neuron at a
+        # time, a cat's neuron comes first, not one of the home's silent ones
+        ranked = learner.undoing_neurons(twin, blocks, [leaked])
+    cats = [(b.layer, int(n)) for b in blocks if b.matrix == "ffn_gate"
+            for n, fact in zip(b.neurons, owner[b.layer], strict=True) if fact == tuple(cat.answer)]
+    assert sorted(ranked) == sorted((b.layer, int(n)) for b in blocks if b.matrix == "ffn_gate"
+                                    for n in b.neurons)
+    assert ranked[0] in cats
+
+    def lead(overlay):  # the leaked token's lead at the leak, with ``overlay`` applied
+        with twin.overlaid(overlay):
+            row = twin.full_logits([leaked[0]])[0][at]
+        said = row[leaked[0][at + 1]].item()
+        row[leaked[0][at + 1]] = float("-inf")
+        return said - row.max().item()
+
+    def but(out):
+        return replace(edit, blocks=blocks_without(blocks, {out[0]: {out[1]}}))
+
+    assert lead(but(ranked[0])) < lead(edit) and lead(but(ranked[0])) <= lead(but(ranked[-1]))
     rest = SparseOverlay(learner.without(blocks, [home, cat], {tuple(cat.answer)}),
                          rt.model.sha256, d_model=64, d_ff=128)
     with twin.overlaid(rest):

@@ -11,11 +11,13 @@ import sqlite_utils
 from engine import llama_native
 from engine import overlay as ov
 from engine.engine import Engine
+from engine.learning.ledger import ancestry_records
 from engine.memory import OverlayMemory
 from engine.overlay import OverlayError
 from engine.runtime import Runtime
 from store import paths
 from store.migrations import LATEST, UPGRADES
+from store.records import OverlayVersion
 from store.store import Store, StoreError
 from tests.tiny_gguf import write_tiny_model
 
@@ -328,3 +330,24 @@ def test_a_damaged_active_version_is_set_aside_and_the_status_says_so(tmp_path, 
     engine.close()
     assert not status.overlay_active
     assert f"overlay v{version.id} was set aside" in status.problem and "checksum" in status.problem
+
+
+def test_a_session_s_record_carries_later_versions_trims_until_it_is_learned_again():
+    """A later version may take some of an earlier session's neurons out (the leak they
+    gave: ``learning.trims``); the session's record says so along the ancestry, until the
+    session is learned again with new neurons, and never along a branch without that trim."""
+    def version(vid, parent, learned, trimmed=None):
+        return OverlayVersion(vid, 1, parent, "", "", "b" * 64, [], {"trimmed": trimmed or {}},
+                              "accepted", None, 0, 0, learned)
+
+    daughter = {"facts": [["How old is my daughter?", "9", "My daughter is 9."]]}
+    niece = ["How old is my niece?", "9"]
+    v1 = version(1, None, {4: daughter})
+    v2 = version(2, 1, {5: {"facts": []}}, {"4": [niece]})
+    v3 = version(3, 2, {4: daughter})  # session 4 learned again: its neurons are new
+    v4 = version(4, 1, {6: {"facts": []}})  # a branch from v1 (after a rollback)
+    versions = [v1, v2, v3, v4]
+    assert ancestry_records(versions, v1)[4] == {**daughter, "trimmed": []}
+    assert ancestry_records(versions, v2)[4]["trimmed"] == [niece]
+    assert ancestry_records(versions, v3)[4]["trimmed"] == []
+    assert ancestry_records(versions, v4)[4]["trimmed"] == []

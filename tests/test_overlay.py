@@ -93,6 +93,29 @@ def test_sizes_norms_sessions_and_forgetting_a_session(make_overlay):
     assert overlay.without_session(99).trainable_params == overlay.trainable_params
 
 
+def test_taking_neurons_out_zeroes_their_change_in_every_matrix_and_keeps_the_rest_exact(
+        make_overlay):
+    """An earlier session's neurons that leak are taken out of it (``learning.trims``): their
+    columns and rows of ΔW become zero in every matrix of their layer, nothing else moves,
+    and a block left with no neuron is gone."""
+    overlay = make_overlay(BASE, SPEC)
+    down = overlay.blocks[0]  # layer 1's ffn_down, session 1
+    out = {1: set(down.neurons[:3].tolist()), 3: set(overlay.blocks[-1].neurons.tolist())}
+    trimmed = overlay.without_neurons(out)
+    assert 3 not in trimmed.layers and trimmed.sessions == overlay.sessions
+    before, after = overlay.dense_delta(1, "ffn_down"), trimmed.dense_delta(1, "ffn_down")
+    gone = sorted(out[1])
+    assert not after[:, gone].any()
+    assert np.array_equal(np.delete(after, gone, axis=1), np.delete(before, gone, axis=1))
+    for layer, matrix in ((2, "ffn_up"), (2, "ffn_down")):
+        assert np.array_equal(trimmed.dense_delta(layer, matrix),
+                              overlay.dense_delta(layer, matrix))
+    taken = sum(np.isin(b.neurons, gone).sum() for b in overlay.blocks if b.layer == 1)
+    assert taken >= 3 and trimmed.trainable_params == overlay.trainable_params - N_EMBD * (
+        taken + 5)
+    assert overlay.without_neurons({}).blocks == overlay.blocks
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: NeuronBlock(0, "attn_q", [1], np.zeros((1, N_EMBD))), "matrix must be"),
     (lambda: NeuronBlock(0, "ffn_down", [1, 2], np.zeros((2, N_EMBD))), "do not fit"),

@@ -283,7 +283,10 @@ def _describe(result: LearnResult) -> str:
         if record.get("refused_tries"):
             line += f" (refused first: {' | '.join(record['refused_tries'])})"
     aside = "; ".join(f"{qa.question} → {qa.answer}" for qa in result.set_aside)
-    return f"{line} [{pairs}]" + (f" set aside: [{aside}]" if aside else "")
+    trims = "; ".join(f"s{sid}: {question} → {answer}"
+                      for sid, question, answer in result.trimmed)
+    return (f"{line} [{pairs}]" + (f" set aside: [{aside}]" if aside else "")
+            + (f" trimmed: [{trims}]" if trims else ""))
 
 
 def _logprob(gate: Gate, prompt: list[int], completion: list[int]) -> np.ndarray:

@@ -10,7 +10,7 @@ fire where an unrelated answer changed (or, taken out, undo it), and takes them 
 
 from engine.learner.anchors import Anchors, anchors_for
 from engine.learner.edit import NeuronEdit
-from engine.learner.firing import firing_facts, owners, undoing, without
+from engine.learner.firing import firing_facts, owners, undoing, undoing_neurons, without
 from engine.learner.keys import keyed_facts, per_layer
 from engine.learner.recipe import Recipe
 from engine.learner.train import (
@@ -25,4 +25,4 @@ from engine.learner.train import (
 
 __all__ = ["Anchors", "Example", "NeuronEdit", "Progress", "Recipe", "anchors_for",
            "firing_facts", "keyed_facts", "learn", "owners", "per_layer", "recalled",
-           "stalled", "stop_rows", "undoing", "without", "worst_fact"]
+           "stalled", "stop_rows", "undoing", "undoing_neurons", "without", "worst_fact"]

@@ -5,7 +5,8 @@ Where the gate sees an unrelated answer change, the facts whose detectors fire t
 what changed it: a leak found in the weights rather than in a reply. Where none fires there
 (a change carried from earlier positions, or made by many neurons at a fraction of their
 strength each), the facts whose neurons, taken out, most give the answer back are the
-suspects (``undoing``). Each new neuron is the detector of one fact
+suspects (``undoing``); an earlier session's neurons are ranked so one at a time
+(``undoing_neurons``). Each new neuron is the detector of one fact
 (``keys.keyed_facts``), so that fact's neurons can be taken out of the edit and the
 session's other facts stay exactly as learned."""
 
@@ -20,7 +21,7 @@ import torch
 from engine.learner.capture import activation, passes
 from engine.learner.keys import keyed_facts
 from engine.learner.train import Example
-from engine.overlay import NeuronBlock, SparseOverlay
+from engine.overlay import NeuronBlock, SparseOverlay, blocks_without
 from engine.twin import Twin
 
 Fact = tuple[int, ...]  # a fact, as learn() keys it: its answer's tokens
@@ -83,36 +84,52 @@ def undoing(twin: Twin, blocks: list[NeuronBlock], examples: list[Example],
     if not places and not leaked:
         return []
     facts = sorted({tuple(e.answer) for e in examples})
-    d_model, d_ff = twin.config.hidden_size, int(twin.config.intermediate_size)
-    looked_at = [*places, *leaked]
-
-    def lowest(out: Fact) -> float:
-        """The next token's lead over the best other one (at a leak: the other one's over
-        it), at the place it is lowest, without the neurons of ``out``."""
-        removed = [replace(b, delta=-b.delta)
-                   for b in without(blocks, examples, set(facts) - {out})]
-        with twin.overlaid(SparseOverlay(removed, "", d_model=d_model, d_ff=d_ff)):
-            logits = twin.full_logits([tokens for tokens, _ in looked_at])
-        leads = []
-        for row, (tokens, at) in zip(logits, looked_at, strict=True):
-            others = row[at].clone()
-            others[tokens[at + 1]] = float("-inf")
-            leads.append(row[at, tokens[at + 1]].item() - others.max().item())
-        return min(leads[:len(places)] + [-lead for lead in leads[len(places):]])
-
-    raised = {fact: lowest(fact) for fact in facts}
+    raised = {fact: _lead_without(twin, without(blocks, examples, set(facts) - {fact}),
+                                  places, leaked) for fact in facts}
     return sorted(facts, key=lambda f: -raised[f])
+
+
+@torch.no_grad()
+def undoing_neurons(twin: Twin, blocks: list[NeuronBlock],
+                    leaked: Sequence[tuple[list[int], int]]) -> list[tuple[int, int]]:
+    """The neurons of ``blocks`` (an earlier session's edit, which keeps no map from neuron
+    to fact once facts were taken out of it), as (layer, index), in the order that taking
+    each out most lowers the next token of each of ``leaked``: as ``undoing``, one neuron at
+    a time. A detector firing at a fifth of its strength tips a reply the base model has
+    not decided ("My niece is" → the daughter's "9"), so what fires is not the test; what
+    taking it out does is. The twin must compute with the edit applied."""
+    everything: dict[int, set[int]] = {}
+    for b in blocks:
+        everything.setdefault(b.layer, set()).update(b.neurons.tolist())
+    neurons = sorted((layer, n) for layer, found in everything.items() for n in found)
+    raised = {(layer, n): _lead_without(
+        twin, blocks_without(blocks, {**everything, layer: everything[layer] - {n}}),
+        (), leaked) for layer, n in neurons}
+    return sorted(neurons, key=lambda n: -raised[n])
+
+
+def _lead_without(twin: Twin, out: list[NeuronBlock], places: Sequence[tuple[list[int], int]],
+                  leaked: Sequence[tuple[list[int], int]]) -> float:
+    """Without the neurons of ``out`` (they are added negated to the edit the twin computes
+    with), the next token's lead over the best other one (at a leak: the other one's over
+    it), at the place it is lowest."""
+    d_model, d_ff = twin.config.hidden_size, int(twin.config.intermediate_size)
+    removed = [replace(b, delta=-b.delta) for b in out]
+    looked_at = [*places, *leaked]
+    with twin.overlaid(SparseOverlay(removed, "", d_model=d_model, d_ff=d_ff)):
+        logits = twin.full_logits([tokens for tokens, _ in looked_at])
+    leads = []
+    for row, (tokens, at) in zip(logits, looked_at, strict=True):
+        others = row[at].clone()
+        others[tokens[at + 1]] = float("-inf")
+        leads.append(row[at, tokens[at + 1]].item() - others.max().item())
+    return min(leads[:len(places)] + [-lead for lead in leads[len(places):]])
 
 
 def without(blocks: list[NeuronBlock], examples: list[Example],
             facts: set[Fact]) -> list[NeuronBlock]:
     """``blocks`` without the neurons that detect ``facts``: the rest of the edit unchanged."""
     owner = owners(blocks, examples)
-    out = []
-    for b in blocks:
-        keep = np.array([fact not in facts for fact in owner[b.layer]], dtype=bool)
-        if keep.any():
-            out.append(NeuronBlock(b.layer, b.matrix, b.neurons[keep],
-                                   b.delta[:, keep] if b.matrix == "ffn_down" else b.delta[keep],
-                                   b.session_id))
-    return out
+    return blocks_without(blocks, {b.layer: {n for n, fact in zip(b.neurons.tolist(),
+                                                                   owner[b.layer], strict=True)
+                                             if fact in facts} for b in blocks})

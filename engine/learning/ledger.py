@@ -27,11 +27,18 @@ def pending_sessions(store: Store, profile: Profile, base_sha256: str) -> list[S
 def ancestry_records(versions: list[OverlayVersion],
                      version: OverlayVersion | None) -> dict[int, dict]:
     """The learn record of each session along ``version``'s ancestry (the nearest wins): what
-    was derived from it when its neurons now in use were trained."""
+    was derived from it when its neurons now in use were trained. Its ``trimmed``: the leaks
+    later versions stopped by taking some of those neurons out (``learning.trims``), as
+    [question, answer] pairs."""
     by_id = {v.id: v for v in versions}
     out: dict[int, dict] = {}
+    trimmed: dict[int, list] = {}
     while version is not None:
+        for sid, leaks in version.metrics.get("trimmed", {}).items():
+            if int(sid) not in out:
+                trimmed.setdefault(int(sid), []).extend(leaks)
         for sid, record in version.learned.items():
-            out.setdefault(sid, record)
+            if sid not in out:
+                out[sid] = {**record, "trimmed": trimmed.get(sid, [])}
         version = None if version.parent_id is None else by_id.get(version.parent_id)
     return out

@@ -39,6 +39,7 @@ from engine.learning.texts import (
     end_of_turn,
     personal_questions,
 )
+from engine.learning.trims import Trim, trim, trimmed_record
 from engine.memory import OverlayMemory
 from engine.overlay import SparseOverlay
 from engine.prompt import ChatTemplate, Turn
@@ -268,6 +269,7 @@ class Learning:
         threshold, floor = self.threshold(twin), self.floor(twin)
         recipe, silent, refused = self.recipe, others + untaught, []
         dropped: set[str] = set()  # answers left out because they kept leaking
+        trims: list[tuple[int, str, str]] = []  # earlier sessions' leaks taken out of them
         before = functools.cache(lambda: self._flipped(base))  # measured once, if needed
 
         def judged(candidate: SparseOverlay, last: bool
@@ -316,15 +318,26 @@ class Learning:
             # where none fires there and a try with the leak's question fitted silent leaked
             # still, the fewest likeliest makers whose absence stops it (nd-12 of
             # natural-facts: the wife's name made "Who is my niece?" the sister's).
+            # Where none of them fires there, the fewest of the earlier session's neurons
+            # whose absence stops its answer leaking are taken out of it (learning.trims: this
+            # edit tipped its detector over, "Who is my niece?" → the daughter's "9."), and the
+            # session is judged again: else it and every session after it would be refused
+            # for a leak that is not theirs.
             foreign = [leak for leak in score.leaks if leak[2].lower() not in session_answers]
             traced = foreign if attempt else []  # on the first try, trained against (below)
             blamed: set[tuple[int, ...]] = set()
+            fired: Trim | None = None
             if changed or foreign:
                 flips = [self.gate().flip_place(f) for f in changed]
                 leaked = [self.gate().leak_place(*leak) for leak in foreign]
                 with training, twin.overlaid(candidate):
                     blamed = learner.firing_facts(twin, blocks, examples, flips + leaked,
                                                   recipe.key_context, recipe.firing_share)
+                    fired = None if blamed or not foreign else trim(
+                        twin, base, blocks, list(zip(foreign, leaked, strict=True)), earlier,
+                        functools.partial(self.gate().gives_back, flips=[], leaks=foreign),
+                        recipe.suspects)
+                    traced = [] if fired else traced
                     suspects = learner.undoing(twin, blocks, examples, flips,
                                                leaked if traced else []) if (
                         not blamed and (flips or traced)) else []
@@ -333,11 +346,16 @@ class Learning:
                             blocks, examples, set(suspects[:n])))), changed, traced):
                         blamed = set(suspects[:n])
                         break
-            if blamed and blamed < {tuple(e.answer) for e in examples}:
+            cut = bool(blamed) and blamed < {tuple(e.answer) for e in examples}
+            if cut:
                 dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
                             if tuple(e.answer) in blamed}
-                refused.append("; ".join(reasons))
                 blocks = learner.without(blocks, examples, blamed)
+            if fired:
+                base = base.without_neurons(fired.neurons)
+                trims += fired.leaks
+            if cut or fired:
+                refused.append("; ".join(reasons))
                 candidate = base.merge(replace(base, blocks=blocks))
                 score, changed, reasons = judged(candidate, last)
             if not reasons or last:
@@ -376,6 +394,7 @@ class Learning:
             "locality_decided": round(score.decided, 4),
             "kl_neutral": round(score.kl_neutral, 5), "threshold": round(threshold, 4),
             "leaks": [list(leak) for leak in score.leaks],
+            "trimmed": trimmed_record(trims),
             "loops": [list(loop) for loop in score.loops],
             "learned": {str(session.id): {
                 "through": newest, "seconds": round(seconds, 2), "train": train,
@@ -396,7 +415,7 @@ class Learning:
         progress(1.0, Step("done", "gate", 1.0))
         return LearnResult(session.id, version, kept, fixes, score, threshold, seconds,
                            len(candidates), len(found), set_aside, len(written),
-                           written_checked, missed)
+                           written_checked, missed, trims)
 
     def _written(self, said: list[str], settings: Settings,
                  cancel: threading.Event | None) -> list[QA]:
