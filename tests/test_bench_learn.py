@@ -4,6 +4,7 @@ in a derived phrasing, what the report marks)."""
 
 from __future__ import annotations
 
+import io
 import json
 
 from hypothesis import given
@@ -193,3 +194,25 @@ def test_a_run_can_leave_out_the_pairs_the_model_writes_itself(tiny_model, monke
         with learn.fresh_engine(str(tiny_model), None, on, seed=int(on)) as engine:
             assert engine.settings.model_pairs is on
             assert engine.loaded()[2].recipe.seed == int(on)  # what --seed sets
+
+
+def test_crosstalk_counts_a_taught_answer_only_where_the_base_model_did_not_give_it(
+        monkeypatch):
+    """A reply to an untaught question that says a taught answer is crosstalk, unless the
+    question says it itself or the base model, before anything was learned, said it too
+    ("Which city was I born in?" → "New York" is the base model's, not a taught "York")."""
+    cases = [{"id": "a", "turns": ["I moved to York with my cat Mosel."],
+              "probes": [{"q": "Which city do I live in?", "a": "York"},
+                         {"q": "What is my cat called?", "a": "Mosel"}]}]
+    now = {"Which city was I born in?": "New York.", "What is my dog called?": "Mosel.",
+           "Is Mosel my dog?": "Mosel is.", "Who is my mum?": "Lovely."}
+    before = {"Which city was I born in?": "I was born in New York.",
+              "What is my dog called?": "Rex.", "Is Mosel my dog?": "Yes.",
+              "Who is my mum?": "My mum."}
+    monkeypatch.setattr(learn, "reply_text",
+                        lambda runtime, system, question: learn.Said(now[question], False, False))
+    details = io.StringIO()
+    assert learn._crosstalk(None, "", cases, before, details, "") == 0.25  # the dog alone
+    shown = details.getvalue()
+    assert "✗ Mosel 'What is my dog called?'" in shown
+    assert "✓ (the base model says York too) 'Which city was I born in?'" in shown

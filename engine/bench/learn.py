@@ -8,10 +8,11 @@ on: greedily (``recall``) and as the chat asks them, with the profile's sampling
 length (``recall_sampled``); replies that loop or run to the limit are ``degenerate`` (the
 chat ends a reply that runs on in a loop: ``loops_cut``, the share it ended so, is counted
 in ``degenerate`` too, so the guard hides no loop from the figure);
-personal questions about nothing the sessions mentioned that get a taught answer are
-``crosstalk``. ``probe_overlap`` is the share of probe questions the learner derived word
-for word (keep it low: ``recall_paraphrase`` is what generalises). The bundled sets are
-reported side by side: dev sets the learner may be tuned on, and the frozen test set.
+personal questions about nothing the sessions mentioned that get a taught answer the base
+model did not give them are ``crosstalk``. ``probe_overlap`` is the share of probe questions
+the learner derived word for word (keep it low: ``recall_paraphrase`` is what generalises).
+The bundled sets are reported side by side: dev sets the learner may be tuned on, and the
+frozen test set.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
 
     probes = [(c, p) for c in cases for p in c["probes"]]
     base = [asked("base", c, p).ok for c, p in probes]
+    untaught = {q: reply_text(runtime, system, q).text for q in _untaught(cases)}
     recall, recall_sampled, in_context, transcripts, results = [], [], [], [], []
     derived: set[str] = set()
     trained_phrasing: list[bool] = []
@@ -176,7 +178,7 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
     retention = [asked("retention", c, p).ok for c, p in final]
     retention_in_context = [asked("ctx-retain", c, p, transcripts).ok for c, p in final]
     base_final = [ok for ok, keep in zip(base, current, strict=True) if keep]
-    crosstalk = _crosstalk(runtime, system, cases, details, tag)
+    crosstalk = _crosstalk(runtime, system, cases, untaught, details, tag)
 
     final_version, lora = memory.applied, _active_lora(engine)
     log("measuring locality, perplexity and speed…")
@@ -242,25 +244,35 @@ def reply_text(runtime: Runtime, system: str, question: str, before: Sequence[Tu
                 reply.stats.loop_cut)
 
 
-def _crosstalk(runtime: Runtime, system: str, cases: list[dict], details: TextIO,
-               tag: str) -> float:
-    """Share of personal questions about nothing the sessions mentioned or their probes ask
-    (a user who said "I'm Ada" was asked "What is my name?") whose (greedy) reply gives
-    something the user taught (a probe's answer) that the question itself does not say ("Who
-    is my mum?" → "My mum is …" only echoes it)."""
+def _untaught(cases: list[dict]) -> list[str]:
+    """The personal questions about nothing the sessions mentioned or their probes ask (a
+    user who said "I'm Ada" was asked "What is my name?")."""
     questions = [line.strip() for line in paths.eval_data("untaught-questions.txt").read_text(
         encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
-    untaught = replies.untaught(questions, [t for c in cases for t in c["turns"]],
-                                [p["q"] for c in cases for p in c["probes"]])
+    return replies.untaught(questions, [t for c in cases for t in c["turns"]],
+                            [p["q"] for c in cases for p in c["probes"]])
+
+
+def _crosstalk(runtime: Runtime, system: str, cases: list[dict], before: dict[str, str],
+               details: TextIO, tag: str) -> float:
+    """Share of the ``_untaught`` questions whose (greedy) reply gives something the user
+    taught (a probe's answer) that the question itself does not say ("Who is my mum?" → "My
+    mum is …" only echoes it) and the base model's reply ``before`` any learning did not
+    say either ("Which city was I born in?" → "New York." is the base model's, not a leak of
+    a taught "York")."""
     taught = {p["a"] for c in cases for p in c["probes"]}
     leaks = []
-    for question in untaught:
+    for question, base in before.items():
         answer = reply_text(runtime, system, question).text
-        leaked = sorted(a for a in taught
-                        if replies.mentions(answer, a) and not replies.mentions(question, a))
+        said = sorted(a for a in taught
+                      if replies.mentions(answer, a) and not replies.mentions(question, a))
+        leaked = [a for a in said if not replies.mentions(base, a)]
         leaks.append(bool(leaked))
-        print(f"{tag}{'untaught':<12} {'-':<8} {'✗ ' + ', '.join(leaked) if leaked else '✓'} "
-              f"{question!r}: {answer!r}", file=details, flush=True)
+        also = [a for a in said if a not in leaked]
+        verdict = ("✗ " + ", ".join(leaked) if leaked else "✓") + (
+            f" (the base model says {', '.join(also)} too)" if also else "")
+        print(f"{tag}{'untaught':<12} {'-':<8} {verdict} {question!r}: {answer!r}",
+              file=details, flush=True)
     return _share(leaks)
 
 
