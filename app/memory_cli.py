@@ -124,8 +124,8 @@ def show(engine: Engine, out: TextIO) -> int:
             for question, answer, _ in record["facts"] + record["corrections"]:
                 note = f"  ({NOT_RECALLED})" if answer in missed else ""
                 print(f"    {inert(question)} → {inert(answer)}{note}", file=out)
-            for question, answer in record.get("trimmed", []):
-                print(f"    ({inert(trimmed(question, answer))})", file=out)
+            for leak in record.get("trimmed", []):
+                print(f"    ({inert(trimmed(*leak))})", file=out)
     pending = engine.pending_sessions()
     if pending:
         print(f"pending: {', '.join(f's{s.id}' for s in pending)} (learned in the background "

@@ -55,10 +55,12 @@ def locality_words(score: float, decided: float | None) -> str:
                                       f", {decided:.3f} on decided answers")
 
 
-def trimmed(question: str, answer: str) -> str:
-    """An earlier session's leak that a later run stopped (``learning.trims``), in words."""
-    return (f"{question!r} no longer answered {answer!r}: its neurons that leaked it there "
-            "were taken out")
+def trimmed(question: str, answer: str, kept: bool = True) -> str:
+    """An earlier session's leak that a later run stopped (``learning.trims``), in words, and
+    whether the fact's own question still gets its answer without those neurons."""
+    cost = "" if kept else f"; its own question no longer gets {answer!r} either"
+    return (f"{question!r} no longer answered {answer!r}: the neurons that leaked it there "
+            f"were taken out{cost}")
 
 
 def gate(version: OverlayVersion) -> str:
@@ -71,9 +73,8 @@ def gate(version: OverlayVersion) -> str:
                 f"KL on neutral prompts {metrics['kl_neutral']:.4f}")
     if version.status == "rejected":
         return f"rejected by the gate: {version.reason} · {measured}"
-    trims = "".join(f" · s{sid}: {trimmed(question, answer)}"
-                    for sid, leaks in metrics.get("trimmed", {}).items()
-                    for question, answer in leaks)
+    trims = "".join(f" · s{sid}: {trimmed(*leak)}"
+                    for sid, leaks in metrics.get("trimmed", {}).items() for leak in leaks)
     return f"accepted by the gate: {measured} · no leaks or loops{trims}"
 
 
@@ -87,7 +88,8 @@ def describe(engine: Engine, result: LearnResult) -> str:
     lines += [f"  {qa.question} → {qa.answer}  (correction)" for qa in result.corrections]
     lines += [f"  {qa.question} → {qa.answer}  (set aside: it leaked into other questions, "
               "looped or changed an unrelated answer)" for qa in result.set_aside]
-    lines += [f"  s{sid}: {trimmed(question, answer)}" for sid, question, answer in result.trimmed]
+    lines += [f"  s{sid}: {trimmed(question, answer, kept)}"
+              for sid, question, answer, kept in result.trimmed if result.accepted]
     score = result.locality
     measured = (f"  {locality_words(score.locality, score.decided)} "
                 f"(threshold {result.threshold:g}) · KL on neutral prompts "

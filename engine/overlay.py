@@ -208,9 +208,12 @@ class SparseOverlay:
         """The overlay with one session's neurons removed (forget that session)."""
         return replace(self, blocks=[b for b in self.blocks if b.session_id != session_id])
 
-    def without_neurons(self, neurons: dict[int, set[int]]) -> SparseOverlay:
-        """The overlay with some neurons (per layer) unchanged again (``blocks_without``)."""
-        return replace(self, blocks=blocks_without(self.blocks, neurons))
+    def without_neurons(self, session_id: int | None, neurons: dict[int, set[int]]
+                        ) -> SparseOverlay:
+        """The overlay with some of one session's neurons (per layer) unchanged again
+        (``blocks_without``); other sessions' blocks stay as they are."""
+        return replace(self, blocks=[c for b in self.blocks for c in (
+            blocks_without([b], neurons) if b.session_id == session_id else [b])])
 
     def merge(self, other: SparseOverlay) -> SparseOverlay:
         """Both overlays' blocks in one (neurons both change add up)."""

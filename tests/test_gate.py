@@ -282,12 +282,12 @@ def test_an_earlier_detector_a_new_edit_tips_into_leaking_is_trimmed_and_the_ses
     ("Who is my niece?" → the daughter's "9."), none of its own neurons firing there.
     Refusing it cannot help (the next session tips it again): the fewest of the earlier
     session's likeliest makers whose absence stops the leak in llama.cpp are taken out of it,
-    the new session is learned whole, and what was trimmed is said where the memory is
-    shown."""
+    the new session is learned whole, and what was trimmed, and that the earlier fact is no
+    longer recalled without them, is said where the memory is shown."""
     engine.save_settings(engine.settings.with_gate(0.0))
     engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
     leak = ("What is my rabbit called?", "Elm Ridge.", "Elm Ridge")
-    measured, asked, checked = [], [], []
+    measured, asked, checked, recalled = [], [], [], []
 
     def measure(self, lora, scale=1.0, cancel=None, taught=None):
         measured.append(lora)
@@ -308,8 +308,13 @@ def test_an_earlier_detector_a_new_edit_tips_into_leaking_is_trimmed_and_the_ses
         checked.append((sum(b.neurons.size for b in overlay.blocks), flips, list(leaks)))
         return len(checked) == 2  # the likeliest maker alone does not stop it; two do
 
+    def says(self, overlay, pairs):
+        recalled.append(list(pairs))
+        return [False]  # without them, its own question no longer gets its answer
+
     monkeypatch.setattr(learner, "undoing_neurons", undoing_neurons)
     monkeypatch.setattr(learning.Gate, "gives_back", gives_back)
+    monkeypatch.setattr(learning.Gate, "says", says)
     trainings, learn = [], learner.learn
     monkeypatch.setattr(learner, "learn", lambda *a, **kw: trainings.append(1) or learn(*a, **kw))
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
@@ -321,19 +326,24 @@ def test_an_earlier_detector_a_new_edit_tips_into_leaking_is_trimmed_and_the_ses
         b.neurons.size for b in after.blocks if b.session_id == sid)
     assert checked == [(whole - 3, [], [leak]), (whole - 6, [], [leak])]
     assert [qa.answer for qa in result.facts] == ["Pixel", "Oslo"] and not result.set_aside
-    assert result.trimmed == [(first, leak[0], "Elm Ridge")]
+    assert result.trimmed == [(first, leak[0], "Elm Ridge", False)]
+    assert recalled == [[("Where do I work?", "Elm Ridge")]]  # the fact's own question
     makers = sorted((b.layer, int(n)) for b in before.blocks if b.matrix == "ffn_gate"
                     for n in b.neurons)[:2]
     earlier = [b for b in after.blocks if b.session_id == first]
     assert not any((b.layer, int(n)) in makers for b in earlier for n in b.neurons)
     assert sum(b.neurons.size for b in earlier) == sum(
         b.neurons.size for b in before.blocks) - 6  # their gate, up and down: nothing else
-    shown = memory_text.trimmed(leak[0], "Elm Ridge")
-    assert shown in memory_text.gate(result.version)
-    assert engine.learned_facts(result.version)[first]["trimmed"] == [[leak[0], "Elm Ridge"]]
+    shown = memory_text.trimmed(leak[0], "Elm Ridge", False)
+    assert shown in memory_text.gate(result.version) and shown in memory_text.describe(
+        engine, result)
+    record = engine.learned_facts(result.version)[first]
+    assert record["trimmed"] == [[leak[0], "Elm Ridge", False]]
+    assert record["unrecalled"] == ["Elm Ridge"]
     listing = io.StringIO()
     memory_cli.show(engine, listing)
     assert f"    ({shown})" in listing.getvalue()
+    assert f"Where do I work? → Elm Ridge  ({memory_text.NOT_RECALLED})" in listing.getvalue()
 
 
 def test_an_earlier_answer_that_leaks_where_no_detector_fires_is_fitted_against_then_traced(

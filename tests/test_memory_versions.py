@@ -341,13 +341,15 @@ def test_a_session_s_record_carries_later_versions_trims_until_it_is_learned_aga
                               "accepted", None, 0, 0, learned)
 
     daughter = {"facts": [["How old is my daughter?", "9", "My daughter is 9."]]}
-    niece = ["How old is my niece?", "9"]
+    niece = ["Who is my niece?", "9", False]  # the trim cost the daughter's age too
     v1 = version(1, None, {4: daughter})
     v2 = version(2, 1, {5: {"facts": []}}, {"4": [niece]})
     v3 = version(3, 2, {4: daughter})  # session 4 learned again: its neurons are new
     v4 = version(4, 1, {6: {"facts": []}})  # a branch from v1 (after a rollback)
     versions = [v1, v2, v3, v4]
-    assert ancestry_records(versions, v1)[4] == {**daughter, "trimmed": []}
+    assert ancestry_records(versions, v1)[4] == {**daughter, "trimmed": [], "unrecalled": []}
     assert ancestry_records(versions, v2)[4]["trimmed"] == [niece]
-    assert ancestry_records(versions, v3)[4]["trimmed"] == []
-    assert ancestry_records(versions, v4)[4]["trimmed"] == []
+    assert ancestry_records(versions, v2)[4]["unrecalled"] == ["9"]
+    for later in (v3, v4):
+        assert ancestry_records(versions, later)[4]["trimmed"] == []
+        assert ancestry_records(versions, later)[4]["unrecalled"] == []

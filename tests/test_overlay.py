@@ -93,27 +93,32 @@ def test_sizes_norms_sessions_and_forgetting_a_session(make_overlay):
     assert overlay.without_session(99).trainable_params == overlay.trainable_params
 
 
-def test_taking_neurons_out_zeroes_their_change_in_every_matrix_and_keeps_the_rest_exact(
+def test_taking_a_session_s_neurons_out_zeroes_their_change_and_keeps_the_rest_exact(
         make_overlay):
     """An earlier session's neurons that leak are taken out of it (``learning.trims``): their
-    columns and rows of ΔW become zero in every matrix of their layer, nothing else moves,
-    and a block left with no neuron is gone."""
+    columns and rows of ΔW become zero in every matrix of their layer, another session's
+    change of the same neuron stays, nothing else moves, and a block left with no neuron is
+    gone."""
     overlay = make_overlay(BASE, SPEC)
-    down = overlay.blocks[0]  # layer 1's ffn_down, session 1
-    out = {1: set(down.neurons[:3].tolist()), 3: set(overlay.blocks[-1].neurons.tolist())}
-    trimmed = overlay.without_neurons(out)
-    assert 3 not in trimmed.layers and trimmed.sessions == overlay.sessions
-    before, after = overlay.dense_delta(1, "ffn_down"), trimmed.dense_delta(1, "ffn_down")
+    first, second = overlay.blocks[0], overlay.blocks[1]  # layer 1's ffn_down: sessions 1, 2
+    shared = int(second.neurons[0])  # session 2 changes it too, from now on
+    first.neurons[0] = shared
+    out = {1: {shared, *first.neurons[1:3].tolist()}}
+    trimmed = overlay.without_neurons(1, out)
+    assert trimmed.sessions == overlay.sessions
     gone = sorted(out[1])
-    assert not after[:, gone].any()
+    kept = SparseOverlay(trimmed.blocks[:1], BASE, d_model=N_EMBD, d_ff=N_FF)
+    assert not kept.dense_delta(1, "ffn_down")[:, gone].any()
+    assert np.array_equal(trimmed.blocks[1].delta, second.delta)  # session 2's, untouched
+    after, before = trimmed.dense_delta(1, "ffn_down"), overlay.dense_delta(1, "ffn_down")
     assert np.array_equal(np.delete(after, gone, axis=1), np.delete(before, gone, axis=1))
-    for layer, matrix in ((2, "ffn_up"), (2, "ffn_down")):
+    for layer, matrix in ((2, "ffn_up"), (2, "ffn_down"), (3, "ffn_gate")):
         assert np.array_equal(trimmed.dense_delta(layer, matrix),
                               overlay.dense_delta(layer, matrix))
-    taken = sum(np.isin(b.neurons, gone).sum() for b in overlay.blocks if b.layer == 1)
-    assert taken >= 3 and trimmed.trainable_params == overlay.trainable_params - N_EMBD * (
-        taken + 5)
-    assert overlay.without_neurons({}).blocks == overlay.blocks
+    assert trimmed.trainable_params == overlay.trainable_params - N_EMBD * 3
+    whole = overlay.without_neurons(None, {3: set(overlay.blocks[-1].neurons.tolist())})
+    assert 3 not in whole.layers  # the shared block's every neuron: the block is gone
+    assert overlay.without_neurons(1, {}).blocks == overlay.blocks
 
 
 @pytest.mark.parametrize("make, message", [

@@ -295,8 +295,8 @@ def _describe(result: LearnResult) -> str:
         if record.get("refused_tries"):
             line += f" (refused first: {' | '.join(record['refused_tries'])})"
     aside = "; ".join(f"{qa.question} → {qa.answer}" for qa in result.set_aside)
-    trims = "; ".join(f"s{sid}: {question} → {answer}"
-                      for sid, question, answer in result.trimmed)
+    trims = "; ".join(f"s{sid}: {question} → {answer}{'' if kept else ' (no longer recalled)'}"
+                      for sid, question, answer, kept in result.trimmed if result.accepted)
     return (f"{line} [{pairs}]" + (f" set aside: [{aside}]" if aside else "")
             + (f" trimmed: [{trims}]" if trims else ""))
 

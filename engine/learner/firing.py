@@ -98,10 +98,13 @@ def undoing_neurons(twin: Twin, blocks: list[NeuronBlock],
     a time. A detector firing at a fifth of its strength tips a reply the base model has
     not decided ("My niece is" → the daughter's "9"), so what fires is not the test; what
     taking it out does is. The twin must compute with the edit applied."""
+    if not leaked:
+        return []
     everything: dict[int, set[int]] = {}
     for b in blocks:
         everything.setdefault(b.layer, set()).update(b.neurons.tolist())
     neurons = sorted((layer, n) for layer, found in everything.items() for n in found)
+    # each neuron's blocks alone: all the others are what is left out
     raised = {(layer, n): _lead_without(
         twin, blocks_without(blocks, {**everything, layer: everything[layer] - {n}}),
         (), leaked) for layer, n in neurons}

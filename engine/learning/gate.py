@@ -184,11 +184,24 @@ class Gate:
             try:
                 kept = all(int(self.answer_logits(*self.facts[fact])[token].argmax())
                            == int(self.baseline.answers[fact][token]) for fact, token in flips)
-                return kept and not any(
-                    replies.mentions(self.reply(question, LEAK_TOKENS)[0], taught_answer)
-                    for question, _, taught_answer in leaks)
+                return kept and not any(self._saying([(q, a) for q, _, a in leaks]))
             finally:
                 self.scorer.set_overlay(None)
+
+    def says(self, overlay: SparseOverlay, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """Whether ``overlay``'s reply to each question of ``pairs`` gives its answer, in
+        llama.cpp."""
+        with self._written(overlay, "asked.gguf") as lora:
+            self.scorer.set_overlay(lora, overlay.scale)
+            try:
+                return list(self._saying(pairs))
+            finally:
+                self.scorer.set_overlay(None)
+
+    def _saying(self, pairs: Sequence[tuple[str, str]]) -> Iterator[bool]:
+        """With the overlay now set: whether the reply to each question gives its answer."""
+        for question, taught_answer in pairs:
+            yield replies.mentions(self.reply(question, LEAK_TOKENS)[0], taught_answer)
 
     @contextmanager
     def _written(self, overlay: SparseOverlay, name: str) -> Iterator[Path]:

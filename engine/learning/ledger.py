@@ -29,7 +29,8 @@ def ancestry_records(versions: list[OverlayVersion],
     """The learn record of each session along ``version``'s ancestry (the nearest wins): what
     was derived from it when its neurons now in use were trained. Its ``trimmed``: the leaks
     later versions stopped by taking some of those neurons out (``learning.trims``), as
-    [question, answer] pairs."""
+    [question, answer, whether its own question still got the answer]; an answer no longer
+    recalled so joins its ``unrecalled``."""
     by_id = {v.id: v for v in versions}
     out: dict[int, dict] = {}
     trimmed: dict[int, list] = {}
@@ -39,6 +40,9 @@ def ancestry_records(versions: list[OverlayVersion],
                 trimmed.setdefault(int(sid), []).extend(leaks)
         for sid, record in version.learned.items():
             if sid not in out:
-                out[sid] = {**record, "trimmed": trimmed.get(sid, [])}
+                cuts = trimmed.get(sid, [])
+                lost = [answer for _, answer, kept in cuts if not kept]
+                out[sid] = {**record, "trimmed": cuts,
+                            "unrecalled": list(dict.fromkeys(record.get("unrecalled", []) + lost))}
         version = None if version.parent_id is None else by_id.get(version.parent_id)
     return out

@@ -45,9 +45,10 @@ class LearnResult:
     # the answers of ``facts`` not given back when asked their own questions (in training's
     # twin, or by the served weights in the gate): kept, never counted as learned
     unrecalled: list[str] = field(default_factory=list)
-    # earlier sessions' leaks this run stopped by taking their neurons that fired there out
-    # (``learning.trims``): (session, question, answer)
-    trimmed: list[tuple[int, str, str]] = field(default_factory=list)
+    # earlier sessions' leaks this run stopped by taking some of their neurons out
+    # (``learning.trims``): (session, question, answer, whether the session's own question
+    # still gets that answer)
+    trimmed: list[tuple[int, str, str, bool]] = field(default_factory=list)
 
     def recalled(self, qa: QA) -> bool:
         return qa.answer not in self.unrecalled

@@ -25,6 +25,7 @@ from engine import derive, replies, text
 from engine.consistency import llama_writes, twin_kinds, twin_neighbours, twin_prefers
 from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
+from engine.learning import trims
 from engine.learning.anchors import anchors_for, training, twin_for
 from engine.learning.corrections import corrections, same_question
 from engine.learning.gate import Gate, Locality, Taught, check, rejections
@@ -39,7 +40,7 @@ from engine.learning.texts import (
     end_of_turn,
     personal_questions,
 )
-from engine.learning.trims import Trim, trim, trimmed_record
+from engine.learning.trims import Trim
 from engine.memory import OverlayMemory
 from engine.overlay import SparseOverlay
 from engine.prompt import ChatTemplate, Turn
@@ -269,8 +270,10 @@ class Learning:
         threshold, floor = self.threshold(twin), self.floor(twin)
         recipe, silent, refused = self.recipe, others + untaught, []
         dropped: set[str] = set()  # answers left out because they kept leaking
-        trims: list[tuple[int, str, str]] = []  # earlier sessions' leaks taken out of them
-        before = functools.cache(lambda: self._flipped(base))  # measured once, if needed
+        trimmed: list[tuple[int, str, str, bool]] = []  # earlier sessions' leaks taken out
+        # what the memory as it is changed (measured once, if needed; a trim below does not
+        # move it)
+        before = functools.cache(functools.partial(self._flipped, base))
 
         def judged(candidate: SparseOverlay, last: bool
                    ) -> tuple[Locality, list[tuple[int, int]], list[str]]:
@@ -333,14 +336,18 @@ class Learning:
                 with training, twin.overlaid(candidate):
                     blamed = learner.firing_facts(twin, blocks, examples, flips + leaked,
                                                   recipe.key_context, recipe.firing_share)
-                    fired = None if blamed or not foreign else trim(
-                        twin, base, blocks, list(zip(foreign, leaked, strict=True)), earlier,
-                        functools.partial(self.gate().gives_back, flips=[], leaks=foreign),
-                        recipe.suspects)
-                    traced = [] if fired else traced
-                    suspects = learner.undoing(twin, blocks, examples, flips,
-                                               leaked if traced else []) if (
-                        not blamed and (flips or traced)) else []
+                    ranked = [] if blamed or not foreign else trims.makers(
+                        twin, base, list(zip(foreign, leaked, strict=True)), earlier)
+                fired = trims.fewest(
+                    base, blocks, ranked, foreign, earlier,
+                    functools.partial(self.gate().gives_back, flips=[], leaks=foreign),
+                    self.gate().says, recipe.suspects) if ranked else None
+                traced = [] if fired else traced
+                suspects = []
+                if not blamed and (flips or traced):
+                    with training, twin.overlaid(candidate):
+                        suspects = learner.undoing(twin, blocks, examples, flips,
+                                                   leaked if traced else [])
                 for n in range(1, min(recipe.suspects, len(suspects) - 1) + 1):
                     if self.gate().gives_back(base.merge(replace(base, blocks=learner.without(
                             blocks, examples, set(suspects[:n])))), changed, traced):
@@ -352,8 +359,8 @@ class Learning:
                             if tuple(e.answer) in blamed}
                 blocks = learner.without(blocks, examples, blamed)
             if fired:
-                base = base.without_neurons(fired.neurons)
-                trims += fired.leaks
+                base = fired.applied(base)
+                trimmed += fired.leaks
             if cut or fired:
                 refused.append("; ".join(reasons))
                 candidate = base.merge(replace(base, blocks=blocks))
@@ -394,7 +401,7 @@ class Learning:
             "locality_decided": round(score.decided, 4),
             "kl_neutral": round(score.kl_neutral, 5), "threshold": round(threshold, 4),
             "leaks": [list(leak) for leak in score.leaks],
-            "trimmed": trimmed_record(trims),
+            "trimmed": trims.trimmed_record(trimmed),
             "loops": [list(loop) for loop in score.loops],
             "learned": {str(session.id): {
                 "through": newest, "seconds": round(seconds, 2), "train": train,
@@ -415,7 +422,7 @@ class Learning:
         progress(1.0, Step("done", "gate", 1.0))
         return LearnResult(session.id, version, kept, fixes, score, threshold, seconds,
                            len(candidates), len(found), set_aside, len(written),
-                           written_checked, missed, trims)
+                           written_checked, missed, trimmed)
 
     def _written(self, said: list[str], settings: Settings,
                  cancel: threading.Event | None) -> list[QA]:
