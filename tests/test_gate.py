@@ -462,3 +462,14 @@ def test_the_threshold_is_the_floor_less_the_margin_unless_a_fixed_one_is_set(en
     assert engine.learning.threshold() == pytest.approx(floor - 0.02)
     engine.settings = settings.with_gate(0.9)
     assert engine.learning.threshold() == 0.9
+
+
+def test_says_asks_each_question_with_the_overlay_and_reads_its_answer_in_the_reply(
+        engine, make_overlay):  # noqa: F811
+    """What a trim cost: the fact's own question asked with the trimmed memory in llama.cpp
+    (scripted replies), and whether the reply gives the fact's answer."""
+    gate = engine.learning.gate()
+    scripted(gate, {"How old is my daughter?": "She is 9.", "Who is my niece?": "Noor."})
+    overlay = make_overlay(engine.runtime.model.sha256, [(1, "ffn_gate", 2, 4)])
+    assert gate.says(overlay, [("How old is my daughter?", "9"), ("Who is my niece?", "9"),
+                               ("Where do I live?", "Oslo")]) == [True, False, False]

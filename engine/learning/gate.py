@@ -184,7 +184,9 @@ class Gate:
             try:
                 kept = all(int(self.answer_logits(*self.facts[fact])[token].argmax())
                            == int(self.baseline.answers[fact][token]) for fact, token in flips)
-                return kept and not any(self._saying([(q, a) for q, _, a in leaks]))
+                return kept and not any(
+                    replies.mentions(self.reply(question, LEAK_TOKENS)[0], taught_answer)
+                    for question, _, taught_answer in leaks)
             finally:
                 self.scorer.set_overlay(None)
 
@@ -192,16 +194,8 @@ class Gate:
         """Whether ``overlay``'s reply to each question of ``pairs`` gives its answer, in
         llama.cpp."""
         with self._written(overlay, "asked.gguf") as lora:
-            self.scorer.set_overlay(lora, overlay.scale)
-            try:
-                return list(self._saying(pairs))
-            finally:
-                self.scorer.set_overlay(None)
-
-    def _saying(self, pairs: Sequence[tuple[str, str]]) -> Iterator[bool]:
-        """With the overlay now set: whether the reply to each question gives its answer."""
-        for question, taught_answer in pairs:
-            yield replies.mentions(self.reply(question, LEAK_TOKENS)[0], taught_answer)
+            said = self.replies((lora, overlay.scale), [q for q, _ in pairs], LEAK_TOKENS)
+        return [replies.mentions(reply, a) for reply, (_, a) in zip(said, pairs, strict=True)]
 
     @contextmanager
     def _written(self, overlay: SparseOverlay, name: str) -> Iterator[Path]:

@@ -67,6 +67,9 @@ def fewest(base: SparseOverlay, blocks: list[NeuronBlock], ranked: list[Maker],
     """The fewest (at most ``most``) of the ``ranked`` makers without which the memory with
     the new ``blocks`` ``stops`` leaking; None where none do. ``says`` asks whether the
     trimmed memory still gives each cut session's fact its answer, to its own question."""
+    own: dict[tuple[int, str], str] = {}  # each earlier fact's first recorded question
+    for sid, qa in earlier:
+        own.setdefault((sid, qa.answer.lower()), qa.question)
     for n in range(1, min(most, len(ranked)) + 1):
         neurons: dict[int, dict[int, set[int]]] = {}
         for layer, neuron, sessions in ranked[:n]:
@@ -76,11 +79,10 @@ def fewest(base: SparseOverlay, blocks: list[NeuronBlock], ranked: list[Maker],
         candidate = trimmed.merge(replace(trimmed, blocks=blocks))
         if not stops(candidate):
             continue
-        stopped = {(sid, question, answer): next(
-            qa.question for s, qa in earlier if s == sid and qa.answer.lower() == answer.lower())
-            for sid in sorted(neurons) for question, _, answer in leaks
-            if any(s == sid and qa.answer.lower() == answer.lower() for s, qa in earlier)}
-        kept = says(candidate, [(own, answer) for (_, _, answer), own in stopped.items()])
+        stopped = list(dict.fromkeys((sid, question, answer) for sid in sorted(neurons)
+                                     for question, _, answer in leaks
+                                     if (sid, answer.lower()) in own))
+        kept = says(candidate, [(own[sid, answer.lower()], answer) for sid, _, answer in stopped])
         return Trim(neurons, [(*leak, still) for leak, still in zip(stopped, kept, strict=True)])
     return None
 
