@@ -99,6 +99,17 @@ def test_someone_named_in_full_is_asked_about_by_relation_and_by_name():
     assert said["What does my older cousin teach?"] == said["What does Ebba teach?"] == "yoga"
 
 
+def test_a_relation_a_copula_names_is_asked_about_as_an_apposition_is():
+    said = asked("My landlord here is Ola Moen.")
+    assert said["Who is my landlord?"] == said["What is my landlord called?"] == "Ola Moen"
+    said = asked("My tennis partner is my colleague Idun.")
+    assert said["Who is my tennis partner?"] == said["Who is my colleague?"] == "Idun"
+    # only a relation that is the whole subject, and a name that is the whole complement
+    assert not [q for q in asked("My birthday is Monday.") if q.startswith("Who")]
+    assert not [q for q in asked("My landlord is Ola Moen's brother.") if q.startswith("Who")]
+    assert asked("My landlord Ola is Danish.")["Who is my landlord?"] == "Ola"
+
+
 def test_naming_and_self_naming():
     said = asked("My boat is called Sula.")
     assert said["What is my boat called?"] == said["What is the name of my boat?"] == "Sula"

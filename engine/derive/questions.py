@@ -320,13 +320,13 @@ def _sentence(words: list[str]) -> str:
 
 def _appositives(clause: Clause) -> list[Asked]:
     """"my sister Noor" anywhere in a clause (a request's too: "sign it with my name, Aksel"
-    names the user): who the relation is."""
+    names the user), and "my manager is Grete": who the relation is."""
     words = clause.words
+    named = [(words[i].lower(), " ".join(words[i + 1:j]), " ".join(words[j:k]))
+             for i, j, k in _relations(clause)]
     out = []
-    for i, j, k in _relations(clause):
-        relation = " ".join(words[i + 1:j])
-        name = re.sub(r"'s$", "", " ".join(words[j:k]))
-        owner = words[i].lower()
+    for owner, relation, name in named + list(_said_to_be(clause)):
+        name = re.sub(r"'s$", "", name)
         if relation == "name" and owner == "my":
             out += [Asked(q, name) for q in templates()["self_naming"]]
         else:
@@ -374,26 +374,59 @@ def _named(clause: Clause) -> list[Asked]:
     return out
 
 
+def _relation_end(words: tuple[str, ...], tags: tuple[str, ...], i: int) -> int | None:
+    """Where the relation that "my"/"our" at ``i`` opens ends (its modifiers and nouns: "my
+    best friend"), or None where no relation follows it."""
+    if words[i].lower() not in {"my", "our"}:
+        return None
+    first = i + 1
+    while first < len(words) and tags[first] == "ADJ":
+        first += 1  # "my best friend Dario", "my little sister Oda"
+    if first >= len(words) or tags[first] != "NOUN":
+        return None
+    j = first + 1
+    while j < len(words) and tags[j] == "NOUN":
+        j += 1
+    return j
+
+
 def _relations(clause: Clause) -> Iterator[tuple[int, int, int]]:
     """Where a clause names someone by relation and name, "my best friend Dario": (i, j, k)
     with "my" at i, the relation and its modifiers up to j, the name up to k."""
     words, tags = clause.words, clause.tags
     for i in range(len(words) - 2):
-        if words[i].lower() not in {"my", "our"}:
+        j = _relation_end(words, tags, i)
+        if j is None:
             continue
-        first = i + 1
-        while first < len(words) and tags[first] == "ADJ":
-            first += 1  # "my best friend Dario", "my little sister Oda"
-        if first >= len(words) or tags[first] != "NOUN":
-            continue
-        j = first + 1
-        while j < len(words) and tags[j] == "NOUN":
-            j += 1
         k = j
         while k < len(words) and tags[k] == "PROPN":
             k += 1
         if k > j:
             yield i, j, k
+
+
+def _said_to_be(clause: Clause) -> Iterator[tuple[str, str, str]]:
+    """Whom a copula names a relation, as an apposition does: "my manager there is Grete
+    Solberg", "my running buddy is my neighbour Olle" → ("my", "manager", "Grete Solberg").
+    Only a relation that is the clause's whole subject, and a name (not a day or month) that
+    is the whole complement of the copula alone ("is called Kestrel" names a thing: _named)."""
+    words, tags = clause.words, clause.tags
+    group = verb_group(clause)
+    if group is None or words[group[0]].lower() not in text.grammar()["copulas"]:
+        return
+    v, k = group
+    ends = [(i, _relation_end(words, tags, i)) for i in range(v)]
+    i, j = next(((i, j) for i, j in ends if j is not None), (0, None))
+    if j is None or any(t != "ADV" for t in tags[:i] + tags[j:v] + tags[v + 1:k]) \
+            or any(w.endswith(("'s", "’s")) for w in words[i:j]):
+        return
+    if k < len(words):
+        k = _relation_end(words, tags, k) or k  # "is my neighbour Olle": the name is Olle
+    n = k
+    while n < len(words) and tags[n] == "PROPN":
+        n += 1
+    if n > k and n == len(words) and not _is_time(words[k]):
+        yield words[i].lower(), " ".join(words[i + 1:j]), " ".join(words[k:n])
 
 
 def _people(clause: Clause) -> Iterator[tuple[str, str]]:
