@@ -110,6 +110,17 @@ def test_a_relation_a_copula_names_is_asked_about_as_an_apposition_is():
     assert asked("My landlord Ola is Danish.")["Who is my landlord?"] == "Ola"
 
 
+def test_what_we_do_is_asked_about_the_user_too_with_be_agreeing():
+    said = asked("We keep goats in our barn.")
+    assert said["What do we keep?"] == said["What do I keep?"] == "goats"
+    assert said["What do I keep in my barn?"] == "goats"
+    said = asked("We are sailing from Bodø.")
+    assert said["Where are we sailing from?"] == said["Where am I sailing from?"] == "Bodø"
+    assert said["I am sailing from where?"] == "Bodø"
+    # a question without "we" is asked once, as it was
+    assert [q for q in asked("My aunt sails from Bodø.") if " I " in f" {q} "] == []
+
+
 def test_naming_and_self_naming():
     said = asked("My boat is called Sula.")
     assert said["What is my boat called?"] == said["What is the name of my boat?"] == "Sula"

@@ -449,6 +449,20 @@ def _referred(asked: Asked, people: list[tuple[str, str]]) -> list[Asked]:
     return out
 
 
+def _one_of_us(asked: Asked) -> list[Asked]:
+    """A question about "we" also asked about "I": what the user says of us is true of them
+    ("We live in Leeds" → "Where do I live?", "Where are we flying from?" → "Where am I
+    flying from?")."""
+    table = templates()["one_of_us"]
+    words = asked.question.rstrip("?").split(" ")
+    lower = [w.lower() for w in words]
+    if not set(lower) & table["pronouns"].keys():
+        return [asked]
+    said = [table["pronouns"].get(w) or (table["be"].get(w) if "we" in lower[max(i - 1, 0):i + 2]
+                                         else None) or words[i] for i, w in enumerate(lower)]
+    return [asked, Asked(_sentence(said), asked.answer)]
+
+
 def questions(clause: Clause) -> list[Asked]:
     """The (question, answer) pairs a clause gives; none from a negated clause (what the user
     does *not* do is not an answer), only names from a request, and none about a predicate
@@ -477,7 +491,7 @@ def questions(clause: Clause) -> list[Asked]:
             out += [Asked(q, answer) for q in asked if q]
     people = list(dict.fromkeys(_people(clause)))
     seen, kept = set(), []
-    for pair in (p for a in out for p in _referred(a, people)):
+    for pair in (p for a in out for r in _referred(a, people) for p in _one_of_us(r)):
         question = pair.question[:1].upper() + pair.question[1:]
         if question.lower() not in seen and pair.answer.lower() not in question.lower():
             seen.add(question.lower())
