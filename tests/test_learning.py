@@ -132,7 +132,7 @@ def test_rejected_versions_and_the_accepted_one_keep_scores_and_facts(engine):
     assert record["facts"] == [["What is my cat called?", "Pixel", record["facts"][0][2]],
                                ["What is the name of my pet?", "Pixel", record["facts"][0][2]]]
     assert record["train"]["steps"] >= 1 and record["seconds"] > 0
-    assert record["train"]["stopped"] in ("learned", "plateau", "step cap")  # why it stopped
+    assert record["train"]["stopped"] in ("learned", "step cap")  # why it stopped
     assert {"locality", "kl_neutral", "threshold"} <= set(result.version.metrics)
     assert result.locality.kl_neutral >= 0.0
 
@@ -762,15 +762,6 @@ def test_the_stop_waits_for_every_fact_not_for_the_mean_of_all_answers():
     assert learner.worst_fact(loss, rows, facts, kept) == pytest.approx(0.15)
 
 
-def test_training_stops_on_a_plateau_but_not_on_a_slow_steady_fall():
-    plateau = [1.0, 0.6, 0.4, 0.3] + [0.29 - 0.001 * i for i in range(12)]
-    assert learner.stalled(plateau, window=10, gain=0.05)
-    assert not learner.stalled(plateau[:-2], window=10, gain=0.05)  # 0.3 → 0.28 is still −7 %
-    assert not learner.stalled([0.3] * 10, window=10, gain=0.05)  # too few steps to tell
-    steady = [0.45 * 0.97 ** i for i in range(30)]  # −3 % a step, as a fact being learned falls
-    assert not any(learner.stalled(steady[:n], window=10, gain=0.05) for n in range(1, 31))
-
-
 @pytest.mark.parametrize("tiny_model", ARCHITECTURES, indirect=True)
 def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(engine):
     """What the learner is for, on the tiny model: the answer's loss falls, in the twin and
@@ -781,10 +772,7 @@ def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(eng
     differs most, so llama.cpp's fall is checked on its own.)"""
     rt = engine.load()
     twin = twin_for(rt)
-    # No plateau stop: at this rate the random model's loss bounces, and where a stop fell
-    # decided the result.
-    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=80, lr=0.5, locality_weight=0.0,
-                            plateau=80)
+    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=80, lr=0.5, locality_weight=0.0)
     example = learner.Example(*dialogue(rt, None, "Where do I live?", " town."), end_of_turn(rt))
     rows = list(range(len(example.prompt) - 1, len(example.prompt) + len(example.answer) - 1))
     scorer = Scorer(rt.model.path, n_ctx=512)

@@ -18,11 +18,10 @@ from engine.learner.train import (
     Progress,
     learn,
     recalled,
-    stalled,
     stop_rows,
     worst_fact,
 )
 
 __all__ = ["Anchors", "Example", "NeuronEdit", "Progress", "Recipe", "anchors_for",
            "firing_facts", "keyed_facts", "learn", "owners", "per_layer", "recalled",
-           "stalled", "stop_rows", "undoing", "undoing_neurons", "without", "worst_fact"]
+           "stop_rows", "undoing", "undoing_neurons", "without", "worst_fact"]

@@ -45,8 +45,6 @@ class Recipe:
     # when to stop
     stop_loss: float = 0.05  # every fact's answers learned: stop early (worst_fact, stop_rows)
     spare: int = 1  # phrasings per fact (of 3 or more) that the stop may leave unlearned
-    plateau: int = 20  # steps: stop when the answers' loss fell less than plateau_gain over them
-    plateau_gain: float = 0.05
     # when the gate refuses a session's edit
     retries: int = 2  # trained again, its leaks as negatives, locality weighing more …
     retry_locality: float = 4.0  # … by this factor if locality fell below the threshold;

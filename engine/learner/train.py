@@ -185,7 +185,6 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
     strength = torch.ones(len(targets.taught), 1, 1, device=twin.device)
     shuffle = torch.Generator().manual_seed(recipe.seed)
     history: list[tuple[float, float]] = []
-    watched: list[float] = []  # the answer loss the stop reads (stop_rows)
     stopped = "step cap"
     with ffn_added(twin, {e.layer: (lambda x, e=e: e.change(x, strength)) for e in edits}):
         for step in range(recipe.steps):
@@ -212,13 +211,9 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
             history.append((task.item(), locality.item()))
             progress((step + 1) / recipe.steps, f"step {step + 1}: answer loss {task.item():.3f}")
             kept = stop_rows(token_loss.detach(), targets.rows, targets.taught, recipe.spare)
-            watched.append(token_loss[kept].mean().item())
             if worst_fact(token_loss.detach(), targets.rows, targets.taught,
                           kept) < recipe.stop_loss:
                 stopped = "learned"
-                break
-            if stalled(watched, recipe.plateau, recipe.plateau_gain):
-                stopped = "plateau"
                 break
         strength.fill_(1.0)
         with torch.no_grad():
@@ -257,8 +252,7 @@ def worst_fact(token_loss: torch.Tensor, rows: torch.Tensor, facts: list[tuple],
                kept: torch.Tensor) -> float:
     """The highest mean loss of any fact over its ``kept`` answer tokens: the stop waits for
     every fact to be learned (a mean over all tokens let a session stop with one fact of
-    seven unlearned); the plateau still reads the mean (one stuck fact flattened the worst
-    at once and cut training short)."""
+    seven unlearned)."""
     names = sorted(set(facts))
     fact = torch.tensor([names.index(facts[int(r)]) for r in rows], device=token_loss.device)
     total = torch.zeros(len(names), device=token_loss.device).index_add_(
@@ -266,12 +260,6 @@ def worst_fact(token_loss: torch.Tensor, rows: torch.Tensor, facts: list[tuple],
     count = torch.zeros(len(names), device=token_loss.device).index_add_(
         0, fact[kept], torch.ones_like(token_loss[kept]))
     return float((total / count.clamp_min(1)).max())
-
-
-def stalled(losses: list[float], window: int, gain: float) -> bool:
-    """The loss fell by less than ``gain`` (a fraction) over the last ``window`` steps: what
-    is left will not be learned."""
-    return len(losses) > window and losses[-1] > (1 - gain) * losses[-1 - window]
 
 
 def _after_shared(twin: Twin, examples: list[Example],
