@@ -16,22 +16,25 @@ LOOP_REPEATS = 3  # a word or phrase this many times in a row reads as a loop
 @dataclass(frozen=True)
 class LoopRule:
     """When a reply is a loop: a phrase of up to PHRASE_WORDS tokens come round ``rounds``
-    times in a row (``letterless`` times if it has no letter: "0, 0, 0"), or a token of
+    times in a row (LOOP_REPEATS times if it is ``sentence`` tokens or longer, ``letterless``
+    times if it has no letter: "0, 0, 0"), or a token of
     ``piece_chars`` or more that is one short ``piece`` over and over ("2020…")."""
 
     rounds: int
     letterless: int
+    sentence: int  # a phrase of this many tokens or more, with a letter, is a loop at
+    # LOOP_REPEATS rounds: a sentence said three times running is never prose
     piece_chars: int
     piece: str  # the characters such a piece is made of (a regex class)
     structure: bool  # code blocks and table rows repeat by design: not read for loops
 
 
 # What reads as a loop (the issue's definition, the benchmarks' and the gate's).
-SAID = LoopRule(LOOP_REPEATS, LOOP_REPEATS, 12, r"\S", structure=False)
+SAID = LoopRule(LOOP_REPEATS, LOOP_REPEATS, 1, 12, r"\S", structure=False)
 # Where the chat ends a reply: a real loop runs on to the limit, while prose says "No, no,
 # no", "Ho ho ho" or "x + x + x" and numbers repeat ("0, 0, 0, 0"); lines of "=" and "_"
-# are rules; "Hahahahahaha" is a laugh.
-CUT = LoopRule(6, 16, 24, r"[^\W_]", structure=True)
+# are rules; "Hahahahahaha" is a laugh. "I am a hobbyist." three times over is a loop.
+CUT = LoopRule(6, 16, 5, 24, r"[^\W_]", structure=True)
 
 
 def hit(reply: str, expected: str) -> bool:
@@ -138,7 +141,8 @@ class LoopWatch:
         for size in range(1, PHRASE_WORDS + 1):
             same = n > size and self._tokens[n - 1 - size][0] == token
             self._runs[size] = self._runs[size] + 1 if same else 0
-            if self._runs[size] >= (self.rule.rounds - 1) * size and (
+            rounds = LOOP_REPEATS if size >= self.rule.sentence else self.rule.rounds
+            if self._runs[size] >= (rounds - 1) * size and (
                     self._runs[size] >= (self.rule.letterless - 1) * size
                     or any(c.isalpha() for t, _, _ in self._tokens[n - size:] for c in t)):
                 return self._before(self._runs[size])

@@ -98,7 +98,9 @@ def test_the_chat_ends_a_reply_that_runs_on_and_leaves_what_repeats_by_design():
     assert _shown("Mos " * 8) == "Mos" and _shown("firs" * 10) == "firs"
     assert _shown("I use the Kobo." + "\n\n." * 20) == "I use the Kobo."
     assert _shown("My cat is Mosel." + " Mosel." * 7) == "My cat is Mosel."
+    assert _shown("I am a hobbyist. " * 5) == "I am a hobbyist."  # a sentence: three rounds
     for kept in ("No, no, no, that is not what I meant.", "Merry Christmas! Ho ho ho!",
+                 "Let it be, let it be, let it be, let it be.",
                  "Hahahahahahaha, good one.", "Fill in: ____________.", "=" * 40, "_" * 40,
                  "Start at [0, 0, 0, 0, 0, 0, 0, 0, 0, 0].", "The MAC is FF:FF:FF:FF:FF:FF.",
                  "Aaaaaaaaaaaaaaaaah!", "```js\n" + "}\n" * 10 + "```",
@@ -113,8 +115,8 @@ def _first_loop_cut(tokens: list[str], rule: replies.LoopRule) -> int | None:
     for n in range(1, len(tokens) + 1):
         for size in range(1, replies.PHRASE_WORDS + 1):
             phrase = tokens[n - size:n]
-            rounds = (rule.rounds if any(c.isalpha() for c in "".join(phrase))
-                      else rule.letterless)
+            rounds = (rule.letterless if not any(c.isalpha() for c in "".join(phrase))
+                      else replies.LOOP_REPEATS if size >= rule.sentence else rule.rounds)
             start = n - size * rounds
             if start >= 0 and all(tokens[start + k * size: start + (k + 1) * size] == phrase
                                   for k in range(rounds)):
