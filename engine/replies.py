@@ -16,21 +16,22 @@ LOOP_REPEATS = 3  # a word or phrase this many times in a row reads as a loop
 @dataclass(frozen=True)
 class LoopRule:
     """When a reply is a loop: a phrase of up to PHRASE_WORDS tokens come round ``rounds``
-    times in a row (LOOP_REPEATS times if it is ``sentence`` tokens or longer, ``letterless``
-    times if it has no letter: "0, 0, 0"), or a token of
+    times in a row (LOOP_REPEATS times if it is ``sentence`` tokens or longer and on one line,
+    ``letterless`` times if it has no letter: "0, 0, 0"), or a token of
     ``piece_chars`` or more that is one short ``piece`` over and over ("2020…")."""
 
     rounds: int
     letterless: int
-    sentence: int  # a phrase of this many tokens or more, with a letter, is a loop at
-    # LOOP_REPEATS rounds: a sentence said three times running is never prose
+    sentence: int  # a phrase of this many tokens or more, with a letter, on one line, is a
+    # loop at LOOP_REPEATS rounds: a sentence said three times running is not prose (on lines
+    # of their own, the same lines may be what was asked for: "write it three times")
     piece_chars: int
     piece: str  # the characters such a piece is made of (a regex class)
     structure: bool  # code blocks and table rows repeat by design: not read for loops
 
 
 # What reads as a loop (the issue's definition, the benchmarks' and the gate's).
-SAID = LoopRule(LOOP_REPEATS, LOOP_REPEATS, 1, 12, r"\S", structure=False)
+SAID = LoopRule(LOOP_REPEATS, LOOP_REPEATS, PHRASE_WORDS + 1, 12, r"\S", structure=False)
 # Where the chat ends a reply: a real loop runs on to the limit, while prose says "No, no,
 # no", "Ho ho ho" or "x + x + x" and numbers repeat ("0, 0, 0, 0"); lines of "=" and "_"
 # are rules; "Hahahahahaha" is a laugh. "I am a hobbyist." three times over is a loop.
@@ -141,7 +142,11 @@ class LoopWatch:
         for size in range(1, PHRASE_WORDS + 1):
             same = n > size and self._tokens[n - 1 - size][0] == token
             self._runs[size] = self._runs[size] + 1 if same else 0
-            rounds = LOOP_REPEATS if size >= self.rule.sentence else self.rule.rounds
+            rounds = self.rule.rounds
+            if size >= self.rule.sentence and self._runs[size] >= (LOOP_REPEATS - 1) * size \
+                    and "\n" not in self.text[self._tokens[n - self._runs[size] - size][1]:
+                                              match.start()]:
+                rounds = LOOP_REPEATS
             if self._runs[size] >= (rounds - 1) * size and (
                     self._runs[size] >= (self.rule.letterless - 1) * size
                     or any(c.isalpha() for t, _, _ in self._tokens[n - size:] for c in t)):

@@ -99,6 +99,7 @@ def test_the_chat_ends_a_reply_that_runs_on_and_leaves_what_repeats_by_design():
     assert _shown("I use the Kobo." + "\n\n." * 20) == "I use the Kobo."
     assert _shown("My cat is Mosel." + " Mosel." * 7) == "My cat is Mosel."
     assert _shown("I am a hobbyist. " * 5) == "I am a hobbyist."  # a sentence: three rounds
+    assert _shown("I will not talk in class.\n" * 3).count("class") == 3  # lines: as asked
     for kept in ("No, no, no, that is not what I meant.", "Merry Christmas! Ho ho ho!",
                  "Let it be, let it be, let it be, let it be.",
                  "Hahahahahahaha, good one.", "Fill in: ____________.", "=" * 40, "_" * 40,
@@ -108,15 +109,18 @@ def test_the_chat_ends_a_reply_that_runs_on_and_leaves_what_repeats_by_design():
         assert _shown(kept) == kept
 
 
-def _first_loop_cut(tokens: list[str], rule: replies.LoopRule) -> int | None:
+def _first_loop_cut(tokens: list[str], rule: replies.LoopRule, lines: bool = False
+                    ) -> int | None:
     """The reference: the fewest tokens after which a phrase of at most PHRASE_WORDS tokens
-    has come round ``rule.rounds`` times in a row (``rule.letterless`` without a letter), and
-    where its first round ends."""
+    has come round ``rule.rounds`` times in a row (``rule.letterless`` without a letter,
+    LOOP_REPEATS if it has ``rule.sentence`` tokens or more and the tokens are not on
+    ``lines`` of their own), and where its first round ends."""
     for n in range(1, len(tokens) + 1):
         for size in range(1, replies.PHRASE_WORDS + 1):
             phrase = tokens[n - size:n]
             rounds = (rule.letterless if not any(c.isalpha() for c in "".join(phrase))
-                      else replies.LOOP_REPEATS if size >= rule.sentence else rule.rounds)
+                      else replies.LOOP_REPEATS if size >= rule.sentence and not lines
+                      else rule.rounds)
             start = n - size * rounds
             if start >= 0 and all(tokens[start + k * size: start + (k + 1) * size] == phrase
                                   for k in range(rounds)):
@@ -124,7 +128,11 @@ def _first_loop_cut(tokens: list[str], rule: replies.LoopRule) -> int | None:
     return None
 
 
-WORDS = st.lists(st.sampled_from(["Mos", "el", "cat", ".", ",", "my", "0"]), max_size=60)
+WORD = st.sampled_from(["Mos", "el", "cat", ".", ",", "my", "0"])
+# words as they come, and phrases of up to PHRASE_WORDS of them said several times running
+WORDS = st.one_of(st.lists(WORD, max_size=60), st.lists(
+    st.tuples(st.lists(WORD, min_size=1, max_size=replies.PHRASE_WORDS), st.integers(1, 7)),
+    max_size=4).map(lambda said: [w for phrase, times in said for w in phrase * times]))
 
 
 @given(WORDS, st.lists(st.integers(1, 6), max_size=40), st.sampled_from([" ", "\n", "  "]),
@@ -141,7 +149,7 @@ def test_a_streamed_reply_is_shown_up_to_its_first_loop_and_never_beyond(words, 
         at += size
     shown.append(watch.add(reply[at:]))
     shown.append(watch.finish())
-    cut = _first_loop_cut([w.lower() for w in words], rule)
+    cut = _first_loop_cut([w.lower() for w in words], rule, "\n" in gap)
     expected = reply if cut is None else gap.join(words[:cut])
     assert "".join(shown).rstrip() == expected.rstrip()
     assert watch.looped == (cut is not None)

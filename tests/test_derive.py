@@ -9,7 +9,7 @@ import pytest
 from engine import derive, text
 from engine.derive import QA
 from engine.derive.clauses import clauses, sentences
-from engine.derive.questions import questions
+from engine.derive.questions import _said_to_be, questions
 
 
 def asked(statement: str) -> dict[str, str]:
@@ -104,10 +104,12 @@ def test_a_relation_a_copula_names_is_asked_about_as_an_apposition_is():
     assert said["Who is my landlord?"] == said["What is my landlord called?"] == "Ola Moen"
     said = asked("My tennis partner is my colleague Idun.")
     assert said["Who is my tennis partner?"] == said["Who is my colleague?"] == "Idun"
-    # only a relation that is the whole subject, and a name that is the whole complement
-    assert not [q for q in asked("My birthday is Monday.") if q.startswith("Who")]
-    assert not [q for q in asked("My landlord is Ola Moen's brother.") if q.startswith("Who")]
-    assert asked("My landlord Ola is Danish.")["Who is my landlord?"] == "Ola"
+    # only a relation that is the clause's whole subject, now, and a person's name that is the
+    # whole complement: a full name, or one a relation gives
+    for said in ("My birthday is Monday.", "My landlord is Ola Moen's brother.",
+                 "My landlord Ola is Danish.", "My wife is Norwegian.", "Our name is Hansen.",
+                 "My landlord was Ola Moen.", "My landlord is from Ola Moen's town."):
+        assert [list(_said_to_be(c)) for c in clauses([said])] == [[]], said
 
 
 def test_what_we_do_is_asked_about_the_user_too_with_be_agreeing():
@@ -117,8 +119,17 @@ def test_what_we_do_is_asked_about_the_user_too_with_be_agreeing():
     said = asked("We are sailing from Bodø.")
     assert said["Where are we sailing from?"] == said["Where am I sailing from?"] == "Bodø"
     assert said["I am sailing from where?"] == "Bodø"
-    # a question without "we" is asked once, as it was
+    assert asked("We also are sailing to Bodø.")["I also am sailing to where?"] == "Bodø"
+    # a question without "we" is asked once, as it was; nor one true only of several, nor
+    # a name's words
     assert [q for q in asked("My aunt sails from Bodø.") if " I " in f" {q} "] == []
+    assert [q for q in asked("We both sail from Bodø.") if " I " in f" {q} "] == []
+    assert "What do I love?" in asked("We love the band We Are Scientists.")
+    assert not [q for q in asked("We love the band We Are Scientists.") if "I Are" in q]
+    # what the user says of themself wins over what they say of "us"
+    found = {qa.question: qa.answer for qa in derive.candidates(
+        ["We are from Norway.", "I am from Bergen."])}
+    assert found["Where am I from?"] == "Bergen" and found["Where are we from?"] == "Norway"
 
 
 def test_naming_and_self_naming():

@@ -27,10 +27,14 @@ KindOf = Callable[[list[str]], list[str | None]]
 
 
 def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
-    """Every grounded pair the grammar finds, once per question (the first statement wins).
-    A question about the answer's kind ("Which {kind} do we live in?") is asked with the
-    kind ``kind_of`` gives, and not at all without one."""
+    """Every grounded pair the grammar finds, once per question (the first statement wins,
+    and one that asks it directly wins over one that says it of "us"). A question about the
+    answer's kind ("Which {kind} do we live in?") is asked with the kind ``kind_of`` gives,
+    and not at all without one."""
     asked = [(clause, a) for clause in clauses(turns) for a in questions(clause)]
+    direct = {a.question.lower() for _, a in asked if not a.inferred}
+    asked = [(clause, a) for clause, a in asked
+             if not (a.inferred and a.question.lower() in direct)]
     needing = sorted({a.answer for _, a in asked if KIND in a.question})
     kinds = dict(zip(needing, kind_of(needing), strict=True)) if kind_of and needing else {}
     found: dict[str, QA] = {}

@@ -39,6 +39,8 @@ class Span:
 class Asked:
     question: str
     answer: str
+    inferred: bool = False  # asked of the user from what was said of "us": a pair asked
+    # directly wins over it (derive.candidates)
 
 
 @functools.cache
@@ -406,26 +408,29 @@ def _relations(clause: Clause) -> Iterator[tuple[int, int, int]]:
 
 
 def _said_to_be(clause: Clause) -> Iterator[tuple[str, str, str]]:
-    """Whom a copula names a relation, as an apposition does: "my manager there is Grete
+    """Whom a copula names a relation now, as an apposition does: "my manager there is Grete
     Solberg", "my running buddy is my neighbour Olle" → ("my", "manager", "Grete Solberg").
-    Only a relation that is the clause's whole subject, and a name (not a day or month) that
-    is the whole complement of the copula alone ("is called Kestrel" names a thing: _named)."""
+    Only a relation that is the clause's whole subject (not "our name": whose?), and a
+    person's name that is the whole complement of the copula alone ("is called Kestrel" names
+    a thing: _named): a full name, or one a relation gives ("my neighbour Olle"). A single
+    capitalised word may be what someone is ("my wife is Norwegian"), not who."""
     words, tags = clause.words, clause.tags
     group = verb_group(clause)
-    if group is None or words[group[0]].lower() not in text.grammar()["copulas"]:
+    if group is None or words[group[0]].lower() not in text.grammar()["present_copulas"]:
         return
     v, k = group
     ends = [(i, _relation_end(words, tags, i)) for i in range(v)]
     i, j = next(((i, j) for i, j in ends if j is not None), (0, None))
     if j is None or any(t != "ADV" for t in tags[:i] + tags[j:v] + tags[v + 1:k]) \
-            or any(w.endswith(("'s", "’s")) for w in words[i:j]):
+            or any(w.endswith(("'s", "’s")) for w in words[i:j]) \
+            or (words[j - 1].lower() == "name" and words[i].lower() != "my"):
         return
-    if k < len(words):
-        k = _relation_end(words, tags, k) or k  # "is my neighbour Olle": the name is Olle
+    related = _relation_end(words, tags, k) if k < len(words) else None
+    k = related or k  # "is my neighbour Olle": the name is Olle
     n = k
     while n < len(words) and tags[n] == "PROPN":
         n += 1
-    if n > k and n == len(words) and not _is_time(words[k]):
+    if n == len(words) and n - k >= (1 if related else 2) and not _is_time(words[k]):
         yield words[i].lower(), " ".join(words[i + 1:j]), " ".join(words[k:n])
 
 
@@ -452,15 +457,25 @@ def _referred(asked: Asked, people: list[tuple[str, str]]) -> list[Asked]:
 def _one_of_us(asked: Asked) -> list[Asked]:
     """A question about "we" also asked about "I": what the user says of us is true of them
     ("We live in Leeds" → "Where do I live?", "Where are we flying from?" → "Where am I
-    flying from?")."""
+    flying from?"). Not where it is only true of several ("we both", "each other"), and
+    never a word of a name ("the band We Are Scientists", "the US")."""
     table = templates()["one_of_us"]
     words = asked.question.rstrip("?").split(" ")
-    lower = [w.lower() for w in words]
-    if not set(lower) & table["pronouns"].keys():
+    plain = [w if i and w != w.lower() else w.lower() for i, w in enumerate(words)]
+    if not set(plain) & table["pronouns"].keys() or set(plain) & set(table["plural_only"]):
         return [asked]
-    said = [table["pronouns"].get(w) or (table["be"].get(w) if "we" in lower[max(i - 1, 0):i + 2]
-                                         else None) or words[i] for i, w in enumerate(lower)]
-    return [asked, Asked(_sentence(said), asked.answer)]
+    adverbs = text.grammar()["adverbs"]
+
+    def beside(i: int, step: int) -> str:
+        """The first word from ``i`` on, in the ``step`` direction, that is not an adverb."""
+        while 0 <= i < len(plain) and plain[i] in adverbs:
+            i += step
+        return plain[i] if 0 <= i < len(plain) else ""
+
+    said = [table["pronouns"].get(w) or (
+        table["be"].get(w) if table["subject"] in (beside(i - 1, -1), beside(i + 1, 1)) else None)
+        or words[i] for i, w in enumerate(plain)]
+    return [asked, Asked(_sentence(said), asked.answer, inferred=True)]
 
 
 def questions(clause: Clause) -> list[Asked]:
@@ -490,10 +505,14 @@ def questions(clause: Clause) -> list[Asked]:
                 asked.append(_echo(clause, other, start, end))
             out += [Asked(q, answer) for q in asked if q]
     people = list(dict.fromkeys(_people(clause)))
+    pairs = [p for a in out for r in _referred(a, people) for p in _one_of_us(r)]
+    direct = {p.question.lower() for p in pairs if not p.inferred}  # these win
     seen, kept = set(), []
-    for pair in (p for a in out for r in _referred(a, people) for p in _one_of_us(r)):
+    for pair in pairs:
         question = pair.question[:1].upper() + pair.question[1:]
+        if pair.inferred and question.lower() in direct:
+            continue
         if question.lower() not in seen and pair.answer.lower() not in question.lower():
             seen.add(question.lower())
-            kept.append(Asked(question, pair.answer))
+            kept.append(Asked(question, pair.answer, pair.inferred))
     return kept

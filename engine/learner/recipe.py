@@ -31,7 +31,7 @@ class Recipe:
     hardest: int = 32  # negatives per detector whose mean loss counts as its positives' does
     key_decay: float = 0.0  # L2 on the keys (a smaller key fires on more phrasings)
     # the values: training
-    steps: int = 60  # at most: most sessions' answers are learned in 20–40
+    steps: int = 60  # at most: until every fact is learned; chat-style sessions often need all
     lr: float = 0.01
     match_floor: float = 1.0  # the answer must come out with the keys this weakly matched
     locality_weight: float = 300.0
