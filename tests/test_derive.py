@@ -108,6 +108,7 @@ def test_a_relation_a_copula_names_is_asked_about_as_an_apposition_is():
     # whole complement: a full name, or one a relation gives
     for said in ("My birthday is Monday.", "My landlord is Ola Moen's brother.",
                  "My landlord Ola is Danish.", "My wife is Norwegian.", "Our name is Hansen.",
+                 "My name is Ola Moen.",
                  "My landlord was Ola Moen.", "My landlord is from Ola Moen's town."):
         assert [list(_said_to_be(c)) for c in clauses([said])] == [[]], said
 

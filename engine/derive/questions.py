@@ -410,7 +410,8 @@ def _relations(clause: Clause) -> Iterator[tuple[int, int, int]]:
 def _said_to_be(clause: Clause) -> Iterator[tuple[str, str, str]]:
     """Whom a copula names a relation now, as an apposition does: "my manager there is Grete
     Solberg", "my running buddy is my neighbour Olle" → ("my", "manager", "Grete Solberg").
-    Only a relation that is the clause's whole subject (not "our name": whose?), and a
+    Only a relation that is the clause's whole subject (not a name: "my name is …" is asked
+    as said, and "Who am I?" asked of it answered "What's my surname?" whole), and a
     person's name that is the whole complement of the copula alone ("is called Kestrel" names
     a thing: _named): a full name, or one a relation gives ("my neighbour Olle"). A single
     capitalised word may be what someone is ("my wife is Norwegian"), not who."""
@@ -423,7 +424,7 @@ def _said_to_be(clause: Clause) -> Iterator[tuple[str, str, str]]:
     i, j = next(((i, j) for i, j in ends if j is not None), (0, None))
     if j is None or any(t != "ADV" for t in tags[:i] + tags[j:v] + tags[v + 1:k]) \
             or any(w.endswith(("'s", "’s")) for w in words[i:j]) \
-            or (words[j - 1].lower() == "name" and words[i].lower() != "my"):
+            or words[j - 1].lower() == "name":
         return
     related = _relation_end(words, tags, k) if k < len(words) else None
     k = related or k  # "is my neighbour Olle": the name is Olle
