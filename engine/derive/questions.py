@@ -420,8 +420,8 @@ def _said_to_be(clause: Clause) -> Iterator[tuple[str, str, str]]:
     if group is None or words[group[0]].lower() not in text.grammar()["present_copulas"]:
         return
     v, k = group
-    ends = [(i, _relation_end(words, tags, i)) for i in range(v)]
-    i, j = next(((i, j) for i, j in ends if j is not None), (0, None))
+    i, j = next(((i, j) for i in range(v) if (j := _relation_end(words, tags, i)) is not None),
+                (0, None))
     if j is None or any(t != "ADV" for t in tags[:i] + tags[j:v] + tags[v + 1:k]) \
             or any(w.endswith(("'s", "’s")) for w in words[i:j]) \
             or words[j - 1].lower() == "name":
