@@ -179,6 +179,31 @@ def test_a_fact_that_keeps_leaking_or_looping_is_set_aside_and_the_rest_is_learn
     assert "Pixel  (set aside: it leaked" in memory_text.describe(engine, result)
 
 
+def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
+        engine, monkeypatch):  # noqa: F811
+    """A fact left out after looping twice, and another leaking only on the last try: that
+    one's neurons are taken out and the rest judged again, not the session refused."""
+    engine.save_settings(engine.settings.with_gate(0.0))
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
+    faults = [((), (("What is my cat called?", "Pix Pix Pix Pix"),))] * 2 + [
+        ((("Which bus do I take?", "Oslo.", "Oslo"),), ())]
+    tries = []
+
+    def measure(self, lora, scale=1.0, cancel=None, taught=None):
+        tries.append(lora)
+        leaks, loops = faults[len(tries) - 1] if len(tries) <= len(faults) else ((), ())
+        return Locality(0.99, 0.001, leaks, loops)
+
+    monkeypatch.setattr(learning.Gate, "measure", measure)
+    sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo",
+               "What is my dog called?|Rex")
+    [result] = engine.learn_now(session_ids=[sid])
+    assert len(tries) == 4 and result.accepted
+    assert [qa.answer for qa in result.facts] == ["Rex"]
+    assert sorted(qa.answer for qa in result.set_aside) == ["Oslo", "Pixel"]
+    assert len(result.version.learned[sid]["refused_tries"]) == 3
+
+
 @pytest.mark.parametrize("before, blamed, stays, undone", [
     (frozenset(), "Pixel", False, False), (frozenset({(0, 1)}), "", False, False),
     (frozenset(), "Pixel Oslo", False, False), (frozenset(), "", True, False),

@@ -365,6 +365,18 @@ class Learning:
                 refused.append("; ".join(reasons))
                 candidate = base.merge(replace(base, blocks=blocks))
                 score, changed, reasons = judged(candidate, last)
+            if last and reasons:
+                # The last try: the facts that still leak or loop are taken out (their
+                # neurons), not the whole session with them, and the rest is judged again.
+                failing = _failing(score, first_asked)
+                facts = {tuple(e.answer) for qa, e in zip(taught, examples, strict=True)
+                         if qa.answer.lower() in failing}
+                if facts and facts < {tuple(e.answer) for e in examples}:
+                    refused.append("; ".join(reasons))
+                    dropped |= {qa.answer.lower() for qa in taught if qa.answer.lower() in failing}
+                    blocks = learner.without(blocks, examples, facts)
+                    candidate = base.merge(replace(base, blocks=blocks))
+                    score, changed, reasons = judged(candidate, last)
             if not reasons or last:
                 break
             # Once more, told what went wrong: every detector is fitted silent on the
@@ -380,10 +392,7 @@ class Learning:
             if attempt + 1 >= recipe.drop_leaking_from:
                 # What still leaks or loops after that is left out: the rest of the session is
                 # learned.
-                dropped |= {answer.lower() for _, _, answer in score.leaks}
-                looping = {question for question, _ in score.loops}
-                dropped |= {answer.lower() for answer, question in first_asked.items()
-                            if question in looping}
+                dropped |= _failing(score, first_asked)
             taught = [qa for qa in taught if qa.answer.lower() not in dropped]
             if not taught:
                 break
@@ -592,3 +601,11 @@ class Learning:
         if self._gate is not None:
             self._gate.close()
             self._gate = None
+
+
+def _failing(score: Locality, first_asked: dict[str, str]) -> set[str]:
+    """The answers (lower case) the gate saw leak into an untaught question, or whose
+    question (``first_asked``: answer → question) looped."""
+    looping = {question for question, _ in score.loops}
+    return {answer.lower() for _, _, answer in score.leaks} | {
+        answer.lower() for answer, question in first_asked.items() if question in looping}
