@@ -353,6 +353,12 @@ class Learning:
                             blocks, examples, set(suspects[:n])))), changed, traced):
                         blamed = set(suspects[:n])
                         break
+            if last and reasons:
+                # The last try: the facts that still leak or loop are taken out too, not the
+                # whole session with them.
+                failing = _failing(score, first_asked)
+                blamed |= {tuple(e.answer) for qa, e in zip(taught, examples, strict=True)
+                           if qa.answer.lower() in failing}
             cut = bool(blamed) and blamed < {tuple(e.answer) for e in examples}
             if cut:
                 dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
@@ -365,18 +371,6 @@ class Learning:
                 refused.append("; ".join(reasons))
                 candidate = base.merge(replace(base, blocks=blocks))
                 score, changed, reasons = judged(candidate, last)
-            if last and reasons:
-                # The last try: the facts that still leak or loop are taken out (their
-                # neurons), not the whole session with them, and the rest is judged again.
-                failing = _failing(score, first_asked)
-                facts = {tuple(e.answer) for qa, e in zip(taught, examples, strict=True)
-                         if qa.answer.lower() in failing}
-                if facts and facts < {tuple(e.answer) for e in examples}:
-                    refused.append("; ".join(reasons))
-                    dropped |= {qa.answer.lower() for qa in taught if qa.answer.lower() in failing}
-                    blocks = learner.without(blocks, examples, facts)
-                    candidate = base.merge(replace(base, blocks=blocks))
-                    score, changed, reasons = judged(candidate, last)
             if not reasons or last:
                 break
             # Once more, told what went wrong: every detector is fitted silent on the
