@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 
 import torch
 
 from engine import text
-from engine.derive import KindOf, Prefers, Write
+from engine.derive import KindOf, LikelyKinds, Prefers, Write
 from engine.derive.contrast import Neighbours
 from engine.prompt import Turn
 from engine.runtime import Runtime
@@ -92,24 +93,53 @@ def twin_kinds(twin: Twin, runtime: Runtime) -> KindOf:
     *thing* as often as a kind (bandoneon → "guitar"). An answer gets none when the model is
     unsure (Drammen → "film" 0.63, a forklift → "car" 0.29) or names the answer itself
     ("peanuts: peanuts")."""
+    words, shares = _kind_shares(twin, runtime)
+
+    def kind_of(answers: list[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for share, answer in zip(shares(answers), answers, strict=True):
+            best, kind = float(share.max()), words[int(share.argmax())]
+            sure = best >= KIND_CONFIDENCE and not _names_itself(kind, answer)
+            out.append(kind if sure else None)
+        return out
+
+    return kind_of
+
+
+def twin_likely_kinds(twin: Twin, runtime: Runtime, count: int) -> LikelyKinds:
+    """``likely`` for ``derive.asked_by_kind``: each answer's ``count`` likeliest kinds as
+    ``twin_kinds`` scores them, sure or not ("Leeds" → city, town): the kinds a user may
+    name asking about it. Read without the user's sentence, they can miss ("Elixir", which
+    the user writes, → drink, medicine); reading it made them no better."""
+    words, shares = _kind_shares(twin, runtime)
+
+    def likely(answers: list[str]) -> list[list[str]]:
+        return [[words[i] for i in share.topk(count).indices.tolist()
+                 if not _names_itself(words[i], answer)]
+                for share, answer in zip(shares(answers), answers, strict=True)]
+
+    return likely
+
+
+def _kind_shares(twin: Twin, runtime: Runtime
+                 ) -> tuple[list[str], Callable[[list[str]], list[torch.Tensor]]]:
+    """The kind words, and for answers each word's share among them as the answers' kind."""
     template = paths.asset("grammar", "kinds.txt").read_text(encoding="utf-8").rstrip("\n")
     words = paths.asset("grammar", "kind_words.txt").read_text(encoding="utf-8").split()
     firsts = torch.tensor([runtime.tokenize(f" {word}", add_bos=False)[0] for word in words])
 
     @torch.no_grad()
-    def kind_of(answers: list[str]) -> list[str | None]:
+    def shares(answers: list[str]) -> list[torch.Tensor]:
         read = _first_token_logprobs(twin, [runtime.tokenize(f"{template}\n{answer}:")
                                             for answer in answers])
-        out: list[str | None] = []
-        for logprobs, answer in zip(read, answers, strict=True):
-            share, best = (float(v)
-                           for v in logprobs[firsts.to(logprobs.device)].softmax(-1).max(-1))
-            kind = words[int(best)]
-            sure = share >= KIND_CONFIDENCE and kind.rstrip("s") != answer.lower().rstrip("s")
-            out.append(kind if sure else None)
-        return out
+        return [logprobs[firsts.to(logprobs.device)].softmax(-1) for logprobs in read]
 
-    return kind_of
+    return words, shares
+
+
+def _names_itself(kind: str, answer: str) -> bool:
+    """"peanuts: peanuts": a kind that is the answer's own word."""
+    return kind.rstrip("s") == answer.lower().rstrip("s")
 
 
 def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:

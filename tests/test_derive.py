@@ -215,6 +215,25 @@ def test_kind_questions_are_asked_with_the_model_s_kind_or_not_at_all():
     assert not any(qa.question.startswith("Which") for qa in pairs if qa.answer == "oboe")
 
 
+def test_a_taught_fact_is_also_asked_with_each_likely_kind_but_never_as_trained():
+    """The kind the model is not sure of still names a way to ask: "Which language …" and
+    "What language …" for the oboe, none for an answer that is not taught, and none that
+    repeats a trained question."""
+    said = ["I live in Lyon and I play the oboe."]
+    taught = [QA("What do I play?", "oboe", said[0]),
+              QA("Which city do I live in?", "Lyon", said[0])]
+    likely = {"oboe": ["instrument", "language"], "Lyon": ["city", "town"]}
+    extra = derive.asked_by_kind(said, lambda answers: [likely[a] for a in answers], taught)
+    questions = {qa.question: qa.answer for qa in extra}
+
+    assert {"Which instrument do I play?", "What instrument do I play?",
+            "Which language do I play?", "What language do I play?"} <= set(questions)
+    assert questions["What city do I live in?"] == "Lyon"
+    assert "Which city do I live in?" not in questions  # trained already
+    assert derive.asked_by_kind(said, lambda answers: [likely[a] for a in answers],
+                                taught[:1]) == [qa for qa in extra if qa.answer == "oboe"]
+
+
 def test_a_where_question_keeps_the_infinitive_it_needs():
     questions = set(asked("My sister wants to shoot the cherry blossoms in Kyoto."))
     assert "Where does my sister want to shoot the cherry blossoms?" in questions

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from engine import derive, learner, runtime
-from engine.consistency import twin_neighbours
+from engine.consistency import twin_likely_kinds, twin_neighbours
 from engine.derive import QA
 from engine.engine import Engine
 from engine.errors import EngramError, NotEnoughMemory
@@ -33,6 +33,7 @@ from engine.overlay import NeuronBlock, SparseOverlay, blocks_without
 from engine.prompt import Turn
 from engine.runtime import Sampling
 from engine.scoring import Scorer, log_softmax
+from store import paths
 from tests.tiny_gguf import ARCHITECTURES
 
 
@@ -553,6 +554,20 @@ def test_the_gate_measures_nothing_changed_as_perfect(engine):
     assert engine.learning.gate().measure(*engine.memory.lora(version)).locality == 1.0
 
 
+def _keyed_at(twin, blocks, recipe, example) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per edited layer, ``example``'s FFN inputs there and the new neurons' keys."""
+    seen = {}
+    hooks = [twin.layers[l].mlp.register_forward_pre_hook(
+        lambda m, a, l=l: seen.__setitem__(l, a[0][0])) for l in recipe.layers]
+    with torch.no_grad():
+        twin.full_logits([example.tokens])
+    for hook in hooks:
+        hook.remove()
+    return [(seen[block.layer], twin.layers[block.layer].mlp.gate_proj.weight[
+        torch.from_numpy(block.neurons).long()] + torch.from_numpy(block.delta))
+        for block in blocks if block.matrix == "ffn_gate"]
+
+
 def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_after_the_answer(
         engine):
     """The first token is the attention sink every position reads, and the turn's end is where
@@ -562,23 +577,28 @@ def test_keyed_neurons_fire_on_their_question_and_are_silent_at_the_start_and_af
     recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=3)
     example = learner.Example(*dialogue(rt, None, "Where do I live?", " Tromsø."), end_of_turn(rt))
     blocks, _ = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
-    seen = {}
-    hooks = [twin.layers[l].mlp.register_forward_pre_hook(
-        lambda m, a, l=l: seen.__setitem__(l, a[0][0])) for l in recipe.layers]
-    with torch.no_grad():
-        twin.full_logits([example.tokens])
-    for hook in hooks:
-        hook.remove()
-    for block in blocks:
-        if block.matrix != "ffn_gate":
-            continue
-        mlp, x = twin.layers[block.layer].mlp, seen[block.layer]
-        keys = (mlp.gate_proj.weight[torch.from_numpy(block.neurons).long()]
-                + torch.from_numpy(block.delta))
+    for x, keys in _keyed_at(twin, blocks, recipe, example):
         asked = x[len(example.prompt) - 1: len(example.prompt) + len(example.answer) - 1] @ keys.T
         assert (asked > 0).any(dim=0).all()  # every neuron fires on its question
         assert (x[0] @ keys.T < -1).all()
         assert ((example.ending(x) @ keys.T).max(dim=0).values < asked.max(dim=0).values).all()
+
+
+def test_a_fact_s_detectors_fire_where_it_is_asked_another_way_without_training_it(engine):
+    """``also_asked``: a phrasing that is not trained is a positive of its fact's keys."""
+    rt = engine.load()
+    twin = twin_for(rt)
+    recipe = learner.Recipe(layers=(1, 2), neurons=2, steps=1)
+    anchors = anchors_for(twin, rt, None, recipe)
+    trained, other = (learner.Example(*dialogue(rt, None, question, " Tromsø."), end_of_turn(rt))
+                      for question in ("Where do I live?", "Which town is my home in?"))
+
+    def fired(also: list[learner.Example]) -> float:
+        blocks, _ = learner.learn(twin, [trained], anchors, recipe, also_asked=also)
+        return min(float((x[len(other.prompt) - 1] @ keys.T).max())
+                   for x, keys in _keyed_at(twin, blocks, recipe, other))
+
+    assert fired([other]) > 0 > fired([])
 
 
 def test_where_an_unrelated_answer_changed_the_fact_whose_neurons_fire_there_is_found(engine):
@@ -713,6 +733,17 @@ def test_a_word_s_neighbours_are_the_vocabulary_s_words_nearest_it_in_the_model_
         assert all(w.isalpha() and w.islower() for w in near(other))
     finally:
         table[words[other]] = kept
+
+
+def test_an_answer_s_likely_kinds_are_as_many_as_asked_and_never_its_own_word(engine):
+    rt = engine.load()
+    twin = twin_for(rt)
+    every = len(paths.asset("grammar", "kind_words.txt").read_text(encoding="utf-8").split())
+    ranked = twin_likely_kinds(twin, rt, every)(["Lyon"])[0]
+    assert len(ranked) == every and len(set(ranked)) == every
+    assert len(twin_likely_kinds(twin, rt, 2)(["Lyon"])[0]) == 2
+    own = ranked[0] + "s"  # "cities: city" names itself
+    assert ranked[0] not in twin_likely_kinds(twin, rt, every)([own])[0]
 
 
 @pytest.mark.parametrize("facts", [1, 3, 4, 6, 8, 9, 16, 17, 30])

@@ -9,21 +9,24 @@ particular sentences: the grammar is English's closed word classes and the templ
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from engine import text
 from engine.derive.check import QA, Prefers, consistent, grounded
-from engine.derive.clauses import clauses
+from engine.derive.clauses import Clause, clauses
 from engine.derive.contrast import Neighbours, contrasts
-from engine.derive.questions import KIND, questions
+from engine.derive.questions import KIND, Asked, questions
 from engine.derive.written import Write, written
 
-__all__ = ["QA", "KindOf", "Neighbours", "Prefers", "Write", "candidates", "checked",
-           "contrasts", "joined", "varied", "written"]
+__all__ = ["QA", "KindOf", "LikelyKinds", "Neighbours", "Prefers", "Write", "asked_by_kind",
+           "candidates", "checked", "contrasts", "joined", "varied", "written"]
 
 
 # answers → the kind of each ("Leeds" → "city"), or None where the model knows none
 KindOf = Callable[[list[str]], list[str | None]]
+# answers → each one's likeliest kinds, sure or not ("Leeds" → ["city", "town"])
+LikelyKinds = Callable[[list[str]], list[list[str]]]
 
 
 def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
@@ -31,10 +34,7 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
     and one that asks it directly wins over one that says it of "us"). A question about the
     answer's kind ("Which {kind} do we live in?") is asked with the kind ``kind_of`` gives,
     and not at all without one."""
-    asked = [(clause, a) for clause in clauses(turns) for a in questions(clause)]
-    direct = {a.question.lower() for _, a in asked if not a.inferred}
-    asked = [(clause, a) for clause, a in asked
-             if not (a.inferred and a.question.lower() in direct)]
+    asked = _asked(turns)
     needing = sorted({a.answer for _, a in asked if KIND in a.question})
     kinds = dict(zip(needing, kind_of(needing), strict=True)) if kind_of and needing else {}
     found: dict[str, QA] = {}
@@ -49,6 +49,39 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
         if grounded(qa):
             found.setdefault(qa.question.lower(), qa)
     return list(found.values())
+
+
+def asked_by_kind(turns: list[str], likely: LikelyKinds, taught: list[QA]) -> list[QA]:
+    """More ways to ask the ``taught`` facts: each question the grammar asks with the
+    answer's kind, with each of its likeliest kinds, sure or not, and opened with "What" as
+    well as "Which" ("Which language do I mostly write?", "What language …"). People ask so;
+    the trained kind question needs a kind the model is sure of, which it seldom is. Never
+    trained: a fact's detector is fitted to fire on them too, where a wrong kind costs only a
+    phrasing nobody asks."""
+    answers = {qa.answer for qa in taught}
+    trained = {qa.question.lower() for qa in taught}
+    asked = [(clause, a) for clause, a in _asked(turns)
+             if KIND in a.question and a.answer in answers]
+    needing = sorted({a.answer for _, a in asked})
+    kinds = dict(zip(needing, likely(needing), strict=True)) if needing else {}
+    found: dict[str, QA] = {}
+    for clause, a in asked:
+        for kind in kinds[a.answer]:
+            which = a.question.replace(KIND, kind)
+            for question in (which, re.sub(r"^Which\b", "What", which)):
+                qa = QA(question, a.answer, clause.said, clause.text)
+                if question.lower() not in trained and grounded(qa):
+                    found.setdefault(question.lower(), qa)
+    return list(found.values())
+
+
+def _asked(turns: list[str]) -> list[tuple[Clause, Asked]]:
+    """The grammar's questions of every clause, but none it infers from "us" that the user
+    asks directly too."""
+    asked = [(clause, a) for clause in clauses(turns) for a in questions(clause)]
+    direct = {a.question.lower() for _, a in asked if not a.inferred}
+    return [(clause, a) for clause, a in asked
+            if not (a.inferred and a.question.lower() in direct)]
 
 
 def joined(pairs: list[QA], written: list[QA]) -> list[QA]:

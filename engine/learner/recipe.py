@@ -42,6 +42,8 @@ class Recipe:
     contrasts: int = 3  # per noun a question names, its nearest words put in its place: every
     # detector is fitted silent on those questions (derive.contrasts)
     phrasings: int = 6  # at most, per fact, the most varied (derive.varied): cost grows with them
+    kinds_asked: int = 2  # per answer, the likeliest kinds its detector also fires on asked by
+    # (derive.asked_by_kind: "Which language do I write?"); never trained, so costing little
     # when to stop
     stop_loss: float = 0.05  # every fact's answers learned: stop early (worst_fact, stop_rows)
     spare: int = 1  # phrasings per fact (of 3 or more) that the stop may leave unlearned

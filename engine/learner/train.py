@@ -72,15 +72,17 @@ class Targets:
 def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
           owned: dict[int, set[int]] | None = None, session_id: int | None = None,
           progress: Progress | None = None, cancel: threading.Event | None = None,
-          earlier: list[Example] | None = None,
-          contrasts: list[Example] | None = None) -> tuple[list[NeuronBlock], dict]:
+          earlier: list[Example] | None = None, contrasts: list[Example] | None = None,
+          also_asked: list[Example] | None = None) -> tuple[list[NeuronBlock], dict]:
     """Train k neurons per layer for these examples; returns the blocks and training metrics
     (``unrecalled``: the facts, as answer tokens, that training did not bring out).
 
     ``earlier``: other sessions' questions and answers — the new neurons must stay silent
     on them too, or a later session's memory answers an earlier one's question.
     ``contrasts``: the same questions about other things (``derive.contrasts``): every
-    detector is fitted silent there as on a rival fact's questions."""
+    detector is fitted silent there as on a rival fact's questions.
+    ``also_asked``: other ways to ask the taught facts (``derive.asked_by_kind``; an
+    example's answer says which fact): not trained, but its fact's detector fires there too."""
     progress = progress or (lambda f, m: None)
     started = time.perf_counter()
     layers = recipe.layers_for(twin.n_layer)
@@ -97,10 +99,14 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
         targets = _targets(twin, examples, h, recipe)
         held = _asked(twin, earlier or [], layers, recipe.key_context, recipe.batch)
         unlike = _asked(twin, contrasts or [], layers, recipe.key_context, recipe.batch)
+        also = {fact: _asked(twin, [e for e in also_asked or [] if tuple(e.answer) == fact],
+                             layers, recipe.key_context, recipe.batch)
+                for fact in set(targets.taught)}
         unrelated = {l: torch.cat([anchors.answers[l], held[l]]) for l in layers}
     k = keys.per_layer(len(set(targets.taught)), len(layers), recipe.neurons)
     edits = [_keyed_edit(twin, layer, depth, k, examples, seen[layer], targets.taught, anchors,
-                         unrelated[layer], unlike[layer], owned or {}, recipe)
+                         unrelated[layer], unlike[layer],
+                         {fact: rows[layer] for fact, rows in also.items()}, owned or {}, recipe)
              for depth, layer in enumerate(layers)]
     history, stopped, recalled = _train(twin, edits, h_frozen, batch, targets, anchors,
                                         unrelated, recipe, progress, cancel)
@@ -144,23 +150,27 @@ def _quiet_neurons(twin: Twin, layer: int, anchors: Anchors, owned: set[int],
 
 def _keyed_edit(twin: Twin, layer: int, depth: int, k: int, examples: list[Example],
                 seen: torch.Tensor, taught: list[tuple[int, ...]], anchors: Anchors,
-                unrelated: torch.Tensor, unlike: torch.Tensor, owned: dict[int, set[int]],
+                unrelated: torch.Tensor, unlike: torch.Tensor,
+                also: dict[tuple[int, ...], torch.Tensor], owned: dict[int, set[int]],
                 recipe: Recipe) -> NeuronEdit:
     """``k`` quiet neurons of ``layer``, each keyed as the detector of one fact (its phrasings
-    together) and silent on everything else, values still zero."""
+    together, with the untrained ones in ``also``) and silent on everything else, values
+    still zero."""
     edit = NeuronEdit(twin, layer, _quiet_neurons(twin, layer, anchors, owned.get(layer, set()),
                                                   k), recipe.max_norm)
     facts = sorted(set(taught))
-    positives = [torch.cat([e.question(seen[i], recipe.key_context)
-                            for i, e in enumerate(examples) if taught[i] == fact])
-                 for fact in facts]
+    trained = [torch.cat([e.question(seen[i], recipe.key_context)
+                          for i, e in enumerate(examples) if taught[i] == fact])
+               for fact in facts]
+    positives = [torch.cat([rows, also[fact]]) for fact, rows in zip(facts, trained, strict=True)]
     endings = [e.ending(seen[i]) for i, e in enumerate(examples)]
     keyed = keys.keyed_facts(len(facts), depth, k)
     rivals = ([torch.cat([positives[g] for g in range(len(facts)) if g != f] + [unlike])
                for f in keyed] if recipe.rivals else None)
-    mine = [positives[f] for f in keyed]
     negatives = torch.cat([anchors.inputs[layer], anchors.prose[layer], unrelated, *endings])
-    edit.key(keys.fit(mine, negatives, anchors.start[layer], recipe, rivals), mine)
+    # the up rows are scaled on the trained questions: where the values learn what to write
+    edit.key(keys.fit([positives[f] for f in keyed], negatives, anchors.start[layer], recipe,
+                      rivals), [trained[f] for f in keyed])
     return edit
 
 

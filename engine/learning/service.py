@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import derive, replies, text
-from engine.consistency import llama_writes, twin_kinds, twin_neighbours, twin_prefers
+from engine.consistency import (
+    llama_writes,
+    twin_kinds,
+    twin_likely_kinds,
+    twin_neighbours,
+    twin_prefers,
+)
 from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
 from engine.learning import trims
@@ -237,6 +243,9 @@ class Learning:
         for block in base.blocks:
             owned.setdefault(block.layer, set()).update(block.neurons.tolist())
         taught = derive.varied(found, self.recipe.phrasings) + fixes
+        # the same facts asked with the answer's kind named: its detector fires there too
+        by_kind = derive.asked_by_kind(said, twin_likely_kinds(twin, self.runtime,
+                                                               self.recipe.kinds_asked), taught)
         others = [qa for _, qa in earlier
                   if not any(same_question(qa.question, new.question) for new in taught)]
         # Personal questions about nothing this session said: its memory must stay silent on
@@ -299,7 +308,7 @@ class Learning:
                 blocks, train = learner.learn(
                     twin, examples, anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
-                    contrasts=examples_of(unlike),
+                    contrasts=examples_of(unlike), also_asked=examples_of(by_kind),
                     progress=Phase(progress, "training", low, middle))
             # the facts training did not bring out: kept, and shown as not recalled yet (with
             # those the gate's llama.cpp does not give back)
