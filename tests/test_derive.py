@@ -234,6 +234,19 @@ def test_a_taught_fact_is_also_asked_with_each_likely_kind_but_never_as_trained(
                                 taught[:1]) == [qa for qa in extra if qa.answer == "oboe"]
 
 
+def test_an_identity_is_asked_as_what_the_subject_has_but_never_trained():
+    """"What is my sister's {kind}?": the kind the model is surest of for a photographer is
+    "person", so the question only joins the detector's phrasings."""
+    said = ["My sister is a photographer."]
+    taught = derive.candidates(said, lambda answers: ["person"] * len(answers))
+    assert not any("'s" in qa.question for qa in taught)
+    extra = derive.asked_by_kind(said, lambda answers: [["job"]] * len(answers), taught)
+    assert [qa.question for qa in extra] == ["What is my sister's job?"]
+    mine = derive.asked_by_kind(["I was a pilot."], lambda answers: [["job"]] * len(answers),
+                                derive.candidates(["I was a pilot."]))
+    assert [qa.question for qa in mine] == ["What was my job?"]
+
+
 def test_a_where_question_keeps_the_infinitive_it_needs():
     questions = set(asked("My sister wants to shoot the cherry blossoms in Kyoto."))
     assert "Where does my sister want to shoot the cherry blossoms?" in questions

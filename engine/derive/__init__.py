@@ -16,7 +16,7 @@ from engine import text
 from engine.derive.check import QA, Prefers, consistent, grounded
 from engine.derive.clauses import Clause, clauses
 from engine.derive.contrast import Neighbours, contrasts
-from engine.derive.questions import KIND, Asked, questions
+from engine.derive.questions import KIND, UNTRAINED_KIND, Asked, questions
 from engine.derive.written import Write, written
 
 __all__ = ["QA", "KindOf", "LikelyKinds", "Neighbours", "Prefers", "Write", "asked_by_kind",
@@ -40,6 +40,8 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
     found: dict[str, QA] = {}
     for clause, a in asked:
         question = a.question
+        if UNTRAINED_KIND in question:
+            continue
         if KIND in question:
             kind = kinds.get(a.answer)
             if not kind:
@@ -61,13 +63,13 @@ def asked_by_kind(turns: list[str], likely: LikelyKinds, taught: list[QA]) -> li
     answers = {qa.answer for qa in taught}
     trained = {qa.question.lower() for qa in taught}
     asked = [(clause, a) for clause, a in _asked(turns)
-             if KIND in a.question and a.answer in answers]
+             if (KIND in a.question or UNTRAINED_KIND in a.question) and a.answer in answers]
     needing = sorted({a.answer for _, a in asked})
     kinds = dict(zip(needing, likely(needing), strict=True)) if needing else {}
     found: dict[str, QA] = {}
     for clause, a in asked:
         for kind in kinds[a.answer]:
-            which = a.question.replace(KIND, kind)
+            which = a.question.replace(KIND, kind).replace(UNTRAINED_KIND, kind)
             for question in (which, re.sub(r"^Which\b", "What", which)):
                 qa = QA(question, a.answer, clause.said, clause.text)
                 if question.lower() not in trained and grounded(qa):

@@ -25,6 +25,9 @@ from engine.derive.clauses import Clause
 from store import paths
 
 KIND = "{kind}"  # where a question names the answer's kind, filled in by the model
+# the same, in a question never trained ("What is my {kind}?" for "I am a nurse": the kind
+# the model is surest of may name no such thing, "What is my sister's person?")
+UNTRAINED_KIND = "{untrained kind}"
 NAMING_VERBS = frozenset({"called", "named"})  # "a cat called Mosel": what follows is its name
 
 
@@ -292,6 +295,11 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
         # who); an adjective does ("Which colour is my kitten?")
         identity = front[0].lower() in text.grammar()["copulas"] and not verbs and not core \
             and tags[end - 1] != "ADJ"
+        if identity and wh == "what":
+            # … but one of what the subject has: "What is my sister's job?", "What is my job?"
+            past = front[0].lower() not in text.grammar()["present_copulas"]
+            out.append(_sentence(["what", "was" if past else "is"] + _owner(subject)
+                                 + [UNTRAINED_KIND]))
         if wh in {"what", "where"} and tags[end - 1] != "NUM" and not naming and not identity:
             # "Which city do we live in?", "… are we flying from?": the preposition back
             prep = next((words[i] for i in (start, start - 1) if g <= i < len(words)
@@ -301,6 +309,12 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
             out.append(_sentence(["which", KIND] + front + subject + verbs + core
                                  + ([prep] if prep else [])))
     return out
+
+
+def _owner(subject: list[str]) -> list[str]:
+    """The subject as the owner of a thing: "I" → "my", "my sister" → "my sister's"."""
+    pronoun = templates()["owner"].get(subject[0].lower()) if len(subject) == 1 else None
+    return [pronoun] if pronoun else subject[:-1] + [f"{subject[-1]}'s"]
 
 
 def _without_phrases(words: list[str], tags: tuple[str, ...]) -> list[str]:

@@ -252,7 +252,7 @@ class Learning:
         # them, or "What is my name?" is answered with the cat's.
         said_about = set().union(*(text.content_lemmas(s) for s in said))
         untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
-            personal_questions(), said, [qa.question for qa in taught])]
+            personal_questions(), said, [qa.question for qa in taught + by_kind])]
         # The same questions about things the model places near what they name: no detector
         # may fire there, or "What is my dog called?" is answered with the cat's name.
         neighbours = twin_neighbours(twin, self.runtime, self.recipe.contrasts)
