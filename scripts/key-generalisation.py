@@ -93,12 +93,16 @@ for case in cases:
     if not found:
         continue
     taught = derive.varied(found, recipe.phrasings)
-    by_kind = derive.asked_by_kind(said, likely, taught)
     said_about = set().union(*(text.content_lemmas(s) for s in said))
+    by_kind, unlike_kinds = derive.asked_by_kind(said, likely, taught,
+                                                 neighbours if recipe.kind_contrasts else None,
+                                                 said_about)
+    print(f"  {case['id']} by kind: {[qa.question for qa in by_kind]}; unlike: {unlike_kinds}")
     untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
         personal_questions(), said, [qa.question for qa in taught + by_kind])]
     unlike = [QA(q, UNTAUGHT_REPLY, "") for q in dict.fromkeys(
-        q for qa in taught for q in derive.contrasts(qa, neighbours, said_about))]
+        [q for qa in taught for q in derive.contrasts(qa, neighbours, said_about)]
+        + unlike_kinds)]
     trained = examples(taught)
     prefix, rest = train._after_shared(twin, trained, tail)
     batch = twin.batch([e.tokens for e in rest], prefix)

@@ -223,7 +223,7 @@ def test_a_taught_fact_is_also_asked_with_each_likely_kind_but_never_as_trained(
     taught = [QA("What do I play?", "oboe", said[0]),
               QA("Which city do I live in?", "Lyon", said[0])]
     likely = {"oboe": ["instrument", "language"], "Lyon": ["city", "town"]}
-    extra = derive.asked_by_kind(said, lambda answers: [likely[a] for a in answers], taught)
+    extra, _ = derive.asked_by_kind(said, lambda answers: [likely[a] for a in answers], taught)
     questions = {qa.question: qa.answer for qa in extra}
 
     assert {"Which instrument do I play?", "What instrument do I play?",
@@ -231,7 +231,22 @@ def test_a_taught_fact_is_also_asked_with_each_likely_kind_but_never_as_trained(
     assert questions["What city do I live in?"] == "Lyon"
     assert "Which city do I live in?" not in questions  # trained already
     assert derive.asked_by_kind(said, lambda answers: [likely[a] for a in answers],
-                                taught[:1]) == [qa for qa in extra if qa.answer == "oboe"]
+                                taught[:1])[0] == [qa for qa in extra if qa.answer == "oboe"]
+
+
+def test_a_kind_phrasing_asked_of_a_neighbouring_kind_is_fitted_silent():
+    """Beside "What instrument do I play?" the detector is shown "What tool do I play?": a
+    neighbour of the kind, but neither the answer's other likely kind nor a word the user
+    said, nor a trained question."""
+    said = ["I play the oboe and I fix bikes."]
+    taught = [QA("What do I play?", "oboe", said[0]), QA("Which tool do I play?", "oboe", said[0])]
+    near = {"instrument": ["tool", "language", "bike", "weapon"], "language": ["dialect"]}
+    _, unlike = derive.asked_by_kind(said, lambda answers: [["instrument", "language"]],
+                                     taught, near.__getitem__, {"bike"})
+    assert set(unlike) == {"Which weapon do I play?", "What weapon do I play?",
+                           "What tool do I play?", "Which dialect do I play?",
+                           "What dialect do I play?"}
+    assert derive.asked_by_kind(said, lambda answers: [["instrument"]], taught)[1] == []
 
 
 def test_an_identity_is_asked_as_what_the_subject_has_but_never_trained():
@@ -240,9 +255,9 @@ def test_an_identity_is_asked_as_what_the_subject_has_but_never_trained():
     said = ["My sister is a photographer."]
     taught = derive.candidates(said, lambda answers: ["person"] * len(answers))
     assert not any("'s" in qa.question for qa in taught)
-    extra = derive.asked_by_kind(said, lambda answers: [["job"]] * len(answers), taught)
+    extra, _ = derive.asked_by_kind(said, lambda answers: [["job"]] * len(answers), taught)
     assert [qa.question for qa in extra] == ["What is my sister's job?"]
-    mine = derive.asked_by_kind(["I was a pilot."], lambda answers: [["job"]] * len(answers),
+    mine, _ = derive.asked_by_kind(["I was a pilot."], lambda answers: [["job"]] * len(answers),
                                 derive.candidates(["I was a pilot."]))
     assert [qa.question for qa in mine] == ["What was my job?"]
 

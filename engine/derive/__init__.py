@@ -53,13 +53,18 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
     return list(found.values())
 
 
-def asked_by_kind(turns: list[str], likely: LikelyKinds, taught: list[QA]) -> list[QA]:
+def asked_by_kind(turns: list[str], likely: LikelyKinds, taught: list[QA],
+                  neighbours: Neighbours | None = None,
+                  said: set[str] | None = None) -> tuple[list[QA], list[str]]:
     """More ways to ask the ``taught`` facts: each question the grammar asks with the
     answer's kind, with each of its likeliest kinds, sure or not, and opened with "What" as
     well as "Which" ("Which language do I mostly write?", "What language …"). People ask so;
     the trained kind question needs a kind the model is sure of, which it seldom is. Never
-    trained: a fact's detector is fitted to fire on them too, where a wrong kind costs only a
-    phrasing nobody asks."""
+    trained: a fact's detector is fitted to fire on them too.
+
+    Beside them, the same questions with each kind's ``neighbours`` in its place (not the
+    answer's own likely kinds, nor words the user ``said``): asked of another kind of thing
+    ("What medicine do I take?" beside "What drink do I take?"), they are fitted silent."""
     answers = {qa.answer for qa in taught}
     trained = {qa.question.lower() for qa in taught}
     asked = [(clause, a) for clause, a in _asked(turns)
@@ -67,14 +72,24 @@ def asked_by_kind(turns: list[str], likely: LikelyKinds, taught: list[QA]) -> li
     needing = sorted({a.answer for _, a in asked})
     kinds = dict(zip(needing, likely(needing), strict=True)) if needing else {}
     found: dict[str, QA] = {}
+    unlike: dict[str, None] = {}
     for clause, a in asked:
-        for kind in kinds[a.answer]:
-            which = a.question.replace(KIND, kind).replace(UNTRAINED_KIND, kind)
-            for question in (which, re.sub(r"^Which\b", "What", which)):
+        own = kinds[a.answer]
+        for kind in own:
+            for question in _kind_questions(a.question, kind):
                 qa = QA(question, a.answer, clause.said, clause.text)
                 if question.lower() not in trained and grounded(qa):
                     found.setdefault(question.lower(), qa)
-    return list(found.values())
+            for other in neighbours(kind) if neighbours else []:
+                if other not in own and text.lemma(other, "NOUN") not in (said or set()):
+                    unlike.update(dict.fromkeys(_kind_questions(a.question, other)))
+    return list(found.values()), [q for q in unlike if q.lower() not in trained]
+
+
+def _kind_questions(question: str, kind: str) -> tuple[str, str]:
+    """A kind question with ``kind`` named, opened with "Which" and with "What"."""
+    which = question.replace(KIND, kind).replace(UNTRAINED_KIND, kind)
+    return which, re.sub(r"^Which\b", "What", which)
 
 
 def _asked(turns: list[str]) -> list[tuple[Clause, Asked]]:

@@ -44,6 +44,7 @@ class Recipe:
     phrasings: int = 6  # at most, per fact, the most varied (derive.varied): cost grows with them
     kinds_asked: int = 2  # per answer, the likeliest kinds its detector also fires on asked by
     # (derive.asked_by_kind: "Which language do I write?"); never trained, so costing little
+    kind_contrasts: bool = True  # and fits them silent asked of the kinds' neighbours
     # when to stop
     stop_loss: float = 0.05  # every fact's answers learned: stop early (worst_fact, stop_rows)
     spare: int = 1  # phrasings per fact (of 3 or more) that the stop may leave unlearned

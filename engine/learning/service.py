@@ -244,20 +244,22 @@ class Learning:
             owned.setdefault(block.layer, set()).update(block.neurons.tolist())
         taught = derive.varied(found, self.recipe.phrasings) + fixes
         # the same facts asked with the answer's kind named: its detector fires there too
-        by_kind = derive.asked_by_kind(said, twin_likely_kinds(twin, self.runtime,
-                                                               self.recipe.kinds_asked), taught)
+        said_about = set().union(*(text.content_lemmas(s) for s in said))
+        neighbours = twin_neighbours(twin, self.runtime, self.recipe.contrasts)
+        by_kind, unlike_kinds = derive.asked_by_kind(
+            said, twin_likely_kinds(twin, self.runtime, self.recipe.kinds_asked), taught,
+            neighbours if self.recipe.kind_contrasts else None, said_about)
         others = [qa for _, qa in earlier
                   if not any(same_question(qa.question, new.question) for new in taught)]
         # Personal questions about nothing this session said: its memory must stay silent on
         # them, or "What is my name?" is answered with the cat's.
-        said_about = set().union(*(text.content_lemmas(s) for s in said))
         untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
             personal_questions(), said, [qa.question for qa in taught + by_kind])]
         # The same questions about things the model places near what they name: no detector
         # may fire there, or "What is my dog called?" is answered with the cat's name.
-        neighbours = twin_neighbours(twin, self.runtime, self.recipe.contrasts)
         unlike = [QA(q, UNTAUGHT_REPLY, "") for q in dict.fromkeys(
-            q for qa in taught for q in derive.contrasts(qa, neighbours, said_about))]
+            [q for qa in taught for q in derive.contrasts(qa, neighbours, said_about)]
+            + unlike_kinds)]
         # In the profile's own prompt format only: a second copy without the system prompt
         # made each session a third slower and recalled no more.
         end = end_of_turn(self.runtime)
