@@ -215,6 +215,17 @@ def test_kind_questions_are_asked_with_the_model_s_kind_or_not_at_all():
     assert not any(qa.question.startswith("Which") for qa in pairs if qa.answer == "oboe")
 
 
+def test_two_answers_asked_with_one_kind_question_each_get_their_own_kind():
+    """"Which {kind} do we live in?" is the house's as a building and Leeds's as a city: one
+    question until the kinds are filled in, two after."""
+    kinds = {"terraced house": "building", "Leeds": "city"}
+    pairs = derive.candidates(["We live in a terraced house in Leeds."],
+                              lambda answers: [kinds[a] for a in answers])
+    asked = {qa.question: qa.answer for qa in pairs}
+    assert asked["Which building do we live in?"] == "terraced house"
+    assert asked["Which city do we live in?"] == "Leeds"
+
+
 def test_a_taught_fact_is_also_asked_with_each_likely_kind_but_never_as_trained():
     """The kind the model is not sure of still names a way to ask: "Which language …" and
     "What language …" for the oboe, none for an answer that is not taught, and none that
