@@ -35,6 +35,7 @@ from engine.learning.texts import (
     dialogue,
     end_of_turn,
     gate_questions,
+    generic_text,
     personal_questions,
 )
 
@@ -78,6 +79,21 @@ def asked_rows(questions: list[str]) -> dict[int, list[torch.Tensor]]:
     return out
 
 
+@torch.no_grad()
+def prose_rows() -> dict[int, torch.Tensor]:
+    """Every position of the prose `bench learn` measures perplexity on, per layer."""
+    texts = [runtime.tokenize(p) for p in generic_text()]
+    out: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    for _, chunk, seen in passes(twin, texts, layers):
+        for i, tokens in enumerate(chunk):
+            for l in layers:
+                out[l].append(seen[l][i, :len(tokens)].clone())
+    return {l: torch.cat(rows) for l, rows in out.items()}
+
+
+prose = prose_rows()
+
+
 def strongest(rows, detectors, i: int, which) -> float | None:
     """The highest pre-activation, at question ``i``'s rows, of the detectors ``which``
     accepts (by their fact)."""
@@ -86,6 +102,7 @@ def strongest(rows, detectors, i: int, which) -> float | None:
 
 
 own, false_probe, false_untaught, false_bench, earlier = [], [], [], [], []
+prose_fires: list[float] = []  # per session: share of prose positions a detector fires at
 started = time.time()
 for case in cases:
     said = case["turns"]
@@ -154,6 +171,11 @@ for case in cases:
          else false_bench).append(score)
         if i >= n_own + n_probes and score > 0:
             print(f"  false fire {case['id']} {questions[i]!r}: {score:+.1f}")
+    fired = torch.zeros(len(prose[layers[0]]), dtype=torch.bool)
+    for layer, key, _ in detectors:
+        fired |= (prose[layer] @ key > 0).cpu()
+    prose_fires.append(float(fired.float().mean()))
+    print(f"  {case['id']} prose positions a detector fires at: {prose_fires[-1]:.4f}")
     earlier += taught
 
 
@@ -170,5 +192,6 @@ print(json.dumps({"recipe": overrides, "seconds": round(time.time() - started),
                   "paraphrases": len(paraphrases),
                   "false_other_probes": round(share(false_probe), 3),
                   "false_untaught": round(share(false_untaught), 3),
-                  "false_bench_untaught": round(share(false_bench), 3)}))
+                  "false_bench_untaught": round(share(false_bench), 3),
+                  "prose_fires": round(sum(prose_fires) / max(1, len(prose_fires)), 4)}))
 engine.close()
