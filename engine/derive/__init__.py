@@ -16,7 +16,7 @@ from engine import text
 from engine.derive.check import QA, Prefers, consistent, grounded
 from engine.derive.clauses import Clause, clauses
 from engine.derive.contrast import Neighbours, contrasts
-from engine.derive.questions import KIND, UNTRAINED_KIND, Asked, questions
+from engine.derive.questions import KIND, UNTRAINED_KIND, Asked, pair_key, questions
 from engine.derive.written import Write, written
 
 __all__ = ["QA", "KindOf", "LikelyKinds", "Neighbours", "Prefers", "Write", "asked_by_kind",
@@ -96,9 +96,8 @@ def _asked(turns: list[str]) -> list[tuple[Clause, Asked]]:
     """The grammar's questions of every clause, but none it infers from "us" that the user
     asks directly too."""
     asked = [(clause, a) for clause in clauses(turns) for a in questions(clause)]
-    direct = {a.question.lower() for _, a in asked if not a.inferred}
-    return [(clause, a) for clause, a in asked
-            if not (a.inferred and a.question.lower() in direct)]
+    direct = {pair_key(a) for _, a in asked if not a.inferred}
+    return [(clause, a) for clause, a in asked if not (a.inferred and pair_key(a) in direct)]
 
 
 def joined(pairs: list[QA], written: list[QA]) -> list[QA]:

@@ -521,19 +521,19 @@ def questions(clause: Clause) -> list[Asked]:
             out += [Asked(q, answer) for q in asked if q]
     people = list(dict.fromkeys(_people(clause)))
     pairs = [p for a in out for r in _referred(a, people) for p in _one_of_us(r)]
-    direct = {_same(p) for p in pairs if not p.inferred}  # these win
+    direct = {pair_key(p) for p in pairs if not p.inferred}  # these win
     seen, kept = set(), []
     for pair in pairs:
         question = pair.question[:1].upper() + pair.question[1:]
-        if (pair.inferred and _same(pair) in direct) or _same(pair) in seen \
+        if (pair.inferred and pair_key(pair) in direct) or pair_key(pair) in seen \
                 or pair.answer.lower() in question.lower():
             continue
-        seen.add(_same(pair))
+        seen.add(pair_key(pair))
         kept.append(Asked(question, pair.answer, pair.inferred))
     return kept
 
 
-def _same(pair: Asked) -> tuple[str, str]:
+def pair_key(pair: Asked) -> tuple[str, str]:
     """What makes two pairs one: their question, and the answer too where the question's
     kind is still to fill in ("Which {kind} do we live in?" asks the house as a building and
     Leeds as a city)."""
