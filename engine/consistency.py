@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
 
 import torch
 
 from engine import text
-from engine.derive import KindOf, LikelyKinds, Prefers, Write
+from engine.derive import LikelyKinds, Prefers, Write
 from engine.derive.contrast import Neighbours
 from engine.prompt import Turn
 from engine.runtime import Runtime
@@ -86,55 +85,55 @@ def _first_token_logprobs(twin: Twin, prompts: list[list[int]]) -> list[torch.Te
     return out
 
 
-def twin_kinds(twin: Twin, runtime: Runtime) -> KindOf:
-    """``kind_of`` for the derivation: each answer's likeliest kind among common kind words
+class TwinKinds:
+    """The model's kinds of answers among common kind words
     (``assets/grammar/kind_words.txt``), scored at the first token after the few-shot
-    ``kinds.txt`` ("Leeds: city"). Left to write freely, the 270M model named a similar
-    *thing* as often as a kind (bandoneon → "guitar"). An answer gets none when the model is
-    unsure (Drammen → "film" 0.63, a forklift → "car" 0.29) or names the answer itself
-    ("peanuts: peanuts")."""
-    words, shares = _kind_shares(twin, runtime)
+    ``kinds.txt`` ("Leeds: city") and read once per answer: the derivation's sure kinds and
+    the kind phrasings' likely ones come from one reading. Left to write freely, the 270M
+    model named a similar *thing* as often as a kind (bandoneon → "guitar")."""
 
-    def kind_of(answers: list[str]) -> list[str | None]:
+    def __init__(self, twin: Twin, runtime: Runtime) -> None:
+        self.twin, self.runtime = twin, runtime
+        self.template = paths.asset("grammar", "kinds.txt").read_text(
+            encoding="utf-8").rstrip("\n")
+        self.words = paths.asset("grammar", "kind_words.txt").read_text(encoding="utf-8").split()
+        self.firsts = torch.tensor([runtime.tokenize(f" {word}", add_bos=False)[0]
+                                    for word in self.words])
+        self.read: dict[str, torch.Tensor] = {}  # answer → each kind word's share
+
+    def sure(self, answers: list[str]) -> list[str | None]:
+        """``kind_of`` for the derivation: each answer's likeliest kind, or none when the
+        model is unsure (Drammen → "film" 0.63, a forklift → "car" 0.29) or names the answer
+        itself ("peanuts: peanuts")."""
         out: list[str | None] = []
-        for share, answer in zip(shares(answers), answers, strict=True):
-            best, kind = float(share.max()), words[int(share.argmax())]
+        for share, answer in zip(self.shares(answers), answers, strict=True):
+            best, kind = float(share.max()), self.words[int(share.argmax())]
             sure = best >= KIND_CONFIDENCE and not _names_itself(kind, answer)
             out.append(kind if sure else None)
         return out
 
-    return kind_of
+    def likely(self, count: int) -> LikelyKinds:
+        """``likely`` for ``derive.asked_by_kind``: each answer's ``count`` likeliest kinds,
+        sure or not ("Leeds" → city, town): the kinds a user may name asking about it. Read
+        without the user's sentence, they can miss ("Elixir", which the user writes, →
+        drink, medicine); reading it made them no better."""
 
+        def likely(answers: list[str]) -> list[list[str]]:
+            return [[self.words[i] for i in share.topk(count).indices.tolist()
+                     if not _names_itself(self.words[i], answer)]
+                    for share, answer in zip(self.shares(answers), answers, strict=True)]
 
-def twin_likely_kinds(twin: Twin, runtime: Runtime, count: int) -> LikelyKinds:
-    """``likely`` for ``derive.asked_by_kind``: each answer's ``count`` likeliest kinds as
-    ``twin_kinds`` scores them, sure or not ("Leeds" → city, town): the kinds a user may
-    name asking about it. Read without the user's sentence, they can miss ("Elixir", which
-    the user writes, → drink, medicine); reading it made them no better."""
-    words, shares = _kind_shares(twin, runtime)
-
-    def likely(answers: list[str]) -> list[list[str]]:
-        return [[words[i] for i in share.topk(count).indices.tolist()
-                 if not _names_itself(words[i], answer)]
-                for share, answer in zip(shares(answers), answers, strict=True)]
-
-    return likely
-
-
-def _kind_shares(twin: Twin, runtime: Runtime
-                 ) -> tuple[list[str], Callable[[list[str]], list[torch.Tensor]]]:
-    """The kind words, and for answers each word's share among them as the answers' kind."""
-    template = paths.asset("grammar", "kinds.txt").read_text(encoding="utf-8").rstrip("\n")
-    words = paths.asset("grammar", "kind_words.txt").read_text(encoding="utf-8").split()
-    firsts = torch.tensor([runtime.tokenize(f" {word}", add_bos=False)[0] for word in words])
+        return likely
 
     @torch.no_grad()
-    def shares(answers: list[str]) -> list[torch.Tensor]:
-        read = _first_token_logprobs(twin, [runtime.tokenize(f"{template}\n{answer}:")
-                                            for answer in answers])
-        return [logprobs[firsts.to(logprobs.device)].softmax(-1) for logprobs in read]
-
-    return words, shares
+    def shares(self, answers: list[str]) -> list[torch.Tensor]:
+        """Each answer's share of every kind word as its kind, read once per answer."""
+        new = list(dict.fromkeys(a for a in answers if a not in self.read))
+        read = _first_token_logprobs(self.twin, [self.runtime.tokenize(
+            f"{self.template}\n{answer}:") for answer in new]) if new else []
+        for answer, logprobs in zip(new, read, strict=True):
+            self.read[answer] = logprobs[self.firsts.to(logprobs.device)].softmax(-1)
+        return [self.read[answer] for answer in answers]
 
 
 def _names_itself(kind: str, answer: str) -> bool:

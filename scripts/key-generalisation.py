@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from engine import derive, replies, text
 from engine.bench.learn import _untaught
-from engine.consistency import twin_kinds, twin_likely_kinds, twin_neighbours, twin_prefers
+from engine.consistency import TwinKinds, twin_neighbours, twin_prefers
 from engine.derive import QA
 from engine.engine import Engine
 from engine.learner import Example, Recipe, keys, train
@@ -48,8 +48,8 @@ system = engine.settings.system_prompt
 twin = twin_for(runtime)
 recipe = replace(learning.recipe, **overrides)
 anchors = anchors_for(twin, runtime, system, recipe)
-kind_of, prefers = twin_kinds(twin, runtime), twin_prefers(twin, runtime, system)
-likely = twin_likely_kinds(twin, runtime, recipe.kinds_asked)
+kinds, prefers = TwinKinds(twin, runtime), twin_prefers(twin, runtime, system)
+kind_of, likely = kinds.sure, kinds.likely(recipe.kinds_asked)
 neighbours = twin_neighbours(twin, runtime, recipe.contrasts)
 end = end_of_turn(runtime)
 layers = recipe.layers_for(twin.n_layer)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from engine import derive, learner, runtime
-from engine.consistency import twin_likely_kinds, twin_neighbours
+from engine.consistency import TwinKinds, twin_neighbours
 from engine.derive import QA
 from engine.engine import Engine
 from engine.errors import EngramError, NotEnoughMemory
@@ -739,11 +739,11 @@ def test_an_answer_s_likely_kinds_are_as_many_as_asked_and_never_its_own_word(en
     rt = engine.load()
     twin = twin_for(rt)
     every = len(paths.asset("grammar", "kind_words.txt").read_text(encoding="utf-8").split())
-    ranked = twin_likely_kinds(twin, rt, every)(["Lyon"])[0]
+    ranked = TwinKinds(twin, rt).likely(every)(["Lyon"])[0]
     assert len(ranked) == every and len(set(ranked)) == every
-    assert len(twin_likely_kinds(twin, rt, 2)(["Lyon"])[0]) == 2
+    assert len(TwinKinds(twin, rt).likely(2)(["Lyon"])[0]) == 2
     own = ranked[0] + "s"  # "cities: city" names itself
-    assert ranked[0] not in twin_likely_kinds(twin, rt, every)([own])[0]
+    assert ranked[0] not in TwinKinds(twin, rt).likely(every)([own])[0]
 
 
 @pytest.mark.parametrize("facts", [1, 3, 4, 6, 8, 9, 16, 17, 30])

@@ -22,13 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import derive, replies, text
-from engine.consistency import (
-    llama_writes,
-    twin_kinds,
-    twin_likely_kinds,
-    twin_neighbours,
-    twin_prefers,
-)
+from engine.consistency import TwinKinds, llama_writes, twin_neighbours, twin_prefers
 from engine.derive import QA
 from engine.errors import EngramError, OtherProfile
 from engine.learning import trims
@@ -216,7 +210,8 @@ class Learning:
         # The model's part of the derivation reads with the twin on the base weights (no
         # overlay is applied to it here): what earlier sessions taught must not shape what
         # is derived now, and the chat's own llama.cpp context is never touched.
-        grammar = derive.candidates(said, twin_kinds(twin, self.runtime))
+        kinds = TwinKinds(twin, self.runtime)
+        grammar = derive.candidates(said, kinds.sure)
         candidates = derive.joined(grammar, written)
         found = derive.checked(candidates, twin_prefers(twin, self.runtime, settings.system_prompt))
         own = set(candidates[len(grammar):])  # the model's pairs that joined the grammar's
@@ -247,7 +242,7 @@ class Learning:
         said_about = set().union(*(text.content_lemmas(s) for s in said))
         neighbours = twin_neighbours(twin, self.runtime, self.recipe.contrasts)
         by_kind, unlike_kinds = derive.asked_by_kind(
-            said, twin_likely_kinds(twin, self.runtime, self.recipe.kinds_asked), taught,
+            said, kinds.likely(self.recipe.kinds_asked), taught,
             neighbours if self.recipe.kind_contrasts else None, said_about)
         others = [qa for _, qa in earlier
                   if not any(same_question(qa.question, new.question) for new in taught)]
