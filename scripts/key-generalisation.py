@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from engine import derive, replies, text
+from engine import derive, replies
 from engine.bench.learn import _untaught
 from engine.consistency import TwinKinds, twin_neighbours, twin_prefers
 from engine.derive import QA
@@ -30,13 +30,12 @@ from engine.engine import Engine
 from engine.learner import Example, Recipe, keys, train
 from engine.learner.capture import ffn_inputs, passes
 from engine.learning.anchors import anchors_for, twin_for
+from engine.learning.service import around
 from engine.learning.texts import (
-    UNTAUGHT_REPLY,
     dialogue,
     end_of_turn,
     gate_questions,
     generic_text,
-    personal_questions,
 )
 
 facts_file, home = sys.argv[1], sys.argv[2]
@@ -110,16 +109,9 @@ for case in cases:
     if not found:
         continue
     taught = derive.varied(found, recipe.phrasings)
-    said_about = set().union(*(text.content_lemmas(s) for s in said))
-    by_kind, unlike_kinds = derive.asked_by_kind(said, likely, taught,
-                                                 neighbours if recipe.kind_contrasts else None,
-                                                 said_about)
-    print(f"  {case['id']} by kind: {[qa.question for qa in by_kind]}; unlike: {unlike_kinds}")
-    untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
-        personal_questions(), said, [qa.question for qa in taught + by_kind])]
-    unlike = [QA(q, UNTAUGHT_REPLY, "") for q in dict.fromkeys(
-        [q for qa in taught for q in derive.contrasts(qa, neighbours, said_about)]
-        + unlike_kinds)]
+    by_kind, untaught, unlike = around(said, taught, likely, neighbours, recipe)
+    print(f"  {case['id']} by kind: {[qa.question for qa in by_kind]}; "
+          f"unlike: {[qa.question for qa in unlike]}")
     trained = examples(taught)
     prefix, rest = train._after_shared(twin, trained, tail)
     batch = twin.batch([e.tokens for e in rest], prefix)

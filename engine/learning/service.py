@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from engine import derive, replies, text
 from engine.consistency import TwinKinds, llama_writes, twin_neighbours, twin_prefers
-from engine.derive import QA
+from engine.derive import QA, LikelyKinds, Neighbours
 from engine.errors import EngramError, OtherProfile
 from engine.learning import trims
 from engine.learning.anchors import anchors_for, training, twin_for
@@ -238,23 +238,11 @@ class Learning:
         for block in base.blocks:
             owned.setdefault(block.layer, set()).update(block.neurons.tolist())
         taught = derive.varied(found, self.recipe.phrasings) + fixes
-        # the same facts asked with the answer's kind named: its detector fires there too
-        said_about = set().union(*(text.content_lemmas(s) for s in said))
-        neighbours = twin_neighbours(twin, self.runtime, self.recipe.contrasts)
-        by_kind, unlike_kinds = derive.asked_by_kind(
-            said, kinds.likely(self.recipe.kinds_asked), taught,
-            neighbours if self.recipe.kind_contrasts else None, said_about)
+        by_kind, untaught, unlike = around(
+            said, taught, kinds.likely(self.recipe.kinds_asked),
+            twin_neighbours(twin, self.runtime, self.recipe.contrasts), self.recipe)
         others = [qa for _, qa in earlier
                   if not any(same_question(qa.question, new.question) for new in taught)]
-        # Personal questions about nothing this session said: its memory must stay silent on
-        # them, or "What is my name?" is answered with the cat's.
-        untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
-            personal_questions(), said, [qa.question for qa in taught + by_kind])]
-        # The same questions about things the model places near what they name: no detector
-        # may fire there, or "What is my dog called?" is answered with the cat's name.
-        unlike = [QA(q, UNTAUGHT_REPLY, "") for q in dict.fromkeys(
-            [q for qa in taught for q in derive.contrasts(qa, neighbours, said_about)]
-            + unlike_kinds)]
         # In the profile's own prompt format only: a second copy without the system prompt
         # made each session a third slower and recalled no more.
         end = end_of_turn(self.runtime)
@@ -601,6 +589,24 @@ class Learning:
         if self._gate is not None:
             self._gate.close()
             self._gate = None
+
+
+def around(said: list[str], taught: list[QA], likely: LikelyKinds, neighbours: Neighbours,
+           recipe: Recipe) -> tuple[list[QA], list[QA], list[QA]]:
+    """What a session's detectors are fitted on beside its ``taught`` questions: the same
+    facts asked with the answer's kind named (they fire there too); personal questions about
+    nothing the session said (silent, or "What is my name?" is answered with the cat's); and
+    the same questions about things the model places near what they name (silent, or "What
+    is my dog called?" is answered with the cat's name)."""
+    said_about = set().union(*(text.content_lemmas(s) for s in said))
+    by_kind, unlike_kinds = derive.asked_by_kind(
+        said, likely, taught, neighbours if recipe.kind_contrasts else None, said_about)
+    untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
+        personal_questions(), said, [qa.question for qa in taught + by_kind])]
+    unlike = [QA(q, UNTAUGHT_REPLY, "") for q in dict.fromkeys(
+        [q for qa in taught for q in derive.contrasts(qa, neighbours, said_about)]
+        + unlike_kinds)]
+    return by_kind, untaught, unlike
 
 
 def _failing(score: Locality, first_asked: dict[str, str]) -> set[str]:
