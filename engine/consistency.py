@@ -8,6 +8,7 @@ instruction-tuned model, the pairs it writes itself (``engine.derive.written``).
 from __future__ import annotations
 
 import difflib
+import math
 import os
 
 import torch
@@ -24,6 +25,8 @@ from store import paths
 ACK = "Noted."  # the assistant's turn between the statement and the question
 BATCH = 16
 KIND_CONFIDENCE = 0.75  # a kind's share among the kind words, below which an answer gets none
+KIND_ODDS = 10.0  # how many times less likely than an answer's likeliest kind a word must be
+# for the model not to take it for a kind of the answer
 SHORTEST_WORD = 3  # letters: shorter vocabulary pieces are mostly fragments, not words
 STEM = 4  # letters two forms of one word share at the start
 SPELLED_ALIKE = 0.75  # difflib ratio from which two words are spellings of one
@@ -97,9 +100,8 @@ class TwinKinds:
         self.template = paths.asset("grammar", "kinds.txt").read_text(
             encoding="utf-8").rstrip("\n")
         self.words = paths.asset("grammar", "kind_words.txt").read_text(encoding="utf-8").split()
-        self.firsts = torch.tensor([runtime.tokenize(f" {word}", add_bos=False)[0]
-                                    for word in self.words])
-        self.read: dict[str, torch.Tensor] = {}  # answer → each kind word's share
+        self.firsts = torch.tensor([_pieces(runtime, word)[0] for word in self.words])
+        self.read: dict[str, torch.Tensor] = {}  # answer → the next token's log-probabilities
 
     def sure(self, answers: list[str]) -> list[str | None]:
         """``kind_of`` for the derivation: each answer's likeliest kind, or none when the
@@ -125,15 +127,35 @@ class TwinKinds:
 
         return likely
 
-    @torch.no_grad()
+    def fits(self, answer: str, words: list[str]) -> list[bool]:
+        """``fits`` for the kind contrasts: whether the model takes each word, a kind word or
+        not, for a kind of ``answer`` — no less than a ``KIND_ODDS``-th as likely as its
+        likeliest kind word (the bassoon: "music" fits beside "instrument"; "tool" does not)."""
+        logprobs = self._read([answer])[0]
+        best = float(logprobs[self.firsts.to(logprobs.device)].max())
+        firsts = [_pieces(self.runtime, word)[0] for word in words]
+        return [float(logprobs[first]) >= best - math.log(KIND_ODDS) for first in firsts]
+
     def shares(self, answers: list[str]) -> list[torch.Tensor]:
-        """Each answer's share of every kind word as its kind, read once per answer."""
+        """Each answer's share of every kind word as its kind."""
+        return [logprobs[self.firsts.to(logprobs.device)].softmax(-1)
+                for logprobs in self._read(answers)]
+
+    @torch.no_grad()
+    def _read(self, answers: list[str]) -> list[torch.Tensor]:
+        """Each answer's next-token log-probabilities after the few-shot, read once."""
         new = list(dict.fromkeys(a for a in answers if a not in self.read))
         read = _first_token_logprobs(self.twin, [self.runtime.tokenize(
             f"{self.template}\n{answer}:") for answer in new]) if new else []
-        for answer, logprobs in zip(new, read, strict=True):
-            self.read[answer] = logprobs[self.firsts.to(logprobs.device)].softmax(-1)
+        self.read.update(zip(new, read, strict=True))
         return [self.read[answer] for answer in answers]
+
+
+def _pieces(runtime: Runtime, word: str) -> list[int]:
+    """The tokens of " word" that write something: some tokenizers give the leading space
+    a piece of its own, which every word would share."""
+    return [t for t in runtime.tokenize(f" {word}", add_bos=False)
+            if runtime.detokenize([t]).strip()]
 
 
 def _names_itself(kind: str, answer: str) -> bool:
@@ -150,8 +172,7 @@ def twin_neighbours(twin: Twin, runtime: Runtime, count: int) -> Neighbours:
 
     @torch.no_grad()
     def neighbours(word: str) -> list[str]:
-        pieces = [t for t in runtime.tokenize(f" {word.lower()}", add_bos=False)
-                  if runtime.detokenize([t]).strip()]  # a tokenizer's own leading space
+        pieces = _pieces(runtime, word.lower())
         rows = twin.model.model.embed_tokens.weight[pieces].float()
         near = table @ torch.nn.functional.normalize(rows, dim=-1).mean(0)
         own, out = text.lemma(word, "NOUN"), dict[str, str]()

@@ -48,7 +48,7 @@ twin = twin_for(runtime)
 recipe = replace(learning.recipe, **overrides)
 anchors = anchors_for(twin, runtime, system, recipe)
 kinds, prefers = TwinKinds(twin, runtime), twin_prefers(twin, runtime, system)
-kind_of, likely = kinds.sure, kinds.likely(recipe.kinds_asked)
+kind_of = kinds.sure
 neighbours = twin_neighbours(twin, runtime, recipe.contrasts)
 end = end_of_turn(runtime)
 layers = recipe.layers_for(twin.n_layer)
@@ -109,7 +109,7 @@ for case in cases:
     if not found:
         continue
     taught = derive.varied(found, recipe.phrasings)
-    by_kind, untaught, unlike = around(said, taught, likely, neighbours, recipe)
+    by_kind, untaught, unlike = around(said, taught, kinds, neighbours, recipe)
     print(f"  {case['id']} by kind: {[qa.question for qa in by_kind]}; "
           f"unlike: {[qa.question for qa in unlike]}")
     trained = examples(taught)

@@ -260,6 +260,21 @@ def test_a_kind_phrasing_asked_of_a_neighbouring_kind_is_fitted_silent():
     assert derive.asked_by_kind(said, lambda answers: [["instrument"]], taught)[1] == []
 
 
+def test_a_neighbouring_word_the_model_takes_for_the_answer_s_kind_is_no_contrast():
+    """"What music does my daughter play?" asks of the bassoon too: a neighbour of its kind
+    "song" that the model ``fits`` to the answer stays unasked."""
+    said = ["My daughter plays the bassoon."]
+    taught = [QA("What does my daughter play?", "bassoon", said[0])]
+    near = {"instrument": ["tool"], "song": ["music", "concert"]}
+    fitting = {"bassoon": {"music"}}
+    _, unlike = derive.asked_by_kind(
+        said, lambda answers: [["instrument", "song"]], taught, near.__getitem__, set(),
+        lambda answer, words: [word in fitting[answer] for word in words])
+    assert set(unlike) == {"Which tool does my daughter play?", "What tool does my daughter play?",
+                           "Which concert does my daughter play?",
+                           "What concert does my daughter play?"}
+
+
 def test_an_identity_is_asked_as_what_the_subject_has_but_never_trained():
     """"What is my sister's {kind}?": the kind the model is surest of for a photographer is
     "person", so the question only joins the detector's phrasings."""

@@ -746,6 +746,35 @@ def test_an_answer_s_likely_kinds_are_as_many_as_asked_and_never_its_own_word(en
     assert ranked[0] not in TwinKinds(twin, rt).likely(every)([own])[0]
 
 
+def test_a_word_fits_an_answer_as_its_kind_unless_far_less_likely_than_its_likeliest(engine):
+    """Any word is read on the kinds' few-shot beside the likeliest kind word: with the head
+    set so that the kind words' first tokens and two words are alike and two are far apart,
+    the far less likely one alone does not fit."""
+    rt = engine.load()
+    twin = twin_for(rt)
+    kinds = TwinKinds(twin, rt)
+    kind_firsts = set(kinds.firsts.tolist())
+    words, ids = [], []  # four words whose first pieces are their own, none a kind word's
+    for t in range(twin.model.lm_head.weight.shape[0]):
+        word = rt.detokenize([t]).strip()
+        pieces = [p for p in rt.tokenize(f" {word}", add_bos=False) if rt.detokenize([p]).strip()]
+        if word.isalpha() and pieces[:1] == [t] and t not in kind_firsts and len(words) < 4:
+            words.append(word)
+            ids.append(t)
+    rows = list(dict.fromkeys(kinds.firsts.tolist() + ids))
+    head = twin.model.lm_head.weight
+    kept = head[rows].clone()
+    try:
+        head[rows] = 0
+        direction = torch.randn(head.shape[1])
+        head[ids[0]], head[ids[1]] = 50 * direction, -50 * direction
+        fits = kinds.fits("Lyon", words)
+    finally:
+        head[rows] = kept
+    assert len(set(ids)) == 4
+    assert fits[2:] == [True, True] and fits[0] != fits[1]
+
+
 @pytest.mark.parametrize("facts", [1, 3, 4, 6, 8, 9, 16, 17, 30])
 def test_every_fact_gets_a_detector_however_many_the_session_has(facts):
     layers, k = 4, learner.per_layer(facts, 4, 2)

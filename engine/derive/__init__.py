@@ -19,14 +19,16 @@ from engine.derive.contrast import Neighbours, contrasts
 from engine.derive.questions import KIND, UNTRAINED_KIND, Asked, pair_key, questions
 from engine.derive.written import Write, written
 
-__all__ = ["QA", "KindOf", "LikelyKinds", "Neighbours", "Prefers", "Write", "asked_by_kind",
-           "candidates", "checked", "contrasts", "joined", "varied", "written"]
+__all__ = ["QA", "KindFits", "KindOf", "LikelyKinds", "Neighbours", "Prefers", "Write",
+           "asked_by_kind", "candidates", "checked", "contrasts", "joined", "varied", "written"]
 
 
 # answers → the kind of each ("Leeds" → "city"), or None where the model knows none
 KindOf = Callable[[list[str]], list[str | None]]
 # answers → each one's likeliest kinds, sure or not ("Leeds" → ["city", "town"])
 LikelyKinds = Callable[[list[str]], list[list[str]]]
+# an answer and words → whether the model takes each for a kind of it ("bassoon": "music" yes)
+KindFits = Callable[[str, list[str]], list[bool]]
 
 
 def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
@@ -54,8 +56,8 @@ def candidates(turns: list[str], kind_of: KindOf | None = None) -> list[QA]:
 
 
 def asked_by_kind(turns: list[str], likely: LikelyKinds, taught: list[QA],
-                  neighbours: Neighbours | None = None,
-                  said: set[str] | None = None) -> tuple[list[QA], list[str]]:
+                  neighbours: Neighbours | None = None, said: set[str] | None = None,
+                  fits: KindFits | None = None) -> tuple[list[QA], list[str]]:
     """More ways to ask the ``taught`` facts: each question the grammar asks with the
     answer's kind, with each of its likeliest kinds, sure or not, and opened with "What" as
     well as "Which" ("Which language do I mostly write?", "What language …"). People ask so;
@@ -63,8 +65,10 @@ def asked_by_kind(turns: list[str], likely: LikelyKinds, taught: list[QA],
     trained: a fact's detector is fitted to fire on them too.
 
     Beside them, the same questions with each kind's ``neighbours`` in its place (not the
-    answer's own likely kinds, nor words the user ``said``): asked of another kind of thing
-    ("What medicine do I take?" beside "What drink do I take?"), they are fitted silent."""
+    answer's own likely kinds, nor words the user ``said``, nor words the model ``fits`` to
+    the answer as a kind): asked of another kind of thing ("What medicine do I take?" beside
+    "What drink do I take?"), they are fitted silent. Embedding neighbours are as often
+    synonyms as other kinds: "song" → "music" for a bassoon, "town" → "city" for Trondheim."""
     answers = {qa.answer for qa in taught}
     trained = {qa.question.lower() for qa in taught}
     asked = [(clause, a) for clause, a in _asked(turns)
@@ -80,8 +84,11 @@ def asked_by_kind(turns: list[str], likely: LikelyKinds, taught: list[QA],
                 qa = QA(question, a.answer, clause.said, clause.text)
                 if question.lower() not in trained and grounded(qa):
                     found.setdefault(question.lower(), qa)
-            for other in neighbours(kind) if neighbours else []:
-                if other not in own and text.lemma(other, "NOUN") not in (said or set()):
+            others = [other for other in (neighbours(kind) if neighbours else [])
+                      if other not in own and text.lemma(other, "NOUN") not in (said or set())]
+            kept = fits(a.answer, others) if fits and others else [False] * len(others)
+            for other, fitting in zip(others, kept, strict=True):
+                if not fitting:
                     unlike.update(dict.fromkeys(_kind_questions(a.question, other)))
     return list(found.values()), [q for q in unlike if q.lower() not in trained]
 

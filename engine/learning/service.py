@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from engine import derive, replies, text
 from engine.consistency import TwinKinds, llama_writes, twin_neighbours, twin_prefers
-from engine.derive import QA, LikelyKinds, Neighbours
+from engine.derive import QA, Neighbours
 from engine.errors import EngramError, OtherProfile
 from engine.learning import trims
 from engine.learning.anchors import anchors_for, training, twin_for
@@ -239,8 +239,8 @@ class Learning:
             owned.setdefault(block.layer, set()).update(block.neurons.tolist())
         taught = derive.varied(found, self.recipe.phrasings) + fixes
         by_kind, untaught, unlike = around(
-            said, taught, kinds.likely(self.recipe.kinds_asked),
-            twin_neighbours(twin, self.runtime, self.recipe.contrasts), self.recipe)
+            said, taught, kinds, twin_neighbours(twin, self.runtime, self.recipe.contrasts),
+            self.recipe)
         others = [qa for _, qa in earlier
                   if not any(same_question(qa.question, new.question) for new in taught)]
         # In the profile's own prompt format only: a second copy without the system prompt
@@ -591,7 +591,7 @@ class Learning:
             self._gate = None
 
 
-def around(said: list[str], taught: list[QA], likely: LikelyKinds, neighbours: Neighbours,
+def around(said: list[str], taught: list[QA], kinds: TwinKinds, neighbours: Neighbours,
            recipe: Recipe) -> tuple[list[QA], list[QA], list[QA]]:
     """What a session's detectors are fitted on beside its ``taught`` questions: the same
     facts asked with the answer's kind named (they fire there too); personal questions about
@@ -600,7 +600,8 @@ def around(said: list[str], taught: list[QA], likely: LikelyKinds, neighbours: N
     is my dog called?" is answered with the cat's name)."""
     said_about = set().union(*(text.content_lemmas(s) for s in said))
     by_kind, unlike_kinds = derive.asked_by_kind(
-        said, likely, taught, neighbours if recipe.kind_contrasts else None, said_about)
+        said, kinds.likely(recipe.kinds_asked), taught,
+        neighbours if recipe.kind_contrasts else None, said_about, kinds.fits)
     untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
         personal_questions(), said, [qa.question for qa in taught + by_kind])]
     unlike = [QA(q, UNTAUGHT_REPLY, "") for q in dict.fromkeys(
