@@ -116,13 +116,15 @@ class TwinKinds:
 
     def likely(self, count: int) -> LikelyKinds:
         """``likely`` for ``derive.asked_by_kind``: each answer's ``count`` likeliest kinds,
-        sure or not ("Leeds" → city, town): the kinds a user may name asking about it. Read
+        sure or not ("Leeds" → city, town), that ``fits`` would keep: the kinds a user may
+        name asking about it (not "song" for a cello: "What music do I listen to?" → cello). Read
         without the user's sentence, they can miss ("Elixir", which the user writes, →
         drink, medicine); reading it made them no better."""
 
         def likely(answers: list[str]) -> list[list[str]]:
             return [[self.words[i] for i in share.topk(count).indices.tolist()
-                     if not _names_itself(self.words[i], answer)]
+                     if not _names_itself(self.words[i], answer)
+                     and share[i] >= share.max() / KIND_ODDS]
                     for share, answer in zip(self.shares(answers), answers, strict=True)]
 
         return likely
