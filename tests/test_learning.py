@@ -8,6 +8,7 @@ model that follows its few-shot prompt); the recipe trains 4 neurons in layers 1
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -753,15 +754,8 @@ def test_an_answer_s_likely_kinds_leave_out_those_far_less_likely_than_its_likel
     twin = twin_for(rt)
     kinds = TwinKinds(twin, rt)
     firsts = list(dict.fromkeys(kinds.firsts.tolist()))
-    head = twin.model.lm_head.weight
-    kept = head[firsts].clone()
-    try:
-        head[firsts] = 0
-        direction = torch.randn(head.shape[1])
-        head[firsts[0]], head[firsts[1]] = 50 * direction, -50 * direction
+    with _head_apart(twin, firsts, firsts[:2]):
         likely = kinds.likely(len(kinds.words))(["Lyon"])[0]
-    finally:
-        head[firsts] = kept
     top = {int(kinds.firsts[kinds.words.index(likely[0])])}
     assert set(likely) == {w for w, t in zip(kinds.words, kinds.firsts.tolist(), strict=True)
                            if t in top} and top < set(firsts)
@@ -782,18 +776,26 @@ def test_a_word_fits_an_answer_as_its_kind_unless_far_less_likely_than_its_likel
         if word.isalpha() and pieces[:1] == [t] and t not in kind_firsts and len(words) < 4:
             words.append(word)
             ids.append(t)
-    rows = list(dict.fromkeys(kinds.firsts.tolist() + ids))
+    with _head_apart(twin, list(dict.fromkeys(kinds.firsts.tolist() + ids)), ids[:2]):
+        fits = kinds.fits("Lyon", words)
+    assert len(set(ids)) == 4
+    assert fits[2:] == [True, True] and fits[0] != fits[1]
+
+
+@contextlib.contextmanager
+def _head_apart(twin, rows: list[int], apart: list[int]):
+    """The output head with ``rows`` zeroed, so that their tokens are alike, but for the two
+    ``apart``: one far likelier than the rest and one far less (which is which, the hidden
+    state's sign decides). Restored afterwards."""
     head = twin.model.lm_head.weight
     kept = head[rows].clone()
     try:
         head[rows] = 0
         direction = torch.randn(head.shape[1])
-        head[ids[0]], head[ids[1]] = 50 * direction, -50 * direction
-        fits = kinds.fits("Lyon", words)
+        head[apart[0]], head[apart[1]] = 50 * direction, -50 * direction
+        yield
     finally:
         head[rows] = kept
-    assert len(set(ids)) == 4
-    assert fits[2:] == [True, True] and fits[0] != fits[1]
 
 
 @pytest.mark.parametrize("facts", [1, 3, 4, 6, 8, 9, 16, 17, 30])
