@@ -123,9 +123,10 @@ class TwinKinds:
 
         def likely(answers: list[str]) -> list[list[str]]:
             return [[self.words[i] for i in share.topk(count).indices.tolist()
-                     if not _names_itself(self.words[i], answer)
-                     and share[i] >= share.max() / KIND_ODDS]
-                    for share, answer in zip(self.shares(answers), answers, strict=True)]
+                     if not _names_itself(self.words[i], answer) and fitting[i]]
+                    for share, answer, fitting in zip(
+                        self.shares(answers), answers, map(self._fitting, self._read(answers)),
+                        strict=True)]
 
         return likely
 
@@ -133,10 +134,16 @@ class TwinKinds:
         """``fits`` for the kind contrasts: whether the model takes each word, a kind word or
         not, for a kind of ``answer`` — no less than a ``KIND_ODDS``-th as likely as its
         likeliest kind word (the bassoon: "music" fits beside "instrument"; "tool" does not)."""
-        logprobs = self._read([answer])[0]
-        best = float(logprobs[self.firsts.to(logprobs.device)].max())
-        firsts = [_pieces(self.runtime, word)[0] for word in words]
-        return [float(logprobs[first]) >= best - math.log(KIND_ODDS) for first in firsts]
+        firsts = torch.tensor([_pieces(self.runtime, word)[0] for word in words])
+        return self._fitting(self._read([answer])[0], firsts).tolist()
+
+    def _fitting(self, logprobs: torch.Tensor, firsts: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Which of the tokens ``firsts`` (the kind words') are no less than a
+        ``KIND_ODDS``-th as likely as the likeliest kind word, by ``logprobs``."""
+        kinds = logprobs[self.firsts.to(logprobs.device)]
+        chosen = kinds if firsts is None else logprobs[firsts.to(logprobs.device)]
+        return chosen >= kinds.max() - math.log(KIND_ODDS)
 
     def shares(self, answers: list[str]) -> list[torch.Tensor]:
         """Each answer's share of every kind word as its kind."""
