@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,33 @@ def test_sessions_messages_search_and_delete(tmp_path):
     store.delete_session(first.id)
     assert [s.id for s in store.sessions(me.id)] == [second.id]
     assert store.messages(first.id) == []
+
+
+def test_a_write_after_a_read_waits_for_another_chat_s_commit_instead_of_failing(tmp_path):
+    """Two chats on one profile are two connections. A transaction that has read (sqlite-utils
+    reads the schema before each insert) must still write after the other commits: taken at
+    its start, the other waits for it; deferred, SQLite refuses the write ("database is
+    locked") and a message was lost."""
+    path = tmp_path / "e.db"
+    mine, theirs = Store(path), Store(path)
+    session = mine.new_session(mine.profile("me").id, "m")
+    have_read, done = threading.Event(), threading.Event()
+
+    def other_chat():
+        have_read.wait()
+        theirs.add_message(session.id, "user", "from the other chat")
+        done.set()
+
+    other = threading.Thread(target=other_chat)
+    other.start()
+    with mine.transaction():
+        mine.messages(session.id)
+        have_read.set()
+        done.wait(0.5)  # time enough for the other chat to commit, where it is let through
+        mine.add_message(session.id, "user", "from this chat")
+    other.join()
+    assert sorted(m.content for m in theirs.messages(session.id)) == [
+        "from the other chat", "from this chat"]
 
 
 def test_settings_are_saved_per_profile(tmp_path):
