@@ -31,7 +31,7 @@ KEYS = {"recall", "retention", "locality", "kl_neutral", "ppl_change",
         "derived_candidates", "derived_pairs", "derived_checked", "probe_overlap",
         "recall_trained_phrasing", "recall_paraphrase", "sessions", "rejected",
         "locality_decided", "model_pairs", "model_pairs_checked", "facts_unrecalled",
-        "loops_cut"}
+        "loops_cut", "retried"}
 
 
 def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_model, tmp_path,  # noqa: F811
@@ -59,6 +59,8 @@ def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_m
     assert set(result["baselines"]) == {"base", "in_context"}
     assert result["trainable_params"] > 0 and result["overlay_bytes"] > 0
     assert 0.0 <= result["locality_decided"] <= 1.0
+    assert result["retried"] == 0  # a gate that accepts any locality (--threshold 0) and saw no
+    # leak on the tiny model refuses no try
     assert set(result["null_overlay"]) == {"locality", "locality_decided", "kl_neutral"}
 
     lines = details.read_text().splitlines()

@@ -217,6 +217,8 @@ def _run(engine: Engine, cases: list[dict], details: TextIO, log: Callable[[str]
             [h for h, t in zip(hits, trained_phrasing, strict=True) if not t]),
         "sessions": len(cases),
         "rejected": sum(r.version is not None and not r.accepted for r in results),
+        "retried": sum(bool(r.version.learned[r.session_id].get("refused_tries"))
+                       for r in results if r.version is not None),
         "facts_unrecalled": _share([qa.answer in r.unrecalled for r in results if r.accepted
                                     for qa in {qa.answer: qa for qa in r.facts}.values()]),
         "baselines": {
@@ -385,7 +387,8 @@ REPORTED = ("recall", "recall_sampled", "recall_trained_phrasing", "recall_parap
             "retention", "degenerate", "loops_cut", "crosstalk", "locality", "kl_neutral",
             "ppl_change", "learn_seconds_per_session", "derived_candidates", "derived_pairs",
             "derived_checked", "model_pairs", "model_pairs_checked", "probe_overlap", "rejected",
-            "facts_unrecalled", "overlay_bytes", "trainable_params", "tokens_per_s_ratio")
+            "retried", "facts_unrecalled", "overlay_bytes", "trainable_params",
+            "tokens_per_s_ratio")
 
 
 def _met(key: str, value: float, numbers: dict) -> bool | None:
