@@ -336,16 +336,12 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Changes made inside are stored together or not at all (the accessors' own
-        transactions nest in it); other threads wait until it ends."""
-        with self._writing():
-            yield
+        transactions nest in it, as savepoints); other threads wait until it ends.
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """A write transaction, taken at its start (``BEGIN IMMEDIATE``), or a savepoint inside
-        one. sqlite-utils' ``atomic()`` begins a deferred one: its first read takes a snapshot,
-        and when another process commits before its first write SQLite refuses the write at
-        once ("database is locked", no busy wait), so two chats on one profile lost messages."""
+        Taken at its start (``BEGIN IMMEDIATE``), as every write here: sqlite-utils'
+        ``atomic()`` begins a deferred one, whose first read takes a snapshot, and when another
+        process commits before its first write SQLite refuses the write at once ("database is
+        locked", no busy wait): two chats on one profile lost messages."""
         with self._lock:
             if self.db.conn.in_transaction:
                 with self.db.atomic():
@@ -354,10 +350,10 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield
-            except BaseException:
-                self.db.conn.rollback()
+                self.db.commit()
+            except BaseException:  # a failed COMMIT too: else the next write nests in it
+                self.db.rollback()
                 raise
-            self.db.conn.commit()
 
     def close(self) -> None:
         with self._lock:
@@ -389,14 +385,14 @@ class Store:
         return row
 
     def save_settings(self, profile_id: int, settings: dict) -> None:
-        with self._writing():
+        with self.transaction():
             self.db.table("profiles").update(profile_id, {"settings": json.dumps(settings)})
 
     # -- sessions -------------------------------------------------------------
 
     def new_session(self, profile_id: int, model: str, title: str = "New session",
                     system_prompt: str | None = None, private: bool = False) -> Session:
-        with self._writing():
+        with self.transaction():
             stamp = now()
             row_id = _insert(self.db.table("sessions"), {
                 "profile_id": profile_id, "title": title, "created_at": stamp,
@@ -410,7 +406,7 @@ class Store:
         session's fields, its ``messages`` (dicts of Message fields but the ids) and its
         ``cells_enabled``/``cells``. Returns the new ids, in order."""
         ids = []
-        with self._writing():
+        with self.transaction():
             for s in sessions:
                 session_id = _insert(self.db.table("sessions"), {
                     "profile_id": profile_id, "title": s["title"], "created_at": s["created_at"],
@@ -462,13 +458,13 @@ class Store:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
-        with self._writing():
+        with self.transaction():
             self.db.table("sessions").update(session_id, {**fields, "updated_at": now()})
         return self.session(session_id)
 
     def delete_session(self, session_id: int) -> None:
         """The session, its messages and its state (the schema cascades)."""
-        with self._writing():
+        with self.transaction():
             self.db.execute("DELETE FROM sessions WHERE id = ?", [session_id])
 
     # -- messages -------------------------------------------------------------
@@ -478,7 +474,7 @@ class Store:
         """Commit a message now (a user message is committed before generation starts), its
         checksum in the same transaction: sqlite-utils' insert commits on its own outside one,
         and a process killed before the seal left a row that read as damaged."""
-        with self._writing():
+        with self.transaction():
             stamp = now()
             row_id = _insert(self.db.table("messages"), {
                 "session_id": session_id, "role": role, "content": content,
@@ -491,7 +487,7 @@ class Store:
     def finish_message(self, message_id: int, content: str, status: str, **stats) -> Message:
         """Store a reply's final text: ``complete``, ``partial`` (stopped) or ``error``, with
         its checksum, in one transaction (as ``add_message``)."""
-        with self._writing():
+        with self.transaction():
             self.db.table("messages").update(
                 message_id, {"content": content, "status": status, **stats})
             self._seal(message_id)
@@ -530,7 +526,7 @@ class Store:
         return dict(rows)
 
     def delete_message(self, message_id: int) -> None:
-        with self._writing():
+        with self.transaction():
             self.db.execute("DELETE FROM messages WHERE id = ?", [message_id])
 
     # -- session state (cells, KV snapshot) ----------------------------------
@@ -541,7 +537,7 @@ class Store:
         return _session_state(self._checked("session_states", rows[0])) if rows else None
 
     def save_session_cells(self, session_id: int, enabled: bool, cells: bytes | None) -> None:
-        with self._writing():
+        with self.transaction():
             self.db.table("session_states").upsert(
                 {"session_id": session_id, "cells_enabled": int(enabled), "cells": cells},
                 pk="session_id")
@@ -550,7 +546,7 @@ class Store:
                         overlay_id: int | None, format: int, tokens: int, bytes: int,
                         sha256: str) -> None:
         """Record a KV snapshot whose file is already in place (replacing the previous one)."""
-        with self._writing():
+        with self.transaction():
             self.db.table("session_states").upsert(
                 {"session_id": session_id, "kv_path": path, "kv_model_sha256": model_sha256,
                  "kv_overlay_id": overlay_id, "kv_format": format, "kv_tokens": tokens,
@@ -558,7 +554,7 @@ class Store:
                 pk="session_id")
 
     def clear_session_kv(self, session_id: int) -> None:
-        with self._writing():
+        with self.transaction():
             self.db.execute(
                 "UPDATE session_states SET kv_path = NULL, kv_model_sha256 = NULL, "
                 "kv_overlay_id = NULL, kv_format = NULL, kv_tokens = NULL, kv_bytes = NULL, "
@@ -577,7 +573,7 @@ class Store:
                     for row in cursor.fetchall()]
 
     # -- overlay versions -----------------------------------------------------
-    # _writing(), not db.conn: sqlite-utils commits each insert/update of its own otherwise.
+    # transaction(), not db.conn: sqlite-utils commits each insert/update of its own otherwise.
 
     def add_overlay_version(self, profile_id: int, path: str, base_sha256: str, *,
                             parent_id: int | None = None, sessions: Sequence[int] = (),
@@ -590,7 +586,7 @@ class Store:
             raise ValueError(f"status must be one of {OVERLAY_STATUSES}, not {status!r}")
         metrics = dict(metrics or {})
         learned, dropped = metrics.pop("learned", {}), metrics.pop("dropped", {})
-        with self._writing():
+        with self.transaction():
             row_id = _insert(self.db.table("overlay_versions"), {
                 "profile_id": profile_id, "parent_id": parent_id, "created_at": now(),
                 "path": path, "base_sha256": base_sha256,
@@ -673,14 +669,14 @@ class Store:
                            version_id: int | None) -> None:
         """Make a version the active one of its base model (None: none); the one it replaces
         becomes superseded. Other base models' active versions stay."""
-        with self._writing():
+        with self.transaction():
             self._activate(profile_id, base_sha256, version_id)
 
     def set_overlay_status(self, version_id: int, status: str, reason: str | None) -> None:
         """Mark a version rejected, broken, accepted…; one that was active stops being so."""
         if status == "active" or status not in OVERLAY_STATUSES:
             raise ValueError(f"cannot set status {status!r} here (activate: set_active_overlay)")
-        with self._writing():
+        with self.transaction():
             self.overlay_version(version_id)  # StoreError for a version that is not there
             self.db.table("overlay_versions").update(
                 version_id, {"status": status, "reason": reason})

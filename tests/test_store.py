@@ -129,6 +129,20 @@ def test_a_write_after_a_read_waits_for_another_chat_s_commit_instead_of_failing
         "from the other chat", "from this chat"]
 
 
+def test_a_transaction_whose_commit_fails_is_rolled_back_and_later_writes_are_stored(tmp_path):
+    """A refused COMMIT (here a foreign key checked at commit) ends the transaction: left
+    open, every later write nested in it as a savepoint and none was ever stored."""
+    path = tmp_path / "e.db"
+    store = Store(path)
+    session = store.new_session(store.profile("me").id, "m")
+    with pytest.raises(sqlite3.IntegrityError), store.transaction():
+        store.db.execute("PRAGMA defer_foreign_keys = ON")
+        store.db.execute("INSERT INTO messages (session_id, role, content, status, created_at) "
+                         "VALUES (999, 'user', 'orphan', 'complete', '')")
+    store.add_message(session.id, "user", "kept")
+    assert [m.content for m in Store(path).messages(session.id)] == ["kept"]
+
+
 def test_settings_are_saved_per_profile(tmp_path):
     store = Store(tmp_path / "e.db")
     me = store.profile("me")
