@@ -69,6 +69,27 @@ def test_a_taught_answer_the_base_model_would_write_there_itself_is_not_a_leak(
         assert [leak[2] for leak in leaks] == ([word] if leaked else [])
 
 
+def test_a_leak_is_traced_at_the_tokens_the_model_wrote_its_leading_space_included(
+        engine, monkeypatch):  # noqa: F811
+    """The built-in format ends the prompt at "Assistant:" and the model answers " Pixel.":
+    the leak's place must hold the token " Pixel", the one whose makers are looked for, not
+    "Pixel", a token the model never wrote (the trims once ranked neurons by it). Shown to
+    the user, the reply is stripped."""
+    gate = engine.learning.gate()
+    question, name = "What is my brother called?", WORDS[-1]
+    written = engine.runtime.tokenize(f" {name}", add_bos=False)
+    assert written != engine.runtime.tokenize(name, add_bos=False)
+    prompt = gate._asked(question)
+    monkeypatch.setattr(gate.scorer, "greedy", lambda tokens, max_tokens, stop:
+                        (f" {name}." if tokens == prompt else "", False))
+    reply, _ = gate.reply(question, 8)
+    tokens, at = gate.leak_place(question, reply, name)
+    assert tokens == prompt + written and len(prompt) - 1 <= at < len(tokens) - 1
+    reasons = rejections(Locality(0.99, 0.001, ((question, reply, name),)), 0.9)
+    assert reasons == [f"leaks: {question!r} was answered '{name}.' ('{name}' was taught for "
+                       "something else)"]
+
+
 def test_whether_a_version_gives_the_changed_answers_back_is_read_in_llama_cpp(
         engine, make_overlay):  # noqa: F811
     """Blame found in the twin is checked where the gate saw the change: llama.cpp's answer

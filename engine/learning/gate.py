@@ -48,7 +48,8 @@ def check(cancel: threading.Event | None) -> None:
 class Locality:
     locality: float  # share of answer positions where the argmax is still the base model's
     kl_neutral: float  # mean KL(base ‖ with overlay) over replies to neutral prompts
-    leaks: tuple[tuple[str, str, str], ...] = ()  # (untaught question, reply, taught answer)
+    # (untaught question, reply as written (Gate.reply), taught answer)
+    leaks: tuple[tuple[str, str, str], ...] = ()
     # (a taught question, its looping reply) where the base model's reply does not loop
     loops: tuple[tuple[str, str], ...] = ()
     decided: float = 1.0  # the same share over the positions the base model has decided
@@ -123,7 +124,7 @@ class Gate:
         (path, scale; None: the base weights) — in the gate's own context, never the chat's."""
         self.scorer.set_overlay(*lora)
         try:
-            return [self.reply(q, max_tokens)[0] for q in questions]
+            return [self.reply(q, max_tokens)[0].strip() for q in questions]
         finally:
             self.scorer.set_overlay(None)
 
@@ -137,10 +138,12 @@ class Gate:
         whether it ran to ``max_tokens``. Asked where the learner trains answers
         (``answering``: after the thinking block a reasoning model's turn closes), so a model
         that thinks first spends the checks' few tokens on its answer, not its working; a
-        block the reply opens itself is read past, as the chat shows it."""
+        block the reply opens itself is read past, as the chat shows it. The reply is kept as
+        written, its leading space too (the built-in model's "Assistant: Mosel."): a leak is
+        traced at the model's own tokens (``leak_place``), and " Mosel" is not "Mosel"."""
         text_, limited = self.scorer.greedy(self._asked(question), max_tokens,
                                             self.runtime.format.stop)
-        return answer(text_).strip(), limited
+        return answer(text_).rstrip(), limited
 
     def measure(self, lora: Path | None, scale: float = 1.0,
                 cancel: threading.Event | None = None, taught: Taught | None = None) -> Locality:
@@ -334,9 +337,9 @@ def rejections(score: Locality, threshold: float, changed: Sequence[str] = ()) -
     if score.leaks:
         question, reply, answer = score.leaks[0]
         more = f" and {len(score.leaks) - 1} more" if len(score.leaks) > 1 else ""
-        reasons.append(f"leaks: {question!r} was answered {reply!r} ({answer!r} was taught "
+        reasons.append(f"leaks: {question!r} was answered {reply.strip()!r} ({answer!r} was taught "
                        f"for something else){more}")
     if score.loops:
         question, reply = score.loops[0]
-        reasons.append(f"loops: {question!r} → {reply[:60]!r}")
+        reasons.append(f"loops: {question!r} → {reply.strip()[:60]!r}")
     return reasons

@@ -397,9 +397,9 @@ class Learning:
             "event": "learn", "locality": round(score.locality, 4),
             "locality_decided": round(score.decided, 4),
             "kl_neutral": round(score.kl_neutral, 5), "threshold": round(threshold, 4),
-            "leaks": [list(leak) for leak in score.leaks],
+            "leaks": [[q, reply.strip(), a] for q, reply, a in score.leaks],
             "trimmed": trims.trimmed_record(trimmed),
-            "loops": [list(loop) for loop in score.loops],
+            "loops": [[q, reply.strip()] for q, reply in score.loops],
             "learned": {str(session.id): {
                 "through": newest, "seconds": round(seconds, 2), "train": train,
                 "derive_seconds": round(derived - started, 2),
