@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--seed", type=int, default=0, metavar="N",
                        help="the learner's random draws (default 0): rerun with a few seeds "
                             "to see how much of a figure is chance")
+    learn.add_argument("--keep-home", type=Path, metavar="DIR",
+                       help="keep each set's user in DIR/SET (DIR new or empty), to read what "
+                            "it learned afterwards: engram --home DIR/SET memory show")
 
     locomo = bench_sub.add_parser("locomo", help="LoCoMo conversations learned session by "
                                   "session, then their single-hop questions (F1, contains) for "
@@ -307,7 +310,7 @@ def _dispatch(args) -> int:
         with details as stream:
             result = learn.run(args.model, args.facts, args.sessions, args.counterfact,
                                args.threshold, stream, model_pairs=args.model_pairs,
-                               seed=args.seed)
+                               seed=args.seed, keep=args.keep_home)
         print(json.dumps(result) if args.json else learn.report(result))
         return 0
     if args.command == "bench" and args.bench == "locomo":

@@ -41,7 +41,8 @@ def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_m
     details = tmp_path / "details.txt"
     code = main(["bench", "learn", "--model", str(tiny_model), "--facts", str(facts),
                  "--sessions", "1", "--counterfact", "2", "--threshold", "0",
-                 "--details", str(details), "--seed", "3", "--json"])
+                 "--details", str(details), "--seed", "3", "--json",
+                 "--keep-home", str(tmp_path / "kept")])
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out)
@@ -75,9 +76,25 @@ def test_bench_learn_reports_every_key_and_the_figures_it_can_know(small, tiny_m
     assert "'What is my dog called?'" in asked and "'What is my name?'" not in asked
     assert "counterfact 2/2" in err
 
+    # the user's home is kept: what it learned can be read afterwards
+    assert main(["memory", "versions", "--home", str(tmp_path / "kept" / "facts"),
+                 "--model", str(tiny_model)]) == 0
+    assert "v1" in capsys.readouterr().out
+    assert (tmp_path / "kept" / "counterfact").is_dir()
+
     report = learn.report(result)
     assert "facts (given)" in report and "recall_paraphrase" in report
     assert "≥ 0.7" in report and "null floor" in report
+
+
+def test_a_kept_home_is_never_written_into_a_folder_that_holds_something(tmp_path, capsys):
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    code = main(["bench", "learn", "--facts", str(tmp_path / "facts.jsonl"),
+                 "--keep-home", str(tmp_path / "kept")])
+    err = capsys.readouterr().err
+    assert code != 0 and "not an empty folder" in err and len(err.strip().splitlines()) == 1
+    assert [f.name for f in (tmp_path / "kept").iterdir()] == ["notes.txt"]
 
 
 def test_a_loop_is_a_word_or_phrase_three_times_running():

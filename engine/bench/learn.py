@@ -17,6 +17,7 @@ frozen test set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -34,6 +35,7 @@ import numpy as np
 from engine import replies, text
 from engine.bench.generate import PROMPT as SPEED_PROMPT
 from engine.engine import Engine
+from engine.errors import EngramError
 from engine.learning import LearnResult
 from engine.learning.gate import ASK_TOKENS, Gate, null_locality
 from engine.learning.texts import generic_text
@@ -71,15 +73,21 @@ def _share(hits: list[bool]) -> float:
 def run(model: str | None = None, facts_files: list[str | Path] | str | Path | None = None,
         sessions: int | None = None, counterfact: int = 100, threshold: float | None = None,
         details: TextIO = sys.stderr, log: Callable[[str], None] | None = None,
-        model_pairs: bool = True, seed: int = 0) -> dict:
+        model_pairs: bool = True, seed: int = 0, keep: Path | None = None) -> dict:
     """The benchmark's numbers; per-probe lines go to ``details``. Each set of sessions is
     learned by a user of its own; without ``facts_files`` the bundled dev, natural (dev) and
     test sets. The top-level keys are the last set's (the test set by default: issue 4's
     keys as they were), ``sets`` has every set's. ``threshold`` replaces the locality
     gate's (0: every run is accepted, to see what the recipe alone does). ``model_pairs``
     False: the served model writes no pairs of its own (to measure what they add). ``seed``:
-    the learner's random draws (``Recipe.seed``); a few seeds give a figure's spread."""
+    the learner's random draws (``Recipe.seed``); a few seeds give a figure's spread.
+    ``keep``: each user's home is kept in this new or empty folder, under the set's name
+    (and ``counterfact``), to read the versions it learned afterwards (``engram memory
+    show --home``) where a figure needs explaining."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if keep is not None and keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+        raise EngramError(f"{keep} is not an empty folder: bench learn keeps its users' homes "
+                          "only in a new or empty one")
     chosen: list[tuple[str, list[Path], str]]
     if facts_files is None:
         chosen = [(name, [paths.eval_data(f) for f in files], role)
@@ -91,11 +99,13 @@ def run(model: str | None = None, facts_files: list[str | Path] | str | Path | N
     for name, files, role in chosen:
         cases = [case for f in files for case in load_sessions(f)][:sessions]
         log(f"— {name}: {len(cases)} sessions from {', '.join(Path(f).name for f in files)}")
-        with fresh_engine(model, threshold, model_pairs, seed) as engine:
+        with fresh_engine(model, threshold, model_pairs, seed,
+                          keep / name if keep else None) as engine:
             results[name] = _run(engine, cases, details, log, f"{name}:") | {"role": role}
     cf = None
     if counterfact:
-        with fresh_engine(model, threshold, model_pairs, seed) as engine:
+        with fresh_engine(model, threshold, model_pairs, seed,
+                          keep / "counterfact" if keep else None) as engine:
             cf = _counterfact(engine, counterfact, log)
     last = results[chosen[-1][0]]
     return {**{k: v for k, v in last.items() if k != "role"}, "counterfact": cf, "seed": seed,
@@ -104,11 +114,12 @@ def run(model: str | None = None, facts_files: list[str | Path] | str | Path | N
 
 @contextmanager
 def fresh_engine(model: str | None, threshold: float | None, model_pairs: bool = True,
-                 seed: int = 0) -> Iterator[Engine]:
-    """A fresh user in a temporary home, learning only when the benchmark says so, with
-    the learner's random draws from ``seed``."""
-    with tempfile.TemporaryDirectory(prefix="engram-bench-") as home:
-        engine = Engine(home=home, model=model)
+                 seed: int = 0, home: Path | None = None) -> Iterator[Engine]:
+    """A fresh user, learning only when the benchmark says so, with the learner's random
+    draws from ``seed``: in ``home``, kept afterwards, or in a temporary one."""
+    with (contextlib.nullcontext(str(home)) if home else
+          tempfile.TemporaryDirectory(prefix="engram-bench-")) as folder:
+        engine = Engine(home=folder, model=model)
         try:
             gated = engine.settings if threshold is None else engine.settings.with_gate(threshold)
             engine.save_settings(replace(gated, learning_paused=True, model_pairs=model_pairs))
