@@ -253,7 +253,9 @@ class Gate:
         for i, (question, taught_answer) in enumerate(taught.questions):
             check(cancel)
             reply, _ = self.reply(question, LOOP_TOKENS if i < LOOP_QUESTIONS else LEAK_TOKENS)
-            loops += [(question, reply)] if i < LOOP_QUESTIONS and replies.loops(reply) else []
+            # kept as shown: a loop is never traced (only a leak is, at the model's own tokens)
+            loops += ([(question, reply.strip())] if i < LOOP_QUESTIONS and replies.loops(reply)
+                      else [])
             if not replies.mentions(reply, taught_answer):
                 unrecalled.append(taught_answer)
         if loops:  # a loop the base model falls into as well is not this version's doing
@@ -341,5 +343,5 @@ def rejections(score: Locality, threshold: float, changed: Sequence[str] = ()) -
                        f"for something else){more}")
     if score.loops:
         question, reply = score.loops[0]
-        reasons.append(f"loops: {question!r} → {reply.strip()[:60]!r}")
+        reasons.append(f"loops: {question!r} → {reply[:60]!r}")
     return reasons

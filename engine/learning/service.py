@@ -399,7 +399,7 @@ class Learning:
             "kl_neutral": round(score.kl_neutral, 5), "threshold": round(threshold, 4),
             "leaks": [[q, reply.strip(), a] for q, reply, a in score.leaks],
             "trimmed": trims.trimmed_record(trimmed),
-            "loops": [[q, reply.strip()] for q, reply in score.loops],
+            "loops": [list(loop) for loop in score.loops],
             "learned": {str(session.id): {
                 "through": newest, "seconds": round(seconds, 2), "train": train,
                 "derive_seconds": round(derived - started, 2),
