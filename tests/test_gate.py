@@ -28,15 +28,15 @@ def scripted(gate, replies: dict[str, str]) -> None:
 def test_a_leak_is_a_taught_answer_to_an_untaught_question_the_base_model_did_not_give(engine):  # noqa: F811
     gate = engine.learning.gate()
     base = {q: "I don't know." for q in gate.personal}
-    base["What's my surname?"] = "Pixel, like my cat."  # the base model says it too
+    base["Who is my father?"] = "Pixel, like my cat."  # the base model says it too
     baseline = learning.Baseline([], [], [], base)
-    scripted(gate, {"What is my brother called?": "Pixel.", "What's my surname?": "Pixel.",
+    scripted(gate, {"What is my brother called?": "Pixel.", "Who is my father?": "Pixel.",
                     "What is my rabbit called?": "Pixel.", "What is my cat called?": "Pixel."})
     taught = Taught(answers=["Pixel"], said=["My rabbit is called Pixel."],
                     questions=[("What is my rabbit called?", "Pixel")])
     leaks, loops, unrecalled = gate._seen(taught, baseline, None)
     # the brother was never mentioned: a leak; the rabbit was (an answer may be right); the
-    # surname question got the same answer from the base model
+    # father question got the same answer from the base model
     assert [leak[0] for leak in leaks] == ["What is my brother called?"]
     assert leaks[0][2] == "Pixel" and loops == () and unrecalled == ()
 
