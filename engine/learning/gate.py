@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import replies, text
+from engine import replies
 from engine.learning.texts import NEUTRAL, dialogue, gate_questions, world_facts
 from engine.overlay import NeuronBlock, SparseOverlay, write_gguf_lora
 from engine.prompt import Turn, answer
@@ -239,11 +239,9 @@ class Gate:
         that llama.cpp does not give to their own question (the twin that training judges
         recall in can differ by a logit or two near a decision: the de Klerk flip of
         natural-facts leads by 1.67 in the twin and flips in llama.cpp)."""
-        said_about = set().union(*(text.content_lemmas(s) for s in taught.said))
         mentioned = []  # (question, reply, the taught answers it says)
-        for question in self.personal:
-            if text.content_lemmas(question) & said_about:
-                continue  # the user talked about it: an answer may be right
+        # only those about nothing the user talked about: where they did, an answer may be right
+        for question in replies.untaught(self.personal, taught.said):
             check(cancel)
             reply, _ = self.reply(question, LEAK_TOKENS)
             leaked = [a for a in taught.answers if replies.mentions(reply, a)
