@@ -116,6 +116,36 @@ def tags(sentence: list[str]) -> list[str]:
                 {"NOUN", "ADJ"} & set(lexicon)):
             out[i] = "NOUN" if "NOUN" in lexicon else "ADJ"
         verb_seen = verb_seen or out[i] in {"VERB", "AUX"}
+    return _do_supported(sentence, out)
+
+
+SUBJECT_TAGS = frozenset({"DET", "POSS", "NOUN", "PROPN", "ADJ", "NUM", "ADV"})
+
+
+def _do_supported(sentence: list[str], out: list[str]) -> list[str]:
+    """A question's "do" before its subject says the verb comes after the subject: the first
+    word after it that English uses as a verb and that no noun follows ("What did my son
+    Mateo pick?", "Where does my book club meet?"; out of context "pick" and "club" are
+    nouns)."""
+    for d, word in enumerate(sentence):
+        if out[d] == "VERB":
+            break
+        if out[d] != "AUX" or word.lower() not in {"do", "does", "did"} or not (
+                d == 0 or "WH" in out[:d]):
+            continue
+        before = d + 1  # the word before the one looked at, adverbs passed over
+        for i in range(d + 2, len(sentence)):
+            if out[i] not in SUBJECT_TAGS:
+                break
+            if out[i] == "ADV":
+                continue
+            if (out[i] in {"NOUN", "ADJ"} and out[before] not in {"DET", "POSS"}
+                    and "VERB" in getAllLemmas(sentence[i].lower())
+                    and (i + 1 == len(sentence) or out[i + 1] not in {"NOUN", "ADJ"})):
+                out[i] = "VERB"
+                break
+            before = i
+        break
     return out
 
 

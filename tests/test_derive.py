@@ -361,6 +361,19 @@ def test_a_contrast_asks_the_same_question_about_each_near_thing_the_user_did_no
                             lambda word: ["stay"], set()) == []  # only nouns are swapped
 
 
+def test_a_verb_after_a_question_s_subject_is_never_swapped_as_a_noun():
+    """Out of context "pick" is a noun; after "did my son Mateo" it is the verb, and its
+    neighbours ("choose") ask the same question, so it is no contrast."""
+    qa = QA("What did my son Mateo pick?", "tank", "My son Mateo picked the tank.")
+
+    def neighbours(word):
+        return {"son": ["daughter"], "pick": ["choose"]}.get(word, [])
+
+    assert derive.contrasts(qa, neighbours, set()) == ["What did my daughter Mateo pick?"]
+    assert text.tags(text.words("When does my book club meet?"))[-1] == "VERB"
+    assert text.tags(text.words("How many rotors does my drone have?"))[-2] == "NOUN"
+
+
 def test_a_contrast_keeps_the_word_s_capitals():
     qa = QA("Cat food is what?", "fish", "Cat food is fish.")
     assert derive.contrasts(qa, lambda word: ["dog"] if word == "Cat" else [], set()) == [
