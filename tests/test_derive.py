@@ -45,6 +45,18 @@ def test_pronouns_point_back_to_the_user_s_latest_someone():
     assert found[-1] == "My nephew Arvid plays the tuba"
 
 
+def test_a_relative_clause_is_a_clause_about_the_noun_before_it():
+    """What the clause says of the noun is asked of it; a thing the user introduces with "a"
+    is theirs; a "that" after a verb starts no relative clause."""
+    found = [c.text for c in clauses(["We rent a cabin that sleeps six.",
+                                      "My uncle, who farms near Ribe, keeps geese.",
+                                      "I hope that Ada swims."])]
+    assert found == ["We rent a cabin", "our cabin sleeps six", "My uncle farms near Ribe",
+                     "My uncle keeps geese", "I hope that Ada swims"]
+    assert asked("I joined a choir that rehearses in Aarhus.")[
+        "Where does my choir rehearse?"] == "Aarhus"
+
+
 def test_a_pronoun_inside_a_sentence_takes_the_referent_as_said_inside_one():
     found = [c.text for c in clauses(["My aunt Rut keeps goats.", "She sold her oldest goat."])]
     assert found[-1] == "My aunt Rut sold my aunt Rut's oldest goat"

@@ -21,6 +21,8 @@ from engine import text
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)|\n+")
 CLAUSE_BREAK = re.compile(r"\s*[;:]\s+|\s+[-–—]\s+|\s*,\s*|\s+(?=(?:and|but|so|because|though|"
                           r"although|while)\s)", re.IGNORECASE)
+RELATIVES = {"that", "which", "who"}  # a relative clause's subject: the noun before it
+OWNERS = {"i": "my", "we": "our"}  # a subject pronoun → whose a thing it introduces is
 REQUEST_OPENERS = {"can", "could", "would", "will", "do", "does", "did", "is", "are", "should",
                    "shall", "may", "might", "let", "please"}
 
@@ -191,6 +193,44 @@ def _resolve(words: list[str], tags: list[str], referent: list[str] | None) -> l
     return out
 
 
+def _relatives(pieces: list[list[str]]) -> list[list[str]]:
+    """Each relative clause about a noun its own clause, the noun its subject: "I am in a
+    book club that meets on Thursdays" → "I am in a book club", "my book club meets on
+    Thursdays"; "My sister, who lives in Paris" → "My sister", "My sister lives in Paris".
+    A thing the user introduces with "a" is theirs ("my book club")."""
+    out: list[list[str]] = []
+    waiting: list[str] = []  # a subject whose predicate comes after its relative clause
+    for words in pieces:
+        tags = text.tags(words)
+        at = next((r for r in range(len(words) - 1) if words[r].lower() in RELATIVES
+                   and _can_be_verb(words[r + 1])
+                   and (r > 0 and tags[r - 1] in {"NOUN", "PROPN"} or (r == 0 and out))), None)
+        if at is None:
+            out.append(words if not waiting or _starts_clause(words, tags) else waiting + words)
+            waiting = []
+            continue
+        main = words[:at] if at else out.pop()
+        # "My uncle, who farms near Ribe, keeps geese": "My uncle" waits for "keeps geese"
+        waiting = main if not at and not {"VERB", "AUX"} & set(text.tags(main)) else []
+        out += ([] if waiting else [main]) + [_antecedent(main) + words[at + 1:]]
+    return out
+
+
+def _antecedent(words: list[str]) -> list[str]:
+    """The noun phrase that ends ``words``, owned as the clause's subject owns things."""
+    tags = text.tags(words)
+    i = len(words)
+    while i > 0 and tags[i - 1] in {"NOUN", "ADJ", "PROPN", "NUM"}:
+        i -= 1
+    if i > 0 and tags[i - 1] in {"DET", "POSS"}:
+        i -= 1
+    phrase = words[i:]
+    if phrase and phrase[0].lower() in text.grammar()["indefinite_articles"]:
+        owner = OWNERS.get(words[0].lower(), "the") if i else "the"
+        phrase = [owner, *phrase[1:]]
+    return phrase
+
+
 def clauses(turns: list[str]) -> list[Clause]:
     """Every clause of the user's turns, in order, pronouns resolved."""
     out: list[Clause] = []
@@ -199,7 +239,7 @@ def clauses(turns: list[str]) -> list[Clause]:
         for sentence in sentences(turn):
             question = sentence.rstrip().endswith("?")
             subject: list[str] = []
-            for words in _pieces(sentence):
+            for words in _relatives(_pieces(sentence)) if not question else _pieces(sentence):
                 words = _without_openers(words)
                 tags = text.tags(words)
                 if _fragment(words, tags) and subject:
