@@ -21,8 +21,6 @@ from engine import text
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)|\n+")
 CLAUSE_BREAK = re.compile(r"\s*[;:]\s+|\s+[-–—]\s+|\s*,\s*|\s+(?=(?:and|but|so|because|though|"
                           r"although|while)\s)", re.IGNORECASE)
-RELATIVES = {"that", "which", "who"}  # a relative clause's subject: the noun before it
-OWNERS = {"i": "my", "we": "our"}  # a subject pronoun → whose a thing it introduces is
 REQUEST_OPENERS = {"can", "could", "would", "will", "do", "does", "did", "is", "are", "should",
                    "shall", "may", "might", "let", "please"}
 
@@ -202,7 +200,8 @@ def _relatives(pieces: list[list[str]]) -> list[list[str]]:
     waiting: list[str] = []  # a subject whose predicate comes after its relative clause
     for words in pieces:
         tags = text.tags(words)
-        at = next((r for r in range(len(words) - 1) if words[r].lower() in RELATIVES
+        at = next((r for r in range(len(words) - 1)
+                   if words[r].lower() in text.grammar()["subject_relatives"]
                    and _can_be_verb(words[r + 1])
                    and (r > 0 and tags[r - 1] in {"NOUN", "PROPN"} or (r == 0 and out))), None)
         if at is None:
@@ -218,6 +217,8 @@ def _relatives(pieces: list[list[str]]) -> list[list[str]]:
 
 def _antecedent(words: list[str]) -> list[str]:
     """The noun phrase that ends ``words``, owned as the clause's subject owns things."""
+    from engine.derive.questions import templates  # (it reads clauses: imported here)
+
     tags = text.tags(words)
     i = len(words)
     while i > 0 and tags[i - 1] in {"NOUN", "ADJ", "PROPN", "NUM"}:
@@ -226,7 +227,7 @@ def _antecedent(words: list[str]) -> list[str]:
         i -= 1
     phrase = words[i:]
     if phrase and phrase[0].lower() in text.grammar()["indefinite_articles"]:
-        owner = OWNERS.get(words[0].lower(), "the") if i else "the"
+        owner = templates()["owner"].get(words[0].lower(), "the") if i else "the"
         phrase = [owner, *phrase[1:]]
     return phrase
 
