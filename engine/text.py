@@ -54,6 +54,13 @@ def is_number(word: str) -> bool:
         or word.lower() in grammar()["number_words"]
 
 
+def participle(word: str) -> bool:
+    """A verb's -ing or -ed form ("running", "dried"), whose verb lemma is another word; not
+    one that only ends so ("spring", "need", "shed")."""
+    lower = word.lower()
+    return lower.endswith(("ing", "ed")) and getAllLemmas(lower).get("VERB", (lower,))[0] != lower
+
+
 @functools.cache
 def tag(word: str) -> str:
     """A coarse word class: DET POSS PRON PREP AUX NEG CONJ WH NUM PROPN NOUN VERB ADJ ADV.
@@ -76,7 +83,7 @@ def tag(word: str) -> str:
         return "PROPN"  # (a capitalised word the lexicon knows is a name inside a sentence: tags)
     if not lexicon:
         return "NOUN"  # a word the lexicon lacks is most often a rare noun ("tetras")
-    if "VERB" in lexicon and (lower.endswith(("ing", "ed")) or not {"NOUN", "ADJ"} & set(lexicon)):
+    if "VERB" in lexicon and (participle(lower) or not {"NOUN", "ADJ"} & set(lexicon)):
         return "VERB"
     for cls in ("NOUN", "ADJ", "VERB", "ADV"):
         if cls in lexicon:
@@ -102,7 +109,7 @@ def tags(sentence: list[str]) -> list[str]:
         lexicon = getAllLemmas(word.lower())
         if (before in grammar()["copulas"] and "ADJ" in lexicon
                 and out[i] in {"NOUN", "ADJ", "VERB"}
-                and not word.lower().endswith(("ing", "ed"))):
+                and not participle(word)):
             out[i] = "ADJ"  # "she is grey"
         elif out[i] in {"NOUN", "ADJ"} and "VERB" in lexicon and (
                 before in grammar()["subject_pronouns"] or out[k] in {"AUX", "NEG"}

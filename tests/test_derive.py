@@ -45,6 +45,12 @@ def test_pronouns_point_back_to_the_user_s_latest_someone():
     assert found[-1] == "My nephew Arvid plays the tuba"
 
 
+def test_a_word_that_only_ends_like_a_participle_is_no_verb():
+    """"spring" ends in -ing and is no verb form: "last spring" is one answer, never "last"."""
+    assert asked("We moved to Tromsø last spring.")["What did we move to Tromsø?"] == "last spring"
+    assert text.participle("running") and not text.participle("spring")
+
+
 def test_a_relative_clause_is_a_clause_about_the_noun_before_it():
     """What the clause says of the noun is asked of it; a thing the user introduces with "a"
     is theirs; a "that" after a verb starts no relative clause."""
