@@ -47,7 +47,7 @@ def test_pronouns_point_back_to_the_user_s_latest_someone():
 
 def test_a_word_that_only_ends_like_a_participle_is_no_verb():
     """"spring" ends in -ing and is no verb form: "last spring" is one answer, never "last"."""
-    assert asked("We moved to Tromsø last spring.")["What did we move to Tromsø?"] == "last spring"
+    assert asked("We moved to Tromsø last spring.")["When did we move to Tromsø?"] == "last spring"
     assert text.participle("running") and not text.participle("spring")
 
 
@@ -90,6 +90,13 @@ def test_a_core_question_drops_what_the_clause_adds_but_never_another_object():
     assert said["What do I sing?"] == "bass"
     assert said["What do I sing in a choir called Nordlys?"] == "bass"
     assert "What do I sing?" not in [q for q, a in said.items() if a == "Nordlys"]
+
+
+def test_a_time_said_relative_to_now_is_asked_when_and_kept_whole():
+    found = asked("We fly to Lima next month and I swim every week.")
+    assert found["When do we fly to Lima?"] == "next month"
+    assert found["When do I swim?"] == "every week"
+    assert "month" not in found.values()
 
 
 def test_places_times_and_numbers_get_their_question_words():

@@ -51,6 +51,12 @@ def templates() -> dict:
     return tomllib.loads(paths.asset("grammar", "questions.toml").read_text(encoding="utf-8"))
 
 
+def _is_relative_time(words: tuple[str, ...]) -> bool:
+    """A time said relative to now: "last spring", "next month", "every week"."""
+    return len(words) == 2 and words[0].lower() in text.grammar()["time_deictics"] \
+        and words[1].lower() in text.grammar()["time_nouns"]
+
+
 def _is_time(word: str) -> bool:
     g = text.grammar()
     return word.lower() in g["months"] or word.lower() in g["weekdays"]
@@ -147,7 +153,8 @@ def spans(clause: Clause, after: int) -> list[Span]:
                 pass  # "my uncle Ferdinand", "a bakery called Crumb", "the island of Utvær":
                 # the name is the answer (_appositives, _named, spans)
             elif noun:
-                out.append(Span(i, j, "thing"))
+                # "next month", "every week": the word before is the time's, not a determiner
+                out.append(Span(i - _is_relative_time(words[i - 1:j]), j, "thing"))
             elif after_copula and not (j < len(words) and tags[j] == "PREP"):
                 # "is grey"; not "is afraid of the foghorn": there the foghorn is the fact
                 out.append(Span(i, j, "quality"))
@@ -190,6 +197,8 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         if before in text.grammar()["copulas"]:
             return "how old", start, end
         return "what", start, end
+    if _is_relative_time(words[span.start:end]):
+        return "when", span.start, end  # "last spring", "next month"
     if _is_time(first):
         if before in qw["time_prepositions"] or before in text.grammar()["determiners"]:
             start -= 1  # "on Thursdays", "every Thursday evening"
