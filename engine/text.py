@@ -136,23 +136,23 @@ def _do_supported(sentence: list[str], out: list[str]) -> list[str]:
     nouns)."""
     for d, word in enumerate(sentence):
         if out[d] == "VERB":
+            return out
+        if out[d] == "AUX" and lemma(word, "VERB") == "do" and (d == 0 or "WH" in out[:d]):
             break
-        if out[d] != "AUX" or word.lower() not in {"do", "does", "did"} or not (
-                d == 0 or "WH" in out[:d]):
+    else:
+        return out
+    before = d + 1  # the word before the one looked at, adverbs passed over
+    for i in range(d + 2, len(sentence)):
+        if out[i] not in SUBJECT_TAGS:
+            break
+        if out[i] == "ADV":
             continue
-        before = d + 1  # the word before the one looked at, adverbs passed over
-        for i in range(d + 2, len(sentence)):
-            if out[i] not in SUBJECT_TAGS:
-                break
-            if out[i] == "ADV":
-                continue
-            if (out[i] in {"NOUN", "ADJ"} and out[before] not in {"DET", "POSS"}
-                    and "VERB" in getAllLemmas(sentence[i].lower())
-                    and (i + 1 == len(sentence) or out[i + 1] not in {"NOUN", "ADJ"})):
-                out[i] = "VERB"
-                break
-            before = i
-        break
+        if (out[i] in {"NOUN", "ADJ"} and out[before] not in {"DET", "POSS"}
+                and "VERB" in getAllLemmas(sentence[i].lower())
+                and (i + 1 == len(sentence) or out[i + 1] not in {"NOUN", "ADJ"})):
+            out[i] = "VERB"
+            break
+        before = i
     return out
 
 

@@ -154,7 +154,7 @@ def spans(clause: Clause, after: int) -> list[Span]:
                 # the name is the answer (_appositives, _named, spans)
             elif noun:
                 # "next month", "every week": the word before is the time's, not a determiner
-                out.append(Span(i - _is_relative_time(words[i - 1:j]), j, "thing"))
+                out.append(Span(i - (i > 0 and _is_relative_time(words[i - 1:j])), j, "thing"))
             elif after_copula and not (j < len(words) and tags[j] == "PREP"):
                 # "is grey"; not "is afraid of the foghorn": there the foghorn is the fact
                 out.append(Span(i, j, "quality"))
