@@ -313,6 +313,18 @@ def test_an_identity_is_asked_as_what_the_subject_has_but_never_trained():
     assert [qa.question for qa in mine] == ["What was my job?"]
 
 
+def test_an_activity_done_in_a_role_is_asked_and_the_role_alone_is_not_an_answer():
+    said = asked("My aunt knits wool socks as a side business.")
+    assert said["What does my aunt do as a side business?"] == "knits wool socks"
+    assert said["What does my aunt knit?"] == "wool socks"
+    assert "business" not in said.values() and "side business" not in said.values()
+    assert asked("We baked bread as a treat.")["What did we do as a treat?"] == "baked bread"
+    # without an object the role is what the subject is: asked as an answer, no activity
+    said = asked("I work as a ferry pilot.")
+    assert said["What do I work as?"] == "ferry pilot"
+    assert not any(q.startswith("What do I do") for q in said)
+
+
 def test_a_where_question_keeps_the_infinitive_it_needs():
     questions = set(asked("My sister wants to shoot the cherry blossoms in Kyoto."))
     assert "Where does my sister want to shoot the cherry blossoms?" in questions

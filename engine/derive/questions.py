@@ -458,6 +458,41 @@ def _said_to_be(clause: Clause) -> Iterator[tuple[str, str, str]]:
         yield words[i].lower(), " ".join(words[i + 1:j]), " ".join(words[k:n])
 
 
+def _role(clause: Clause) -> tuple[int, int] | None:
+    """Where a role an activity is done in lies ("as a hobby" in "I restore old motorbikes
+    as a hobby"): after a plain verb and its object. None without one: "I work as a nurse"
+    has no object, and says what I work as."""
+    words, tags = clause.words, clause.tags
+    group = verb_group(clause)
+    if group is None or group[1] - group[0] != 1 or tags[group[0]] != "VERB":
+        return None
+    role = next((r for r in range(group[1] + 1, len(words))
+                 if words[r].lower() in templates()["activity"]["role_prepositions"]), None)
+    if role is None or not any(t in {"NOUN", "PROPN", "PRON"} for t in tags[group[1]:role]):
+        return None
+    end = next((i + 1 for i in range(role + 1, len(words)) if tags[i] == "NOUN"
+                and (i + 1 == len(words) or tags[i + 1] != "NOUN")), None)
+    return (role, end) if end else None
+
+
+def _activity(clause: Clause, role: tuple[int, int]) -> Asked:
+    """What the user does in a role: "What do I do as a hobby? → restore old motorbikes".
+    The role itself ("… as what? → hobby") names a kind of thing, not the fact, and is not
+    asked: a user asks for the activity."""
+    words, tags = clause.words, clause.tags
+    v = next(i for i, t in enumerate(tags) if t == "VERB")
+    base = text.lemma(words[v], "VERB")
+    past = (getInflection(base, tag="VBD") or ("",))[0]
+    third = (getInflection(base, tag="VBZ") or ("",))[0]
+    aux = "did" if words[v].lower() == past and past != base else (
+        "does" if words[v].lower() == third and third != base else "do")
+    subject = list(words[:v])
+    if subject[0] != "I" and tags[0] != "PROPN":
+        subject[0] = subject[0].lower()
+    question = _sentence(["what", aux] + subject + ["do"] + list(words[role[0]:role[1]]))
+    return Asked(question, " ".join(words[v:role[0]]))
+
+
 def _people(clause: Clause) -> Iterator[tuple[str, str]]:
     """Who a clause names by relation and first name: ("my best friend", "Dario")."""
     for i, j, _ in _relations(clause):
@@ -515,7 +550,11 @@ def questions(clause: Clause) -> list[Asked]:
     if not clause.request and not negated:
         out += _named(clause)
     if not clause.request and not negated and not vague:
+        role = _role(clause)
+        out += [_activity(clause, role)] if role else []
         for span in spans(clause, group[1] if group else len(clause.words)):
+            if role and role[0] < span.start < role[1]:
+                continue
             answer = " ".join(clause.words[span.start:span.end])
             wh, start, end = _question_word(clause, span)
             named = end < len(clause.words) and clause.words[end].lower() in NAMING_VERBS
