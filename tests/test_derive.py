@@ -63,6 +63,27 @@ def test_a_relative_clause_is_a_clause_about_the_noun_before_it():
         "Where does my choir rehearse?"] == "Aarhus"
 
 
+def test_an_object_relative_clause_is_a_clause_with_the_noun_as_its_object():
+    """The noun goes back after the relative clause's verb (and an indirect object); a
+    "that" clause of what someone is told, or one with an object of its own, is none."""
+    found = [c.text for c in clauses(["We sold the piano that my aunt left us in 2001.",
+                                      "I knit a hat which I wear at work.",
+                                      "I warned my boss that we moved to Oslo.",
+                                      "I saw a film that the kids made a poster for."])]
+    assert found == ["We sold the piano", "my aunt left us the piano in 2001",
+                     "I knit a hat", "I wear my hat at work",
+                     "I warned my boss that we moved to Oslo",
+                     "I saw a film that the kids made a poster for"]
+    assert asked("I restored a 1950 Vespa that I bought in Turin.")[
+        "Where did I buy my 1950 Vespa?"] == "Turin"
+
+
+def test_a_year_before_a_name_is_asked_with_the_name():
+    said = asked("I drive a 1968 Saab Sonett.")
+    assert said["What do I drive?"] == "Saab Sonett"
+    assert said["I drive what year Saab Sonett?"] == "1968"
+
+
 def test_a_pronoun_inside_a_sentence_takes_the_referent_as_said_inside_one():
     found = [c.text for c in clauses(["My aunt Rut keeps goats.", "She sold her oldest goat."])]
     assert found[-1] == "My aunt Rut sold my aunt Rut's oldest goat"
@@ -97,6 +118,22 @@ def test_a_time_said_relative_to_now_is_asked_when_and_kept_whole():
     assert found["When do we fly to Lima?"] == "next month"
     assert found["When do I swim?"] == "every week"
     assert "month" not in found.values()
+    # after a place it closes the clause, not the place's name: the place is fronted too
+    assert asked("I rented a van in Lyon last week.")["Where did I rent a van?"] == "Lyon"
+
+
+def test_a_word_that_opens_a_clause_as_an_interjection_modifies_a_noun_inside_one():
+    said = asked("I am taking morning lessons at the Goethe Institut.")
+    assert said["What am I taking?"] == "morning lessons"
+    assert asked("My aunt found a great tailor.")["What did my aunt find?"] == "great tailor"
+
+
+def test_a_person_s_ing_verb_after_a_copula_is_what_they_are_doing():
+    """"I am taking pottery classes": the verb and its object, not an adjective before a noun
+    ("my hobby is spinning wool")."""
+    assert asked("We are painting watercolour landscapes.")[
+        "What are we painting?"] == "watercolour landscapes"
+    assert asked("My hobby is spinning wool.")["What is my hobby?"] == "spinning wool"
 
 
 def test_places_times_and_numbers_get_their_question_words():

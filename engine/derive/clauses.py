@@ -192,10 +192,11 @@ def _resolve(words: list[str], tags: list[str], referent: list[str] | None) -> l
 
 
 def _relatives(pieces: list[list[str]]) -> list[list[str]]:
-    """Each relative clause about a noun its own clause, the noun its subject: "I am in a
-    book club that meets on Thursdays" → "I am in a book club", "my book club meets on
-    Thursdays"; "My sister, who lives in Paris" → "My sister", "My sister lives in Paris".
-    A thing the user introduces with "a" is theirs ("my book club")."""
+    """Each relative clause about a noun its own clause about it: "I am in a book club that
+    meets on Thursdays" → "I am in a book club", "my book club meets on Thursdays"; "My
+    sister, who lives in Paris" → "My sister", "My sister lives in Paris"; "I ride a bike
+    that I built in 2019" → "I ride a bike", "I built my bike in 2019". A thing the user
+    introduces with "a" is theirs ("my book club")."""
     out: list[list[str]] = []
     waiting: list[str] = []  # a subject whose predicate comes after its relative clause
     for words in pieces:
@@ -205,7 +206,9 @@ def _relatives(pieces: list[list[str]]) -> list[list[str]]:
                    and _can_be_verb(words[r + 1])
                    and (r > 0 and tags[r - 1] in {"NOUN", "PROPN"} or (r == 0 and out))), None)
         if at is None:
-            out.append(words if not waiting or _starts_clause(words, tags) else waiting + words)
+            said = _object_relative(words, tags)
+            out += said if said else [
+                words if not waiting or _starts_clause(words, tags) else waiting + words]
             waiting = []
             continue
         main = words[:at] if at else out.pop()
@@ -213,6 +216,33 @@ def _relatives(pieces: list[list[str]]) -> list[list[str]]:
         waiting = main if not at and not {"VERB", "AUX"} & set(text.tags(main)) else []
         out += ([] if waiting else [main]) + [_antecedent(main) + words[at + 1:]]
     return out
+
+
+def _object_relative(words: list[str], tags: list[str]) -> list[list[str]]:
+    """"I ride a bike that I built in 2019" → the main clause and "I built my bike in 2019":
+    the noun put back after the relative clause's verb (and its indirect object: "the scarf
+    that Noor knitted me" → "Noor knitted me the scarf"). Not a "that" clause of what
+    someone is told ("I told my sister that we moved"): english.toml telling_verbs."""
+    g = text.grammar()
+    at = next((r for r in range(1, len(words) - 2) if words[r].lower() in g["object_relatives"]
+               and tags[r - 1] in {"NOUN", "PROPN"} and words[r + 1].lower() not in g["adverbs"]
+               and _starts_clause(words[r + 1:], text.tags(words[r + 1:]))), None)
+    if at is None or any(t == "VERB" and text.lemma(w, "VERB") in g["telling_verbs"]
+                         for w, t in zip(words[:at], tags[:at], strict=True)):
+        return []
+    tags = tags[:at + 1] + text.tags(words[at + 1:])  # the clause's verb read in its clause
+    verb = next(k for k in range(at + 1, len(words)) if tags[k] in {"VERB", "AUX"})
+    end = verb
+    while end < len(words) and tags[end] in {"VERB", "AUX", "ADV", "NEG"}:
+        end += 1
+    while tags[end - 1] == "ADV":
+        end -= 1  # "that I read twice": the noun before the adverb
+    if end < len(words) and words[end].lower() in {"me", "us", "him", "her", "them"}:
+        end += 1
+    if end < len(words) and tags[end] in {"DET", "POSS", "NOUN", "PROPN", "NUM", "ADJ"}:
+        return []  # the clause has its object: not a relative about the noun
+    main = words[:at]
+    return [main, words[at + 1:end] + _antecedent(main) + words[end:]]
 
 
 def _antecedent(words: list[str]) -> list[str]:

@@ -74,8 +74,12 @@ def verb_group(clause: Clause) -> tuple[int, int] | None:
     while end < len(tags) and (tags[end] in {"AUX", "NEG", "ADV"} or (
             tags[end] == "VERB" and (end == start or tags[end - 1] in {"AUX", "NEG", "ADV"}))):
         if tags[end] == "VERB" and end > start and words[end - 1] in text.grammar()["copulas"] \
-                and end + 1 < len(tags) and tags[end + 1] == "NOUN":
-            break  # "is dried mango": an adjective, not a passive
+                and end + 1 < len(tags) and tags[end + 1] == "NOUN" and not (
+                    words[end].endswith("ing") and all(
+                        w in text.grammar()["personal_pronouns"] for w in words[:start])):
+            # "is dried mango", "my hobby is spinning wool": an adjective, not a passive;
+            # but "I am taking evening classes" is what a person is doing
+            break
         end += 1
     while end > start + 1 and tags[end - 1] == "ADV":
         end -= 1
@@ -172,6 +176,8 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
     start, end = span.start, span.end
     if words[start].lower() == "the":
         start += 1
+    if span.kind == "name" and start > 0 and tags[start - 1] == "NUM":
+        start -= 1  # "a 1974 Honda CB550": the year goes with the name it qualifies
     before = words[start - 1].lower() if start else ""
     determined = before in text.grammar()["determiners"] or before in {"my", "our"} or (
         start > 0 and tags[start - 1] == "POSS" and not (before == "her" and span.kind == "name"))
@@ -235,10 +241,10 @@ def _inside_phrase(clause: Clause, kind: str, wh: str, start: int, end: int) -> 
     before a noun that stays ("the old Volvo" → "old") or its noun after modifiers that stay
     ("three small lizards" → "lizards"). English cannot front a part of a phrase ("What do I
     keep three small?"); an echo question, asked in place, can. A day after the phrase is
-    not part of it ("Thai food Sundays")."""
+    not part of it ("Thai food Sundays", "in Bergen last week")."""
     words, tags = clause.words, clause.tags
     if wh != "how many" and end < len(tags) and tags[end] in {"NOUN", "PROPN"} \
-            and not _is_time(words[end]):
+            and not _is_time(words[end]) and not _is_relative_time(words[end:end + 2]):
         return True  # "how many" takes its noun along: "How many rotors does it have?"
     if tags[start] == "PREP" or kind == "name":
         return False  # a phrase of its own: "… the cherry blossoms in Kyoto", "… the goat Rosa"
