@@ -440,6 +440,7 @@ def test_a_question_about_someone_or_something_of_the_user_s_is_asked_of_the_use
         "Which sport do I play?"
     assert derive.asked_of_me("What is my parrot scared of?") == "What am I scared of?"
     assert derive.asked_of_me("What was my best friend called?") == "What was I called?"
+    assert derive.asked_of_me("What is my best friend called?") is None  # the user's name
     # the whole phrase asked about, or its owner only, or no "my": nothing to ask of the user
     assert derive.asked_of_me("Who is my nephew?") is None
     assert derive.asked_of_me("What is my nephew's name?") is None

@@ -66,7 +66,10 @@ def asked_of_me(question: str) -> str | None:
             j -= 1  # "is my cat afraid of": the adjective is what is said of the cat
         if j == i + 2 or j == len(words) or words[j].endswith(("'s", "’s")):
             return None
-        said = words[:i] + [agree[words[i].lower()], "I"] + words[j:]
-        return " ".join(said)[:1].upper() + " ".join(said)[1:] + "?"
+        said = " ".join(words[:i] + [agree[words[i].lower()], "I"] + words[j:])
+        said = said[:1].upper() + said[1:] + "?"
+        # not the user's name ("What is my daughter called?" → "What am I called?"): the
+        # anchors ask that, and so near the fact's own question it muted the fact
+        return None if said in templates()["self_naming"] else said
     return None
 
