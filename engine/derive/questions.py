@@ -271,9 +271,7 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
     v, g = group
     if start < g:
         return []
-    subject = words[:v]
-    if subject and subject[0] != "I" and tags[0] != "PROPN":
-        subject[0] = subject[0].lower()
+    subject = _subject(clause, v)
     unit = end
     while wh == "how many" and unit < len(words) and tags[unit] == "NOUN":
         unit += 1
@@ -286,12 +284,7 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
     elif tags[v] == "AUX" and lower not in {"have", "has", "had"}:
         return []  # "been doing it": no finite verb to front
     else:
-        verb = words[v]
-        base = text.lemma(verb, "VERB")
-        past = (getInflection(base, tag="VBD") or ("",))[0]
-        third = (getInflection(base, tag="VBZ") or ("",))[0]
-        aux = "did" if verb.lower() == past and past != base else (
-            "does" if verb.lower() == third and third != base else "do")
+        aux, base = _do_support(words[v])
         front, verbs = [aux], [base] + words[v + 1:g]
     between = words[g:start]
     out = [_sentence(moved + front + subject + verbs + between + words[unit:])]
@@ -324,6 +317,26 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
             out.append(_sentence(["which", KIND] + front + subject + verbs + core
                                  + ([prep] if prep else [])))
     return out
+
+
+def _subject(clause: Clause, verb: int) -> list[str]:
+    """The words before the verb, as they read inside a question ("My sister" → "my
+    sister"; "I" and names keep their capitals)."""
+    subject = list(clause.words[:verb])
+    if subject and subject[0] != "I" and clause.tags[0] != "PROPN":
+        subject[0] = subject[0].lower()
+    return subject
+
+
+def _do_support(verb: str) -> tuple[str, str]:
+    """The "do" a question fronts for ``verb`` in its tense, and the verb's base form
+    ("repaired" → did, repair; "bakes" → does, bake)."""
+    base = text.lemma(verb, "VERB")
+    past = (getInflection(base, tag="VBD") or ("",))[0]
+    third = (getInflection(base, tag="VBZ") or ("",))[0]
+    aux = "did" if verb.lower() == past and past != base else (
+        "does" if verb.lower() == third and third != base else "do")
+    return aux, base
 
 
 def _owner(subject: list[str]) -> list[str]:
@@ -485,17 +498,10 @@ def _activity(clause: Clause, role: tuple[int, int]) -> Asked:
     """What the user does in a role: "What do I do as a hobby? → restore old motorbikes".
     The role itself ("… as what? → hobby") names a kind of thing, not the fact, and is not
     asked: a user asks for the activity."""
-    words, tags = clause.words, clause.tags
-    v = next(i for i, t in enumerate(tags) if t == "VERB")
-    base = text.lemma(words[v], "VERB")
-    past = (getInflection(base, tag="VBD") or ("",))[0]
-    third = (getInflection(base, tag="VBZ") or ("",))[0]
-    aux = "did" if words[v].lower() == past and past != base else (
-        "does" if words[v].lower() == third and third != base else "do")
-    subject = list(words[:v])
-    if subject[0] != "I" and tags[0] != "PROPN":
-        subject[0] = subject[0].lower()
-    question = _sentence(["what", aux] + subject + ["do"] + list(words[role[0]:role[1]]))
+    words = clause.words
+    v = clause.tags.index("VERB")
+    question = _sentence(["what", _do_support(words[v])[0]] + _subject(clause, v) + ["do"]
+                         + list(words[role[0]:role[1]]))
     return Asked(question, " ".join(words[v:role[0]]))
 
 
