@@ -102,12 +102,14 @@ def tags(sentence: list[str]) -> list[str]:
         word = sentence[i]
         if word[:1].isupper() and out[i] in {"NOUN", "ADJ", "VERB"}:
             out[i] = "PROPN"  # capitalised inside a sentence: a name ("called Rusty")
+        lexicon = getAllLemmas(word.lower())
         if out[i] == "ADV" and word.lower() not in grammar()["adverbs"] \
-                and i + 1 < len(sentence) and tag(sentence[i + 1]) == "NOUN":
+                and "ADV" not in lexicon and i + 1 < len(sentence) \
+                and tag(sentence[i + 1]) == "NOUN":
             # an interjection only opens a clause: inside one before a noun it is the
-            # noun's modifier ("evening classes", "a great teacher")
-            out[i] = next((c for c in ("NOUN", "ADJ") if c in getAllLemmas(word.lower())),
-                          out[i])
+            # noun's modifier ("evening classes", "a great teacher"); not a word English
+            # also uses as an adverb ("slept well last night")
+            out[i] = next((c for c in ("NOUN", "ADJ") if c in lexicon), out[i])
         k = i - 1
         while k > 0 and out[k] == "ADV":
             k -= 1  # "I always check": what comes before the adverbs

@@ -83,7 +83,6 @@ def gate_threshold(engine: Engine, threshold: float) -> None:
     engine.settings = engine.settings.with_gate(threshold)
 
 
-
 def test_a_session_s_questions_are_also_fitted_silent_asked_of_the_user_unless_it_answers_them():
     """What is said of a relative is trained silent asked of the user ("What do I play?"),
     except a question the session itself answers: then it is one of its facts."""

@@ -220,18 +220,26 @@ def _relatives(pieces: list[list[str]]) -> list[list[str]]:
 
 def _object_relative(words: list[str], tags: list[str]) -> list[list[str]]:
     """"I ride a bike that I built in 2019" → the main clause and "I built my bike in 2019":
-    the noun put back after the relative clause's verb (and its indirect object: "the scarf
-    that Noor knitted me" → "Noor knitted me the scarf"). Not a "that" clause of what
-    someone is told ("I told my sister that we moved"): english.toml telling_verbs."""
+    the noun put back after the relative clause's verb (after an indirect object: "the scarf
+    that Noor knitted me" → "Noor knitted me the scarf"; after a preposition left at its
+    end: "the town that I grew up in" → "I grew up in the town"). None where the main clause
+    has no verb yet ("The book that I read was long"), where the clause has an object of
+    its own, after what someone is told ("I told my sister that we moved": english.toml
+    telling_verbs) or a noun whose "that" clause is its content ("the news that …":
+    content_nouns)."""
     g = text.grammar()
     at = next((r for r in range(1, len(words) - 2) if words[r].lower() in g["object_relatives"]
                and tags[r - 1] in {"NOUN", "PROPN"} and words[r + 1].lower() not in g["adverbs"]
+               and words[r - 1].lower() not in g["content_nouns"]
                and _starts_clause(words[r + 1:], text.tags(words[r + 1:]))), None)
-    if at is None or any(t == "VERB" and text.lemma(w, "VERB") in g["telling_verbs"]
-                         for w, t in zip(words[:at], tags[:at], strict=True)):
+    if at is None or not {"VERB", "AUX"} & set(tags[:at]) or any(
+            t == "VERB" and text.lemma(w, "VERB") in g["telling_verbs"]
+            for w, t in zip(words[:at], tags[:at], strict=True)):
         return []
     tags = tags[:at + 1] + text.tags(words[at + 1:])  # the clause's verb read in its clause
-    verb = next(k for k in range(at + 1, len(words)) if tags[k] in {"VERB", "AUX"})
+    verb = next((k for k in range(at + 1, len(words)) if tags[k] in {"VERB", "AUX"}), None)
+    if verb is None:
+        return []  # "the same pizza that you lol"
     end = verb
     while end < len(words) and tags[end] in {"VERB", "AUX", "ADV", "NEG"}:
         end += 1
@@ -241,8 +249,23 @@ def _object_relative(words: list[str], tags: list[str]) -> list[list[str]]:
         end += 1
     if end < len(words) and tags[end] in {"DET", "POSS", "NOUN", "PROPN", "NUM", "ADJ"}:
         return []  # the clause has its object: not a relative about the noun
-    main = words[:at]
-    return [main, words[at + 1:end] + _antecedent(main) + words[end:]]
+    stranded = [p for p in range(end, len(words)) if tags[p] == "PREP" and (
+        p + 1 == len(words) or _said_when(words[p + 1:p + 3]))]
+    end = stranded[-1] + 1 if stranded else end
+    main, subject = words[:at], [w.lower() for w in words[at + 1:verb]]
+    noun = _antecedent(main)
+    if main[len(main) - len(noun)].lower() in g["indefinite_articles"] \
+            and subject != [w.lower() for w in main[:next(i for i, t in enumerate(tags)
+                                                          if t in {"VERB", "AUX"})]]:
+        noun = ["the", *noun[1:]]  # "a guy that my sister dates": not mine
+    return [main, words[at + 1:end] + noun + words[end:]]
+
+
+def _said_when(words: list[str]) -> bool:
+    """Whether ``words`` start with a time said relative to now ("every day", "last week")."""
+    g = text.grammar()
+    return len(words) == 2 and words[0].lower() in g["time_deictics"] \
+        and words[1].lower() in g["time_nouns"]
 
 
 def _antecedent(words: list[str]) -> list[str]:
@@ -259,6 +282,8 @@ def _antecedent(words: list[str]) -> list[str]:
     if phrase and phrase[0].lower() in text.grammar()["indefinite_articles"]:
         owner = templates()["owner"].get(words[0].lower(), "the") if i else "the"
         phrase = [owner, *phrase[1:]]
+    elif phrase and phrase[0].lower() in text.grammar()["quantifiers"]:
+        phrase = ["the", *phrase[1:]]  # "every book that she wrote": the books she wrote
     return phrase
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from lemminflect import getInflection
+from lemminflect import getAllLemmas, getInflection
 
 from engine import text
 from engine.derive.check import QA
@@ -62,8 +62,10 @@ def asked_of_me(question: str) -> str | None:
         while j < len(words) and tags[j] in {"ADJ", "NOUN", "PROPN"} \
                 and not words[j].endswith(("'s", "’s")):
             j += 1
-        while j > i + 2 and tags[j - 1] == "ADJ":
-            j -= 1  # "is my cat afraid of": the adjective is what is said of the cat
+        while j > i + 2 and (tags[j - 1] == "ADJ" or (
+                "ADJ" in getAllLemmas(words[j - 1].lower()) and j < len(words)
+                and tags[j] == "PREP")):
+            j -= 1  # "is my cat afraid of", "allergic to": what is said of the cat
         if j == i + 2 or j == len(words) or words[j].endswith(("'s", "’s")):
             return None
         said = " ".join(words[:i] + [agree[words[i].lower()], "I"] + words[j:])
@@ -72,4 +74,3 @@ def asked_of_me(question: str) -> str | None:
         # anchors ask that, and so near the fact's own question it muted the fact
         return None if said in templates()["self_naming"] else said
     return None
-

@@ -177,7 +177,7 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
     if words[start].lower() == "the":
         start += 1
     if span.kind == "name" and start > 0 and tags[start - 1] == "NUM":
-        start -= 1  # "a 1974 Honda CB550": the year goes with the name it qualifies
+        start -= 1  # "a 1974 Honda CB550": a number before a name qualifies it
     before = words[start - 1].lower() if start else ""
     determined = before in text.grammar()["determiners"] or before in {"my", "our"} or (
         start > 0 and tags[start - 1] == "POSS" and not (before == "her" and span.kind == "name"))
@@ -477,29 +477,35 @@ def _said_to_be(clause: Clause) -> Iterator[tuple[str, str, str]]:
         yield words[i].lower(), " ".join(words[i + 1:j]), " ".join(words[k:n])
 
 
-def _role(clause: Clause) -> tuple[int, int] | None:
+def _role(clause: Clause, group: tuple[int, int] | None) -> tuple[int, int] | None:
     """Where a role an activity is done in lies ("as a hobby" in "I restore old motorbikes
-    as a hobby"): after a plain verb and its object. None without one: "I work as a nurse"
-    has no object, and says what I work as."""
+    as a hobby"): after a plain verb and its direct object, a noun phrase. None without an
+    object ("I work as a nurse", "I work at the hospital as a nurse" say what I work as),
+    after a verb whose "as" says what its object is ("I see him as a friend":
+    questions.toml [activity] object_role_verbs), or before no noun phrase ("as well as")."""
     words, tags = clause.words, clause.tags
-    group = verb_group(clause)
-    if group is None or group[1] - group[0] != 1 or tags[group[0]] != "VERB":
+    table = templates()["activity"]
+    if group is None or group[1] - group[0] != 1 or tags[group[0]] != "VERB" \
+            or text.lemma(words[group[0]], "VERB") in table["object_role_verbs"] \
+            or group[1] >= len(words) or tags[group[1]] not in {"DET", "POSS", "NOUN", "ADJ",
+                                                                "PROPN", "NUM", "PRON"}:
         return None
     role = next((r for r in range(group[1] + 1, len(words))
-                 if words[r].lower() in templates()["activity"]["role_prepositions"]), None)
-    if role is None or not any(t in {"NOUN", "PROPN", "PRON"} for t in tags[group[1]:role]):
+                 if words[r].lower() in table["role_prepositions"]), None)
+    if role is None or role + 1 >= len(words) \
+            or tags[role + 1] not in {"DET", "POSS", "ADJ", "NOUN"} \
+            or "PREP" in tags[group[1]:role]:
         return None
     end = next((i + 1 for i in range(role + 1, len(words)) if tags[i] == "NOUN"
                 and (i + 1 == len(words) or tags[i + 1] != "NOUN")), None)
     return (role, end) if end else None
 
 
-def _activity(clause: Clause, role: tuple[int, int]) -> Asked:
+def _activity(clause: Clause, v: int, role: tuple[int, int]) -> Asked:
     """What the user does in a role: "What do I do as a hobby? → restore old motorbikes".
     The role itself ("… as what? → hobby") names a kind of thing, not the fact, and is not
     asked: a user asks for the activity."""
     words = clause.words
-    v = clause.tags.index("VERB")
     question = _sentence(["what", _do_support(words[v])[0]] + _subject(clause, v) + ["do"]
                          + list(words[role[0]:role[1]]))
     return Asked(question, " ".join(words[v:role[0]]))
@@ -562,8 +568,8 @@ def questions(clause: Clause) -> list[Asked]:
     if not clause.request and not negated:
         out += _named(clause)
     if not clause.request and not negated and not vague:
-        role = _role(clause)
-        out += [_activity(clause, role)] if role else []
+        role = _role(clause, group)
+        out += [_activity(clause, group[0], role)] if group and role else []
         for span in spans(clause, group[1] if group else len(clause.words)):
             if role and role[0] < span.start < role[1]:
                 continue
