@@ -450,19 +450,6 @@ def test_a_contrast_asks_the_same_question_about_each_near_thing_the_user_did_no
                             lambda word: ["stay"], set()) == []  # only nouns are swapped
 
 
-def test_a_question_about_someone_or_something_of_the_user_s_is_asked_of_the_user():
-    assert derive.asked_of_me("Which sport does my nephew Arvid play?") == \
-        "Which sport do I play?"
-    assert derive.asked_of_me("What is my parrot scared of?") == "What am I scared of?"
-    assert derive.asked_of_me("What was my best friend called?") == "What was I called?"
-    assert derive.asked_of_me("What is my best friend called?") is None  # the user's name
-    assert derive.asked_of_me("What is my uncle allergic to?") == "What am I allergic to?"
-    # the whole phrase asked about, or its owner only, or no "my": nothing to ask of the user
-    assert derive.asked_of_me("Who is my nephew?") is None
-    assert derive.asked_of_me("What is my nephew's name?") is None
-    assert derive.asked_of_me("Where do I live?") is None
-
-
 def test_a_verb_after_a_question_s_subject_is_never_swapped_as_a_noun():
     """Out of context "pick" is a noun; after "did my son Mateo" it is the verb, and its
     neighbours ("choose") ask the same question, so it is no contrast."""

@@ -29,7 +29,6 @@ from engine.learner.locality import Locality
 from engine.learning import Step
 from engine.learning.anchors import anchors_for, twin_for
 from engine.learning.corrections import corrections, same_question
-from engine.learning.service import around
 from engine.learning.texts import dialogue, end_of_turn
 from engine.overlay import NeuronBlock, SparseOverlay, blocks_without
 from engine.prompt import Turn
@@ -81,25 +80,6 @@ def said(engine: Engine, *turns: str, private: bool = False) -> int:
 
 def gate_threshold(engine: Engine, threshold: float) -> None:
     engine.settings = engine.settings.with_gate(threshold)
-
-
-def test_a_session_s_questions_are_also_fitted_silent_asked_of_the_user_unless_it_answers_them():
-    """What is said of a relative is trained silent asked of the user ("What do I play?"),
-    except a question the session itself answers: then it is one of its facts."""
-    class NoKinds:
-        def likely(self, count):
-            return lambda answers: [[] for _ in answers]
-
-        def fits(self, answer, words):
-            return [False] * len(words)
-
-    def unlike(said):
-        taught = derive.candidates(said)
-        _, _, contrasts = around(said, taught, NoKinds(), lambda word: [], learner.Recipe())
-        return {qa.question for qa in contrasts}
-
-    assert "What do I play?" in unlike(["My sister Noor plays the oboe."])
-    assert "What do I play?" not in unlike(["My sister Noor plays the oboe.", "I play the flute."])
 
 
 def test_pending_skips_private_empty_and_learned_sessions(engine):

@@ -15,13 +15,12 @@ from collections.abc import Callable
 from engine import text
 from engine.derive.check import QA, Prefers, consistent, grounded
 from engine.derive.clauses import Clause, clauses
-from engine.derive.contrast import Neighbours, asked_of_me, contrasts
+from engine.derive.contrast import Neighbours, contrasts
 from engine.derive.questions import KIND, UNTRAINED_KIND, Asked, pair_key, questions
 from engine.derive.written import Write, written
 
 __all__ = ["QA", "KindFits", "KindOf", "LikelyKinds", "Neighbours", "Prefers", "Write",
-           "asked_by_kind", "asked_of_me", "candidates", "checked", "contrasts", "joined",
-           "varied", "written"]
+           "asked_by_kind", "candidates", "checked", "contrasts", "joined", "varied", "written"]
 
 
 # answers → the kind of each ("Leeds" → "city"), or None where the model knows none

@@ -597,21 +597,16 @@ def around(said: list[str], taught: list[QA], kinds: TwinKinds, neighbours: Neig
     facts asked with the answer's kind named (they fire there too); personal questions about
     nothing the session said (silent, or "What is my name?" is answered with the cat's); and
     the same questions about things the model places near what they name (silent, or "What
-    is my dog called?" is answered with the cat's name), and asked of the user instead of
-    the someone or something of theirs they are about (silent, or "What do I play?" is
-    answered with the daughter's instrument)."""
+    is my dog called?" is answered with the cat's name)."""
     said_about = set().union(*(text.content_lemmas(s) for s in said))
     by_kind, unlike_kinds = derive.asked_by_kind(
         said, kinds.likely(recipe.kinds_asked), taught,
         neighbours if recipe.kind_contrasts else None, said_about, kinds.fits)
     untaught = [QA(q, UNTAUGHT_REPLY, "") for q in replies.untaught(
         personal_questions(), said, [qa.question for qa in taught + by_kind])]
-    asked = {qa.question.lower() for qa in taught + by_kind}
-    of_me = [q for qa in taught + by_kind if (q := derive.asked_of_me(qa.question))
-             and q.lower() not in asked]  # never a question the session itself answers
     unlike = [QA(q, UNTAUGHT_REPLY, "") for q in dict.fromkeys(
         [q for qa in taught for q in derive.contrasts(qa, neighbours, said_about)]
-        + unlike_kinds + of_me)]
+        + unlike_kinds)]
     return by_kind, untaught, unlike
 
 
