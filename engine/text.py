@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import re
 import tomllib
+from collections.abc import Sequence
 
 from lemminflect import getAllLemmas
 
@@ -52,6 +53,12 @@ def words(text: str) -> list[str]:
 def is_number(word: str) -> bool:
     return bool(re.fullmatch(r"\d[\d.,:/]*(?:st|nd|rd|th|s|am|pm|k|km|kg|m)?", word.lower())) \
         or word.lower() in grammar()["number_words"]
+
+
+def is_relative_time(words: Sequence[str]) -> bool:
+    """A time said relative to now: "last spring", "next month", "every week"."""
+    return len(words) == 2 and words[0].lower() in grammar()["time_deictics"] \
+        and words[1].lower() in grammar()["time_nouns"]
 
 
 def participle(word: str) -> bool:
@@ -114,7 +121,6 @@ def tags(sentence: list[str]) -> list[str]:
         while k > 0 and out[k] == "ADV":
             k -= 1  # "I always check": what comes before the adverbs
         before = sentence[k].lower()
-        lexicon = getAllLemmas(word.lower())
         if (before in grammar()["copulas"] and "ADJ" in lexicon
                 and out[i] in {"NOUN", "ADJ", "VERB"}
                 and not participle(word)):

@@ -250,7 +250,7 @@ def _object_relative(words: list[str], tags: list[str]) -> list[list[str]]:
     if end < len(words) and tags[end] in {"DET", "POSS", "NOUN", "PROPN", "NUM", "ADJ"}:
         return []  # the clause has its object: not a relative about the noun
     stranded = [p for p in range(end, len(words)) if tags[p] == "PREP" and (
-        p + 1 == len(words) or _said_when(words[p + 1:p + 3]))]
+        p + 1 == len(words) or text.is_relative_time(words[p + 1:p + 3]))]
     end = stranded[-1] + 1 if stranded else end
     main, subject = words[:at], [w.lower() for w in words[at + 1:verb]]
     noun = _antecedent(main)
@@ -259,13 +259,6 @@ def _object_relative(words: list[str], tags: list[str]) -> list[list[str]]:
                                                           if t in {"VERB", "AUX"})]]:
         noun = ["the", *noun[1:]]  # "a guy that my sister dates": not mine
     return [main, words[at + 1:end] + noun + words[end:]]
-
-
-def _said_when(words: list[str]) -> bool:
-    """Whether ``words`` start with a time said relative to now ("every day", "last week")."""
-    g = text.grammar()
-    return len(words) == 2 and words[0].lower() in g["time_deictics"] \
-        and words[1].lower() in g["time_nouns"]
 
 
 def _antecedent(words: list[str]) -> list[str]:

@@ -51,12 +51,6 @@ def templates() -> dict:
     return tomllib.loads(paths.asset("grammar", "questions.toml").read_text(encoding="utf-8"))
 
 
-def _is_relative_time(words: tuple[str, ...]) -> bool:
-    """A time said relative to now: "last spring", "next month", "every week"."""
-    return len(words) == 2 and words[0].lower() in text.grammar()["time_deictics"] \
-        and words[1].lower() in text.grammar()["time_nouns"]
-
-
 def _is_time(word: str) -> bool:
     g = text.grammar()
     return word.lower() in g["months"] or word.lower() in g["weekdays"]
@@ -158,7 +152,7 @@ def spans(clause: Clause, after: int) -> list[Span]:
                 # the name is the answer (_appositives, _named, spans)
             elif noun:
                 # "next month", "every week": the word before is the time's, not a determiner
-                out.append(Span(i - (i > 0 and _is_relative_time(words[i - 1:j])), j, "thing"))
+                out.append(Span(i - (i > 0 and text.is_relative_time(words[i - 1:j])), j, "thing"))
             elif after_copula and not (j < len(words) and tags[j] == "PREP"):
                 # "is grey"; not "is afraid of the foghorn": there the foghorn is the fact
                 out.append(Span(i, j, "quality"))
@@ -203,7 +197,7 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         if before in text.grammar()["copulas"]:
             return "how old", start, end
         return "what", start, end
-    if _is_relative_time(words[span.start:end]):
+    if text.is_relative_time(words[span.start:end]):
         return "when", span.start, end  # "last spring", "next month"
     if _is_time(first):
         if before in qw["time_prepositions"] or before in text.grammar()["determiners"]:
@@ -244,7 +238,7 @@ def _inside_phrase(clause: Clause, kind: str, wh: str, start: int, end: int) -> 
     not part of it ("Thai food Sundays", "in Bergen last week")."""
     words, tags = clause.words, clause.tags
     if wh != "how many" and end < len(tags) and tags[end] in {"NOUN", "PROPN"} \
-            and not _is_time(words[end]) and not _is_relative_time(words[end:end + 2]):
+            and not _is_time(words[end]) and not text.is_relative_time(words[end:end + 2]):
         return True  # "how many" takes its noun along: "How many rotors does it have?"
     if tags[start] == "PREP" or kind == "name":
         return False  # a phrase of its own: "… the cherry blossoms in Kyoto", "… the goat Rosa"
