@@ -377,6 +377,17 @@ def test_an_activity_done_in_a_role_is_asked_and_the_role_alone_is_not_an_answer
     assert not any(q.startswith("What do I do") for q in asked("I bake bread as well as cakes."))
 
 
+def test_whose_a_thing_is_is_asked_whose_and_an_ordinal_before_a_noun_is_no_date():
+    said = asked("We are driving to my brother's 40th birthday party.")
+    assert said["Whose 40th birthday party are we driving to?"] == "brother"
+    assert said["What are we driving to?"] == "40th birthday party"
+    assert "40th" not in said.values() and "brother's" not in said.values()
+    assert asked("I fixed Noor's old bike.")["Whose old bike did I fix?"] == "Noor"
+    assert not any(q.startswith("Whose") for q in asked("I visited Noor's in Oslo."))
+    assert asked("I work on the 5th floor.")["What do I work on?"] == "5th floor"
+    assert asked("My exam is on the 3rd.")["When is my exam?"] == "3rd"
+
+
 def test_a_where_question_keeps_the_infinitive_it_needs():
     questions = set(asked("My sister wants to shoot the cherry blossoms in Kyoto."))
     assert "Where does my sister want to shoot the cherry blossoms?" in questions
@@ -397,6 +408,7 @@ def test_a_kind_question_keeps_its_preposition_once():
     ("Where do I live?", "Lyon", "I no longer live in Lyon.", False),  # negated
     ("Who is it?", "it", "It is mine.", False),  # a pronoun is no answer
     ("Who teaches me?", "Dr Ola Berg", "My teacher is Dr. Ola Berg.", True),
+    ("Whose car did I sell?", "dad", "I sold my dad's car.", True),  # said as whose
 ])
 def test_a_pair_is_grounded_in_its_statement(question, answer, statement, kept):
     assert derive.grounded(QA(question, answer, statement)) is kept

@@ -36,7 +36,8 @@ def grounded(qa: QA) -> bool:
     if len(answer) < 2 and not answer.isdigit():
         return False
     statement = text.normalise(qa.statement)
-    if f" {answer} " not in f" {statement} " or f" {answer} " in f" {text.normalise(qa.question)} ":
+    said = f" {answer} " in f" {statement} " or f" {answer}'s " in f" {statement} "  # whose
+    if not said or f" {answer} " in f" {text.normalise(qa.question)} ":
         return False
     if all(w in text.grammar()["subject_pronouns"] | text.grammar()["object_pronouns"]
            | text.grammar()["possessives"] for w in answer.split()):

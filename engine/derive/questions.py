@@ -35,7 +35,7 @@ NAMING_VERBS = frozenset({"called", "named"})  # "a cat called Mosel": what foll
 class Span:
     start: int
     end: int
-    kind: str  # "name" | "number" | "thing" | "quality"
+    kind: str  # "name" | "number" | "thing" | "quality" | "owner" (asked "whose")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ def _name_end(words: tuple[str, ...], tags: tuple[str, ...], i: int) -> int:
 def spans(clause: Clause, after: int) -> list[Span]:
     """Answer candidates after word ``after``: names (with the common nouns that close them:
     "Ullevål hospital", and the modifiers before them: "a green Volvo estate"), numbers, noun
-    phrases without their determiner, and an adjective that completes a copula ("is grey")."""
+    phrases without their determiner, an adjective that completes a copula ("is grey"), and
+    whose a thing is ("my mum's birthday")."""
     words, tags = clause.words, clause.tags
     out, i = [], after
     while i < len(words):
@@ -101,9 +102,9 @@ def spans(clause: Clause, after: int) -> list[Span]:
         if tag == "PROPN" or (tag == "NUM" and i + 1 < len(words) and tags[i + 1] == "PROPN"
                               and not text.is_number(words[i + 1])):
             j = _name_end(words, tags, i)
-            if words[j - 1].endswith(("'s", "’s")) and j < len(words) \
-                    and tags[j] in {"NOUN", "ADJ"}:
-                i = j  # "Noor's car" says whose the car is: the car is the answer
+            if _owns(words, tags, j):
+                out.append(Span(i, j, "owner"))  # "Noor's car": whose the car is …
+                i = j  # … and the car
                 continue
             while j < len(words) and tags[j] == "NOUN" and words[j][:1].islower() and set(
                     getAllLemmas(words[j].lower())) == {"NOUN"}:
@@ -113,20 +114,27 @@ def spans(clause: Clause, after: int) -> list[Span]:
                 i += 1
             the = i > 0 and words[i - 1].lower() == "the" and words[i][:1].isupper()
             out.append(Span(i - the, j, "name"))  # "the Clattery": the article is the name's
-        elif tag == "NUM":
+        elif tag == "NUM" and not _ordinal_modifier(words, tags, i):
             j = i + 1
             while j < len(words) and tags[j] == "NUM":
                 j += 1
             out.append(Span(i, j, "number"))
         elif tag == "NOUN" and i > 0 and tags[i - 1] == "NUM":
             j = i + 1  # the number's unit ("6 years"): asked with the number
-        elif tag in {"NOUN", "ADJ"} or (tag == "VERB" and words[i].lower().endswith(("ed", "ing"))
-                                       and i + 1 < len(words) and tags[i + 1] == "NOUN"):
+        elif tag in {"NOUN", "ADJ", "NUM"} or (
+                tag == "VERB" and words[i].lower().endswith(("ed", "ing"))
+                and i + 1 < len(words) and tags[i + 1] == "NOUN"):
             j = i + 1
             while j < len(words) and (tags[j] in {"NOUN", "ADJ"} or (
                     tags[j] == "VERB" and words[j].lower().endswith(("ed", "ing"))
                     and j + 1 < len(words) and tags[j + 1] == "NOUN")):
+                if words[j - 1].endswith(("'s", "’s")):
+                    break
                 j += 1
+            if tag != "NUM" and _owns(words, tags, j):
+                out.append(Span(i, j, "owner"))  # "my mum's birthday": whose it is …
+                i = j  # … and the birthday
+                continue
             noun = any(t == "NOUN" for t in tags[i:j])
             after_copula = i > 0 and words[i - 1].lower() in text.grammar()["copulas"]
             relation = j < len(words) and tags[j] == "PROPN" and i > 0 and tags[i - 1] == "POSS"
@@ -163,6 +171,22 @@ def spans(clause: Clause, after: int) -> list[Span]:
     return out
 
 
+def _owns(words: tuple[str, ...], tags: tuple[str, ...], j: int) -> bool:
+    """The phrase that ends at ``j`` is a possessor: "mum's" before "70th birthday", not
+    "is" before a quality ("I think Noor's ill")."""
+    k = j
+    while k < len(words) and tags[k] in {"ADJ", "NUM"}:
+        k += 1
+    return words[j - 1].endswith(("'s", "’s")) and k < len(words) and tags[k] == "NOUN"
+
+
+def _ordinal_modifier(words: tuple[str, ...], tags: tuple[str, ...], i: int) -> bool:
+    """An ordinal before a noun qualifies it ("my 70th birthday", "the 3rd floor"); alone it
+    is a date ("on the 14th")."""
+    return bool(re.fullmatch(r"\d+(?:st|nd|rd|th)", words[i].lower())) \
+        and i + 1 < len(words) and tags[i + 1] in {"NOUN", "ADJ"}
+
+
 def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
     """The question word for a span, and the words it replaces: (wh, start, end)."""
     words, tags = clause.words, clause.tags
@@ -185,6 +209,8 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         determined = True
     before = words[start - 1].lower() if start else ""
     first = words[span.start]
+    if span.kind == "owner":
+        return "whose", start, end
     if span.kind == "number":
         year = re.fullmatch(r"1\d{3}|20\d{2}", first)
         if re.search(r"\d(?:st|nd|rd|th)$", first.lower()) or (
@@ -237,7 +263,7 @@ def _inside_phrase(clause: Clause, kind: str, wh: str, start: int, end: int) -> 
     keep three small?"); an echo question, asked in place, can. A day after the phrase is
     not part of it ("Thai food Sundays", "in Bergen last week")."""
     words, tags = clause.words, clause.tags
-    if wh != "how many" and end < len(tags) and tags[end] in {"NOUN", "PROPN"} \
+    if wh not in {"how many", "whose"} and end < len(tags) and tags[end] in {"NOUN", "PROPN"} \
             and not _is_time(words[end]) and not text.is_relative_time(words[end:end + 2]):
         return True  # "how many" takes its noun along: "How many rotors does it have?"
     if tags[start] == "PREP" or kind == "name":
@@ -267,8 +293,9 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
         return []
     subject = _subject(clause, v)
     unit = end
-    while wh == "how many" and unit < len(words) and tags[unit] == "NOUN":
-        unit += 1
+    while (wh == "how many" and unit < len(words) and tags[unit] == "NOUN") or (
+            wh == "whose" and unit < len(words) and tags[unit] in {"NOUN", "ADJ", "NUM"}):
+        unit += 1  # the noun goes with it: "How many rotors …", "Whose 70th birthday …"
     moved = [wh] + words[end:unit]
     lower = words[v].lower()
     auxiliary = tags[v] == "AUX" and lower in text.grammar()["finite_auxiliaries"] and not (
@@ -568,6 +595,7 @@ def questions(clause: Clause) -> list[Asked]:
             if role and role[0] < span.start < role[1]:
                 continue
             answer = " ".join(clause.words[span.start:span.end])
+            answer = re.sub(r"['’]s$", "", answer) if span.kind == "owner" else answer
             wh, start, end = _question_word(clause, span)
             named = end < len(clause.words) and clause.words[end].lower() in NAMING_VERBS
             # "an old red Volvo called Rusty": what it is called is part of the phrase, asked
