@@ -388,6 +388,17 @@ def test_whose_a_thing_is_is_asked_whose_and_an_ordinal_before_a_noun_is_no_date
     assert asked("My exam is on the 3rd.")["When is my exam?"] == "3rd"
 
 
+def test_a_passive_s_agent_is_asked_as_the_doer():
+    said = asked("My kayak was designed by Anders Holm in Bergen.")
+    assert said["Who designed my kayak in Bergen?"] == "Anders Holm"
+    assert said["Who designed my kayak?"] == "Anders Holm"
+    assert asked("The choir is led by my cousin Ada.")["Who leads the choir?"] == "Ada"
+    assert asked("I was raised by Tove.")["Who raised me?"] == "Tove"
+    # no participle, no agent: nothing asked as done
+    assert not any(q.startswith("Who ") for q in asked("My flat is near Tove's bakery."))
+    assert "Who knows me?" not in asked("I am known in Bergen.")
+
+
 def test_a_where_question_keeps_the_infinitive_it_needs():
     questions = set(asked("My sister wants to shoot the cherry blossoms in Kyoto."))
     assert "Where does my sister want to shoot the cherry blossoms?" in questions

@@ -340,6 +340,28 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
     return out
 
 
+def _active(clause: Clause, group: tuple[int, int], start: int, end: int) -> list[str]:
+    """A passive's agent asked as the doer, as people ask it: "The course is taught by Dr
+    Ferreira at TU Delft" → "Who teaches the course at TU Delft?", "Who teaches the
+    course?"; "I was raised by my aunt" → "Who raised me?"."""
+    words = clause.words
+    v, g = group
+    # the agent's relation goes with it: "by my aunt Rut"
+    start = next((i for i in range(g, start) if _relation_end(words, clause.tags, i) == start),
+                 start)
+    if g - v != 2 or words[v].lower() not in text.grammar()["copulas"] \
+            or words[start - 1].lower() not in templates()["question_word"]["agent_prepositions"]:
+        return []
+    base = text.lemma(words[v + 1], "VERB")
+    if words[v + 1].lower() not in getInflection(base, tag="VBN"):
+        return []  # no participle: "is keen by nature"
+    past = words[v].lower() not in text.grammar()["present_copulas"]
+    verb = getInflection(base, tag="VBD" if past else "VBZ")[0]
+    done_to = [templates()["done_to"].get(w.lower(), w) for w in _subject(clause, v)]
+    said = _sentence(["who", verb] + done_to + list(words[g:start - 1]) + list(words[end:]))
+    return list(dict.fromkeys([said, _sentence(["who", verb] + done_to)]))
+
+
 def _subject(clause: Clause, verb: int) -> list[str]:
     """The words before the verb, as they read inside a question ("My sister" → "my
     sister"; "I" and names keep their capitals)."""
@@ -603,6 +625,8 @@ def questions(clause: Clause) -> list[Asked]:
             asked = [] if named else [_echo(clause, wh, start, end)]
             if group and not _inside_phrase(clause, span.kind, wh, start, end):
                 asked += _fronted(clause, group, wh, start, end)[named:]
+            if group and span.kind == "name":
+                asked += _active(clause, group, start, end)
             if wh in {"who", "what"} and span.kind == "name":
                 other = "what" if wh == "who" else "who"
                 asked.append(_echo(clause, other, start, end))
