@@ -399,6 +399,18 @@ def test_a_passive_s_agent_is_asked_as_the_doer():
     assert "Who knows me?" not in asked("I am known in Bergen.")
 
 
+def test_what_someone_named_does_is_asked_who_does_it():
+    said = asked("My cousin Ada repairs clocks in Tromsø.")
+    assert said["Who repairs clocks in Tromsø?"] == "Ada"
+    assert said["Who repairs clocks?"] == "Ada"
+    assert asked("Tove moved to Oslo.")["Who moved to Oslo?"] == "Tove"
+    assert "Who moved?" not in asked("Tove moved to Oslo.")
+    assert asked("My uncle Bo and I have a boat.").get("Who has a boat?") is None  # the user too
+    # a relation alone may be a thing; a naming is asked as said
+    assert not any(q.startswith("Who ") for q in asked("My laptop died last week."))
+    assert not any(q.startswith("Who ") for q in asked("My boat is called Sula."))
+
+
 def test_a_where_question_keeps_the_infinitive_it_needs():
     questions = set(asked("My sister wants to shoot the cherry blossoms in Kyoto."))
     assert "Where does my sister want to shoot the cherry blossoms?" in questions

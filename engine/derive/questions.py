@@ -544,6 +544,30 @@ def _role(clause: Clause, group: tuple[int, int] | None) -> tuple[int, int] | No
     return (role, end) if end else None
 
 
+def _doer(clause: Clause, group: tuple[int, int]) -> list[Asked]:
+    """Who did what someone named did: "My partner Yusuf wants to grow pumpkins" → "Who
+    wants to grow pumpkins? → Yusuf". Only of a name (a relation alone may be a thing: "my
+    drone"), not of what someone is or is called (a copula alone, a naming: asked as said),
+    nor a verb alone ("Who moved?")."""
+    words, tags = clause.words, clause.tags
+    v, g = group
+    relation = _relation_end(words, tags, 0)
+    if all(t == "PROPN" for t in tags[:v]):
+        doer = words[:v]
+    elif relation and all(t == "PROPN" for t in tags[relation:v]):
+        doer = words[relation:v]
+    else:
+        return []
+    if "VERB" not in tags[v:g] or any(w.lower() in NAMING_VERBS for w in words[v:g]) \
+            or g == len(words):
+        return []
+    verbs, rest = list(words[v:g]), list(words[g:])  # one named: "who" agrees with its verb
+    answer = re.sub(r"['’]s$", "", " ".join(doer))
+    core = _without_phrases(rest, tags[g:])
+    asked = [_sentence(["who"] + verbs + rest)] + ([_sentence(["who"] + verbs + core)] * bool(core))
+    return [Asked(q, answer) for q in dict.fromkeys(asked)]
+
+
 def _activity(clause: Clause, v: int, role: tuple[int, int]) -> Asked:
     """What the user does in a role: "What do I do as a hobby? → restore old motorbikes".
     The role itself ("… as what? → hobby") names a kind of thing, not the fact, and is not
@@ -612,6 +636,7 @@ def questions(clause: Clause) -> list[Asked]:
         out += _named(clause)
     if not clause.request and not negated and not vague:
         role = _role(clause, group)
+        out += _doer(clause, group) if group else []
         out += [_activity(clause, group[0], role)] if group and role else []
         for span in spans(clause, group[1] if group else len(clause.words)):
             if role and role[0] < span.start < role[1]:
