@@ -406,6 +406,8 @@ def test_what_someone_named_does_is_asked_who_does_it():
     assert asked("Tove moved to Oslo.")["Who moved to Oslo?"] == "Tove"
     assert "Who moved?" not in asked("Tove moved to Oslo.")
     assert asked("My uncle Bo and I have a boat.").get("Who has a boat?") is None  # the user too
+    assert not any(q.startswith("Who ") for q in asked("Thursday works best for me."))
+    assert "Who treats my?" not in asked("Dr. Berg treats my back pain.")
     # a relation alone may be a thing; a naming is asked as said
     assert not any(q.startswith("Who ") for q in asked("My laptop died last week."))
     assert not any(q.startswith("Who ") for q in asked("My boat is called Sula."))

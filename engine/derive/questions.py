@@ -552,8 +552,8 @@ def _doer(clause: Clause, group: tuple[int, int]) -> list[Asked]:
     words, tags = clause.words, clause.tags
     v, g = group
     relation = _relation_end(words, tags, 0)
-    if all(t == "PROPN" for t in tags[:v]):
-        doer = words[:v]
+    if all(t == "PROPN" for t in tags[:v]) and not any(_is_time(w) for w in words[:v]):
+        doer = words[:v]  # not a day or a month: "Thursday works for me"
     elif relation and all(t == "PROPN" for t in tags[relation:v]):
         doer = words[relation:v]
     else:
@@ -564,6 +564,8 @@ def _doer(clause: Clause, group: tuple[int, int]) -> list[Asked]:
     verbs, rest = list(words[v:g]), list(words[g:])  # one named: "who" agrees with its verb
     answer = re.sub(r"['’]s$", "", " ".join(doer))
     core = _without_phrases(rest, tags[g:])
+    if core and tags[g + len(core) - 1] in {"POSS", "DET"}:
+        core = []  # "treats my back pain": no phrase to cut ("Who treats my?")
     asked = [_sentence(["who"] + verbs + rest)] + ([_sentence(["who"] + verbs + core)] * bool(core))
     return [Asked(q, answer) for q in dict.fromkeys(asked)]
 
