@@ -36,8 +36,10 @@ def grounded(qa: QA) -> bool:
     if len(answer) < 2 and not answer.isdigit():
         return False
     statement = text.normalise(qa.statement)
-    said = f" {answer} " in f" {statement} " or f" {answer}'s " in f" {statement} "  # whose
-    if not said or f" {answer} " in f" {text.normalise(qa.question)} ":
+    question = text.normalise(qa.question)
+    whose = "whose" in question.split()  # then the answer is said with its 's
+    said = f" {answer} " in f" {statement} " or whose and f" {answer}'s " in f" {statement} "
+    if not said or f" {answer} " in f" {question} ":
         return False
     if all(w in text.grammar()["subject_pronouns"] | text.grammar()["object_pronouns"]
            | text.grammar()["possessives"] for w in answer.split()):

@@ -102,7 +102,7 @@ def spans(clause: Clause, after: int) -> list[Span]:
         if tag == "PROPN" or (tag == "NUM" and i + 1 < len(words) and tags[i + 1] == "PROPN"
                               and not text.is_number(words[i + 1])):
             j = _name_end(words, tags, i)
-            if _owns(words, tags, j):
+            if _owns(words, tags, i, j):
                 out.append(Span(i, j, "owner"))  # "Noor's car": whose the car is …
                 i = j  # … and the car
                 continue
@@ -128,12 +128,11 @@ def spans(clause: Clause, after: int) -> list[Span]:
             while j < len(words) and (tags[j] in {"NOUN", "ADJ"} or (
                     tags[j] == "VERB" and words[j].lower().endswith(("ed", "ing"))
                     and j + 1 < len(words) and tags[j + 1] == "NOUN")):
-                if words[j - 1].endswith(("'s", "’s")):
-                    break
                 j += 1
-            if tag != "NUM" and _owns(words, tags, j):
-                out.append(Span(i, j, "owner"))  # "my mum's birthday": whose it is …
-                i = j  # … and the birthday
+            owner = next((k for k in range(i + 1, j + 1) if _owns(words, tags, i, k)), None)
+            if tag != "NUM" and owner:
+                out.append(Span(i, owner, "owner"))  # "my mum's birthday": whose it is …
+                i = owner  # … and the birthday
                 continue
             noun = any(t == "NOUN" for t in tags[i:j])
             after_copula = i > 0 and words[i - 1].lower() in text.grammar()["copulas"]
@@ -171,13 +170,24 @@ def spans(clause: Clause, after: int) -> list[Span]:
     return out
 
 
-def _owns(words: tuple[str, ...], tags: tuple[str, ...], j: int) -> bool:
-    """The phrase that ends at ``j`` is a possessor: "mum's" before "70th birthday", not
-    "is" before a quality ("I think Noor's ill")."""
+def _owns(words: tuple[str, ...], tags: tuple[str, ...], i: int, j: int) -> bool:
+    """``words[i:j]`` is a possessor: "mum's" before "70th birthday". Not "is" before a
+    quality ("I think Noor's ill"), not a time ("last week's class", "Sainsbury's last
+    week"), and not one of a chain ("my friend's sister's wedding": asked as said)."""
     k = j
     while k < len(words) and tags[k] in {"ADJ", "NUM"}:
         k += 1
-    return words[j - 1].endswith(("'s", "’s")) and k < len(words) and tags[k] == "NOUN"
+    owned = k < len(words) and tags[k] == "NOUN" and not words[k].endswith(("'s", "’s"))
+    return words[j - 1].endswith(("'s", "’s")) and owned \
+        and not text.is_relative_time(words[j:j + 2]) \
+        and not any(_timely(re.sub(r"['’]s$", "", w)) for w in words[i:j])
+
+
+def _timely(word: str) -> bool:
+    """A word that says when: a day, a month, "week", "evening", "today"."""
+    g, lower = text.grammar(), word.lower()
+    return _is_time(word) or lower in g["time_nouns"] or lower in g["day_parts"] \
+        or lower in g["adverbs"]
 
 
 def _ordinal_modifier(words: tuple[str, ...], tags: tuple[str, ...], i: int) -> bool:
@@ -203,7 +213,7 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         start -= 1
     elif before.endswith(("'s", "’s")):  # whose it is goes with it: "my aunt Rut's old goat"
         start -= 1
-        while start and tags[start - 1] in {"PROPN", "NOUN"}:
+        while start and tags[start - 1] in {"PROPN", "NOUN", "ADJ"}:
             start -= 1
         start -= start > 0 and tags[start - 1] in {"POSS", "DET"}
         determined = True
@@ -343,14 +353,17 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
 def _active(clause: Clause, group: tuple[int, int], start: int, end: int) -> list[str]:
     """A passive's agent asked as the doer, as people ask it: "The course is taught by Dr
     Ferreira at TU Delft" → "Who teaches the course at TU Delft?", "Who teaches the
-    course?"; "I was raised by my aunt" → "Who raised me?"."""
-    words = clause.words
+    course?"; "I was raised by my aunt Rut" → "Who raised me?". Not a time ("cleaned by
+    Christmas"), nor a verb with a particle ("looked after by"), and what follows the agent
+    only where it is a phrase of the clause ("… at TU Delft"; not "by Oskar and Lena")."""
+    words, tags = clause.words, clause.tags
     v, g = group
+    name = start
     # the agent's relation goes with it: "by my aunt Rut"
-    start = next((i for i in range(g, start) if _relation_end(words, clause.tags, i) == start),
-                 start)
-    if g - v != 2 or words[v].lower() not in text.grammar()["copulas"] \
-            or words[start - 1].lower() not in templates()["question_word"]["agent_prepositions"]:
+    start = next((i for i in range(g, start) if _relation_end(words, tags, i) == start), start)
+    if g - v != 2 or words[v].lower() not in text.grammar()["copulas"] or start - 1 != g \
+            or words[g].lower() not in templates()["question_word"]["agent_prepositions"] \
+            or any(_timely(w) for w in words[name:end]):
         return []
     base = text.lemma(words[v + 1], "VERB")
     if words[v + 1].lower() not in getInflection(base, tag="VBN"):
@@ -358,8 +371,10 @@ def _active(clause: Clause, group: tuple[int, int], start: int, end: int) -> lis
     past = words[v].lower() not in text.grammar()["present_copulas"]
     verb = getInflection(base, tag="VBD" if past else "VBZ")[0]
     done_to = [templates()["done_to"].get(w.lower(), w) for w in _subject(clause, v)]
-    said = _sentence(["who", verb] + done_to + list(words[g:start - 1]) + list(words[end:]))
-    return list(dict.fromkeys([said, _sentence(["who", verb] + done_to)]))
+    core = _sentence(["who", verb] + done_to)
+    if end < len(words) and tags[end] != "PREP":
+        return [] if tags[end] == "CONJ" else [core]
+    return list(dict.fromkeys([_sentence(["who", verb] + done_to + list(words[end:])), core]))
 
 
 def _subject(clause: Clause, verb: int) -> list[str]:
@@ -545,27 +560,28 @@ def _role(clause: Clause, group: tuple[int, int] | None) -> tuple[int, int] | No
 
 
 def _doer(clause: Clause, group: tuple[int, int]) -> list[Asked]:
-    """Who did what someone named did: "My partner Yusuf wants to grow pumpkins" → "Who
-    wants to grow pumpkins? → Yusuf". Only of a name (a relation alone may be a thing: "my
-    drone"), not of what someone is or is called (a copula alone, a naming: asked as said),
-    nor a verb alone ("Who moved?")."""
+    """Who did what someone the user names by relation did: "My partner Yusuf wants to grow
+    pumpkins" → "Who wants to grow pumpkins? → Yusuf". Not of a name alone (a place, a
+    holiday: "Easter falls early"), nor of a relation alone (a thing: "my drone"); not of
+    what someone is, is called or has done to them (a copula, a naming, a passive: asked as
+    said), and no verb alone ("Who moved?", "Who used to live?")."""
     words, tags = clause.words, clause.tags
     v, g = group
     relation = _relation_end(words, tags, 0)
-    if all(t == "PROPN" for t in tags[:v]) and not any(_is_time(w) for w in words[:v]):
-        doer = words[:v]  # not a day or a month: "Thursday works for me"
-    elif relation and all(t == "PROPN" for t in tags[relation:v]):
-        doer = words[relation:v]
-    else:
+    if not relation or relation == v or any(t != "PROPN" for t in tags[relation:v]) \
+            or words[v - 1].endswith(("'s", "’s")):  # "Ali's working": is
         return []
+    copula = words[v].lower() in text.grammar()["copulas"]
     if "VERB" not in tags[v:g] or any(w.lower() in NAMING_VERBS for w in words[v:g]) \
-            or g == len(words):
+            or (copula and not words[g - 1].lower().endswith("ing")) or g == len(words):
         return []
     verbs, rest = list(words[v:g]), list(words[g:])  # one named: "who" agrees with its verb
-    answer = re.sub(r"['’]s$", "", " ".join(doer))
+    answer = " ".join(words[relation:v])
     core = _without_phrases(rest, tags[g:])
-    if core and tags[g + len(core) - 1] in {"POSS", "DET"}:
-        core = []  # "treats my back pain": no phrase to cut ("Who treats my?")
+    if core and (tags[g + len(core) - 1] in {"POSS", "DET", "VERB", "PREP"}
+                 or words[g + len(core) - 1].lower() == "to"
+                 or words[g + len(core):g + len(core) + 1] == ("of",)):
+        core = []  # "Who treats my?", "Who used to live?", "Who gets a lot?"
     asked = [_sentence(["who"] + verbs + rest)] + ([_sentence(["who"] + verbs + core)] * bool(core))
     return [Asked(q, answer) for q in dict.fromkeys(asked)]
 
@@ -652,7 +668,7 @@ def questions(clause: Clause) -> list[Asked]:
             asked = [] if named else [_echo(clause, wh, start, end)]
             if group and not _inside_phrase(clause, span.kind, wh, start, end):
                 asked += _fronted(clause, group, wh, start, end)[named:]
-            if group and span.kind == "name":
+            if group and span.kind == "name" and wh in {"who", "what"}:
                 asked += _active(clause, group, start, end)
             if wh in {"who", "what"} and span.kind == "name":
                 other = "what" if wh == "who" else "who"
