@@ -412,23 +412,6 @@ def test_a_passive_s_agent_is_asked_as_the_doer():
                        for q in asked(said)), said
 
 
-def test_what_someone_named_does_is_asked_who_does_it():
-    said = asked("My cousin Ada repairs clocks in Tromsø.")
-    assert said["Who repairs clocks in Tromsø?"] == "Ada"
-    assert said["Who repairs clocks?"] == "Ada"
-    assert asked("My aunt Tove moved to Oslo.")["Who moved to Oslo?"] == "Tove"
-    assert "Who moved?" not in asked("My aunt Tove moved to Oslo.")
-    assert "Who used to live?" not in asked("My aunt Tove used to live in Oslo.")
-    assert asked("My uncle Bo and I have a boat.").get("Who has a boat?") is None  # the user too
-    assert "Who treats my?" not in asked("My doctor Berg treats my back pain.")
-    # a name alone may be a place or a day, a relation alone a thing; "'s" may be "is"; a
-    # naming or a passive is asked as said
-    for said in ["Easter falls early this year.", "Thursday works best for me.",
-                 "My laptop died last week.", "My boat is called Sula.",
-                 "My cousin Ali's working late.", "My aunt Rut was born in Hamar."]:
-        assert not any(q.startswith("Who ") and "my" not in q.split()[1:3] for q in asked(said))
-
-
 def test_a_where_question_keeps_the_infinitive_it_needs():
     questions = set(asked("My sister wants to shoot the cherry blossoms in Kyoto."))
     assert "Where does my sister want to shoot the cherry blossoms?" in questions

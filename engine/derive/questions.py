@@ -559,33 +559,6 @@ def _role(clause: Clause, group: tuple[int, int] | None) -> tuple[int, int] | No
     return (role, end) if end else None
 
 
-def _doer(clause: Clause, group: tuple[int, int]) -> list[Asked]:
-    """Who did what someone the user names by relation did: "My partner Yusuf wants to grow
-    pumpkins" → "Who wants to grow pumpkins? → Yusuf". Not of a name alone (a place, a
-    holiday: "Easter falls early"), nor of a relation alone (a thing: "my drone"); not of
-    what someone is, is called or has done to them (a copula, a naming, a passive: asked as
-    said), and no verb alone ("Who moved?", "Who used to live?")."""
-    words, tags = clause.words, clause.tags
-    v, g = group
-    relation = _relation_end(words, tags, 0)
-    if not relation or relation == v or any(t != "PROPN" for t in tags[relation:v]) \
-            or words[v - 1].endswith(("'s", "’s")):  # "Ali's working": is
-        return []
-    copula = words[v].lower() in text.grammar()["copulas"]
-    if "VERB" not in tags[v:g] or any(w.lower() in NAMING_VERBS for w in words[v:g]) \
-            or (copula and not words[g - 1].lower().endswith("ing")) or g == len(words):
-        return []
-    verbs, rest = list(words[v:g]), list(words[g:])  # one named: "who" agrees with its verb
-    answer = " ".join(words[relation:v])
-    core = _without_phrases(rest, tags[g:])
-    if core and (tags[g + len(core) - 1] in {"POSS", "DET", "VERB", "PREP"}
-                 or words[g + len(core) - 1].lower() == "to"
-                 or words[g + len(core):g + len(core) + 1] == ("of",)):
-        core = []  # "Who treats my?", "Who used to live?", "Who gets a lot?"
-    asked = [_sentence(["who"] + verbs + rest)] + ([_sentence(["who"] + verbs + core)] * bool(core))
-    return [Asked(q, answer) for q in dict.fromkeys(asked)]
-
-
 def _activity(clause: Clause, v: int, role: tuple[int, int]) -> Asked:
     """What the user does in a role: "What do I do as a hobby? → restore old motorbikes".
     The role itself ("… as what? → hobby") names a kind of thing, not the fact, and is not
@@ -654,7 +627,6 @@ def questions(clause: Clause) -> list[Asked]:
         out += _named(clause)
     if not clause.request and not negated and not vague:
         role = _role(clause, group)
-        out += _doer(clause, group) if group else []
         out += [_activity(clause, group[0], role)] if group and role else []
         for span in spans(clause, group[1] if group else len(clause.words)):
             if role and role[0] < span.start < role[1]:
