@@ -51,6 +51,19 @@ def templates() -> dict:
     return tomllib.loads(paths.asset("grammar", "questions.toml").read_text(encoding="utf-8"))
 
 
+def _possessive(word: str) -> bool:
+    return word.endswith(("'s", "’s"))
+
+
+def _unpossessed(word: str) -> str:
+    """"mum's" → "mum"."""
+    return re.sub(r"['’]s$", "", word)
+
+
+def _is_ordinal(word: str) -> bool:
+    return bool(re.search(r"\d(?:st|nd|rd|th)$", word.lower()))
+
+
 def _is_time(word: str) -> bool:
     g = text.grammar()
     return word.lower() in g["months"] or word.lower() in g["weekdays"]
@@ -177,10 +190,9 @@ def _owns(words: tuple[str, ...], tags: tuple[str, ...], i: int, j: int) -> bool
     k = j
     while k < len(words) and tags[k] in {"ADJ", "NUM"}:
         k += 1
-    owned = k < len(words) and tags[k] == "NOUN" and not words[k].endswith(("'s", "’s"))
-    return words[j - 1].endswith(("'s", "’s")) and owned \
-        and not text.is_relative_time(words[j:j + 2]) \
-        and not any(_timely(re.sub(r"['’]s$", "", w)) for w in words[i:j])
+    owned = k < len(words) and tags[k] == "NOUN" and not _possessive(words[k])
+    return _possessive(words[j - 1]) and owned and not text.is_relative_time(words[j:j + 2]) \
+        and not any(_timely(_unpossessed(w)) for w in words[i:j])
 
 
 def _timely(word: str) -> bool:
@@ -193,8 +205,7 @@ def _timely(word: str) -> bool:
 def _ordinal_modifier(words: tuple[str, ...], tags: tuple[str, ...], i: int) -> bool:
     """An ordinal before a noun qualifies it ("my 70th birthday", "the 3rd floor"); alone it
     is a date ("on the 14th")."""
-    return bool(re.fullmatch(r"\d+(?:st|nd|rd|th)", words[i].lower())) \
-        and i + 1 < len(words) and tags[i + 1] in {"NOUN", "ADJ"}
+    return _is_ordinal(words[i]) and i + 1 < len(words) and tags[i + 1] in {"NOUN", "ADJ"}
 
 
 def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
@@ -211,7 +222,7 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         start > 0 and tags[start - 1] == "POSS" and not (before == "her" and span.kind == "name"))
     if determined:
         start -= 1
-    elif before.endswith(("'s", "’s")):  # whose it is goes with it: "my aunt Rut's old goat"
+    elif _possessive(before):  # whose it is goes with it: "my aunt Rut's old goat"
         start -= 1
         while start and tags[start - 1] in {"PROPN", "NOUN", "ADJ"}:
             start -= 1
@@ -223,7 +234,7 @@ def _question_word(clause: Clause, span: Span) -> tuple[str, int, int]:
         return "whose", start, end
     if span.kind == "number":
         year = re.fullmatch(r"1\d{3}|20\d{2}", first)
-        if re.search(r"\d(?:st|nd|rd|th)$", first.lower()) or (
+        if _is_ordinal(first) or (
                 year and before in qw["time_prepositions"] and not determined):
             return "when", start - (before in qw["time_prepositions"]), end
         if year:
@@ -523,7 +534,7 @@ def _said_to_be(clause: Clause) -> Iterator[tuple[str, str, str]]:
     i, j = next(((i, j) for i in range(v) if (j := _relation_end(words, tags, i)) is not None),
                 (0, None))
     if j is None or any(t != "ADV" for t in tags[:i] + tags[j:v] + tags[v + 1:k]) \
-            or any(w.endswith(("'s", "’s")) for w in words[i:j]) \
+            or any(_possessive(w) for w in words[i:j]) \
             or words[j - 1].lower() == "name":
         return
     related = _relation_end(words, tags, k) if k < len(words) else None
@@ -572,7 +583,7 @@ def _activity(clause: Clause, v: int, role: tuple[int, int]) -> Asked:
 def _people(clause: Clause) -> Iterator[tuple[str, str]]:
     """Who a clause names by relation and first name: ("my best friend", "Dario")."""
     for i, j, _ in _relations(clause):
-        yield " ".join(clause.words[i:j]).lower(), re.sub(r"['’]s$", "", clause.words[j])
+        yield " ".join(clause.words[i:j]).lower(), _unpossessed(clause.words[j])
 
 
 def _referred(asked: Asked, people: list[tuple[str, str]]) -> list[Asked]:
@@ -632,7 +643,7 @@ def questions(clause: Clause) -> list[Asked]:
             if role and role[0] < span.start < role[1]:
                 continue
             answer = " ".join(clause.words[span.start:span.end])
-            answer = re.sub(r"['’]s$", "", answer) if span.kind == "owner" else answer
+            answer = _unpossessed(answer) if span.kind == "owner" else answer
             wh, start, end = _question_word(clause, span)
             named = end < len(clause.words) and clause.words[end].lower() in NAMING_VERBS
             # "an old red Volvo called Rusty": what it is called is part of the phrase, asked
@@ -640,9 +651,8 @@ def questions(clause: Clause) -> list[Asked]:
             asked = [] if named else [_echo(clause, wh, start, end)]
             if group and not _inside_phrase(clause, span.kind, wh, start, end):
                 asked += _fronted(clause, group, wh, start, end)[named:]
-            if group and span.kind == "name" and wh in {"who", "what"}:
-                asked += _active(clause, group, start, end)
             if wh in {"who", "what"} and span.kind == "name":
+                asked += _active(clause, group, start, end) if group else []
                 other = "what" if wh == "who" else "who"
                 asked.append(_echo(clause, other, start, end))
             out += [Asked(q, answer) for q in asked if q]
