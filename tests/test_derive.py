@@ -40,6 +40,20 @@ def test_a_fragment_takes_the_previous_clause_s_subject():
     assert found[-1] == "I started in 2009"
 
 
+def test_a_fragment_that_opens_with_a_participle_takes_have_and_have_fronts():
+    """"…, been sailing it for 8 years" leaves out "I have"; "have" agrees with the subject,
+    and a perfect ("have been") fronts its "have" rather than taking "do"."""
+    assert [c.text for c in clauses(["I own a dinghy, been sailing it for 8 years",
+                                     "My aunt keeps bees, done it since 1990"])] == [
+        "I own a dinghy", "I have been sailing it for 8 years", "My aunt keeps bees",
+        "My aunt has done it since 1990"]
+    assert [c.text for c in clauses(["My aunt keeps bees, moved them in 1990"])][-1] == \
+        "My aunt moved them in 1990"  # a past tense: nothing is left out
+    pairs = asked("I own a dinghy, been sailing it for 8 years")
+    assert pairs["How many years have I been sailing it for?"] == "8"
+    assert asked("We have been there since 2015.")["When have we been there?"] == "2015"
+
+
 def test_pronouns_point_back_to_the_user_s_latest_someone():
     found = [c.text for c in clauses(["My nephew Arvid lives in Umeå.", "He plays the tuba."])]
     assert found[-1] == "My nephew Arvid plays the tuba"

@@ -320,7 +320,7 @@ def _fronted(clause: Clause, group: tuple[int, int], wh: str, start: int,
     moved = [wh] + words[end:unit]
     lower = words[v].lower()
     auxiliary = tags[v] == "AUX" and lower in text.grammar()["finite_auxiliaries"] and not (
-        lower in {"have", "has", "had"} and "VERB" not in tags[v + 1:g])
+        lower in {"have", "has", "had"} and not {"VERB", "AUX"} & set(tags[v + 1:g]))
     if auxiliary:
         front, verbs = [words[v]], words[v + 1:g]
     elif tags[v] == "AUX" and lower not in {"have", "has", "had"}:
