@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from llama_cpp.llama_types import CreateCompletionResponse
 
 
+OPENING_CANDIDATES = 32  # a reply's likeliest first tokens checked for ending it at once
+
+
 @dataclass
 class Sampling:
     temperature: float = 0.7
@@ -255,31 +258,63 @@ class Runtime:
                 prepare(prompt)
             self.kv_owner = owner
             start = time.perf_counter()
-            # stream=True returns llama-cpp-python's generator of chunks; its annotation is
-            # the union of both modes' results
-            chunks = cast("Generator[CreateCompletionResponse, None, None]",
-                          self.llm.create_completion(
-                              tokens, max_tokens=max_tokens, temperature=sampling.temperature,
-                              top_p=sampling.top_p, stop=self.format.stop, stream=True,
-                              seed=sampling.seed, repeat_penalty=sampling.repeat_penalty,
-                          ))
             text = ""
             try:
-                for chunk in chunks:
-                    piece = chunk["choices"][0]["text"]
-                    if stats.first_token_s is None:
-                        stats.first_token_s = time.perf_counter() - start
-                    if piece:
-                        text += piece
-                        yield piece
-                    if reply._cancel.is_set():
-                        stats.stopped = True
+                # A reply that ends before it says anything (its first token ends the turn)
+                # is asked once more without that start: a user is never shown nothing.
+                for opening in (None, self._saying(len(tokens))):
+                    chunks = self._completion(tokens, max_tokens, sampling, opening)
+                    for chunk in chunks:
+                        piece = chunk["choices"][0]["text"]
+                        if stats.first_token_s is None:
+                            stats.first_token_s = time.perf_counter() - start
+                        if piece:
+                            text += piece
+                            yield piece
+                        if reply._cancel.is_set():
+                            stats.stopped = True
+                            break
+                    if text.strip() or stats.stopped:
                         break
             finally:
                 with contextlib.suppress(Exception):
                     chunks.close()
                 stats.seconds = time.perf_counter() - start
                 stats.completion_tokens = len(self.tokenize(text, add_bos=False)) if text else 0
+
+    def _completion(self, tokens: list[int], max_tokens: int, sampling: Sampling,
+                    processor: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+                    ) -> Generator[CreateCompletionResponse, None, None]:
+        from llama_cpp import LogitsProcessorList
+
+        # stream=True returns llama-cpp-python's generator of chunks; its annotation is the
+        # union of both modes' results
+        return cast("Generator[CreateCompletionResponse, None, None]", self.llm.create_completion(
+            tokens, max_tokens=max_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, stop=self.format.stop, stream=True, seed=sampling.seed,
+            repeat_penalty=sampling.repeat_penalty,
+            logits_processor=LogitsProcessorList([processor]) if processor else None))
+
+    def _saying(self, prompt: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """A logits processor that, at the first position after a ``prompt`` of that many
+        tokens, rules out the likeliest tokens that would end the reply there: the end of
+        the turn, whitespace alone, or the start of a stop string."""
+
+        def ends(token: int) -> bool:
+            piece = self.llm.detokenize([token]).decode("utf-8", errors="ignore")
+            return self.llm.token_eos() == token or not piece.strip() or any(
+                stop.startswith(piece) for stop in self.format.stop)
+
+        def processor(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+            if len(ids) != prompt:
+                return scores
+            scores = scores.copy()
+            for token in np.argsort(scores)[-OPENING_CANDIDATES:]:
+                if ends(int(token)):
+                    scores[token] = -np.inf
+            return scores
+
+        return processor
 
     def complete(self, prompt: str, sampling: Sampling | None = None,
                  stop: list[str] | None = None) -> str:

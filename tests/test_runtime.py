@@ -40,6 +40,21 @@ def test_greedy_is_deterministic(runtime):
     assert len(texts) == 1
 
 
+def test_a_reply_that_would_end_before_saying_anything_says_its_next_likeliest_start(
+        runtime, monkeypatch):
+    """A first token that ends the turn (here: the start of a stop string) is ruled out once
+    the reply comes back empty; a reply with words is left as it was."""
+    said = runtime.reply([Turn("user", "the cat")], None, Sampling.greedy(10))
+    words = "".join(said)
+    first = words[:len(words) - len(words.lstrip()) + 1]  # its first letter, as a stop string
+    assert first.strip()
+    monkeypatch.setattr(runtime.format, "stop", [*runtime.format.stop, first])
+    text = "".join(runtime.reply([Turn("user", "the cat")], None, Sampling.greedy(10)))
+    assert text.strip() and not text.startswith(first)
+    monkeypatch.undo()
+    assert "".join(runtime.reply([Turn("user", "the cat")], None, Sampling.greedy(10))) == words
+
+
 def test_cancel_stops_at_the_next_token(runtime):
     reply = runtime.reply([Turn("user", "hello")], None, Sampling(temperature=1.0, max_tokens=200))
     seen = 0
