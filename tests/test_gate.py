@@ -14,6 +14,7 @@ from app import memory_cli, memory_text
 from engine import learner, runtime
 from engine.learning import gate as learning
 from engine.learning.gate import Locality, Taught, rejections
+from engine.learning.texts import dialogue
 from engine.prompt import Turn
 from engine.runtime import Runtime
 from tests.test_learning import engine, said, small  # noqa: F401  (fixtures)
@@ -184,30 +185,57 @@ def test_a_fact_that_keeps_leaking_or_looping_is_set_aside_and_the_rest_is_learn
 
     def measure(self, lora, scale=1.0, cancel=None, taught=None):
         tries.append(lora)
-        faulty = len(tries) < 3
+        faulty = len(tries) < 4
         return Locality(0.99, 0.001, (leak,) if faulty and fault == "leak" else (),
                         (loop,) if faulty and fault == "loop" else ())
 
     monkeypatch.setattr(learning.Gate, "measure", measure)
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo")
     [result] = engine.learn_now(session_ids=[sid])
-    assert len(tries) == 3 and result.accepted  # negatives, then without what still failed
+    # trained with negatives twice, then judged without what still failed
+    assert len(tries) == 4 and result.accepted
     assert [qa.answer for qa in result.facts] == ["Oslo"]
     assert [qa.answer for qa in result.set_aside] == ["Pixel"]
     record = result.version.learned[sid]
     assert [row[1] for row in record["set_aside"]] == ["Pixel"]
-    assert len(record["refused_tries"]) == 2
+    assert len(record["refused_tries"]) == 3
     assert "Pixel  (set aside: it leaked" in memory_text.describe(engine, result)
+
+
+def test_a_leak_is_fitted_silent_at_the_reply_s_own_words_up_to_the_answer(
+        engine, monkeypatch):  # noqa: F811
+    """A detector kept silent where the question ends can still fire inside the reply the
+    model writes ("My rabbit is called" → "Pixel"): the next try fits every position of that
+    reply, up to the leaked answer, silent."""
+    engine.save_settings(engine.settings.with_gate(0.0))
+    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
+    leak = ("What is my rabbit called?", "My rabbit is called Pixel.\n\nUser", "Pixel")
+    measured, silent = [], []
+
+    def measure(self, lora, scale=1.0, cancel=None, taught=None):
+        measured.append(lora)
+        return Locality(0.99, 0.001, (leak,) if len(measured) == 1 else ())
+
+    monkeypatch.setattr(learning.Gate, "measure", measure)
+    learn = learner.learn
+    monkeypatch.setattr(learner, "learn", lambda *a, **kw: silent.append(
+        [e.prompt + e.answer for e in kw["contrasts"]]) or learn(*a, **kw))
+    [result] = engine.learn_now(session_ids=[said(engine, "What is my cat called?|Pixel")])
+    prompt, answer = dialogue(engine.runtime, engine.settings.system_prompt, leak[0],
+                              " My rabbit is called Pixel.")
+    assert result.accepted and len(silent) == 2
+    assert prompt + answer in silent[1] and prompt + answer not in silent[0]
 
 
 def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
         engine, monkeypatch):  # noqa: F811
-    """A fact left out after looping twice, and another leaking only on the last try: that
-    one's neurons are taken out and the rest judged again, not the session refused."""
+    """A fact that loops on every try, another that loops until it is trained against once
+    more, and a third leaking only on the last try: the first and the third's neurons are
+    taken out and the rest judged again, not the session refused."""
     engine.save_settings(engine.settings.with_gate(0.0))
     engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
-    faults = [((), (("What is my cat called?", "Pix Pix Pix Pix"),))] * 2 + [
-        ((("Which bus do I take?", "Oslo.", "Oslo"),), ())]
+    loops = ("What is my cat called?", "Pix Pix Pix Pix"), ("What is my dog called?", "Rex Rex")
+    faults = [((), loops)] * 2 + [((("Which bus do I take?", "Oslo.", "Oslo"),), loops[:1])]
     tries = []
 
     def measure(self, lora, scale=1.0, cancel=None, taught=None):
@@ -219,7 +247,7 @@ def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo",
                "What is my dog called?|Rex")
     [result] = engine.learn_now(session_ids=[sid])
-    assert len(tries) == 4 and result.accepted
+    assert len(tries) == 4 and result.accepted  # three tries, then judged without two
     assert [qa.answer for qa in result.facts] == ["Rex"]
     assert sorted(qa.answer for qa in result.set_aside) == ["Oslo", "Pixel"]
     assert len(result.version.learned[sid]["refused_tries"]) == 3

@@ -372,7 +372,11 @@ class Learning:
             # negatives they weighed nothing: "Who is my niece?" stayed "Noor." on every
             # try), they stay silent in training too, and unrelated text weighs more.
             refused.append("; ".join(reasons))
-            leaked_into = [QA(q, UNTAUGHT_REPLY, "") for q, _, _ in score.leaks]
+            # at every position of the reply up to the answer it leaked, too: a detector
+            # silent where the question ends can still fire inside the model's own words
+            # ("Who is my niece?" → "My niece is 9.", the daughter's age)
+            leaked_into = [QA(q, reply[:replies.mention_span(reply, a)[1]].strip(), "")
+                           for q, reply, a in score.leaks]
             silent, unlike = silent + leaked_into, unlike + leaked_into
             if score.decided < threshold or changed:
                 recipe = replace(recipe, locality_weight=recipe.locality_weight
