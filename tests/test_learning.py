@@ -892,6 +892,45 @@ def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(eng
         assert served_answer != base_answer
 
 
+def test_training_keeps_the_state_of_its_lowest_loss_not_its_last(engine, monkeypatch):
+    """An update that throws a learned state far off (as Adam at the learner's rate can late
+    in the loop) is not what training returns: the state of the lowest loss is."""
+    rt = engine.load()
+    twin = twin_for(rt)
+    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=40, lr=0.5, locality_weight=0.0,
+                            stop_loss=0.0, key_steps=20)
+    example = learner.Example(*dialogue(rt, None, "Where do I live?", " town."), end_of_turn(rt))
+    rows = list(range(len(example.prompt) - 1, len(example.prompt) + len(example.answer) - 1))
+
+    def answer_loss() -> float:
+        logits = twin.full_logits([example.tokens])[0][rows]
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(example.answer)))
+
+    class Jumpy(torch.optim.Adam):
+        """Adam whose last update of training turns every delta around (the keys' fits, of
+        fewer steps, are left alone)."""
+
+        last = 0
+
+        def step(self, closure=None):
+            out = super().step(closure)
+            self.updates = getattr(self, "updates", 0) + 1
+            Jumpy.last = max(Jumpy.last, self.updates)
+            if self.updates == recipe.steps:
+                with torch.no_grad():
+                    for group in self.param_groups:
+                        for p in group["params"]:
+                            p.mul_(-1.0)
+            return out
+
+    before = answer_loss()
+    monkeypatch.setattr(torch.optim, "Adam", Jumpy)
+    blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
+    assert Jumpy.last == recipe.steps and metrics["kept_step"] <= recipe.steps
+    with twin.overlaid(SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)):
+        assert answer_loss() < 0.6 * before
+
+
 def test_a_reply_during_a_learning_job_uses_the_active_memory_and_is_labelled_so(
         engine, monkeypatch, make_overlay):
     """The chat's llama.cpp context belongs to the chat: learning derives, checks and gates

@@ -108,10 +108,11 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                          unrelated[layer], unlike[layer],
                          {fact: rows[layer] for fact, rows in also.items()}, owned or {}, recipe)
              for depth, layer in enumerate(layers)]
-    history, stopped, recalled = _train(twin, edits, h_frozen, batch, targets, anchors,
+    history, best, stopped, recalled = _train(twin, edits, h_frozen, batch, targets, anchors,
                                         unrelated, recipe, progress, cancel)
-    metrics = {"steps": len(history), "stopped": stopped, "answer_loss": round(history[-1][0], 4),
-               "locality_penalty": round(history[-1][1], 5),
+    metrics = {"steps": len(history), "stopped": stopped, "kept_step": best + 1,
+               "answer_loss": round(history[best][0], 4),
+               "locality_penalty": round(history[best][1], 5),
                "train_seconds": round(time.perf_counter() - started, 2),
                "unrecalled": [list(f) for f in sorted(set(targets.taught) - recalled)]}
     return [b for e in edits for b in e.blocks(session_id)], metrics
@@ -177,18 +178,23 @@ def _keyed_edit(twin: Twin, layer: int, depth: int, k: int, examples: list[Examp
 def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: Batch,
            targets: Targets, anchors: Anchors, unrelated: dict[int, torch.Tensor],
            recipe: Recipe, progress: Progress, cancel: threading.Event | None
-           ) -> tuple[list[tuple[float, float]], str, set[tuple[int, ...]]]:
+           ) -> tuple[list[tuple[float, float]], int, str, set[tuple[int, ...]]]:
     """The loop: answer loss + locality (``Locality``: the edit's energy on generic text at
     each edited layer, from the anchors' cached FFN inputs), every delta capped. Returns the
-    (answer loss, locality) history, why it stopped, and the facts it brought out
-    (``recalled``)."""
+    (answer loss, locality) history, the step whose state is kept (the lowest loss), why it
+    stopped, and the facts it brought out (``recalled``)."""
     first = min(e.layer for e in edits)
     localities = [Locality(e, [(anchors.inputs[e.layer], 1.0),
                                (anchors.prose[e.layer], recipe.prose_weight),
                                (unrelated[e.layer], recipe.answer_weight),
                                (anchors.start[e.layer], recipe.answer_weight)],
                            anchors.out_energy[e.layer], recipe.prune_below) for e in edits]
-    optim = torch.optim.Adam([p for e in edits for p in e.parameters()], lr=recipe.lr)
+    params = [p for e in edits for p in e.parameters()]
+    optim = torch.optim.Adam(params, lr=recipe.lr)
+    # Adam at this rate can jump from a learned state to a far worse one late in the loop
+    # (answer loss 0.07 → 1.2 in the last steps before the cap, every fact of the session
+    # lost): the state of the lowest loss is the one kept.
+    best, best_step, best_state = float("inf"), 0, [p.detach().clone() for p in params]
     # Each step, each example's new neurons fire at a random share of their strength, as
     # weakly as match_floor: a question worded otherwise matches a key only partly, and the
     # answer must still come out.
@@ -212,6 +218,9 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
                     term.prune()
             locality = sum(term() for term in localities)
             loss = task + recipe.locality_weight * locality
+            if loss.item() < best:
+                best, best_step = loss.item(), step
+                best_state = [p.detach().clone() for p in params]
             optim.zero_grad()
             loss.backward()
             optim.step()
@@ -227,9 +236,12 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
                 break
         strength.fill_(1.0)
         with torch.no_grad():
+            for p, state in zip(params, best_state, strict=True):
+                p.copy_(state)
             h = twin.run(h_frozen, batch, first)
             said = twin.logits(h[targets.rows, targets.cols], vocab=targets.vocab).argmax(-1)
-    return history, stopped, recalled(said == targets.tokens, targets.rows, targets.taught)
+    return history, best_step, stopped, recalled(said == targets.tokens, targets.rows,
+                                                 targets.taught)
 
 
 def recalled(right: torch.Tensor, rows: torch.Tensor,
