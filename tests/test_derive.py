@@ -54,6 +54,22 @@ def test_a_fragment_that_opens_with_a_participle_takes_have_and_have_fronts():
     assert asked("We have been there since 2015.")["When have we been there?"] == "2015"
 
 
+def test_a_clause_of_time_inside_a_sentence_is_a_clause_of_its_own():
+    """"since", "before", "after" … open a clause where a subject and verb follow; not after
+    an amount ("two days after": the amount's), and not where one opens the sentence with no
+    comma to end it."""
+    found = [c.text for c in clauses(["I cycle to work since I moved to Gent.",
+                                      "I feed the hens before I leave for the depot."])]
+    assert found == ["I cycle to work", "I moved to Gent", "I feed the hens",
+                     "I leave for the depot"]
+    assert asked("I feed the hens before I leave for the depot.")[
+        "What do I leave for?"] == "depot"
+    assert [c.text for c in clauses(["The paint cracked two days after we sealed it.",
+                                     "I have lived here since 2019."])] == [
+        "The paint cracked two days after we sealed it", "I have lived here since 2019"]
+    assert not asked("When I was small I lived in Gent.")
+
+
 def test_pronouns_point_back_to_the_user_s_latest_someone():
     found = [c.text for c in clauses(["My nephew Arvid lives in Umeå.", "He plays the tuba."])]
     assert found[-1] == "My nephew Arvid plays the tuba"

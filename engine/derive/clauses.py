@@ -20,7 +20,8 @@ from engine import text
 
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=\S)|\n+")
 CLAUSE_BREAK = re.compile(r"\s*[;:]\s+|\s+[-–—]\s+|\s*,\s*|\s+(?=(?:and|but|so|because|though|"
-                          r"although|while)\s)", re.IGNORECASE)
+                          r"although|while|since|when|after|before|until|once|whereas)\s)",
+                          re.IGNORECASE)
 REQUEST_OPENERS = {"can", "could", "would", "will", "do", "does", "did", "is", "are", "should",
                    "shall", "may", "might", "let", "please"}
 
@@ -76,12 +77,19 @@ def _pieces(sentence: str) -> list[list[str]]:
     is not made."""
     parts = [p for p in CLAUSE_BREAK.split(sentence) if p and p.strip(" ,.!?;:")]
     out: list[list[str]] = []
+    grammar = text.grammar()
     for part in parts:
         words = text.words(text.expand_contractions(part))
         if not words:
             continue
+        if out and words[0].lower() in grammar["subordinators"] and _amount(out[-1]):
+            out[-1] = out[-1] + words  # "two days after we filled it": the amount's, no clause
+            continue
         bare = words
-        while len(bare) > 1 and bare[0].lower() in text.grammar()["conjunctions"]:
+        # a subordinator is dropped inside a sentence only: one that opens it ("When I was
+        # young I lived …") would leave two clauses run together where no comma cuts them
+        while len(bare) > 1 and (bare[0].lower() in grammar["conjunctions"] or (
+                out and bare[0].lower() in grammar["subordinators"])):
             bare = bare[1:]
         bare = _without_openers(bare)
         tags = text.tags(bare)
@@ -90,6 +98,14 @@ def _pieces(sentence: str) -> list[list[str]]:
         else:
             out[-1] = out[-1] + words
     return out
+
+
+def _amount(words: list[str]) -> bool:
+    """Whether ``words`` end in an amount: a number and a noun ("two days"), or one of a unit
+    of time ("a week")."""
+    tags, g = text.tags(words), text.grammar()
+    return len(words) >= 2 and tags[-1] == "NOUN" and (tags[-2] == "NUM" or (
+        words[-2].lower() in g["indefinite_articles"] and words[-1].lower() in g["time_nouns"]))
 
 
 def _can_be_verb(word: str) -> bool:
