@@ -10,7 +10,7 @@ import re
 import tomllib
 from collections.abc import Sequence
 
-from lemminflect import getAllLemmas
+from lemminflect import getAllLemmas, getInflection
 
 from store import paths
 
@@ -66,6 +66,14 @@ def participle(word: str) -> bool:
     one that only ends so ("spring", "need", "shed")."""
     lower = word.lower()
     return lower.endswith(("ing", "ed")) and getAllLemmas(lower).get("VERB", (lower,))[0] != lower
+
+
+def past_participle(word: str) -> bool:
+    """A past participle that is no past tense ("been", "done"; not "kept", "worked")."""
+    lower = word.lower()
+    verb = lemma(lower, "VERB")
+    return lower in (getInflection(verb, tag="VBN") or ()) \
+        and lower not in (getInflection(verb, tag="VBD") or ())
 
 
 @functools.cache

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lemminflect import getAllLemmas, getInflection
+from lemminflect import getAllLemmas
 
 from engine import text
 
@@ -121,19 +121,11 @@ def _fragment(words: list[str], tags: list[str]) -> bool:
         "PREP", "DET", "NUM", "PRON", "POSS"})  # "quit in March", not "mint and thyme"
 
 
-def _only_participle(word: str) -> bool:
-    """A past participle that is no past tense ("been", "done"; not "kept")."""
-    lower = word.lower()
-    verb = text.lemma(lower, "VERB")
-    return lower in (getInflection(verb, tag="VBN") or ()) \
-        and lower not in (getInflection(verb, tag="VBD") or ())
-
-
 def _perfect(subject: list[str], fragment: list[str]) -> list[str]:
     """The "have" a fragment that opens with a past participle left out with its subject
     ("…, been doing it 6 years" → "I have been doing it"), agreeing with that subject; none
     where the verb can be a past tense ("…, quit in March": "I quit in March")."""
-    if not _only_participle(fragment[0]):
+    if not text.past_participle(fragment[0]):
         return []
     last = subject[-1].lower()
     plural = last in {"i", "you", "we", "they"} or last != text.lemma(last, "NOUN")
@@ -150,8 +142,8 @@ def _asks(words: list[str], tags: list[str]) -> bool:
         return True
     # an imperative: a verb first, then what it acts on
     return _can_be_verb(words[0]) and tags[0] not in {"PRON", "POSS", "DET", "PROPN", "AUX"} \
-        and not first.endswith(("ing", "ed")) and not _only_participle(first) and len(words) > 1 \
-        and tags[1] in {"PRON", "POSS", "DET", "NUM", "ADJ", "NOUN"}
+        and not first.endswith(("ing", "ed")) and not text.past_participle(first) \
+        and len(words) > 1 and tags[1] in {"PRON", "POSS", "DET", "NUM", "ADJ", "NOUN"}
 
 
 def _without_openers(words: list[str]) -> list[str]:

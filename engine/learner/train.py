@@ -108,11 +108,11 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
                          unrelated[layer], unlike[layer],
                          {fact: rows[layer] for fact, rows in also.items()}, owned or {}, recipe)
              for depth, layer in enumerate(layers)]
-    history, best, stopped, recalled = _train(twin, edits, h_frozen, batch, targets, anchors,
+    history, kept, stopped, recalled = _train(twin, edits, h_frozen, batch, targets, anchors,
                                         unrelated, recipe, progress, cancel)
-    metrics = {"steps": len(history), "stopped": stopped, "kept_step": best + 1,
-               "answer_loss": round(history[best][0], 4),
-               "locality_penalty": round(history[best][1], 5),
+    metrics = {"steps": len(history), "stopped": stopped, "kept_step": kept + 1,
+               "answer_loss": round(history[kept][0], 4),
+               "locality_penalty": round(history[kept][1], 5),
                "train_seconds": round(time.perf_counter() - started, 2),
                "unrecalled": [list(f) for f in sorted(set(targets.taught) - recalled)]}
     return [b for e in edits for b in e.blocks(session_id)], metrics
