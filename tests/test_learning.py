@@ -926,9 +926,43 @@ def test_training_keeps_the_state_of_its_lowest_loss_not_its_last(engine, monkey
     before = answer_loss()
     monkeypatch.setattr(torch.optim, "Adam", Jumpy)
     blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
-    assert Jumpy.last == recipe.steps and metrics["kept_step"] <= recipe.steps
+    assert Jumpy.last == recipe.steps and metrics["kept_step"] < recipe.steps
     with twin.overlaid(SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)):
         assert answer_loss() < 0.6 * before
+
+
+def test_training_that_runs_to_its_cap_weighs_the_state_after_its_last_update(
+        engine, monkeypatch):
+    """The last update is weighed too: when only it learned anything, its state is the one
+    returned (a run to the cap once returned the state before it, and one step flipped an
+    untaught question's reply to a taught name)."""
+    rt = engine.load()
+    twin = twin_for(rt)
+    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=12, lr=0.3, locality_weight=0.0,
+                            stop_loss=0.0, key_steps=20, key_lr=0.05)
+    example = learner.Example(*dialogue(rt, None, "Where do I live?", " town."), end_of_turn(rt))
+    rows = list(range(len(example.prompt) - 1, len(example.prompt) + len(example.answer) - 1))
+
+    def answer_loss() -> float:
+        logits = twin.full_logits([example.tokens])[0][rows]
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(example.answer)))
+
+    class Late(torch.optim.Adam):
+        """Adam that, in training (the keys' fits run at key_lr), skips every update but the
+        last."""
+
+        def step(self, closure=None):
+            self.updates = getattr(self, "updates", 0) + 1
+            if self.defaults["lr"] == recipe.lr and self.updates < recipe.steps:
+                return None
+            return super().step(closure)
+
+    before = answer_loss()
+    monkeypatch.setattr(torch.optim, "Adam", Late)
+    blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
+    assert metrics["stopped"] == "step cap" and metrics["kept_step"] == recipe.steps
+    with twin.overlaid(SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)):
+        assert answer_loss() < 0.9 * before
 
 
 def test_a_reply_during_a_learning_job_uses_the_active_memory_and_is_labelled_so(

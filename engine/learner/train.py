@@ -110,7 +110,7 @@ def learn(twin: Twin, examples: list[Example], anchors: Anchors, recipe: Recipe,
              for depth, layer in enumerate(layers)]
     history, kept, stopped, recalled = _train(twin, edits, h_frozen, batch, targets, anchors,
                                         unrelated, recipe, progress, cancel)
-    metrics = {"steps": len(history), "stopped": stopped, "kept_step": kept + 1,
+    metrics = {"steps": len(history) - 1, "stopped": stopped, "kept_step": kept,
                "answer_loss": round(history[kept][0], 4),
                "locality_penalty": round(history[kept][1], 5),
                "train_seconds": round(time.perf_counter() - started, 2),
@@ -181,8 +181,9 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
            ) -> tuple[list[tuple[float, float]], int, str, set[tuple[int, ...]]]:
     """The loop: answer loss + locality (``Locality``: the edit's energy on generic text at
     each edited layer, from the anchors' cached FFN inputs), every delta capped. Returns the
-    (answer loss, locality) history, the step whose state is kept (the lowest loss), why it
-    stopped, and the facts it brought out (``recalled``)."""
+    (answer loss, locality) of each state it weighed (the first before any update, the last
+    after the last update), the index of the one kept (the lowest loss), why it stopped, and
+    the facts it brought out (``recalled``)."""
     first = min(e.layer for e in edits)
     localities = [Locality(e, [(anchors.inputs[e.layer], 1.0),
                                (anchors.prose[e.layer], recipe.prose_weight),
@@ -203,7 +204,7 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
     history: list[tuple[float, float]] = []
     stopped = "step cap"
     with ffn_added(twin, {e.layer: (lambda x, e=e: e.change(x, strength)) for e in edits}):
-        for step in range(recipe.steps):
+        for step in range(recipe.steps + 1):
             if cancel is not None and cancel.is_set():
                 raise InterruptedError("learning cancelled")
             strength.copy_(recipe.match_floor + (1 - recipe.match_floor) * torch.rand(
@@ -217,23 +218,25 @@ def _train(twin: Twin, edits: list[NeuronEdit], h_frozen: torch.Tensor, batch: B
                 for term in localities:
                     term.prune()
             locality = sum(term() for term in localities)
+            assert isinstance(locality, torch.Tensor)  # a sum over edits, never empty here
             loss = task + recipe.locality_weight * locality
+            history.append((task.item(), locality.item()))
             if loss.item() < best:
                 best, best_step = loss.item(), step
                 best_state = [p.detach().clone() for p in params]
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            for e in edits:
-                e.cap()
-            assert isinstance(locality, torch.Tensor)  # a sum over edits, never empty here
-            history.append((task.item(), locality.item()))
-            progress((step + 1) / recipe.steps, f"step {step + 1}: answer loss {task.item():.3f}")
             kept = stop_rows(token_loss.detach(), targets.rows, targets.taught, recipe.spare)
             if worst_fact(token_loss.detach(), targets.rows, targets.taught,
                           kept) < recipe.stop_loss:
                 stopped = "learned"
                 break
+            if step == recipe.steps:  # the state after the last update is weighed, not trained
+                break
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            for e in edits:
+                e.cap()
+            progress((step + 1) / recipe.steps, f"step {step + 1}: answer loss {task.item():.3f}")
         strength.fill_(1.0)
         with torch.no_grad():
             for p, state in zip(params, best_state, strict=True):
