@@ -70,6 +70,28 @@ def test_a_clause_of_time_inside_a_sentence_is_a_clause_of_its_own():
     assert not asked("When I was small I lived in Gent.")
 
 
+def test_a_clause_with_its_verb_left_out_is_not_glued_to_the_clause_before():
+    """", so no nuts please" is a request of its own, not part of what the partner is
+    ("What is my partner Ola so no nuts please?"); a list and a phrase that opens with a
+    preposition stay the clause's."""
+    assert [c.text for c in clauses(["My partner Ola is vegan, so no nuts please."])] == [
+        "My partner Ola is vegan", "nuts please"]
+    assert asked("My partner Ola is vegan, so no nuts please.")["What is my partner?"] == "vegan"
+    assert [c.text for c in clauses(["I grow mint and thyme.",
+                                     "I visit the fjord because of its light."])] == [
+        "I grow mint and thyme", "I visit the fjord because of its light"]
+
+
+def test_a_name_the_user_wrote_inside_a_sentence_keeps_its_capital_where_it_opens_a_clause():
+    """"Pepper" is a name where the user capitalised it mid-sentence, and so in the relative
+    clause it opens ("What does Pepper steal?", not "pepper"); a noun that only opens a
+    sentence is lower-cased in the question as before."""
+    questions = asked("We have a hamster called Clover who hoards seeds under the sofa.")
+    assert questions["What does Clover hoard?"] == "seeds"
+    assert "What does clover hoard?" not in questions
+    assert "What does my sister bake?" in asked("My sister bakes bread.")
+
+
 def test_pronouns_point_back_to_the_user_s_latest_someone():
     found = [c.text for c in clauses(["My nephew Arvid lives in Umeå.", "He plays the tuba."])]
     assert found[-1] == "My nephew Arvid plays the tuba"

@@ -93,11 +93,24 @@ def _pieces(sentence: str) -> list[list[str]]:
             bare = bare[1:]
         bare = _without_openers(bare)
         tags = text.tags(bare)
-        if not out or _starts_clause(bare, tags) or _fragment(bare, tags) or _asks(bare, tags):
+        if not out or _starts_clause(bare, tags) or _fragment(bare, tags) or _asks(bare, tags) \
+                or _elliptical(words, tags):
             out.append(bare)
         else:
             out[-1] = out[-1] + words
     return out
+
+
+def _elliptical(words: list[str], tags: list[str]) -> bool:
+    """Whether a piece (``words``; ``tags``: of its words after the conjunction) is a clause
+    with its verb left out, not more of the clause before it: opened by a conjunction that
+    joins clauses, not list items, with no verb and no preposition first (", so nothing
+    with meat please"; "because of its crystals" is the clause's)."""
+    g = text.grammar()
+    opener = words[0].lower()
+    joins = set(g["conjunctions"]) - set(g["list_conjunctions"]) - set(g["subordinators"]) \
+        - set(g["prepositions"])  # not "since 2019", "once a week"
+    return opener in joins and not {"VERB", "AUX"} & set(tags) and tags[0] != "PREP"
 
 
 def _amount(words: list[str]) -> bool:
@@ -311,19 +324,20 @@ def clauses(turns: list[str]) -> list[Clause]:
     """Every clause of the user's turns, in order, pronouns resolved."""
     out: list[Clause] = []
     referent: list[str] | None = None
+    named = _names(turns)
     for turn in turns:
         for sentence in sentences(turn):
             question = sentence.rstrip().endswith("?")
             subject: list[str] = []
             for words in _relatives(_pieces(sentence)) if not question else _pieces(sentence):
                 words = _without_openers(words)
-                tags = text.tags(words)
+                tags = _tags(words, named)
                 if _fragment(words, tags) and subject:
                     words = subject + _perfect(subject, words) + words
-                    tags = text.tags(words)
+                    tags = _tags(words, named)
                 introduced = _referents(words, tags)
                 words = _resolve(words, tags, referent)
-                tags = text.tags(words)
+                tags = _tags(words, named)
                 referent = introduced[-1] if introduced else referent
                 if not words or all(w.lower() in text.grammar()["interjections"] for w in words):
                     continue  # "Hi!", "Thanks"
@@ -333,3 +347,20 @@ def clauses(turns: list[str]) -> list[Clause]:
                 out.append(Clause(tuple(words), tuple(tags), sentence,
                                   _request(words, tags, question)))
     return out
+
+
+def _names(turns: list[str]) -> set[str]:
+    """The words the user capitalised inside a sentence: names, wherever they stand later
+    (a clause that opens with one is not a sentence's capitalised first word: "a cat called
+    Pepper who steals bread" → "What does Pepper steal?", not "pepper")."""
+    return {w for turn in turns for sentence in sentences(turn)
+            for w in text.words(text.expand_contractions(sentence))[1:]
+            if w[:1].isupper() and w != "I"}
+
+
+def _tags(words: list[str], named: set[str]) -> list[str]:
+    """``text.tags``, with a clause's first word a name where the user wrote it as one."""
+    tags = text.tags(words)
+    if words and words[0] in named and tags[0] in {"NOUN", "ADJ", "VERB"}:
+        tags[0] = "PROPN"
+    return tags
