@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from lemminflect import getAllLemmas, getInflection
 
@@ -106,12 +106,16 @@ def tag(word: str) -> str:
     return "NOUN"
 
 
-def tags(sentence: list[str]) -> list[str]:
+def tags(sentence: list[str], names: Collection[str] = ()) -> list[str]:
     """``tag`` of each word, with the one piece of context that settles most noun/verb
     ambiguity: after a subject pronoun, an auxiliary or an infinitive "to", or before an
     object pronoun, a word the lexicon knows as a verb is one ("I drive", "wants to call",
-    "everyone calls me"); after a determiner or a possessive it is not ("my drive")."""
+    "everyone calls me"); after a determiner or a possessive it is not ("my drive"). A first
+    word among ``names`` (capitalised by the user elsewhere) is a name, as any capitalised
+    word after it is."""
     out = [tag(w) for w in sentence]
+    if out and sentence[0] in names and out[0] in {"NOUN", "ADJ", "VERB"}:
+        out[0] = "PROPN"
     verb_seen = bool(out) and out[0] in {"VERB", "AUX"}
     for i in range(1, len(sentence)):
         word = sentence[i]

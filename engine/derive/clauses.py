@@ -331,13 +331,13 @@ def clauses(turns: list[str]) -> list[Clause]:
             subject: list[str] = []
             for words in _relatives(_pieces(sentence)) if not question else _pieces(sentence):
                 words = _without_openers(words)
-                tags = _tags(words, named)
+                tags = text.tags(words, named)
                 if _fragment(words, tags) and subject:
                     words = subject + _perfect(subject, words) + words
-                    tags = _tags(words, named)
+                    tags = text.tags(words, named)
                 introduced = _referents(words, tags)
                 words = _resolve(words, tags, referent)
-                tags = _tags(words, named)
+                tags = text.tags(words, named)
                 referent = introduced[-1] if introduced else referent
                 if not words or all(w.lower() in text.grammar()["interjections"] for w in words):
                     continue  # "Hi!", "Thanks"
@@ -356,11 +356,3 @@ def _names(turns: list[str]) -> set[str]:
     return {w for turn in turns for sentence in sentences(turn)
             for w in text.words(text.expand_contractions(sentence))[1:]
             if w[:1].isupper() and w != "I"}
-
-
-def _tags(words: list[str], named: set[str]) -> list[str]:
-    """``text.tags``, with a clause's first word a name where the user wrote it as one."""
-    tags = text.tags(words)
-    if words and words[0] in named and tags[0] in {"NOUN", "ADJ", "VERB"}:
-        tags[0] = "PROPN"
-    return tags

@@ -243,6 +243,7 @@ class Learning:
             self.recipe)
         # fitted silent in the model's own words for them, where a leak would start
         said_first = self.gate().own_words([qa.question for qa in untaught + unlike])
+        check(cancel)
         untaught, unlike = ([replace(qa, answer=said_first[qa.question] or qa.answer)
                              for qa in pairs] for pairs in (untaught, unlike))
         others = [qa for _, qa in earlier

@@ -35,7 +35,8 @@ SMALL_TALK = (
 )
 
 
-UNTAUGHT_REPLY = "I don't know"  # how an untaught personal question is answered, as a negative
+# an untaught personal question's reply, as a negative, where the model's own is empty
+UNTAUGHT_REPLY = "I don't know"
 
 
 def personal_questions() -> list[str]:
