@@ -352,22 +352,32 @@ class Learning:
                             blocks, examples, set(suspects[:n])))), changed, traced):
                         blamed = set(suspects[:n])
                         break
+            everything = {tuple(e.answer) for e in examples}
+            fact_of = {qa.answer.lower(): tuple(e.answer)
+                       for qa, e in zip(taught, examples, strict=True)}
             if last and reasons:
                 # The last try: the facts that still leak or loop are taken out too, not the
                 # whole session with them.
-                failing = _failing(score, first_asked)
-                blamed |= {tuple(e.answer) for qa, e in zip(taught, examples, strict=True)
-                           if qa.answer.lower() in failing}
-            cut = bool(blamed) and blamed < {tuple(e.answer) for e in examples}
+                blamed |= {fact_of[a] for a in _failing(score, first_asked) if a in fact_of}
+            cut = bool(blamed) and blamed < everything
             if cut:
-                dropped |= {qa.answer.lower() for qa, e in zip(taught, examples, strict=True)
-                            if tuple(e.answer) in blamed}
+                dropped |= {a for a, fact in fact_of.items() if fact in blamed}
                 blocks = learner.without(blocks, examples, blamed)
             if fired:
                 base = fired.applied(base)
                 trimmed += fired.leaks
             if cut or fired:
                 refused.append("; ".join(reasons))
+                candidate = base.merge(replace(base, blocks=blocks))
+                score, changed, reasons = judged(candidate, last)
+            # and, judged again, what leaks or loops then, in turn, while any of the session
+            # is left (a session of six facts was refused whole for one fact's loop)
+            while last and reasons and (more := {
+                    fact_of[a] for a in _failing(score, first_asked) if a in fact_of} - blamed) \
+                    and blamed | more < everything:
+                blamed |= more
+                dropped |= {a for a, fact in fact_of.items() if fact in more}
+                blocks = learner.without(blocks, examples, blamed)
                 candidate = base.merge(replace(base, blocks=blocks))
                 score, changed, reasons = judged(candidate, last)
             if not reasons or last:
