@@ -227,31 +227,6 @@ def test_a_leak_is_fitted_silent_at_the_reply_s_own_words_up_to_the_answer(
     assert prompt + answer in silent[1] and prompt + answer not in silent[0]
 
 
-def test_what_leaks_or_loops_once_the_last_try_s_faults_are_out_is_taken_out_in_turn(
-        engine, monkeypatch):  # noqa: F811
-    """On the last try a leak is taken out and the rest judged again; a loop seen only then
-    is taken out in turn, and the session keeps what is left, not refused whole."""
-    engine.save_settings(engine.settings.with_gate(0.0))
-    engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
-    leak = (("Which bus do I take?", "Oslo.", "Oslo"),)
-    loop = (("What is my dog called?", "Rex Rex Rex Rex"),)
-    faults = [(leak, ())] * 3 + [((), loop)]
-    tries = []
-
-    def measure(self, lora, scale=1.0, cancel=None, taught=None):
-        tries.append(lora)
-        leaks, loops = faults[len(tries) - 1] if len(tries) <= len(faults) else ((), ())
-        return Locality(0.99, 0.001, leaks, loops)
-
-    monkeypatch.setattr(learning.Gate, "measure", measure)
-    sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo",
-               "What is my dog called?|Rex")
-    [result] = engine.learn_now(session_ids=[sid])
-    assert len(tries) == 5 and result.accepted  # three tries, then two judged without
-    assert [qa.answer for qa in result.facts] == ["Pixel"]
-    assert sorted(qa.answer for qa in result.set_aside) == ["Oslo", "Rex"]
-
-
 def test_untaught_questions_are_fitted_silent_in_the_base_model_s_own_reply(
         engine, monkeypatch):  # noqa: F811
     """An untaught personal question is trained silent where the model's own reply to it
@@ -271,15 +246,24 @@ def test_untaught_questions_are_fitted_silent_in_the_base_model_s_own_reply(
     assert own in silent[0] and stock not in silent[0]
 
 
+LOOPS = ("What is my cat called?", "Pix Pix Pix Pix"), ("What is my dog called?", "Rex Rex")
+LEAK = ("Which bus do I take?", "Oslo.", "Oslo")
+
+
+@pytest.mark.parametrize("faults, judged, kept, set_aside", [
+    # a fact that loops on every try, another until it is trained against once more, and a
+    # third leaking only on the last try
+    ([((), LOOPS)] * 2 + [((LEAK,), LOOPS[:1])], 4, ["Rex"], ["Oslo", "Pixel"]),
+    # a leak on every try, and a loop seen only once the leaking fact is out
+    ([((LEAK,), ())] * 3 + [((), LOOPS[1:])], 5, ["Pixel"], ["Oslo", "Rex"]),
+])
 def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
-        engine, monkeypatch):  # noqa: F811
-    """A fact that loops on every try, another that loops until it is trained against once
-    more, and a third leaking only on the last try: the first and the third's neurons are
-    taken out and the rest judged again, not the session refused."""
+        engine, monkeypatch, faults, judged, kept, set_aside):  # noqa: F811
+    """On the last try the facts that leak or loop have their neurons taken out and the rest
+    is judged again, and what leaks or loops then is taken out in turn: the session keeps
+    what is left, not refused whole."""
     engine.save_settings(engine.settings.with_gate(0.0))
     engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
-    loops = ("What is my cat called?", "Pix Pix Pix Pix"), ("What is my dog called?", "Rex Rex")
-    faults = [((), loops)] * 2 + [((("Which bus do I take?", "Oslo.", "Oslo"),), loops[:1])]
     tries = []
 
     def measure(self, lora, scale=1.0, cancel=None, taught=None):
@@ -291,9 +275,9 @@ def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo",
                "What is my dog called?|Rex")
     [result] = engine.learn_now(session_ids=[sid])
-    assert len(tries) == 4 and result.accepted  # three tries, then judged without two
-    assert [qa.answer for qa in result.facts] == ["Rex"]
-    assert sorted(qa.answer for qa in result.set_aside) == ["Oslo", "Pixel"]
+    assert len(tries) == judged and result.accepted  # three tries, then judged without
+    assert [qa.answer for qa in result.facts] == kept
+    assert sorted(qa.answer for qa in result.set_aside) == set_aside
     assert len(result.version.learned[sid]["refused_tries"]) == 3
 
 

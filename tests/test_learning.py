@@ -892,19 +892,31 @@ def test_learning_a_fact_lowers_its_answer_loss_in_the_twin_and_in_llama_cpp(eng
         assert served_answer != base_answer
 
 
-def test_training_keeps_the_state_of_its_lowest_loss_not_its_last(engine, monkeypatch):
-    """An update that throws a learned state far off (as Adam at the learner's rate can late
-    in the loop) is not what training returns: the state of the lowest loss is."""
+def _trained_with(engine, monkeypatch, recipe: learner.Recipe,
+                  optimiser: type) -> tuple[float, float, dict]:
+    """The answer loss of one example before and after it is learned with ``optimiser`` in
+    Adam's place, and the training's metrics."""
     rt = engine.load()
     twin = twin_for(rt)
-    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=40, lr=0.5, locality_weight=0.0,
-                            stop_loss=0.0, key_steps=20)
     example = learner.Example(*dialogue(rt, None, "Where do I live?", " town."), end_of_turn(rt))
     rows = list(range(len(example.prompt) - 1, len(example.prompt) + len(example.answer) - 1))
 
     def answer_loss() -> float:
         logits = twin.full_logits([example.tokens])[0][rows]
         return float(torch.nn.functional.cross_entropy(logits, torch.tensor(example.answer)))
+
+    before = answer_loss()
+    monkeypatch.setattr(torch.optim, "Adam", optimiser)
+    blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
+    with twin.overlaid(SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)):
+        return before, answer_loss(), metrics
+
+
+def test_training_keeps_the_state_of_its_lowest_loss_not_its_last(engine, monkeypatch):
+    """An update that throws a learned state far off (as Adam at the learner's rate can late
+    in the loop) is not what training returns: the state of the lowest loss is."""
+    recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=40, lr=0.5, locality_weight=0.0,
+                            stop_loss=0.0, key_steps=20)
 
     class Jumpy(torch.optim.Adam):
         """Adam whose last update of training turns every delta around (the keys' fits, of
@@ -923,12 +935,9 @@ def test_training_keeps_the_state_of_its_lowest_loss_not_its_last(engine, monkey
                             p.mul_(-1.0)
             return out
 
-    before = answer_loss()
-    monkeypatch.setattr(torch.optim, "Adam", Jumpy)
-    blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
+    before, after, metrics = _trained_with(engine, monkeypatch, recipe, Jumpy)
     assert Jumpy.last == recipe.steps and metrics["kept_step"] < recipe.steps
-    with twin.overlaid(SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)):
-        assert answer_loss() < 0.6 * before
+    assert after < 0.6 * before
 
 
 def test_training_that_runs_to_its_cap_weighs_the_state_after_its_last_update(
@@ -936,16 +945,8 @@ def test_training_that_runs_to_its_cap_weighs_the_state_after_its_last_update(
     """The last update is weighed too: when only it learned anything, its state is the one
     returned (a run to the cap once returned the state before it, and one step flipped an
     untaught question's reply to a taught name)."""
-    rt = engine.load()
-    twin = twin_for(rt)
     recipe = learner.Recipe(layers=(1, 2), neurons=4, steps=12, lr=0.3, locality_weight=0.0,
                             stop_loss=0.0, key_steps=20, key_lr=0.05)
-    example = learner.Example(*dialogue(rt, None, "Where do I live?", " town."), end_of_turn(rt))
-    rows = list(range(len(example.prompt) - 1, len(example.prompt) + len(example.answer) - 1))
-
-    def answer_loss() -> float:
-        logits = twin.full_logits([example.tokens])[0][rows]
-        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(example.answer)))
 
     class Late(torch.optim.Adam):
         """Adam that, in training (the keys' fits run at key_lr), skips every update but the
@@ -957,12 +958,9 @@ def test_training_that_runs_to_its_cap_weighs_the_state_after_its_last_update(
                 return None
             return super().step(closure)
 
-    before = answer_loss()
-    monkeypatch.setattr(torch.optim, "Adam", Late)
-    blocks, metrics = learner.learn(twin, [example], anchors_for(twin, rt, None, recipe), recipe)
+    before, after, metrics = _trained_with(engine, monkeypatch, recipe, Late)
     assert metrics["stopped"] == "step cap" and metrics["kept_step"] == recipe.steps
-    with twin.overlaid(SparseOverlay(blocks, rt.model.sha256, d_model=64, d_ff=128)):
-        assert answer_loss() < 0.9 * before
+    assert after < 0.9 * before
 
 
 def test_a_reply_during_a_learning_job_uses_the_active_memory_and_is_labelled_so(
