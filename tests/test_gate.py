@@ -13,8 +13,8 @@ import pytest
 from app import memory_cli, memory_text
 from engine import learner, runtime
 from engine.learning import gate as learning
-from engine.learning.gate import LEAK_TOKENS, Locality, Taught, rejections
-from engine.learning.texts import UNTAUGHT_REPLY, dialogue
+from engine.learning.gate import Locality, Taught, rejections
+from engine.learning.texts import dialogue
 from engine.prompt import Turn
 from engine.runtime import Runtime
 from tests.test_learning import engine, said, small  # noqa: F401  (fixtures)
@@ -225,25 +225,6 @@ def test_a_leak_is_fitted_silent_at_the_reply_s_own_words_up_to_the_answer(
                               " My rabbit is called Pixel.")
     assert result.accepted and len(silent) == 2
     assert prompt + answer in silent[1] and prompt + answer not in silent[0]
-
-
-def test_untaught_questions_are_fitted_silent_in_the_base_model_s_own_reply(
-        engine, monkeypatch):  # noqa: F811
-    """An untaught personal question is trained silent where the model's own reply to it
-    runs ("My dog's name is …", where a taught cat's name would leak), not in a stock
-    "I don't know" that the model never says."""
-    silent = []
-    learn = learner.learn
-    monkeypatch.setattr(learner, "learn", lambda *a, **kw: silent.append(
-        [e.prompt + e.answer for e in kw["earlier"]]) or learn(*a, **kw))
-    engine.learn_now(session_ids=[said(engine, "What is my cat called?|Pixel")])
-    gate = engine.learning.gate()
-    question = "What is my dog's name?"
-    reply = gate.reply(question, LEAK_TOKENS)[0].split("\n")[0].strip()
-    assert reply and reply != UNTAUGHT_REPLY
-    own, stock = (sum(dialogue(engine.runtime, engine.settings.system_prompt, question,
-                               f" {words}."), []) for words in (reply, UNTAUGHT_REPLY))
-    assert own in silent[0] and stock not in silent[0]
 
 
 LOOPS = ("What is my cat called?", "Pix Pix Pix Pix"), ("What is my dog called?", "Rex Rex")

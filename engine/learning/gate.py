@@ -105,7 +105,6 @@ class Gate:
         self.neutral = [dialogue(runtime, system, q, f" {a}") for q, a in NEUTRAL]
         self.scorer = Scorer(runtime.model.path, n_ctx=1024)
         self.personal = gate_questions()
-        self._own_words: dict[str, str] = {}
 
     @functools.cached_property
     def baseline(self) -> Baseline:
@@ -128,17 +127,6 @@ class Gate:
             return [self.reply(q, max_tokens)[0].strip() for q in questions]
         finally:
             self.scorer.set_overlay(None)
-
-    def own_words(self, questions: Sequence[str]) -> dict[str, str]:
-        """The base model's greedy opening of a reply to each question (up to its first line
-        break; cached for the gate's life): the words a new detector must stay silent in, for
-        a question it must not answer ("What is my dog called?" → "My dog's name is"), as a
-        leak comes from inside a reply, not only where the question ends."""
-        new = [q for q in dict.fromkeys(questions) if q not in self._own_words]
-        self._own_words.update(zip(new, (reply.split("\n")[0].strip() for reply in
-                                         self.replies((None, 1.0), new, LEAK_TOKENS)),
-                                   strict=True))
-        return {q: self._own_words[q] for q in questions}
 
     def answer_logits(self, prompt: list[int], answer: list[int]) -> np.ndarray:
         """Logits at the positions that predict each answer token."""

@@ -241,11 +241,6 @@ class Learning:
         by_kind, untaught, unlike = around(
             said, taught, kinds, twin_neighbours(twin, self.runtime, self.recipe.contrasts),
             self.recipe)
-        # fitted silent in the model's own words for them, where a leak would start
-        said_first = self.gate().own_words([qa.question for qa in untaught + unlike])
-        check(cancel)
-        untaught, unlike = ([replace(qa, answer=said_first[qa.question] or qa.answer)
-                             for qa in pairs] for pairs in (untaught, unlike))
         others = [qa for _, qa in earlier
                   if not any(same_question(qa.question, new.question) for new in taught)]
         # In the profile's own prompt format only: a second copy without the system prompt

@@ -35,8 +35,7 @@ SMALL_TALK = (
 )
 
 
-# an untaught personal question's reply, as a negative, where the model's own is empty
-UNTAUGHT_REPLY = "I don't know"
+UNTAUGHT_REPLY = "I don't know"  # how an untaught personal question is answered, as a negative
 
 
 def personal_questions() -> list[str]:
