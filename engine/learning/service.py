@@ -353,7 +353,7 @@ class Learning:
             if last and reasons:
                 # The last try: the facts that still leak or loop are taken out too, not the
                 # whole session with them.
-                blamed |= {fact_of[a] for a in _failing(score, first_asked) if a in fact_of}
+                blamed |= _failing_facts(score, first_asked, fact_of)
             cut = bool(blamed) and blamed < everything
             if cut:
                 dropped |= {a for a, fact in fact_of.items() if fact in blamed}
@@ -367,8 +367,8 @@ class Learning:
                 score, changed, reasons = judged(candidate, last)
             # and, judged again, what leaks or loops then, in turn, while any of the session
             # is left (a session of six facts was refused whole for one fact's loop)
-            while last and reasons and (more := {
-                    fact_of[a] for a in _failing(score, first_asked) if a in fact_of} - blamed) \
+            while last and reasons and (
+                    more := _failing_facts(score, first_asked, fact_of) - blamed) \
                     and blamed | more < everything:
                 blamed |= more
                 dropped |= {a for a, fact in fact_of.items() if fact in more}
@@ -630,3 +630,10 @@ def _failing(score: Locality, first_asked: dict[str, str]) -> set[str]:
     looping = {question for question, _ in score.loops}
     return {answer.lower() for _, _, answer in score.leaks} | {
         answer.lower() for answer, question in first_asked.items() if question in looping}
+
+
+def _failing_facts(score: Locality, first_asked: dict[str, str],
+                   fact_of: dict[str, tuple[int, ...]]) -> set[tuple[int, ...]]:
+    """The facts (``fact_of``: answer, lower case → its tokens) whose answers ``_failing``
+    names."""
+    return {fact_of[a] for a in _failing(score, first_asked) if a in fact_of}
