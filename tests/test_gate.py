@@ -253,6 +253,14 @@ def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
         return Locality(0.99, 0.001, leaks, loops)
 
     monkeypatch.setattr(learning.Gate, "measure", measure)
+    trained = []
+    learn = learner.learn
+
+    def spied(twin, examples, *args, **kwargs):
+        trained.append((examples, *learn(twin, examples, *args, **kwargs)))
+        return trained[-1][1:]
+
+    monkeypatch.setattr(learner, "learn", spied)
     sid = said(engine, "What is my cat called?|Pixel", "Where do I live?|Oslo",
                "What is my dog called?|Rex")
     [result] = engine.learn_now(session_ids=[sid])
@@ -260,6 +268,15 @@ def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
     assert [qa.answer for qa in result.facts] == kept
     assert sorted(qa.answer for qa in result.set_aside) == set_aside
     assert len(result.version.learned[sid]["refused_tries"]) == 3
+    # what is kept is exactly the kept fact's neurons as the last try trained them
+    examples, blocks, _ = trained[-1]
+    keep = tuple(engine.runtime.tokenize(f" {kept[0]}.", add_bos=False))
+    out = {tuple(e.answer) for e in examples} - {keep}
+    assert len(out) == 2
+    left = learner.without(blocks, examples, out)
+    version = [b for b in engine.loaded()[1].current().blocks if b.session_id == sid]
+    assert [(b.layer, b.matrix, b.neurons.tolist()) for b in version] == [
+        (b.layer, b.matrix, b.neurons.tolist()) for b in left]
 
 
 @pytest.mark.parametrize("before, blamed, stays, undone", [

@@ -290,11 +290,13 @@ class Learning:
 
             examples = examples_of(taught)
             with training, twin.overlaid(base):
-                blocks, train = learner.learn(
+                trained, train = learner.learn(
                     twin, examples, anchors, recipe, owned=owned,
                     session_id=session.id, cancel=cancel, earlier=examples_of(silent),
                     contrasts=examples_of(unlike), also_asked=examples_of(by_kind),
                     progress=Phase(progress, "training", low, middle))
+            blocks = trained  # what is cut is cut from these: learner.without reads which
+            # fact a neuron detects from where it sits among the trained ones
             # the facts training did not bring out: kept, and shown as not recalled yet (with
             # those the gate's llama.cpp does not give back)
             missing = train.pop("unrecalled")
@@ -357,7 +359,7 @@ class Learning:
             cut = bool(blamed) and blamed < everything
             if cut:
                 dropped |= {a for a, fact in fact_of.items() if fact in blamed}
-                blocks = learner.without(blocks, examples, blamed)
+                blocks = learner.without(trained, examples, blamed)
             if fired:
                 base = fired.applied(base)
                 trimmed += fired.leaks
@@ -372,7 +374,7 @@ class Learning:
                     and blamed | more < everything:
                 blamed |= more
                 dropped |= {a for a, fact in fact_of.items() if fact in more}
-                blocks = learner.without(blocks, examples, blamed)
+                blocks = learner.without(trained, examples, blamed)
                 candidate = base.merge(replace(base, blocks=blocks))
                 score, changed, reasons = judged(candidate, last)
             if not reasons or last:
