@@ -72,6 +72,17 @@ def loops(reply: str) -> bool:
     return watch.looped
 
 
+def loop_span(reply: str) -> tuple[int, int]:
+    """Where a looping ``reply`` (see ``loops``, which must hold) first goes round again: the
+    first token of its second round."""
+    watch = LoopWatch(SAID)
+    shown = watch.add(reply) + watch.finish()
+    assert watch.looped, f"{reply!r} does not loop"
+    found = TOKEN.search(reply, len(shown))
+    assert found is not None
+    return found.span()
+
+
 class LoopWatch:
     """Reads a reply as it streams and says how much of it a user may be shown: all of it up
     to where a loop (by ``rule``) goes round for the first time. Text that may be the start

@@ -107,6 +107,14 @@ def test_a_loop_is_a_word_or_phrase_three_times_running():
     assert replies.degenerate("Pixel.", ran_to_limit=True)
 
 
+def test_a_loop_s_place_is_where_its_second_round_starts():
+    """Where the gate looks for what made a reply go round (``Gate.loop_place``)."""
+    assert replies.loop_span("Mos Mos Mos Mos") == (4, 7)
+    said = "I am a gardener. I am a gardener. I am a gardener."
+    assert replies.loop_span(said) == (17, 18)
+    assert replies.loop_span("It is Olivumbini. Olivumbini. Olivumbini.") == (18, 28)
+
+
 def _shown(reply: str) -> str:
     """What the chat shows of ``reply`` streamed a character at a time."""
     watch = replies.LoopWatch()

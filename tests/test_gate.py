@@ -231,21 +231,31 @@ LOOPS = ("What is my cat called?", "Pix Pix Pix Pix"), ("What is my dog called?"
 LEAK = ("Which bus do I take?", "Oslo.", "Oslo")
 
 
-@pytest.mark.parametrize("faults, judged, kept, set_aside", [
+@pytest.mark.parametrize("faults, judged, kept, set_aside, fires", [
     # a fact that loops on every try, another until it is trained against once more, and a
     # third leaking only on the last try
-    ([((), LOOPS)] * 2 + [((LEAK,), LOOPS[:1])], 4, ["Rex"], ["Oslo", "Pixel"]),
+    ([((), LOOPS)] * 2 + [((LEAK,), LOOPS[:1])], 4, ["Rex"], ["Oslo", "Pixel"], ""),
     # a leak on every try, and a loop seen only once the leaking fact is out
-    ([((LEAK,), ())] * 3 + [((), LOOPS[1:])], 5, ["Pixel"], ["Oslo", "Rex"]),
+    ([((LEAK,), ())] * 3 + [((), LOOPS[1:])], 5, ["Pixel"], ["Oslo", "Rex"], ""),
+    # a loop that outlives its own fact's cut: the fact firing where it goes round goes too
+    ([((), LOOPS[:1])] * 4, 5, ["Oslo"], ["Pixel", "Rex"], "Rex"),
 ])
 def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
-        engine, monkeypatch, faults, judged, kept, set_aside):  # noqa: F811
+        engine, monkeypatch, faults, judged, kept, set_aside, fires):  # noqa: F811
     """On the last try the facts that leak or loop have their neurons taken out and the rest
-    is judged again, and what leaks or loops then is taken out in turn: the session keeps
-    what is left, not refused whole."""
+    is judged again, and what leaks or loops then is taken out in turn, or, where the loop
+    is of a fact already out, the facts whose neurons fire where it goes round again: the
+    session keeps what is left, not refused whole."""
     engine.save_settings(engine.settings.with_gate(0.0))
     engine.settings = type(engine.settings)(**{**vars(engine.settings), "gate_replies": True})
-    tries = []
+    tries, traced = [], []
+
+    def firing(twin, blocks, examples, places, tail, share):
+        traced.extend(places)
+        return {tuple(engine.runtime.tokenize(f" {answer}.", add_bos=False))
+                for answer in fires.split()}
+
+    monkeypatch.setattr(learner, "firing_facts", firing)
 
     def measure(self, lora, scale=1.0, cancel=None, taught=None):
         tries.append(lora)
@@ -268,6 +278,7 @@ def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
     assert [qa.answer for qa in result.facts] == kept
     assert sorted(qa.answer for qa in result.set_aside) == set_aside
     assert len(result.version.learned[sid]["refused_tries"]) == 3
+    assert traced == ([engine.learning.gate().loop_place(*LOOPS[0])] if fires else [])
     # what is kept is exactly the kept fact's neurons as the last try trained them
     examples, blocks, _ = trained[-1]
     keep = tuple(engine.runtime.tokenize(f" {kept[0]}.", add_bos=False))

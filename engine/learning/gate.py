@@ -221,7 +221,15 @@ class Gate:
         """A leak (see ``Locality.leaks``) as tokens, the question as the gate asks it and
         its reply up to the end of the taught ``answer`` it says, and the position that
         predicts the answer's first token: where to look for what leaked it."""
-        start, end = replies.mention_span(reply, answer)
+        return self._place(question, reply, *replies.mention_span(reply, answer))
+
+    def loop_place(self, question: str, reply: str) -> tuple[list[int], int]:
+        """A loop (see ``Locality.loops``) as ``leak_place`` reads a leak: the position that
+        predicts its second round's first token is where to look for what made it go round."""
+        return self._place(question, reply, *replies.loop_span(reply))
+
+    def _place(self, question: str, reply: str, start: int, end: int
+               ) -> tuple[list[int], int]:
         said = self.runtime.tokenize(reply[:end], add_bos=False)
         shared = len(os.path.commonprefix(
             [self.runtime.tokenize(reply[:start], add_bos=False), said]))

@@ -42,7 +42,7 @@ from engine.learning.texts import (
 )
 from engine.learning.trims import Trim
 from engine.memory import OverlayMemory
-from engine.overlay import SparseOverlay
+from engine.overlay import NeuronBlock, SparseOverlay
 from engine.prompt import ChatTemplate, Turn
 from engine.runtime import Runtime
 from engine.settings import Settings
@@ -52,7 +52,7 @@ from store.store import Store
 if TYPE_CHECKING:  # torch is imported only when something is learned
     from engine.cell_training import GateRecipe
     from engine.cells import CellWriter
-    from engine.learner import Recipe
+    from engine.learner import Example, Recipe
     from engine.twin import Twin
 
 MAX_PROBES = 12  # questions a diff asks before and after (each costs a short generation)
@@ -368,10 +368,13 @@ class Learning:
                 candidate = base.merge(replace(base, blocks=blocks))
                 score, changed, reasons = judged(candidate, last)
             # and, judged again, what leaks or loops then, in turn, while any of the session
-            # is left (a session of six facts was refused whole for one fact's loop)
-            while last and reasons and (
-                    more := _failing_facts(score, first_asked, fact_of) - blamed) \
-                    and blamed | more < everything:
+            # is left (a session of six facts was refused whole for one fact's loop); a loop
+            # that outlived its own fact's cut is traced to the facts firing where it goes
+            # round again (nd-12 of natural-facts: "I am a gardener. I am a gardener. …")
+            while last and reasons and (more := (
+                    _failing_facts(score, first_asked, fact_of) - blamed
+                    or self._looping(twin, trained, examples, candidate, score, recipe)
+                    - blamed)) and blamed | more < everything:
                 blamed |= more
                 dropped |= {a for a, fact in fact_of.items() if fact in more}
                 blocks = learner.without(trained, examples, blamed)
@@ -436,6 +439,20 @@ class Learning:
         return LearnResult(session.id, version, kept, fixes, score, threshold, seconds,
                            len(candidates), len(found), set_aside, len(written),
                            written_checked, missed, trimmed)
+
+    def _looping(self, twin: Twin, trained: list[NeuronBlock], examples: list[Example],
+                 candidate: SparseOverlay, score: Locality, recipe: Recipe
+                 ) -> set[tuple[int, ...]]:
+        """The facts of ``trained`` (from these ``examples``) whose neurons fire, in
+        ``candidate``, where a reply of ``score``'s loops goes round again."""
+        from engine import learner
+
+        if not score.loops:
+            return set()
+        with training, twin.overlaid(candidate):
+            return learner.firing_facts(
+                twin, trained, examples, [self.gate().loop_place(*loop) for loop in score.loops],
+                recipe.key_context, recipe.firing_share)
 
     def _written(self, said: list[str], settings: Settings,
                  cancel: threading.Event | None) -> list[QA]:
