@@ -66,21 +66,25 @@ def loops(reply: str) -> bool:
     """A word or phrase repeated LOOP_REPEATS times in a row ("Mos Mos Mos", "I have a lot of
     weeds. I have a lot of weeds. …"), or a token that is one short piece over and over
     ("2020202020…"). A run of punctuation is one token: an ellipsis ("...") is not a loop."""
-    watch = LoopWatch(SAID)
-    watch.add(reply)
-    watch.finish()
-    return watch.looped
+    return _watched(reply).looped
 
 
 def loop_span(reply: str) -> tuple[int, int]:
     """Where a looping ``reply`` (see ``loops``, which must hold) first goes round again: the
     first token of its second round."""
-    watch = LoopWatch(SAID)
-    shown = watch.add(reply) + watch.finish()
+    watch = _watched(reply)
     assert watch.looped, f"{reply!r} does not loop"
-    found = TOKEN.search(reply, len(shown))
+    found = TOKEN.search(reply, watch.shown)
     assert found is not None
     return found.span()
+
+
+def _watched(reply: str) -> LoopWatch:
+    """``reply`` read whole by a watch of what reads as a loop (``SAID``)."""
+    watch = LoopWatch(SAID)
+    watch.add(reply)
+    watch.finish()
+    return watch
 
 
 class LoopWatch:
@@ -125,6 +129,12 @@ class LoopWatch:
             else:
                 self._plain = last.start()
         return self._pass(min([held] + [self._before(run) for run in self._runs[1:] if run]))
+
+    @property
+    def shown(self) -> int:
+        """How many characters of the text may be shown so far (once looped: up to where
+        the loop first goes round again)."""
+        return self._shown
 
     def finish(self) -> str:
         """The reply has ended: what is left to show."""

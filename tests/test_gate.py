@@ -227,6 +227,11 @@ def test_a_leak_is_fitted_silent_at_the_reply_s_own_words_up_to_the_answer(
     assert prompt + answer in silent[1] and prompt + answer not in silent[0]
 
 
+def _fact(engine, answer: str) -> tuple[int, ...]:  # noqa: F811
+    """A taught ``answer`` as the learner keys its fact (``Example.answer``'s tokens)."""
+    return tuple(engine.runtime.tokenize(f" {answer}.", add_bos=False))
+
+
 LOOPS = ("What is my cat called?", "Pix Pix Pix Pix"), ("What is my dog called?", "Rex Rex")
 LEAK = ("Which bus do I take?", "Oslo.", "Oslo")
 
@@ -252,8 +257,7 @@ def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
 
     def firing(twin, blocks, examples, places, tail, share):
         traced.extend(places)
-        return {tuple(engine.runtime.tokenize(f" {answer}.", add_bos=False))
-                for answer in fires.split()}
+        return {_fact(engine, answer) for answer in fires.split()}
 
     monkeypatch.setattr(learner, "firing_facts", firing)
 
@@ -281,7 +285,7 @@ def test_what_still_leaks_on_the_last_try_is_taken_out_not_the_whole_session(
     assert traced == ([engine.learning.gate().loop_place(*LOOPS[0])] if fires else [])
     # what is kept is exactly the kept fact's neurons as the last try trained them
     examples, blocks, _ = trained[-1]
-    keep = tuple(engine.runtime.tokenize(f" {kept[0]}.", add_bos=False))
+    keep = _fact(engine, kept[0])
     out = {tuple(e.answer) for e in examples} - {keep}
     assert len(out) == 2
     left = learner.without(blocks, examples, out)
@@ -320,8 +324,7 @@ def test_a_decided_answer_a_session_changes_sets_aside_the_fact_whose_neurons_fi
     monkeypatch.setattr(learning.Gate, "measure", measure)
     first = said(engine, "Where do I work?|Elm Ridge")
     assert engine.learn_now(session_ids=[first])[0].accepted
-    fired = {tuple(engine.runtime.tokenize(f" {answer}.", add_bos=False))
-             for answer in blamed.split()}
+    fired = {_fact(engine, answer) for answer in blamed.split()}
 
     def firing(twin, blocks, examples, at, tail, share):
         places.extend(at)
@@ -474,8 +477,7 @@ def test_an_earlier_answer_that_leaks_where_no_detector_fires_is_fitted_against_
 
     monkeypatch.setattr(learning.Gate, "measure", measure)
     assert engine.learn_now(session_ids=[said(engine, "Where do I work?|Elm Ridge")])[0].accepted
-    pixel, oslo = (tuple(engine.runtime.tokenize(f" {answer}.", add_bos=False))
-                   for answer in ("Pixel", "Oslo"))
+    pixel, oslo = _fact(engine, "Pixel"), _fact(engine, "Oslo")
     monkeypatch.setattr(learner, "firing_facts", lambda *args: set())
     monkeypatch.setattr(learner, "undoing_neurons", lambda *args: [])
 
